@@ -1,0 +1,9 @@
+//! The Kubernetes object model as berth understands it: which resources exist, how their
+//! names and fields are validated and defaulted, how label and field selectors match, and how
+//! objects print as `kubectl get` rows. Pure functions only: no I/O, no async.
+//!
+//! Start from [`resources::Registry`]; the API server, controllers and agent all use it.
+
+pub mod error;
+
+pub use error::{BadValue, FieldError, FieldErrorKind, FieldErrors};
