@@ -49,6 +49,8 @@ pub enum BadValue {
     Str(String),
     Int(i64),
     Bool(bool),
+    /// Already rendered as Go would (`[]string{"10.0.0.1"}`).
+    Raw(String),
 }
 
 impl From<&str> for BadValue {
@@ -131,6 +133,7 @@ impl FieldError {
             BadValue::Str(v) => s.push_str(&format!(": {}", go_quote(v))),
             BadValue::Int(v) => s.push_str(&format!(": {v}")),
             BadValue::Bool(v) => s.push_str(&format!(": {v}")),
+            BadValue::Raw(v) => s.push_str(&format!(": {v}")),
         }
         if !self.detail.is_empty() {
             s.push_str(": ");

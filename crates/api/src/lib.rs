@@ -5,5 +5,7 @@
 //! Start from [`resources::Registry`]; the API server, controllers and agent all use it.
 
 pub mod error;
+pub mod object;
+pub mod resources;
 
 pub use error::{BadValue, FieldError, FieldErrorKind, FieldErrors};
