@@ -2,10 +2,11 @@
 //! names and fields are validated and defaulted, how label and field selectors match, and how
 //! objects print as `kubectl get` rows. Pure functions only: no I/O, no async.
 //!
-//! Start from [`resources::Registry`]; the API server, controllers and agent all use it.
+//! Start from [`resources::RESOURCES`]; the API server, controllers and agent all use it.
 
 pub mod error;
 pub mod object;
+pub mod printers;
 pub mod resources;
 
 pub use error::{BadValue, FieldError, FieldErrorKind, FieldErrors};
