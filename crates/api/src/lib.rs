@@ -5,5 +5,6 @@
 //! Start from [`resources::Registry`]; the API server, controllers and agent all use it.
 
 pub mod error;
+pub mod names;
 
 pub use error::{BadValue, FieldError, FieldErrorKind, FieldErrors};
