@@ -6,5 +6,6 @@
 
 pub mod error;
 pub mod names;
+pub mod selector;
 
 pub use error::{BadValue, FieldError, FieldErrorKind, FieldErrors};
