@@ -5,6 +5,7 @@
 //! Start from [`resources::Registry`]; the API server, controllers and agent all use it.
 
 pub mod error;
+pub mod fields;
 pub mod names;
 pub mod selector;
 
