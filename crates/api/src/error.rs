@@ -93,7 +93,11 @@ impl FieldError {
     pub fn required(path: impl Into<String>, detail: impl Into<String>) -> Self {
         Self::new(FieldErrorKind::Required, path, BadValue::None, detail)
     }
-    pub fn invalid(path: impl Into<String>, value: impl Into<BadValue>, detail: impl Into<String>) -> Self {
+    pub fn invalid(
+        path: impl Into<String>,
+        value: impl Into<BadValue>,
+        detail: impl Into<String>,
+    ) -> Self {
         Self::new(FieldErrorKind::Invalid, path, value.into(), detail)
     }
     pub fn duplicate(path: impl Into<String>, value: impl Into<BadValue>) -> Self {
@@ -111,7 +115,11 @@ impl FieldError {
         )
     }
     /// `supported` is rendered as kube-apiserver does: each value quoted, comma separated.
-    pub fn not_supported(path: impl Into<String>, value: impl Into<BadValue>, supported: &[&str]) -> Self {
+    pub fn not_supported(
+        path: impl Into<String>,
+        value: impl Into<BadValue>,
+        supported: &[&str],
+    ) -> Self {
         let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
         Self::new(
             FieldErrorKind::NotSupported,
@@ -121,8 +129,18 @@ impl FieldError {
         )
     }
 
-    pub fn new(kind: FieldErrorKind, path: impl Into<String>, value: BadValue, detail: impl Into<String>) -> Self {
-        Self { kind, path: path.into(), value, detail: detail.into() }
+    pub fn new(
+        kind: FieldErrorKind,
+        path: impl Into<String>,
+        value: BadValue,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind,
+            path: path.into(),
+            value,
+            detail: detail.into(),
+        }
     }
 
     /// The part after `path: ` — what goes into a `StatusCause.message`.
@@ -179,12 +197,19 @@ mod tests {
 
     #[test]
     fn messages_read_like_kube_apiserver() {
-        let e = FieldError::invalid("spec.clusterIP", "1.2.3.4", "provided IP is not in the valid range");
+        let e = FieldError::invalid(
+            "spec.clusterIP",
+            "1.2.3.4",
+            "provided IP is not in the valid range",
+        );
         assert_eq!(
             e.to_string(),
             "spec.clusterIP: Invalid value: \"1.2.3.4\": provided IP is not in the valid range"
         );
-        assert_eq!(FieldError::required("spec.ports", "").to_string(), "spec.ports: Required value");
+        assert_eq!(
+            FieldError::required("spec.ports", "").to_string(),
+            "spec.ports: Required value"
+        );
         assert_eq!(
             FieldError::duplicate("spec.ports[1].name", "http").to_string(),
             "spec.ports[1].name: Duplicate value: \"http\""

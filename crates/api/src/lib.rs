@@ -5,8 +5,11 @@
 //! Start from [`resources::RESOURCES`]; the API server, controllers and agent all use it.
 
 pub mod error;
+pub mod fields;
+pub mod names;
 pub mod object;
 pub mod printers;
 pub mod resources;
+pub mod selector;
 
 pub use error::{BadValue, FieldError, FieldErrorKind, FieldErrors};
