@@ -6,10 +6,12 @@
 
 pub mod error;
 pub mod fields;
+pub mod meta;
 pub mod names;
 pub mod object;
 pub mod printers;
 pub mod resources;
 pub mod selector;
+pub mod service;
 
 pub use error::{BadValue, FieldError, FieldErrorKind, FieldErrors};
