@@ -1,0 +1,646 @@
+//! Embedded backend: a durable redb file plus an in-memory copy of all keys for reads, a
+//! bounded in-memory event history for watches, and one writer thread that group-commits
+//! concurrent writes into a single redb transaction (one fsync per batch).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::{Error, Event, KeyValue, ListOptions, ListResult, Result, Store, WatchStream};
+
+/// key → 8-byte create revision, 8-byte mod revision (little endian), then the value.
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+/// Store-wide metadata; holds the revision counter under [`REVISION`].
+const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+const REVISION: &str = "revision";
+const FILE_NAME: &str = "berth.redb";
+
+/// Tuning of the [`Embedded`] backend.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// How many recent events are kept for watches and historical lists (default 10,000).
+    pub history: usize,
+    /// How often an idle watch stream emits [`Event::Progress`] (default 1 s).
+    pub progress_interval: Duration,
+    /// How many events a watcher may fall behind before its stream ends with
+    /// [`Error::Lagged`] (default 10,000).
+    pub watch_buffer: usize,
+    /// Most writes committed in one redb transaction (default 1,024).
+    pub max_batch: usize,
+    /// fsync every commit (default true). Off only for throwaway stores: a crash may then
+    /// lose recent writes.
+    pub durable: bool,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self {
+            history: 10_000,
+            progress_interval: Duration::from_secs(1),
+            watch_buffer: 10_000,
+            max_batch: 1_024,
+            durable: true,
+        }
+    }
+}
+
+/// Store backed by a redb file in a local directory. Reads are served from memory; writes
+/// are serialized through one writer thread so revisions and event order agree.
+pub struct Embedded {
+    shared: Arc<Shared>,
+    requests: Option<mpsc::Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+/// State shared by the API handles, the writer thread and nothing else (watch streams only
+/// hold broadcast receivers, so dropping the store ends them).
+struct Shared {
+    state: RwLock<State>,
+    events: broadcast::Sender<Event>,
+    opts: EmbeddedOptions,
+}
+
+struct State {
+    data: BTreeMap<String, KeyValue>,
+    revision: i64,
+    /// Events with revision > `compacted`, oldest first.
+    history: VecDeque<Event>,
+    /// Every event after this revision is in `history`.
+    compacted: i64,
+}
+
+enum Op {
+    Create {
+        key: String,
+        value: Bytes,
+    },
+    Update {
+        key: String,
+        value: Bytes,
+        expected: Option<i64>,
+    },
+    Delete {
+        key: String,
+        expected: Option<i64>,
+    },
+}
+
+struct Request {
+    op: Op,
+    reply: oneshot::Sender<Result<KeyValue>>,
+}
+
+impl Shared {
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        // A panic while holding the lock cannot leave State half-updated in a way readers
+        // care about (the writer applies a batch only after it is durable), so ignore poison.
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Embedded {
+    /// Opens (or creates) the store in `dir`, loading every key into memory. The event
+    /// history starts empty, so watches from before the restart get [`Error::Compacted`].
+    pub fn open(dir: &Path, opts: EmbeddedOptions) -> Result<Embedded> {
+        std::fs::create_dir_all(dir).map_err(Error::Io)?;
+        let db = Database::create(dir.join(FILE_NAME))?;
+        // Create the tables on first open so readers never see them missing.
+        let txn = db.begin_write()?;
+        txn.open_table(KV)?;
+        txn.open_table(META)?;
+        txn.commit()?;
+
+        let read = db.begin_read()?;
+        let revision = read
+            .open_table(META)?
+            .get(REVISION)?
+            .map_or(0, |v| v.value());
+        let mut data = BTreeMap::new();
+        for entry in read.open_table(KV)?.iter()? {
+            let (k, v) = entry?;
+            let kv = decode(k.value(), v.value())?;
+            data.insert(kv.key.clone(), kv);
+        }
+        drop(read);
+
+        let (events, _) = broadcast::channel(opts.watch_buffer.max(1));
+        let shared = Arc::new(Shared {
+            state: RwLock::new(State {
+                data,
+                revision,
+                history: VecDeque::new(),
+                compacted: revision,
+            }),
+            events,
+            opts,
+        });
+        // Bounded so a flood of writers waits here (async) instead of growing memory.
+        let (tx, rx) = mpsc::channel(shared.opts.max_batch.max(1) * 4);
+        let writer_shared = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("berth-store-writer".into())
+            .spawn(move || writer_loop(db, writer_shared, rx))
+            .map_err(Error::Io)?;
+        Ok(Embedded {
+            shared,
+            requests: Some(tx),
+            writer: Some(writer),
+        })
+    }
+
+    /// Drops history up to and including `revision`, like an etcd compaction: later watches
+    /// and lists from before it get [`Error::Compacted`]. Values are unaffected.
+    pub fn compact(&self, revision: i64) {
+        let mut state = self.shared.write();
+        while state
+            .history
+            .front()
+            .is_some_and(|e| e.revision() <= revision)
+        {
+            state.history.pop_front();
+        }
+        state.compacted = state.compacted.max(revision.min(state.revision));
+    }
+
+    async fn submit(&self, op: Op) -> Result<KeyValue> {
+        let requests = self.requests.as_ref().ok_or(Error::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        requests
+            .send(Request { op, reply })
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish pending batches and exit; joining it
+        // releases the database file so the directory can be reopened right away.
+        self.requests.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+fn encode(kv: &KeyValue) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(16 + kv.value.len());
+    buf.extend_from_slice(&kv.create_revision.to_le_bytes());
+    buf.extend_from_slice(&kv.mod_revision.to_le_bytes());
+    buf.extend_from_slice(&kv.value);
+    buf
+}
+
+fn decode(key: &str, raw: &[u8]) -> Result<KeyValue> {
+    let corrupt = || Error::Corrupt {
+        key: key.to_owned(),
+        reason: "record shorter than its 16-byte header",
+    };
+    let (create, rest) = raw.split_first_chunk::<8>().ok_or_else(corrupt)?;
+    let (modr, value) = rest.split_first_chunk::<8>().ok_or_else(corrupt)?;
+    Ok(KeyValue {
+        key: key.to_owned(),
+        value: Bytes::copy_from_slice(value),
+        create_revision: i64::from_le_bytes(*create),
+        mod_revision: i64::from_le_bytes(*modr),
+    })
+}
+
+/// The writer thread: takes everything queued (up to `max_batch`), commits it as one redb
+/// transaction, publishes it, answers, repeat. Batching is what keeps latency low under
+/// concurrency: N writers waiting on one fsync instead of N fsyncs in a row.
+fn writer_loop(db: Database, shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
+    let max_batch = shared.opts.max_batch.max(1);
+    let mut batch = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(req) => batch.push(req),
+                Err(_) => break,
+            }
+        }
+        process_batch(&db, &shared, &mut batch);
+    }
+}
+
+fn process_batch(db: &Database, shared: &Shared, batch: &mut Vec<Request>) {
+    // Evaluate preconditions against memory plus this batch's earlier writes. Only this
+    // thread mutates State, so what we read stays true until we apply the batch.
+    let mut staged: HashMap<String, Option<KeyValue>> = HashMap::new();
+    let mut events = Vec::new();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let base_revision;
+    let mut revision;
+    {
+        let state = shared.read();
+        base_revision = state.revision;
+        revision = state.revision;
+        for Request { op, reply } in batch.drain(..) {
+            let key = match &op {
+                Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => {
+                    key.clone()
+                }
+            };
+            let current = match staged.get(&key) {
+                Some(v) => v.clone(),
+                None => state.data.get(&key).cloned(),
+            };
+            let outcome = apply(op, current, revision + 1);
+            if let Ok((kv, event)) = &outcome {
+                revision += 1;
+                let new = match event {
+                    Event::Delete { .. } => None,
+                    _ => Some(kv.clone()),
+                };
+                staged.insert(key, new);
+                events.push(event.clone());
+            }
+            outcomes.push((reply, outcome.map(|(kv, _)| kv)));
+        }
+    }
+
+    if !events.is_empty()
+        && let Err(e) = commit(db, shared.opts.durable, &staged, revision)
+    {
+        // Nothing was applied: fail the writes of this batch, keep the precondition errors.
+        let e = Arc::new(e);
+        for (reply, outcome) in outcomes {
+            let outcome = outcome.and_then(|_| Err(Error::Embedded(e.clone())));
+            let _ = reply.send(outcome);
+        }
+        return;
+    }
+
+    if !events.is_empty() {
+        let mut state = shared.write();
+        debug_assert_eq!(state.revision, base_revision);
+        for (key, value) in staged {
+            match value {
+                Some(kv) => state.data.insert(key, kv),
+                None => state.data.remove(&key),
+            };
+        }
+        state.revision = revision;
+        for event in events {
+            state.history.push_back(event.clone());
+            while state.history.len() > shared.opts.history {
+                if let Some(old) = state.history.pop_front() {
+                    state.compacted = old.revision();
+                }
+            }
+            // Sent under the lock so a watch registering under the read lock sees each
+            // event exactly once: either in the history snapshot or on its receiver.
+            let _ = shared.events.send(event);
+        }
+    }
+    for (reply, outcome) in outcomes {
+        let _ = reply.send(outcome);
+    }
+}
+
+/// Checks one operation against the key's current value; on success returns the result kv
+/// and the event it produces at `revision`.
+fn apply(op: Op, current: Option<KeyValue>, revision: i64) -> Result<(KeyValue, Event)> {
+    let check = |key: &str, expected: Option<i64>, current: Option<KeyValue>| match current {
+        None => Err(Error::NotFound {
+            key: key.to_owned(),
+        }),
+        Some(cur) if expected.is_some_and(|e| e != cur.mod_revision) => Err(Error::Conflict {
+            key: key.to_owned(),
+            current: Box::new(cur),
+        }),
+        Some(cur) => Ok(cur),
+    };
+    match op {
+        Op::Create { key, value } => {
+            if current.is_some() {
+                return Err(Error::AlreadyExists { key });
+            }
+            let kv = KeyValue {
+                key,
+                value,
+                create_revision: revision,
+                mod_revision: revision,
+            };
+            Ok((kv.clone(), Event::Put { kv, prev: None }))
+        }
+        Op::Update {
+            key,
+            value,
+            expected,
+        } => {
+            let cur = check(&key, expected, current)?;
+            let kv = KeyValue {
+                key,
+                value,
+                create_revision: cur.create_revision,
+                mod_revision: revision,
+            };
+            Ok((
+                kv.clone(),
+                Event::Put {
+                    kv,
+                    prev: Some(cur),
+                },
+            ))
+        }
+        Op::Delete { key, expected } => {
+            let cur = check(&key, expected, current)?;
+            Ok((
+                cur.clone(),
+                Event::Delete {
+                    prev: cur,
+                    revision,
+                },
+            ))
+        }
+    }
+}
+
+fn commit(
+    db: &Database,
+    durable: bool,
+    staged: &HashMap<String, Option<KeyValue>>,
+    revision: i64,
+) -> Result<(), redb::Error> {
+    let mut txn = db.begin_write()?;
+    if !durable {
+        txn.set_durability(Durability::None)?;
+    }
+    {
+        let mut kv = txn.open_table(KV)?;
+        for (key, value) in staged {
+            match value {
+                Some(v) => {
+                    kv.insert(key.as_str(), encode(v).as_slice())?;
+                }
+                None => {
+                    kv.remove(key.as_str())?;
+                }
+            }
+        }
+        txn.open_table(META)?.insert(REVISION, revision)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Keys under `prefix` strictly after `start_after`, in order.
+fn range<'a>(
+    data: &'a BTreeMap<String, KeyValue>,
+    prefix: &'a str,
+    start_after: Option<&'a str>,
+) -> impl Iterator<Item = &'a KeyValue> + 'a {
+    let lower = match start_after {
+        Some(after) if after >= prefix => Bound::Excluded(after),
+        _ => Bound::Included(prefix),
+    };
+    data.range::<str, _>((lower, Bound::Unbounded))
+        .map(|(_, kv)| kv)
+        .take_while(move |kv| kv.key.starts_with(prefix))
+}
+
+fn list_at(state: &State, prefix: &str, opts: &ListOptions) -> Result<ListResult> {
+    let at = match opts.revision {
+        None | Some(0) => state.revision,
+        Some(r) => r,
+    };
+    if at > state.revision {
+        return Err(Error::FutureRevision {
+            requested: at,
+            current: state.revision,
+        });
+    }
+    if at < state.compacted {
+        return Err(Error::Compacted {
+            requested: at,
+            compacted: state.compacted,
+        });
+    }
+    let after = opts.start_after.as_deref();
+    let in_page = |key: &str| key.starts_with(prefix) && after.is_none_or(|a| key > a);
+    // State at `at` = current state with the events after `at` undone. Walk them newest
+    // first so the oldest one (whose `prev` is the value at `at`) wins.
+    let first_newer = state.history.partition_point(|e| e.revision() <= at);
+    let mut undo: BTreeMap<&str, Option<&KeyValue>> = BTreeMap::new();
+    for event in state.history.range(first_newer..).rev() {
+        match event {
+            Event::Put { kv, prev } if in_page(&kv.key) => {
+                undo.insert(&kv.key, prev.as_ref());
+            }
+            Event::Delete { prev, .. } if in_page(&prev.key) => {
+                undo.insert(&prev.key, Some(prev));
+            }
+            _ => {}
+        }
+    }
+    let mut current = range(&state.data, prefix, after)
+        .filter(|kv| !undo.contains_key(kv.key.as_str()))
+        .peekable();
+    let mut restored = undo.values().filter_map(|v| *v).peekable();
+    let mut items = Vec::new();
+    let mut more = false;
+    loop {
+        let next = match (current.peek(), restored.peek()) {
+            (Some(a), Some(b)) if a.key < b.key => current.next(),
+            (_, Some(_)) => restored.next(),
+            (Some(_), None) => current.next(),
+            (None, None) => None,
+        };
+        let Some(kv) = next else { break };
+        if opts.limit > 0 && items.len() == opts.limit {
+            more = true;
+            break;
+        }
+        items.push(kv.clone());
+    }
+    Ok(ListResult {
+        items,
+        revision: at,
+        more,
+    })
+}
+
+#[async_trait]
+impl Store for Embedded {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        Ok(self.shared.read().data.get(key).cloned())
+    }
+
+    async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListResult> {
+        list_at(&self.shared.read(), prefix, &opts)
+    }
+
+    async fn count(&self, prefix: &str) -> Result<usize> {
+        Ok(range(&self.shared.read().data, prefix, None).count())
+    }
+
+    async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue> {
+        crate::check_key(key)?;
+        self.submit(Op::Create {
+            key: key.to_owned(),
+            value,
+        })
+        .await
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected_mod_revision: Option<i64>,
+    ) -> Result<KeyValue> {
+        crate::check_key(key)?;
+        self.submit(Op::Update {
+            key: key.to_owned(),
+            value,
+            expected: expected_mod_revision,
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str, expected_mod_revision: Option<i64>) -> Result<KeyValue> {
+        crate::check_key(key)?;
+        self.submit(Op::Delete {
+            key: key.to_owned(),
+            expected: expected_mod_revision,
+        })
+        .await
+    }
+
+    async fn watch(&self, prefix: &str, from_revision: i64) -> Result<WatchStream> {
+        let (rx, backlog, seen, from) = {
+            let state = self.shared.read();
+            let from = if from_revision <= 0 {
+                state.revision
+            } else {
+                from_revision
+            };
+            if from < state.compacted {
+                return Err(Error::Compacted {
+                    requested: from,
+                    compacted: state.compacted,
+                });
+            }
+            // Subscribing under the read lock: the writer sends under the write lock, so
+            // the receiver gets exactly the events after this history snapshot.
+            let rx = self.shared.events.subscribe();
+            let first = state.history.partition_point(|e| e.revision() <= from);
+            let backlog: VecDeque<Event> = state
+                .history
+                .range(first..)
+                .filter(|e| e.key().is_some_and(|k| k.starts_with(prefix)))
+                .cloned()
+                .collect();
+            (rx, backlog, state.revision, from)
+        };
+        let period = self.shared.opts.progress_interval;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let watcher = Watcher {
+            rx,
+            prefix: prefix.to_owned(),
+            from,
+            seen,
+            backlog,
+            ticker,
+            progress_due: false,
+            error: None,
+        };
+        Ok(futures_util::stream::unfold(Some(watcher), |w| async move { w?.next().await }).boxed())
+    }
+
+    async fn current_revision(&self) -> Result<i64> {
+        Ok(self.shared.read().revision)
+    }
+}
+
+/// State of one watch stream.
+struct Watcher {
+    rx: broadcast::Receiver<Event>,
+    prefix: String,
+    from: i64,
+    /// Revision of the newest store event taken off `rx` (matching or not).
+    seen: i64,
+    /// Matching events not yet yielded.
+    backlog: VecDeque<Event>,
+    ticker: tokio::time::Interval,
+    progress_due: bool,
+    /// Ends the stream once the backlog is delivered.
+    error: Option<Error>,
+}
+
+impl Watcher {
+    fn accept(&mut self, event: Event) {
+        self.seen = event.revision();
+        if event.revision() > self.from && event.key().is_some_and(|k| k.starts_with(&self.prefix))
+        {
+            self.backlog.push_back(event);
+        }
+    }
+
+    fn fail(&mut self, closed: bool) {
+        // `seen` covers everything accepted; the backlog is delivered before the error.
+        self.error = Some(if closed {
+            Error::Closed
+        } else {
+            Error::Lagged {
+                revision: self.seen,
+            }
+        });
+    }
+
+    /// The next item, and the state to continue from (`None` once the stream has ended).
+    async fn next(mut self) -> Option<(Result<Event>, Option<Watcher>)> {
+        use broadcast::error::{RecvError, TryRecvError};
+        loop {
+            if let Some(event) = self.backlog.pop_front() {
+                return Some((Ok(event), Some(self)));
+            }
+            if let Some(error) = self.error.take() {
+                // The stream ends after the error: no watcher state is handed back.
+                return Some((Err(error), None));
+            }
+            if self.progress_due {
+                self.progress_due = false;
+                let revision = self.seen;
+                return Some((Ok(Event::Progress { revision }), Some(self)));
+            }
+            tokio::select! {
+                biased;
+                received = self.rx.recv() => match received {
+                    Ok(event) => self.accept(event),
+                    Err(RecvError::Lagged(_)) => self.fail(false),
+                    Err(RecvError::Closed) => self.fail(true),
+                },
+                _ = self.ticker.tick() => {
+                    // Take what is already queued so the progress revision covers it.
+                    loop {
+                        match self.rx.try_recv() {
+                            Ok(event) => self.accept(event),
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Lagged(_)) => { self.fail(false); break; }
+                            Err(TryRecvError::Closed) => { self.fail(true); break; }
+                        }
+                    }
+                    self.progress_due = true;
+                }
+            }
+        }
+    }
+}

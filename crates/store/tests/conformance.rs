@@ -1,0 +1,602 @@
+//! One conformance suite for the `Store` contract, written once over `&dyn Store` and run
+//! against the embedded backend and a real etcd process started by the test.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use berth_store::{
+    Embedded, EmbeddedOptions, Error, Etcd, EtcdOptions, Event, KeyValue, ListOptions, Store,
+    WatchStream,
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+const PROGRESS: Duration = Duration::from_millis(200);
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// Next non-progress event, failing the test after [`TIMEOUT`].
+async fn next_change(w: &mut WatchStream) -> Event {
+    loop {
+        let item = tokio::time::timeout(TIMEOUT, w.next())
+            .await
+            .expect("timed out waiting for a watch event")
+            .expect("watch stream ended")
+            .expect("watch stream error");
+        if !matches!(item, Event::Progress { .. }) {
+            return item;
+        }
+    }
+}
+
+/// Asserts that no change arrives within a short while (progress events are fine).
+async fn assert_quiet(w: &mut WatchStream) {
+    let deadline = tokio::time::Instant::now() + PROGRESS * 3;
+    loop {
+        match tokio::time::timeout_at(deadline, w.next()).await {
+            Err(_) => return,
+            Ok(Some(Ok(Event::Progress { .. }))) => {}
+            Ok(other) => panic!("unexpected watch item {other:?}"),
+        }
+    }
+}
+
+async fn crud(s: &dyn Store, p: &str) {
+    let key = format!("{p}a");
+    let created = s.create(&key, b("v1")).await.expect("create");
+    assert_eq!(created.key, key);
+    assert_eq!(created.value, b("v1"));
+    assert_eq!(created.create_revision, created.mod_revision);
+    assert_eq!(
+        s.current_revision().await.expect("rev"),
+        created.mod_revision
+    );
+    assert!(
+        matches!(s.create(&key, b("x")).await, Err(Error::AlreadyExists { key: k }) if k == key)
+    );
+    assert_eq!(s.get(&key).await.expect("get"), Some(created.clone()));
+    assert_eq!(s.get(&format!("{p}missing")).await.expect("get"), None);
+
+    let updated = s
+        .update(&key, b("v2"), Some(created.mod_revision))
+        .await
+        .expect("update");
+    assert!(updated.mod_revision > created.mod_revision);
+    assert_eq!(updated.create_revision, created.create_revision);
+    assert_eq!(s.get(&key).await.expect("get"), Some(updated.clone()));
+
+    match s.update(&key, b("v3"), Some(created.mod_revision)).await {
+        Err(Error::Conflict { key: k, current }) => {
+            assert_eq!(k, key);
+            assert_eq!(*current, updated);
+        }
+        other => panic!("expected conflict, got {other:?}"),
+    }
+    let unconditional = s.update(&key, b("v3"), None).await.expect("update");
+    assert!(unconditional.mod_revision > updated.mod_revision);
+    assert!(matches!(
+        s.update(&format!("{p}missing"), b("x"), None).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.update(&format!("{p}missing"), b("x"), Some(1)).await,
+        Err(Error::NotFound { .. })
+    ));
+
+    assert!(matches!(
+        s.delete(&key, Some(updated.mod_revision)).await,
+        Err(Error::Conflict { .. })
+    ));
+    let deleted = s
+        .delete(&key, Some(unconditional.mod_revision))
+        .await
+        .expect("delete");
+    assert_eq!(deleted, unconditional);
+    assert_eq!(s.get(&key).await.expect("get"), None);
+    assert!(s.current_revision().await.expect("rev") > unconditional.mod_revision);
+    assert!(matches!(
+        s.delete(&key, None).await,
+        Err(Error::NotFound { .. })
+    ));
+
+    // Recreating starts a new lifetime: a fresh create revision.
+    let again = s.create(&key, b("v4")).await.expect("recreate");
+    assert!(again.create_revision > created.create_revision);
+    assert_eq!(again.create_revision, again.mod_revision);
+    assert!(matches!(
+        s.create("", b("x")).await,
+        Err(Error::InvalidKey { .. })
+    ));
+}
+
+async fn list_paging(s: &dyn Store, p: &str) {
+    let dir = format!("{p}items/");
+    for name in ["d", "b", "e", "a", "c"] {
+        s.create(&format!("{dir}{name}"), b(name))
+            .await
+            .expect("create");
+    }
+    // Neighbours that share a string prefix but are outside the listed "directory".
+    s.create(&format!("{p}items"), b("x"))
+        .await
+        .expect("create");
+    s.create(&format!("{p}itemsz/a"), b("x"))
+        .await
+        .expect("create");
+
+    let all = s.list(&dir, ListOptions::default()).await.expect("list");
+    let keys: Vec<_> = all.items.iter().map(|kv| kv.key.clone()).collect();
+    let want: Vec<_> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|n| format!("{dir}{n}"))
+        .collect();
+    assert_eq!(keys, want);
+    assert!(!all.more);
+    assert_eq!(all.revision, s.current_revision().await.expect("rev"));
+    assert_eq!(s.count(&dir).await.expect("count"), 5);
+    assert_eq!(s.count(&format!("{p}nothing/")).await.expect("count"), 0);
+
+    // Page by 2, pinned at the first page's revision while the data changes under us.
+    let page1 = s
+        .list(
+            &dir,
+            ListOptions {
+                limit: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("page 1");
+    assert_eq!(page1.items.len(), 2);
+    assert!(page1.more);
+    let pinned = page1.revision;
+    let c = s.get(&format!("{dir}c")).await.expect("get").expect("c");
+    s.delete(&c.key, None).await.expect("delete c");
+    s.update(&format!("{dir}d"), b("d2"), None)
+        .await
+        .expect("update d");
+    s.create(&format!("{dir}bb"), b("bb"))
+        .await
+        .expect("create bb");
+
+    let mut after = page1.items.last().map(|kv| kv.key.clone());
+    let mut seen: Vec<KeyValue> = page1.items.clone();
+    loop {
+        let page = s
+            .list(
+                &dir,
+                ListOptions {
+                    limit: 2,
+                    start_after: after.clone(),
+                    revision: Some(pinned),
+                },
+            )
+            .await
+            .expect("next page");
+        assert_eq!(page.revision, pinned);
+        seen.extend(page.items.iter().cloned());
+        after = page.items.last().map(|kv| kv.key.clone());
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(
+        seen, all.items,
+        "pinned pages show the state at the pinned revision"
+    );
+
+    // Unpinned, the latest state.
+    let latest = s.list(&dir, ListOptions::default()).await.expect("list");
+    let names: Vec<_> = latest
+        .items
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+        .collect();
+    assert_eq!(names, ["a", "b", "bb", "d2", "e"]);
+    let tail = s
+        .list(
+            &dir,
+            ListOptions {
+                start_after: Some(format!("{dir}bb")),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!(tail.items.len(), 2);
+
+    let future = latest.revision + 1000;
+    assert!(matches!(
+        s.list(
+            &dir,
+            ListOptions {
+                revision: Some(future),
+                ..Default::default()
+            }
+        )
+        .await,
+        Err(Error::FutureRevision { .. })
+    ));
+}
+
+async fn watch_from_revision(s: &dyn Store, p: &str) {
+    let dir = format!("{p}w/");
+    let other = format!("{p}other/");
+    let start = s.current_revision().await.expect("rev");
+    let a1 = s.create(&format!("{dir}a"), b("1")).await.expect("create");
+    s.create(&format!("{other}x"), b("x"))
+        .await
+        .expect("create");
+    let a2 = s.update(&a1.key, b("2"), None).await.expect("update");
+    let del = s.delete(&a1.key, None).await.expect("delete");
+    let del_rev = s.current_revision().await.expect("rev");
+    s.create(&format!("{other}y"), b("y"))
+        .await
+        .expect("create");
+    let bkv = s.create(&format!("{dir}b"), b("b")).await.expect("create");
+
+    let mut w = s.watch(&dir, start).await.expect("watch");
+    assert_eq!(
+        next_change(&mut w).await,
+        Event::Put {
+            kv: a1.clone(),
+            prev: None
+        }
+    );
+    assert_eq!(
+        next_change(&mut w).await,
+        Event::Put {
+            kv: a2.clone(),
+            prev: Some(a1.clone())
+        }
+    );
+    assert_eq!(
+        next_change(&mut w).await,
+        Event::Delete {
+            prev: del.clone(),
+            revision: del_rev
+        }
+    );
+    assert_eq!(
+        next_change(&mut w).await,
+        Event::Put {
+            kv: bkv.clone(),
+            prev: None
+        }
+    );
+    assert_quiet(&mut w).await;
+
+    // Live events after the replay, still ignoring the other prefix.
+    s.create(&format!("{other}z"), b("z"))
+        .await
+        .expect("create");
+    let c = s.create(&format!("{dir}c"), b("c")).await.expect("create");
+    assert_eq!(next_change(&mut w).await, Event::Put { kv: c, prev: None });
+
+    // From a later revision: exactly the later events.
+    let mut w2 = s.watch(&dir, a2.mod_revision).await.expect("watch");
+    assert!(
+        matches!(next_change(&mut w2).await, Event::Delete { revision, .. } if revision == del_rev)
+    );
+    assert!(matches!(next_change(&mut w2).await, Event::Put { kv, .. } if kv == bkv));
+
+    // From now (0): only new events.
+    let mut w3 = s.watch(&dir, 0).await.expect("watch");
+    assert_quiet(&mut w3).await;
+    let d = s.create(&format!("{dir}d"), b("d")).await.expect("create");
+    assert_eq!(next_change(&mut w3).await, Event::Put { kv: d, prev: None });
+}
+
+async fn concurrent_creates(s: &dyn Store, p: &str) {
+    let creates = (0..200).map(|i| s.create_owned(format!("{p}c/{i:03}")));
+    let results = futures_util::future::join_all(creates).await;
+    let mut revisions: Vec<i64> = results
+        .into_iter()
+        .map(|r| r.expect("create").mod_revision)
+        .collect();
+    revisions.sort_unstable();
+    revisions.dedup();
+    assert_eq!(revisions.len(), 200, "every create got its own revision");
+    assert_eq!(s.count(&format!("{p}c/")).await.expect("count"), 200);
+}
+
+/// Small helper so `join_all` can hold the futures (the key must outlive the call).
+trait CreateOwned {
+    fn create_owned(&self, key: String) -> impl Future<Output = berth_store::Result<KeyValue>>;
+}
+
+impl CreateOwned for &dyn Store {
+    fn create_owned(&self, key: String) -> impl Future<Output = berth_store::Result<KeyValue>> {
+        let s = *self;
+        async move { s.create(&key, b("v")).await }
+    }
+}
+
+async fn progress(s: &dyn Store, p: &str) {
+    let dir = format!("{p}prog/");
+    let mut w = s.watch(&dir, 0).await.expect("watch");
+    let first = tokio::time::timeout(TIMEOUT, w.next())
+        .await
+        .expect("no progress event")
+        .expect("stream ended")
+        .expect("stream error");
+    assert!(matches!(first, Event::Progress { .. }), "{first:?}");
+    let kv = s.create(&format!("{dir}a"), b("a")).await.expect("create");
+    // Unrelated writes advance the store revision; progress must still be sound for us.
+    let other = s
+        .create(&format!("{p}noise"), b("n"))
+        .await
+        .expect("create");
+    let mut saw_put = false;
+    loop {
+        let item = tokio::time::timeout(TIMEOUT, w.next())
+            .await
+            .expect("timed out")
+            .expect("stream ended")
+            .expect("stream error");
+        match item {
+            Event::Put { kv: got, .. } => {
+                assert_eq!(got, kv);
+                saw_put = true;
+            }
+            Event::Progress { revision } if revision >= other.mod_revision => {
+                assert!(
+                    saw_put,
+                    "progress past the put before the put was delivered"
+                );
+                break;
+            }
+            Event::Progress { revision } => {
+                assert!(!saw_put || revision >= kv.mod_revision);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+async fn compaction<F, Fut>(s: &dyn Store, p: &str, compact: F)
+where
+    F: Fn(i64) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = format!("{p}compact/");
+    let r1 = s.create(&format!("{dir}x"), b("x")).await.expect("create");
+    s.create(&format!("{dir}y"), b("y")).await.expect("create");
+    let r2 = s.create(&format!("{dir}z"), b("z")).await.expect("create");
+    s.update(&r2.key, b("z2"), None).await.expect("update");
+    compact(r2.mod_revision).await;
+
+    match s.watch(&dir, r1.mod_revision).await {
+        Err(Error::Compacted { requested, .. }) => assert_eq!(requested, r1.mod_revision),
+        Ok(mut w) => {
+            let first = tokio::time::timeout(TIMEOUT, w.next())
+                .await
+                .expect("timed out");
+            assert!(
+                matches!(first, Some(Err(Error::Compacted { .. }))),
+                "expected compacted, got {first:?}"
+            );
+        }
+        Err(other) => panic!("expected compacted, got {other:?}"),
+    }
+    let listed = s
+        .list(
+            &dir,
+            ListOptions {
+                revision: Some(r1.mod_revision),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(matches!(listed, Err(Error::Compacted { .. })), "{listed:?}");
+
+    // From the compaction revision on, history is still there.
+    let mut w = s.watch(&dir, r2.mod_revision).await.expect("watch");
+    assert!(matches!(next_change(&mut w).await, Event::Put { kv, .. } if kv.value == b("z2")));
+}
+
+/// The backend-independent part, each case in its own key space.
+async fn suite<F, Fut>(s: &dyn Store, compact: F)
+where
+    F: Fn(i64) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    crud(s, "/t/crud/").await;
+    list_paging(s, "/t/list/").await;
+    watch_from_revision(s, "/t/watch/").await;
+    concurrent_creates(s, "/t/conc/").await;
+    progress(s, "/t/progress/").await;
+    // Last: on etcd a compaction affects the whole keyspace.
+    compaction(s, "/t/compaction/", compact).await;
+}
+
+fn embedded_opts() -> EmbeddedOptions {
+    EmbeddedOptions {
+        progress_interval: PROGRESS,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_conformance() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Embedded::open(dir.path(), embedded_opts()).expect("open");
+    suite(&store, |rev| {
+        store.compact(rev);
+        async {}
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_survives_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (kept, rev) = {
+        let store = Embedded::open(dir.path(), embedded_opts()).expect("open");
+        let kept = store.create("/r/a", b("a")).await.expect("create");
+        store.create("/r/b", b("b")).await.expect("create");
+        store.delete("/r/b", None).await.expect("delete");
+        (kept, store.current_revision().await.expect("rev"))
+    };
+    let store = Embedded::open(dir.path(), embedded_opts()).expect("reopen");
+    assert_eq!(
+        store.current_revision().await.expect("rev"),
+        rev,
+        "revision persisted, deletes included"
+    );
+    assert_eq!(store.get("/r/a").await.expect("get"), Some(kept.clone()));
+    assert_eq!(store.get("/r/b").await.expect("get"), None);
+    // History does not survive a restart: old watches must re-list.
+    assert!(matches!(
+        store.watch("/r/", kept.mod_revision).await,
+        Err(Error::Compacted { .. })
+    ));
+    // But watching from the current revision works, and new revisions continue upward.
+    let mut w = store.watch("/r/", rev).await.expect("watch");
+    let c = store.create("/r/c", b("c")).await.expect("create");
+    assert_eq!(c.mod_revision, rev + 1);
+    assert_eq!(next_change(&mut w).await, Event::Put { kv: c, prev: None });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_history_is_bounded_and_slow_watchers_are_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Embedded::open(
+        dir.path(),
+        EmbeddedOptions {
+            history: 10,
+            watch_buffer: 8,
+            progress_interval: PROGRESS,
+            ..Default::default()
+        },
+    )
+    .expect("open");
+    store.create("/s/first", b("v")).await.expect("create");
+    let start = store.current_revision().await.expect("rev");
+    let mut slow = store.watch("/s/", start).await.expect("watch");
+    for i in 0..30 {
+        store
+            .create(&format!("/s/{i:02}"), b("v"))
+            .await
+            .expect("create");
+    }
+    // Old history is gone...
+    assert!(matches!(
+        store.watch("/s/", start).await,
+        Err(Error::Compacted { .. })
+    ));
+    // ...recent history is there...
+    let now = store.current_revision().await.expect("rev");
+    drop(store.watch("/s/", now - 5).await.expect("recent watch"));
+    // ...and the watcher that never read ends with Lagged after what it could still get.
+    let mut delivered = 0;
+    loop {
+        match tokio::time::timeout(TIMEOUT, slow.next())
+            .await
+            .expect("timed out")
+        {
+            Some(Ok(Event::Put { .. })) => delivered += 1,
+            Some(Ok(Event::Progress { .. })) => {}
+            Some(Err(Error::Lagged { revision })) => {
+                assert!(revision < now);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(delivered < 30);
+    assert!(slow.next().await.is_none(), "stream ends after the error");
+}
+
+/// A throwaway etcd server on free loopback ports, killed (by PID) when dropped.
+struct EtcdProcess {
+    child: Child,
+    endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+impl EtcdProcess {
+    fn start() -> EtcdProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let client = format!("http://127.0.0.1:{}", free_port());
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("log file");
+        let child = Command::new("etcd")
+            .arg("--name=test")
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=test={peer}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("etcd must be installed (Debian package `etcd-server`) to run these tests");
+        EtcdProcess {
+            child,
+            endpoint: client,
+            _dir: dir,
+        }
+    }
+
+    async fn connect(&self, prefix: &str) -> Etcd {
+        let endpoints = [self.endpoint.clone()];
+        let opts = EtcdOptions {
+            progress_interval: PROGRESS,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let last = match Etcd::connect_with(&endpoints, prefix, opts.clone()).await {
+                Ok(etcd) => match etcd.current_revision().await {
+                    Ok(_) => return etcd,
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "etcd did not start: {:?}",
+                last
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_conformance() {
+    let server = EtcdProcess::start();
+    let store = server.connect("/berth").await;
+    // A key outside the store's prefix must be invisible.
+    let raw = server.connect("").await;
+    raw.create("/elsewhere/t/crud/a", b("x"))
+        .await
+        .expect("create");
+    suite(&store, |rev| {
+        let store = &store;
+        async move { store.compact(rev).await.expect("compact") }
+    })
+    .await;
+    assert_eq!(raw.count("/berth/t/crud/").await.expect("count"), 1);
+}
