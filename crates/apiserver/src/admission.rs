@@ -1,0 +1,465 @@
+//! Kind-specific rules applied on create, update and delete: defaults, validation and
+//! ClusterIP/NodePort allocation for Services, namespace lifecycle, pod and workload defaults,
+//! and the `scale` subresource.
+
+use std::net::Ipv4Addr;
+
+use berth_api::resources::{self, Resource};
+use berth_api::{BadValue, FieldError, FieldErrors, meta as vmeta, names, service as vsvc};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta as TypedMeta;
+use serde_json::{Value, json};
+
+use crate::Server;
+use crate::alloc::AllocError;
+use crate::error::{ApiError, Result};
+use crate::meta::{ObjectMeta, collection_key};
+
+/// Addresses and ports taken for an object being written: released again if the write fails
+/// (`rollback`), and the object's old ones released once it succeeds (`commit`).
+#[derive(Debug, Default)]
+#[must_use]
+pub struct Grant {
+    ips: Vec<Ipv4Addr>,
+    ports: Vec<u16>,
+}
+
+impl Grant {
+    pub fn rollback(self, srv: &Server) {
+        let mut a = srv.alloc.lock().unwrap_or_else(|p| p.into_inner());
+        self.ips.iter().for_each(|ip| a.ips.release(*ip));
+        self.ports.iter().for_each(|p| a.ports.release(*p));
+    }
+
+    /// The write of `new` over `old` succeeded: whatever `old` held that `new` no longer
+    /// holds is free again.
+    pub fn commit(self, srv: &Server, old: &Value, new: &Value) {
+        let (old_ips, old_ports) = held(old);
+        let (new_ips, new_ports) = held(new);
+        let mut a = srv.alloc.lock().unwrap_or_else(|p| p.into_inner());
+        old_ips.iter().filter(|ip| !new_ips.contains(ip)).for_each(|ip| a.ips.release(*ip));
+        old_ports.iter().filter(|p| !new_ports.contains(p)).for_each(|p| a.ports.release(*p));
+    }
+}
+
+/// What a stored Service holds: its cluster IP and node ports.
+fn held(obj: &Value) -> (Vec<Ipv4Addr>, Vec<u16>) {
+    let ips = obj
+        .pointer("/spec/clusterIPs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .chain(obj.pointer("/spec/clusterIP").and_then(Value::as_str))
+        .filter_map(|s| s.parse().ok())
+        .collect::<std::collections::BTreeSet<Ipv4Addr>>()
+        .into_iter()
+        .collect();
+    let ports = obj
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.get("nodePort")?.as_u64())
+        .filter_map(|p| u16::try_from(p).ok())
+        .collect::<std::collections::BTreeSet<u16>>()
+        .into_iter()
+        .collect();
+    (ips, ports)
+}
+
+fn invalid(r: &'static Resource, obj: &Value, errors: FieldErrors) -> ApiError {
+    ApiError::Invalid { resource: r, kind: r.kind, name: obj.name().unwrap_or("").to_owned(), errors }
+}
+
+fn name_rule(r: &Resource) -> fn(&str) -> Vec<String> {
+    match r.kind {
+        "Namespace" => names::is_dns1123_label,
+        "Service" => names::is_dns1035_label,
+        _ => names::is_dns1123_subdomain,
+    }
+}
+
+fn typed_meta(obj: &Value) -> TypedMeta {
+    obj.get("metadata").cloned().and_then(|m| serde_json::from_value(m).ok()).unwrap_or_default()
+}
+
+fn typed<T: serde::de::DeserializeOwned>(r: &'static Resource, obj: &Value) -> Result<T> {
+    serde_json::from_value(obj.clone()).map_err(|e| ApiError::BadRequest(format!("error decoding {}: {e}", r.kind)))
+}
+
+fn untyped<T: serde::Serialize>(v: &T) -> Result<Value> {
+    serde_json::to_value(v).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Defaults, validates and allocates for a new object.
+pub async fn create(srv: &Server, r: &'static Resource, obj: &mut Value) -> Result<Grant> {
+    let mut errs = vmeta::validate_object_meta(&typed_meta(obj), r.namespaced, name_rule(r));
+    let grant = match (r.group, r.kind) {
+        ("", "Service") => {
+            let mut svc: Service = typed(r, obj)?;
+            vsvc::default_service(&mut svc);
+            errs.extend(vsvc::validate_service(&svc));
+            if !errs.is_empty() {
+                return Err(invalid(r, obj, errs));
+            }
+            let grant = allocate(srv, &mut svc, None).map_err(|e| invalid(r, obj, e))?;
+            *obj = untyped(&svc)?;
+            obj["status"] = json!({"loadBalancer": {}});
+            grant
+        }
+        ("", "Namespace") => {
+            obj["spec"] = json!({"finalizers": ["kubernetes"]});
+            obj["status"] = json!({"phase": "Active"});
+            let name = obj.name().unwrap_or("").to_owned();
+            obj.meta_mut()
+                .entry("labels")
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .map(|l| l.insert("kubernetes.io/metadata.name".into(), json!(name)));
+            Grant::default()
+        }
+        ("", "Pod") => {
+            default_pod_spec(obj.get_mut("spec"));
+            errs.extend(validate_pod_spec(obj.get("spec"), "spec"));
+            obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+            Grant::default()
+        }
+        ("apps", "Deployment" | "ReplicaSet") => {
+            default_workload(r.kind, obj);
+            errs.extend(validate_workload(obj));
+            obj["status"] = json!({});
+            Grant::default()
+        }
+        _ => Grant::default(),
+    };
+    if !errs.is_empty() {
+        grant.rollback(srv);
+        return Err(invalid(r, obj, errs));
+    }
+    Ok(grant)
+}
+
+/// Defaults, validates and re-allocates for an update of `old` to `new`.
+pub async fn update(srv: &Server, r: &'static Resource, new: &mut Value, old: &Value) -> Result<Grant> {
+    let mut errs = vmeta::validate_object_meta_update(&typed_meta(new), &typed_meta(old));
+    let grant = match (r.group, r.kind) {
+        ("", "Service") => {
+            let mut svc: Service = typed(r, new)?;
+            let old_svc: Service = typed(r, old)?;
+            vsvc::prepare_service_update(&mut svc, &old_svc);
+            errs.extend(vsvc::validate_service_update(&svc, &old_svc));
+            if !errs.is_empty() {
+                return Err(invalid(r, new, errs));
+            }
+            let grant = allocate(srv, &mut svc, Some(&old_svc)).map_err(|e| invalid(r, new, e))?;
+            *new = untyped(&svc)?;
+            grant
+        }
+        ("", "Pod") => {
+            default_pod_spec(new.get_mut("spec"));
+            Grant::default()
+        }
+        ("apps", "Deployment" | "ReplicaSet") => {
+            default_workload(r.kind, new);
+            errs.extend(validate_workload(new));
+            Grant::default()
+        }
+        _ => Grant::default(),
+    };
+    if !errs.is_empty() {
+        grant.rollback(srv);
+        return Err(invalid(r, new, errs));
+    }
+    Ok(grant)
+}
+
+/// Takes the cluster IP and node ports `svc` needs that `old` did not already hold.
+fn allocate(srv: &Server, svc: &mut Service, old: Option<&Service>) -> std::result::Result<Grant, FieldErrors> {
+    let mut a = srv.alloc.lock().unwrap_or_else(|p| p.into_inner());
+    let mut grant = Grant::default();
+    let mut errs = FieldErrors::new();
+    let old_val = old.and_then(|o| serde_json::to_value(o).ok()).unwrap_or(Value::Null);
+    let (old_ips, old_ports) = held(&old_val);
+    let spec = svc.spec.get_or_insert_with(Default::default);
+    let ty = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
+    if ty != "ExternalName" {
+        let wanted = spec.cluster_ip.clone().unwrap_or_default();
+        if wanted == "None" {
+            spec.cluster_ips = Some(vec!["None".into()]);
+        } else if wanted.is_empty() {
+            match a.ips.allocate_next() {
+                Ok(ip) => {
+                    grant.ips.push(ip);
+                    spec.cluster_ip = Some(ip.to_string());
+                    spec.cluster_ips = Some(vec![ip.to_string()]);
+                }
+                Err(e) => errs.push(FieldError::invalid("spec.clusterIPs", BadValue::Raw("[]string(nil)".into()), format!("failed to allocate IP: {e}"))),
+            }
+        } else if let Ok(ip) = wanted.parse::<Ipv4Addr>() {
+            if !old_ips.contains(&ip) {
+                match a.ips.allocate(ip) {
+                    Ok(()) => grant.ips.push(ip),
+                    Err(e) => errs.push(FieldError::invalid(
+                        "spec.clusterIPs",
+                        BadValue::Raw(format!("[]string{{\"{wanted}\"}}")),
+                        format!("failed to allocate IP {wanted}: {e}"),
+                    )),
+                }
+            }
+            spec.cluster_ips = Some(vec![wanted]);
+        }
+    }
+    let wants_node_ports = ty == "NodePort" || (ty == "LoadBalancer" && spec.allocate_load_balancer_node_ports != Some(false));
+    if wants_node_ports {
+        let mut mine: Vec<u16> = Vec::new();
+        for (i, port) in spec.ports.iter_mut().flatten().enumerate() {
+            match port.node_port.and_then(|p| u16::try_from(p).ok()) {
+                Some(p) if old_ports.contains(&p) || mine.contains(&p) => {}
+                Some(p) => match a.ports.allocate(p) {
+                    Ok(()) => {
+                        grant.ports.push(p);
+                        mine.push(p);
+                    }
+                    Err(e @ (AllocError::PortTaken | AllocError::PortOutOfRange { .. })) => {
+                        errs.push(FieldError::invalid(format!("spec.ports[{i}].nodePort"), i64::from(p), e.to_string()))
+                    }
+                    Err(e) => errs.push(FieldError::invalid(format!("spec.ports[{i}].nodePort"), i64::from(p), e.to_string())),
+                },
+                None => match a.ports.allocate_next() {
+                    Ok(p) => {
+                        grant.ports.push(p);
+                        mine.push(p);
+                        port.node_port = Some(i32::from(p));
+                    }
+                    Err(e) => errs.push(FieldError::invalid(format!("spec.ports[{i}].nodePort"), 0i64, format!("failed to allocate a nodePort: {e}"))),
+                },
+            }
+        }
+    }
+    if !errs.is_empty() {
+        drop(a);
+        grant.rollback(srv);
+        return Err(errs);
+    }
+    Ok(grant)
+}
+
+/// Frees what a deleted object held.
+pub fn deleted(srv: &Server, r: &Resource, obj: &Value) {
+    if r.group.is_empty() && r.kind == "Service" {
+        let (ips, ports) = held(obj);
+        let mut a = srv.alloc.lock().unwrap_or_else(|p| p.into_inner());
+        ips.iter().for_each(|ip| a.ips.release(*ip));
+        ports.iter().for_each(|p| a.ports.release(*p));
+    }
+}
+
+/// Objects can only be created in a namespace that exists and is not being deleted.
+pub async fn check_namespace_open(srv: &Server, ns: &str) -> Result<()> {
+    let r = resources::by_kind("", "Namespace").ok_or_else(|| ApiError::Internal("namespaces not registered".into()))?;
+    let obj = crate::rest::get(srv, r, None, ns).await?;
+    if obj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
+        return Err(ApiError::Forbidden(format!(
+            "unable to create new content in namespace {ns} because it is being terminated"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses deletions kube-apiserver refuses.
+pub async fn check_delete(_srv: &Server, r: &Resource, obj: &Value) -> Result<()> {
+    if r.group.is_empty() && r.kind == "Namespace" {
+        let name = obj.name().unwrap_or("");
+        if matches!(name, "default" | "kube-system" | "kube-public") {
+            return Err(ApiError::Forbidden(format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted")));
+        }
+    }
+    Ok(())
+}
+
+/// Work that must happen before an object is removed: a namespace takes its contents with it.
+/// (kube-apiserver hands this to the namespace controller; berth does it inline for now.)
+pub async fn before_delete(srv: &Server, r: &Resource, obj: &Value) -> Result<()> {
+    if !(r.group.is_empty() && r.kind == "Namespace") {
+        return Ok(());
+    }
+    let ns = obj.name().unwrap_or("");
+    for res in resources::RESOURCES.iter().filter(|x| x.namespaced) {
+        let listed = srv
+            .store
+            .list(&collection_key(res, Some(ns)), berth_store::ListOptions { limit: 0, start_after: None, revision: None })
+            .await?;
+        for kv in listed.items {
+            if srv.store.delete(&kv.key, None).await.is_ok() {
+                if let Ok(o) = crate::rest::decode_kv(&kv) {
+                    deleted(srv, res, &o);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn default_pod_spec(spec: Option<&mut Value>) {
+    let Some(Value::Object(s)) = spec else { return };
+    for (k, v) in [
+        ("restartPolicy", json!("Always")),
+        ("dnsPolicy", json!("ClusterFirst")),
+        ("terminationGracePeriodSeconds", json!(30)),
+        ("schedulerName", json!("default-scheduler")),
+        ("securityContext", json!({})),
+        ("enableServiceLinks", json!(true)),
+    ] {
+        s.entry(k).or_insert(v);
+    }
+    for list in ["containers", "initContainers"] {
+        for c in s.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+            let Value::Object(c) = c else { continue };
+            let image = c.get("image").and_then(Value::as_str).unwrap_or("").to_owned();
+            let latest = !image.contains(':') || image.ends_with(":latest");
+            c.entry("imagePullPolicy").or_insert(json!(if latest { "Always" } else { "IfNotPresent" }));
+            c.entry("terminationMessagePath").or_insert(json!("/dev/termination-log"));
+            c.entry("terminationMessagePolicy").or_insert(json!("File"));
+            c.entry("resources").or_insert(json!({}));
+            for p in c.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+                if let Value::Object(p) = p {
+                    p.entry("protocol").or_insert(json!("TCP"));
+                }
+            }
+        }
+    }
+}
+
+fn validate_pod_spec(spec: Option<&Value>, path: &str) -> FieldErrors {
+    let mut errs = FieldErrors::new();
+    let containers = spec.and_then(|s| s.get("containers")).and_then(Value::as_array);
+    match containers {
+        None => errs.push(FieldError::required(format!("{path}.containers"), "")),
+        Some(cs) if cs.is_empty() => errs.push(FieldError::required(format!("{path}.containers"), "")),
+        Some(cs) => {
+            let mut seen = Vec::new();
+            for (i, c) in cs.iter().enumerate() {
+                let p = format!("{path}.containers[{i}]");
+                match c.get("name").and_then(Value::as_str) {
+                    None | Some("") => errs.push(FieldError::required(format!("{p}.name"), "")),
+                    Some(n) => {
+                        for msg in names::is_dns1123_label(n) {
+                            errs.push(FieldError::invalid(format!("{p}.name"), n, msg));
+                        }
+                        if seen.contains(&n) {
+                            errs.push(FieldError::duplicate(format!("{p}.name"), n));
+                        }
+                        seen.push(n);
+                    }
+                }
+                if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+                    errs.push(FieldError::required(format!("{p}.image"), ""));
+                }
+            }
+        }
+    }
+    errs
+}
+
+fn default_workload(kind: &str, obj: &mut Value) {
+    let Some(Value::Object(spec)) = obj.get_mut("spec") else { return };
+    spec.entry("replicas").or_insert(json!(1));
+    spec.entry("revisionHistoryLimit").or_insert(json!(10));
+    if kind == "Deployment" {
+        spec.entry("progressDeadlineSeconds").or_insert(json!(600));
+        let strategy = spec.entry("strategy").or_insert(json!({}));
+        if let Value::Object(st) = strategy {
+            st.entry("type").or_insert(json!("RollingUpdate"));
+            if st.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
+                let ru = st.entry("rollingUpdate").or_insert(json!({}));
+                if let Value::Object(ru) = ru {
+                    ru.entry("maxSurge").or_insert(json!("25%"));
+                    ru.entry("maxUnavailable").or_insert(json!("25%"));
+                }
+            }
+        }
+    }
+    if let Some(template) = spec.get_mut("template") {
+        default_pod_spec(template.get_mut("spec"));
+    }
+}
+
+fn validate_workload(obj: &Value) -> FieldErrors {
+    let mut errs = FieldErrors::new();
+    let spec = obj.get("spec");
+    let selector = spec.and_then(|s| s.get("selector"));
+    let template_labels: std::collections::BTreeMap<String, String> = spec
+        .and_then(|s| s.pointer("/template/metadata/labels"))
+        .and_then(|l| serde_json::from_value(l.clone()).ok())
+        .unwrap_or_default();
+    match selector.and_then(|s| serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>(s.clone()).ok()) {
+        None => errs.push(FieldError::required("spec.selector", "")),
+        Some(sel) => {
+            let sel_errs = berth_api::selector::validate_label_selector(&sel, "spec.selector");
+            if sel_errs.is_empty() {
+                let empty = sel.match_labels.as_ref().is_none_or(|m| m.is_empty()) && sel.match_expressions.as_ref().is_none_or(|m| m.is_empty());
+                if empty {
+                    errs.push(FieldError::invalid("spec.selector", BadValue::Raw("v1.LabelSelector{MatchLabels:map[string]string(nil), MatchExpressions:[]v1.LabelSelectorRequirement(nil)}".into()), "empty selector is invalid for deployment"));
+                } else if let Ok(s) = berth_api::selector::Selector::from_label_selector(&sel) {
+                    if !s.matches(&template_labels) {
+                        let rendered = template_labels.iter().map(|(k, v)| format!("\"{k}\":\"{v}\"")).collect::<Vec<_>>().join(", ");
+                        errs.push(FieldError::invalid(
+                            "spec.template.metadata.labels",
+                            BadValue::Raw(format!("map[string]string{{{rendered}}}")),
+                            "`selector` does not match template `labels`",
+                        ));
+                    }
+                }
+            }
+            errs.extend(sel_errs);
+        }
+    }
+    if let Some(r) = spec.and_then(|s| s.get("replicas")).and_then(Value::as_i64) {
+        if r < 0 {
+            errs.push(FieldError::invalid("spec.replicas", r, "must be greater than or equal to 0"));
+        }
+    }
+    errs.extend(validate_pod_spec(spec.and_then(|s| s.pointer("/template/spec")), "spec.template.spec"));
+    errs
+}
+
+/// The `autoscaling/v1 Scale` view of a Deployment or ReplicaSet.
+pub fn scale_of(obj: &Value) -> Value {
+    let meta = obj.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    let selector = obj
+        .pointer("/spec/selector")
+        .and_then(|s| serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>(s.clone()).ok())
+        .and_then(|s| berth_api::selector::Selector::from_label_selector(&s).ok())
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"), "creationTimestamp": meta.get("creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+    })
+}
+
+/// The object `cur` with the replica count of the `Scale` body applied.
+pub fn apply_scale(cur: &Value, scale: &Value) -> Result<Value> {
+    let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+    if replicas < 0 {
+        let name = cur.name().unwrap_or("").to_owned();
+        let r = resources::by_kind("autoscaling", "Scale");
+        return Err(match r {
+            Some(r) => ApiError::Invalid { resource: r, kind: "Scale", name, errors: vec![FieldError::invalid("spec.replicas", replicas, "must be greater than or equal to 0")] },
+            None => ApiError::BadRequest(format!("Scale \"{name}\" is invalid: spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0")),
+        });
+    }
+    let mut new = cur.clone();
+    new["spec"]["replicas"] = json!(replicas);
+    if let Some(rv) = scale.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+        new.set_meta("resourceVersion", json!(rv));
+    }
+    Ok(new)
+}

@@ -1,0 +1,166 @@
+//! `ApiError`: every way a request fails, rendered as the `metav1.Status` body kube-apiserver
+//! sends, so kubectl prints the same text it prints against a real cluster.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use berth_api::FieldErrors;
+use berth_api::resources::Resource;
+use serde_json::{Value, json};
+
+/// A failed request. Each variant maps to one HTTP code and `Status.reason`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{} \"{name}\" not found", resource.qualified_plural())]
+    NotFound { resource: &'static Resource, name: String },
+    #[error("the server could not find the requested resource")]
+    NoRoute,
+    #[error("{} \"{name}\" already exists", resource.qualified_plural())]
+    AlreadyExists { resource: &'static Resource, name: String },
+    #[error("Operation cannot be fulfilled on {} \"{name}\": {detail}", resource.qualified_plural())]
+    Conflict { resource: &'static Resource, name: String, detail: String },
+    #[error("{kind} \"{name}\" is invalid: {}", render_causes(errors))]
+    Invalid { resource: &'static Resource, kind: &'static str, name: String, errors: FieldErrors },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Gone(String),
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("the server does not allow this method on the requested resource")]
+    MethodNotAllowed,
+    #[error("Request entity too large: limit is {0}")]
+    TooLarge(usize),
+    #[error("the body of the request was in an unknown format - accepted media types include: {0}")]
+    UnsupportedMediaType(&'static str),
+    #[error("{0}")]
+    Internal(String),
+    #[error("storage: {0}")]
+    Store(#[from] berth_store::Error),
+}
+
+fn render_causes(errors: &FieldErrors) -> String {
+    match errors.as_slice() {
+        [one] => one.to_string(),
+        many => format!("[{}]", many.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")),
+    }
+}
+
+impl ApiError {
+    pub fn code(&self) -> StatusCode {
+        match self {
+            Self::NotFound { .. } | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::AlreadyExists { .. } | Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Gone(_) => StatusCode::GONE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Internal(_) | Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::NotFound { .. } | Self::NoRoute => "NotFound",
+            Self::AlreadyExists { .. } => "AlreadyExists",
+            Self::Conflict { .. } => "Conflict",
+            Self::Invalid { .. } => "Invalid",
+            Self::BadRequest(_) => "BadRequest",
+            Self::Forbidden(_) => "Forbidden",
+            Self::Gone(_) => "Expired",
+            Self::Unauthorized => "Unauthorized",
+            Self::MethodNotAllowed => "MethodNotAllowed",
+            Self::TooLarge(_) => "RequestEntityTooLarge",
+            Self::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            Self::Internal(_) | Self::Store(_) => "InternalError",
+        }
+    }
+
+    fn details(&self) -> Option<Value> {
+        let with_group = |mut d: Value, r: &Resource| {
+            if !r.group.is_empty() {
+                d["group"] = json!(r.group);
+            }
+            d
+        };
+        match self {
+            Self::NotFound { resource, name } | Self::AlreadyExists { resource, name } | Self::Conflict { resource, name, .. } => {
+                Some(with_group(json!({"name": name, "kind": resource.plural}), resource))
+            }
+            Self::Invalid { resource, kind, name, errors } => {
+                let causes: Vec<Value> = errors
+                    .iter()
+                    .map(|e| json!({"reason": e.kind.cause_type(), "message": e.message(), "field": e.path}))
+                    .collect();
+                Some(with_group(json!({"name": name, "kind": kind, "causes": causes}), resource))
+            }
+            _ => None,
+        }
+    }
+
+    /// The `metav1.Status` body.
+    pub fn status(&self) -> Value {
+        let mut s = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.to_string(),
+            "reason": self.reason(),
+            "code": self.code().as_u16(),
+        });
+        if let Some(d) = self.details() {
+            s["details"] = d;
+        }
+        s
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if matches!(self, Self::Store(_) | Self::Internal(_)) {
+            tracing::error!(error = %self, "request failed");
+        }
+        let body = self.status().to_string();
+        let mut resp = (self.code(), body).into_response();
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp
+    }
+}
+
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_api::FieldError;
+    use berth_api::resources::by_kind;
+
+    fn svc() -> &'static Resource {
+        by_kind("", "Service").expect("registered")
+    }
+
+    #[test]
+    fn statuses_read_like_kube_apiserver() {
+        let e = ApiError::NotFound { resource: svc(), name: "web".into() };
+        assert_eq!(e.to_string(), "services \"web\" not found");
+        assert_eq!(e.status()["code"], 404);
+        let e = ApiError::Invalid {
+            resource: svc(),
+            kind: "Service",
+            name: "web".into(),
+            errors: vec![FieldError::required("spec.ports", "")],
+        };
+        assert_eq!(e.to_string(), "Service \"web\" is invalid: spec.ports: Required value");
+        assert_eq!(e.status()["details"]["causes"][0]["field"], "spec.ports");
+        let deploy = by_kind("apps", "Deployment").expect("registered");
+        let e = ApiError::AlreadyExists { resource: deploy, name: "d".into() };
+        assert_eq!(e.to_string(), "deployments.apps \"d\" already exists");
+        assert_eq!(e.status()["details"]["group"], "apps");
+    }
+}

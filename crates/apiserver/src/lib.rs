@@ -1,0 +1,73 @@
+//! berth's API server: the Kubernetes REST API over HTTPS with client-certificate auth.
+//! kubectl and every berth component talk to it; it is the only writer to the store.
+//!
+//! Start from [`run`]: it binds, serves [`router`], and hands requests to `rest` (verbs),
+//! `watch`, `discovery` and `openapi`; kind-specific rules live in `admission`.
+
+mod admission;
+mod alloc;
+mod discovery;
+pub mod error;
+mod filter;
+mod meta;
+mod openapi;
+mod patch;
+pub mod pki;
+mod request;
+mod rest;
+mod serve;
+mod table;
+mod watch;
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use berth_store::Store;
+pub use ipnet::Ipv4Net;
+pub use serve::{Listening, run};
+
+/// How the API server is set up; built by the binary from its flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// Where certificates and the kubeconfig live.
+    pub data_dir: PathBuf,
+    /// Serve plain HTTP without authentication (for trusted loopback use only).
+    pub insecure_http: bool,
+    pub service_cluster_ip_range: Ipv4Net,
+    pub service_node_port_range: RangeInclusive<u16>,
+    /// Largest request body accepted (kube-apiserver: 3 MiB).
+    pub max_body_bytes: usize,
+}
+
+impl Config {
+    pub fn new(bind: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            bind,
+            data_dir,
+            insecure_http: false,
+            service_cluster_ip_range: Ipv4Net::new(std::net::Ipv4Addr::new(10, 96, 0, 0), 12).unwrap_or_default(),
+            service_node_port_range: 30000..=32767,
+            max_body_bytes: 3 * 1024 * 1024,
+        }
+    }
+}
+
+/// Allocation state guarded by one lock: ClusterIPs and NodePorts.
+#[derive(Debug)]
+struct Allocations {
+    ips: alloc::ClusterIps,
+    ports: alloc::NodePorts,
+}
+
+/// Everything a request handler needs.
+pub struct Server {
+    store: Arc<dyn Store>,
+    config: Config,
+    alloc: Mutex<Allocations>,
+    /// `https://host:port` as clients reach this server.
+    address: Mutex<String>,
+}

@@ -1,0 +1,193 @@
+//! The cluster's certificates: a CA, the serving certificate and the admin client certificate,
+//! created on first start in the data directory, plus the kubeconfig that lets kubectl use them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine;
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Why the certificates could not be made, read or used.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, #[source] source: std::io::Error },
+    #[error("generating certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{path}: not a PEM certificate or key")]
+    Pem { path: PathBuf },
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+/// PEM text of everything the server and its kubeconfig need.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    pub ca_cert: String,
+    pub server_cert: String,
+    pub server_key: String,
+    pub admin_cert: String,
+    pub admin_key: String,
+}
+
+/// The CA's subject; rebuilt identically on every start so that the stored CA key can sign a
+/// fresh serving certificate when the served names change.
+fn ca_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name.push(DnType::CommonName, "berth-ca");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign];
+    p.not_after = rcgen::date_time_ymd(2125, 1, 1);
+    p
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.to_owned(), source })
+}
+
+fn write(path: &Path, text: &str) -> Result<(), PkiError> {
+    std::fs::write(path, text).map_err(|source| PkiError::Io { path: path.to_owned(), source })?;
+    restrict(path)
+}
+
+#[cfg(unix)]
+fn restrict(path: &Path) -> Result<(), PkiError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|source| PkiError::Io { path: path.to_owned(), source })
+}
+
+fn leaf(cn: &str, org: Option<&str>, usage: ExtendedKeyUsagePurpose) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    if let Some(o) = org {
+        p.distinguished_name.push(DnType::OrganizationName, o);
+    }
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p.extended_key_usages = vec![usage];
+    p.use_authority_key_identifier_extension = true;
+    p.not_after = rcgen::date_time_ymd(2125, 1, 1);
+    p
+}
+
+/// Loads the certificates from `dir`, creating what is missing. The serving certificate is
+/// re-issued when `names` (DNS names and IPs it must be valid for) differ from the stored ones.
+pub fn ensure(dir: &Path, names: &[String]) -> Result<Pki, PkiError> {
+    std::fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.to_owned(), source })?;
+    let ca_key_path = dir.join("ca.key");
+    let ca_cert_path = dir.join("ca.crt");
+    let ca_key = if ca_key_path.exists() {
+        KeyPair::from_pem(&read(&ca_key_path)?)?
+    } else {
+        let key = KeyPair::generate()?;
+        write(&ca_key_path, &key.serialize_pem())?;
+        write(&ca_cert_path, &ca_params().self_signed(&key)?.pem())?;
+        key
+    };
+    let issuer = Issuer::new(ca_params(), ca_key);
+
+    let sans_path = dir.join("apiserver.names");
+    let wanted = names.join("\n");
+    let server_cert_path = dir.join("apiserver.crt");
+    let server_key_path = dir.join("apiserver.key");
+    if !server_cert_path.exists() || std::fs::read_to_string(&sans_path).ok().as_deref() != Some(wanted.as_str()) {
+        let mut params = leaf("berth-apiserver", None, ExtendedKeyUsagePurpose::ServerAuth);
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => n.clone().try_into().map(SanType::DnsName),
+            })
+            .collect::<Result<_, _>>()?;
+        let key = KeyPair::generate()?;
+        write(&server_cert_path, &params.signed_by(&key, &issuer)?.pem())?;
+        write(&server_key_path, &key.serialize_pem())?;
+        write(&sans_path, &wanted)?;
+    }
+
+    let admin_cert_path = dir.join("admin.crt");
+    let admin_key_path = dir.join("admin.key");
+    if !admin_cert_path.exists() {
+        let params = leaf("kubernetes-admin", Some("system:masters"), ExtendedKeyUsagePurpose::ClientAuth);
+        let key = KeyPair::generate()?;
+        write(&admin_cert_path, &params.signed_by(&key, &issuer)?.pem())?;
+        write(&admin_key_path, &key.serialize_pem())?;
+    }
+    Ok(Pki {
+        ca_cert: read(&ca_cert_path)?,
+        server_cert: read(&server_cert_path)?,
+        server_key: read(&server_key_path)?,
+        admin_cert: read(&admin_cert_path)?,
+        admin_key: read(&admin_key_path)?,
+    })
+}
+
+/// A rustls server configuration that asks for (but does not require) a client certificate
+/// signed by the cluster CA; requests without one are answered 401 by the auth layer, which is
+/// what kube-apiserver does, rather than failing the handshake.
+pub fn server_config(pki: &Pki) -> Result<rustls::ServerConfig, PkiError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let pem_err = |what: &str| PkiError::Pem { path: PathBuf::from(what) };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pki.ca_cert.as_bytes()) {
+        roots.add(cert.map_err(|_| pem_err("ca.crt"))?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let chain = CertificateDer::pem_slice_iter(pki.server_cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| pem_err("apiserver.crt"))?;
+    let key = PrivateKeyDer::from_pem_slice(pki.server_key.as_bytes()).map_err(|_| pem_err("apiserver.key"))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// A kubeconfig for the admin user, with the certificates inlined so it can be copied anywhere.
+pub fn kubeconfig(pki: &Pki, server_url: &str) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: berth\n  cluster:\n    server: {server_url}\n    certificate-authority-data: {}\n\
+         users:\n- name: berth-admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n\
+         contexts:\n- name: berth\n  context:\n    cluster: berth\n    user: berth-admin\n    namespace: default\n\
+         current-context: berth\npreferences: {{}}\n",
+        b64(&pki.ca_cert),
+        b64(&pki.admin_cert),
+        b64(&pki.admin_key),
+    )
+}
+
+/// Writes `text` to `path` readable only by its owner.
+pub fn write_private(path: &Path, text: &str) -> Result<(), PkiError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| PkiError::Io { path: parent.to_owned(), source })?;
+    }
+    write(path, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_are_made_once_and_reissued_for_new_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = ensure(dir.path(), &["localhost".into(), "127.0.0.1".into()]).expect("pki");
+        let b = ensure(dir.path(), &["localhost".into(), "127.0.0.1".into()]).expect("pki");
+        assert_eq!(a.server_cert, b.server_cert);
+        let c = ensure(dir.path(), &["localhost".into(), "10.0.0.1".into()]).expect("pki");
+        assert_ne!(a.server_cert, c.server_cert);
+        assert_eq!(a.ca_cert, c.ca_cert);
+        assert_eq!(a.admin_cert, c.admin_cert);
+        server_config(&c).expect("rustls accepts the certificates");
+        assert!(kubeconfig(&c, "https://127.0.0.1:6443").contains("server: https://127.0.0.1:6443"));
+    }
+}

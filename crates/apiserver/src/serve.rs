@@ -1,0 +1,258 @@
+//! Listening: TLS with optional client certificates, HTTP/1.1 and HTTP/2, the authentication
+//! gate, routing of non-resource paths, and the objects every cluster starts with.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use berth_api::resources;
+use berth_store::{ListOptions, Store};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::error::ApiError;
+use crate::meta::collection_key;
+use crate::request::{self, Params, Target};
+use crate::{Allocations, Config, Server, alloc, discovery, openapi, pki, rest};
+
+/// Where the server listens, once it does.
+#[derive(Debug, Clone)]
+pub struct Listening {
+    pub addr: SocketAddr,
+    /// `https://127.0.0.1:6443` (or `http://` with `insecure_http`).
+    pub url: String,
+    /// The admin kubeconfig written into the data directory.
+    pub kubeconfig: PathBuf,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("binding {addr}: {source}")]
+    Bind { addr: SocketAddr, #[source] source: std::io::Error },
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error("bootstrapping cluster objects: {0}")]
+    Bootstrap(#[from] ApiError),
+}
+
+/// Whether the connection presented a client certificate the CA signed (rustls verified it).
+#[derive(Debug, Clone, Copy)]
+struct Authenticated(bool);
+
+/// Serves until `shutdown` is cancelled. `ready` receives the address once requests are served.
+pub async fn run(
+    config: Config,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+    ready: tokio::sync::oneshot::Sender<Listening>,
+) -> Result<(), ServeError> {
+    let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| ServeError::Bind { addr: config.bind, source })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.bind, source })?;
+    let scheme = if config.insecure_http { "http" } else { "https" };
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+    let url = format!("{scheme}://{host}:{}", addr.port());
+
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned(), "kubernetes".to_owned(), "kubernetes.default".to_owned(), "kubernetes.default.svc".to_owned(), "kubernetes.default.svc.cluster.local".to_owned()];
+    let first_ip = std::net::Ipv4Addr::from(u32::from(config.service_cluster_ip_range.network()) + 1);
+    for extra in [host.clone(), first_ip.to_string()] {
+        if !names.contains(&extra) {
+            names.push(extra);
+        }
+    }
+    let pki = pki::ensure(&config.data_dir.join("pki"), &names)?;
+    let kubeconfig = config.data_dir.join("kubeconfig");
+    pki::write_private(&kubeconfig, &pki::kubeconfig(&pki, &url))?;
+
+    let srv = Arc::new(Server {
+        store,
+        alloc: Mutex::new(Allocations {
+            ips: alloc::ClusterIps::new(config.service_cluster_ip_range),
+            ports: alloc::NodePorts::new(config.service_node_port_range.clone()),
+        }),
+        address: Mutex::new(url.clone()),
+        config,
+    });
+    restore_allocations(&srv).await?;
+    bootstrap(&srv, addr, first_ip).await?;
+
+    let app = axum::Router::new().fallback(dispatch).with_state(srv.clone());
+    let tls = if srv.config.insecure_http { None } else { Some(tokio_rustls::TlsAcceptor::from(Arc::new(pki::server_config(&pki)?))) };
+    let _ = ready.send(Listening { addr, url, kubeconfig });
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let tls = tls.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let result = match tls {
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(stream) => {
+                        let authed = stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                        serve_connection(TokioIo::new(stream), app, authed, shutdown).await
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                },
+                None => serve_connection(TokioIo::new(tcp), app, true, shutdown).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+}
+
+async fn serve_connection<I>(io: I, app: axum::Router, authed: bool, shutdown: CancellationToken) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(Authenticated(authed));
+        app.clone().oneshot(req)
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
+}
+
+fn json_response(v: Value, content_type: &'static str) -> Response {
+    let mut r = (StatusCode::OK, v.to_string()).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// Every request enters here.
+async fn dispatch(State(srv): State<Arc<Server>>, req: Request) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let resp = route(srv, req).await.unwrap_or_else(IntoResponse::into_response);
+    tracing::debug!(%method, %uri, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+    resp
+}
+
+async fn route(srv: Arc<Server>, req: Request) -> Result<Response, ApiError> {
+    let path = req.uri().path().to_owned();
+    let public = matches!(path.as_str(), "/version" | "/healthz" | "/livez" | "/readyz");
+    let authed = req.extensions().get::<Authenticated>().is_some_and(|a| a.0);
+    if !authed && !public {
+        return Err(ApiError::Unauthorized);
+    }
+    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let method = req.method().clone();
+    if method == Method::GET {
+        if let Some(resp) = non_resource(&srv, &path, &accept)? {
+            return Ok(resp);
+        }
+    }
+    let target = match request::parse(&path) {
+        Ok(Some(t)) => t,
+        Ok(None) | Err(request::PathError::NotFound) => return Err(ApiError::NoRoute),
+    };
+    let params = Params::parse(req.uri().query()).map_err(ApiError::BadRequest)?;
+    let (parts, body) = req.into_parts();
+    let limit = srv.config.max_body_bytes;
+    let body = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::TooLarge(limit))?;
+    rest::handle(srv, method, target, params, parts.headers, body).await
+}
+
+fn non_resource(srv: &Server, path: &str, accept: &str) -> Result<Option<Response>, ApiError> {
+    let ok = |v| Ok(Some(json_response(v, "application/json")));
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["version"] => ok(discovery::version()),
+        ["healthz" | "livez" | "readyz"] => Ok(Some((StatusCode::OK, "ok").into_response())),
+        ["api"] if discovery::wants_aggregated(accept) => Ok(Some(json_response(discovery::aggregated(true), discovery::AGGREGATED))),
+        ["apis"] if discovery::wants_aggregated(accept) => Ok(Some(json_response(discovery::aggregated(false), discovery::AGGREGATED))),
+        ["api"] => {
+            let addr = srv.address.lock().map(|a| a.clone()).unwrap_or_default();
+            ok(discovery::core_versions(addr.split("://").nth(1).unwrap_or(&addr)))
+        }
+        ["apis"] => ok(discovery::group_list()),
+        ["api", v] => discovery::resource_list("", v).map(|d| Some(json_response(d, "application/json"))).ok_or(ApiError::NoRoute),
+        ["apis", g] => discovery::group(g).map(|d| Some(json_response(d, "application/json"))).ok_or(ApiError::NoRoute),
+        ["apis", g, v] => discovery::resource_list(g, v).map(|d| Some(json_response(d, "application/json"))).ok_or(ApiError::NoRoute),
+        ["openapi", "v3"] => ok(openapi::v3_index()),
+        ["openapi", "v3", rest @ ..] => openapi::v3_document(&rest.join("/")).map(|d| Some(json_response(d, "application/json"))).ok_or(ApiError::NoRoute),
+        ["openapi", ..] => Err(ApiError::NoRoute),
+        _ => Ok(None),
+    }
+}
+
+/// Marks the cluster IPs and node ports of stored Services as taken.
+async fn restore_allocations(srv: &Server) -> Result<(), ApiError> {
+    let r = resources::by_kind("", "Service").ok_or_else(|| ApiError::Internal("services not registered".into()))?;
+    let listed = srv.store.list(&collection_key(r, None), ListOptions { limit: 0, start_after: None, revision: None }).await?;
+    let mut a = srv.alloc.lock().unwrap_or_else(|p| p.into_inner());
+    for kv in &listed.items {
+        let obj = rest::decode_kv(kv)?;
+        for ip in obj.pointer("/spec/clusterIPs").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+            if let Ok(ip) = ip.parse() {
+                let _ = a.ips.allocate(ip);
+            }
+        }
+        for p in obj.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(port) = p.get("nodePort").and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok()) {
+                let _ = a.ports.allocate(port);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn ensure(srv: &Server, group: &str, kind: &str, ns: Option<&str>, obj: Value) -> Result<(), ApiError> {
+    let r = resources::by_kind(group, kind).ok_or_else(|| ApiError::Internal(format!("{kind} not registered")))?;
+    let t = Target { resource: r, namespace: ns.map(str::to_owned), name: None, subresource: None, watch_path: false };
+    match rest::create(srv, &t, &Params::default(), obj).await {
+        Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The namespaces and the `kubernetes` Service every cluster has.
+async fn bootstrap(srv: &Server, addr: SocketAddr, first_ip: std::net::Ipv4Addr) -> Result<(), ApiError> {
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        ensure(srv, "", "Namespace", None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).await?;
+    }
+    let labels = json!({"component": "apiserver", "provider": "kubernetes"});
+    ensure(srv, "", "Service", Some("default"), json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
+        "spec": {"clusterIP": first_ip.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": addr.port()}], "sessionAffinity": "None"},
+    }))
+    .await?;
+    let ip = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+    ensure(srv, "", "Endpoints", Some("default"), json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": addr.port(), "protocol": "TCP"}]}],
+    }))
+    .await
+}

@@ -1,0 +1,168 @@
+//! Watch: a chunked stream of `{"type":..., "object":...}` lines from a resourceVersion on,
+//! with label/field filtering that turns objects leaving the selection into DELETED events,
+//! bookmarks, the `sendInitialEvents` watch-list protocol, and Tables for `kubectl get -w`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use berth_store::{Event, ListOptions};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use crate::Server;
+use crate::error::{ApiError, Result};
+use crate::filter::Filter;
+use crate::meta::{ObjectMeta, collection_key};
+use crate::request::{Params, Target, flag};
+use crate::rest::decode_kv;
+use crate::table::{self, Include};
+
+/// How a watch renders objects: raw, or as one-row Tables.
+#[derive(Clone, Copy)]
+struct Render {
+    resource: &'static berth_api::resources::Resource,
+    table: bool,
+    include: Include,
+}
+
+impl Render {
+    fn line(&self, kind: &str, obj: Value, first: &mut bool) -> bytes::Bytes {
+        let object = if self.table && kind != "BOOKMARK" && kind != "ERROR" {
+            let t = table::render(self.resource, std::slice::from_ref(&obj), json!({}), self.include, *first);
+            *first = false;
+            t
+        } else {
+            obj
+        };
+        let mut s = json!({"type": kind, "object": object}).to_string();
+        s.push('\n');
+        bytes::Bytes::from(s)
+    }
+}
+
+fn bookmark(r: &berth_api::resources::Resource, rv: i64, initial_end: bool) -> Value {
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if initial_end {
+        meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    json!({"kind": r.kind, "apiVersion": r.api_version(), "metadata": meta})
+}
+
+fn expired(msg: String) -> Value {
+    ApiError::Gone(msg).status()
+}
+
+/// Serves a watch request.
+pub async fn serve(srv: Arc<Server>, t: &Target, params: &Params, as_table: bool, include: Include) -> Result<Response> {
+    let r = t.resource;
+    let filter = Filter::new(r, params)?.with_name(t.name.clone());
+    let prefix = collection_key(r, t.namespace.as_deref());
+    let rv_param = params.resource_version.as_deref().unwrap_or("");
+    let send_initial = flag(&params.send_initial_events);
+    let bookmarks = flag(&params.allow_watch_bookmarks);
+    let render = Render { resource: r, table: as_table, include };
+
+    // resourceVersion "" or "0" (or sendInitialEvents) starts with the current state.
+    let mut initial = Vec::new();
+    let from = if rv_param.is_empty() || rv_param == "0" || send_initial {
+        let listed = srv.store.list(&prefix, ListOptions { limit: 0, start_after: None, revision: None }).await?;
+        for kv in &listed.items {
+            let obj = decode_kv(kv)?;
+            if filter.matches(&obj) {
+                initial.push(obj);
+            }
+        }
+        listed.revision
+    } else {
+        rv_param
+            .parse::<i64>()
+            .map_err(|_| ApiError::BadRequest(format!("invalid resource version: {rv_param}")))?
+    };
+
+    let timeout = params.timeout_seconds.map(Duration::from_secs).unwrap_or(Duration::from_secs(30 * 60));
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(256);
+    let upstream = srv.store.watch(&prefix, from).await;
+    let watch_rv = from;
+    tokio::spawn(async move {
+        let mut first = true;
+        for obj in initial {
+            if tx.send(render.line("ADDED", obj, &mut first)).await.is_err() {
+                return;
+            }
+        }
+        if send_initial {
+            let _ = tx.send(render.line("BOOKMARK", bookmark(r, watch_rv, true), &mut first)).await;
+        }
+        let mut stream = match upstream {
+            Ok(s) => s,
+            Err(berth_store::Error::Compacted { requested, compacted }) => {
+                let msg = format!("too old resource version: {requested} ({compacted})");
+                let _ = tx.send(render.line("ERROR", expired(msg), &mut first)).await;
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(render.line("ERROR", ApiError::from(e).status(), &mut first)).await;
+                return;
+            }
+        };
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            let ev = tokio::select! {
+                _ = &mut deadline => return,
+                _ = tx.closed() => return,
+                ev = stream.next() => ev,
+            };
+            let Some(ev) = ev else { return };
+            let line = match ev {
+                Ok(Event::Put { kv, prev }) => {
+                    let Ok(obj) = decode_kv(&kv) else { continue };
+                    let now = filter.matches(&obj);
+                    let before = prev.as_ref().and_then(|p| decode_kv(p).ok()).map(|o| filter.matches(&o));
+                    match (before, now) {
+                        (None | Some(false), true) => Some(render.line("ADDED", obj, &mut first)),
+                        (Some(true), true) => Some(render.line("MODIFIED", obj, &mut first)),
+                        (Some(true), false) => Some(render.line("DELETED", obj, &mut first)),
+                        _ => None,
+                    }
+                }
+                Ok(Event::Delete { prev, revision }) => match decode_kv(&prev) {
+                    Ok(mut obj) if filter.matches(&obj) => {
+                        obj.set_meta("resourceVersion", json!(revision.to_string()));
+                        Some(render.line("DELETED", obj, &mut first))
+                    }
+                    _ => None,
+                },
+                Ok(Event::Progress { revision }) if bookmarks => Some(render.line("BOOKMARK", bookmark(r, revision, false), &mut first)),
+                Ok(Event::Progress { .. }) => None,
+                Err(berth_store::Error::Compacted { requested, compacted }) => {
+                    let msg = format!("too old resource version: {requested} ({compacted})");
+                    let _ = tx.send(render.line("ERROR", expired(msg), &mut first)).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(render.line("ERROR", ApiError::from(e).status(), &mut first)).await;
+                    return;
+                }
+            };
+            if let Some(line) = line {
+                if tx.send(line).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream_from(rx));
+    let mut resp = (StatusCode::OK, body).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(resp)
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok)))
+}

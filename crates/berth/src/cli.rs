@@ -1,0 +1,123 @@
+//! The command line: one subcommand per component, flags named as upstream names them.
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+
+use berth_apiserver::Ipv4Net;
+use clap::{Args, Parser, Subcommand};
+
+/// berth: Kubernetes Service networking in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the API server (with its embedded store unless --store names etcd).
+    Server(ServerArgs),
+}
+
+/// Where objects are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// The embedded store in the data directory.
+    Embedded,
+    /// An etcd v3 cluster: one or more `http://host:port` endpoints.
+    Etcd(Vec<String>),
+}
+
+fn parse_store(s: &str) -> Result<StoreUrl, String> {
+    if s == "embedded" {
+        return Ok(StoreUrl::Embedded);
+    }
+    let Some(rest) = s.strip_prefix("etcd://") else {
+        return Err(format!("expected `embedded` or `etcd://HOST:PORT[,HOST:PORT...]`, got `{s}`"));
+    };
+    let endpoints: Vec<String> = rest.split(',').filter(|e| !e.is_empty()).map(|e| format!("http://{e}")).collect();
+    if endpoints.is_empty() {
+        return Err("etcd:// needs at least one HOST:PORT".into());
+    }
+    Ok(StoreUrl::Etcd(endpoints))
+}
+
+fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let (lo, hi) = s.split_once('-').ok_or_else(|| format!("expected LOW-HIGH, got `{s}`"))?;
+    let lo: u16 = lo.trim().parse().map_err(|e| format!("`{lo}`: {e}"))?;
+    let hi: u16 = hi.trim().parse().map_err(|e| format!("`{hi}`: {e}"))?;
+    if lo == 0 || lo > hi {
+        return Err(format!("`{s}` is not a range of ports (LOW-HIGH, 1 <= LOW <= HIGH)"));
+    }
+    Ok(lo..=hi)
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address and port the API server listens on (port 0 picks a free one).
+    #[arg(long = "bind", alias = "bind-address", default_value = "127.0.0.1:6443")]
+    pub bind: SocketAddr,
+
+    /// Directory for the embedded store, certificates and the admin kubeconfig.
+    #[arg(long, default_value = "/var/lib/berth")]
+    pub data_dir: PathBuf,
+
+    /// Where objects are kept: `embedded` (a file in --data-dir) or `etcd://HOST:PORT[,...]`.
+    #[arg(long, default_value = "embedded", value_parser = parse_store)]
+    pub store: StoreUrl,
+
+    /// CIDR that Service cluster IPs are allocated from; the first address is `kubernetes`.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cluster_ip_range: Ipv4Net,
+
+    /// Ports that NodePort and LoadBalancer Services get their node ports from.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    pub service_node_port_range: RangeInclusive<u16>,
+
+    /// Serve plain HTTP with no authentication instead of HTTPS with client certificates.
+    /// Anyone who can reach the port gets full access: use only on loopback.
+    #[arg(long)]
+    pub insecure_http: bool,
+
+    /// Also write the admin kubeconfig to this path (it is always written to DATA_DIR/kubeconfig).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl From<&ServerArgs> for berth_apiserver::Config {
+    fn from(a: &ServerArgs) -> Self {
+        let mut c = berth_apiserver::Config::new(a.bind, a.data_dir.clone());
+        c.insecure_http = a.insecure_http;
+        c.service_cluster_ip_range = a.service_cluster_ip_range;
+        c.service_node_port_range = a.service_node_port_range.clone();
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls() {
+        assert_eq!(parse_store("embedded"), Ok(StoreUrl::Embedded));
+        assert_eq!(parse_store("etcd://127.0.0.1:2379"), Ok(StoreUrl::Etcd(vec!["http://127.0.0.1:2379".into()])));
+        assert!(parse_store("mysql://x").is_err());
+        assert!(parse_store("etcd://").is_err());
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("30000-32767"), Ok(30000..=32767));
+        assert!(parse_port_range("5-1").is_err());
+        assert!(parse_port_range("x").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,100 @@
+//! The `berth` binary: parses the command line, sets up logging and the runtime, wires the
+//! components together and prints the lines a person needs (kubeconfig path, readiness).
+
+mod cli;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use berth_store::Store;
+use clap::Parser;
+use cli::{Cli, Cmd, ServerArgs, StoreUrl};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> std::process::ExitCode {
+    let started = Instant::now();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("berth: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.cmd {
+            Cmd::Server(args) => server(args, started).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &args.store {
+        StoreUrl::Embedded => {
+            let dir = args.data_dir.join("store");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let opts = berth_store::embedded::EmbeddedOptions::default();
+            Arc::new(berth_store::embedded::Embedded::open(&dir, opts).with_context(|| format!("opening the store in {}", dir.display()))?)
+        }
+        StoreUrl::Etcd(endpoints) => Arc::new(
+            berth_store::etcd::Etcd::connect(endpoints, "/registry")
+                .await
+                .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?,
+        ),
+    })
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+}
+
+async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
+    let store = open_store(&args).await?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let config = berth_apiserver::Config::from(&args);
+    let api = tokio::spawn(berth_apiserver::run(config, store, shutdown.clone(), ready_tx));
+    match ready_rx.await {
+        Ok(l) => {
+            if let Some(extra) = &args.kubeconfig {
+                let text = std::fs::read_to_string(&l.kubeconfig).with_context(|| format!("reading {}", l.kubeconfig.display()))?;
+                berth_apiserver::pki::write_private(extra, &text).with_context(|| format!("writing {}", extra.display()))?;
+            }
+            println!("berth: kubeconfig written to {}", l.kubeconfig.display());
+            println!("berth: use it with: export KUBECONFIG={}", l.kubeconfig.display());
+            println!("berth: ready at {} in {} ms", l.url, started.elapsed().as_millis());
+        }
+        Err(_) => {}
+    }
+    api.await.context("API server task")?.context("API server")?;
+    Ok(())
+}
