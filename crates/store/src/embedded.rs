@@ -114,6 +114,8 @@ impl Shared {
 impl Embedded {
     /// Opens (or creates) the store in `dir`, loading every key into memory. The event
     /// history starts empty, so watches from before the restart get [`Error::Compacted`].
+    /// Blocking (file I/O): call it before serving, or via `spawn_blocking`. Dropping the
+    /// store waits for the writer thread to finish the writes already queued.
     pub fn open(dir: &Path, opts: EmbeddedOptions) -> Result<Embedded> {
         std::fs::create_dir_all(dir).map_err(Error::Io)?;
         let db = Database::create(dir.join(FILE_NAME))?;

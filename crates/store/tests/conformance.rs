@@ -163,6 +163,19 @@ async fn list_paging(s: &dyn Store, p: &str) {
     s.create(&format!("{dir}bb"), b("bb"))
         .await
         .expect("create bb");
+    for (op, name, value) in [
+        ("del", "e", ""),
+        ("new", "e", "e2"),
+        ("new", "f", "f"),
+        ("del", "f", ""),
+    ] {
+        let key = format!("{dir}{name}");
+        if op == "del" {
+            s.delete(&key, None).await.expect("delete");
+        } else {
+            s.create(&key, b(value)).await.expect("create");
+        }
+    }
 
     let mut after = page1.items.last().map(|kv| kv.key.clone());
     let mut seen: Vec<KeyValue> = page1.items.clone();
@@ -197,7 +210,7 @@ async fn list_paging(s: &dyn Store, p: &str) {
         .iter()
         .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
         .collect();
-    assert_eq!(names, ["a", "b", "bb", "d2", "e"]);
+    assert_eq!(names, ["a", "b", "bb", "d2", "e2"]);
     let tail = s
         .list(
             &dir,
