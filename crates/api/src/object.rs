@@ -36,7 +36,9 @@ macro_rules! round_trip {
 /// Runs `obj` (which must already carry the right `apiVersion` and `kind`) through its typed
 /// schema. Kinds without a schema pass through unchanged.
 pub fn decode(group: &str, kind: &str, obj: Value) -> Result<Decoded, DecodeError> {
-    use k8s_openapi::api::{apps::v1 as apps, core::v1 as core, discovery::v1 as discovery, networking::v1 as net};
+    use k8s_openapi::api::{
+        apps::v1 as apps, core::v1 as core, discovery::v1 as discovery, networking::v1 as net,
+    };
     let convert = round_trip!(obj,
         ("", "Namespace") => core::Namespace,
         ("", "Pod") => core::Pod,
@@ -55,12 +57,20 @@ pub fn decode(group: &str, kind: &str, obj: Value) -> Result<Decoded, DecodeErro
         ("networking.k8s.io", "NetworkPolicy") => net::NetworkPolicy,
     );
     match convert(group, kind) {
-        None => Ok(Decoded { object: obj, unknown_fields: Vec::new() }),
-        Some(Err(e)) => Err(DecodeError { message: describe_serde_error(kind, &e) }),
+        None => Ok(Decoded {
+            object: obj,
+            unknown_fields: Vec::new(),
+        }),
+        Some(Err(e)) => Err(DecodeError {
+            message: describe_serde_error(kind, &e),
+        }),
         Some(Ok(pruned)) => {
             let mut unknown = Vec::new();
             unknown_fields(&obj, &pruned, "", &mut unknown);
-            Ok(Decoded { object: pruned, unknown_fields: unknown })
+            Ok(Decoded {
+                object: pruned,
+                unknown_fields: unknown,
+            })
         }
     }
 }
@@ -76,7 +86,11 @@ fn unknown_fields(orig: &Value, pruned: &Value, path: &str, out: &mut Vec<String
     match (orig, pruned) {
         (Value::Object(o), Value::Object(p)) => {
             for (k, v) in o {
-                let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let child = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match p.get(k) {
                     Some(pv) => unknown_fields(v, pv, &child, out),
                     None if v.is_null() => {}
@@ -121,15 +135,28 @@ mod tests {
             json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":80,"bogus":1}],"foo":true}}),
             &["spec.foo", "spec.ports[0].bogus"],
         );
-        check("", "Service", json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"a","labels":null}}), &[]);
-        let d = decode("", "Service", json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"x":1}))
-            .expect("decodes");
+        check(
+            "",
+            "Service",
+            json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"a","labels":null}}),
+            &[],
+        );
+        let d = decode(
+            "",
+            "Service",
+            json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"x":1}),
+        )
+        .expect("decodes");
         assert!(d.object.get("x").is_none());
     }
 
     #[test]
     fn wrong_types_are_errors() {
-        let e = decode("", "Service", json!({"apiVersion":"v1","kind":"Service","spec":{"ports":"x"}}));
+        let e = decode(
+            "",
+            "Service",
+            json!({"apiVersion":"v1","kind":"Service","spec":{"ports":"x"}}),
+        );
         assert!(e.is_err());
     }
 

@@ -98,9 +98,24 @@ const ALL_SUBRESOURCES: &[Subresource] = &[
 ];
 
 /// The verbs every berth resource supports.
-pub const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+pub const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
-const fn res(group: &'static str, version: &'static str, kind: &'static str, plural: &'static str, singular: &'static str) -> Resource {
+const fn res(
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+) -> Resource {
     Resource {
         group,
         version,
@@ -121,26 +136,94 @@ use Subresource as S;
 
 /// Every resource berth serves, in discovery order.
 pub static RESOURCES: &[Resource] = &[
-    Resource { namespaced: false, short_names: &["ns"], subresources: &[S::Status, S::Finalize], selectable_fields: &["status.phase"], has_status: true, ..res("", "v1", "Namespace", "namespaces", "namespace") },
+    Resource {
+        namespaced: false,
+        short_names: &["ns"],
+        subresources: &[S::Status, S::Finalize],
+        selectable_fields: &["status.phase"],
+        has_status: true,
+        ..res("", "v1", "Namespace", "namespaces", "namespace")
+    },
     Resource {
         short_names: &["po"],
         categories: &["all"],
-        subresources: &[S::Status, S::Log, S::Exec, S::Attach, S::PortForward, S::Binding, S::Eviction, S::Proxy],
-        selectable_fields: &["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"],
+        subresources: &[
+            S::Status,
+            S::Log,
+            S::Exec,
+            S::Attach,
+            S::PortForward,
+            S::Binding,
+            S::Eviction,
+            S::Proxy,
+        ],
+        selectable_fields: &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
         has_status: true,
         ..res("", "v1", "Pod", "pods", "pod")
     },
-    Resource { short_names: &["svc"], categories: &["all"], subresources: &[S::Status, S::Proxy], has_status: true, ..res("", "v1", "Service", "services", "service") },
-    Resource { short_names: &["ep"], ..res("", "v1", "Endpoints", "endpoints", "endpoints") },
+    Resource {
+        short_names: &["svc"],
+        categories: &["all"],
+        subresources: &[S::Status, S::Proxy],
+        has_status: true,
+        ..res("", "v1", "Service", "services", "service")
+    },
+    Resource {
+        short_names: &["ep"],
+        ..res("", "v1", "Endpoints", "endpoints", "endpoints")
+    },
     Resource {
         short_names: &["ev"],
-        selectable_fields: &["involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid", "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason", "reportingComponent", "source", "type"],
+        selectable_fields: &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
         ..res("", "v1", "Event", "events", "event")
     },
-    Resource { short_names: &["cm"], ..res("", "v1", "ConfigMap", "configmaps", "configmap") },
-    Resource { selectable_fields: &["type"], ..res("", "v1", "Secret", "secrets", "secret") },
-    Resource { short_names: &["sa"], ..res("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount") },
-    Resource { namespaced: false, short_names: &["no"], subresources: &[S::Status, S::Proxy], selectable_fields: &["spec.unschedulable"], has_status: true, ..res("", "v1", "Node", "nodes", "node") },
+    Resource {
+        short_names: &["cm"],
+        ..res("", "v1", "ConfigMap", "configmaps", "configmap")
+    },
+    Resource {
+        selectable_fields: &["type"],
+        ..res("", "v1", "Secret", "secrets", "secret")
+    },
+    Resource {
+        short_names: &["sa"],
+        ..res(
+            "",
+            "v1",
+            "ServiceAccount",
+            "serviceaccounts",
+            "serviceaccount",
+        )
+    },
+    Resource {
+        namespaced: false,
+        short_names: &["no"],
+        subresources: &[S::Status, S::Proxy],
+        selectable_fields: &["spec.unschedulable"],
+        has_status: true,
+        ..res("", "v1", "Node", "nodes", "node")
+    },
     Resource {
         categories: &["all"],
         short_names: &["deploy"],
@@ -158,10 +241,44 @@ pub static RESOURCES: &[Resource] = &[
         has_generation: true,
         ..res("apps", "v1", "ReplicaSet", "replicasets", "replicaset")
     },
-    Resource { ..res("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice") },
-    Resource { short_names: &["ing"], subresources: &[S::Status], has_status: true, has_generation: true, ..res("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress") },
-    Resource { namespaced: false, has_generation: true, ..res("networking.k8s.io", "v1", "IngressClass", "ingressclasses", "ingressclass") },
-    Resource { short_names: &["netpol"], has_generation: true, ..res("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", "networkpolicy") },
+    Resource {
+        ..res(
+            "discovery.k8s.io",
+            "v1",
+            "EndpointSlice",
+            "endpointslices",
+            "endpointslice",
+        )
+    },
+    Resource {
+        short_names: &["ing"],
+        subresources: &[S::Status],
+        has_status: true,
+        has_generation: true,
+        ..res("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress")
+    },
+    Resource {
+        namespaced: false,
+        has_generation: true,
+        ..res(
+            "networking.k8s.io",
+            "v1",
+            "IngressClass",
+            "ingressclasses",
+            "ingressclass",
+        )
+    },
+    Resource {
+        short_names: &["netpol"],
+        has_generation: true,
+        ..res(
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+            "networkpolicy",
+        )
+    },
 ];
 
 impl Resource {
@@ -192,18 +309,23 @@ impl Resource {
     }
 
     pub fn is_selectable(&self, field: &str) -> bool {
-        matches!(field, "metadata.name" | "metadata.namespace") || self.selectable_fields.contains(&field)
+        matches!(field, "metadata.name" | "metadata.namespace")
+            || self.selectable_fields.contains(&field)
     }
 }
 
 /// Looks a resource up by group and plural, as URLs name it.
 pub fn by_plural(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
-    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 /// Looks a resource up by group and kind, as objects name themselves.
 pub fn by_kind(group: &str, kind: &str) -> Option<&'static Resource> {
-    RESOURCES.iter().find(|r| r.group == group && r.kind == kind)
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.kind == kind)
 }
 
 /// The served API groups (not the core group), each with its single version.
@@ -227,7 +349,10 @@ mod tests {
             assert_eq!(by_plural(r.group, r.version, r.plural), Some(r));
             assert_eq!(by_kind(r.group, r.kind), Some(r));
         }
-        assert_eq!(by_plural("apps", "v1", "deployments").map(|r| r.kind), Some("Deployment"));
+        assert_eq!(
+            by_plural("apps", "v1", "deployments").map(|r| r.kind),
+            Some("Deployment")
+        );
         assert_eq!(by_plural("", "v1", "deployments"), None);
         assert_eq!(groups()[0], ("apps", "v1"));
     }
@@ -236,6 +361,9 @@ mod tests {
     fn names_for_messages() {
         let d = by_kind("apps", "Deployment").map(|r| r.qualified_plural());
         assert_eq!(d.as_deref(), Some("deployments.apps"));
-        assert_eq!(by_kind("", "Service").map(|r| r.api_version()).as_deref(), Some("v1"));
+        assert_eq!(
+            by_kind("", "Service").map(|r| r.api_version()).as_deref(),
+            Some("v1")
+        );
     }
 }

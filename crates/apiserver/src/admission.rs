@@ -37,8 +37,14 @@ impl Grant {
         let (old_ips, old_ports) = held(old);
         let (new_ips, new_ports) = held(new);
         let mut a = srv.alloc.lock().unwrap_or_else(|p| p.into_inner());
-        old_ips.iter().filter(|ip| !new_ips.contains(ip)).for_each(|ip| a.ips.release(*ip));
-        old_ports.iter().filter(|p| !new_ports.contains(p)).for_each(|p| a.ports.release(*p));
+        old_ips
+            .iter()
+            .filter(|ip| !new_ips.contains(ip))
+            .for_each(|ip| a.ips.release(*ip));
+        old_ports
+            .iter()
+            .filter(|p| !new_ports.contains(p))
+            .for_each(|p| a.ports.release(*p));
     }
 }
 
@@ -69,7 +75,12 @@ fn held(obj: &Value) -> (Vec<Ipv4Addr>, Vec<u16>) {
 }
 
 fn invalid(r: &'static Resource, obj: &Value, errors: FieldErrors) -> ApiError {
-    ApiError::Invalid { resource: r, kind: r.kind, name: obj.name().unwrap_or("").to_owned(), errors }
+    ApiError::Invalid {
+        resource: r,
+        kind: r.kind,
+        name: obj.name().unwrap_or("").to_owned(),
+        errors,
+    }
 }
 
 fn name_rule(r: &Resource) -> fn(&str) -> Vec<String> {
@@ -81,11 +92,15 @@ fn name_rule(r: &Resource) -> fn(&str) -> Vec<String> {
 }
 
 fn typed_meta(obj: &Value) -> TypedMeta {
-    obj.get("metadata").cloned().and_then(|m| serde_json::from_value(m).ok()).unwrap_or_default()
+    obj.get("metadata")
+        .cloned()
+        .and_then(|m| serde_json::from_value(m).ok())
+        .unwrap_or_default()
 }
 
 fn typed<T: serde::de::DeserializeOwned>(r: &'static Resource, obj: &Value) -> Result<T> {
-    serde_json::from_value(obj.clone()).map_err(|e| ApiError::BadRequest(format!("error decoding {}: {e}", r.kind)))
+    serde_json::from_value(obj.clone())
+        .map_err(|e| ApiError::BadRequest(format!("error decoding {}: {e}", r.kind)))
 }
 
 fn untyped<T: serde::Serialize>(v: &T) -> Result<Value> {
@@ -141,7 +156,12 @@ pub async fn create(srv: &Server, r: &'static Resource, obj: &mut Value) -> Resu
 }
 
 /// Defaults, validates and re-allocates for an update of `old` to `new`.
-pub async fn update(srv: &Server, r: &'static Resource, new: &mut Value, old: &Value) -> Result<Grant> {
+pub async fn update(
+    srv: &Server,
+    r: &'static Resource,
+    new: &mut Value,
+    old: &Value,
+) -> Result<Grant> {
     let mut errs = vmeta::validate_object_meta_update(&typed_meta(new), &typed_meta(old));
     let grant = match (r.group, r.kind) {
         ("", "Service") => {
@@ -175,11 +195,17 @@ pub async fn update(srv: &Server, r: &'static Resource, new: &mut Value, old: &V
 }
 
 /// Takes the cluster IP and node ports `svc` needs that `old` did not already hold.
-fn allocate(srv: &Server, svc: &mut Service, old: Option<&Service>) -> std::result::Result<Grant, FieldErrors> {
+fn allocate(
+    srv: &Server,
+    svc: &mut Service,
+    old: Option<&Service>,
+) -> std::result::Result<Grant, FieldErrors> {
     let mut a = srv.alloc.lock().unwrap_or_else(|p| p.into_inner());
     let mut grant = Grant::default();
     let mut errs = FieldErrors::new();
-    let old_val = old.and_then(|o| serde_json::to_value(o).ok()).unwrap_or(Value::Null);
+    let old_val = old
+        .and_then(|o| serde_json::to_value(o).ok())
+        .unwrap_or(Value::Null);
     let (old_ips, old_ports) = held(&old_val);
     let spec = svc.spec.get_or_insert_with(Default::default);
     let ty = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
@@ -194,7 +220,11 @@ fn allocate(srv: &Server, svc: &mut Service, old: Option<&Service>) -> std::resu
                     spec.cluster_ip = Some(ip.to_string());
                     spec.cluster_ips = Some(vec![ip.to_string()]);
                 }
-                Err(e) => errs.push(FieldError::invalid("spec.clusterIPs", BadValue::Raw("[]string(nil)".into()), format!("failed to allocate IP: {e}"))),
+                Err(e) => errs.push(FieldError::invalid(
+                    "spec.clusterIPs",
+                    BadValue::Raw("[]string(nil)".into()),
+                    format!("failed to allocate IP: {e}"),
+                )),
             }
         } else if let Ok(ip) = wanted.parse::<Ipv4Addr>() {
             if !old_ips.contains(&ip) {
@@ -210,7 +240,8 @@ fn allocate(srv: &Server, svc: &mut Service, old: Option<&Service>) -> std::resu
             spec.cluster_ips = Some(vec![wanted]);
         }
     }
-    let wants_node_ports = ty == "NodePort" || (ty == "LoadBalancer" && spec.allocate_load_balancer_node_ports != Some(false));
+    let wants_node_ports = ty == "NodePort"
+        || (ty == "LoadBalancer" && spec.allocate_load_balancer_node_ports != Some(false));
     if wants_node_ports {
         let mut mine: Vec<u16> = Vec::new();
         for (i, port) in spec.ports.iter_mut().flatten().enumerate() {
@@ -221,10 +252,17 @@ fn allocate(srv: &Server, svc: &mut Service, old: Option<&Service>) -> std::resu
                         grant.ports.push(p);
                         mine.push(p);
                     }
-                    Err(e @ (AllocError::PortTaken | AllocError::PortOutOfRange { .. })) => {
-                        errs.push(FieldError::invalid(format!("spec.ports[{i}].nodePort"), i64::from(p), e.to_string()))
-                    }
-                    Err(e) => errs.push(FieldError::invalid(format!("spec.ports[{i}].nodePort"), i64::from(p), e.to_string())),
+                    Err(e @ (AllocError::PortTaken | AllocError::PortOutOfRange { .. })) => errs
+                        .push(FieldError::invalid(
+                            format!("spec.ports[{i}].nodePort"),
+                            i64::from(p),
+                            e.to_string(),
+                        )),
+                    Err(e) => errs.push(FieldError::invalid(
+                        format!("spec.ports[{i}].nodePort"),
+                        i64::from(p),
+                        e.to_string(),
+                    )),
                 },
                 None => match a.ports.allocate_next() {
                     Ok(p) => {
@@ -232,7 +270,11 @@ fn allocate(srv: &Server, svc: &mut Service, old: Option<&Service>) -> std::resu
                         mine.push(p);
                         port.node_port = Some(i32::from(p));
                     }
-                    Err(e) => errs.push(FieldError::invalid(format!("spec.ports[{i}].nodePort"), 0i64, format!("failed to allocate a nodePort: {e}"))),
+                    Err(e) => errs.push(FieldError::invalid(
+                        format!("spec.ports[{i}].nodePort"),
+                        0i64,
+                        format!("failed to allocate a nodePort: {e}"),
+                    )),
                 },
             }
         }
@@ -257,7 +299,8 @@ pub fn deleted(srv: &Server, r: &Resource, obj: &Value) {
 
 /// Objects can only be created in a namespace that exists and is not being deleted.
 pub async fn check_namespace_open(srv: &Server, ns: &str) -> Result<()> {
-    let r = resources::by_kind("", "Namespace").ok_or_else(|| ApiError::Internal("namespaces not registered".into()))?;
+    let r = resources::by_kind("", "Namespace")
+        .ok_or_else(|| ApiError::Internal("namespaces not registered".into()))?;
     let obj = crate::rest::get(srv, r, None, ns).await?;
     if obj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
         return Err(ApiError::Forbidden(format!(
@@ -272,7 +315,9 @@ pub async fn check_delete(_srv: &Server, r: &Resource, obj: &Value) -> Result<()
     if r.group.is_empty() && r.kind == "Namespace" {
         let name = obj.name().unwrap_or("");
         if matches!(name, "default" | "kube-system" | "kube-public") {
-            return Err(ApiError::Forbidden(format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted")));
+            return Err(ApiError::Forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
         }
     }
     Ok(())
@@ -288,7 +333,14 @@ pub async fn before_delete(srv: &Server, r: &Resource, obj: &Value) -> Result<()
     for res in resources::RESOURCES.iter().filter(|x| x.namespaced) {
         let listed = srv
             .store
-            .list(&collection_key(res, Some(ns)), berth_store::ListOptions { limit: 0, start_after: None, revision: None })
+            .list(
+                &collection_key(res, Some(ns)),
+                berth_store::ListOptions {
+                    limit: 0,
+                    start_after: None,
+                    revision: None,
+                },
+            )
             .await?;
         for kv in listed.items {
             if srv.store.delete(&kv.key, None).await.is_ok() {
@@ -314,15 +366,34 @@ fn default_pod_spec(spec: Option<&mut Value>) {
         s.entry(k).or_insert(v);
     }
     for list in ["containers", "initContainers"] {
-        for c in s.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+        for c in s
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
             let Value::Object(c) = c else { continue };
-            let image = c.get("image").and_then(Value::as_str).unwrap_or("").to_owned();
+            let image = c
+                .get("image")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
             let latest = !image.contains(':') || image.ends_with(":latest");
-            c.entry("imagePullPolicy").or_insert(json!(if latest { "Always" } else { "IfNotPresent" }));
-            c.entry("terminationMessagePath").or_insert(json!("/dev/termination-log"));
+            c.entry("imagePullPolicy").or_insert(json!(if latest {
+                "Always"
+            } else {
+                "IfNotPresent"
+            }));
+            c.entry("terminationMessagePath")
+                .or_insert(json!("/dev/termination-log"));
             c.entry("terminationMessagePolicy").or_insert(json!("File"));
             c.entry("resources").or_insert(json!({}));
-            for p in c.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+            for p in c
+                .get_mut("ports")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
                 if let Value::Object(p) = p {
                     p.entry("protocol").or_insert(json!("TCP"));
                 }
@@ -333,10 +404,14 @@ fn default_pod_spec(spec: Option<&mut Value>) {
 
 fn validate_pod_spec(spec: Option<&Value>, path: &str) -> FieldErrors {
     let mut errs = FieldErrors::new();
-    let containers = spec.and_then(|s| s.get("containers")).and_then(Value::as_array);
+    let containers = spec
+        .and_then(|s| s.get("containers"))
+        .and_then(Value::as_array);
     match containers {
         None => errs.push(FieldError::required(format!("{path}.containers"), "")),
-        Some(cs) if cs.is_empty() => errs.push(FieldError::required(format!("{path}.containers"), "")),
+        Some(cs) if cs.is_empty() => {
+            errs.push(FieldError::required(format!("{path}.containers"), ""))
+        }
         Some(cs) => {
             let mut seen = Vec::new();
             for (i, c) in cs.iter().enumerate() {
@@ -353,7 +428,10 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str) -> FieldErrors {
                         seen.push(n);
                     }
                 }
-                if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+                if c.get("image")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
                     errs.push(FieldError::required(format!("{p}.image"), ""));
                 }
             }
@@ -363,7 +441,9 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str) -> FieldErrors {
 }
 
 fn default_workload(kind: &str, obj: &mut Value) {
-    let Some(Value::Object(spec)) = obj.get_mut("spec") else { return };
+    let Some(Value::Object(spec)) = obj.get_mut("spec") else {
+        return;
+    };
     spec.entry("replicas").or_insert(json!(1));
     spec.entry("revisionHistoryLimit").or_insert(json!(10));
     if kind == "Deployment" {
@@ -393,17 +473,27 @@ fn validate_workload(obj: &Value) -> FieldErrors {
         .and_then(|s| s.pointer("/template/metadata/labels"))
         .and_then(|l| serde_json::from_value(l.clone()).ok())
         .unwrap_or_default();
-    match selector.and_then(|s| serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>(s.clone()).ok()) {
+    match selector.and_then(|s| {
+        serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>(
+            s.clone(),
+        )
+        .ok()
+    }) {
         None => errs.push(FieldError::required("spec.selector", "")),
         Some(sel) => {
             let sel_errs = berth_api::selector::validate_label_selector(&sel, "spec.selector");
             if sel_errs.is_empty() {
-                let empty = sel.match_labels.as_ref().is_none_or(|m| m.is_empty()) && sel.match_expressions.as_ref().is_none_or(|m| m.is_empty());
+                let empty = sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
+                    && sel.match_expressions.as_ref().is_none_or(|m| m.is_empty());
                 if empty {
                     errs.push(FieldError::invalid("spec.selector", BadValue::Raw("v1.LabelSelector{MatchLabels:map[string]string(nil), MatchExpressions:[]v1.LabelSelectorRequirement(nil)}".into()), "empty selector is invalid for deployment"));
                 } else if let Ok(s) = berth_api::selector::Selector::from_label_selector(&sel) {
                     if !s.matches(&template_labels) {
-                        let rendered = template_labels.iter().map(|(k, v)| format!("\"{k}\":\"{v}\"")).collect::<Vec<_>>().join(", ");
+                        let rendered = template_labels
+                            .iter()
+                            .map(|(k, v)| format!("\"{k}\":\"{v}\""))
+                            .collect::<Vec<_>>()
+                            .join(", ");
                         errs.push(FieldError::invalid(
                             "spec.template.metadata.labels",
                             BadValue::Raw(format!("map[string]string{{{rendered}}}")),
@@ -417,10 +507,17 @@ fn validate_workload(obj: &Value) -> FieldErrors {
     }
     if let Some(r) = spec.and_then(|s| s.get("replicas")).and_then(Value::as_i64) {
         if r < 0 {
-            errs.push(FieldError::invalid("spec.replicas", r, "must be greater than or equal to 0"));
+            errs.push(FieldError::invalid(
+                "spec.replicas",
+                r,
+                "must be greater than or equal to 0",
+            ));
         }
     }
-    errs.extend(validate_pod_spec(spec.and_then(|s| s.pointer("/template/spec")), "spec.template.spec"));
+    errs.extend(validate_pod_spec(
+        spec.and_then(|s| s.pointer("/template/spec")),
+        "spec.template.spec",
+    ));
     errs
 }
 
@@ -429,7 +526,12 @@ pub fn scale_of(obj: &Value) -> Value {
     let meta = obj.get("metadata").cloned().unwrap_or_else(|| json!({}));
     let selector = obj
         .pointer("/spec/selector")
-        .and_then(|s| serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>(s.clone()).ok())
+        .and_then(|s| {
+            serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>(
+                s.clone(),
+            )
+            .ok()
+        })
         .and_then(|s| berth_api::selector::Selector::from_label_selector(&s).ok())
         .map(|s| s.to_string())
         .unwrap_or_default();
@@ -447,18 +549,35 @@ pub fn scale_of(obj: &Value) -> Value {
 
 /// The object `cur` with the replica count of the `Scale` body applied.
 pub fn apply_scale(cur: &Value, scale: &Value) -> Result<Value> {
-    let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+    let replicas = scale
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
     if replicas < 0 {
         let name = cur.name().unwrap_or("").to_owned();
         let r = resources::by_kind("autoscaling", "Scale");
         return Err(match r {
-            Some(r) => ApiError::Invalid { resource: r, kind: "Scale", name, errors: vec![FieldError::invalid("spec.replicas", replicas, "must be greater than or equal to 0")] },
-            None => ApiError::BadRequest(format!("Scale \"{name}\" is invalid: spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0")),
+            Some(r) => ApiError::Invalid {
+                resource: r,
+                kind: "Scale",
+                name,
+                errors: vec![FieldError::invalid(
+                    "spec.replicas",
+                    replicas,
+                    "must be greater than or equal to 0",
+                )],
+            },
+            None => ApiError::BadRequest(format!(
+                "Scale \"{name}\" is invalid: spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0"
+            )),
         });
     }
     let mut new = cur.clone();
     new["spec"]["replicas"] = json!(replicas);
-    if let Some(rv) = scale.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+    if let Some(rv) = scale
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+    {
         new.set_meta("resourceVersion", json!(rv));
     }
     Ok(new)

@@ -38,7 +38,11 @@ impl ClusterIps {
     pub fn new(range: Ipv4Net) -> Self {
         // Start dynamic allocation past the first 16 addresses, which people pick by hand
         // (kubernetes = .1, DNS = .10); kube-apiserver likewise prefers the upper band.
-        Self { range: range.trunc(), used: HashSet::new(), cursor: 16 }
+        Self {
+            range: range.trunc(),
+            used: HashSet::new(),
+            cursor: 16,
+        }
     }
 
     fn offset(&self, ip: Ipv4Addr) -> Option<u32> {
@@ -48,12 +52,19 @@ impl ClusterIps {
 
     fn size(&self) -> u32 {
         let host_bits = 32 - u32::from(self.range.prefix_len());
-        if host_bits >= 32 { u32::MAX } else { 1u32 << host_bits }
+        if host_bits >= 32 {
+            u32::MAX
+        } else {
+            1u32 << host_bits
+        }
     }
 
     /// Marks `ip` as used by the caller.
     pub fn allocate(&mut self, ip: Ipv4Addr) -> Result<(), AllocError> {
-        let off = self.offset(ip).ok_or(AllocError::IpOutOfRange { ip, range: self.range })?;
+        let off = self.offset(ip).ok_or(AllocError::IpOutOfRange {
+            ip,
+            range: self.range,
+        })?;
         if !self.used.insert(off) {
             return Err(AllocError::IpTaken);
         }
@@ -97,12 +108,19 @@ pub struct NodePorts {
 impl NodePorts {
     pub fn new(range: RangeInclusive<u16>) -> Self {
         let cursor = *range.start();
-        Self { range, used: HashSet::new(), cursor }
+        Self {
+            range,
+            used: HashSet::new(),
+            cursor,
+        }
     }
 
     pub fn allocate(&mut self, port: u16) -> Result<(), AllocError> {
         if !self.range.contains(&port) {
-            return Err(AllocError::PortOutOfRange { lo: *self.range.start(), hi: *self.range.end() });
+            return Err(AllocError::PortOutOfRange {
+                lo: *self.range.start(),
+                hi: *self.range.end(),
+            });
         }
         if !self.used.insert(port) {
             return Err(AllocError::PortTaken);
@@ -139,8 +157,14 @@ mod tests {
     fn cluster_ips_are_unique_and_in_range() {
         let mut a = ClusterIps::new(net("10.96.0.0/28"));
         a.allocate(Ipv4Addr::new(10, 96, 0, 1)).expect("free");
-        assert_eq!(a.allocate(Ipv4Addr::new(10, 96, 0, 1)), Err(AllocError::IpTaken));
-        assert!(matches!(a.allocate(Ipv4Addr::new(10, 0, 0, 1)), Err(AllocError::IpOutOfRange { .. })));
+        assert_eq!(
+            a.allocate(Ipv4Addr::new(10, 96, 0, 1)),
+            Err(AllocError::IpTaken)
+        );
+        assert!(matches!(
+            a.allocate(Ipv4Addr::new(10, 0, 0, 1)),
+            Err(AllocError::IpOutOfRange { .. })
+        ));
         assert!(a.allocate(Ipv4Addr::new(10, 96, 0, 0)).is_err());
         assert!(a.allocate(Ipv4Addr::new(10, 96, 0, 15)).is_err());
         let mut seen = HashSet::new();
@@ -151,7 +175,10 @@ mod tests {
         assert_eq!(seen.len(), 13);
         a.release(Ipv4Addr::new(10, 96, 0, 7));
         assert_eq!(a.allocate_next(), Ok(Ipv4Addr::new(10, 96, 0, 7)));
-        let e = AllocError::IpOutOfRange { ip: Ipv4Addr::new(10, 0, 0, 1), range: net("10.96.0.0/12") };
+        let e = AllocError::IpOutOfRange {
+            ip: Ipv4Addr::new(10, 0, 0, 1),
+            range: net("10.96.0.0/12"),
+        };
         assert_eq!(
             e.to_string(),
             "provided IP (10.0.0.1) is not in the valid range. The range of valid IPs is 10.96.0.0/12"
@@ -163,7 +190,13 @@ mod tests {
         let mut p = NodePorts::new(30000..=30002);
         p.allocate(30001).expect("free");
         assert_eq!(p.allocate(30001), Err(AllocError::PortTaken));
-        assert_eq!(p.allocate(40000), Err(AllocError::PortOutOfRange { lo: 30000, hi: 30002 }));
+        assert_eq!(
+            p.allocate(40000),
+            Err(AllocError::PortOutOfRange {
+                lo: 30000,
+                hi: 30002
+            })
+        );
         assert_eq!(p.allocate_next(), Ok(30000));
         assert_eq!(p.allocate_next(), Ok(30002));
         assert_eq!(p.allocate_next(), Err(AllocError::PortsExhausted));

@@ -27,7 +27,9 @@ pub const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=API
 pub fn wants_aggregated(accept: &str) -> bool {
     accept.split(',').any(|part| {
         let p: Vec<&str> = part.split(';').map(str::trim).collect();
-        p.contains(&"g=apidiscovery.k8s.io") && p.contains(&"v=v2") && p.contains(&"as=APIGroupDiscoveryList")
+        p.contains(&"g=apidiscovery.k8s.io")
+            && p.contains(&"v=v2")
+            && p.contains(&"as=APIGroupDiscoveryList")
     })
 }
 
@@ -45,7 +47,10 @@ fn group_entry(group: &str, version: &str) -> Value {
 }
 
 pub fn group_list() -> Value {
-    let groups: Vec<Value> = resources::groups().into_iter().map(|(g, v)| group_entry(g, v)).collect();
+    let groups: Vec<Value> = resources::groups()
+        .into_iter()
+        .map(|(g, v)| group_entry(g, v))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -57,8 +62,13 @@ pub fn group(name: &str) -> Option<Value> {
     Some(e)
 }
 
-fn in_version<'a>(group: &'a str, version: &'a str) -> impl Iterator<Item = &'static Resource> + 'a {
-    RESOURCES.iter().filter(move |r| r.group == group && r.version == version)
+fn in_version<'a>(
+    group: &'a str,
+    version: &'a str,
+) -> impl Iterator<Item = &'static Resource> + 'a {
+    RESOURCES
+        .iter()
+        .filter(move |r| r.group == group && r.version == version)
 }
 
 /// `APIResourceList` for one group-version, or `None` if berth does not serve it.
@@ -92,8 +102,14 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     if out.is_empty() {
         return None;
     }
-    let gv = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}))
+    let gv = if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}),
+    )
 }
 
 fn aggregated_resource(r: &Resource) -> Value {
@@ -125,7 +141,9 @@ fn aggregated_resource(r: &Resource) -> Value {
 }
 
 fn aggregated_group(group: &str, version: &str) -> Value {
-    let resources: Vec<Value> = in_version(group, version).map(aggregated_resource).collect();
+    let resources: Vec<Value> = in_version(group, version)
+        .map(aggregated_resource)
+        .collect();
     json!({
         "metadata": {"name": group},
         "versions": [{"version": version, "resources": resources, "freshness": "Current"}],
@@ -137,7 +155,10 @@ pub fn aggregated(core: bool) -> Value {
     let items: Vec<Value> = if core {
         vec![aggregated_group("", "v1")]
     } else {
-        resources::groups().into_iter().map(|(g, v)| aggregated_group(g, v)).collect()
+        resources::groups()
+            .into_iter()
+            .map(|(g, v)| aggregated_group(g, v))
+            .collect()
     };
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }
@@ -149,13 +170,28 @@ mod tests {
     #[test]
     fn documents_name_every_resource() {
         let core = resource_list("", "v1").expect("core");
-        let names: Vec<&str> = core["resources"].as_array().into_iter().flatten().filter_map(|r| r["name"].as_str()).collect();
-        assert!(names.contains(&"services") && names.contains(&"pods/log") && names.contains(&"namespaces/status"));
+        let names: Vec<&str> = core["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["name"].as_str())
+            .collect();
+        assert!(
+            names.contains(&"services")
+                && names.contains(&"pods/log")
+                && names.contains(&"namespaces/status")
+        );
         assert!(resource_list("apps", "v1").is_some());
         assert!(resource_list("apps", "v2").is_none());
         let agg = aggregated(false);
-        assert!(agg["items"].as_array().is_some_and(|i| i.iter().any(|g| g["metadata"]["name"] == "apps")));
-        assert!(wants_aggregated("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"));
+        assert!(
+            agg["items"]
+                .as_array()
+                .is_some_and(|i| i.iter().any(|g| g["metadata"]["name"] == "apps"))
+        );
+        assert!(wants_aggregated(
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+        ));
         assert!(!wants_aggregated("application/json"));
     }
 }

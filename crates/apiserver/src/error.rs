@@ -11,15 +11,30 @@ use serde_json::{Value, json};
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{} \"{name}\" not found", resource.qualified_plural())]
-    NotFound { resource: &'static Resource, name: String },
+    NotFound {
+        resource: &'static Resource,
+        name: String,
+    },
     #[error("the server could not find the requested resource")]
     NoRoute,
     #[error("{} \"{name}\" already exists", resource.qualified_plural())]
-    AlreadyExists { resource: &'static Resource, name: String },
+    AlreadyExists {
+        resource: &'static Resource,
+        name: String,
+    },
     #[error("Operation cannot be fulfilled on {} \"{name}\": {detail}", resource.qualified_plural())]
-    Conflict { resource: &'static Resource, name: String, detail: String },
+    Conflict {
+        resource: &'static Resource,
+        name: String,
+        detail: String,
+    },
     #[error("{kind} \"{name}\" is invalid: {}", render_causes(errors))]
-    Invalid { resource: &'static Resource, kind: &'static str, name: String, errors: FieldErrors },
+    Invalid {
+        resource: &'static Resource,
+        kind: &'static str,
+        name: String,
+        errors: FieldErrors,
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -43,7 +58,13 @@ pub enum ApiError {
 fn render_causes(errors: &FieldErrors) -> String {
     match errors.as_slice() {
         [one] => one.to_string(),
-        many => format!("[{}]", many.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")),
+        many => format!(
+            "[{}]",
+            many.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 
@@ -89,15 +110,26 @@ impl ApiError {
             d
         };
         match self {
-            Self::NotFound { resource, name } | Self::AlreadyExists { resource, name } | Self::Conflict { resource, name, .. } => {
-                Some(with_group(json!({"name": name, "kind": resource.plural}), resource))
-            }
-            Self::Invalid { resource, kind, name, errors } => {
+            Self::NotFound { resource, name }
+            | Self::AlreadyExists { resource, name }
+            | Self::Conflict { resource, name, .. } => Some(with_group(
+                json!({"name": name, "kind": resource.plural}),
+                resource,
+            )),
+            Self::Invalid {
+                resource,
+                kind,
+                name,
+                errors,
+            } => {
                 let causes: Vec<Value> = errors
                     .iter()
                     .map(|e| json!({"reason": e.kind.cause_type(), "message": e.message(), "field": e.path}))
                     .collect();
-                Some(with_group(json!({"name": name, "kind": kind, "causes": causes}), resource))
+                Some(with_group(
+                    json!({"name": name, "kind": kind, "causes": causes}),
+                    resource,
+                ))
             }
             _ => None,
         }
@@ -128,7 +160,10 @@ impl IntoResponse for ApiError {
         }
         let body = self.status().to_string();
         let mut resp = (self.code(), body).into_response();
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         resp
     }
 }
@@ -147,7 +182,10 @@ mod tests {
 
     #[test]
     fn statuses_read_like_kube_apiserver() {
-        let e = ApiError::NotFound { resource: svc(), name: "web".into() };
+        let e = ApiError::NotFound {
+            resource: svc(),
+            name: "web".into(),
+        };
         assert_eq!(e.to_string(), "services \"web\" not found");
         assert_eq!(e.status()["code"], 404);
         let e = ApiError::Invalid {
@@ -156,10 +194,16 @@ mod tests {
             name: "web".into(),
             errors: vec![FieldError::required("spec.ports", "")],
         };
-        assert_eq!(e.to_string(), "Service \"web\" is invalid: spec.ports: Required value");
+        assert_eq!(
+            e.to_string(),
+            "Service \"web\" is invalid: spec.ports: Required value"
+        );
         assert_eq!(e.status()["details"]["causes"][0]["field"], "spec.ports");
         let deploy = by_kind("apps", "Deployment").expect("registered");
-        let e = ApiError::AlreadyExists { resource: deploy, name: "d".into() };
+        let e = ApiError::AlreadyExists {
+            resource: deploy,
+            name: "d".into(),
+        };
         assert_eq!(e.to_string(), "deployments.apps \"d\" already exists");
         assert_eq!(e.status()["details"]["group"], "apps");
     }

@@ -23,23 +23,39 @@ impl Filter {
     /// Parses the selectors, rejecting field labels the resource does not support, as
     /// kube-apiserver does (`400 field label not supported: ...`).
     pub fn new(r: &Resource, params: &Params) -> Result<Self> {
-        let labels = match params.label_selector.as_deref().filter(|s| !s.trim().is_empty()) {
+        let labels = match params
+            .label_selector
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+        {
             None => None,
             Some(s) => Some(Selector::parse(s).map_err(|e| ApiError::BadRequest(e.to_string()))?),
         };
-        let fields = match params.field_selector.as_deref().filter(|s| !s.trim().is_empty()) {
+        let fields = match params
+            .field_selector
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+        {
             None => None,
             Some(s) => {
-                let sel = FieldSelector::parse(s).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                let sel =
+                    FieldSelector::parse(s).map_err(|e| ApiError::BadRequest(e.to_string()))?;
                 for req in sel.requirements() {
                     if !r.is_selectable(&req.field) {
-                        return Err(ApiError::BadRequest(format!("field label not supported: {}", req.field)));
+                        return Err(ApiError::BadRequest(format!(
+                            "field label not supported: {}",
+                            req.field
+                        )));
                     }
                 }
                 Some(sel)
             }
         };
-        Ok(Self { labels, fields, name: None })
+        Ok(Self {
+            labels,
+            fields,
+            name: None,
+        })
     }
 
     pub fn with_name(mut self, name: Option<String>) -> Self {
@@ -49,7 +65,12 @@ impl Filter {
 
     pub fn matches(&self, obj: &Value) -> bool {
         if let Some(n) = &self.name {
-            if obj.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str) != Some(n.as_str()) {
+            if obj
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                != Some(n.as_str())
+            {
                 return false;
             }
         }

@@ -49,7 +49,8 @@ impl Config {
             bind,
             data_dir,
             insecure_http: false,
-            service_cluster_ip_range: Ipv4Net::new(std::net::Ipv4Addr::new(10, 96, 0, 0), 12).unwrap_or_default(),
+            service_cluster_ip_range: Ipv4Net::new(std::net::Ipv4Addr::new(10, 96, 0, 0), 12)
+                .unwrap_or_default(),
             service_node_port_range: 30000..=32767,
             max_body_bytes: 3 * 1024 * 1024,
         }

@@ -6,7 +6,11 @@ use berth_api::resources::{RESOURCES, Resource};
 use serde_json::{Map, Value, json};
 
 fn gv_path(group: &str, version: &str) -> String {
-    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
 }
 
 /// `/openapi/v3`: the index of group-version documents.
@@ -14,7 +18,9 @@ pub fn v3_index() -> Value {
     let mut paths = Map::new();
     for r in RESOURCES {
         let p = gv_path(r.group, r.version);
-        paths.entry(p.clone()).or_insert_with(|| json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=berth")}));
+        paths
+            .entry(p.clone())
+            .or_insert_with(|| json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=berth")}));
     }
     json!({"paths": paths})
 }
@@ -26,7 +32,8 @@ fn gvk(r: &Resource) -> Value {
 fn op(r: &Resource, verb: &str, action: &str) -> Value {
     let mut params = vec![json!({"name": "dryRun", "in": "query", "schema": {"type": "string"}})];
     if matches!(action, "post" | "put" | "patch") {
-        params.push(json!({"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}));
+        params
+            .push(json!({"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}));
         params.push(json!({"name": "fieldManager", "in": "query", "schema": {"type": "string"}}));
     }
     json!({
@@ -42,10 +49,20 @@ fn op(r: &Resource, verb: &str, action: &str) -> Value {
 pub fn v3_document(path: &str) -> Option<Value> {
     let mut paths = Map::new();
     let mut schemas = Map::new();
-    for r in RESOURCES.iter().filter(|r| gv_path(r.group, r.version) == path) {
+    for r in RESOURCES
+        .iter()
+        .filter(|r| gv_path(r.group, r.version) == path)
+    {
         let base = format!("/{path}");
-        let coll = if r.namespaced { format!("{base}/namespaces/{{namespace}}/{}", r.plural) } else { format!("{base}/{}", r.plural) };
-        paths.insert(coll.clone(), json!({"post": op(r, "create", "post"), "get": op(r, "list", "list")}));
+        let coll = if r.namespaced {
+            format!("{base}/namespaces/{{namespace}}/{}", r.plural)
+        } else {
+            format!("{base}/{}", r.plural)
+        };
+        paths.insert(
+            coll.clone(),
+            json!({"post": op(r, "create", "post"), "get": op(r, "list", "list")}),
+        );
         paths.insert(
             format!("{coll}/{{name}}"),
             json!({
@@ -53,8 +70,16 @@ pub fn v3_document(path: &str) -> Option<Value> {
                 "patch": op(r, "patch", "patch"), "delete": op(r, "delete", "delete"),
             }),
         );
-        let id = format!("io.berth.{}.{}.{}", if r.group.is_empty() { "core" } else { r.group }, r.version, r.kind);
-        schemas.insert(id, json!({"type": "object", "x-kubernetes-group-version-kind": [gvk(r)]}));
+        let id = format!(
+            "io.berth.{}.{}.{}",
+            if r.group.is_empty() { "core" } else { r.group },
+            r.version,
+            r.kind
+        );
+        schemas.insert(
+            id,
+            json!({"type": "object", "x-kubernetes-group-version-kind": [gvk(r)]}),
+        );
     }
     if paths.is_empty() {
         return None;

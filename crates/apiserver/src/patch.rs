@@ -20,7 +20,9 @@ impl PatchType {
             Some("application/json-patch+json") => Some(Self::Json),
             Some("application/merge-patch+json") => Some(Self::Merge),
             Some("application/strategic-merge-patch+json") => Some(Self::Strategic),
-            Some("application/apply-patch+yaml" | "application/apply-patch+json") => Some(Self::Apply),
+            Some("application/apply-patch+yaml" | "application/apply-patch+json") => {
+                Some(Self::Apply)
+            }
             _ => None,
         }
     }
@@ -36,19 +38,27 @@ pub enum PatchError {
 }
 
 /// Applies `patch` to `doc`.
-pub fn apply(kind: PatchType, doc: &mut Value, patch: &[u8], obj_kind: &str) -> Result<(), PatchError> {
+pub fn apply(
+    kind: PatchType,
+    doc: &mut Value,
+    patch: &[u8],
+    obj_kind: &str,
+) -> Result<(), PatchError> {
     match kind {
         PatchType::Json => {
-            let p: json_patch::Patch = serde_json::from_slice(patch).map_err(|e| PatchError::Decode(e.to_string()))?;
+            let p: json_patch::Patch =
+                serde_json::from_slice(patch).map_err(|e| PatchError::Decode(e.to_string()))?;
             json_patch::patch(doc, &p).map_err(|e| PatchError::Apply(e.to_string()))
         }
         PatchType::Merge => {
-            let p: Value = serde_json::from_slice(patch).map_err(|e| PatchError::Decode(e.to_string()))?;
+            let p: Value =
+                serde_json::from_slice(patch).map_err(|e| PatchError::Decode(e.to_string()))?;
             json_patch::merge(doc, &p);
             Ok(())
         }
         PatchType::Strategic | PatchType::Apply => {
-            let p: Value = serde_json::from_slice(patch).map_err(|e| PatchError::Decode(e.to_string()))?;
+            let p: Value =
+                serde_json::from_slice(patch).map_err(|e| PatchError::Decode(e.to_string()))?;
             if !p.is_object() {
                 return Err(PatchError::Decode("patch must be a JSON object".into()));
             }
@@ -62,9 +72,18 @@ pub fn apply(kind: PatchType, doc: &mut Value, patch: &[u8], obj_kind: &str) -> 
 /// `Some("")` marks a list of scalars merged as a set (`finalizers`).
 fn merge_key(obj_kind: &str, path: &[String]) -> Option<&'static str> {
     let field = path.last()?.as_str();
-    let parent = path.len().checked_sub(2).and_then(|i| path.get(i)).map(String::as_str);
+    let parent = path
+        .len()
+        .checked_sub(2)
+        .and_then(|i| path.get(i))
+        .map(String::as_str);
     match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets"
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
         | "resourceClaims" => Some("name"),
         "volumeMounts" => Some("mountPath"),
         "volumeDevices" => Some("devicePath"),
@@ -74,7 +93,14 @@ fn merge_key(obj_kind: &str, path: &[String]) -> Option<&'static str> {
         "topologySpreadConstraints" => Some("topologyKey"),
         "finalizers" if parent == Some("metadata") => Some(""),
         "ports" if obj_kind == "Service" && path.len() == 2 => Some("port"),
-        "ports" if matches!(parent, Some("containers" | "initContainers" | "ephemeralContainers")) => Some("containerPort"),
+        "ports"
+            if matches!(
+                parent,
+                Some("containers" | "initContainers" | "ephemeralContainers")
+            ) =>
+        {
+            Some("containerPort")
+        }
         _ => None,
     }
 }
@@ -126,7 +152,10 @@ fn strategic(doc: &mut Value, patch: &Value, obj_kind: &str, path: &mut Vec<Stri
                 d.insert(k.clone(), fresh);
             }
             (_, Value::Array(items)) => {
-                d.insert(k.clone(), Value::Array(items.iter().filter(|i| !is_directive(i)).cloned().collect()));
+                d.insert(
+                    k.clone(),
+                    Value::Array(items.iter().filter(|i| !is_directive(i)).cloned().collect()),
+                );
             }
             _ => {
                 d.insert(k.clone(), v.clone());
@@ -140,7 +169,13 @@ fn is_directive(v: &Value) -> bool {
     v.get("$patch").is_some()
 }
 
-fn merge_list(cur: &mut Vec<Value>, items: &[Value], key: &str, obj_kind: &str, path: &mut Vec<String>) {
+fn merge_list(
+    cur: &mut Vec<Value>,
+    items: &[Value],
+    key: &str,
+    obj_kind: &str,
+    path: &mut Vec<String>,
+) {
     if key.is_empty() {
         for i in items {
             if !cur.contains(i) {
@@ -149,7 +184,10 @@ fn merge_list(cur: &mut Vec<Value>, items: &[Value], key: &str, obj_kind: &str, 
         }
         return;
     }
-    if items.iter().any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace")) {
+    if items
+        .iter()
+        .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
         *cur = items.iter().filter(|i| !is_directive(i)).cloned().collect();
         return;
     }
@@ -223,7 +261,12 @@ mod tests {
 
     #[test]
     fn json_and_merge_patches() {
-        check(PatchType::Merge, json!({"a":{"b":1,"c":2}}), json!({"a":{"b":null,"d":3}}), json!({"a":{"c":2,"d":3}}));
+        check(
+            PatchType::Merge,
+            json!({"a":{"b":1,"c":2}}),
+            json!({"a":{"b":null,"d":3}}),
+            json!({"a":{"c":2,"d":3}}),
+        );
         check(
             PatchType::Json,
             json!({"spec":{"type":"ClusterIP"}}),
@@ -231,7 +274,15 @@ mod tests {
             json!({"spec":{"type":"NodePort"}}),
         );
         let mut d = json!({});
-        assert!(apply(PatchType::Json, &mut d, b"[{\"op\":\"remove\",\"path\":\"/x\"}]", "Service").is_err());
+        assert!(
+            apply(
+                PatchType::Json,
+                &mut d,
+                b"[{\"op\":\"remove\",\"path\":\"/x\"}]",
+                "Service"
+            )
+            .is_err()
+        );
         assert!(apply(PatchType::Strategic, &mut d, b"[1]", "Service").is_err());
         assert!(apply(PatchType::Merge, &mut d, b"{not json", "Service").is_err());
     }

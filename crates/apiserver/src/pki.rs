@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine;
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -13,7 +16,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("generating certificate: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("{path}: not a PEM certificate or key")]
@@ -40,25 +47,39 @@ fn ca_params() -> CertificateParams {
     let mut p = CertificateParams::default();
     p.distinguished_name.push(DnType::CommonName, "berth-ca");
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::CrlSign,
+    ];
     p.not_after = rcgen::date_time_ymd(2125, 1, 1);
     p
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
-    std::fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.to_owned(), source })
+    std::fs::read_to_string(path).map_err(|source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn write(path: &Path, text: &str) -> Result<(), PkiError> {
-    std::fs::write(path, text).map_err(|source| PkiError::Io { path: path.to_owned(), source })?;
+    std::fs::write(path, text).map_err(|source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     restrict(path)
 }
 
 #[cfg(unix)]
 fn restrict(path: &Path) -> Result<(), PkiError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|source| PkiError::Io { path: path.to_owned(), source })
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        PkiError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    })
 }
 
 fn leaf(cn: &str, org: Option<&str>, usage: ExtendedKeyUsagePurpose) -> CertificateParams {
@@ -67,7 +88,10 @@ fn leaf(cn: &str, org: Option<&str>, usage: ExtendedKeyUsagePurpose) -> Certific
     if let Some(o) = org {
         p.distinguished_name.push(DnType::OrganizationName, o);
     }
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     p.extended_key_usages = vec![usage];
     p.use_authority_key_identifier_extension = true;
     p.not_after = rcgen::date_time_ymd(2125, 1, 1);
@@ -77,7 +101,10 @@ fn leaf(cn: &str, org: Option<&str>, usage: ExtendedKeyUsagePurpose) -> Certific
 /// Loads the certificates from `dir`, creating what is missing. The serving certificate is
 /// re-issued when `names` (DNS names and IPs it must be valid for) differ from the stored ones.
 pub fn ensure(dir: &Path, names: &[String]) -> Result<Pki, PkiError> {
-    std::fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.to_owned(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
     let ca_key_path = dir.join("ca.key");
     let ca_cert_path = dir.join("ca.crt");
     let ca_key = if ca_key_path.exists() {
@@ -94,7 +121,9 @@ pub fn ensure(dir: &Path, names: &[String]) -> Result<Pki, PkiError> {
     let wanted = names.join("\n");
     let server_cert_path = dir.join("apiserver.crt");
     let server_key_path = dir.join("apiserver.key");
-    if !server_cert_path.exists() || std::fs::read_to_string(&sans_path).ok().as_deref() != Some(wanted.as_str()) {
+    if !server_cert_path.exists()
+        || std::fs::read_to_string(&sans_path).ok().as_deref() != Some(wanted.as_str())
+    {
         let mut params = leaf("berth-apiserver", None, ExtendedKeyUsagePurpose::ServerAuth);
         params.subject_alt_names = names
             .iter()
@@ -112,7 +141,11 @@ pub fn ensure(dir: &Path, names: &[String]) -> Result<Pki, PkiError> {
     let admin_cert_path = dir.join("admin.crt");
     let admin_key_path = dir.join("admin.key");
     if !admin_cert_path.exists() {
-        let params = leaf("kubernetes-admin", Some("system:masters"), ExtendedKeyUsagePurpose::ClientAuth);
+        let params = leaf(
+            "kubernetes-admin",
+            Some("system:masters"),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
         let key = KeyPair::generate()?;
         write(&admin_cert_path, &params.signed_by(&key, &issuer)?.pem())?;
         write(&admin_key_path, &key.serialize_pem())?;
@@ -131,18 +164,24 @@ pub fn ensure(dir: &Path, names: &[String]) -> Result<Pki, PkiError> {
 /// what kube-apiserver does, rather than failing the handshake.
 pub fn server_config(pki: &Pki) -> Result<rustls::ServerConfig, PkiError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let pem_err = |what: &str| PkiError::Pem { path: PathBuf::from(what) };
+    let pem_err = |what: &str| PkiError::Pem {
+        path: PathBuf::from(what),
+    };
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pki.ca_cert.as_bytes()) {
         roots.add(cert.map_err(|_| pem_err("ca.crt"))?)?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()?;
     let chain = CertificateDer::pem_slice_iter(pki.server_cert.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| pem_err("apiserver.crt"))?;
-    let key = PrivateKeyDer::from_pem_slice(pki.server_key.as_bytes()).map_err(|_| pem_err("apiserver.key"))?;
+    let key = PrivateKeyDer::from_pem_slice(pki.server_key.as_bytes())
+        .map_err(|_| pem_err("apiserver.key"))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -168,7 +207,10 @@ pub fn kubeconfig(pki: &Pki, server_url: &str) -> String {
 /// Writes `text` to `path` readable only by its owner.
 pub fn write_private(path: &Path, text: &str) -> Result<(), PkiError> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| PkiError::Io { path: parent.to_owned(), source })?;
+        std::fs::create_dir_all(parent).map_err(|source| PkiError::Io {
+            path: parent.to_owned(),
+            source,
+        })?;
     }
     write(path, text)
 }
@@ -188,6 +230,8 @@ mod tests {
         assert_eq!(a.ca_cert, c.ca_cert);
         assert_eq!(a.admin_cert, c.admin_cert);
         server_config(&c).expect("rustls accepts the certificates");
-        assert!(kubeconfig(&c, "https://127.0.0.1:6443").contains("server: https://127.0.0.1:6443"));
+        assert!(
+            kubeconfig(&c, "https://127.0.0.1:6443").contains("server: https://127.0.0.1:6443")
+        );
     }
 }

@@ -38,17 +38,49 @@ pub fn parse(path: &str) -> Result<Option<Target>, PathError> {
     let (namespace, rest): (Option<&str>, &[&str]) = match rest {
         // `namespaces/{name}/status|finalize` addresses the namespace object itself.
         ["namespaces", name, sub] if matches!(*sub, "status" | "finalize") => {
-            return target(group, version, "namespaces", None, Some(name), Some(sub), watch_path);
+            return target(
+                group,
+                version,
+                "namespaces",
+                None,
+                Some(name),
+                Some(sub),
+                watch_path,
+            );
         }
         ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(*ns), rest),
         _ => (None, rest),
     };
     match rest {
         [plural] => target(group, version, plural, namespace, None, None, watch_path),
-        [plural, name] => target(group, version, plural, namespace, Some(name), None, watch_path),
-        [plural, name, sub] => target(group, version, plural, namespace, Some(name), Some(sub), watch_path),
+        [plural, name] => target(
+            group,
+            version,
+            plural,
+            namespace,
+            Some(name),
+            None,
+            watch_path,
+        ),
+        [plural, name, sub] => target(
+            group,
+            version,
+            plural,
+            namespace,
+            Some(name),
+            Some(sub),
+            watch_path,
+        ),
         // pods/{name}/proxy/{path...}: the rest is the proxied path.
-        [plural, name, "proxy", ..] => target(group, version, plural, namespace, Some(name), Some("proxy"), watch_path),
+        [plural, name, "proxy", ..] => target(
+            group,
+            version,
+            plural,
+            namespace,
+            Some(name),
+            Some("proxy"),
+            watch_path,
+        ),
         _ => Err(PathError::NotFound),
     }
 }
@@ -68,7 +100,11 @@ fn target(
     }
     let subresource = match sub {
         None => None,
-        Some(s) => Some(Subresource::parse(s).filter(|s| resource.has_subresource(*s)).ok_or(PathError::NotFound)?),
+        Some(s) => Some(
+            Subresource::parse(s)
+                .filter(|s| resource.has_subresource(*s))
+                .ok_or(PathError::NotFound)?,
+        ),
     };
     if name.is_some_and(str::is_empty) {
         return Err(PathError::NotFound);
@@ -109,7 +145,10 @@ pub struct Params {
 
 /// Kubernetes accepts `true`, `1` and friends for boolean query parameters.
 pub fn flag(v: &Option<String>) -> bool {
-    matches!(v.as_deref(), Some("true" | "1" | "True" | "TRUE" | "t" | "T"))
+    matches!(
+        v.as_deref(),
+        Some("true" | "1" | "True" | "TRUE" | "t" | "T")
+    )
 }
 
 impl Params {
@@ -127,7 +166,9 @@ impl Params {
 }
 
 fn serde_urlencoded_from(q: &str) -> Result<Params, String> {
-    let uri: axum::http::Uri = format!("/?{q}").parse().map_err(|e| format!("invalid query: {e}"))?;
+    let uri: axum::http::Uri = format!("/?{q}")
+        .parse()
+        .map_err(|e| format!("invalid query: {e}"))?;
     axum::extract::Query::<Params>::try_from_uri(&uri)
         .map(|axum::extract::Query(p)| p)
         .map_err(|e| e.body_text())
@@ -139,33 +180,67 @@ mod tests {
 
     fn check(path: &str, expected: Option<(&str, Option<&str>, Option<&str>, Option<&str>)>) {
         let got = parse(path).expect("parses").map(|t| {
-            (t.resource.plural, t.namespace, t.name, t.subresource.map(|s| s.name()))
+            (
+                t.resource.plural,
+                t.namespace,
+                t.name,
+                t.subresource.map(|s| s.name()),
+            )
         });
-        let expected = expected.map(|(p, ns, n, s)| (p, ns.map(str::to_owned), n.map(str::to_owned), s));
+        let expected =
+            expected.map(|(p, ns, n, s)| (p, ns.map(str::to_owned), n.map(str::to_owned), s));
         assert_eq!(got, expected, "{path}");
     }
 
     #[test]
     fn paths() {
         check("/api/v1/services", Some(("services", None, None, None)));
-        check("/api/v1/namespaces/default/services", Some(("services", Some("default"), None, None)));
-        check("/api/v1/namespaces/default/services/web", Some(("services", Some("default"), Some("web"), None)));
-        check("/api/v1/namespaces/default/pods/p/log", Some(("pods", Some("default"), Some("p"), Some("log"))));
+        check(
+            "/api/v1/namespaces/default/services",
+            Some(("services", Some("default"), None, None)),
+        );
+        check(
+            "/api/v1/namespaces/default/services/web",
+            Some(("services", Some("default"), Some("web"), None)),
+        );
+        check(
+            "/api/v1/namespaces/default/pods/p/log",
+            Some(("pods", Some("default"), Some("p"), Some("log"))),
+        );
         check("/api/v1/namespaces", Some(("namespaces", None, None, None)));
-        check("/api/v1/namespaces/kube-system", Some(("namespaces", None, Some("kube-system"), None)));
-        check("/api/v1/namespaces/x/status", Some(("namespaces", None, Some("x"), Some("status"))));
-        check("/apis/apps/v1/namespaces/d/deployments/w/scale", Some(("deployments", Some("d"), Some("w"), Some("scale"))));
-        check("/api/v1/watch/namespaces/default/pods", Some(("pods", Some("default"), None, None)));
+        check(
+            "/api/v1/namespaces/kube-system",
+            Some(("namespaces", None, Some("kube-system"), None)),
+        );
+        check(
+            "/api/v1/namespaces/x/status",
+            Some(("namespaces", None, Some("x"), Some("status"))),
+        );
+        check(
+            "/apis/apps/v1/namespaces/d/deployments/w/scale",
+            Some(("deployments", Some("d"), Some("w"), Some("scale"))),
+        );
+        check(
+            "/api/v1/watch/namespaces/default/pods",
+            Some(("pods", Some("default"), None, None)),
+        );
         check("/version", None);
         check("/api/v1", None);
         assert_eq!(parse("/api/v1/bogus"), Err(PathError::NotFound));
-        assert_eq!(parse("/api/v1/namespaces/default/nodes"), Err(PathError::NotFound));
-        assert_eq!(parse("/api/v1/namespaces/default/services/web/scale"), Err(PathError::NotFound));
+        assert_eq!(
+            parse("/api/v1/namespaces/default/nodes"),
+            Err(PathError::NotFound)
+        );
+        assert_eq!(
+            parse("/api/v1/namespaces/default/services/web/scale"),
+            Err(PathError::NotFound)
+        );
     }
 
     #[test]
     fn params() {
-        let p = Params::parse(Some("labelSelector=app%3Dweb&limit=5&watch=1&continue=abc")).expect("parses");
+        let p = Params::parse(Some("labelSelector=app%3Dweb&limit=5&watch=1&continue=abc"))
+            .expect("parses");
         assert_eq!(p.label_selector.as_deref(), Some("app=web"));
         assert_eq!(p.limit, Some(5));
         assert!(p.is_watch());

@@ -29,7 +29,11 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(body: Value) -> Self {
-        Self { code: StatusCode::OK, body, warnings: Vec::new() }
+        Self {
+            code: StatusCode::OK,
+            body,
+            warnings: Vec::new(),
+        }
     }
 }
 
@@ -37,10 +41,15 @@ impl IntoResponse for Reply {
     fn into_response(self) -> Response {
         let mut resp = (self.code, self.body.to_string()).into_response();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         for w in self.warnings {
             // RFC 7234 warning format, as kube-apiserver sends it and kubectl prints it.
-            if let Ok(v) = HeaderValue::from_str(&format!("299 - {}", berth_api::error::go_quote(&w))) {
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("299 - {}", berth_api::error::go_quote(&w)))
+            {
                 h.append(header::WARNING, v);
             }
         }
@@ -49,9 +58,24 @@ impl IntoResponse for Reply {
 }
 
 /// Dispatches a request for a resource to its verb.
-pub async fn handle(srv: Arc<Server>, method: Method, t: Target, params: Params, headers: HeaderMap, body: Bytes) -> Result<Response> {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+pub async fn handle(
+    srv: Arc<Server>,
+    method: Method,
+    t: Target,
+    params: Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let as_table = table::wanted(&accept);
     let include = Include::parse(params.include_object.as_deref());
     let r = t.resource;
@@ -63,11 +87,15 @@ pub async fn handle(srv: Arc<Server>, method: Method, t: Target, params: Params,
             return watch::serve(srv, &t, &params, as_table, include).await;
         }
         (&Method::GET, None, None) => list(&srv, &t, &params).await?,
-        (&Method::GET, Some(name), None | Some(Subresource::Status)) => Reply::ok(get(&srv, r, t.namespace.as_deref(), name).await?),
-        (&Method::GET, Some(name), Some(Subresource::Scale)) => {
-            Reply::ok(admission::scale_of(&get(&srv, r, t.namespace.as_deref(), name).await?))
+        (&Method::GET, Some(name), None | Some(Subresource::Status)) => {
+            Reply::ok(get(&srv, r, t.namespace.as_deref(), name).await?)
         }
-        (&Method::POST, None, None) => create(&srv, &t, &params, parse_body(&body, &content_type)?).await?,
+        (&Method::GET, Some(name), Some(Subresource::Scale)) => Reply::ok(admission::scale_of(
+            &get(&srv, r, t.namespace.as_deref(), name).await?,
+        )),
+        (&Method::POST, None, None) => {
+            create(&srv, &t, &params, parse_body(&body, &content_type)?).await?
+        }
         (&Method::PUT, Some(_), None | Some(Subresource::Status) | Some(Subresource::Scale)) => {
             let new = parse_body(&body, &content_type)?;
             update(&srv, &t, &params, new).await?
@@ -82,12 +110,31 @@ pub async fn handle(srv: Arc<Server>, method: Method, t: Target, params: Params,
         (&Method::DELETE, None, None) => delete_collection(&srv, &t, &params).await?,
         _ => return Err(ApiError::MethodNotAllowed),
     };
+    let reply = if t.subresource == Some(Subresource::Scale) && reply.code.is_success() {
+        Reply {
+            body: admission::scale_of(&reply.body),
+            ..reply
+        }
+    } else {
+        reply
+    };
     if as_table && reply.code.is_success() && method == Method::GET && t.subresource.is_none() {
         let (objs, meta) = match reply.body.get("items").and_then(Value::as_array) {
-            Some(items) => (items.clone(), reply.body.get("metadata").cloned().unwrap_or_else(|| json!({}))),
+            Some(items) => (
+                items.clone(),
+                reply
+                    .body
+                    .get("metadata")
+                    .cloned()
+                    .unwrap_or_else(|| json!({})),
+            ),
             None => (vec![reply.body.clone()], json!({})),
         };
-        return Ok(Reply { body: table::render(r, &objs, meta, include, true), ..reply }.into_response());
+        return Ok(Reply {
+            body: table::render(r, &objs, meta, include, true),
+            ..reply
+        }
+        .into_response());
     }
     Ok(reply.into_response())
 }
@@ -98,10 +145,15 @@ pub fn parse_body(body: &[u8], content_type: &str) -> Result<Value> {
     if !ct.is_empty() && ct != "application/json" && ct != "*/*" {
         return Err(ApiError::UnsupportedMediaType("application/json"));
     }
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("the object provided is unrecognized or malformed: {e}")))?;
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the object provided is unrecognized or malformed: {e}"
+        ))
+    })?;
     if !v.is_object() {
-        return Err(ApiError::BadRequest("the object provided is unrecognized or malformed: not a JSON object".into()));
+        return Err(ApiError::BadRequest(
+            "the object provided is unrecognized or malformed: not a JSON object".into(),
+        ));
     }
     Ok(v)
 }
@@ -109,7 +161,8 @@ pub fn parse_body(body: &[u8], content_type: &str) -> Result<Value> {
 /// Reads a stored object with its resourceVersion filled in, as kube-apiserver's storage
 /// layer does (the version is never stored inside the object).
 pub fn decode_kv(kv: &KeyValue) -> Result<Value> {
-    let mut v: Value = serde_json::from_slice(&kv.value).map_err(|e| ApiError::Internal(format!("corrupt object at {}: {e}", kv.key)))?;
+    let mut v: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::Internal(format!("corrupt object at {}: {e}", kv.key)))?;
     v.set_meta("resourceVersion", json!(kv.mod_revision.to_string()));
     Ok(v)
 }
@@ -121,26 +174,46 @@ fn encode(obj: &Value) -> Bytes {
 }
 
 fn not_found(r: &'static Resource, name: &str) -> ApiError {
-    ApiError::NotFound { resource: r, name: name.to_owned() }
+    ApiError::NotFound {
+        resource: r,
+        name: name.to_owned(),
+    }
 }
 
-pub async fn get(srv: &Server, r: &'static Resource, ns: Option<&str>, name: &str) -> Result<Value> {
-    let kv = srv.store.get(&object_key(r, ns, name)).await?.ok_or_else(|| not_found(r, name))?;
+pub async fn get(
+    srv: &Server,
+    r: &'static Resource,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<Value> {
+    let kv = srv
+        .store
+        .get(&object_key(r, ns, name))
+        .await?
+        .ok_or_else(|| not_found(r, name))?;
     decode_kv(&kv)
 }
 
 /// The continue token: the last key returned and the list's revision, opaque to clients.
 fn encode_continue(key: &str, rev: i64) -> String {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!({"k": key, "rv": rev}).to_string())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"k": key, "rv": rev}).to_string())
 }
 
 fn decode_continue(token: &str) -> Result<String> {
     use base64::Engine;
-    let bad = || ApiError::BadRequest("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)".into());
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let bad = || {
+        ApiError::BadRequest("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)".into())
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    v.get("k").and_then(Value::as_str).map(str::to_owned).ok_or_else(bad)
+    v.get("k")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(bad)
 }
 
 async fn list(srv: &Server, t: &Target, params: &Params) -> Result<Reply> {
@@ -148,12 +221,26 @@ async fn list(srv: &Server, t: &Target, params: &Params) -> Result<Reply> {
     let filter = Filter::new(r, params)?;
     let prefix = collection_key(r, t.namespace.as_deref());
     let limit = params.limit.unwrap_or(0);
-    let mut start_after = params.continue_.as_deref().map(decode_continue).transpose()?;
+    let mut start_after = params
+        .continue_
+        .as_deref()
+        .map(decode_continue)
+        .transpose()?;
     let mut items = Vec::new();
     let mut revision;
     let mut next = None;
     loop {
-        let page = srv.store.list(&prefix, ListOptions { limit: if limit == 0 { 0 } else { limit.max(100) }, start_after: start_after.clone(), revision: None }).await?;
+        let page = srv
+            .store
+            .list(
+                &prefix,
+                ListOptions {
+                    limit: if limit == 0 { 0 } else { limit.max(100) },
+                    start_after: start_after.clone(),
+                    revision: None,
+                },
+            )
+            .await?;
         revision = page.revision;
         let mut stopped_early = false;
         for kv in &page.items {
@@ -169,7 +256,17 @@ async fn list(srv: &Server, t: &Target, params: &Params) -> Result<Reply> {
         }
         if stopped_early {
             let last = start_after.clone().unwrap_or_default();
-            let rest = srv.store.list(&prefix, ListOptions { limit: 1, start_after: Some(last.clone()), revision: None }).await?;
+            let rest = srv
+                .store
+                .list(
+                    &prefix,
+                    ListOptions {
+                        limit: 1,
+                        start_after: Some(last.clone()),
+                        revision: None,
+                    },
+                )
+                .await?;
             if !rest.items.is_empty() {
                 next = Some(encode_continue(&last, revision));
             }
@@ -183,15 +280,30 @@ async fn list(srv: &Server, t: &Target, params: &Params) -> Result<Reply> {
     if let Some(c) = next {
         meta["continue"] = json!(c);
     }
-    Ok(Reply::ok(json!({"kind": r.list_kind(), "apiVersion": r.api_version(), "metadata": meta, "items": items})))
+    Ok(Reply::ok(
+        json!({"kind": r.list_kind(), "apiVersion": r.api_version(), "metadata": meta, "items": items}),
+    ))
 }
 
 /// Checks `apiVersion`/`kind` against the endpoint and runs the body through its typed schema,
 /// honouring `fieldValidation` (Strict: 400 on unknown fields; Warn, the default: a warning).
-fn decode_for(r: &'static Resource, params: &Params, mut obj: Value, warnings: &mut Vec<String>) -> Result<Value> {
+fn decode_for(
+    r: &'static Resource,
+    params: &Params,
+    mut obj: Value,
+    warnings: &mut Vec<String>,
+) -> Result<Value> {
     let expected = r.api_version();
-    let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_owned();
-    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("").to_owned();
+    let api_version = obj
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let kind = obj
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
     if api_version.is_empty() && kind.is_empty() {
         obj["apiVersion"] = json!(expected);
         obj["kind"] = json!(r.kind);
@@ -200,11 +312,21 @@ fn decode_for(r: &'static Resource, params: &Params, mut obj: Value, warnings: &
             "the API version in the data ({api_version}) does not match the expected API version ({expected})"
         )));
     }
-    let decoded = berth_api::object::decode(r.group, r.kind, obj).map_err(|e| ApiError::BadRequest(e.message))?;
+    let decoded = berth_api::object::decode(r.group, r.kind, obj)
+        .map_err(|e| ApiError::BadRequest(e.message))?;
     if !decoded.unknown_fields.is_empty() {
-        let msgs: Vec<String> = decoded.unknown_fields.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+        let msgs: Vec<String> = decoded
+            .unknown_fields
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
         match params.field_validation.as_deref() {
-            Some("Strict") => return Err(ApiError::BadRequest(format!("strict decoding error: {}", msgs.join(", ")))),
+            Some("Strict") => {
+                return Err(ApiError::BadRequest(format!(
+                    "strict decoding error: {}",
+                    msgs.join(", ")
+                )));
+            }
             Some("Ignore") => {}
             _ => warnings.extend(msgs),
         }
@@ -215,7 +337,10 @@ fn decode_for(r: &'static Resource, params: &Params, mut obj: Value, warnings: &
 /// Lower-case letters and digits without vowels, as kube-apiserver uses for generateName.
 fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    uuid::Uuid::new_v4().as_bytes()[..5].iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+    uuid::Uuid::new_v4().as_bytes()[..5]
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
 }
 
 pub async fn create(srv: &Server, t: &Target, params: &Params, body: Value) -> Result<Reply> {
@@ -223,7 +348,9 @@ pub async fn create(srv: &Server, t: &Target, params: &Params, body: Value) -> R
     let mut warnings = Vec::new();
     let mut obj = decode_for(r, params, body, &mut warnings)?;
     if r.namespaced {
-        let ns = t.namespace.clone().ok_or_else(|| ApiError::BadRequest("a namespace is required to create this object".into()))?;
+        let ns = t.namespace.clone().ok_or_else(|| {
+            ApiError::BadRequest("a namespace is required to create this object".into())
+        })?;
         match obj.namespace() {
             Some(given) if !given.is_empty() && given != ns => {
                 return Err(ApiError::BadRequest(
@@ -236,11 +363,21 @@ pub async fn create(srv: &Server, t: &Target, params: &Params, body: Value) -> R
         obj.remove_meta("namespace");
     }
     if obj.name().is_none_or(str::is_empty) {
-        if let Some(prefix) = obj.meta_str("generateName").filter(|p| !p.is_empty()).map(str::to_owned) {
+        if let Some(prefix) = obj
+            .meta_str("generateName")
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+        {
             obj.set_meta("name", json!(format!("{prefix}{}", random_suffix())));
         }
     }
-    for f in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "managedFields"] {
+    for f in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "selfLink",
+        "managedFields",
+    ] {
         obj.remove_meta(f);
     }
     obj.set_meta("uid", json!(uuid::Uuid::new_v4().to_string()));
@@ -261,17 +398,31 @@ pub async fn create(srv: &Server, t: &Target, params: &Params, body: Value) -> R
     }
     if params.dry_run() {
         grant.rollback(srv);
-        return Ok(Reply { code: StatusCode::CREATED, body: obj, warnings });
+        return Ok(Reply {
+            code: StatusCode::CREATED,
+            body: obj,
+            warnings,
+        });
     }
-    match srv.store.create(&object_key(r, ns.as_deref(), &name), encode(&obj)).await {
+    match srv
+        .store
+        .create(&object_key(r, ns.as_deref(), &name), encode(&obj))
+        .await
+    {
         Ok(kv) => {
             obj.set_meta("resourceVersion", json!(kv.mod_revision.to_string()));
-            Ok(Reply { code: StatusCode::CREATED, body: obj, warnings })
+            Ok(Reply {
+                code: StatusCode::CREATED,
+                body: obj,
+                warnings,
+            })
         }
         Err(e) => {
             grant.rollback(srv);
             Err(match e {
-                berth_store::Error::AlreadyExists { .. } => ApiError::AlreadyExists { resource: r, name },
+                berth_store::Error::AlreadyExists { .. } => {
+                    ApiError::AlreadyExists { resource: r, name }
+                }
                 e => e.into(),
             })
         }
@@ -282,7 +433,11 @@ async fn update(srv: &Server, t: &Target, params: &Params, body: Value) -> Resul
     let r = t.resource;
     let name = t.name.as_deref().unwrap_or("");
     let key = object_key(r, t.namespace.as_deref(), name);
-    let cur_kv = srv.store.get(&key).await?.ok_or_else(|| not_found(r, name))?;
+    let cur_kv = srv
+        .store
+        .get(&key)
+        .await?
+        .ok_or_else(|| not_found(r, name))?;
     let mut warnings = Vec::new();
     if t.subresource == Some(Subresource::Scale) {
         let cur = decode_kv(&cur_kv)?;
@@ -301,7 +456,14 @@ async fn update(srv: &Server, t: &Target, params: &Params, body: Value) -> Resul
 
 /// The shared tail of update and patch: carries server-owned fields over from the stored
 /// object, runs admission, and writes with an optimistic-concurrency precondition.
-async fn write_update(srv: &Server, t: &Target, params: &Params, mut new: Value, cur_kv: &KeyValue, warnings: Vec<String>) -> Result<Reply> {
+async fn write_update(
+    srv: &Server,
+    t: &Target,
+    params: &Params,
+    mut new: Value,
+    cur_kv: &KeyValue,
+    warnings: Vec<String>,
+) -> Result<Reply> {
     let r = t.resource;
     let name = t.name.as_deref().unwrap_or("");
     let cur = decode_kv(cur_kv)?;
@@ -321,8 +483,20 @@ async fn write_update(srv: &Server, t: &Target, params: &Params, mut new: Value,
     } else if r.has_status {
         set_or_remove(&mut new, "status", cur.get("status").cloned());
     }
-    for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "generation", "managedFields"] {
-        match cur.meta_str(f).map(|_| ()).or_else(|| cur.get("metadata").and_then(|m| m.get(f)).map(|_| ())) {
+    for f in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "namespace",
+        "generation",
+        "managedFields",
+    ] {
+        match cur
+            .meta_str(f)
+            .map(|_| ())
+            .or_else(|| cur.get("metadata").and_then(|m| m.get(f)).map(|_| ()))
+        {
             Some(()) => {
                 let v = cur["metadata"][f].clone();
                 new.set_meta(f, v);
@@ -334,7 +508,11 @@ async fn write_update(srv: &Server, t: &Target, params: &Params, mut new: Value,
     }
     new.remove_meta("resourceVersion");
     if r.has_generation && spec_changed(&cur, &new) {
-        let g = cur.get("metadata").and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(0);
+        let g = cur
+            .get("metadata")
+            .and_then(|m| m.get("generation"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         new.set_meta("generation", json!(g + 1));
     }
     let grant = admission::update(srv, r, &mut new, &cur).await?;
@@ -342,21 +520,43 @@ async fn write_update(srv: &Server, t: &Target, params: &Params, mut new: Value,
     unchanged.remove_meta("resourceVersion");
     if unchanged == new {
         grant.rollback(srv);
-        return Ok(Reply { code: StatusCode::OK, body: cur, warnings });
+        return Ok(Reply {
+            code: StatusCode::OK,
+            body: cur,
+            warnings,
+        });
     }
-    let finalized = new.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_some()
-        && new["metadata"].get("finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty());
+    let finalized = new
+        .get("metadata")
+        .and_then(|m| m.get("deletionTimestamp"))
+        .is_some()
+        && new["metadata"]
+            .get("finalizers")
+            .and_then(Value::as_array)
+            .is_none_or(|f| f.is_empty());
     if params.dry_run() {
         grant.rollback(srv);
         new.set_meta("resourceVersion", json!(cur_kv.mod_revision.to_string()));
-        return Ok(Reply { code: StatusCode::OK, body: new, warnings });
+        return Ok(Reply {
+            code: StatusCode::OK,
+            body: new,
+            warnings,
+        });
     }
     let key = object_key(r, t.namespace.as_deref(), name);
     let result = if finalized {
         // The last finalizer is gone from an object being deleted: it goes away now.
-        srv.store.delete(&key, Some(cur_kv.mod_revision)).await.map(|kv| KeyValue { value: encode(&new), ..kv })
+        srv.store
+            .delete(&key, Some(cur_kv.mod_revision))
+            .await
+            .map(|kv| KeyValue {
+                value: encode(&new),
+                ..kv
+            })
     } else {
-        srv.store.update(&key, encode(&new), Some(cur_kv.mod_revision)).await
+        srv.store
+            .update(&key, encode(&new), Some(cur_kv.mod_revision))
+            .await
     };
     match result {
         Ok(kv) => {
@@ -365,7 +565,11 @@ async fn write_update(srv: &Server, t: &Target, params: &Params, mut new: Value,
                 admission::deleted(srv, r, &new);
             }
             new.set_meta("resourceVersion", json!(kv.mod_revision.to_string()));
-            Ok(Reply { code: StatusCode::OK, body: new, warnings })
+            Ok(Reply {
+                code: StatusCode::OK,
+                body: new,
+                warnings,
+            })
         }
         Err(e) => {
             grant.rollback(srv);
@@ -408,7 +612,13 @@ fn spec_changed(a: &Value, b: &Value) -> bool {
     strip(a) != strip(b)
 }
 
-async fn patch(srv: &Server, t: &Target, params: &Params, kind: PatchType, body: &[u8]) -> Result<Reply> {
+async fn patch(
+    srv: &Server,
+    t: &Target,
+    params: &Params,
+    kind: PatchType,
+    body: &[u8],
+) -> Result<Reply> {
     let r = t.resource;
     let name = t.name.as_deref().unwrap_or("");
     let key = object_key(r, t.namespace.as_deref(), name);
@@ -417,7 +627,9 @@ async fn patch(srv: &Server, t: &Target, params: &Params, kind: PatchType, body:
     for _ in 0..8 {
         let Some(cur_kv) = srv.store.get(&key).await? else {
             if kind == PatchType::Apply {
-                let obj = parse_body(body, "application/json").map_err(|_| ApiError::UnsupportedMediaType("application/apply-patch+yaml (as JSON)"))?;
+                let obj = parse_body(body, "application/json").map_err(|_| {
+                    ApiError::UnsupportedMediaType("application/apply-patch+yaml (as JSON)")
+                })?;
                 return create(srv, t, params, obj).await;
             }
             return Err(not_found(r, name));
@@ -428,9 +640,16 @@ async fn patch(srv: &Server, t: &Target, params: &Params, kind: PatchType, body:
         }
         patch::apply(kind, &mut doc, body, r.kind).map_err(|e| match e {
             patch::PatchError::Decode(m) => ApiError::BadRequest(m),
-            patch::PatchError::Apply(m) => ApiError::Invalid { resource: r, kind: r.kind, name: name.to_owned(), errors: vec![berth_api::FieldError::invalid("", m.as_str(), "")] },
+            patch::PatchError::Apply(m) => ApiError::Invalid {
+                resource: r,
+                kind: r.kind,
+                name: name.to_owned(),
+                errors: vec![berth_api::FieldError::invalid("", m.as_str(), "")],
+            },
         })?;
-        let explicit_rv = doc.resource_version().is_some_and(|v| v != cur_kv.mod_revision.to_string());
+        let explicit_rv = doc
+            .resource_version()
+            .is_some_and(|v| v != cur_kv.mod_revision.to_string());
         let result = if t.subresource == Some(Subresource::Scale) {
             let cur = decode_kv(&cur_kv)?;
             let new = admission::apply_scale(&cur, &doc)?;
@@ -448,7 +667,11 @@ async fn patch(srv: &Server, t: &Target, params: &Params, kind: PatchType, body:
             other => return other,
         }
     }
-    Err(ApiError::Conflict { resource: r, name: name.to_owned(), detail: "too many concurrent updates".into() })
+    Err(ApiError::Conflict {
+        resource: r,
+        name: name.to_owned(),
+        detail: "too many concurrent updates".into(),
+    })
 }
 
 /// The parts of `DeleteOptions` berth acts on, from the body or the query.
@@ -461,20 +684,37 @@ fn delete_options(body: &[u8]) -> Result<DeleteOptions> {
     let v: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
-        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid DeleteOptions: {e}")))?
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid DeleteOptions: {e}")))?
     };
     let pre = v.get("preconditions");
     Ok(DeleteOptions {
-        precondition_uid: pre.and_then(|p| p.get("uid")).and_then(Value::as_str).map(str::to_owned),
-        precondition_rv: pre.and_then(|p| p.get("resourceVersion")).and_then(Value::as_str).map(str::to_owned),
+        precondition_uid: pre
+            .and_then(|p| p.get("uid"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        precondition_rv: pre
+            .and_then(|p| p.get("resourceVersion"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
     })
 }
 
-async fn delete(srv: &Server, t: &Target, params: &Params, name: &str, body: &[u8]) -> Result<Reply> {
+async fn delete(
+    srv: &Server,
+    t: &Target,
+    params: &Params,
+    name: &str,
+    body: &[u8],
+) -> Result<Reply> {
     let r = t.resource;
     let opts = delete_options(body)?;
     let key = object_key(r, t.namespace.as_deref(), name);
-    let cur_kv = srv.store.get(&key).await?.ok_or_else(|| not_found(r, name))?;
+    let cur_kv = srv
+        .store
+        .get(&key)
+        .await?
+        .ok_or_else(|| not_found(r, name))?;
     let cur = decode_kv(&cur_kv)?;
     if let Some(uid) = &opts.precondition_uid {
         let have = cur.meta_str("uid").unwrap_or("");
@@ -482,7 +722,9 @@ async fn delete(srv: &Server, t: &Target, params: &Params, name: &str, body: &[u
             return Err(ApiError::Conflict {
                 resource: r,
                 name: name.to_owned(),
-                detail: format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"),
+                detail: format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"
+                ),
             });
         }
     }
@@ -491,7 +733,10 @@ async fn delete(srv: &Server, t: &Target, params: &Params, name: &str, body: &[u
             return Err(ApiError::Conflict {
                 resource: r,
                 name: name.to_owned(),
-                detail: format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", cur_kv.mod_revision),
+                detail: format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    cur_kv.mod_revision
+                ),
             });
         }
     }
@@ -499,16 +744,27 @@ async fn delete(srv: &Server, t: &Target, params: &Params, name: &str, body: &[u
     if params.dry_run() {
         return Ok(Reply::ok(cur));
     }
-    let has_finalizers = cur.get("metadata").and_then(|m| m.get("finalizers")).and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+    let has_finalizers = cur
+        .get("metadata")
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
     if has_finalizers {
         // Finalizers hold the object: mark it and let their owners finish the deletion.
-        if cur.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_some() {
+        if cur
+            .get("metadata")
+            .and_then(|m| m.get("deletionTimestamp"))
+            .is_some()
+        {
             return Ok(Reply::ok(cur));
         }
         let mut marked = cur.clone();
         marked.set_meta("deletionTimestamp", json!(now_rfc3339()));
         marked.set_meta("deletionGracePeriodSeconds", json!(0));
-        let kv = srv.store.update(&key, encode(&marked), Some(cur_kv.mod_revision)).await?;
+        let kv = srv
+            .store
+            .update(&key, encode(&marked), Some(cur_kv.mod_revision))
+            .await?;
         marked.set_meta("resourceVersion", json!(kv.mod_revision.to_string()));
         return Ok(Reply::ok(marked));
     }
@@ -531,9 +787,19 @@ async fn delete(srv: &Server, t: &Target, params: &Params, name: &str, body: &[u
 async fn delete_collection(srv: &Server, t: &Target, params: &Params) -> Result<Reply> {
     let listed = list(srv, t, params).await?;
     let mut deleted = Vec::new();
-    for obj in listed.body.get("items").and_then(Value::as_array).into_iter().flatten() {
+    for obj in listed
+        .body
+        .get("items")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let Some(name) = obj.name() else { continue };
-        let one = Target { name: Some(name.to_owned()), namespace: obj.namespace().map(str::to_owned), ..t.clone() };
+        let one = Target {
+            name: Some(name.to_owned()),
+            namespace: obj.namespace().map(str::to_owned),
+            ..t.clone()
+        };
         match delete(srv, &one, params, name, b"").await {
             Ok(r) => deleted.push(r.body),
             Err(ApiError::NotFound { .. }) => {}
@@ -541,5 +807,7 @@ async fn delete_collection(srv: &Server, t: &Target, params: &Params) -> Result<
         }
     }
     let r = t.resource;
-    Ok(Reply::ok(json!({"kind": r.list_kind(), "apiVersion": r.api_version(), "metadata": {}, "items": deleted})))
+    Ok(Reply::ok(
+        json!({"kind": r.list_kind(), "apiVersion": r.api_version(), "metadata": {}, "items": deleted}),
+    ))
 }

@@ -35,7 +35,11 @@ pub struct Listening {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, #[source] source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
     #[error("bootstrapping cluster objects: {0}")]
@@ -53,14 +57,39 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: tokio::sync::oneshot::Sender<Listening>,
 ) -> Result<(), ServeError> {
-    let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| ServeError::Bind { addr: config.bind, source })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.bind, source })?;
-    let scheme = if config.insecure_http { "http" } else { "https" };
-    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.bind,
+        source,
+    })?;
+    let scheme = if config.insecure_http {
+        "http"
+    } else {
+        "https"
+    };
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
     let url = format!("{scheme}://{host}:{}", addr.port());
 
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned(), "kubernetes".to_owned(), "kubernetes.default".to_owned(), "kubernetes.default.svc".to_owned(), "kubernetes.default.svc.cluster.local".to_owned()];
-    let first_ip = std::net::Ipv4Addr::from(u32::from(config.service_cluster_ip_range.network()) + 1);
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+        "kubernetes".to_owned(),
+        "kubernetes.default".to_owned(),
+        "kubernetes.default.svc".to_owned(),
+        "kubernetes.default.svc.cluster.local".to_owned(),
+    ];
+    let first_ip =
+        std::net::Ipv4Addr::from(u32::from(config.service_cluster_ip_range.network()) + 1);
     for extra in [host.clone(), first_ip.to_string()] {
         if !names.contains(&extra) {
             names.push(extra);
@@ -82,9 +111,21 @@ pub async fn run(
     restore_allocations(&srv).await?;
     bootstrap(&srv, addr, first_ip).await?;
 
-    let app = axum::Router::new().fallback(dispatch).with_state(srv.clone());
-    let tls = if srv.config.insecure_http { None } else { Some(tokio_rustls::TlsAcceptor::from(Arc::new(pki::server_config(&pki)?))) };
-    let _ = ready.send(Listening { addr, url, kubeconfig });
+    let app = axum::Router::new()
+        .fallback(dispatch)
+        .with_state(srv.clone());
+    let tls = if srv.config.insecure_http {
+        None
+    } else {
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+            pki::server_config(&pki)?,
+        )))
+    };
+    let _ = ready.send(Listening {
+        addr,
+        url,
+        kubeconfig,
+    });
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -104,7 +145,11 @@ pub async fn run(
             let result = match tls {
                 Some(acceptor) => match acceptor.accept(tcp).await {
                     Ok(stream) => {
-                        let authed = stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                        let authed = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .is_some_and(|c| !c.is_empty());
                         serve_connection(TokioIo::new(stream), app, authed, shutdown).await
                     }
                     Err(e) => {
@@ -121,7 +166,12 @@ pub async fn run(
     }
 }
 
-async fn serve_connection<I>(io: I, app: axum::Router, authed: bool, shutdown: CancellationToken) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+async fn serve_connection<I>(
+    io: I,
+    app: axum::Router,
+    authed: bool,
+    shutdown: CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -144,7 +194,15 @@ where
 
 fn json_response(v: Value, content_type: &'static str) -> Response {
     let mut r = (StatusCode::OK, v.to_string()).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn proto_response(body: Vec<u8>, content_type: &'static str) -> Response {
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -153,19 +211,29 @@ async fn dispatch(State(srv): State<Arc<Server>>, req: Request) -> Response {
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let resp = route(srv, req).await.unwrap_or_else(IntoResponse::into_response);
+    let resp = route(srv, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
     tracing::debug!(%method, %uri, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
     resp
 }
 
 async fn route(srv: Arc<Server>, req: Request) -> Result<Response, ApiError> {
     let path = req.uri().path().to_owned();
-    let public = matches!(path.as_str(), "/version" | "/healthz" | "/livez" | "/readyz");
+    let public = matches!(
+        path.as_str(),
+        "/version" | "/healthz" | "/livez" | "/readyz"
+    );
     let authed = req.extensions().get::<Authenticated>().is_some_and(|a| a.0);
     if !authed && !public {
         return Err(ApiError::Unauthorized);
     }
-    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let method = req.method().clone();
     if method == Method::GET {
         if let Some(resp) = non_resource(&srv, &path, &accept)? {
@@ -179,7 +247,9 @@ async fn route(srv: Arc<Server>, req: Request) -> Result<Response, ApiError> {
     let params = Params::parse(req.uri().query()).map_err(ApiError::BadRequest)?;
     let (parts, body) = req.into_parts();
     let limit = srv.config.max_body_bytes;
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::TooLarge(limit))?;
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::TooLarge(limit))?;
     rest::handle(srv, method, target, params, parts.headers, body).await
 }
 
@@ -189,18 +259,41 @@ fn non_resource(srv: &Server, path: &str, accept: &str) -> Result<Option<Respons
     match segs.as_slice() {
         ["version"] => ok(discovery::version()),
         ["healthz" | "livez" | "readyz"] => Ok(Some((StatusCode::OK, "ok").into_response())),
-        ["api"] if discovery::wants_aggregated(accept) => Ok(Some(json_response(discovery::aggregated(true), discovery::AGGREGATED))),
-        ["apis"] if discovery::wants_aggregated(accept) => Ok(Some(json_response(discovery::aggregated(false), discovery::AGGREGATED))),
+        ["api"] if discovery::wants_aggregated(accept) => Ok(Some(json_response(
+            discovery::aggregated(true),
+            discovery::AGGREGATED,
+        ))),
+        ["apis"] if discovery::wants_aggregated(accept) => Ok(Some(json_response(
+            discovery::aggregated(false),
+            discovery::AGGREGATED,
+        ))),
         ["api"] => {
             let addr = srv.address.lock().map(|a| a.clone()).unwrap_or_default();
-            ok(discovery::core_versions(addr.split("://").nth(1).unwrap_or(&addr)))
+            ok(discovery::core_versions(
+                addr.split("://").nth(1).unwrap_or(&addr),
+            ))
         }
         ["apis"] => ok(discovery::group_list()),
-        ["api", v] => discovery::resource_list("", v).map(|d| Some(json_response(d, "application/json"))).ok_or(ApiError::NoRoute),
-        ["apis", g] => discovery::group(g).map(|d| Some(json_response(d, "application/json"))).ok_or(ApiError::NoRoute),
-        ["apis", g, v] => discovery::resource_list(g, v).map(|d| Some(json_response(d, "application/json"))).ok_or(ApiError::NoRoute),
+        ["api", v] => discovery::resource_list("", v)
+            .map(|d| Some(json_response(d, "application/json")))
+            .ok_or(ApiError::NoRoute),
+        ["apis", g] => discovery::group(g)
+            .map(|d| Some(json_response(d, "application/json")))
+            .ok_or(ApiError::NoRoute),
+        ["apis", g, v] => discovery::resource_list(g, v)
+            .map(|d| Some(json_response(d, "application/json")))
+            .ok_or(ApiError::NoRoute),
         ["openapi", "v3"] => ok(openapi::v3_index()),
-        ["openapi", "v3", rest @ ..] => openapi::v3_document(&rest.join("/")).map(|d| Some(json_response(d, "application/json"))).ok_or(ApiError::NoRoute),
+        ["openapi", "v3", rest @ ..] => openapi::v3_document(&rest.join("/"))
+            .map(|d| Some(json_response(d, "application/json")))
+            .ok_or(ApiError::NoRoute),
+        // kubectl falls back to the v2 document (protobuf) to validate kinds the v3 documents
+        // do not describe; an empty protobuf document tells it there is nothing to check, so
+        // the request proceeds to the server, as it does against kube-apiserver.
+        ["openapi", "v2"] => Ok(Some(proto_response(
+            Vec::new(),
+            "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+        ))),
         ["openapi", ..] => Err(ApiError::NoRoute),
         _ => Ok(None),
     }
@@ -208,18 +301,44 @@ fn non_resource(srv: &Server, path: &str, accept: &str) -> Result<Option<Respons
 
 /// Marks the cluster IPs and node ports of stored Services as taken.
 async fn restore_allocations(srv: &Server) -> Result<(), ApiError> {
-    let r = resources::by_kind("", "Service").ok_or_else(|| ApiError::Internal("services not registered".into()))?;
-    let listed = srv.store.list(&collection_key(r, None), ListOptions { limit: 0, start_after: None, revision: None }).await?;
+    let r = resources::by_kind("", "Service")
+        .ok_or_else(|| ApiError::Internal("services not registered".into()))?;
+    let listed = srv
+        .store
+        .list(
+            &collection_key(r, None),
+            ListOptions {
+                limit: 0,
+                start_after: None,
+                revision: None,
+            },
+        )
+        .await?;
     let mut a = srv.alloc.lock().unwrap_or_else(|p| p.into_inner());
     for kv in &listed.items {
         let obj = rest::decode_kv(kv)?;
-        for ip in obj.pointer("/spec/clusterIPs").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+        for ip in obj
+            .pointer("/spec/clusterIPs")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
             if let Ok(ip) = ip.parse() {
                 let _ = a.ips.allocate(ip);
             }
         }
-        for p in obj.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
-            if let Some(port) = p.get("nodePort").and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok()) {
+        for p in obj
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(port) = p
+                .get("nodePort")
+                .and_then(Value::as_u64)
+                .and_then(|p| u16::try_from(p).ok())
+            {
                 let _ = a.ports.allocate(port);
             }
         }
@@ -227,9 +346,34 @@ async fn restore_allocations(srv: &Server) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn ensure(srv: &Server, group: &str, kind: &str, ns: Option<&str>, obj: Value) -> Result<(), ApiError> {
-    let r = resources::by_kind(group, kind).ok_or_else(|| ApiError::Internal(format!("{kind} not registered")))?;
-    let t = Target { resource: r, namespace: ns.map(str::to_owned), name: None, subresource: None, watch_path: false };
+async fn ensure(
+    srv: &Server,
+    group: &str,
+    kind: &str,
+    ns: Option<&str>,
+    obj: Value,
+) -> Result<(), ApiError> {
+    let r = resources::by_kind(group, kind)
+        .ok_or_else(|| ApiError::Internal(format!("{kind} not registered")))?;
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if srv
+        .store
+        .get(&crate::meta::object_key(r, ns, name))
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let t = Target {
+        resource: r,
+        namespace: ns.map(str::to_owned),
+        name: None,
+        subresource: None,
+        watch_path: false,
+    };
     match rest::create(srv, &t, &Params::default(), obj).await {
         Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
         Err(e) => Err(e),
@@ -237,9 +381,20 @@ async fn ensure(srv: &Server, group: &str, kind: &str, ns: Option<&str>, obj: Va
 }
 
 /// The namespaces and the `kubernetes` Service every cluster has.
-async fn bootstrap(srv: &Server, addr: SocketAddr, first_ip: std::net::Ipv4Addr) -> Result<(), ApiError> {
+async fn bootstrap(
+    srv: &Server,
+    addr: SocketAddr,
+    first_ip: std::net::Ipv4Addr,
+) -> Result<(), ApiError> {
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        ensure(srv, "", "Namespace", None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).await?;
+        ensure(
+            srv,
+            "",
+            "Namespace",
+            None,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        )
+        .await?;
     }
     let labels = json!({"component": "apiserver", "provider": "kubernetes"});
     ensure(srv, "", "Service", Some("default"), json!({
@@ -248,7 +403,11 @@ async fn bootstrap(srv: &Server, addr: SocketAddr, first_ip: std::net::Ipv4Addr)
         "spec": {"clusterIP": first_ip.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": addr.port()}], "sessionAffinity": "None"},
     }))
     .await?;
-    let ip = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+    let ip = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
     ensure(srv, "", "Endpoints", Some("default"), json!({
         "apiVersion": "v1", "kind": "Endpoints",
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},

@@ -49,7 +49,13 @@ fn row(r: &Resource, obj: &Value, include: Include, now: jiff::Timestamp) -> Val
 
 /// A Table of `objs`; `headers: false` leaves out the column definitions (watch events after
 /// the first, as kube-apiserver does).
-pub fn render(r: &Resource, objs: &[Value], list_meta: Value, include: Include, headers: bool) -> Value {
+pub fn render(
+    r: &Resource,
+    objs: &[Value],
+    list_meta: Value,
+    include: Include,
+    headers: bool,
+) -> Value {
     let now = jiff::Timestamp::now();
     let columns: Vec<Value> = if headers {
         printers::columns(r.group, r.kind)
@@ -79,8 +85,12 @@ mod tests {
 
     #[test]
     fn accept_headers() {
-        assert!(wanted("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"));
+        assert!(wanted(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+        ));
         assert!(!wanted("application/json"));
-        assert!(!wanted("application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"));
+        assert!(!wanted(
+            "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"
+        ));
     }
 }

@@ -31,7 +31,13 @@ struct Render {
 impl Render {
     fn line(&self, kind: &str, obj: Value, first: &mut bool) -> bytes::Bytes {
         let object = if self.table && kind != "BOOKMARK" && kind != "ERROR" {
-            let t = table::render(self.resource, std::slice::from_ref(&obj), json!({}), self.include, *first);
+            let t = table::render(
+                self.resource,
+                std::slice::from_ref(&obj),
+                json!({}),
+                self.include,
+                *first,
+            );
             *first = false;
             t
         } else {
@@ -56,19 +62,39 @@ fn expired(msg: String) -> Value {
 }
 
 /// Serves a watch request.
-pub async fn serve(srv: Arc<Server>, t: &Target, params: &Params, as_table: bool, include: Include) -> Result<Response> {
+pub async fn serve(
+    srv: Arc<Server>,
+    t: &Target,
+    params: &Params,
+    as_table: bool,
+    include: Include,
+) -> Result<Response> {
     let r = t.resource;
     let filter = Filter::new(r, params)?.with_name(t.name.clone());
     let prefix = collection_key(r, t.namespace.as_deref());
     let rv_param = params.resource_version.as_deref().unwrap_or("");
     let send_initial = flag(&params.send_initial_events);
     let bookmarks = flag(&params.allow_watch_bookmarks);
-    let render = Render { resource: r, table: as_table, include };
+    let render = Render {
+        resource: r,
+        table: as_table,
+        include,
+    };
 
     // resourceVersion "" or "0" (or sendInitialEvents) starts with the current state.
     let mut initial = Vec::new();
     let from = if rv_param.is_empty() || rv_param == "0" || send_initial {
-        let listed = srv.store.list(&prefix, ListOptions { limit: 0, start_after: None, revision: None }).await?;
+        let listed = srv
+            .store
+            .list(
+                &prefix,
+                ListOptions {
+                    limit: 0,
+                    start_after: None,
+                    revision: None,
+                },
+            )
+            .await?;
         for kv in &listed.items {
             let obj = decode_kv(kv)?;
             if filter.matches(&obj) {
@@ -82,29 +108,45 @@ pub async fn serve(srv: Arc<Server>, t: &Target, params: &Params, as_table: bool
             .map_err(|_| ApiError::BadRequest(format!("invalid resource version: {rv_param}")))?
     };
 
-    let timeout = params.timeout_seconds.map(Duration::from_secs).unwrap_or(Duration::from_secs(30 * 60));
+    let timeout = params
+        .timeout_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(30 * 60));
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(256);
     let upstream = srv.store.watch(&prefix, from).await;
     let watch_rv = from;
     tokio::spawn(async move {
         let mut first = true;
         for obj in initial {
-            if tx.send(render.line("ADDED", obj, &mut first)).await.is_err() {
+            if tx
+                .send(render.line("ADDED", obj, &mut first))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
         if send_initial {
-            let _ = tx.send(render.line("BOOKMARK", bookmark(r, watch_rv, true), &mut first)).await;
+            let _ = tx
+                .send(render.line("BOOKMARK", bookmark(r, watch_rv, true), &mut first))
+                .await;
         }
         let mut stream = match upstream {
             Ok(s) => s,
-            Err(berth_store::Error::Compacted { requested, compacted }) => {
+            Err(berth_store::Error::Compacted {
+                requested,
+                compacted,
+            }) => {
                 let msg = format!("too old resource version: {requested} ({compacted})");
-                let _ = tx.send(render.line("ERROR", expired(msg), &mut first)).await;
+                let _ = tx
+                    .send(render.line("ERROR", expired(msg), &mut first))
+                    .await;
                 return;
             }
             Err(e) => {
-                let _ = tx.send(render.line("ERROR", ApiError::from(e).status(), &mut first)).await;
+                let _ = tx
+                    .send(render.line("ERROR", ApiError::from(e).status(), &mut first))
+                    .await;
                 return;
             }
         };
@@ -121,7 +163,10 @@ pub async fn serve(srv: Arc<Server>, t: &Target, params: &Params, as_table: bool
                 Ok(Event::Put { kv, prev }) => {
                     let Ok(obj) = decode_kv(&kv) else { continue };
                     let now = filter.matches(&obj);
-                    let before = prev.as_ref().and_then(|p| decode_kv(p).ok()).map(|o| filter.matches(&o));
+                    let before = prev
+                        .as_ref()
+                        .and_then(|p| decode_kv(p).ok())
+                        .map(|o| filter.matches(&o));
                     match (before, now) {
                         (None | Some(false), true) => Some(render.line("ADDED", obj, &mut first)),
                         (Some(true), true) => Some(render.line("MODIFIED", obj, &mut first)),
@@ -136,15 +181,24 @@ pub async fn serve(srv: Arc<Server>, t: &Target, params: &Params, as_table: bool
                     }
                     _ => None,
                 },
-                Ok(Event::Progress { revision }) if bookmarks => Some(render.line("BOOKMARK", bookmark(r, revision, false), &mut first)),
+                Ok(Event::Progress { revision }) if bookmarks => {
+                    Some(render.line("BOOKMARK", bookmark(r, revision, false), &mut first))
+                }
                 Ok(Event::Progress { .. }) => None,
-                Err(berth_store::Error::Compacted { requested, compacted }) => {
+                Err(berth_store::Error::Compacted {
+                    requested,
+                    compacted,
+                }) => {
                     let msg = format!("too old resource version: {requested} ({compacted})");
-                    let _ = tx.send(render.line("ERROR", expired(msg), &mut first)).await;
+                    let _ = tx
+                        .send(render.line("ERROR", expired(msg), &mut first))
+                        .await;
                     return;
                 }
                 Err(e) => {
-                    let _ = tx.send(render.line("ERROR", ApiError::from(e).status(), &mut first)).await;
+                    let _ = tx
+                        .send(render.line("ERROR", ApiError::from(e).status(), &mut first))
+                        .await;
                     return;
                 }
             };
@@ -157,7 +211,10 @@ pub async fn serve(srv: Arc<Server>, t: &Target, params: &Params, as_table: bool
     });
     let body = Body::from_stream(tokio_stream_from(rx));
     let mut resp = (StatusCode::OK, body).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     Ok(resp)
 }
 

@@ -35,9 +35,15 @@ fn parse_store(s: &str) -> Result<StoreUrl, String> {
         return Ok(StoreUrl::Embedded);
     }
     let Some(rest) = s.strip_prefix("etcd://") else {
-        return Err(format!("expected `embedded` or `etcd://HOST:PORT[,HOST:PORT...]`, got `{s}`"));
+        return Err(format!(
+            "expected `embedded` or `etcd://HOST:PORT[,HOST:PORT...]`, got `{s}`"
+        ));
     };
-    let endpoints: Vec<String> = rest.split(',').filter(|e| !e.is_empty()).map(|e| format!("http://{e}")).collect();
+    let endpoints: Vec<String> = rest
+        .split(',')
+        .filter(|e| !e.is_empty())
+        .map(|e| format!("http://{e}"))
+        .collect();
     if endpoints.is_empty() {
         return Err("etcd:// needs at least one HOST:PORT".into());
     }
@@ -45,11 +51,15 @@ fn parse_store(s: &str) -> Result<StoreUrl, String> {
 }
 
 fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
-    let (lo, hi) = s.split_once('-').ok_or_else(|| format!("expected LOW-HIGH, got `{s}`"))?;
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or_else(|| format!("expected LOW-HIGH, got `{s}`"))?;
     let lo: u16 = lo.trim().parse().map_err(|e| format!("`{lo}`: {e}"))?;
     let hi: u16 = hi.trim().parse().map_err(|e| format!("`{hi}`: {e}"))?;
     if lo == 0 || lo > hi {
-        return Err(format!("`{s}` is not a range of ports (LOW-HIGH, 1 <= LOW <= HIGH)"));
+        return Err(format!(
+            "`{s}` is not a range of ports (LOW-HIGH, 1 <= LOW <= HIGH)"
+        ));
     }
     Ok(lo..=hi)
 }
@@ -57,7 +67,11 @@ fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     /// Address and port the API server listens on (port 0 picks a free one).
-    #[arg(long = "bind", alias = "bind-address", default_value = "127.0.0.1:6443")]
+    #[arg(
+        long = "bind",
+        alias = "bind-address",
+        default_value = "127.0.0.1:6443"
+    )]
     pub bind: SocketAddr,
 
     /// Directory for the embedded store, certificates and the admin kubeconfig.
@@ -103,7 +117,10 @@ mod tests {
     #[test]
     fn store_urls() {
         assert_eq!(parse_store("embedded"), Ok(StoreUrl::Embedded));
-        assert_eq!(parse_store("etcd://127.0.0.1:2379"), Ok(StoreUrl::Etcd(vec!["http://127.0.0.1:2379".into()])));
+        assert_eq!(
+            parse_store("etcd://127.0.0.1:2379"),
+            Ok(StoreUrl::Etcd(vec!["http://127.0.0.1:2379".into()]))
+        );
         assert!(parse_store("mysql://x").is_err());
         assert!(parse_store("etcd://").is_err());
     }

@@ -15,11 +15,16 @@ use tokio_util::sync::CancellationToken;
 fn main() -> std::process::ExitCode {
     let started = Instant::now();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("berth: cannot start the async runtime: {e}");
@@ -46,7 +51,10 @@ async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
             let dir = args.data_dir.join("store");
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let opts = berth_store::embedded::EmbeddedOptions::default();
-            Arc::new(berth_store::embedded::Embedded::open(&dir, opts).with_context(|| format!("opening the store in {}", dir.display()))?)
+            Arc::new(
+                berth_store::embedded::Embedded::open(&dir, opts)
+                    .with_context(|| format!("opening the store in {}", dir.display()))?,
+            )
         }
         StoreUrl::Etcd(endpoints) => Arc::new(
             berth_store::etcd::Etcd::connect(endpoints, "/registry")
@@ -82,19 +90,35 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
     cancel_on_signal(shutdown.clone());
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let config = berth_apiserver::Config::from(&args);
-    let api = tokio::spawn(berth_apiserver::run(config, store, shutdown.clone(), ready_tx));
+    let api = tokio::spawn(berth_apiserver::run(
+        config,
+        store,
+        shutdown.clone(),
+        ready_tx,
+    ));
     match ready_rx.await {
         Ok(l) => {
             if let Some(extra) = &args.kubeconfig {
-                let text = std::fs::read_to_string(&l.kubeconfig).with_context(|| format!("reading {}", l.kubeconfig.display()))?;
-                berth_apiserver::pki::write_private(extra, &text).with_context(|| format!("writing {}", extra.display()))?;
+                let text = std::fs::read_to_string(&l.kubeconfig)
+                    .with_context(|| format!("reading {}", l.kubeconfig.display()))?;
+                berth_apiserver::pki::write_private(extra, &text)
+                    .with_context(|| format!("writing {}", extra.display()))?;
             }
             println!("berth: kubeconfig written to {}", l.kubeconfig.display());
-            println!("berth: use it with: export KUBECONFIG={}", l.kubeconfig.display());
-            println!("berth: ready at {} in {} ms", l.url, started.elapsed().as_millis());
+            println!(
+                "berth: use it with: export KUBECONFIG={}",
+                l.kubeconfig.display()
+            );
+            println!(
+                "berth: ready at {} in {} ms",
+                l.url,
+                started.elapsed().as_millis()
+            );
         }
         Err(_) => {}
     }
-    api.await.context("API server task")?.context("API server")?;
+    api.await
+        .context("API server task")?
+        .context("API server")?;
     Ok(())
 }

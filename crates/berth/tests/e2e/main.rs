@@ -1,0 +1,35 @@
+//! End-to-end tests: the real kubectl against a real `berth server`, once with the embedded
+//! store and once with etcd. One test binary, a module per feature; the harness is
+//! `berth-testkit`.
+
+mod errors;
+mod kubectl;
+mod restart;
+mod watch;
+
+use berth_testkit::{Backend, Cluster};
+
+fn cluster(backend: Backend) -> Cluster {
+    Cluster::start(std::path::Path::new(env!("CARGO_BIN_EXE_berth")), backend)
+}
+
+/// Defines `mod $name { fn embedded(); fn etcd(); }` running `$body` against each backend.
+macro_rules! on_both_stores {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[test]
+            fn embedded() {
+                let c = $crate::cluster(berth_testkit::Backend::Embedded);
+                ($body)(&c);
+            }
+            #[test]
+            fn etcd() {
+                let c = $crate::cluster(berth_testkit::Backend::Etcd);
+                ($body)(&c);
+            }
+        }
+    };
+}
+pub(crate) use on_both_stores;

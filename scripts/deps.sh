@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what building and testing berth needs on a fresh Debian machine (run as root).
+# Idempotent: a second run installs nothing new.
+set -euo pipefail
+packages=(
+  mold               # fast linker (.cargo/config.toml)
+  protobuf-compiler  # etcd-client generates its gRPC code at build time
+  etcd-server        # the etcd backend's tests start a real etcd
+  nftables iproute2  # node networking tests (network namespaces, nft)
+  dnsutils           # dig, for cluster DNS tests
+  curl ca-certificates
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+if ! command -v kubectl >/dev/null; then
+  echo "kubectl is required (the tests drive the real kubectl); install kubectl 1.32 or newer" >&2
+  exit 1
+fi
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
