@@ -343,10 +343,10 @@ pub async fn before_delete(srv: &Server, r: &Resource, obj: &Value) -> Result<()
             )
             .await?;
         for kv in listed.items {
-            if srv.store.delete(&kv.key, None).await.is_ok() {
-                if let Ok(o) = crate::rest::decode_kv(&kv) {
-                    deleted(srv, res, &o);
-                }
+            if srv.store.delete(&kv.key, None).await.is_ok()
+                && let Ok(o) = crate::rest::decode_kv(&kv)
+            {
+                deleted(srv, res, &o);
             }
         }
     }
@@ -487,32 +487,32 @@ fn validate_workload(obj: &Value) -> FieldErrors {
                     && sel.match_expressions.as_ref().is_none_or(|m| m.is_empty());
                 if empty {
                     errs.push(FieldError::invalid("spec.selector", BadValue::Raw("v1.LabelSelector{MatchLabels:map[string]string(nil), MatchExpressions:[]v1.LabelSelectorRequirement(nil)}".into()), "empty selector is invalid for deployment"));
-                } else if let Ok(s) = berth_api::selector::Selector::from_label_selector(&sel) {
-                    if !s.matches(&template_labels) {
-                        let rendered = template_labels
-                            .iter()
-                            .map(|(k, v)| format!("\"{k}\":\"{v}\""))
-                            .collect::<Vec<_>>()
-                            .join(", ");
-                        errs.push(FieldError::invalid(
-                            "spec.template.metadata.labels",
-                            BadValue::Raw(format!("map[string]string{{{rendered}}}")),
-                            "`selector` does not match template `labels`",
-                        ));
-                    }
+                } else if let Ok(s) = berth_api::selector::Selector::from_label_selector(&sel)
+                    && !s.matches(&template_labels)
+                {
+                    let rendered = template_labels
+                        .iter()
+                        .map(|(k, v)| format!("\"{k}\":\"{v}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    errs.push(FieldError::invalid(
+                        "spec.template.metadata.labels",
+                        BadValue::Raw(format!("map[string]string{{{rendered}}}")),
+                        "`selector` does not match template `labels`",
+                    ));
                 }
             }
             errs.extend(sel_errs);
         }
     }
-    if let Some(r) = spec.and_then(|s| s.get("replicas")).and_then(Value::as_i64) {
-        if r < 0 {
-            errs.push(FieldError::invalid(
-                "spec.replicas",
-                r,
-                "must be greater than or equal to 0",
-            ));
-        }
+    if let Some(r) = spec.and_then(|s| s.get("replicas")).and_then(Value::as_i64)
+        && r < 0
+    {
+        errs.push(FieldError::invalid(
+            "spec.replicas",
+            r,
+            "must be greater than or equal to 0",
+        ));
     }
     errs.extend(validate_pod_spec(
         spec.and_then(|s| s.pointer("/template/spec")),

@@ -64,20 +64,19 @@ impl Filter {
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
-        if let Some(n) = &self.name {
-            if obj
+        if let Some(n) = &self.name
+            && obj
                 .get("metadata")
                 .and_then(|m| m.get("name"))
                 .and_then(Value::as_str)
                 != Some(n.as_str())
-            {
-                return false;
-            }
+        {
+            return false;
         }
-        if let Some(l) = &self.labels {
-            if !l.matches(&labels(obj)) {
-                return false;
-            }
+        if let Some(l) = &self.labels
+            && !l.matches(&labels(obj))
+        {
+            return false;
         }
         match &self.fields {
             Some(f) => f.matches(|field| fields::fields_of(obj, field)),

@@ -178,7 +178,10 @@ fn serde_urlencoded_from(q: &str) -> Result<Params, String> {
 mod tests {
     use super::*;
 
-    fn check(path: &str, expected: Option<(&str, Option<&str>, Option<&str>, Option<&str>)>) {
+    /// (plural, namespace, name, subresource)
+    type Parsed<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+
+    fn check(path: &str, expected: Option<Parsed<'_>>) {
         let got = parse(path).expect("parses").map(|t| {
             (
                 t.resource.plural,

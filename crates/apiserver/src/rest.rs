@@ -362,14 +362,13 @@ pub async fn create(srv: &Server, t: &Target, params: &Params, body: Value) -> R
     } else {
         obj.remove_meta("namespace");
     }
-    if obj.name().is_none_or(str::is_empty) {
-        if let Some(prefix) = obj
+    if obj.name().is_none_or(str::is_empty)
+        && let Some(prefix) = obj
             .meta_str("generateName")
             .filter(|p| !p.is_empty())
             .map(str::to_owned)
-        {
-            obj.set_meta("name", json!(format!("{prefix}{}", random_suffix())));
-        }
+    {
+        obj.set_meta("name", json!(format!("{prefix}{}", random_suffix())));
     }
     for f in [
         "resourceVersion",
@@ -385,10 +384,10 @@ pub async fn create(srv: &Server, t: &Target, params: &Params, body: Value) -> R
     if r.has_generation {
         obj.set_meta("generation", json!(1));
     }
-    if r.has_status {
-        if let Some(m) = obj.as_object_mut() {
-            m.remove("status");
-        }
+    if r.has_status
+        && let Some(m) = obj.as_object_mut()
+    {
+        m.remove("status");
     }
     let name = obj.name().unwrap_or("").to_owned();
     let ns = obj.namespace().map(str::to_owned);
@@ -467,14 +466,14 @@ async fn write_update(
     let r = t.resource;
     let name = t.name.as_deref().unwrap_or("");
     let cur = decode_kv(cur_kv)?;
-    if let Some(rv) = new.resource_version().filter(|v| !v.is_empty()) {
-        if rv != cur_kv.mod_revision.to_string() {
-            return Err(ApiError::Conflict {
+    if let Some(rv) = new.resource_version().filter(|v| !v.is_empty())
+        && rv != cur_kv.mod_revision.to_string()
+    {
+        return Err(ApiError::Conflict {
                 resource: r,
                 name: name.to_owned(),
                 detail: "the object has been modified; please apply your changes to the latest version and try again".into(),
             });
-        }
     }
     if t.subresource == Some(Subresource::Status) {
         let status = new.get("status").cloned();
@@ -728,17 +727,17 @@ async fn delete(
             });
         }
     }
-    if let Some(rv) = &opts.precondition_rv {
-        if *rv != cur_kv.mod_revision.to_string() {
-            return Err(ApiError::Conflict {
-                resource: r,
-                name: name.to_owned(),
-                detail: format!(
-                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                    cur_kv.mod_revision
-                ),
-            });
-        }
+    if let Some(rv) = &opts.precondition_rv
+        && *rv != cur_kv.mod_revision.to_string()
+    {
+        return Err(ApiError::Conflict {
+            resource: r,
+            name: name.to_owned(),
+            detail: format!(
+                "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                cur_kv.mod_revision
+            ),
+        });
     }
     admission::check_delete(srv, r, &cur).await?;
     if params.dry_run() {

@@ -235,10 +235,10 @@ async fn route(srv: Arc<Server>, req: Request) -> Result<Response, ApiError> {
         .unwrap_or("")
         .to_owned();
     let method = req.method().clone();
-    if method == Method::GET {
-        if let Some(resp) = non_resource(&srv, &path, &accept)? {
-            return Ok(resp);
-        }
+    if method == Method::GET
+        && let Some(resp) = non_resource(&srv, &path, &accept)?
+    {
+        return Ok(resp);
     }
     let target = match request::parse(&path) {
         Ok(Some(t)) => t,

@@ -202,10 +202,10 @@ pub async fn serve(
                     return;
                 }
             };
-            if let Some(line) = line {
-                if tx.send(line).await.is_err() {
-                    return;
-                }
+            if let Some(line) = line
+                && tx.send(line).await.is_err()
+            {
+                return;
             }
         }
     });

@@ -96,26 +96,23 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
         shutdown.clone(),
         ready_tx,
     ));
-    match ready_rx.await {
-        Ok(l) => {
-            if let Some(extra) = &args.kubeconfig {
-                let text = std::fs::read_to_string(&l.kubeconfig)
-                    .with_context(|| format!("reading {}", l.kubeconfig.display()))?;
-                berth_apiserver::pki::write_private(extra, &text)
-                    .with_context(|| format!("writing {}", extra.display()))?;
-            }
-            println!("berth: kubeconfig written to {}", l.kubeconfig.display());
-            println!(
-                "berth: use it with: export KUBECONFIG={}",
-                l.kubeconfig.display()
-            );
-            println!(
-                "berth: ready at {} in {} ms",
-                l.url,
-                started.elapsed().as_millis()
-            );
+    if let Ok(l) = ready_rx.await {
+        if let Some(extra) = &args.kubeconfig {
+            let text = std::fs::read_to_string(&l.kubeconfig)
+                .with_context(|| format!("reading {}", l.kubeconfig.display()))?;
+            berth_apiserver::pki::write_private(extra, &text)
+                .with_context(|| format!("writing {}", extra.display()))?;
         }
-        Err(_) => {}
+        println!("berth: kubeconfig written to {}", l.kubeconfig.display());
+        println!(
+            "berth: use it with: export KUBECONFIG={}",
+            l.kubeconfig.display()
+        );
+        println!(
+            "berth: ready at {} in {} ms",
+            l.url,
+            started.elapsed().as_millis()
+        );
     }
     api.await
         .context("API server task")?
