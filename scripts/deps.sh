@@ -24,3 +24,5 @@ if ! command -v kubectl >/dev/null; then
   exit 1
 fi
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+# The Python Kubernetes client, for the client-compatibility tests.
+python3 -c 'import kubernetes' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check kubernetes

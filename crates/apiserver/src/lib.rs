@@ -9,7 +9,10 @@ mod alloc;
 mod discovery;
 pub mod error;
 mod filter;
+#[cfg(test)]
+mod fuzz;
 mod meta;
+mod metrics;
 mod openapi;
 mod patch;
 pub mod pki;
@@ -26,7 +29,8 @@ use std::sync::{Arc, Mutex};
 
 use berth_store::Store;
 pub use ipnet::Ipv4Net;
-pub use serve::{Listening, run};
+pub use metrics::Metrics;
+pub use serve::{Inputs, Listening, run};
 
 /// How the API server is set up; built by the binary from its flags.
 #[derive(Debug, Clone)]
@@ -71,4 +75,6 @@ pub struct Server {
     alloc: Mutex<Allocations>,
     /// `https://host:port` as clients reach this server.
     address: Mutex<String>,
+    metrics: Metrics,
+    registry: Arc<prometheus_client::registry::Registry>,
 }

@@ -50,13 +50,20 @@ pub enum ServeError {
 #[derive(Debug, Clone, Copy)]
 struct Authenticated(bool);
 
-/// Serves until `shutdown` is cancelled. `ready` receives the address once requests are served.
-pub async fn run(
-    config: Config,
-    store: Arc<dyn Store>,
-    shutdown: CancellationToken,
-    ready: tokio::sync::oneshot::Sender<Listening>,
-) -> Result<(), ServeError> {
+/// What the API server is given besides its configuration.
+pub struct Inputs {
+    pub store: Arc<dyn Store>,
+    /// Registered in `registry` by the caller.
+    pub metrics: crate::Metrics,
+    /// Rendered at `/metrics`.
+    pub registry: Arc<prometheus_client::registry::Registry>,
+    /// Receives the address once requests are served.
+    pub ready: tokio::sync::oneshot::Sender<Listening>,
+}
+
+/// Serves until `shutdown` is cancelled.
+pub async fn run(config: Config, inputs: Inputs, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let Inputs { store, metrics, registry, ready } = inputs;
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|source| ServeError::Bind {
@@ -107,6 +114,8 @@ pub async fn run(
         }),
         address: Mutex::new(url.clone()),
         config,
+        metrics,
+        registry,
     });
     restore_allocations(&srv).await?;
     bootstrap(&srv, addr, first_ip).await?;
@@ -283,6 +292,13 @@ fn non_resource(srv: &Server, path: &str, accept: &str) -> Result<Option<Respons
         ["apis", g, v] => discovery::resource_list(g, v)
             .map(|d| Some(json_response(d, "application/json")))
             .ok_or(ApiError::NoRoute),
+        ["metrics"] => {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &srv.registry).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let mut r = (StatusCode::OK, text).into_response();
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+            Ok(Some(r))
+        }
         ["openapi", "v3"] => ok(openapi::v3_index()),
         ["openapi", "v3", rest @ ..] => openapi::v3_document(&rest.join("/"))
             .map(|d| Some(json_response(d, "application/json")))

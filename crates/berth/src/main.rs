@@ -11,6 +11,7 @@ use berth_store::Store;
 use clap::Parser;
 use cli::{Cli, Cmd, ServerArgs, StoreUrl};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 fn main() -> std::process::ExitCode {
     let started = Instant::now();

@@ -195,6 +195,16 @@ impl Cluster {
         self.url = url;
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The etcd endpoint (`127.0.0.1:PORT`) when the cluster uses etcd.
+    pub fn etcd_endpoint(&self) -> Option<&str> {
+        self.etcd.as_ref().map(|e| e.endpoint.as_str())
+    }
+
     /// Stops the server (SIGKILL by PID) without removing its data.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

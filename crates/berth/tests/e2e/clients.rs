@@ -1,0 +1,89 @@
+//! Client libraries other than kubectl: the Rust `kube` crate (the client berth's own
+//! components will use) and the Python `kubernetes` client can list and watch.
+
+use berth_testkit::{Backend, Cluster};
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::watcher;
+
+async fn client(c: &Cluster) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(&c.kubeconfig).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("config");
+    kube::Client::try_from(config).expect("client")
+}
+
+fn kube_crate(backend: Backend) {
+    let c = super::cluster(backend);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let svcs: Api<Service> = Api::namespaced(client(&c).await, "default");
+        let list = svcs.list(&ListParams::default()).await.expect("list");
+        assert!(list.items.iter().any(|s| s.metadata.name.as_deref() == Some("kubernetes")));
+        let mut events = watcher(svcs.clone(), watcher::Config::default()).boxed();
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "from-kube"}, "spec": {"ports": [{"port": 80}]}
+        }))
+        .expect("service");
+        let created = svcs.create(&PostParams::default(), &svc).await.expect("create");
+        assert!(created.spec.and_then(|s| s.cluster_ip).is_some_and(|ip| ip.starts_with("10.9")));
+        let seen = tokio::time::timeout(berth_testkit::patience(), async {
+            while let Some(ev) = events.next().await {
+                match ev.expect("watch event") {
+                    watcher::Event::Apply(s) | watcher::Event::InitApply(s) if s.metadata.name.as_deref() == Some("from-kube") => return true,
+                    _ => {}
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(seen, Ok(true), "the watcher saw the new Service");
+    });
+}
+
+#[test]
+fn kube_crate_lists_creates_and_watches_embedded() {
+    kube_crate(Backend::Embedded);
+}
+
+#[test]
+fn kube_crate_lists_creates_and_watches_etcd() {
+    kube_crate(Backend::Etcd);
+}
+
+const PYTHON: &str = r#"
+import sys, threading, time
+from kubernetes import client, config, watch
+config.load_kube_config(sys.argv[1])
+v1 = client.CoreV1Api()
+names = [s.metadata.name for s in v1.list_namespaced_service("default").items]
+assert "kubernetes" in names, names
+w = watch.Watch()
+def create():
+    time.sleep(0.5)
+    body = client.V1Service(metadata=client.V1ObjectMeta(name="from-python"), spec=client.V1ServiceSpec(ports=[client.V1ServicePort(port=80)]))
+    v1.create_namespaced_service("default", body)
+threading.Thread(target=create).start()
+for ev in w.stream(v1.list_namespaced_service, "default", timeout_seconds=20):
+    if ev["type"] == "ADDED" and ev["object"].metadata.name == "from-python":
+        print("watched", ev["object"].spec.cluster_ip)
+        w.stop()
+"#;
+
+fn python_client(backend: Backend) {
+    let c = super::cluster(backend);
+    let script = c.file("client.py", PYTHON);
+    let out = std::process::Command::new("python3").arg(&script).arg(&c.kubeconfig).output().expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.starts_with("watched 10.9"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn python_client_lists_creates_and_watches_embedded() {
+    python_client(Backend::Embedded);
+}
+
+#[test]
+fn python_client_lists_creates_and_watches_etcd() {
+    python_client(Backend::Etcd);
+}
