@@ -10,6 +10,7 @@ pub mod meta;
 pub mod names;
 pub mod object;
 pub mod printers;
+pub mod protobuf;
 pub mod resources;
 pub mod selector;
 pub mod service;
