@@ -107,9 +107,21 @@ fn untyped<T: serde::Serialize>(v: &T) -> Result<Value> {
     serde_json::to_value(v).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
+/// Metadata problems of a new (or updated) object. Service validation covers its own
+/// metadata, as kube-apiserver's does, so it is left out here to avoid reporting twice.
+fn meta_errors(r: &Resource, obj: &Value, old: Option<&Value>) -> FieldErrors {
+    if r.group.is_empty() && r.kind == "Service" {
+        return FieldErrors::new();
+    }
+    match old {
+        None => vmeta::validate_object_meta(&typed_meta(obj), r.namespaced, name_rule(r)),
+        Some(old) => vmeta::validate_object_meta_update(&typed_meta(obj), &typed_meta(old)),
+    }
+}
+
 /// Defaults, validates and allocates for a new object.
 pub async fn create(srv: &Server, r: &'static Resource, obj: &mut Value) -> Result<Grant> {
-    let mut errs = vmeta::validate_object_meta(&typed_meta(obj), r.namespaced, name_rule(r));
+    let mut errs = meta_errors(r, obj, None);
     let grant = match (r.group, r.kind) {
         ("", "Service") => {
             let mut svc: Service = typed(r, obj)?;
@@ -162,7 +174,7 @@ pub async fn update(
     new: &mut Value,
     old: &Value,
 ) -> Result<Grant> {
-    let mut errs = vmeta::validate_object_meta_update(&typed_meta(new), &typed_meta(old));
+    let mut errs = meta_errors(r, new, Some(old));
     let grant = match (r.group, r.kind) {
         ("", "Service") => {
             let mut svc: Service = typed(r, new)?;

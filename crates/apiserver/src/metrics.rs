@@ -29,7 +29,10 @@ pub struct Metrics {
 
 fn latency_histogram() -> Histogram {
     // From 50 µs up: berth answers most requests well under a millisecond.
-    Histogram::new([0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0])
+    Histogram::new([
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+        1.0, 5.0, 30.0,
+    ])
 }
 
 impl Metrics {
@@ -38,15 +41,32 @@ impl Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
         };
-        registry.register("apiserver_request", "Requests by verb, resource and HTTP code", m.requests.clone());
-        registry.register("apiserver_request_duration_seconds", "Request latency by verb and resource (watches: time to first byte)", m.latency.clone());
+        registry.register(
+            "apiserver_request",
+            "Requests by verb, resource and HTTP code",
+            m.requests.clone(),
+        );
+        registry.register(
+            "apiserver_request_duration_seconds",
+            "Request latency by verb and resource (watches: time to first byte)",
+            m.latency.clone(),
+        );
         m
     }
 
     pub fn observe(&self, verb: &str, resource: &str, code: u16, seconds: f64) {
         self.requests
-            .get_or_create(&RequestLabels { verb: verb.to_owned(), resource: resource.to_owned(), code: code.to_string() })
+            .get_or_create(&RequestLabels {
+                verb: verb.to_owned(),
+                resource: resource.to_owned(),
+                code: code.to_string(),
+            })
             .inc();
-        self.latency.get_or_create(&LatencyLabels { verb: verb.to_owned(), resource: resource.to_owned() }).observe(seconds);
+        self.latency
+            .get_or_create(&LatencyLabels {
+                verb: verb.to_owned(),
+                resource: resource.to_owned(),
+            })
+            .observe(seconds);
     }
 }

@@ -139,11 +139,21 @@ pub async fn handle(
     Ok(reply.into_response())
 }
 
-/// Decodes a JSON request body (kubectl always sends JSON).
+/// Decodes a request body: JSON, or Kubernetes protobuf (what kubectl's typed `create`
+/// subcommands send), into the JSON form objects are kept in.
 pub fn parse_body(body: &[u8], content_type: &str) -> Result<Value> {
     let ct = content_type.split(';').next().unwrap_or("").trim();
+    if ct == berth_api::protobuf::MEDIA_TYPE {
+        return berth_api::protobuf::decode(body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "the object provided is unrecognized or malformed: {e}"
+            ))
+        });
+    }
     if !ct.is_empty() && ct != "application/json" && ct != "*/*" {
-        return Err(ApiError::UnsupportedMediaType("application/json"));
+        return Err(ApiError::UnsupportedMediaType(
+            "application/json, application/vnd.kubernetes.protobuf",
+        ));
     }
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::BadRequest(format!(

@@ -62,8 +62,17 @@ pub struct Inputs {
 }
 
 /// Serves until `shutdown` is cancelled.
-pub async fn run(config: Config, inputs: Inputs, shutdown: CancellationToken) -> Result<(), ServeError> {
-    let Inputs { store, metrics, registry, ready } = inputs;
+pub async fn run(
+    config: Config,
+    inputs: Inputs,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let Inputs {
+        store,
+        metrics,
+        registry,
+        ready,
+    } = inputs;
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|source| ServeError::Bind {
@@ -220,11 +229,48 @@ async fn dispatch(State(srv): State<Arc<Server>>, req: Request) -> Response {
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let resp = route(srv, req)
+    let watch = uri
+        .query()
+        .is_some_and(|q| q.contains("watch=true") || q.contains("watch=1"));
+    let (verb, resource) = classify(&method, uri.path(), watch);
+    let resp = route(srv.clone(), req)
         .await
         .unwrap_or_else(IntoResponse::into_response);
-    tracing::debug!(%method, %uri, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+    let elapsed = started.elapsed();
+    srv.metrics.observe(
+        verb,
+        resource,
+        resp.status().as_u16(),
+        elapsed.as_secs_f64(),
+    );
+    tracing::debug!(%method, %uri, status = resp.status().as_u16(), elapsed_us = elapsed.as_micros() as u64, "request");
     resp
+}
+
+/// The `verb` and `resource` labels of a request, as kube-apiserver's metrics name them.
+fn classify(method: &Method, path: &str, watch: bool) -> (&'static str, &'static str) {
+    let Ok(Some(t)) = request::parse(path) else {
+        return (
+            if *method == Method::GET {
+                "GET"
+            } else {
+                "OTHER"
+            },
+            "",
+        );
+    };
+    let verb = match (method.as_str(), t.name.is_some()) {
+        ("GET", _) if watch || t.watch_path => "WATCH",
+        ("GET", true) => "GET",
+        ("GET", false) => "LIST",
+        ("POST", _) => "POST",
+        ("PUT", _) => "PUT",
+        ("PATCH", _) => "PATCH",
+        ("DELETE", true) => "DELETE",
+        ("DELETE", false) => "DELETECOLLECTION",
+        _ => "OTHER",
+    };
+    (verb, t.resource.plural)
 }
 
 async fn route(srv: Arc<Server>, req: Request) -> Result<Response, ApiError> {
@@ -294,9 +340,15 @@ fn non_resource(srv: &Server, path: &str, accept: &str) -> Result<Option<Respons
             .ok_or(ApiError::NoRoute),
         ["metrics"] => {
             let mut text = String::new();
-            prometheus_client::encoding::text::encode(&mut text, &srv.registry).map_err(|e| ApiError::Internal(e.to_string()))?;
+            prometheus_client::encoding::text::encode(&mut text, &srv.registry)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
             let mut r = (StatusCode::OK, text).into_response();
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
             Ok(Some(r))
         }
         ["openapi", "v3"] => ok(openapi::v3_index()),

@@ -15,7 +15,10 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn pct(mut v: Vec<Duration>, p: f64) -> Duration {
@@ -32,10 +35,14 @@ fn ms(d: Duration) -> String {
 fn time_to_ready(bin: &Path, data: &Path, store: Option<&str>) -> Duration {
     let started = Instant::now();
     let mut cmd = Command::new(bin);
-    cmd.args(["server", &format!("--bind=127.0.0.1:{}", free_port()), &format!("--data-dir={}", data.display())])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    cmd.args([
+        "server",
+        &format!("--bind=127.0.0.1:{}", free_port()),
+        &format!("--data-dir={}", data.display()),
+    ])
+    .env("RUST_LOG", "warn")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
     if let Some(s) = store {
         cmd.arg(format!("--store={s}"));
     }
@@ -64,12 +71,17 @@ fn rss_kib(pid: u32) -> u64 {
 
 async fn client(c: &Cluster) -> kube::Client {
     let kubeconfig = kube::config::Kubeconfig::read_from(&c.kubeconfig).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("config");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
     kube::Client::try_from(config).expect("client")
 }
 
 fn service(name: &str) -> Service {
-    serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}})).expect("service")
+    serde_json::from_value(
+        serde_json::json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}}),
+    )
+    .expect("service")
 }
 
 struct Figures {
@@ -99,13 +111,19 @@ fn run(bin: &Path, backend: Backend) -> Figures {
     let c = Cluster::start(bin, backend);
     std::thread::sleep(Duration::from_secs(2));
     let rss_idle_kib = rss_kib(c.pid().expect("running"));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let (create, get, fanout) = rt.block_on(async {
         let svcs: Api<Service> = Api::namespaced(client(&c).await, "default");
         let mut creates = Vec::with_capacity(n);
         for i in 0..n {
             let t = Instant::now();
-            svcs.create(&PostParams::default(), &service(&format!("bench-{i}"))).await.expect("create");
+            svcs.create(&PostParams::default(), &service(&format!("bench-{i}")))
+                .await
+                .expect("create");
             creates.push(t.elapsed());
         }
         let mut gets = Vec::with_capacity(n);
@@ -119,13 +137,24 @@ fn run(bin: &Path, backend: Backend) -> Figures {
             let name = format!("fanout-{round}");
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             let mut tasks = Vec::new();
-            let rv = svcs.list_metadata(&Default::default()).await.expect("list").metadata.resource_version.unwrap_or_default();
+            let rv = svcs
+                .list_metadata(&Default::default())
+                .await
+                .expect("list")
+                .metadata
+                .resource_version
+                .unwrap_or_default();
             let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
             for _ in 0..watchers {
                 let svcs = svcs.clone();
-                let (tx, ready_tx, name, rv) = (tx.clone(), ready_tx.clone(), name.clone(), rv.clone());
+                let (tx, ready_tx, name, rv) =
+                    (tx.clone(), ready_tx.clone(), name.clone(), rv.clone());
                 tasks.push(tokio::spawn(async move {
-                    let mut s = svcs.watch(&WatchParams::default().timeout(60), &rv).await.expect("watch").boxed();
+                    let mut s = svcs
+                        .watch(&WatchParams::default().timeout(60), &rv)
+                        .await
+                        .expect("watch")
+                        .boxed();
                     let _ = ready_tx.send(());
                     while let Some(ev) = s.next().await {
                         if let Ok(WatchEvent::Added(o)) = ev
@@ -142,7 +171,9 @@ fn run(bin: &Path, backend: Backend) -> Figures {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
             let t = Instant::now();
-            svcs.create(&PostParams::default(), &service(&name)).await.expect("create");
+            svcs.create(&PostParams::default(), &service(&name))
+                .await
+                .expect("create");
             let mut last = t;
             for _ in 0..watchers {
                 if let Some(at) = rx.recv().await {
@@ -154,7 +185,11 @@ fn run(bin: &Path, backend: Backend) -> Figures {
                 task.abort();
             }
         }
-        ((pct(creates.clone(), 0.5), pct(creates, 0.99)), (pct(gets.clone(), 0.5), pct(gets, 0.99)), (pct(fanouts.clone(), 0.5), pct(fanouts, 0.99)))
+        (
+            (pct(creates.clone(), 0.5), pct(creates, 0.99)),
+            (pct(gets.clone(), 0.5), pct(gets, 0.99)),
+            (pct(fanouts.clone(), 0.5), pct(fanouts, 0.99)),
+        )
     });
     let rss_loaded_kib = rss_kib(c.pid().expect("running"));
     Figures {
@@ -172,11 +207,28 @@ fn main() {
     let bin = Path::new(env!("CARGO_BIN_EXE_berth"));
     let e = run(bin, Backend::Embedded);
     let d = run(bin, Backend::Etcd);
-    let ratio = |a: Duration, b: Duration| if b.is_zero() { 0.0 } else { a.as_secs_f64() / b.as_secs_f64() };
-    println!("{:<40} {:>14} {:>14} {:>16}", "figure (median of runs / percentile)", "embedded", "etcd", "embedded/etcd");
+    let ratio = |a: Duration, b: Duration| {
+        if b.is_zero() {
+            0.0
+        } else {
+            a.as_secs_f64() / b.as_secs_f64()
+        }
+    };
+    println!(
+        "{:<40} {:>14} {:>14} {:>16}",
+        "figure (median of runs / percentile)", "embedded", "etcd", "embedded/etcd"
+    );
     let rows = [
-        ("cold start to ready, fresh data dir", e.start_fresh, d.start_fresh),
-        ("start to ready, existing data", e.start_again, d.start_again),
+        (
+            "cold start to ready, fresh data dir",
+            e.start_fresh,
+            d.start_fresh,
+        ),
+        (
+            "start to ready, existing data",
+            e.start_again,
+            d.start_again,
+        ),
         ("create Service p50", e.create.0, d.create.0),
         ("create Service p99", e.create.1, d.create.1),
         ("get Service p50", e.get.0, d.get.0),
@@ -185,8 +237,23 @@ fn main() {
         ("one change to all watchers p99", e.fanout.1, d.fanout.1),
     ];
     for (what, a, b) in rows {
-        println!("{what:<40} {:>14} {:>14} {:>16.2}", ms(a), ms(b), ratio(a, b));
+        println!(
+            "{what:<40} {:>14} {:>14} {:>16.2}",
+            ms(a),
+            ms(b),
+            ratio(a, b)
+        );
     }
-    println!("{:<40} {:>11} MiB {:>11} MiB", "RSS idle after start", e.rss_idle_kib / 1024, d.rss_idle_kib / 1024);
-    println!("{:<40} {:>11} MiB {:>11} MiB", "RSS after the run (objects held)", e.rss_loaded_kib / 1024, d.rss_loaded_kib / 1024);
+    println!(
+        "{:<40} {:>11} MiB {:>11} MiB",
+        "RSS idle after start",
+        e.rss_idle_kib / 1024,
+        d.rss_idle_kib / 1024
+    );
+    println!(
+        "{:<40} {:>11} MiB {:>11} MiB",
+        "RSS after the run (objects held)",
+        e.rss_loaded_kib / 1024,
+        d.rss_loaded_kib / 1024
+    );
 }

@@ -91,12 +91,18 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
     cancel_on_signal(shutdown.clone());
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let config = berth_apiserver::Config::from(&args);
-    let api = tokio::spawn(berth_apiserver::run(
-        config,
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = berth_apiserver::Metrics::register(&mut registry);
+    let inputs = berth_apiserver::Inputs {
         store,
-        shutdown.clone(),
-        ready_tx,
-    ));
+        metrics,
+        registry: Arc::new(registry),
+        ready: ready_tx,
+    };
+    let api = tokio::spawn(
+        berth_apiserver::run(config, inputs, shutdown.clone())
+            .instrument(tracing::info_span!("apiserver")),
+    );
     if let Ok(l) = ready_rx.await {
         if let Some(extra) = &args.kubeconfig {
             let text = std::fs::read_to_string(&l.kubeconfig)

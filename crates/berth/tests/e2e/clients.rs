@@ -9,28 +9,49 @@ use kube::runtime::watcher;
 
 async fn client(c: &Cluster) -> kube::Client {
     let kubeconfig = kube::config::Kubeconfig::read_from(&c.kubeconfig).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("config");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
     kube::Client::try_from(config).expect("client")
 }
 
 fn kube_crate(backend: Backend) {
     let c = super::cluster(backend);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let svcs: Api<Service> = Api::namespaced(client(&c).await, "default");
         let list = svcs.list(&ListParams::default()).await.expect("list");
-        assert!(list.items.iter().any(|s| s.metadata.name.as_deref() == Some("kubernetes")));
+        assert!(
+            list.items
+                .iter()
+                .any(|s| s.metadata.name.as_deref() == Some("kubernetes"))
+        );
         let mut events = watcher(svcs.clone(), watcher::Config::default()).boxed();
         let svc: Service = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "from-kube"}, "spec": {"ports": [{"port": 80}]}
         }))
         .expect("service");
-        let created = svcs.create(&PostParams::default(), &svc).await.expect("create");
-        assert!(created.spec.and_then(|s| s.cluster_ip).is_some_and(|ip| ip.starts_with("10.9")));
+        let created = svcs
+            .create(&PostParams::default(), &svc)
+            .await
+            .expect("create");
+        assert!(
+            created
+                .spec
+                .and_then(|s| s.cluster_ip)
+                .is_some_and(|ip| ip.starts_with("10.9"))
+        );
         let seen = tokio::time::timeout(berth_testkit::patience(), async {
             while let Some(ev) = events.next().await {
                 match ev.expect("watch event") {
-                    watcher::Event::Apply(s) | watcher::Event::InitApply(s) if s.metadata.name.as_deref() == Some("from-kube") => return true,
+                    watcher::Event::Apply(s) | watcher::Event::InitApply(s)
+                        if s.metadata.name.as_deref() == Some("from-kube") =>
+                    {
+                        return true;
+                    }
                     _ => {}
                 }
             }
@@ -73,9 +94,17 @@ for ev in w.stream(v1.list_namespaced_service, "default", timeout_seconds=20):
 fn python_client(backend: Backend) {
     let c = super::cluster(backend);
     let script = c.file("client.py", PYTHON);
-    let out = std::process::Command::new("python3").arg(&script).arg(&c.kubeconfig).output().expect("python3");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&c.kubeconfig)
+        .output()
+        .expect("python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.starts_with("watched 10.9"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && stdout.starts_with("watched 10.9"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

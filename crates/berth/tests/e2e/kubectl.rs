@@ -141,18 +141,68 @@ on_both_stores!(output_formats, |c: &Cluster| {
     assert!(pods.is_empty(), "{pods}");
 });
 
-on_both_stores!(create_service_subcommands, |c: &Cluster| {
-    // `kubectl create service` sends protobuf; until that decodes, apply the same object.
-    c.apply("apiVersion: v1\nkind: Service\nmetadata:\n  name: ext\nspec:\n  type: ExternalName\n  externalName: example.com\n");
-    let out = c.ok(&["get", "svc", "ext"]);
+on_both_stores!(create_subcommands, |c: &Cluster| {
+    // These send protobuf bodies.
+    assert_eq!(
+        c.ok(&[
+            "create",
+            "service",
+            "clusterip",
+            "nginx-service",
+            "--tcp=80:80"
+        ]),
+        "service/nginx-service created\n"
+    );
+    let out = c.ok(&["get", "svc", "nginx-service"]);
     assert!(
-        out.contains("ExternalName   <none>       example.com   <none>"),
+        out.contains("ClusterIP   10.96.") && out.contains("80/TCP"),
         "{out}"
     );
-    c.apply("apiVersion: v1\nkind: Service\nmetadata:\n  name: lb\nspec:\n  type: LoadBalancer\n  ports:\n  - port: 80\n");
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "svc",
+            "nginx-service",
+            "-o",
+            "jsonpath={.spec.selector.app}"
+        ]),
+        "nginx-service"
+    );
+    c.ok(&[
+        "create",
+        "service",
+        "nodeport",
+        "np",
+        "--tcp=80:8080",
+        "--node-port=30333",
+    ]);
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "svc",
+            "np",
+            "-o",
+            "jsonpath={.spec.ports[0].nodePort} {.spec.ports[0].targetPort}"
+        ]),
+        "30333 8080"
+    );
+    c.ok(&["create", "service", "loadbalancer", "lb", "--tcp=80:8080"]);
     let out = c.ok(&["get", "svc", "lb"]);
     assert!(
         out.contains("LoadBalancer") && out.contains("<pending>") && out.contains("80:3"),
+        "{out}"
+    );
+    c.ok(&[
+        "create",
+        "service",
+        "externalname",
+        "ext",
+        "--external-name",
+        "example.com",
+    ]);
+    let out = c.ok(&["get", "svc", "ext"]);
+    assert!(
+        out.contains("ExternalName   <none>       example.com   <none>"),
         "{out}"
     );
     c.apply("apiVersion: v1\nkind: Service\nmetadata:\n  name: headless\nspec:\n  clusterIP: None\n  selector:\n    app: x\n  ports:\n  - port: 80\n");
@@ -160,6 +210,44 @@ on_both_stores!(create_service_subcommands, |c: &Cluster| {
         c.ok(&["get", "svc", "headless", "-o", "jsonpath={.spec.clusterIP}"]),
         "None"
     );
+    assert_eq!(
+        c.ok(&["create", "namespace", "bluegreen"]),
+        "namespace/bluegreen created\n"
+    );
+    assert_eq!(
+        c.ok(&[
+            "create",
+            "deployment",
+            "web01",
+            "--image=nginx",
+            "--port=80",
+            "--replicas=2",
+            "-n",
+            "bluegreen"
+        ]),
+        "deployment.apps/web01 created\n"
+    );
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "deploy",
+            "web01",
+            "-n",
+            "bluegreen",
+            "-o",
+            "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image}"
+        ]),
+        "2 nginx"
+    );
+    c.ok(&["create", "configmap", "cfg", "--from-literal=a=b"]);
+    assert_eq!(c.ok(&["get", "cm", "cfg", "-o", "jsonpath={.data.a}"]), "b");
+    c.ok(&["create", "secret", "generic", "s", "--from-literal=k=v"]);
+    assert_eq!(
+        c.ok(&["get", "secret", "s", "-o", "jsonpath={.data.k}"]),
+        "dg=="
+    );
+    let err = c.fails(&["create", "service", "clusterip", "Bad_Name", "--tcp=80:80"]);
+    assert!(err.contains("failed to create ClusterIP service: Service \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\""), "{err}");
 });
 
 on_both_stores!(patch_label_edit, |c: &Cluster| {
@@ -305,9 +393,14 @@ on_both_stores!(namespaces_and_contexts, |c: &Cluster| {
 });
 
 on_both_stores!(deployments_run_expose_scale, |c: &Cluster| {
-    c.apply(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web01\n  labels:\n    app: web01\nspec:\n  replicas: 2\n  selector:\n    matchLabels:\n      app: web01\n  template:\n    metadata:\n      labels:\n        app: web01\n    spec:\n      containers:\n      - name: nginx\n        image: nginx\n        ports:\n        - containerPort: 80\n",
-    );
+    c.ok(&[
+        "create",
+        "deployment",
+        "web01",
+        "--image=nginx",
+        "--port=80",
+        "--replicas=2",
+    ]);
     let d = c.ok(&["get", "deploy"]);
     assert!(
         d.starts_with("NAME    READY   UP-TO-DATE   AVAILABLE   AGE"),
