@@ -476,10 +476,45 @@ async fn bootstrap(
     } else {
         addr.ip().to_string()
     };
+    let subsets = json!([{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": addr.port(), "protocol": "TCP"}]}]);
     ensure(srv, "", "Endpoints", Some("default"), json!({
         "apiVersion": "v1", "kind": "Endpoints",
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-        "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": addr.port(), "protocol": "TCP"}]}],
+        "subsets": subsets.clone(),
     }))
+    .await?;
+    // Like kube-apiserver's endpoint reconciler: the address may change between starts.
+    reconcile(srv, "Endpoints", "/subsets", subsets).await?;
+    reconcile(
+        srv,
+        "Service",
+        "/spec/ports/0/targetPort",
+        json!(addr.port()),
+    )
     .await
+}
+
+/// Sets `pointer` of `default/kubernetes` of `kind` to `value` if it differs.
+async fn reconcile(srv: &Server, kind: &str, pointer: &str, value: Value) -> Result<(), ApiError> {
+    let r = resources::by_kind("", kind)
+        .ok_or_else(|| ApiError::Internal(format!("{kind} not registered")))?;
+    let key = crate::meta::object_key(r, Some("default"), "kubernetes");
+    let Some(kv) = srv.store.get(&key).await? else {
+        return Ok(());
+    };
+    let mut obj: Value =
+        serde_json::from_slice(&kv.value).map_err(|e| ApiError::Internal(e.to_string()))?;
+    match obj.pointer_mut(pointer) {
+        Some(v) if *v == value => return Ok(()),
+        Some(v) => *v = value,
+        None => return Ok(()),
+    }
+    srv.store
+        .update(
+            &key,
+            bytes::Bytes::from(obj.to_string()),
+            Some(kv.mod_revision),
+        )
+        .await?;
+    Ok(())
 }

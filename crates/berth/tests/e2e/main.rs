@@ -5,6 +5,7 @@
 mod clients;
 mod errors;
 mod kubectl;
+mod raw;
 mod restart;
 mod watch;
 

@@ -46,3 +46,26 @@ fn embedded_survives_restart() {
 fn etcd_survives_restart() {
     survives(Backend::Etcd);
 }
+
+/// After a restart on another port, the `kubernetes` Endpoints point at the new address.
+#[test]
+fn kubernetes_endpoints_follow_the_server() {
+    let c = super::cluster(Backend::Embedded);
+    let port = c.url.rsplit(':').next().unwrap_or("").to_owned();
+    let got = c.ok(&[
+        "get",
+        "ep",
+        "kubernetes",
+        "-o",
+        "jsonpath={.subsets[0].ports[0].port}",
+    ]);
+    assert_eq!(got, port);
+    let svc = c.ok(&[
+        "get",
+        "svc",
+        "kubernetes",
+        "-o",
+        "jsonpath={.spec.ports[0].targetPort}",
+    ]);
+    assert_eq!(svc, port);
+}

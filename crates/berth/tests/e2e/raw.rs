@@ -1,0 +1,107 @@
+//! The API below kubectl's commands, through `kubectl get --raw` and friends: paging with
+//! limit/continue, deletecollection, watch from a resourceVersion, bookmarks, 410 Gone.
+
+use super::on_both_stores;
+use berth_testkit::Cluster;
+
+fn configmaps(c: &Cluster, n: usize) {
+    for i in 0..n {
+        c.apply(&format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm-{i:02}\n  labels:\n    batch: \"{}\"\ndata:\n  i: \"{i}\"\n", i % 2));
+    }
+}
+
+on_both_stores!(paging_with_limit_and_continue, |c: &Cluster| {
+    configmaps(c, 5);
+    let page: serde_json::Value = serde_json::from_str(&c.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?limit=2",
+    ]))
+    .expect("json");
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(2));
+    let token = page["metadata"]["continue"]
+        .as_str()
+        .expect("continue token")
+        .to_owned();
+    let next: serde_json::Value = serde_json::from_str(&c.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/default/configmaps?limit=2&continue={token}"),
+    ]))
+    .expect("json");
+    assert_eq!(next["items"][0]["metadata"]["name"], "cm-02");
+    // kubectl pages through everything with --chunk-size.
+    assert_eq!(
+        c.ok(&["get", "cm", "--chunk-size=2", "-o", "name"])
+            .lines()
+            .filter(|l| l.starts_with("configmap/cm-"))
+            .count(),
+        5
+    );
+});
+
+on_both_stores!(deletecollection_honours_selectors, |c: &Cluster| {
+    configmaps(c, 4);
+    c.ok(&[
+        "delete",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?labelSelector=batch%3D0",
+    ]);
+    let left = c.ok(&["get", "cm", "-o", "name"]);
+    assert!(
+        left.contains("configmap/cm-01") && left.contains("configmap/cm-03"),
+        "{left}"
+    );
+    assert!(
+        !left.contains("configmap/cm-00") && !left.contains("configmap/cm-02"),
+        "{left}"
+    );
+});
+
+on_both_stores!(
+    watch_from_a_resource_version_with_bookmarks,
+    |c: &Cluster| {
+        let rv = c.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps"]);
+        let rv: serde_json::Value = serde_json::from_str(&rv).expect("json");
+        let rv = rv["metadata"]["resourceVersion"]
+            .as_str()
+            .expect("list resourceVersion")
+            .to_owned();
+        configmaps(c, 2);
+        let out = c.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=3")]);
+        let events: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("event"))
+            .collect();
+        let added: Vec<&str> = events
+            .iter()
+            .filter(|e| e["type"] == "ADDED")
+            .filter_map(|e| e["object"]["metadata"]["name"].as_str())
+            .collect();
+        assert_eq!(added, ["cm-00", "cm-01"]);
+        assert!(
+            events.iter().any(|e| e["type"] == "BOOKMARK"
+                && e["object"]["metadata"]["resourceVersion"].is_string()),
+            "{out}"
+        );
+    }
+);
+
+#[test]
+fn watch_from_a_forgotten_resource_version_is_gone() {
+    let mut c = super::cluster(berth_testkit::Backend::Embedded);
+    configmaps(&c, 1);
+    // The embedded store keeps recent history in memory only: after a restart it is gone.
+    c.restart();
+    let out = c.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?watch=1&resourceVersion=1&timeoutSeconds=2",
+    ]);
+    assert!(
+        out.contains("\"type\":\"ERROR\"")
+            && out.contains("\"code\":410")
+            && out.contains("too old resource version"),
+        "{out}"
+    );
+}
