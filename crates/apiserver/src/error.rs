@@ -52,7 +52,7 @@ pub enum ApiError {
     #[error("{0}")]
     Internal(String),
     #[error("storage: {0}")]
-    Store(#[from] berth_store::Error),
+    Store(#[source] berth_store::Error),
 }
 
 fn render_causes(errors: &FieldErrors) -> String {
@@ -165,6 +165,25 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/json"),
         );
         resp
+    }
+}
+
+impl From<berth_store::Error> for ApiError {
+    /// History the store no longer has is 410 Gone, so clients re-list, as with etcd
+    /// compaction behind kube-apiserver; a watcher that fell too far behind is treated alike.
+    fn from(e: berth_store::Error) -> Self {
+        match e {
+            berth_store::Error::Compacted {
+                requested,
+                compacted,
+            } => ApiError::Gone(format!(
+                "too old resource version: {requested} ({compacted})"
+            )),
+            berth_store::Error::Lagged { revision } => ApiError::Gone(format!(
+                "too old resource version: {revision} (the watch fell behind)"
+            )),
+            e => ApiError::Store(e),
+        }
     }
 }
 

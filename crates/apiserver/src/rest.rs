@@ -183,6 +183,15 @@ fn encode(obj: &Value) -> Bytes {
     Bytes::from(o.to_string())
 }
 
+/// The optimistic-concurrency conflict, in kube-apiserver's words.
+fn modified(r: &'static Resource, name: &str) -> ApiError {
+    ApiError::Conflict {
+        resource: r,
+        name: name.to_owned(),
+        detail: "the object has been modified; please apply your changes to the latest version and try again".into(),
+    }
+}
+
 fn not_found(r: &'static Resource, name: &str) -> ApiError {
     ApiError::NotFound {
         resource: r,
@@ -479,11 +488,7 @@ async fn write_update(
     if let Some(rv) = new.resource_version().filter(|v| !v.is_empty())
         && rv != cur_kv.mod_revision.to_string()
     {
-        return Err(ApiError::Conflict {
-                resource: r,
-                name: name.to_owned(),
-                detail: "the object has been modified; please apply your changes to the latest version and try again".into(),
-            });
+        return Err(modified(r, name));
     }
     if t.subresource == Some(Subresource::Status) {
         let status = new.get("status").cloned();
@@ -583,11 +588,7 @@ async fn write_update(
         Err(e) => {
             grant.rollback(srv);
             Err(match e {
-                berth_store::Error::Conflict { .. } => ApiError::Conflict {
-                    resource: r,
-                    name: name.to_owned(),
-                    detail: "the object has been modified; please apply your changes to the latest version and try again".into(),
-                },
+                berth_store::Error::Conflict { .. } => modified(r, name),
                 berth_store::Error::NotFound { .. } => not_found(r, name),
                 e => e.into(),
             })
@@ -784,11 +785,7 @@ async fn delete(
             Ok(Reply::ok(cur))
         }
         Err(berth_store::Error::NotFound { .. }) => Err(not_found(r, name)),
-        Err(berth_store::Error::Conflict { .. }) => Err(ApiError::Conflict {
-            resource: r,
-            name: name.to_owned(),
-            detail: "the object has been modified; please apply your changes to the latest version and try again".into(),
-        }),
+        Err(berth_store::Error::Conflict { .. }) => Err(modified(r, name)),
         Err(e) => Err(e.into()),
     }
 }

@@ -57,10 +57,6 @@ fn bookmark(r: &berth_api::resources::Resource, rv: i64, initial_end: bool) -> V
     json!({"kind": r.kind, "apiVersion": r.api_version(), "metadata": meta})
 }
 
-fn expired(msg: String) -> Value {
-    ApiError::Gone(msg).status()
-}
-
 /// Serves a watch request.
 pub async fn serve(
     srv: Arc<Server>,
@@ -133,16 +129,6 @@ pub async fn serve(
         }
         let mut stream = match upstream {
             Ok(s) => s,
-            Err(berth_store::Error::Compacted {
-                requested,
-                compacted,
-            }) => {
-                let msg = format!("too old resource version: {requested} ({compacted})");
-                let _ = tx
-                    .send(render.line("ERROR", expired(msg), &mut first))
-                    .await;
-                return;
-            }
             Err(e) => {
                 let _ = tx
                     .send(render.line("ERROR", ApiError::from(e).status(), &mut first))
@@ -185,16 +171,6 @@ pub async fn serve(
                     Some(render.line("BOOKMARK", bookmark(r, revision, false), &mut first))
                 }
                 Ok(Event::Progress { .. }) => None,
-                Err(berth_store::Error::Compacted {
-                    requested,
-                    compacted,
-                }) => {
-                    let msg = format!("too old resource version: {requested} ({compacted})");
-                    let _ = tx
-                        .send(render.line("ERROR", expired(msg), &mut first))
-                        .await;
-                    return;
-                }
                 Err(e) => {
                     let _ = tx
                         .send(render.line("ERROR", ApiError::from(e).status(), &mut first))

@@ -69,14 +69,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-async fn client(c: &Cluster) -> kube::Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(&c.kubeconfig).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("config");
-    kube::Client::try_from(config).expect("client")
-}
-
 fn service(name: &str) -> Service {
     serde_json::from_value(
         serde_json::json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}}),
@@ -117,7 +109,7 @@ fn run(bin: &Path, backend: Backend) -> Figures {
         .build()
         .expect("runtime");
     let (create, get, fanout) = rt.block_on(async {
-        let svcs: Api<Service> = Api::namespaced(client(&c).await, "default");
+        let svcs: Api<Service> = Api::namespaced(c.kube_client().await, "default");
         let mut creates = Vec::with_capacity(n);
         for i in 0..n {
             let t = Instant::now();

@@ -2,8 +2,6 @@
 //! 1 KiB values), sequential and with concurrent writers. Run: `cargo bench -p berth-store`.
 //! Data goes to a temp dir under `BERTH_BENCH_DIR` (default: the system temp dir), on real disk.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,55 +94,14 @@ async fn bench(backend: &str, store: Arc<dyn Store>) -> Result<(), berth_store::
     Ok(())
 }
 
-/// A throwaway etcd on free loopback ports, killed by PID on drop.
-struct EtcdProcess(Child);
-
-impl Drop for EtcdProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-async fn start_etcd(dir: &std::path::Path) -> Result<(EtcdProcess, Etcd), String> {
-    let client = format!(
-        "http://127.0.0.1:{}",
-        free_port().map_err(|e| e.to_string())?
-    );
-    let peer = format!(
-        "http://127.0.0.1:{}",
-        free_port().map_err(|e| e.to_string())?
-    );
-    let child = Command::new("etcd")
-        .arg("--name=bench")
-        .arg(format!("--data-dir={}", dir.join("etcd").display()))
-        .arg(format!("--listen-client-urls={client}"))
-        .arg(format!("--advertise-client-urls={client}"))
-        .arg(format!("--listen-peer-urls={peer}"))
-        .arg(format!("--initial-advertise-peer-urls={peer}"))
-        .arg(format!("--initial-cluster=bench={peer}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot run etcd: {e}"))?;
-    let process = EtcdProcess(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(etcd) = Etcd::connect(std::slice::from_ref(&client), "/berth").await
-            && etcd.current_revision().await.is_ok()
-        {
-            return Ok((process, etcd));
-        }
-        if Instant::now() > deadline {
-            return Err("etcd did not become ready".into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Connects to a throwaway etcd from berth-testkit (killed by PID when dropped).
+async fn start_etcd() -> Result<(berth_testkit::Etcd, Etcd), String> {
+    let process = berth_testkit::Etcd::start();
+    let endpoint = format!("http://{}", process.endpoint);
+    let etcd = Etcd::connect(&[endpoint], "/berth")
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((process, etcd))
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -185,7 +142,7 @@ async fn main() {
         Err(e) => eprintln!("embedded (no fsync): cannot open: {e}"),
     }
 
-    match start_etcd(dir.path()).await {
+    match start_etcd().await {
         Ok((_process, etcd)) => {
             if let Err(e) = bench("etcd", Arc::new(etcd)).await {
                 eprintln!("etcd failed: {e}");

@@ -2,8 +2,6 @@
 //! against the embedded backend and a real etcd process started by the test.
 
 use std::future::Future;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use berth_store::{
@@ -526,83 +524,35 @@ async fn embedded_history_is_bounded_and_slow_watchers_are_cut() {
     assert!(slow.next().await.is_none(), "stream ends after the error");
 }
 
-/// A throwaway etcd server on free loopback ports, killed (by PID) when dropped.
-struct EtcdProcess {
-    child: Child,
-    endpoint: String,
-    _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-impl EtcdProcess {
-    fn start() -> EtcdProcess {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let client = format!("http://127.0.0.1:{}", free_port());
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("log file");
-        let child = Command::new("etcd")
-            .arg("--name=test")
-            .arg(format!("--data-dir={}", dir.path().join("data").display()))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=test={peer}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("etcd must be installed (Debian package `etcd-server`) to run these tests");
-        EtcdProcess {
-            child,
-            endpoint: client,
-            _dir: dir,
-        }
-    }
-
-    async fn connect(&self, prefix: &str) -> Etcd {
-        let endpoints = [self.endpoint.clone()];
-        let opts = EtcdOptions {
-            progress_interval: PROGRESS,
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let last = match Etcd::connect_with(&endpoints, prefix, opts.clone()).await {
-                Ok(etcd) => match etcd.current_revision().await {
-                    Ok(_) => return etcd,
-                    Err(e) => e,
-                },
+/// Connects to a throwaway etcd from berth-testkit, retrying until it answers.
+async fn connect(server: &berth_testkit::Etcd, prefix: &str) -> Etcd {
+    let endpoints = [format!("http://{}", server.endpoint)];
+    let opts = EtcdOptions {
+        progress_interval: PROGRESS,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let last = match Etcd::connect_with(&endpoints, prefix, opts.clone()).await {
+            Ok(etcd) => match etcd.current_revision().await {
+                Ok(_) => return etcd,
                 Err(e) => e,
-            };
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "etcd did not start: {:?}",
-                last
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for EtcdProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            },
+            Err(e) => e,
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "etcd did not start: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_conformance() {
-    let server = EtcdProcess::start();
-    let store = server.connect("/berth").await;
+    let server = berth_testkit::Etcd::start();
+    let store = connect(&server, "/berth").await;
     // A key outside the store's prefix must be invisible.
-    let raw = server.connect("").await;
+    let raw = connect(&server, "").await;
     raw.create("/elsewhere/t/crud/a", b("x"))
         .await
         .expect("create");

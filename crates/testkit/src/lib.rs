@@ -195,6 +195,16 @@ impl Cluster {
         self.url = url;
     }
 
+    /// A `kube` client for this cluster, built from its kubeconfig as any kube-rs program
+    /// would build it.
+    pub async fn kube_client(&self) -> kube::Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("kube config from the kubeconfig");
+        kube::Client::try_from(config).expect("kube client")
+    }
+
     /// The server's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

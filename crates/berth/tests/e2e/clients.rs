@@ -1,19 +1,11 @@
 //! Client libraries other than kubectl: the Rust `kube` crate (the client berth's own
 //! components will use) and the Python `kubernetes` client can list and watch.
 
-use berth_testkit::{Backend, Cluster};
+use berth_testkit::Backend;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
-
-async fn client(c: &Cluster) -> kube::Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(&c.kubeconfig).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("config");
-    kube::Client::try_from(config).expect("client")
-}
 
 fn kube_crate(backend: Backend) {
     let c = super::cluster(backend);
@@ -22,7 +14,7 @@ fn kube_crate(backend: Backend) {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let svcs: Api<Service> = Api::namespaced(client(&c).await, "default");
+        let svcs: Api<Service> = Api::namespaced(c.kube_client().await, "default");
         let list = svcs.list(&ListParams::default()).await.expect("list");
         assert!(
             list.items
