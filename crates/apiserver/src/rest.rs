@@ -688,6 +688,8 @@ async fn patch(
 struct DeleteOptions {
     precondition_uid: Option<String>,
     precondition_rv: Option<String>,
+    /// `Orphan`, `Background` or `Foreground` (from the body or `?propagationPolicy=`).
+    propagation: Option<String>,
 }
 
 fn delete_options(body: &[u8]) -> Result<DeleteOptions> {
@@ -707,7 +709,29 @@ fn delete_options(body: &[u8]) -> Result<DeleteOptions> {
             .and_then(|p| p.get("resourceVersion"))
             .and_then(Value::as_str)
             .map(str::to_owned),
+        propagation: v
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| match v.get("orphanDependents").and_then(Value::as_bool) {
+                Some(true) => Some("Orphan".to_owned()),
+                _ => None,
+            }),
     })
+}
+
+/// The finalizer a propagation policy asks the garbage collector to honour, as
+/// kube-apiserver adds it: dependents deleted first (`foregroundDeletion`) or released
+/// (`orphan`). Background needs none: the collector removes dependents after the owner.
+fn propagation_finalizer(policy: Option<&str>) -> Result<Option<&'static str>> {
+    match policy {
+        None | Some("Background") => Ok(None),
+        Some("Foreground") => Ok(Some("foregroundDeletion")),
+        Some("Orphan") => Ok(Some("orphan")),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
+        ))),
+    }
 }
 
 async fn delete(
@@ -754,23 +778,32 @@ async fn delete(
     if params.dry_run() {
         return Ok(Reply::ok(cur));
     }
-    let has_finalizers = cur
+    let policy = opts.propagation.clone().or_else(|| params.propagation_policy.clone());
+    let policy = policy.or_else(|| crate::request::flag(&params.orphan_dependents).then(|| "Orphan".to_owned()));
+    let gc_finalizer = propagation_finalizer(policy.as_deref())?;
+    let mut finalizers: Vec<Value> = cur
         .get("metadata")
         .and_then(|m| m.get("finalizers"))
         .and_then(Value::as_array)
-        .is_some_and(|f| !f.is_empty());
-    if has_finalizers {
+        .cloned()
+        .unwrap_or_default();
+    if let Some(f) = gc_finalizer
+        && !finalizers.iter().any(|x| x == f)
+    {
+        finalizers.push(json!(f));
+    }
+    if !finalizers.is_empty() {
         // Finalizers hold the object: mark it and let their owners finish the deletion.
-        if cur
-            .get("metadata")
-            .and_then(|m| m.get("deletionTimestamp"))
-            .is_some()
-        {
+        let deleting = cur.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_some();
+        if deleting && gc_finalizer.is_none() {
             return Ok(Reply::ok(cur));
         }
         let mut marked = cur.clone();
-        marked.set_meta("deletionTimestamp", json!(now_rfc3339()));
-        marked.set_meta("deletionGracePeriodSeconds", json!(0));
+        marked.set_meta("finalizers", json!(finalizers));
+        if !deleting {
+            marked.set_meta("deletionTimestamp", json!(now_rfc3339()));
+            marked.set_meta("deletionGracePeriodSeconds", json!(0));
+        }
         let kv = srv
             .store
             .update(&key, encode(&marked), Some(cur_kv.mod_revision))
