@@ -289,41 +289,8 @@ fn truncate(subsets: &mut [EndpointSubset]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{pod, svc};
     use serde_json::{Value, json};
-
-    /// Overlays `patch` onto `base` (objects merged key by key, anything else replaced).
-    fn merge(base: &mut Value, patch: Value) {
-        match (base, patch) {
-            (Value::Object(base), Value::Object(patch)) => {
-                for (k, v) in patch {
-                    merge(base.entry(k).or_insert(Value::Null), v);
-                }
-            }
-            (base, patch) => *base = patch,
-        }
-    }
-
-    fn svc(extra: Value) -> Service {
-        let mut v = json!({
-            "metadata": {"name": "web", "namespace": "ns", "uid": "svc-uid", "labels": {"team": "a"}},
-            "spec": {"selector": {"app": "web"}, "clusterIP": "10.96.0.10", "ipFamilies": ["IPv4"],
-                     "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
-        });
-        merge(&mut v, extra);
-        serde_json::from_value(v).expect("test Service")
-    }
-
-    /// A running, scheduled Pod of app=web in ns with the given IP and readiness.
-    fn pod(name: &str, ip: &str, ready: bool, extra: Value) -> Value {
-        let mut v = json!({
-            "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"), "labels": {"app": "web"}},
-            "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "i"}]},
-            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-                       "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
-        });
-        merge(&mut v, extra);
-        v
-    }
 
     /// An address as the controller writes it for a Pod made by [`pod`].
     fn addr(name: &str, ip: &str) -> Value {
@@ -334,10 +301,7 @@ mod tests {
     /// Runs the controller logic and compares labels and subsets with `want` (None: no
     /// Endpoints wanted).
     fn check(case: &str, svc: Service, pods: Vec<Value>, want: Option<Value>) {
-        let pods: Vec<Pod> = pods
-            .into_iter()
-            .map(|p| serde_json::from_value(p).expect("test Pod"))
-            .collect();
+        let pods = crate::testing::pods(pods);
         let got = desired_endpoints(&svc, &pods).map(|e| {
             let mut v = json!({"labels": e.metadata.labels, "subsets": e.subsets});
             if let Some(obj) = v.as_object_mut() {

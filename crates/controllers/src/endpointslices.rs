@@ -762,3 +762,446 @@ fn address_to_endpoint(address: &EndpointAddress, ready: bool) -> Option<(&'stat
     };
     Some((address_type, endpoint))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{pod, pods, svc};
+    use serde_json::{Value, json};
+
+    /// Computes the changes for the slices that exist at that point.
+    type Run = Box<dyn Fn(&[EndpointSlice]) -> SliceChanges>;
+
+    /// One sync, and the writes it must ask for.
+    struct Step {
+        case: &'static str,
+        run: Run,
+        /// Endpoint counts of the created slices, in order.
+        create: &'static [usize],
+        /// Endpoint counts of the updated slices, in order.
+        update: &'static [usize],
+        delete: usize,
+        /// A Pod every updated slice must hold.
+        touches: Option<&'static str>,
+    }
+
+    fn slices_for(service: Service, pod_values: Vec<Value>, max: usize) -> Run {
+        let pods = pods(pod_values);
+        Box::new(move |existing| desired_slices(&service, &pods, existing, max))
+    }
+
+    fn mirror_for(endpoints: Value, service: Service) -> Run {
+        let endpoints: Endpoints = serde_json::from_value(endpoints).expect("test Endpoints");
+        Box::new(move |existing| mirrored_slices(&endpoints, &service, existing))
+    }
+
+    /// Running Pods p000.. of app=web, ready unless listed in `unready`.
+    fn many(n: usize, unready: &[usize]) -> Vec<Value> {
+        (0..n)
+            .map(|i| {
+                let ip = format!("10.0.{}.{}", i / 200, i % 200 + 1);
+                pod(&format!("p{i:03}"), &ip, !unready.contains(&i), json!({}))
+            })
+            .collect()
+    }
+
+    fn holds(slice: &EndpointSlice, pod: &str) -> bool {
+        slice.endpoints.iter().any(|e| {
+            e.target_ref
+                .as_ref()
+                .is_some_and(|r| r.name.as_deref() == Some(pod))
+        })
+    }
+
+    /// Runs the steps against a simulated API server (created slices get names, updates
+    /// replace, deletes remove), checks each step's writes, and that a second sync right
+    /// after writes nothing. Returns the final slices.
+    fn check(steps: Vec<Step>) -> Vec<EndpointSlice> {
+        let mut store: Vec<EndpointSlice> = Vec::new();
+        let mut created = 0;
+        for step in steps {
+            let changes = (step.run)(&store);
+            let counts =
+                |s: &[EndpointSlice]| s.iter().map(|s| s.endpoints.len()).collect::<Vec<_>>();
+            let case = step.case;
+            assert_eq!(
+                counts(&changes.create),
+                step.create,
+                "{case}: created slices"
+            );
+            assert_eq!(
+                counts(&changes.update),
+                step.update,
+                "{case}: updated slices"
+            );
+            assert_eq!(changes.delete.len(), step.delete, "{case}: deleted slices");
+            if let Some(pod) = step.touches {
+                assert!(
+                    changes.update.iter().all(|s| holds(s, pod)),
+                    "{case}: updates {pod}"
+                );
+            }
+            for slice in &changes.create {
+                assert!(
+                    slice.metadata.name.is_none(),
+                    "{case}: creates use generateName"
+                );
+                let mut slice = slice.clone();
+                let prefix = slice.metadata.generate_name.clone().unwrap_or_default();
+                slice.metadata.name = Some(format!("{prefix}{created}"));
+                created += 1;
+                store.push(slice);
+            }
+            for slice in &changes.update {
+                let Some(at) = store
+                    .iter()
+                    .position(|s| s.metadata.name == slice.metadata.name)
+                else {
+                    panic!("{case}: update of unknown slice {:?}", slice.metadata.name);
+                };
+                store[at] = slice.clone();
+            }
+            for slice in &changes.delete {
+                store.retain(|s| s.metadata.name != slice.metadata.name);
+            }
+            let again = (step.run)(&store);
+            assert!(again.is_empty(), "{case}: second sync writes {again:?}");
+        }
+        store
+    }
+
+    fn step(
+        case: &'static str,
+        run: Run,
+        create: &'static [usize],
+        update: &'static [usize],
+        delete: usize,
+    ) -> Step {
+        Step {
+            case,
+            run,
+            create,
+            update,
+            delete,
+            touches: None,
+        }
+    }
+
+    #[test]
+    fn slices_with_minimal_churn() {
+        let s = || svc(json!({}));
+        let max = DEFAULT_MAX_ENDPOINTS_PER_SLICE;
+        let mut flip = step(
+            "flipping one pod's readiness rewrites only its slice",
+            slices_for(s(), many(250, &[7]), max),
+            &[],
+            &[100],
+            0,
+        );
+        flip.touches = Some("p007");
+        let mut add = step(
+            "one more pod tops up the slice with room",
+            slices_for(s(), many(251, &[7]), max),
+            &[],
+            &[51],
+            0,
+        );
+        add.touches = Some("p250");
+        let mut remove = step(
+            "removing one pod rewrites only its slice",
+            slices_for(
+                s(),
+                many(251, &[7])
+                    .into_iter()
+                    .filter(|p| p["metadata"]["name"] != "p120")
+                    .collect(),
+                max,
+            ),
+            &[],
+            &[99],
+            0,
+        );
+        remove.touches = Some("p121");
+        let store = check(vec![
+            step(
+                "250 pods fill three slices of at most 100",
+                slices_for(s(), many(250, &[]), max),
+                &[100, 100, 50],
+                &[],
+                0,
+            ),
+            flip,
+            add,
+            remove,
+            step(
+                "a Service label change rewrites every slice",
+                slices_for(
+                    svc(json!({"metadata": {"labels": {"team": "b"}}})),
+                    many(251, &[7])
+                        .into_iter()
+                        .filter(|p| p["metadata"]["name"] != "p120")
+                        .collect(),
+                    max,
+                ),
+                &[],
+                &[99, 100, 51],
+                0,
+            ),
+            step(
+                "no pods: slices deleted, one kept as the empty placeholder",
+                slices_for(s(), vec![], max),
+                &[],
+                &[0],
+                2,
+            ),
+            step(
+                "pods again: the placeholder is reused",
+                slices_for(s(), many(3, &[]), max),
+                &[],
+                &[3],
+                0,
+            ),
+        ]);
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn slices_by_port_set_and_service_kind() {
+        let named = || {
+            svc(json!({"spec": {"ports": [
+            {"name": "http", "port": 80, "targetPort": "web", "protocol": "TCP"}]}}))
+        };
+        let with_port = |name: &str, ip: &str, number: i32| {
+            pod(
+                name,
+                ip,
+                true,
+                json!({"spec": {"containers": [
+                {"name": "c", "image": "i", "ports": [{"name": "web", "containerPort": number}]}]}}),
+            )
+        };
+        let mixed = vec![
+            with_port("a", "10.0.0.1", 8080),
+            with_port("b", "10.0.0.2", 9090),
+            with_port("c", "10.0.0.3", 8080),
+        ];
+        let store = check(vec![step(
+            "pods resolving a named port differently get a slice each",
+            slices_for(named(), mixed.clone(), 100),
+            &[2, 1],
+            &[],
+            0,
+        )]);
+        let ports: Vec<Option<i32>> = store
+            .iter()
+            .map(|s| {
+                s.ports
+                    .as_ref()
+                    .and_then(|p| p.first())
+                    .and_then(|p| p.port)
+            })
+            .collect();
+        assert_eq!(ports, vec![Some(8080), Some(9090)]);
+
+        check(vec![
+            step(
+                "selector-less Service: nothing",
+                slices_for(svc(json!({"spec": {"selector": null}})), many(3, &[]), 100),
+                &[],
+                &[],
+                0,
+            ),
+            step(
+                "ExternalName Service: nothing",
+                slices_for(
+                    svc(json!({"spec": {"type": "ExternalName"}})),
+                    many(3, &[]),
+                    100,
+                ),
+                &[],
+                &[],
+                0,
+            ),
+            step(
+                "small max splits slices",
+                slices_for(svc(json!({})), many(5, &[]), 2),
+                &[2, 2, 1],
+                &[],
+                0,
+            ),
+        ]);
+        check(vec![step(
+            "dual-stack Service: a slice per family",
+            slices_for(
+                svc(json!({"spec": {"ipFamilies": ["IPv4", "IPv6"]}})),
+                vec![pod(
+                    "a",
+                    "10.0.0.1",
+                    true,
+                    json!({"status": {"podIPs": [{"ip": "10.0.0.1"}, {"ip": "fd00::1"}]}}),
+                )],
+                100,
+            ),
+            &[1, 1],
+            &[],
+            0,
+        )]);
+    }
+
+    #[test]
+    fn slice_contents() {
+        let store = check(vec![step(
+            "ready, unready, terminating and terminal pods",
+            slices_for(
+                svc(json!({"spec": {"clusterIP": "None", "ipFamilies": ["IPv4"]}})),
+                vec![
+                    pod(
+                        "a",
+                        "10.0.0.1",
+                        true,
+                        json!({"spec": {"hostname": "a", "subdomain": "web"}}),
+                    ),
+                    pod("b", "10.0.0.2", false, json!({})),
+                    pod(
+                        "c",
+                        "10.0.0.3",
+                        true,
+                        json!({"metadata": {"deletionTimestamp": "2024-01-01T00:00:00Z"}}),
+                    ),
+                    pod(
+                        "d",
+                        "10.0.0.4",
+                        true,
+                        json!({"status": {"phase": "Succeeded"}}),
+                    ),
+                ],
+                100,
+            ),
+            &[3],
+            &[],
+            0,
+        )]);
+        let conditions = |ready, serving, terminating| json!({"ready": ready, "serving": serving, "terminating": terminating});
+        let target = |name: &str| json!({"kind": "Pod", "namespace": "ns", "name": name, "uid": format!("uid-{name}")});
+        let got = serde_json::to_value(&store[0]).expect("serializable slice");
+        assert_eq!(
+            got,
+            json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {
+                    "name": "web-0", "generateName": "web-", "namespace": "ns",
+                    "labels": {"team": "a", HEADLESS_LABEL: "", SERVICE_NAME_LABEL: "web", MANAGED_BY_LABEL: CONTROLLER_NAME},
+                    "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "web", "uid": "svc-uid",
+                                         "controller": true, "blockOwnerDeletion": true}]
+                },
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                "endpoints": [
+                    {"addresses": ["10.0.0.1"], "conditions": conditions(true, true, false), "hostname": "a", "nodeName": "node-1", "targetRef": target("a")},
+                    {"addresses": ["10.0.0.2"], "conditions": conditions(false, false, false), "nodeName": "node-1", "targetRef": target("b")},
+                    {"addresses": ["10.0.0.3"], "conditions": conditions(false, true, true), "nodeName": "node-1", "targetRef": target("c")},
+                ]
+            })
+        );
+    }
+
+    #[test]
+    fn mirroring() {
+        let plain = || svc(json!({"spec": {"selector": null}}));
+        let address = |ip: &str| json!({"ip": ip});
+        let endpoints = |extra: Value, first_ips: Vec<Value>| {
+            let mut v = json!({
+                "metadata": {"name": "web", "namespace": "ns", "uid": "ep-uid", "labels": {"team": "a"},
+                             "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}", "note": "x"}},
+                "subsets": [
+                    {"addresses": first_ips, "notReadyAddresses": [address("10.0.0.9")],
+                     "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]},
+                    {"addresses": [address("10.0.1.1"), address("fd00::1"), address("not-an-ip")],
+                     "ports": [{"port": 53, "protocol": "UDP"}]}
+                ]
+            });
+            crate::testing::merge(&mut v, extra);
+            v
+        };
+        let two = || vec![address("10.0.0.1"), address("10.0.0.2")];
+        let store = check(vec![
+            step(
+                "each subset becomes a slice per family",
+                mirror_for(endpoints(json!({}), two()), plain()),
+                &[1, 3, 1],
+                &[],
+                0,
+            ),
+            step(
+                "a changed address rewrites only that subset's slice",
+                mirror_for(
+                    endpoints(json!({}), vec![address("10.0.0.1"), address("10.0.0.3")]),
+                    plain(),
+                ),
+                &[],
+                &[3],
+                0,
+            ),
+        ]);
+        let Some(first) = store.iter().find(|s| s.endpoints.len() == 3) else {
+            panic!("no mirrored slice for the first subset");
+        };
+        let meta = serde_json::to_value(&first.metadata).expect("serializable metadata");
+        assert_eq!(
+            meta["labels"],
+            json!({"team": "a", SERVICE_NAME_LABEL: "web", MANAGED_BY_LABEL: MIRRORING_CONTROLLER_NAME})
+        );
+        assert_eq!(meta["annotations"], json!({"note": "x"}));
+        assert_eq!(meta["ownerReferences"][0]["kind"], "Endpoints");
+        let ready: Vec<Option<bool>> = first
+            .endpoints
+            .iter()
+            .map(|e| e.conditions.as_ref().and_then(|c| c.ready))
+            .collect();
+        assert_eq!(ready, vec![Some(true), Some(true), Some(false)]);
+
+        for (case, run) in [
+            (
+                "skip-mirror label",
+                mirror_for(
+                    endpoints(
+                        json!({"metadata": {"labels": {SKIP_MIRROR_LABEL: "true"}}}),
+                        two(),
+                    ),
+                    plain(),
+                ),
+            ),
+            (
+                "Service has a selector",
+                mirror_for(endpoints(json!({}), two()), svc(json!({}))),
+            ),
+        ] {
+            let changes = run(&store);
+            assert_eq!(
+                (
+                    changes.create.len(),
+                    changes.update.len(),
+                    changes.delete.len()
+                ),
+                (0, 0, 3),
+                "{case}"
+            );
+        }
+        let others = run_on_empty(mirror_for(endpoints(json!({}), two()), plain()));
+        assert_eq!(
+            others.create.len(),
+            3,
+            "slices of other managers are not ours"
+        );
+    }
+
+    /// Runs against slices managed by someone else only.
+    fn run_on_empty(run: Run) -> SliceChanges {
+        let foreign: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "web-x", "namespace": "ns", "labels": {SERVICE_NAME_LABEL: "web", MANAGED_BY_LABEL: "someone"}},
+            "addressType": "IPv4", "endpoints": []
+        }))
+        .expect("test slice");
+        run(&[foreign])
+    }
+}

@@ -5,6 +5,8 @@
 pub mod endpoints;
 pub mod endpointslices;
 mod pods;
+#[cfg(test)]
+mod testing;
 
 pub use endpoints::{desired_endpoints, endpoints_equal};
 pub use endpointslices::{
