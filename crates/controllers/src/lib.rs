@@ -1,0 +1,14 @@
+//! What berth's Service controllers should write, computed as kube-controller-manager's
+//! Endpoints, EndpointSlice and EndpointSlice mirroring controllers compute it. Pure functions
+//! only; the watch and write loops that call them live elsewhere.
+
+pub mod endpoints;
+pub mod endpointslices;
+mod pods;
+#[cfg(test)]
+mod testing;
+
+pub use endpoints::{desired_endpoints, endpoints_equal};
+pub use endpointslices::{
+    DEFAULT_MAX_ENDPOINTS_PER_SLICE, SliceChanges, desired_slices, mirrored_slices,
+};
