@@ -95,9 +95,27 @@ pub struct ServerArgs {
     #[arg(long)]
     pub insecure_http: bool,
 
+    /// Addresses LoadBalancer Services get their external IP from, as ranges (FIRST-LAST) or
+    /// CIDRs, comma-separated or repeated. Without a pool they stay `<pending>`.
+    #[arg(long = "lb-pool", value_delimiter = ',')]
+    pub lb_pool: Vec<berth_controllers::lb_pool::Range>,
+
+    /// Most endpoints one EndpointSlice holds before another slice is started.
+    #[arg(long, default_value_t = berth_controllers::DEFAULT_MAX_ENDPOINTS_PER_SLICE)]
+    pub max_endpoints_per_slice: usize,
+
     /// Also write the admin kubeconfig to this path (it is always written to DATA_DIR/kubeconfig).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+}
+
+impl From<&ServerArgs> for berth_controllers::Config {
+    fn from(a: &ServerArgs) -> Self {
+        berth_controllers::Config {
+            lb_pool: berth_controllers::lb_pool::Pool::new(a.lb_pool.clone()),
+            max_endpoints_per_slice: a.max_endpoints_per_slice.max(1),
+        }
+    }
 }
 
 impl From<&ServerArgs> for berth_apiserver::Config {

@@ -65,6 +65,16 @@ async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
     })
 }
 
+/// A client for the API server just started, as any component of berth would build one.
+async fn kube_client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .with_context(|| format!("using {}", kubeconfig.display()))?;
+    kube::Client::try_from(config).context("building the API client")
+}
+
 /// Cancels `token` on SIGINT or SIGTERM.
 fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
@@ -103,23 +113,44 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
         berth_apiserver::run(config, inputs, shutdown.clone())
             .instrument(tracing::info_span!("apiserver")),
     );
-    if let Ok(l) = ready_rx.await {
-        if let Some(extra) = &args.kubeconfig {
-            let text = std::fs::read_to_string(&l.kubeconfig)
-                .with_context(|| format!("reading {}", l.kubeconfig.display()))?;
-            berth_apiserver::pki::write_private(extra, &text)
-                .with_context(|| format!("writing {}", extra.display()))?;
+    let Ok(l) = ready_rx.await else {
+        // The API server stopped before it was ready; its error is the one to report.
+        api.await
+            .context("API server task")?
+            .context("API server")?;
+        return Ok(());
+    };
+    if let Some(extra) = &args.kubeconfig {
+        let text = std::fs::read_to_string(&l.kubeconfig)
+            .with_context(|| format!("reading {}", l.kubeconfig.display()))?;
+        berth_apiserver::pki::write_private(extra, &text)
+            .with_context(|| format!("writing {}", extra.display()))?;
+    }
+    let client = kube_client(&l.kubeconfig).await?;
+    let controllers = tokio::spawn(
+        berth_controllers::run(
+            client,
+            berth_controllers::Config::from(&args),
+            shutdown.clone(),
+        )
+        .instrument(tracing::info_span!("controllers")),
+    );
+    println!("berth: kubeconfig written to {}", l.kubeconfig.display());
+    println!(
+        "berth: use it with: export KUBECONFIG={}",
+        l.kubeconfig.display()
+    );
+    println!(
+        "berth: ready at {} in {} ms",
+        l.url,
+        started.elapsed().as_millis()
+    );
+    tokio::select! {
+        r = controllers => {
+            r.context("controllers task")?.context("controllers")?;
+            shutdown.cancel();
         }
-        println!("berth: kubeconfig written to {}", l.kubeconfig.display());
-        println!(
-            "berth: use it with: export KUBECONFIG={}",
-            l.kubeconfig.display()
-        );
-        println!(
-            "berth: ready at {} in {} ms",
-            l.url,
-            started.elapsed().as_millis()
-        );
+        _ = shutdown.cancelled() => {}
     }
     api.await
         .context("API server task")?

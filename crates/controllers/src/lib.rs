@@ -1,10 +1,16 @@
-//! What berth's Service controllers should write, computed as kube-controller-manager's
-//! Endpoints, EndpointSlice and EndpointSlice mirroring controllers compute it. Pure functions
-//! only; the watch and write loops that call them live elsewhere.
+//! berth's controllers, as kube-controller-manager runs them: Endpoints, EndpointSlices (and
+//! their mirroring for selector-less Services) and LoadBalancer IPs. They learn about the
+//! world only by watching the API and write only through it, so they run against any cluster.
+//!
+//! The pure "what should exist" functions are the modules named after their objects; `sync`
+//! holds the watch-and-write loops. Start from [`run`].
 
 pub mod endpoints;
 pub mod endpointslices;
+mod error;
+pub mod lb_pool;
 mod pods;
+mod sync;
 #[cfg(test)]
 mod testing;
 
@@ -12,3 +18,5 @@ pub use endpoints::{desired_endpoints, endpoints_equal};
 pub use endpointslices::{
     DEFAULT_MAX_ENDPOINTS_PER_SLICE, SliceChanges, desired_slices, mirrored_slices,
 };
+pub use error::{Error, Result};
+pub use sync::{Config, run};

@@ -122,12 +122,18 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     etcd: Option<Etcd>,
     starts: u32,
+    flags: Vec<String>,
 }
 
 impl Cluster {
     /// Starts `berth server` (the binary at `bin`) on a free loopback port and waits for its
     /// ready line.
     pub fn start(bin: &Path, backend: Backend) -> Cluster {
+        Cluster::start_with(bin, backend, &[])
+    }
+
+    /// Like [`Cluster::start`] with extra `berth server` flags (kept across restarts).
+    pub fn start_with(bin: &Path, backend: Backend, flags: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let etcd = (backend == Backend::Etcd).then(Etcd::start);
         let mut c = Cluster {
@@ -139,16 +145,9 @@ impl Cluster {
             dir,
             etcd,
             starts: 0,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
         };
-        c.spawn(&[]);
-        c
-    }
-
-    /// Like [`Cluster::start`] with extra `berth server` flags.
-    pub fn start_with(bin: &Path, backend: Backend, flags: &[&str]) -> Cluster {
-        let mut c = Cluster::start(bin, backend);
-        c.stop();
-        c.spawn(flags);
+        c.spawn();
         c
     }
 
@@ -156,7 +155,7 @@ impl Cluster {
         self.dir.path().join(format!("server.{}.out", self.starts))
     }
 
-    fn spawn(&mut self, flags: &[&str]) {
+    fn spawn(&mut self) {
         self.starts += 1;
         let out = std::fs::File::create(self.stdout_path()).expect("server log");
         let err =
@@ -169,7 +168,7 @@ impl Cluster {
                 "--data-dir={}",
                 self.dir.path().join("data").display()
             ))
-            .args(flags)
+            .args(&self.flags)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -226,7 +225,7 @@ impl Cluster {
     /// Stops and starts the server on the same port and data.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn(&[]);
+        self.spawn();
     }
 
     /// Where tests can put files (manifests).

@@ -3,6 +3,7 @@
 //! `berth-testkit`.
 
 mod clients;
+mod controllers;
 mod errors;
 mod kubectl;
 mod raw;

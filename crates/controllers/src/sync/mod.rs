@@ -1,0 +1,306 @@
+//! The controllers' watch-and-write loops. One shared watcher and reflector per resource type
+//! feeds every controller (kube-runtime shared streams); each controller is a kube-runtime
+//! `Controller` whose reconcile calls the pure functions of this crate and writes the result
+//! through the API.
+
+mod endpoints;
+mod events;
+mod lb;
+mod slices;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{FutureExt, Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::lb_pool::Pool;
+
+/// How the controllers are set up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Addresses for LoadBalancer Services (`--lb-pool`); empty leaves them `<pending>`.
+    pub lb_pool: Pool,
+    /// Most endpoints in one EndpointSlice (`--max-endpoints-per-slice`, default 100).
+    pub max_endpoints_per_slice: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            lb_pool: Pool::default(),
+            max_endpoints_per_slice: crate::DEFAULT_MAX_ENDPOINTS_PER_SLICE,
+        }
+    }
+}
+
+/// What every reconcile can see: the API client and the shared caches.
+pub(crate) struct Ctx {
+    pub client: Client,
+    pub config: Config,
+    pub pods: Store<Pod>,
+    pub services: Store<Service>,
+    pub endpoints: Store<Endpoints>,
+    pub slices: Store<EndpointSlice>,
+    /// LoadBalancer addresses handed out but not yet seen in the Service cache.
+    pub lb_pending: tokio::sync::Mutex<BTreeSet<Ipv4Addr>>,
+}
+
+const BUFFER: usize = 1024;
+
+/// A shared reflector: the store, a subscriber factory, and the stream that drives both.
+struct Shared<K: kube::Resource + Clone + 'static>
+where
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    store: Store<K>,
+    writer: reflector::store::Writer<K>,
+}
+
+fn shared<K>() -> Shared<K>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone + Default,
+{
+    let (store, writer) = reflector::store_shared(BUFFER);
+    Shared { store, writer }
+}
+
+/// Drives a shared reflector until the stream ends; `on_delete` sees deleted objects.
+fn drive<K>(
+    client: &Client,
+    writer: reflector::store::Writer<K>,
+    on_delete: impl Fn(K) + Send + 'static,
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect_shared(writer);
+    async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::Delete(obj)) => on_delete(obj),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
+            }
+        }
+    }
+}
+
+/// A channel of Services to reconcile, as a stream for `Controller::reconcile_on`.
+fn refs_channel() -> (
+    tokio::sync::mpsc::UnboundedSender<ObjectRef<Service>>,
+    impl Stream<Item = ObjectRef<Service>> + Send + 'static,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    (
+        tx,
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)),
+    )
+}
+
+/// Every Service in the Pod's namespace whose selector matches it, plus the Service whose
+/// Endpoints list it (so a Pod that stops matching leaves them).
+fn services_for_pod(
+    services: &Store<Service>,
+    endpoints: &Store<Endpoints>,
+    pod: &Pod,
+) -> Vec<ObjectRef<Service>> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let mut out: BTreeSet<String> = BTreeSet::new();
+    for svc in services.state() {
+        if svc.metadata.namespace.as_deref() != Some(ns.as_str()) {
+            continue;
+        }
+        let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref());
+        if let Some(sel) = selector.filter(|s| !s.is_empty())
+            && berth_api::selector::Selector::from_map(sel).matches(&labels)
+            && let Some(n) = &svc.metadata.name
+        {
+            out.insert(n.clone());
+        }
+    }
+    for ep in endpoints.state() {
+        if ep.metadata.namespace.as_deref() != Some(ns.as_str()) {
+            continue;
+        }
+        let lists = ep.subsets.iter().flatten().flat_map(|s| {
+            s.addresses
+                .iter()
+                .flatten()
+                .chain(s.not_ready_addresses.iter().flatten())
+        });
+        if lists
+            .filter_map(|a| a.target_ref.as_ref())
+            .any(|r| r.name.as_deref() == Some(name.as_str()))
+            && let Some(n) = &ep.metadata.name
+        {
+            out.insert(n.clone());
+        }
+    }
+    out.into_iter()
+        .map(|n| ObjectRef::new(&n).within(&ns))
+        .collect()
+}
+
+/// The Pods of `svc`'s namespace that its selector picks, cloned for the pure functions.
+pub(crate) fn selected_pods(ctx: &Ctx, svc: &Service) -> Vec<Pod> {
+    let ns = svc.metadata.namespace.as_deref();
+    let Some(sel) = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .filter(|s| !s.is_empty())
+    else {
+        return Vec::new();
+    };
+    let sel = berth_api::selector::Selector::from_map(sel);
+    ctx.pods
+        .state()
+        .iter()
+        .filter(|p| p.metadata.namespace.as_deref() == ns)
+        .filter(|p| sel.matches(&p.metadata.labels.clone().unwrap_or_default()))
+        .map(|p| (**p).clone())
+        .collect()
+}
+
+fn requeue_on_error<K>(
+    _obj: Arc<K>,
+    err: &crate::Error,
+    _ctx: Arc<Ctx>,
+) -> kube::runtime::controller::Action {
+    tracing::warn!(error = %err, "reconcile failed; retrying");
+    kube::runtime::controller::Action::requeue(Duration::from_millis(250))
+}
+
+fn log_results<T: std::fmt::Debug, E: std::fmt::Display>(
+    s: impl Stream<Item = Result<T, E>>,
+) -> impl std::future::Future<Output = ()> {
+    s.for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "controller event");
+        }
+    })
+}
+
+/// Runs every controller until `shutdown` is cancelled.
+pub async fn run(client: Client, config: Config, shutdown: CancellationToken) -> crate::Result<()> {
+    let pods = shared::<Pod>();
+    let services = shared::<Service>();
+    let endpoints = shared::<Endpoints>();
+    let slices = shared::<EndpointSlice>();
+    let subscribe = |w: &reflector::store::Writer<_>| w.subscribe();
+    let (Some(svc_for_ep), Some(svc_for_slices), Some(svc_for_lb)) = (
+        subscribe(&services.writer),
+        subscribe(&services.writer),
+        subscribe(&services.writer),
+    ) else {
+        unreachable!("shared stores always give subscribers")
+    };
+    let (Some(pods_for_ep), Some(pods_for_slices)) =
+        (pods.writer.subscribe(), pods.writer.subscribe())
+    else {
+        unreachable!("shared stores always give subscribers")
+    };
+    let (Some(ep_for_ep), Some(ep_for_slices)) =
+        (endpoints.writer.subscribe(), endpoints.writer.subscribe())
+    else {
+        unreachable!("shared stores always give subscribers")
+    };
+    let Some(slices_sub) = slices.writer.subscribe() else {
+        unreachable!("shared stores always give subscribers")
+    };
+
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        config,
+        pods: pods.store.clone(),
+        services: services.store.clone(),
+        endpoints: endpoints.store.clone(),
+        slices: slices.store.clone(),
+        lb_pending: tokio::sync::Mutex::new(BTreeSet::new()),
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let cleanup_client = client.clone();
+    let (released_tx, mut released_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let released = futures_util::stream::poll_fn(move |cx| released_rx.poll_recv(cx));
+    tasks.spawn(drive(&client, services.writer, move |svc: Service| {
+        if !crate::lb_pool::assigned(&svc).is_empty() {
+            let _ = released_tx.send(());
+        }
+        tokio::spawn(endpoints::cleanup(cleanup_client.clone(), svc));
+    }));
+    // Shared streams carry applied objects only; a deleted Pod must still reach the Services
+    // that listed it.
+    let (gone_ep_tx, gone_ep) = refs_channel();
+    let (gone_slices_tx, gone_slices) = refs_channel();
+    let (svc_store, ep_store) = (services.store.clone(), endpoints.store.clone());
+    tasks.spawn(drive(&client, pods.writer, move |pod: Pod| {
+        for r in services_for_pod(&svc_store, &ep_store, &pod) {
+            let _ = gone_ep_tx.send(r.clone());
+            let _ = gone_slices_tx.send(r);
+        }
+    }));
+    tasks.spawn(drive(&client, endpoints.writer, |_| {}));
+    tasks.spawn(drive(&client, slices.writer, |_| {}));
+    for (what, ready) in [
+        ("pods", ctx.pods.wait_until_ready().boxed()),
+        ("services", ctx.services.wait_until_ready().boxed()),
+        ("endpoints", ctx.endpoints.wait_until_ready().boxed()),
+        ("endpointslices", ctx.slices.wait_until_ready().boxed()),
+    ] {
+        tokio::select! {
+            r = ready => if r.is_err() { tracing::warn!(what, "cache closed before it synced") },
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
+    tracing::info!("caches synced; controllers running");
+    tasks.spawn(log_results(endpoints::controller(
+        ctx.clone(),
+        svc_for_ep,
+        pods_for_ep,
+        ep_for_ep,
+        gone_ep,
+    )));
+    tasks.spawn(log_results(slices::controller(
+        ctx.clone(),
+        svc_for_slices,
+        pods_for_slices,
+        ep_for_slices,
+        slices_sub,
+        gone_slices,
+    )));
+    tasks.spawn(log_results(lb::controller(
+        ctx.clone(),
+        svc_for_lb,
+        released,
+    )));
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tasks.join_next() => tracing::error!("a controller stopped unexpectedly"),
+    }
+    tasks.shutdown().await;
+    Ok(())
+}
