@@ -8,6 +8,7 @@
 pub mod endpoints;
 pub mod endpointslices;
 mod error;
+pub mod gc;
 pub mod lb_pool;
 mod pods;
 mod sync;

@@ -5,6 +5,7 @@
 
 mod endpoints;
 mod events;
+mod gc;
 mod lb;
 mod slices;
 
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, Stream, StreamExt};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
@@ -51,6 +53,8 @@ pub(crate) struct Ctx {
     pub services: Store<Service>,
     pub endpoints: Store<Endpoints>,
     pub slices: Store<EndpointSlice>,
+    pub deployments: Store<Deployment>,
+    pub replicasets: Store<ReplicaSet>,
     /// LoadBalancer addresses handed out but not yet seen in the Service cache.
     pub lb_pending: tokio::sync::Mutex<BTreeSet<Ipv4Addr>>,
 }
@@ -75,11 +79,13 @@ where
     Shared { store, writer }
 }
 
-/// Drives a shared reflector until the stream ends; `on_delete` sees deleted objects.
+/// Drives a shared reflector until the stream ends; `on_delete` sees deleted objects and
+/// `on_change` is told of every change (for loops that are not kube-runtime Controllers).
 fn drive<K>(
     client: &Client,
     writer: reflector::store::Writer<K>,
     on_delete: impl Fn(K) + Send + 'static,
+    on_change: Option<Arc<tokio::sync::Notify>>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static
 where
     K: kube::Resource<DynamicType = ()>
@@ -100,7 +106,13 @@ where
             match ev {
                 Ok(watcher::Event::Delete(obj)) => on_delete(obj),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch failed; retrying");
+                    continue;
+                }
+            }
+            if let Some(n) = &on_change {
+                n.notify_one();
             }
         }
     }
@@ -210,6 +222,8 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let services = shared::<Service>();
     let endpoints = shared::<Endpoints>();
     let slices = shared::<EndpointSlice>();
+    let deployments = shared::<Deployment>();
+    let replicasets = shared::<ReplicaSet>();
     let subscribe = |w: &reflector::store::Writer<_>| w.subscribe();
     let (Some(svc_for_ep), Some(svc_for_slices), Some(svc_for_lb)) = (
         subscribe(&services.writer),
@@ -239,6 +253,8 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         services: services.store.clone(),
         endpoints: endpoints.store.clone(),
         slices: slices.store.clone(),
+        deployments: deployments.store.clone(),
+        replicasets: replicasets.store.clone(),
         lb_pending: tokio::sync::Mutex::new(BTreeSet::new()),
     });
 
@@ -246,30 +262,55 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let cleanup_client = client.clone();
     let (released_tx, mut released_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let released = futures_util::stream::poll_fn(move |cx| released_rx.poll_recv(cx));
-    tasks.spawn(drive(&client, services.writer, move |svc: Service| {
-        if !crate::lb_pool::assigned(&svc).is_empty() {
-            let _ = released_tx.send(());
-        }
-        tokio::spawn(endpoints::cleanup(cleanup_client.clone(), svc));
-    }));
+    let gc_wake = Arc::new(tokio::sync::Notify::new());
+    tasks.spawn(drive(
+        &client,
+        services.writer,
+        move |svc: Service| {
+            if !crate::lb_pool::assigned(&svc).is_empty() {
+                let _ = released_tx.send(());
+            }
+            tokio::spawn(endpoints::cleanup(cleanup_client.clone(), svc));
+        },
+        Some(gc_wake.clone()),
+    ));
+    tasks.spawn(drive(
+        &client,
+        deployments.writer,
+        |_| {},
+        Some(gc_wake.clone()),
+    ));
+    tasks.spawn(drive(
+        &client,
+        replicasets.writer,
+        |_| {},
+        Some(gc_wake.clone()),
+    ));
     // Shared streams carry applied objects only; a deleted Pod must still reach the Services
     // that listed it.
     let (gone_ep_tx, gone_ep) = refs_channel();
     let (gone_slices_tx, gone_slices) = refs_channel();
     let (svc_store, ep_store) = (services.store.clone(), endpoints.store.clone());
-    tasks.spawn(drive(&client, pods.writer, move |pod: Pod| {
-        for r in services_for_pod(&svc_store, &ep_store, &pod) {
-            let _ = gone_ep_tx.send(r.clone());
-            let _ = gone_slices_tx.send(r);
-        }
-    }));
-    tasks.spawn(drive(&client, endpoints.writer, |_| {}));
-    tasks.spawn(drive(&client, slices.writer, |_| {}));
+    tasks.spawn(drive(
+        &client,
+        pods.writer,
+        move |pod: Pod| {
+            for r in services_for_pod(&svc_store, &ep_store, &pod) {
+                let _ = gone_ep_tx.send(r.clone());
+                let _ = gone_slices_tx.send(r);
+            }
+        },
+        Some(gc_wake.clone()),
+    ));
+    tasks.spawn(drive(&client, endpoints.writer, |_| {}, None));
+    tasks.spawn(drive(&client, slices.writer, |_| {}, Some(gc_wake.clone())));
     for (what, ready) in [
         ("pods", ctx.pods.wait_until_ready().boxed()),
         ("services", ctx.services.wait_until_ready().boxed()),
         ("endpoints", ctx.endpoints.wait_until_ready().boxed()),
         ("endpointslices", ctx.slices.wait_until_ready().boxed()),
+        ("deployments", ctx.deployments.wait_until_ready().boxed()),
+        ("replicasets", ctx.replicasets.wait_until_ready().boxed()),
     ] {
         tokio::select! {
             r = ready => if r.is_err() { tracing::warn!(what, "cache closed before it synced") },
@@ -292,6 +333,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         slices_sub,
         gone_slices,
     )));
+    tasks.spawn(gc::run(ctx.clone(), gc_wake));
     tasks.spawn(log_results(lb::controller(
         ctx.clone(),
         svc_for_lb,
