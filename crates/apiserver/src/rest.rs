@@ -713,10 +713,12 @@ fn delete_options(body: &[u8]) -> Result<DeleteOptions> {
             .get("propagationPolicy")
             .and_then(Value::as_str)
             .map(str::to_owned)
-            .or_else(|| match v.get("orphanDependents").and_then(Value::as_bool) {
-                Some(true) => Some("Orphan".to_owned()),
-                _ => None,
-            }),
+            .or_else(
+                || match v.get("orphanDependents").and_then(Value::as_bool) {
+                    Some(true) => Some("Orphan".to_owned()),
+                    _ => None,
+                },
+            ),
     })
 }
 
@@ -778,8 +780,12 @@ async fn delete(
     if params.dry_run() {
         return Ok(Reply::ok(cur));
     }
-    let policy = opts.propagation.clone().or_else(|| params.propagation_policy.clone());
-    let policy = policy.or_else(|| crate::request::flag(&params.orphan_dependents).then(|| "Orphan".to_owned()));
+    let policy = opts
+        .propagation
+        .clone()
+        .or_else(|| params.propagation_policy.clone());
+    let policy = policy
+        .or_else(|| crate::request::flag(&params.orphan_dependents).then(|| "Orphan".to_owned()));
     let gc_finalizer = propagation_finalizer(policy.as_deref())?;
     let mut finalizers: Vec<Value> = cur
         .get("metadata")
@@ -794,7 +800,10 @@ async fn delete(
     }
     if !finalizers.is_empty() {
         // Finalizers hold the object: mark it and let their owners finish the deletion.
-        let deleting = cur.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_some();
+        let deleting = cur
+            .get("metadata")
+            .and_then(|m| m.get("deletionTimestamp"))
+            .is_some();
         if deleting && gc_finalizer.is_none() {
             return Ok(Reply::ok(cur));
         }

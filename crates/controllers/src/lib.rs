@@ -1,10 +1,13 @@
-//! What berth's Service controllers should write, computed as kube-controller-manager's
-//! Endpoints, EndpointSlice and EndpointSlice mirroring controllers compute it. Pure functions
-//! only; the watch and write loops that call them live elsewhere.
+//! What berth's controllers should write, computed as kube-controller-manager's Endpoints,
+//! EndpointSlice, EndpointSlice mirroring, ReplicaSet and Deployment controllers compute it.
+//! Pure functions only; the watch and write loops that call them live elsewhere.
 
+pub mod deployment;
 pub mod endpoints;
 pub mod endpointslices;
+mod owners;
 mod pods;
+pub mod replicaset;
 #[cfg(test)]
 mod testing;
 
