@@ -1666,6 +1666,33 @@ mod tests {
     }
 
     #[test]
+    fn new_replicaset_carries_hash_owner_and_annotations() {
+        let d = deploy(
+            json!({"metadata": {"annotations": {REVISION: "2", "team": "a",
+            "kubectl.kubernetes.io/last-applied-configuration": "{}"}}}),
+        );
+        let mut got = serde_json::to_value(new_replicaset(&d, "abc")).expect("json");
+        if let Some(spec) = got.pointer_mut("/spec/template/spec") {
+            *spec = Value::Null;
+        }
+        assert_eq!(
+            got,
+            json!({
+                "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "metadata": {"name": "web-abc", "namespace": "ns",
+                    "labels": {"app": "web", POD_TEMPLATE_HASH: "abc"},
+                    "annotations": {REVISION: "3", DESIRED_REPLICAS: "4", MAX_REPLICAS: "5", "team": "a"},
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
+                        "uid": "d-uid", "controller": true, "blockOwnerDeletion": true}]},
+                "spec": {"replicas": 0,
+                    "selector": {"matchLabels": {"app": "web", POD_TEMPLATE_HASH: "abc"}},
+                    "template": {"metadata": {"labels": {"app": "web", POD_TEMPLATE_HASH: "abc"}},
+                                 "spec": null}}
+            })
+        );
+    }
+
+    #[test]
     fn rs_patches_merge_the_actions_per_replicaset() {
         let p = DeploymentPlan {
             scale: vec![("a".to_owned(), 3)],
