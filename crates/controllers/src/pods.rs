@@ -98,7 +98,7 @@ pub(crate) fn is_terminating(pod: &Pod) -> bool {
 }
 
 /// Whether the Pod has finished for good (phase Succeeded or Failed).
-fn is_terminal(pod: &Pod) -> bool {
+pub(crate) fn is_terminal(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.phase.as_deref())
