@@ -1,7 +1,7 @@
 //! berth's controllers, as kube-controller-manager runs them: Endpoints, EndpointSlices (and
 //! their mirroring for selector-less Services), Deployments, ReplicaSets, LoadBalancer IPs and
-//! garbage collection. They learn about the
-//! world only by watching the API and write only through it, so they run against any cluster.
+//! garbage collection. They learn about the world only by watching the API and write only
+//! through it, so they run against any cluster.
 //!
 //! The pure "what should exist" functions are the modules named after their objects; `sync`
 //! holds the watch-and-write loops. Start from [`run`].

@@ -10,6 +10,7 @@ mod kubectl;
 mod raw;
 mod restart;
 mod watch;
+mod workloads;
 
 use berth_testkit::{Backend, Cluster};
 

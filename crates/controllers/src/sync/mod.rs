@@ -8,6 +8,7 @@ mod events;
 mod gc;
 mod lb;
 mod slices;
+mod workloads;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -55,6 +56,8 @@ pub(crate) struct Ctx {
     pub slices: Store<EndpointSlice>,
     pub deployments: Store<Deployment>,
     pub replicasets: Store<ReplicaSet>,
+    /// Pods ReplicaSets created or deleted that the Pod cache has not shown yet.
+    pub expectations: workloads::Expectations,
     /// LoadBalancer addresses handed out but not yet seen in the Service cache.
     pub lb_pending: tokio::sync::Mutex<BTreeSet<Ipv4Addr>>,
 }
@@ -119,9 +122,9 @@ where
 }
 
 /// A channel of Services to reconcile, as a stream for `Controller::reconcile_on`.
-fn refs_channel() -> (
-    tokio::sync::mpsc::UnboundedSender<ObjectRef<Service>>,
-    impl Stream<Item = ObjectRef<Service>> + Send + 'static,
+fn refs_channel<K: kube::Resource<DynamicType = ()> + 'static>() -> (
+    tokio::sync::mpsc::UnboundedSender<ObjectRef<K>>,
+    impl Stream<Item = ObjectRef<K>> + Send + 'static,
 ) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     (
@@ -245,6 +248,14 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let Some(slices_sub) = slices.writer.subscribe() else {
         unreachable!("shared stores always give subscribers")
     };
+    let (Some(rs_primary), Some(rs_for_deploy), Some(pods_for_rs), Some(deploy_primary)) = (
+        replicasets.writer.subscribe(),
+        replicasets.writer.subscribe(),
+        pods.writer.subscribe(),
+        deployments.writer.subscribe(),
+    ) else {
+        unreachable!("shared stores always give subscribers")
+    };
 
     let ctx = Arc::new(Ctx {
         client: client.clone(),
@@ -256,6 +267,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         deployments: deployments.store.clone(),
         replicasets: replicasets.store.clone(),
         lb_pending: tokio::sync::Mutex::new(BTreeSet::new()),
+        expectations: workloads::Expectations::default(),
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -280,16 +292,22 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         |_| {},
         Some(gc_wake.clone()),
     ));
+    let (deploy_gone_tx, deploy_gone) = refs_channel::<Deployment>();
     tasks.spawn(drive(
         &client,
         replicasets.writer,
-        |_| {},
+        move |rs: ReplicaSet| {
+            if let Some(r) = workloads::controller_of::<Deployment>(&rs.metadata, "Deployment") {
+                let _ = deploy_gone_tx.send(r);
+            }
+        },
         Some(gc_wake.clone()),
     ));
     // Shared streams carry applied objects only; a deleted Pod must still reach the Services
     // that listed it.
-    let (gone_ep_tx, gone_ep) = refs_channel();
-    let (gone_slices_tx, gone_slices) = refs_channel();
+    let (gone_ep_tx, gone_ep) = refs_channel::<Service>();
+    let (gone_slices_tx, gone_slices) = refs_channel::<Service>();
+    let (rs_gone_tx, rs_gone) = refs_channel::<ReplicaSet>();
     let (svc_store, ep_store) = (services.store.clone(), endpoints.store.clone());
     tasks.spawn(drive(
         &client,
@@ -298,6 +316,9 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
             for r in services_for_pod(&svc_store, &ep_store, &pod) {
                 let _ = gone_ep_tx.send(r.clone());
                 let _ = gone_slices_tx.send(r);
+            }
+            if let Some(r) = workloads::controller_of::<ReplicaSet>(&pod.metadata, "ReplicaSet") {
+                let _ = rs_gone_tx.send(r);
             }
         },
         Some(gc_wake.clone()),
@@ -334,6 +355,18 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         gone_slices,
     )));
     tasks.spawn(gc::run(ctx.clone(), gc_wake));
+    tasks.spawn(log_results(workloads::replicaset_controller(
+        ctx.clone(),
+        rs_primary,
+        pods_for_rs,
+        rs_gone,
+    )));
+    tasks.spawn(log_results(workloads::deployment_controller(
+        ctx.clone(),
+        deploy_primary,
+        rs_for_deploy,
+        deploy_gone,
+    )));
     tasks.spawn(log_results(lb::controller(
         ctx.clone(),
         svc_for_lb,

@@ -1,0 +1,121 @@
+//! Deployments and ReplicaSets end to end, with the test playing kubelet: it marks pods
+//! Running and Ready, so no node agent is needed.
+
+use berth_testkit::{Cluster, eventually};
+
+/// Marks every pod of the namespace that is not yet Ready as Running and Ready.
+fn kubelet(c: &Cluster) {
+    let names = c.ok(&[
+        "get",
+        "pods",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.status.conditions[0].status}{\"\\n\"}{end}",
+    ]);
+    for (i, line) in names.lines().enumerate() {
+        let mut parts = line.split_whitespace();
+        let (Some(name), ready) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if ready == Some("True") {
+            continue;
+        }
+        let ip = format!("10.244.0.{}", 10 + i);
+        let status = format!(
+            r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"conditions":[{{"type":"Ready","status":"True","lastTransitionTime":"2020-01-01T00:00:00Z"}}]}}}}"#
+        );
+        let _ = c.kubectl(&[
+            "patch",
+            "pod",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ]);
+    }
+}
+
+fn pods(c: &Cluster) -> usize {
+    c.ok(&["get", "pods", "-l", "app=web", "-o", "name"])
+        .lines()
+        .count()
+}
+
+#[test]
+fn deployments_scale_roll_out_and_clean_up() {
+    let c = super::cluster(berth_testkit::Backend::Embedded);
+    c.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1",
+        "--replicas=2",
+        "--port=80",
+    ]);
+    eventually("2 pods", || (pods(&c) == 2).then_some(()));
+    let rs = c.ok(&[
+        "get",
+        "rs",
+        "-o",
+        "jsonpath={.items[0].metadata.labels.pod-template-hash}",
+    ]);
+    assert!(!rs.is_empty(), "the ReplicaSet carries pod-template-hash");
+    eventually("READY 2/2", || {
+        kubelet(&c);
+        let out = c.ok(&["get", "deploy", "web"]);
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().take(4).eq(["web", "2/2", "2", "2"]))
+            .then_some(())
+    });
+    let out = c.kubectl(&["rollout", "status", "deployment/web", "--timeout=20s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("successfully rolled out"));
+
+    c.ok(&["scale", "deployment", "web", "--replicas=3"]);
+    eventually("3 pods", || (pods(&c) == 3).then_some(()));
+    c.ok(&["scale", "deployment", "web", "--replicas=1"]);
+    eventually("1 pod", || (pods(&c) == 1).then_some(()));
+
+    // A template change rolls out a new ReplicaSet; the test keeps playing kubelet.
+    c.ok(&["set", "image", "deployment/web", "nginx=nginx:2"]);
+    eventually("the rollout to finish", || {
+        kubelet(&c);
+        let images = c.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].image}",
+        ]);
+        let d = c.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.status.updatedReplicas}/{.status.availableReplicas}/{.status.replicas}",
+        ]);
+        (images == "nginx:2" && d == "1/1/1").then_some(())
+    });
+    let out = c.kubectl(&["rollout", "status", "deployment/web", "--timeout=20s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        c.ok(&["get", "rs", "-o", "name"]).lines().count(),
+        2,
+        "the old ReplicaSet stays, scaled to 0"
+    );
+
+    c.ok(&["delete", "deployment", "web"]);
+    eventually("ReplicaSets and pods to be collected", || {
+        (c.ok(&["get", "rs,pods", "-o", "name"]).trim().is_empty()).then_some(())
+    });
+}

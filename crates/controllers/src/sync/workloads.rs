@@ -1,0 +1,315 @@
+//! The ReplicaSet and Deployment controller loops: pods from ReplicaSets, ReplicaSets from
+//! Deployments, status on both, as kube-controller-manager's controllers write them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::Stream;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use super::{Ctx, requeue_on_error};
+use crate::{Error, deployment, replicaset};
+
+/// Pods a ReplicaSet created or deleted that the Pod cache has not shown yet. Acting again
+/// before it does would create or delete twice (upstream's "expectations").
+#[derive(Default)]
+pub(crate) struct Expectations {
+    /// By ReplicaSet uid.
+    pending: std::sync::Mutex<HashMap<String, Pending>>,
+}
+
+/// Names created and deleted by one sync, and when.
+type Pending = (BTreeSet<String>, BTreeSet<String>, Instant);
+
+impl Expectations {
+    fn set(&self, rs_uid: &str, created: BTreeSet<String>, deleted: BTreeSet<String>) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.insert(rs_uid.to_owned(), (created, deleted, Instant::now()));
+    }
+
+    /// Whether the cache reflects everything this ReplicaSet did (or it waited long enough).
+    fn satisfied(&self, rs_uid: &str, pods: &[Arc<Pod>]) -> bool {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((created, deleted, since)) = p.get(rs_uid) else {
+            return true;
+        };
+        let names: BTreeSet<&str> = pods
+            .iter()
+            .filter_map(|p| p.metadata.name.as_deref())
+            .collect();
+        let done = created.iter().all(|n| names.contains(n.as_str()))
+            && deleted.iter().all(|n| {
+                !names.contains(n.as_str())
+                    || pods.iter().any(|p| {
+                        p.metadata.name.as_deref() == Some(n)
+                            && p.metadata.deletion_timestamp.is_some()
+                    })
+            });
+        if done || since.elapsed() > Duration::from_secs(10) {
+            p.remove(rs_uid);
+            return true;
+        }
+        false
+    }
+}
+
+/// The controller owner of an object of kind `kind`, as an ObjectRef in its namespace.
+pub(crate) fn controller_of<K: Resource<DynamicType = ()>>(
+    meta: &kube::api::ObjectMeta,
+    kind: &str,
+) -> Option<ObjectRef<K>> {
+    let owner = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true) && o.kind == kind)?;
+    Some(ObjectRef::new(&owner.name).within(meta.namespace.as_deref().unwrap_or_default()))
+}
+
+fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
+    OwnerReference {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        name: owner.name_any(),
+        uid: owner.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Adds (`Some`) or removes (`None`) `owner` in an object's ownerReferences.
+fn owners_patch(
+    meta: &kube::api::ObjectMeta,
+    owner_uid: &str,
+    add: Option<OwnerReference>,
+) -> Value {
+    let mut refs: Vec<OwnerReference> = meta
+        .owner_references
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|o| o.uid != owner_uid)
+        .collect();
+    refs.extend(add);
+    if refs.is_empty() {
+        json!({"metadata": {"ownerReferences": null}})
+    } else {
+        json!({"metadata": {"ownerReferences": refs}})
+    }
+}
+
+fn ignore_404<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
+    match r {
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+        Ok(_) => Ok(()),
+    }
+}
+
+fn requeue(after: Option<Duration>) -> Action {
+    after.map_or_else(Action::await_change, Action::requeue)
+}
+
+pub(crate) fn replicaset_controller(
+    ctx: Arc<Ctx>,
+    replicasets: impl Stream<Item = Arc<ReplicaSet>> + Send + 'static,
+    pods: impl Stream<Item = Arc<Pod>> + Send + 'static,
+    pods_gone: impl Stream<Item = ObjectRef<ReplicaSet>> + Send + 'static,
+) -> impl Stream<Item = Result<(ObjectRef<ReplicaSet>, Action), impl std::fmt::Display>> {
+    let rs_store = ctx.replicasets.clone();
+    Controller::for_shared_stream(replicasets, ctx.replicasets.clone())
+        .watches_shared_stream(pods, move |pod: Arc<Pod>| {
+            // The owner, or (for an orphan) every ReplicaSet of its namespace that might adopt it.
+            match controller_of::<ReplicaSet>(&pod.metadata, "ReplicaSet") {
+                Some(r) => vec![r],
+                None => rs_store
+                    .state()
+                    .iter()
+                    .filter(|rs| rs.namespace() == pod.namespace())
+                    .map(|rs| ObjectRef::from_obj(&**rs))
+                    .collect(),
+            }
+        })
+        .reconcile_on(pods_gone)
+        .run(reconcile_replicaset, requeue_on_error, ctx)
+}
+
+async fn reconcile_replicaset(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let ns = rs.namespace().unwrap_or_default();
+    let uid = rs.uid().unwrap_or_default();
+    let all: Vec<Arc<Pod>> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+        .collect();
+    if !ctx.expectations.satisfied(&uid, &all) {
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let owned = replicaset::owned_pods(&rs, all.iter().map(|p| &**p));
+    if rs.metadata.deletion_timestamp.is_none() {
+        for p in &owned.adopt {
+            let patch = owners_patch(&p.metadata, &uid, Some(controller_ref(&*rs)));
+            ignore_404(
+                pods_api
+                    .patch(
+                        &p.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await,
+            )?;
+        }
+    }
+    for p in &owned.release {
+        let patch = owners_patch(&p.metadata, &uid, None);
+        ignore_404(
+            pods_api
+                .patch(
+                    &p.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await,
+        )?;
+    }
+    let claimed = owned.claimed();
+    let plan = replicaset::plan(&rs, &claimed, jiff::Timestamp::now());
+    let mut created = BTreeSet::new();
+    let mut deleted = BTreeSet::new();
+    if rs.metadata.deletion_timestamp.is_none() {
+        for _ in 0..plan.create {
+            let pod = pods_api
+                .create(&PostParams::default(), &replicaset::pod_from_template(&rs))
+                .await?;
+            created.insert(pod.name_any());
+        }
+        for name in &plan.delete {
+            ignore_404(pods_api.delete(name, &DeleteParams::default()).await)?;
+            deleted.insert(name.clone());
+        }
+    }
+    if !created.is_empty() || !deleted.is_empty() {
+        ctx.expectations.set(&uid, created, deleted);
+    }
+    if rs.status.as_ref() != Some(&plan.status) {
+        let mut next = (*rs).clone();
+        next.status = Some(plan.status.clone());
+        let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+        api.replace_status(&rs.name_any(), &PostParams::default(), &next)
+            .await?;
+    }
+    Ok(requeue(plan.requeue_after))
+}
+
+pub(crate) fn deployment_controller(
+    ctx: Arc<Ctx>,
+    deployments: impl Stream<Item = Arc<Deployment>> + Send + 'static,
+    replicasets: impl Stream<Item = Arc<ReplicaSet>> + Send + 'static,
+    rs_gone: impl Stream<Item = ObjectRef<Deployment>> + Send + 'static,
+) -> impl Stream<Item = Result<(ObjectRef<Deployment>, Action), impl std::fmt::Display>> {
+    Controller::for_shared_stream(deployments, ctx.deployments.clone())
+        .watches_shared_stream(replicasets, |rs: Arc<ReplicaSet>| {
+            controller_of::<Deployment>(&rs.metadata, "Deployment")
+        })
+        .reconcile_on(rs_gone)
+        .run(reconcile_deployment, requeue_on_error, ctx)
+}
+
+async fn reconcile_deployment(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if d.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = d.namespace().unwrap_or_default();
+    let uid = d.uid().unwrap_or_default();
+    let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let all: Vec<Arc<ReplicaSet>> = ctx
+        .replicasets
+        .state()
+        .into_iter()
+        .filter(|r| r.namespace().as_deref() == Some(ns.as_str()))
+        .collect();
+    let owned = deployment::owned_replicasets(&d, all.iter().map(|r| &**r));
+    for rs in &owned.adopt {
+        let patch = owners_patch(&rs.metadata, &uid, Some(controller_ref(&*d)));
+        ignore_404(
+            rs_api
+                .patch(
+                    &rs.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await,
+        )?;
+    }
+    for rs in &owned.release {
+        let patch = owners_patch(&rs.metadata, &uid, None);
+        ignore_404(
+            rs_api
+                .patch(
+                    &rs.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await,
+        )?;
+    }
+    let mine: Vec<ReplicaSet> = owned
+        .owned
+        .iter()
+        .chain(owned.adopt.iter())
+        .map(|r| (*r).clone())
+        .collect();
+    let plan = deployment::plan(&d, &mine, jiff::Timestamp::now());
+    if let Some(new_rs) = &plan.create_rs {
+        match rs_api.create(&PostParams::default(), new_rs).await {
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                // Our cache is behind, or the name collides; either way, look again shortly.
+                return Ok(Action::requeue(Duration::from_millis(200)));
+            }
+            r => {
+                r?;
+            }
+        }
+    }
+    for (name, patch) in plan.rs_patches() {
+        ignore_404(
+            rs_api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await,
+        )?;
+    }
+    for name in &plan.delete_rs {
+        ignore_404(rs_api.delete(name, &DeleteParams::background()).await)?;
+    }
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Some(rev) = &plan.revision
+        && d.annotations().get(deployment::REVISION) != Some(rev)
+    {
+        let patch = json!({"metadata": {"annotations": {deployment::REVISION: rev}}});
+        api.patch(
+            &d.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+        // The status write below would conflict with the new resourceVersion.
+        return Ok(Action::requeue(Duration::from_millis(10)));
+    }
+    if d.status.as_ref() != Some(&plan.status) {
+        let mut next = (*d).clone();
+        next.status = Some(plan.status.clone());
+        api.replace_status(&d.name_any(), &PostParams::default(), &next)
+            .await?;
+    }
+    Ok(requeue(plan.requeue_after))
+}
