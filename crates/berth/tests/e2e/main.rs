@@ -4,6 +4,7 @@
 
 mod clients;
 mod errors;
+mod explain;
 mod kubectl;
 mod restart;
 mod watch;
