@@ -70,7 +70,7 @@ pub fn apply(
 
 /// The merge key of the list at `path` (field names from the root), if it merges by key.
 /// `Some("")` marks a list of scalars merged as a set (`finalizers`).
-fn merge_key(obj_kind: &str, path: &[String]) -> Option<&'static str> {
+pub(crate) fn merge_key(obj_kind: &str, path: &[String]) -> Option<&'static str> {
     let field = path.last()?.as_str();
     let parent = path
         .len()

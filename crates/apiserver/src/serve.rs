@@ -217,6 +217,14 @@ fn json_response(v: Value, content_type: &'static str) -> Response {
     r
 }
 
+/// A body built once and shared (the OpenAPI documents), sent without copying.
+fn bytes_response(body: bytes::Bytes, content_type: &'static str) -> Response {
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
 fn proto_response(body: Vec<u8>, content_type: &'static str) -> Response {
     let mut r = (StatusCode::OK, body).into_response();
     r.headers_mut()
@@ -351,9 +359,12 @@ fn non_resource(srv: &Server, path: &str, accept: &str) -> Result<Option<Respons
             );
             Ok(Some(r))
         }
-        ["openapi", "v3"] => ok(openapi::v3_index()),
+        ["openapi", "v3"] => Ok(Some(bytes_response(
+            openapi::v3_index(),
+            "application/json",
+        ))),
         ["openapi", "v3", rest @ ..] => openapi::v3_document(&rest.join("/"))
-            .map(|d| Some(json_response(d, "application/json")))
+            .map(|d| Some(bytes_response(d, "application/json")))
             .ok_or(ApiError::NoRoute),
         // kubectl falls back to the v2 document (protobuf) to validate kinds the v3 documents
         // do not describe; an empty protobuf document tells it there is nothing to check, so

@@ -5,6 +5,7 @@
 mod clients;
 mod controllers;
 mod errors;
+mod explain;
 mod gc;
 mod kubectl;
 mod raw;
