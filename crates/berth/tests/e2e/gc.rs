@@ -1,18 +1,35 @@
-//! Garbage collection by ownerReferences: background, foreground and orphaning deletes.
+//! Garbage collection by ownerReferences: background, foreground and orphaning deletes, on a
+//! pod its ReplicaSet adopted.
 
 use berth_testkit::{Cluster, eventually};
 
-fn replicaset(c: &Cluster, name: &str) -> String {
+/// A pod, then a one-replica ReplicaSet that selects it: the ReplicaSet adopts the pod
+/// (it becomes its controller owner) instead of creating one.
+fn adopted_pod(c: &Cluster, rs: &str) -> String {
+    let pod = format!("{rs}-pod");
     c.apply(&format!(
-        "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata:\n  name: {name}\nspec:\n  replicas: 0\n  selector:\n    matchLabels:\n      app: {name}\n  template:\n    metadata:\n      labels:\n        app: {name}\n    spec:\n      containers:\n      - name: c\n        image: berth/whoami\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  labels:\n    app: {rs}\nspec:\n  containers:\n  - name: c\n    image: berth/whoami\n"
     ));
-    c.ok(&["get", "rs", name, "-o", "jsonpath={.metadata.uid}"])
-}
-
-fn owned_pod(c: &Cluster, name: &str, owner: &str, uid: &str) {
     c.apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  ownerReferences:\n  - apiVersion: apps/v1\n    kind: ReplicaSet\n    name: {owner}\n    uid: {uid}\n    controller: true\n    blockOwnerDeletion: true\nspec:\n  containers:\n  - name: c\n    image: berth/whoami\n"
+        "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata:\n  name: {rs}\nspec:\n  replicas: 1\n  selector:\n    matchLabels:\n      app: {rs}\n  template:\n    metadata:\n      labels:\n        app: {rs}\n    spec:\n      containers:\n      - name: c\n        image: berth/whoami\n"
     ));
+    eventually(&format!("{rs} to adopt {pod}"), || {
+        let owner = c.ok(&[
+            "get",
+            "pod",
+            &pod,
+            "-o",
+            "jsonpath={.metadata.ownerReferences[0].name}",
+        ]);
+        (owner == rs).then_some(())
+    });
+    assert_eq!(
+        c.ok(&["get", "pods", "-l", &format!("app={rs}"), "-o", "name"])
+            .lines()
+            .count(),
+        1
+    );
+    pod
 }
 
 fn gone(c: &Cluster, what: &[&str]) {
@@ -24,26 +41,23 @@ fn gone(c: &Cluster, what: &[&str]) {
 #[test]
 fn dependents_follow_their_owners() {
     let c = super::cluster(berth_testkit::Backend::Embedded);
-    let uid = replicaset(&c, "bg");
-    owned_pod(&c, "bg-pod", "bg", &uid);
+    let pod = adopted_pod(&c, "bg");
     c.ok(&["delete", "rs", "bg"]);
-    gone(&c, &["get", "pod", "bg-pod"]);
+    gone(&c, &["get", "pod", &pod]);
 
-    let uid = replicaset(&c, "fg");
-    owned_pod(&c, "fg-pod", "fg", &uid);
+    let pod = adopted_pod(&c, "fg");
     c.ok(&["delete", "rs", "fg", "--cascade=foreground", "--wait=false"]);
-    gone(&c, &["get", "pod", "fg-pod"]);
+    gone(&c, &["get", "pod", &pod]);
     gone(&c, &["get", "rs", "fg"]);
 
-    let uid = replicaset(&c, "or");
-    owned_pod(&c, "or-pod", "or", &uid);
+    let pod = adopted_pod(&c, "or");
     c.ok(&["delete", "rs", "or", "--cascade=orphan"]);
     gone(&c, &["get", "rs", "or"]);
     assert_eq!(
         c.ok(&[
             "get",
             "pod",
-            "or-pod",
+            &pod,
             "-o",
             "jsonpath={.metadata.ownerReferences}"
         ]),

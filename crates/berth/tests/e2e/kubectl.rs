@@ -493,8 +493,8 @@ on_both_stores!(deployments_run_expose_scale, |c: &Cluster| {
             .any(|l| l.split_whitespace().eq(["Name:", "nginx"])),
         "{desc}"
     );
-    c.ok(&["delete", "pods", "--all"]);
-    assert_eq!(c.ok(&["get", "pods", "-o", "name"]), "");
+    c.ok(&["delete", "pod", "nginx"]);
+    assert!(c.fails(&["get", "pod", "nginx"]).contains("NotFound"));
     assert_eq!(
         c.ok(&["delete", "deploy", "web01"]),
         "deployment.apps \"web01\" deleted\n"
