@@ -76,6 +76,16 @@ fn deployments_scale_roll_out_and_clean_up() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("successfully rolled out"));
 
+    let desc = c.ok(&["describe", "deployment", "web"]);
+    assert!(
+        desc.contains("ScalingReplicaSet") && desc.contains("Scaled up replica set web-"),
+        "{desc}"
+    );
+    let desc = c.ok(&["describe", "rs"]);
+    assert!(
+        desc.contains("SuccessfulCreate") && desc.contains("Created pod: web-"),
+        "{desc}"
+    );
     c.ok(&["scale", "deployment", "web", "--replicas=3"]);
     eventually("3 pods", || (pods(&c) == 3).then_some(()));
     c.ok(&["scale", "deployment", "web", "--replicas=1"]);

@@ -1,6 +1,6 @@
 //! Recording core/v1 Events, which `kubectl describe` shows under `Events:`.
 
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
@@ -8,14 +8,11 @@ use kube::{Client, ResourceExt};
 /// The component name Events are attributed to.
 pub(crate) const COMPONENT: &str = "berth-controllers";
 
-/// Records an Event about `svc`; failures are logged, never fatal.
-pub(crate) async fn record(
-    client: &Client,
-    svc: &Service,
-    type_: &str,
-    reason: &str,
-    message: &str,
-) {
+/// Records an Event about `svc` (any namespaced object); failures are logged, never fatal.
+pub(crate) async fn record<K>(client: &Client, svc: &K, type_: &str, reason: &str, message: &str)
+where
+    K: kube::Resource<DynamicType = ()>,
+{
     let ns = svc.namespace().unwrap_or_default();
     let now = Time(jiff::Timestamp::now());
     let ev = Event {
@@ -31,8 +28,8 @@ pub(crate) async fn record(
             ..Default::default()
         },
         involved_object: ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Service".into()),
+            api_version: Some(K::api_version(&()).into_owned()),
+            kind: Some(K::kind(&()).into_owned()),
             name: Some(svc.name_any()),
             namespace: Some(ns.clone()),
             uid: svc.uid(),

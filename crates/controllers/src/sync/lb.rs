@@ -64,7 +64,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             drop(pending);
             events::record(
                 &ctx.client,
-                &svc,
+                &*svc,
                 "Normal",
                 "IPAllocated",
                 &format!("Assigned IP [\"{ip}\"]"),
@@ -76,7 +76,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             drop(pending);
             events::record(
                 &ctx.client,
-                &svc,
+                &*svc,
                 "Warning",
                 "AllocationFailed",
                 &format!(

@@ -15,7 +15,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use super::{Ctx, requeue_on_error};
+use super::{Ctx, events, requeue_on_error};
 use crate::{Error, deployment, replicaset};
 
 /// Pods a ReplicaSet created or deleted that the Pod cache has not shown yet. Acting again
@@ -191,10 +191,14 @@ async fn reconcile_replicaset(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Acti
             let pod = pods_api
                 .create(&PostParams::default(), &replicaset::pod_from_template(&rs))
                 .await?;
+            let msg = format!("Created pod: {}", pod.name_any());
+            events::record(&ctx.client, &*rs, "Normal", "SuccessfulCreate", &msg).await;
             created.insert(pod.name_any());
         }
         for name in &plan.delete {
             ignore_404(pods_api.delete(name, &DeleteParams::default()).await)?;
+            let msg = format!("Deleted pod: {name}");
+            events::record(&ctx.client, &*rs, "Normal", "SuccessfulDelete", &msg).await;
             deleted.insert(name.clone());
         }
     }
@@ -280,6 +284,21 @@ async fn reconcile_deployment(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Actio
                 r?;
             }
         }
+    }
+    for (name, to) in &plan.scale {
+        let from = mine
+            .iter()
+            .find(|r| r.metadata.name.as_deref() == Some(name.as_str()))
+            .and_then(|r| r.spec.as_ref()?.replicas)
+            .unwrap_or(0);
+        let dir = if *to > from { "up" } else { "down" };
+        let msg = format!("Scaled {dir} replica set {name} from {from} to {to}");
+        events::record(&ctx.client, &*d, "Normal", "ScalingReplicaSet", &msg).await;
+    }
+    if let Some(new_rs) = &plan.create_rs {
+        let to = new_rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        let msg = format!("Scaled up replica set {} from 0 to {to}", new_rs.name_any());
+        events::record(&ctx.client, &*d, "Normal", "ScalingReplicaSet", &msg).await;
     }
     for (name, patch) in plan.rs_patches() {
         ignore_404(
