@@ -410,10 +410,11 @@ pub async fn create(srv: &Server, t: &Target, params: &Params, body: Value) -> R
     }
     let name = obj.name().unwrap_or("").to_owned();
     let ns = obj.namespace().map(str::to_owned);
-    let grant = admission::create(srv, r, &mut obj).await?;
+    // The namespace check comes first: admission may take a ClusterIP or NodePort.
     if let Some(ns) = ns.as_deref() {
         admission::check_namespace_open(srv, ns).await?;
     }
+    let grant = admission::create(srv, r, &mut obj).await?;
     if params.dry_run() {
         grant.rollback(srv);
         return Ok(Reply {

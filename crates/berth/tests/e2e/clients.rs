@@ -108,3 +108,37 @@ fn python_client_lists_creates_and_watches_embedded() {
 fn python_client_lists_creates_and_watches_etcd() {
     python_client(Backend::Etcd);
 }
+
+/// Allocation under concurrent creates: every Service gets its own ClusterIP and NodePort.
+#[test]
+fn concurrent_creates_never_share_an_address_or_port() {
+    let c = super::cluster(Backend::Embedded);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let svcs: Api<Service> = Api::namespaced(c.kube_client().await, "default");
+        let mut tasks = Vec::new();
+        for i in 0..60 {
+            let svcs = svcs.clone();
+            tasks.push(tokio::spawn(async move {
+                let svc: Service = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("c{i}")}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}
+                }))
+                .expect("service");
+                let s = svcs.create(&PostParams::default(), &svc).await.expect("create");
+                let spec = s.spec.expect("spec");
+                (spec.cluster_ip.expect("ip"), spec.ports.expect("ports")[0].node_port.expect("node port"))
+            }));
+        }
+        let mut ips = std::collections::BTreeSet::new();
+        let mut ports = std::collections::BTreeSet::new();
+        for t in tasks {
+            let (ip, port) = t.await.expect("task");
+            assert!(ips.insert(ip.clone()), "{ip} handed out twice");
+            assert!(ports.insert(port), "{port} handed out twice");
+        }
+    });
+}

@@ -186,3 +186,19 @@ on_both_stores!(no_access_without_a_client_certificate, |c: &Cluster| {
         "{err}"
     );
 });
+
+on_both_stores!(
+    missing_namespace_is_not_found_and_leaks_nothing,
+    |c: &Cluster| {
+        let manifest = "apiVersion: v1\nkind: Service\nmetadata:\n  name: lost\n  namespace: nowhere\nspec:\n  clusterIP: 10.96.0.99\n  ports:\n  - port: 80\n";
+        let out = c.kubectl_stdin(&["create", "-f", "-"], manifest);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("namespaces \"nowhere\" not found"), "{err}");
+        // The address it asked for is still free.
+        c.apply(&manifest.replace("  namespace: nowhere\n", ""));
+        assert_eq!(
+            c.ok(&["get", "svc", "lost", "-o", "jsonpath={.spec.clusterIP}"]),
+            "10.96.0.99"
+        );
+    }
+);
