@@ -7,6 +7,7 @@ packages=(
   protobuf-compiler  # etcd-client generates its gRPC code at build time
   etcd-server        # the etcd backend's tests start a real etcd
   nftables iproute2  # node networking tests (network namespaces, nft)
+  iputils-ping       # node tests ping across veths and bridges
   dnsutils           # dig, for cluster DNS tests
   curl ca-certificates
 )

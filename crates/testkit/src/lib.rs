@@ -1,6 +1,7 @@
 //! One harness for every end-to-end test: a throwaway `berth server` (with its embedded store
 //! or a real etcd) on free loopback ports, driven by the real `kubectl`, stopped by PID and
-//! cleaned up on drop even when the test panics. (Network-namespace nodes join in later.)
+//! cleaned up on drop even when the test panics; [`Node`] is a throwaway network namespace (with
+//! an "outside" namespace beside it) that tests run node components in.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -331,5 +332,243 @@ impl Drop for Cluster {
                 );
             }
         }
+    }
+}
+
+/// Address of a [`Node`]'s end of its veth to the outside namespace.
+pub const NODE_IP: &str = "192.168.231.1";
+/// Address of the outside namespace's end of the veth to its [`Node`].
+pub const OUTSIDE_IP: &str = "192.168.231.2";
+/// Name of the veth end in both a [`Node`] and its outside namespace.
+pub const NODE_LINK: &str = "eth0";
+/// Set in a test process that [`Node::rerun_inside`] started inside a node; holds the node's
+/// netns name.
+pub const IN_NODE_ENV: &str = "BERTH_TEST_IN_NODE";
+
+/// A throwaway "node": a network namespace with loopback up, joined by a veth pair to an
+/// "outside" namespace (`NODE_IP`/30 on the node, `OUTSIDE_IP`/30 outside). Every link and
+/// address lives inside these two namespaces, so each `Node` can reuse the same /30; nothing
+/// touches the root namespace. `Drop` deletes both namespaces (and so the veth) even on panic.
+pub struct Node {
+    name: String,
+    outside: String,
+    /// Which namespaces exist, so a half-built node still cleans up what it made.
+    made: Vec<String>,
+}
+
+impl Node {
+    /// Creates the two namespaces and the veth between them; panics if `ip` fails.
+    pub fn new() -> Node {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("berth-test-{}-{n}", std::process::id());
+        let mut node = Node {
+            outside: format!("{name}-out"),
+            name,
+            made: Vec::new(),
+        };
+        for ns in [node.name.clone(), node.outside.clone()] {
+            // A namespace of this name can only be left over from a dead process that had our
+            // PID (names hold the PID), so it is ours to replace.
+            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+            ip(&["netns", "add", &ns]);
+            node.made.push(ns);
+        }
+        let (node_ns, out_ns) = (node.name.clone(), node.outside.clone());
+        // `ip -n` creates the pair inside the node netns and puts the peer straight into the
+        // outside netns: no link ever exists in the root namespace.
+        ip(&[
+            "-n", &node_ns, "link", "add", NODE_LINK, "type", "veth", "peer", "name", NODE_LINK,
+            "netns", &out_ns,
+        ]);
+        for (ns, addr) in [(&node_ns, NODE_IP), (&out_ns, OUTSIDE_IP)] {
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/30"),
+                "dev",
+                NODE_LINK,
+            ]);
+            ip(&["-n", ns, "link", "set", NODE_LINK, "up"]);
+        }
+        node
+    }
+
+    /// The node's netns name (for `ip netns exec`, `ip -n`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The outside netns name.
+    pub fn outside_name(&self) -> &str {
+        &self.outside
+    }
+
+    /// A `Command` that runs `program` inside the node netns (`ip netns exec NODE program`);
+    /// add arguments and stdio as for any `Command`.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        netns_command(&self.name, program)
+    }
+
+    /// Like [`Node::command`], inside the outside netns.
+    pub fn outside_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        netns_command(&self.outside, program)
+    }
+
+    /// Runs `args[0]` with the rest as arguments inside the node netns and waits for it.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        run_in(&self.name, args)
+    }
+
+    /// Runs `args[0]` with the rest as arguments inside the outside netns and waits for it.
+    pub fn outside_exec(&self, args: &[&str]) -> Output {
+        run_in(&self.outside, args)
+    }
+
+    /// Starts `cmd` (program, arguments, environment and working directory; stdin is null and
+    /// stdout/stderr are inherited) inside the node netns. `ip netns exec` execs the program,
+    /// so the child's PID is the program's: kill it by PID.
+    pub fn spawn(&self, cmd: Command) -> Child {
+        let mut inner = self.command(cmd.get_program());
+        inner.args(cmd.get_args()).stdin(Stdio::null());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => inner.env(k, v),
+                None => inner.env_remove(k),
+            };
+        }
+        if let Some(dir) = cmd.get_current_dir() {
+            inner.current_dir(dir);
+        }
+        inner.spawn().expect("spawning inside the node netns")
+    }
+
+    /// Runs the test named `test` (its full path within the test binary) again in a new process
+    /// of this test binary inside the node netns, with [`IN_NODE_ENV`] set to the node's name
+    /// and `env` added; panics with its output if it fails. This is how a test enters the node:
+    /// a whole process in the netns, so no thread of the harness ever calls setns.
+    pub fn rerun_inside(&self, test: &str, env: &[(&str, &str)]) {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let mut cmd = self.command(exe);
+        cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(IN_NODE_ENV, &self.name)
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("re-running the test inside the node");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{test} inside node {} failed ({}):\n{text}",
+            self.name,
+            out.status
+        );
+    }
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Node::new()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Deleting a namespace destroys the veth end inside it, and with it the peer.
+        for ns in self.made.drain(..).rev() {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        }
+    }
+}
+
+/// The name of the node netns this test process was started in by [`Node::rerun_inside`].
+pub fn inside_node() -> Option<String> {
+    std::env::var(IN_NODE_ENV).ok()
+}
+
+/// Names of all named network namespaces (`ip netns list`).
+pub fn netns_list() -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("iproute2 must be installed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+fn netns_command(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).arg(program);
+    cmd
+}
+
+fn run_in(ns: &str, args: &[&str]) -> Output {
+    let (program, rest) = args.split_first().expect("a program to run");
+    netns_command(ns, program)
+        .args(rest)
+        .stdin(Stdio::null())
+        .output()
+        .expect("ip netns exec")
+}
+
+/// Runs `ip args..`, panicking with its stderr if it fails.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("iproute2 must be installed");
+    assert!(
+        out.status.success(),
+        "ip {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_reaches_outside_and_is_gone_after_drop() {
+        let node = Node::new();
+        let (name, outside) = (node.name().to_owned(), node.outside_name().to_owned());
+        assert!(netns_list().contains(&name));
+        let ping = node.exec(&["ping", "-c1", "-W2", OUTSIDE_IP]);
+        assert!(
+            ping.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ping.stdout)
+        );
+        let back = node.outside_exec(&["ping", "-c1", "-W2", NODE_IP]);
+        assert!(back.status.success());
+        // The node netns is not the root one: its only non-loopback link is the veth.
+        let links = node.exec(&["ip", "-o", "link"]);
+        assert_eq!(String::from_utf8_lossy(&links.stdout).lines().count(), 2);
+        drop(node);
+        let left = netns_list();
+        assert!(
+            !left.contains(&name) && !left.contains(&outside),
+            "{left:?}"
+        );
+    }
+
+    #[test]
+    fn spawn_runs_inside_the_node() {
+        let node = Node::new();
+        let mut cmd = Command::new("ip");
+        cmd.args(["-o", "addr", "show", "dev", NODE_LINK]);
+        let status = node.spawn(cmd).wait().expect("wait");
+        assert!(status.success(), "eth0 exists only inside the node");
     }
 }

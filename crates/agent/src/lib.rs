@@ -1,0 +1,8 @@
+//! berth's node agent. It runs inside the node's network namespace, watches the API for the
+//! pods bound to its node and runs them; start from [`sandbox`], which gives each pod its own
+//! network namespace on the node bridge with an IP from the node's pod CIDR.
+
+pub mod error;
+pub mod sandbox;
+
+pub use error::{Error, Result};

@@ -1,0 +1,137 @@
+//! Named network namespaces and the dedicated threads all netlink work runs on. A thread, not
+//! a process, belongs to a namespace: `setns` on a tokio worker would move every task that
+//! later runs there, so each operation gets a fresh thread (with its own current-thread
+//! runtime) that may enter a pod's namespace and then ends.
+//!
+//! Creating and deleting the namespace itself shells out to `ip netns add/del`: a named netns
+//! is a bind mount under /run/netns, which rtnetlink cannot make without `unshare` + `mount`
+//! (unsafe in nix), and `ip netns exec` and other tools find it there.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::Command;
+
+use futures_util::TryStreamExt;
+use rtnetlink::Handle;
+
+use crate::error::{Error, Result};
+
+/// Where `ip netns add` bind-mounts named namespaces.
+pub(crate) fn path(name: &str) -> PathBuf {
+    PathBuf::from("/run/netns").join(name)
+}
+
+/// Whether a named network namespace exists.
+pub fn exists(name: &str) -> bool {
+    path(name).exists()
+}
+
+/// `ip netns add NAME`.
+pub(crate) fn add(name: &str) -> Result<()> {
+    ip(&["netns", "add", name])
+}
+
+/// `ip netns del NAME`; a namespace that is already gone is not an error.
+pub(crate) fn del(name: &str) -> Result<()> {
+    if !exists(name) {
+        return Ok(());
+    }
+    ip(&["netns", "del", name])
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let command = format!("ip {}", args.join(" "));
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|source| Error::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            command,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Runs `work` on a new thread (which starts in the caller's namespace) inside a
+/// current-thread runtime, and waits for it without blocking the caller's runtime.
+pub(crate) async fn on_thread<T, F, Fut>(work: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T>>,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("berth-netns".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .map_err(Error::Thread)
+                .and_then(|rt| rt.block_on(work()));
+            let _ = tx.send(result);
+        })
+        .map_err(Error::Thread)?;
+    rx.await.map_err(|_| Error::ThreadPanicked)?
+}
+
+/// Moves the current thread into the named namespace. Only for threads from [`on_thread`].
+pub(crate) fn enter(name: &str) -> Result<()> {
+    let file = std::fs::File::open(path(name)).map_err(|source| Error::OpenNetns {
+        path: path(name),
+        source,
+    })?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|source| {
+        Error::EnterNetns {
+            netns: name.to_owned(),
+            source,
+        }
+    })
+}
+
+/// A netlink handle bound to the current thread's namespace (the socket keeps the namespace
+/// it was opened in). Must be called inside a runtime, as [`on_thread`] provides.
+pub(crate) fn connect() -> Result<Handle> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(Error::NetlinkSocket)?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// Wraps a netlink error with what was being done.
+pub(crate) fn netlink(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
+    move |source| Error::Netlink {
+        op: op.into(),
+        source,
+    }
+}
+
+/// Whether a netlink error carries this errno (the kernel sends it negated).
+pub(crate) fn is_errno(e: &rtnetlink::Error, errno: nix::errno::Errno) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m)
+        if m.code.is_some_and(|c| c.get() == -(errno as i32)))
+}
+
+/// The index of link `name`, or `None` if there is no such link.
+pub(crate) async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(link) => Ok(link.map(|l| l.header.index)),
+        Err(e) if is_errno(&e, nix::errno::Errno::ENODEV) => Ok(None),
+        Err(e) => Err(netlink(format!("looking up link {name}"))(e)),
+    }
+}
+
+/// Like [`link_index`], failing with [`Error::LinkNotFound`].
+pub(crate) async fn require_link(handle: &Handle, name: &str) -> Result<u32> {
+    link_index(handle, name)
+        .await?
+        .ok_or_else(|| Error::LinkNotFound {
+            name: name.to_owned(),
+        })
+}
