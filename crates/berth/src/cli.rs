@@ -19,6 +19,14 @@ pub struct Cli {
 pub enum Cmd {
     /// Run the API server (with its embedded store unless --store names etcd).
     Server(ServerArgs),
+    /// Run a built-in workload (what an image name such as berth/whoami runs in a pod):
+    /// `berth workload whoami [--port N]` or `berth workload number-crunch [--port N]`.
+    #[command(hide = true)]
+    Workload {
+        /// The workload and its flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Where objects are kept.

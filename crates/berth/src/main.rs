@@ -22,6 +22,10 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Cmd::Workload { args } = &cli.cmd {
+        // Workloads run their own small runtime, as a container's process would.
+        return berth_workloads::main_for(args);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -35,6 +39,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.cmd {
             Cmd::Server(args) => server(args, started).await,
+            Cmd::Workload { .. } => Ok(()),
         }
     });
     match result {
