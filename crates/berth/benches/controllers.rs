@@ -12,7 +12,7 @@ use berth_testkit::{Backend, Cluster};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -105,7 +105,8 @@ fn main() {
             let name = format!("s{s}");
             let pod_ip = ip(s, p);
             let ready = (i / services) % 2 == 1; // first pass: not ready; second: ready again
-            let ep_rv = eps.get(&name).await.expect("ep").metadata.resource_version.unwrap_or_default();
+            // Watch from now: the store's history does not reach back to the setup writes.
+            let ep_rv = eps.list_metadata(&ListParams::default().limit(1)).await.expect("list").metadata.resource_version.unwrap_or_default();
             let mut ep_watch = eps.watch(&WatchParams::default().fields(&format!("metadata.name={name}")).timeout(30), &ep_rv).await.expect("watch").boxed();
             let mut sl_watch = slices.watch(&WatchParams::default().labels(&format!("kubernetes.io/service-name={name}")).timeout(30), &ep_rv).await.expect("watch").boxed();
             let t = Instant::now();

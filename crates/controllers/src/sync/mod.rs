@@ -83,7 +83,7 @@ where
 }
 
 /// Drives a shared reflector until the stream ends; `on_delete` sees deleted objects and
-/// `on_change` is told of every change (for loops that are not kube-runtime Controllers).
+/// `on_change` is told of deletions and of objects being deleted (the garbage collector).
 fn drive<K>(
     client: &Client,
     writer: reflector::store::Writer<K>,
@@ -106,15 +106,23 @@ where
     async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(watcher::Event::Delete(obj)) => on_delete(obj),
-                Ok(_) => {}
+            // Only what can change ownership outcomes wakes the collector: deletions, and
+            // objects marked for deletion (owners waiting on finalizers).
+            let wake = match ev {
+                Ok(watcher::Event::Delete(obj)) => {
+                    on_delete(obj);
+                    true
+                }
+                Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
+                    obj.meta().deletion_timestamp.is_some()
+                }
+                Ok(_) => false,
                 Err(e) => {
                     tracing::warn!(error = %e, "watch failed; retrying");
-                    continue;
+                    false
                 }
-            }
-            if let Some(n) = &on_change {
+            };
+            if let (true, Some(n)) = (wake, &on_change) {
                 n.notify_one();
             }
         }
