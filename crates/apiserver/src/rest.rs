@@ -199,6 +199,11 @@ fn not_found(r: &'static Resource, name: &str) -> ApiError {
     }
 }
 
+/// The stored object at `key`, or 404 naming it.
+async fn get_kv(srv: &Server, r: &'static Resource, key: &str, name: &str) -> Result<KeyValue> {
+    srv.store.get(key).await?.ok_or_else(|| not_found(r, name))
+}
+
 pub async fn get(
     srv: &Server,
     r: &'static Resource,
@@ -452,11 +457,7 @@ async fn update(srv: &Server, t: &Target, params: &Params, body: Value) -> Resul
     let r = t.resource;
     let name = t.name.as_deref().unwrap_or("");
     let key = object_key(r, t.namespace.as_deref(), name);
-    let cur_kv = srv
-        .store
-        .get(&key)
-        .await?
-        .ok_or_else(|| not_found(r, name))?;
+    let cur_kv = get_kv(srv, r, &key, name).await?;
     let mut warnings = Vec::new();
     if t.subresource == Some(Subresource::Scale) {
         let cur = decode_kv(&cur_kv)?;
@@ -753,11 +754,7 @@ async fn delete(
     let r = t.resource;
     let opts = delete_options(body)?;
     let key = object_key(r, t.namespace.as_deref(), name);
-    let cur_kv = srv
-        .store
-        .get(&key)
-        .await?
-        .ok_or_else(|| not_found(r, name))?;
+    let cur_kv = get_kv(srv, r, &key, name).await?;
     let cur = decode_kv(&cur_kv)?;
     if let Some(uid) = &opts.precondition_uid {
         let have = cur.meta_str("uid").unwrap_or("");

@@ -9,23 +9,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use berth_testkit::measure::{env_usize, percentile, rss_kib};
 use berth_testkit::{Backend, Cluster, Etcd, free_port};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, PostParams, WatchEvent, WatchParams};
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn pct(mut v: Vec<Duration>, p: f64) -> Duration {
-    v.sort();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v.get(i).copied().unwrap_or_default()
-}
 
 fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1000.0)
@@ -58,15 +46,6 @@ fn time_to_ready(bin: &Path, data: &Path, store: Option<&str>) -> Duration {
     let _ = child.kill();
     let _ = child.wait();
     ready.expect("server became ready")
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn service(name: &str) -> Service {
@@ -178,15 +157,15 @@ fn run(bin: &Path, backend: Backend) -> Figures {
             }
         }
         (
-            (pct(creates.clone(), 0.5), pct(creates, 0.99)),
-            (pct(gets.clone(), 0.5), pct(gets, 0.99)),
-            (pct(fanouts.clone(), 0.5), pct(fanouts, 0.99)),
+            (percentile(creates.clone(), 0.5), percentile(creates, 0.99)),
+            (percentile(gets.clone(), 0.5), percentile(gets, 0.99)),
+            (percentile(fanouts.clone(), 0.5), percentile(fanouts, 0.99)),
         )
     });
     let rss_loaded_kib = rss_kib(c.pid().expect("running"));
     Figures {
-        start_fresh: pct(fresh, 0.5),
-        start_again: pct(again, 0.5),
+        start_fresh: percentile(fresh, 0.5),
+        start_again: percentile(again, 0.5),
         rss_idle_kib,
         create,
         get,

@@ -8,25 +8,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use berth_testkit::measure::{env_usize, percentile, rss_kib};
 use berth_testkit::{Backend, Cluster};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn pct(mut v: Vec<Duration>, p: f64) -> Duration {
-    v.sort();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v.get(i).copied().unwrap_or_default()
-}
 
 /// utime + stime of a process, from /proc.
 fn cpu_time(pid: u32) -> Duration {
@@ -40,16 +28,6 @@ fn cpu_time(pid: u32) -> Duration {
         .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
         .sum();
     Duration::from_millis(ticks * 10)
-}
-
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0)
-        / 1024
 }
 
 fn ip(s: usize, p: usize) -> String {
@@ -95,7 +73,7 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let eps: Api<Endpoints> = Api::namespaced(client.clone(), "default");
         let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-        let rss_before = rss_mib(pid);
+        let rss_before = rss_kib(pid) / 1024;
         let cpu_before = cpu_time(pid);
         let mut both = Vec::new();
         let mut ep_lat = Vec::new();
@@ -139,10 +117,10 @@ fn main() {
         let cpu = cpu_time(pid) - cpu_before;
         let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
         println!("{:<44} {:>10} {:>10}", "readiness flip visible in", "p50", "p99");
-        println!("{:<44} {:>10} {:>10}", "  Endpoints", ms(pct(ep_lat.clone(), 0.5)), ms(pct(ep_lat, 0.99)));
-        println!("{:<44} {:>10} {:>10}", "  EndpointSlice", ms(pct(slice_lat.clone(), 0.5)), ms(pct(slice_lat, 0.99)));
-        println!("{:<44} {:>10} {:>10}", "  both", ms(pct(both.clone(), 0.5)), ms(pct(both, 0.99)));
+        println!("{:<44} {:>10} {:>10}", "  Endpoints", ms(percentile(ep_lat.clone(), 0.5)), ms(percentile(ep_lat, 0.99)));
+        println!("{:<44} {:>10} {:>10}", "  EndpointSlice", ms(percentile(slice_lat.clone(), 0.5)), ms(percentile(slice_lat, 0.99)));
+        println!("{:<44} {:>10} {:>10}", "  both", ms(percentile(both.clone(), 0.5)), ms(percentile(both, 0.99)));
         println!("server CPU during {flips} flips: {:.2} s ({:.2} ms per flip, API server + controllers)", cpu.as_secs_f64(), cpu.as_secs_f64() * 1000.0 / flips as f64);
-        println!("server RSS: {rss_before} MiB before flips, {} MiB after ({} objects)", rss_mib(pid), services * (per + 3));
+        println!("server RSS: {rss_before} MiB before flips, {} MiB after ({} objects)", rss_kib(pid) / 1024, services * (per + 3));
     });
 }

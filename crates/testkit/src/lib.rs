@@ -572,3 +572,33 @@ mod tests {
         assert!(status.success(), "eth0 exists only inside the node");
     }
 }
+
+/// Helpers the benchmarks share: knobs from the environment, percentiles, process memory.
+pub mod measure {
+    use std::time::Duration;
+
+    /// `name` from the environment as a number, or `default`.
+    pub fn env_usize(name: &str, default: usize) -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// The `p` quantile (0.0..=1.0) of `samples`, nearest rank.
+    pub fn percentile(mut samples: Vec<Duration>, p: f64) -> Duration {
+        samples.sort();
+        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+        samples.get(i).copied().unwrap_or_default()
+    }
+
+    /// Resident memory of a process in KiB, from /proc.
+    pub fn rss_kib(pid: u32) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+}

@@ -187,6 +187,27 @@ fn services_for_pod(
         .collect()
 }
 
+/// A controller of Services re-run when a Pod they select (or listed) changes or goes, and
+/// when their Endpoints change: what the Endpoints and EndpointSlice controllers share.
+pub(crate) fn service_controller(
+    ctx: &Ctx,
+    services: impl Stream<Item = Arc<Service>> + Send + 'static,
+    pods: impl Stream<Item = Arc<Pod>> + Send + 'static,
+    endpoints: impl Stream<Item = Arc<Endpoints>> + Send + 'static,
+    pods_gone: impl Stream<Item = ObjectRef<Service>> + Send + 'static,
+) -> kube::runtime::Controller<Service> {
+    let (svc_store, ep_store) = (ctx.services.clone(), ctx.endpoints.clone());
+    kube::runtime::Controller::for_shared_stream(services, ctx.services.clone())
+        .watches_shared_stream(pods, move |pod: Arc<Pod>| {
+            services_for_pod(&svc_store, &ep_store, &pod)
+        })
+        .watches_shared_stream(endpoints, |ep: Arc<Endpoints>| {
+            use kube::ResourceExt;
+            Some(ObjectRef::new(&ep.name_any()).within(&ep.namespace().unwrap_or_default()))
+        })
+        .reconcile_on(pods_gone)
+}
+
 /// The Pods of `svc`'s namespace that its selector picks, cloned for the pure functions.
 pub(crate) fn selected_pods(ctx: &Ctx, svc: &Service) -> Vec<Pod> {
     let ns = svc.metadata.namespace.as_deref();

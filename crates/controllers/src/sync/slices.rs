@@ -8,10 +8,10 @@ use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 
-use super::{Ctx, requeue_on_error, selected_pods, services_for_pod};
+use super::{Ctx, requeue_on_error, selected_pods, service_controller};
 use crate::endpointslices::SERVICE_NAME_LABEL;
 use crate::{Error, desired_slices, mirrored_slices};
 
@@ -23,19 +23,11 @@ pub(crate) fn controller(
     slices: impl Stream<Item = Arc<EndpointSlice>> + Send + 'static,
     pods_gone: impl Stream<Item = ObjectRef<Service>> + Send + 'static,
 ) -> impl Stream<Item = Result<(ObjectRef<Service>, Action), impl std::fmt::Display>> {
-    let (svc_store, ep_store) = (ctx.services.clone(), ctx.endpoints.clone());
-    Controller::for_shared_stream(services, ctx.services.clone())
-        .watches_shared_stream(pods, move |pod: Arc<Pod>| {
-            services_for_pod(&svc_store, &ep_store, &pod)
-        })
-        .watches_shared_stream(endpoints, |ep: Arc<Endpoints>| {
-            Some(ObjectRef::new(&ep.name_any()).within(&ep.namespace().unwrap_or_default()))
-        })
+    service_controller(&ctx, services, pods, endpoints, pods_gone)
         .watches_shared_stream(slices, |s: Arc<EndpointSlice>| {
             let svc = s.labels().get(SERVICE_NAME_LABEL)?;
             Some(ObjectRef::new(svc).within(&s.namespace().unwrap_or_default()))
         })
-        .reconcile_on(pods_gone)
         .run(reconcile, requeue_on_error, ctx)
 }
 

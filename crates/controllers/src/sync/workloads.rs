@@ -106,6 +106,37 @@ fn owners_patch(
     }
 }
 
+/// Makes `owner` the controller of `adopt` and drops it from `release`, as upstream's
+/// ControllerRefManager does, so objects follow selector changes.
+async fn claim<K, O>(
+    api: &Api<K>,
+    owner: &O,
+    adopt: &[&K],
+    release: &[&K],
+) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    O: Resource<DynamicType = ()>,
+{
+    let uid = owner.uid().unwrap_or_default();
+    let changes = adopt
+        .iter()
+        .map(|o| (o, Some(controller_ref(owner))))
+        .chain(release.iter().map(|o| (o, None)));
+    for (obj, add) in changes {
+        let patch = owners_patch(obj.meta(), &uid, add);
+        ignore_404(
+            api.patch(
+                &obj.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await,
+        )?;
+    }
+    Ok(())
+}
+
 fn ignore_404<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
     match r {
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
@@ -156,32 +187,13 @@ async fn reconcile_replicaset(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Acti
     }
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let owned = replicaset::owned_pods(&rs, all.iter().map(|p| &**p));
-    if rs.metadata.deletion_timestamp.is_none() {
-        for p in &owned.adopt {
-            let patch = owners_patch(&p.metadata, &uid, Some(controller_ref(&*rs)));
-            ignore_404(
-                pods_api
-                    .patch(
-                        &p.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    )
-                    .await,
-            )?;
-        }
-    }
-    for p in &owned.release {
-        let patch = owners_patch(&p.metadata, &uid, None);
-        ignore_404(
-            pods_api
-                .patch(
-                    &p.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await,
-        )?;
-    }
+    // A ReplicaSet being deleted adopts nothing.
+    let adopt: &[&Pod] = if rs.metadata.deletion_timestamp.is_none() {
+        &owned.adopt
+    } else {
+        &[]
+    };
+    claim(&pods_api, &*rs, adopt, &owned.release).await?;
     let claimed = owned.claimed();
     let plan = replicaset::plan(&rs, &claimed, jiff::Timestamp::now());
     let mut created = BTreeSet::new();
@@ -234,7 +246,6 @@ async fn reconcile_deployment(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Actio
         return Ok(Action::await_change());
     }
     let ns = d.namespace().unwrap_or_default();
-    let uid = d.uid().unwrap_or_default();
     let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
     let all: Vec<Arc<ReplicaSet>> = ctx
         .replicasets
@@ -243,30 +254,7 @@ async fn reconcile_deployment(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Actio
         .filter(|r| r.namespace().as_deref() == Some(ns.as_str()))
         .collect();
     let owned = deployment::owned_replicasets(&d, all.iter().map(|r| &**r));
-    for rs in &owned.adopt {
-        let patch = owners_patch(&rs.metadata, &uid, Some(controller_ref(&*d)));
-        ignore_404(
-            rs_api
-                .patch(
-                    &rs.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await,
-        )?;
-    }
-    for rs in &owned.release {
-        let patch = owners_patch(&rs.metadata, &uid, None);
-        ignore_404(
-            rs_api
-                .patch(
-                    &rs.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await,
-        )?;
-    }
+    claim(&rs_api, &*d, &owned.adopt, &owned.release).await?;
     let mine: Vec<ReplicaSet> = owned
         .owned
         .iter()
