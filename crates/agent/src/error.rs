@@ -11,6 +11,14 @@ use ipnet::Ipv4Net;
 /// Everything the agent's operations can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("writing {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("could not run `{command}`")]
     Spawn {
         command: String,

@@ -3,6 +3,9 @@
 //! network namespace on the node bridge with an IP from the node's pod CIDR.
 
 pub mod error;
+mod pods;
 pub mod sandbox;
+
+pub use pods::{Config, run};
 
 pub use error::{Error, Result};

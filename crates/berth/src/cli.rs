@@ -112,6 +112,16 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = berth_controllers::DEFAULT_MAX_ENDPOINTS_PER_SLICE)]
     pub max_endpoints_per_slice: usize,
 
+    /// Also run a node agent with this node name: pods are bound to this node and run as
+    /// processes, each in its own network namespace on bridge `berth0`. Start berth inside a
+    /// network namespace of its own when you use this: the agent programs the one it runs in.
+    #[arg(long = "node")]
+    pub node: Option<String>,
+
+    /// The node's pod CIDR; the `berth0` bridge takes its first address.
+    #[arg(long, default_value = "10.244.0.0/24")]
+    pub pod_cidr: Ipv4Net,
+
     /// Also write the admin kubeconfig to this path (it is always written to DATA_DIR/kubeconfig).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,

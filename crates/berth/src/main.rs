@@ -140,6 +140,25 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
         )
         .instrument(tracing::info_span!("controllers")),
     );
+    let agent = match &args.node {
+        Some(node) => {
+            let config = berth_agent::Config {
+                node_name: node.clone(),
+                pod_cidr: args.pod_cidr,
+                state_dir: args.data_dir.join("agent"),
+                self_exe: std::env::current_exe().context("finding the berth binary")?,
+                cluster_dns: "10.96.0.10".into(),
+            };
+            std::fs::create_dir_all(&config.state_dir)
+                .with_context(|| format!("creating {}", config.state_dir.display()))?;
+            let client = kube_client(&l.kubeconfig).await?;
+            Some(tokio::spawn(
+                berth_agent::run(client, config, shutdown.clone())
+                    .instrument(tracing::info_span!("agent")),
+            ))
+        }
+        None => None,
+    };
     println!("berth: kubeconfig written to {}", l.kubeconfig.display());
     println!(
         "berth: use it with: export KUBECONFIG={}",
@@ -156,6 +175,10 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
             shutdown.cancel();
         }
         _ = shutdown.cancelled() => {}
+    }
+    // The agent stops its pods before the API server goes away.
+    if let Some(agent) = agent {
+        agent.await.context("agent task")?.context("node agent")?;
     }
     api.await
         .context("API server task")?

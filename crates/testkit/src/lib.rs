@@ -124,6 +124,9 @@ pub struct Cluster {
     etcd: Option<Etcd>,
     starts: u32,
     flags: Vec<String>,
+    /// Set when the server (and its node agent) runs inside a node netns; kubectl then runs
+    /// in the node's "outside" netns.
+    node: Option<Node>,
 }
 
 impl Cluster {
@@ -147,9 +150,37 @@ impl Cluster {
             etcd,
             starts: 0,
             flags: flags.iter().map(|f| f.to_string()).collect(),
+            node: None,
         };
         c.spawn();
         c
+    }
+
+    /// Starts `berth server` with its node agent (`--node`) inside a fresh node netns
+    /// ([`Node`]), listening on the node's address; kubectl runs from the outside netns.
+    pub fn start_on_node(bin: &Path, flags: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        flags.push("--node=node-1".into());
+        let mut c = Cluster {
+            bin: bin.to_owned(),
+            child: None,
+            url: String::new(),
+            kubeconfig: dir.path().join("data/kubeconfig"),
+            port: 6443,
+            dir,
+            etcd: None,
+            starts: 0,
+            flags,
+            node: Some(Node::new()),
+        };
+        c.spawn();
+        c
+    }
+
+    /// The node netns, for clusters started with [`Cluster::start_on_node`].
+    pub fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
     }
 
     fn stdout_path(&self) -> PathBuf {
@@ -162,9 +193,12 @@ impl Cluster {
         let err =
             std::fs::File::create(self.dir.path().join(format!("server.{}.log", self.starts)))
                 .expect("server log");
-        let mut cmd = Command::new(&self.bin);
+        let (mut cmd, ip) = match &self.node {
+            Some(n) => (n.command(&self.bin), NODE_IP),
+            None => (Command::new(&self.bin), "127.0.0.1"),
+        };
         cmd.arg("server")
-            .arg(format!("--bind=127.0.0.1:{}", self.port))
+            .arg(format!("--bind={ip}:{}", self.port))
             .arg(format!(
                 "--data-dir={}",
                 self.dir.path().join("data").display()
@@ -215,12 +249,54 @@ impl Cluster {
         self.etcd.as_ref().map(|e| e.endpoint.as_str())
     }
 
-    /// Stops the server (SIGKILL by PID) without removing its data.
+    /// Stops the server (SIGKILL by PID) without removing its data. A server with a node
+    /// agent first gets SIGTERM and a few seconds to stop its pods, and whatever pod netns it
+    /// left is deleted by name.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            if self.node.is_some() {
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(c.id().to_string())
+                    .status();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
+        if self.node.is_some() {
+            for ns in self.pod_netns() {
+                let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+            }
+        }
+    }
+
+    /// The pod network namespaces the agent's IPAM says it made (`berth-pod-<12 hex of uid>`).
+    pub fn pod_netns(&self) -> Vec<String> {
+        let state = std::fs::read_to_string(self.dir.path().join("data/agent/ipam.json"))
+            .unwrap_or_default();
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&state) else {
+            return Vec::new();
+        };
+        v.get("pods")
+            .and_then(|p| p.as_object())
+            .map(|pods| {
+                pods.keys()
+                    .map(|uid| {
+                        uid.chars()
+                            .filter(char::is_ascii_hexdigit)
+                            .map(|c| c.to_ascii_lowercase())
+                            .take(12)
+                            .collect::<String>()
+                    })
+                    .map(|hex| format!("berth-pod-{hex}"))
+                    .filter(|ns| netns_list().contains(ns))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Stops and starts the server on the same port and data.
@@ -247,7 +323,11 @@ impl Cluster {
     }
 
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = Command::new("kubectl")
+        let mut cmd = match &self.node {
+            Some(n) => n.outside_command("kubectl"),
+            None => Command::new("kubectl"),
+        };
+        let mut child = cmd
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("KUBECACHEDIR", self.dir.path().join("kubecache"))

@@ -1,0 +1,73 @@
+//! The node agent inside `berth server --node`: the whole cluster runs in a throwaway node
+//! netns and kubectl talks to it from an "outside" netns; pods become processes with their own
+//! network namespace and IP on the node bridge.
+
+use berth_testkit::{Cluster, eventually};
+
+fn running_ip(c: &Cluster, pod: &str) -> String {
+    eventually(&format!("{pod} to run"), || {
+        let out = c.ok(&[
+            "get",
+            "pod",
+            pod,
+            "-o",
+            "jsonpath={.status.phase} {.status.podIP}",
+        ]);
+        out.strip_prefix("Running ")
+            .filter(|ip| !ip.is_empty())
+            .map(str::to_owned)
+    })
+}
+
+fn http_get(c: &Cluster, url: &str) -> Option<String> {
+    let node = c.node()?;
+    let out = node.exec(&["curl", "-s", "--max-time", "2", url]);
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    body.contains("HTTP/1.1").then_some(body)
+}
+
+#[test]
+fn pods_run_as_processes_with_their_own_ip() {
+    let c = Cluster::start_on_node(std::path::Path::new(env!("CARGO_BIN_EXE_berth")), &[]);
+    eventually("node-1 to be Ready", || {
+        let out = c.ok(&["get", "nodes"]);
+        out.lines()
+            .any(|l| l.split_whitespace().take(2).eq(["node-1", "Ready"]))
+            .then_some(())
+    });
+    c.ok(&["run", "web", "--image=berth/whoami", "--port=8080"]);
+    c.ok(&["run", "web2", "--image=traefik/whoami", "--port=8080"]);
+    let (a, b) = (running_ip(&c, "web"), running_ip(&c, "web2"));
+    assert_ne!(a, b);
+    assert!(
+        a.starts_with("10.244.0.") && b.starts_with("10.244.0."),
+        "{a} {b}"
+    );
+    // Both listen on :8080, each in its own namespace.
+    for ip in [&a, &b] {
+        let body = eventually(&format!("whoami on {ip}"), || {
+            http_get(&c, &format!("http://{ip}:8080/"))
+        });
+        assert!(body.contains(&format!("IP: {ip}")), "{body}");
+    }
+    let wide = c.ok(&["get", "pods", "-o", "wide"]);
+    assert!(wide.contains(&a) && wide.contains("node-1"), "{wide}");
+    assert_eq!(c.pod_netns().len(), 2);
+    // A deleted pod leaves no namespace behind.
+    c.ok(&["delete", "pod", "web"]);
+    eventually("web's namespace to go", || {
+        (c.pod_netns().len() == 1).then_some(())
+    });
+    // An image that is neither built in nor given a command waits with a reason.
+    c.ok(&["run", "nope", "--image=example.com/unknown:1"]);
+    eventually("nope to wait with ErrImagePull", || {
+        let r = c.ok(&[
+            "get",
+            "pod",
+            "nope",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
+        ]);
+        (r == "ErrImagePull").then_some(())
+    });
+}
