@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 
 use futures_util::StreamExt;
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::{Container, Node, Pod};
+use k8s_openapi::api::core::v1::{Container, Node, Pod, Service};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -145,10 +145,21 @@ async fn on_pod(
         {
             let ip = ipam.allocate(&uid)?;
             let sandbox = Sandbox::create(&uid, &pod.name_any(), ip, bridge).await?;
+            write_etc(config, &sandbox, &pod, ip)?;
+            let services = Api::<Service>::all(client.clone())
+                .list(&Default::default())
+                .await?
+                .items;
+            let links = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.enable_service_links)
+                .unwrap_or(true);
+            let service_env = crate::env::service_env(&services, &ns, links);
             let mut children = Vec::new();
             let mut statuses = Vec::new();
             for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
-                match spawn(config, &sandbox, &pod, c) {
+                match spawn(config, &sandbox, &pod, c, &service_env) {
                     Ok(child) => {
                         statuses.push(json!({"name": c.name, "image": c.image, "imageID": "", "containerID": format!("berth://{}", child.id()),
                             "ready": true, "started": true, "restartCount": 0, "state": {"running": {"startedAt": now()}}}));
@@ -222,11 +233,44 @@ fn argv(config: &Config, c: &Container) -> std::result::Result<Vec<String>, Stri
     Ok(argv)
 }
 
+/// The pod's /etc/resolv.conf and /etc/hosts, which `ip netns exec` mounts over the node's.
+fn write_etc(config: &Config, sandbox: &Sandbox, pod: &Pod, ip: std::net::Ipv4Addr) -> Result<()> {
+    let dir = etc_dir(sandbox);
+    let ns = pod.namespace().unwrap_or_default();
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|source| Error::Write { path, source })
+    };
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Write {
+        path: dir.clone(),
+        source,
+    })?;
+    write(
+        "resolv.conf",
+        format!(
+            "search {ns}.svc.cluster.local svc.cluster.local cluster.local\nnameserver {}\noptions ndots:5\n",
+            config.cluster_dns
+        ),
+    )?;
+    write(
+        "hosts",
+        format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{}\n",
+            pod.name_any()
+        ),
+    )
+}
+
+fn etc_dir(sandbox: &Sandbox) -> PathBuf {
+    PathBuf::from("/etc/netns").join(sandbox.netns())
+}
+
 fn spawn(
     config: &Config,
     sandbox: &Sandbox,
     pod: &Pod,
     c: &Container,
+    service_env: &[(String, String)],
 ) -> std::result::Result<Child, String> {
     let argv = argv(config, c)?;
     let log_dir = config
@@ -238,15 +282,22 @@ fn spawn(
         .map_err(|e| e.to_string())?;
     let err = log.try_clone().map_err(|e| e.to_string())?;
     let mut cmd = Command::new("ip");
+    // A UTS namespace of its own gives the container the pod's name as hostname.
+    let netns = sandbox.netns();
     cmd.args([
         "netns",
         "exec",
-        sandbox.netns(),
+        netns,
+        "unshare",
+        "--uts",
+        "--",
         "setpriv",
         "--pdeathsig",
         "KILL",
         "--",
     ])
+    .args(["/bin/sh", "-c", "hostname \"$0\" && exec \"$@\""])
+    .arg(pod.name_any())
     .args(&argv)
     .env_clear()
     .env(
@@ -257,6 +308,7 @@ fn spawn(
     .stdin(Stdio::null())
     .stdout(log)
     .stderr(err);
+    cmd.envs(service_env.iter().map(|(k, v)| (k, v)));
     for e in c.env.iter().flatten() {
         if let Some(v) = &e.value {
             cmd.env(&e.name, v);
@@ -273,6 +325,7 @@ async fn stop(ipam: &mut Ipam, running: &mut HashMap<String, Running>, uid: &str
         let _ = c.kill();
         let _ = c.wait();
     }
+    let _ = std::fs::remove_dir_all(etc_dir(&r.sandbox));
     r.sandbox.destroy().await?;
     ipam.release(uid)?;
     Ok(())

@@ -50,9 +50,37 @@ fn pods_run_as_processes_with_their_own_ip() {
         });
         assert!(body.contains(&format!("IP: {ip}")), "{body}");
     }
+    let body = http_get(&c, &format!("http://{a}:8080/")).unwrap_or_default();
+    assert!(
+        body.contains("Hostname: web\n"),
+        "the pod's name is its hostname: {body}"
+    );
     let wide = c.ok(&["get", "pods", "-o", "wide"]);
     assert!(wide.contains(&a) && wide.contains("node-1"), "{wide}");
     assert_eq!(c.pod_netns().len(), 2);
+    let netns_files = |ns: &str| std::path::Path::new("/etc/netns").join(ns).exists();
+    assert!(c.pod_netns().iter().all(|ns| netns_files(ns)));
+    // The environment, DNS configuration and hostname a container sees.
+    c.apply("apiVersion: v1\nkind: Pod\nmetadata:\n  name: shell\nspec:\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sh\", \"-c\", \"env; cat /etc/resolv.conf /etc/hosts; hostname; sleep 600\"]\n    env:\n    - name: GREETING\n      value: hello\n");
+    running_ip(&c, "shell");
+    let uid = c.ok(&["get", "pod", "shell", "-o", "jsonpath={.metadata.uid}"]);
+    let log = c.dir().join(format!("data/agent/pods/{uid}/c.log"));
+    let out = eventually("the shell pod's output", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("\nshell\n").then_some(text)
+    });
+    for want in [
+        "GREETING=hello",
+        "KUBERNETES_SERVICE_HOST=10.96.0.1",
+        "KUBERNETES_PORT_443_TCP_PORT=443",
+        "search default.svc.cluster.local svc.cluster.local cluster.local",
+        "nameserver 10.96.0.10",
+        "options ndots:5",
+        "\tshell\n",
+    ] {
+        assert!(out.contains(want), "{want:?} missing from:\n{out}");
+    }
+    c.ok(&["delete", "pod", "shell"]);
     // A deleted pod leaves no namespace behind.
     c.ok(&["delete", "pod", "web"]);
     eventually("web's namespace to go", || {

@@ -1,0 +1,135 @@
+//! The environment Kubernetes gives every container: the Service variables
+//! (`FOO_SERVICE_HOST`, `FOO_SERVICE_PORT[_NAME]`, `FOO_PORT[_80_TCP[_PROTO|_PORT|_ADDR]]`), for
+//! the Services of the pod's namespace when `enableServiceLinks` is on and for the
+//! `kubernetes` Service always, then the container's own `env` on top.
+
+use k8s_openapi::api::core::v1::Service;
+
+fn env_name(service: &str) -> String {
+    service.to_ascii_uppercase().replace('-', "_")
+}
+
+/// The variables one Service contributes (none for headless and ExternalName Services).
+fn for_service(svc: &Service) -> Vec<(String, String)> {
+    let Some(spec) = &svc.spec else {
+        return Vec::new();
+    };
+    let Some(ip) = spec
+        .cluster_ip
+        .as_deref()
+        .filter(|ip| !ip.is_empty() && *ip != "None")
+    else {
+        return Vec::new();
+    };
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    let Some(first) = ports.first() else {
+        return Vec::new();
+    };
+    let name = env_name(svc.metadata.name.as_deref().unwrap_or_default());
+    let proto = |p: &k8s_openapi::api::core::v1::ServicePort| {
+        p.protocol.clone().unwrap_or_else(|| "TCP".into())
+    };
+    let mut out = vec![
+        (format!("{name}_SERVICE_HOST"), ip.to_owned()),
+        (format!("{name}_SERVICE_PORT"), first.port.to_string()),
+    ];
+    for p in ports {
+        if let Some(pn) = p.name.as_deref().filter(|n| !n.is_empty()) {
+            out.push((
+                format!("{name}_SERVICE_PORT_{}", env_name(pn)),
+                p.port.to_string(),
+            ));
+        }
+    }
+    out.push((
+        format!("{name}_PORT"),
+        format!(
+            "{}://{ip}:{}",
+            proto(first).to_ascii_lowercase(),
+            first.port
+        ),
+    ));
+    for p in ports {
+        let (proto, port) = (proto(p), p.port);
+        let prefix = format!("{name}_PORT_{port}_{proto}");
+        let lower = proto.to_ascii_lowercase();
+        out.push((prefix.clone(), format!("{lower}://{ip}:{port}")));
+        out.push((format!("{prefix}_PROTO"), lower));
+        out.push((format!("{prefix}_PORT"), port.to_string()));
+        out.push((format!("{prefix}_ADDR"), ip.to_owned()));
+    }
+    out
+}
+
+/// The Service variables for a pod in `namespace`; `services` may hold every Service.
+pub fn service_env(
+    services: &[Service],
+    namespace: &str,
+    enable_service_links: bool,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for svc in services {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+        let name = svc.metadata.name.as_deref().unwrap_or_default();
+        let master = ns == "default" && name == "kubernetes";
+        if master || (enable_service_links && ns == namespace) {
+            out.extend(for_service(svc));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc(ns: &str, name: &str, ip: &str, ports: serde_json::Value) -> Service {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}, "spec": {"clusterIP": ip, "ports": ports}})).expect("service")
+    }
+
+    fn check(services: &[Service], ns: &str, links: bool, expected: &[(&str, &str)]) {
+        let got = service_env(services, ns, links);
+        let got: Vec<(&str, &str)> = got.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn variables_as_kubelet_writes_them() {
+        let all = [
+            svc(
+                "default",
+                "kubernetes",
+                "10.96.0.1",
+                json!([{"name": "https", "port": 443, "protocol": "TCP"}]),
+            ),
+            svc("web", "redis-master", "10.96.0.11", json!([{"port": 6379}])),
+            svc("web", "headless", "None", json!([{"port": 80}])),
+            svc("other", "db", "10.96.0.12", json!([{"port": 5432}])),
+        ];
+        check(
+            &all,
+            "web",
+            true,
+            &[
+                ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+                ("KUBERNETES_SERVICE_PORT", "443"),
+                ("KUBERNETES_SERVICE_PORT_HTTPS", "443"),
+                ("KUBERNETES_PORT", "tcp://10.96.0.1:443"),
+                ("KUBERNETES_PORT_443_TCP", "tcp://10.96.0.1:443"),
+                ("KUBERNETES_PORT_443_TCP_PROTO", "tcp"),
+                ("KUBERNETES_PORT_443_TCP_PORT", "443"),
+                ("KUBERNETES_PORT_443_TCP_ADDR", "10.96.0.1"),
+                ("REDIS_MASTER_SERVICE_HOST", "10.96.0.11"),
+                ("REDIS_MASTER_SERVICE_PORT", "6379"),
+                ("REDIS_MASTER_PORT", "tcp://10.96.0.11:6379"),
+                ("REDIS_MASTER_PORT_6379_TCP", "tcp://10.96.0.11:6379"),
+                ("REDIS_MASTER_PORT_6379_TCP_PROTO", "tcp"),
+                ("REDIS_MASTER_PORT_6379_TCP_PORT", "6379"),
+                ("REDIS_MASTER_PORT_6379_TCP_ADDR", "10.96.0.11"),
+            ],
+        );
+        let off = service_env(&all, "web", false);
+        assert!(off.iter().all(|(k, _)| k.starts_with("KUBERNETES_")));
+    }
+}
