@@ -4,9 +4,12 @@
 
 pub mod env;
 pub mod error;
+pub mod layout;
+mod node;
 mod pods;
 pub mod sandbox;
 
+pub use node::detect_ip;
 pub use pods::{Config, run};
 
 pub use error::{Error, Result};

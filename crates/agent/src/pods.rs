@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 
 use futures_util::StreamExt;
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::{Container, Node, Pod, Service};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Container, Pod, Service};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -32,6 +32,10 @@ pub struct Config {
     pub self_exe: PathBuf,
     /// The cluster DNS server pods are pointed at.
     pub cluster_dns: String,
+    /// The node's InternalIP, which the API server dials for logs and exec.
+    pub node_ip: std::net::Ipv4Addr,
+    /// The port the agent's server (logs, exec, port-forward) listens on.
+    pub kubelet_port: u16,
 }
 
 struct Running {
@@ -48,7 +52,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     .unwrap_or(config.pod_cidr);
     let bridge = Bridge::ensure("berth0", gateway).await?;
     let mut ipam = Ipam::open(&config.state_dir, config.pod_cidr)?;
-    register(&client, &config).await?;
+    crate::node::register(&client, &config).await?;
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
@@ -80,37 +84,6 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     for uid in uids {
         let _ = stop(&mut ipam, &mut running, &uid).await;
     }
-    Ok(())
-}
-
-async fn register(client: &Client, config: &Config) -> Result<()> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": config.node_name, "labels": {"kubernetes.io/hostname": config.node_name, "kubernetes.io/os": "linux"}},
-        "spec": {"podCIDR": config.pod_cidr.to_string(), "podCIDRs": [config.pod_cidr.to_string()]},
-    }))
-    .map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
-    match nodes.create(&PostParams::default(), &node).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => return Err(e.into()),
-    }
-    let now = jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
-    let status = json!({"status": {
-        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "berth agent is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now}],
-        "addresses": [{"type": "Hostname", "address": config.node_name}],
-        "nodeInfo": {"kubeletVersion": "v1.33.0-berth", "containerRuntimeVersion": "berth://process", "operatingSystem": "linux", "architecture": "amd64",
-                     "kernelVersion": "", "osImage": "berth", "kubeProxyVersion": "", "machineID": "", "systemUUID": "", "bootID": ""},
-    }});
-    nodes
-        .patch_status(
-            &config.node_name,
-            &PatchParams::default(),
-            &Patch::Merge(&status),
-        )
-        .await?;
     Ok(())
 }
 
@@ -196,7 +169,7 @@ async fn on_pod(
     }
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()

@@ -122,6 +122,15 @@ pub struct ServerArgs {
     #[arg(long, default_value = "10.244.0.0/24")]
     pub pod_cidr: Ipv4Net,
 
+    /// The node's InternalIP, which the API server dials for logs and exec. Default: the first
+    /// global IPv4 address of the network namespace berth runs in, else 127.0.0.1.
+    #[arg(long)]
+    pub node_ip: Option<std::net::Ipv4Addr>,
+
+    /// The port the node agent serves logs, exec and port-forward on (the kubelet's port).
+    #[arg(long, default_value_t = 10250)]
+    pub kubelet_port: u16,
+
     /// Also write the admin kubeconfig to this path (it is always written to DATA_DIR/kubeconfig).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,

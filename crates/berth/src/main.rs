@@ -148,6 +148,10 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
                 state_dir: args.data_dir.join("agent"),
                 self_exe: std::env::current_exe().context("finding the berth binary")?,
                 cluster_dns: "10.96.0.10".into(),
+                node_ip: args
+                    .node_ip
+                    .unwrap_or_else(|| berth_agent::detect_ip("berth0")),
+                kubelet_port: args.kubelet_port,
             };
             std::fs::create_dir_all(&config.state_dir)
                 .with_context(|| format!("creating {}", config.state_dir.display()))?;
