@@ -133,3 +133,112 @@ mod tests {
         assert!(off.iter().all(|(k, _)| k.starts_with("KUBERNETES_")));
     }
 }
+
+/// A container's own `env`: plain values (with `$(VAR)` references to earlier variables
+/// expanded, as the kubelet does) and the pod fields `valueFrom.fieldRef` can name.
+/// References to ConfigMaps and Secrets are left out.
+pub fn container_env(
+    c: &k8s_openapi::api::core::v1::Container,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    pod_ip: &str,
+    host_ip: &str,
+    base: &[(String, String)],
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for e in c.env.iter().flatten() {
+        let value = if let Some(v) = &e.value {
+            let lookup = |name: &str| {
+                out.iter()
+                    .rev()
+                    .chain(base.iter().rev())
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            };
+            expand(v, lookup)
+        } else if let Some(f) = e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()) {
+            let meta = &pod.metadata;
+            let spec = pod.spec.as_ref();
+            match f.field_path.as_str() {
+                "metadata.name" => meta.name.clone().unwrap_or_default(),
+                "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
+                "metadata.uid" => meta.uid.clone().unwrap_or_default(),
+                "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+                "spec.serviceAccountName" => spec
+                    .and_then(|s| s.service_account_name.clone())
+                    .unwrap_or_default(),
+                "status.podIP" | "status.podIPs" => pod_ip.to_owned(),
+                "status.hostIP" | "status.hostIPs" => host_ip.to_owned(),
+                path => label_or_annotation(meta, path).unwrap_or_default(),
+            }
+        } else {
+            continue;
+        };
+        out.push((e.name.clone(), value));
+    }
+    out
+}
+
+fn label_or_annotation(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    path: &str,
+) -> Option<String> {
+    let key = |prefix: &str| {
+        path.strip_prefix(prefix)?
+            .strip_prefix("['")?
+            .strip_suffix("']")
+            .map(str::to_owned)
+    };
+    if let Some(k) = key("metadata.labels") {
+        return meta.labels.as_ref()?.get(&k).cloned();
+    }
+    let k = key("metadata.annotations")?;
+    meta.annotations.as_ref()?.get(&k).cloned()
+}
+
+/// Expands `$(NAME)` with `lookup`; `$$` is a literal `$`, and unknown references stay as
+/// written (the kubelet's rules).
+pub fn expand(s: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('(')
+            && let Some(end) = body.find(')')
+        {
+            let name = &body[..end];
+            match lookup(name) {
+                Some(v) => out.push_str(&v),
+                None => {
+                    out.push_str("$(");
+                    out.push_str(name);
+                    out.push(')');
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod expand_tests {
+    use super::expand;
+
+    #[test]
+    fn references_expand_like_the_kubelet() {
+        let lookup = |n: &str| (n == "A").then(|| "1".to_owned());
+        assert_eq!(expand("x$(A)y", lookup), "x1y");
+        assert_eq!(expand("$(B)", lookup), "$(B)");
+        assert_eq!(expand("$$(A)", lookup), "$(A)");
+        assert_eq!(expand("$(A", lookup), "$(A");
+        assert_eq!(expand("a$", lookup), "a$");
+    }
+}

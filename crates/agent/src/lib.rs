@@ -7,7 +7,10 @@ pub mod error;
 pub mod layout;
 mod node;
 mod pods;
+mod probe;
+pub mod runtime;
 pub mod sandbox;
+mod worker;
 
 pub use node::detect_ip;
 pub use pods::{Config, run};

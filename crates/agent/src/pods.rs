@@ -1,24 +1,26 @@
-//! The agent loop: registers the Node, binds unscheduled pods to it (a one-node scheduler),
-//! and runs each bound pod: a sandbox, its containers as processes inside the pod's network
-//! namespace, and a status as the kubelet reports it. Processes are started through
-//! `ip netns exec` (which also gives them the pod's /etc/resolv.conf and /etc/hosts from
-//! /etc/netns/<name>/) and `setpriv --pdeathsig KILL`, so they die with the agent.
+//! The agent's dispatcher: registers the Node, binds unscheduled pods to it (a one-node
+//! scheduler), and hands each pod bound here to a worker of its own (see `worker`), which runs
+//! it. At start it clears sandboxes an earlier run left behind for pods that are gone; pods
+//! that still exist are started afresh (their processes died with the earlier agent).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::{Container, Pod, Service};
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use k8s_openapi::api::core::v1::{Event, Node, ObjectReference, Pod, Service};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::runtime::Processes;
 use crate::sandbox::{Bridge, Ipam, Sandbox};
+use crate::worker::{self, Handle, Shared};
 
 /// How the agent is set up.
 #[derive(Debug, Clone)]
@@ -38,11 +40,6 @@ pub struct Config {
     pub kubelet_port: u16,
 }
 
-struct Running {
-    sandbox: Sandbox,
-    children: Vec<Child>,
-}
-
 /// Runs the agent until `shutdown`; on the way out, every pod it started is stopped.
 pub async fn run(client: Client, config: Config, shutdown: CancellationToken) -> Result<()> {
     let gateway = Ipv4Net::new(
@@ -53,7 +50,47 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let bridge = Bridge::ensure("berth0", gateway).await?;
     let mut ipam = Ipam::open(&config.state_dir, config.pod_cidr)?;
     crate::node::register(&client, &config).await?;
-    let mut running: HashMap<String, Running> = HashMap::new();
+    reclaim(&client, &config, &mut ipam).await?;
+    let (services, writer) = reflector::store();
+    let reflect = reflector(
+        writer,
+        watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .for_each(|_| std::future::ready(()));
+    let stop_services = shutdown.child_token();
+    let services_task = {
+        let stop = stop_services.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = reflect => {}
+                _ = stop.cancelled() => {}
+            }
+        })
+    };
+    let heartbeat = tokio::spawn(heartbeat(
+        client.clone(),
+        config.node_name.clone(),
+        shutdown.clone(),
+    ));
+    tokio::select! {
+        r = services.wait_until_ready() => if r.is_err() { return Ok(()) },
+        _ = shutdown.cancelled() => return Ok(()),
+    }
+    let shared = Arc::new(Shared {
+        runtime: Arc::new(Processes {
+            self_exe: config.self_exe.clone(),
+        }),
+        client: client.clone(),
+        config,
+        bridge,
+        ipam: std::sync::Mutex::new(ipam),
+        services,
+    });
+    let mut workers: HashMap<String, Handle> = HashMap::new();
     let mut events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .boxed();
@@ -63,243 +100,146 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
             ev = events.next() => ev,
         };
         let Some(ev) = ev else { break };
-        let result = match ev {
+        match ev {
             Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
-                on_pod(&client, &config, &bridge, &mut ipam, &mut running, pod).await
+                on_pod(&shared, &mut workers, pod, &shutdown).await;
             }
             Ok(watcher::Event::Delete(pod)) => {
-                stop(&mut ipam, &mut running, &pod.uid().unwrap_or_default()).await
+                if let Some(h) = workers.remove(&pod.uid().unwrap_or_default()) {
+                    h.gone.cancel();
+                    let _ = h.task.await;
+                }
             }
-            Ok(_) => Ok(()),
-            Err(e) => {
-                tracing::warn!(error = %e, "pod watch failed; retrying");
-                Ok(())
-            }
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "pod sync failed");
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pod watch failed; retrying"),
         }
+        // Workers of pods that finished their deletion are done.
+        workers.retain(|_, h| !h.task.is_finished());
     }
-    let uids: Vec<String> = running.keys().cloned().collect();
-    for uid in uids {
-        let _ = stop(&mut ipam, &mut running, &uid).await;
+    for (_, h) in workers {
+        let _ = h.task.await;
+    }
+    stop_services.cancel();
+    let _ = services_task.await;
+    let _ = heartbeat.await;
+    Ok(())
+}
+
+/// Removes the sandboxes (and frees the IPs) an earlier run of the agent left for pods that
+/// are no longer bound to this node.
+async fn reclaim(client: &Client, config: &Config, ipam: &mut Ipam) -> Result<()> {
+    let pods = Api::<Pod>::all(client.clone())
+        .list(&ListParams::default().fields(&format!("spec.nodeName={}", config.node_name)))
+        .await?;
+    let live: HashSet<String> = pods.items.iter().filter_map(|p| p.uid()).collect();
+    let stale: Vec<String> = ipam
+        .allocations()
+        .map(|(uid, _)| uid.to_owned())
+        .filter(|uid| !live.contains(uid))
+        .collect();
+    for uid in stale {
+        tracing::info!(uid = %uid, "removing the sandbox of a pod that is gone");
+        Sandbox::destroy_pod(&uid).await?;
+        ipam.release(&uid)?;
+        let _ = std::fs::remove_dir_all(crate::layout::pod_dir(&config.state_dir, &uid));
     }
     Ok(())
 }
 
-async fn on_pod(
-    client: &Client,
-    config: &Config,
-    bridge: &Bridge,
-    ipam: &mut Ipam,
-    running: &mut HashMap<String, Running>,
-    pod: Pod,
-) -> Result<()> {
-    let uid = pod.uid().unwrap_or_default();
-    let ns = pod.namespace().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-    match node {
-        None => {
-            // The one-node scheduler: every pod lands here.
-            let patch = json!({"spec": {"nodeName": config.node_name}});
-            api.patch(
-                &pod.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
-            Ok(())
+/// Keeps the Node's Ready condition fresh, as the kubelet's status updates do.
+async fn heartbeat(client: Client, node: String, shutdown: CancellationToken) {
+    let nodes: Api<Node> = Api::all(client);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
         }
-        Some(n)
-            if n == config.node_name
-                && pod.metadata.deletion_timestamp.is_none()
-                && !running.contains_key(&uid) =>
+        let patch = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+            "message": "berth agent is posting ready status", "lastHeartbeatTime": now()}]}});
+        if let Err(e) = nodes
+            .patch_status(&node, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await
         {
-            let ip = ipam.allocate(&uid)?;
-            let sandbox = Sandbox::create(&uid, &pod.name_any(), ip, bridge).await?;
-            write_etc(config, &sandbox, &pod, ip)?;
-            let services = Api::<Service>::all(client.clone())
-                .list(&Default::default())
-                .await?
-                .items;
-            let links = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.enable_service_links)
-                .unwrap_or(true);
-            let service_env = crate::env::service_env(&services, &ns, links);
-            let mut children = Vec::new();
-            let mut statuses = Vec::new();
-            for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
-                match spawn(config, &sandbox, &pod, c, &service_env) {
-                    Ok(child) => {
-                        statuses.push(json!({"name": c.name, "image": c.image, "imageID": "", "containerID": format!("berth://{}", child.id()),
-                            "ready": true, "started": true, "restartCount": 0, "state": {"running": {"startedAt": now()}}}));
-                        children.push(child);
-                    }
-                    Err(reason) => statuses.push(json!({"name": c.name, "image": c.image, "imageID": "", "ready": false, "started": false, "restartCount": 0,
-                        "state": {"waiting": {"reason": "ErrImagePull", "message": reason}}})),
+            tracing::debug!(error = %e, "node heartbeat");
+        }
+    }
+}
+
+async fn on_pod(
+    shared: &Arc<Shared>,
+    workers: &mut HashMap<String, Handle>,
+    pod: Pod,
+    shutdown: &CancellationToken,
+) {
+    let uid = pod.uid().unwrap_or_default();
+    let node = &shared.config.node_name;
+    match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+        None | Some("") => {
+            if pod.metadata.deletion_timestamp.is_none() {
+                bind(shared, &pod).await;
+            }
+        }
+        Some(n) if n == node => match workers.get(&uid) {
+            Some(h) => {
+                h.pod.send_replace(pod);
+            }
+            None => {
+                let finished = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase.as_deref())
+                    .is_some_and(|p| p == "Succeeded" || p == "Failed");
+                if !finished {
+                    let h = worker::spawn(shared.clone(), pod, shutdown.clone());
+                    workers.insert(uid, h);
                 }
             }
-            let all_ready = children.len() == pod.spec.as_ref().map_or(0, |s| s.containers.len());
-            let ready = if all_ready { "True" } else { "False" };
-            let status = json!({"status": {
-                "phase": if all_ready { "Running" } else { "Pending" },
-                "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}], "hostIP": bridge.gateway().addr().to_string(),
-                "startTime": now(),
-                "conditions": [
-                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": now()},
-                    {"type": "Initialized", "status": "True", "lastTransitionTime": now()},
-                    {"type": "ContainersReady", "status": ready, "lastTransitionTime": now()},
-                    {"type": "Ready", "status": ready, "lastTransitionTime": now()},
-                ],
-                "containerStatuses": statuses,
-            }});
-            running.insert(uid, Running { sandbox, children });
-            api.patch_status(
-                &pod.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&status),
-            )
-            .await?;
-            Ok(())
-        }
-        _ => Ok(()),
+        },
+        Some(_) => {}
     }
+}
+
+/// The one-node scheduler: binds the pod here, and says so in an Event as kube-scheduler does.
+async fn bind(shared: &Shared, pod: &Pod) {
+    let ns = pod.namespace().unwrap_or_default();
+    let node = &shared.config.node_name;
+    let api: Api<Pod> = Api::namespaced(shared.client.clone(), &ns);
+    let patch = json!({"spec": {"nodeName": node}});
+    if let Err(e) = api
+        .patch(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        tracing::warn!(pod = %pod.name_any(), error = %e, "binding the pod");
+        return;
+    }
+    let reference = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(pod.name_any()),
+        namespace: Some(ns.clone()),
+        uid: pod.uid(),
+        ..Default::default()
+    };
+    let msg = format!("Successfully assigned {ns}/{} to {node}", pod.name_any());
+    let ev = berth_api::events::event(
+        reference,
+        "default-scheduler",
+        None,
+        "Normal",
+        "Scheduled",
+        &msg,
+    );
+    let _ = Api::<Event>::namespaced(shared.client.clone(), &ns)
+        .create(&PostParams::default(), &ev)
+        .await;
 }
 
 pub(crate) fn now() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
-}
-
-/// The argv a container runs: its command and args, or for a built-in image the `berth`
-/// binary's workload on the container's first port.
-fn argv(config: &Config, c: &Container) -> std::result::Result<Vec<String>, String> {
-    let mut argv: Vec<String> = c.command.clone().unwrap_or_default();
-    argv.extend(c.args.clone().unwrap_or_default());
-    let image = c.image.clone().unwrap_or_default();
-    if c.command.is_none() {
-        let Some(b) = berth_workloads::Builtin::from_image(&image) else {
-            return Err(format!(
-                "image {image:?} is not a built-in workload and the container has no command"
-            ));
-        };
-        let port = c
-            .ports
-            .iter()
-            .flatten()
-            .next()
-            .map_or(b.default_port() as i32, |p| p.container_port);
-        let mut builtin = vec![
-            config.self_exe.display().to_string(),
-            "workload".into(),
-            b.name().into(),
-            "--port".into(),
-            port.to_string(),
-        ];
-        builtin.extend(argv);
-        return Ok(builtin);
-    }
-    Ok(argv)
-}
-
-/// The pod's /etc/resolv.conf and /etc/hosts, which `ip netns exec` mounts over the node's.
-fn write_etc(config: &Config, sandbox: &Sandbox, pod: &Pod, ip: std::net::Ipv4Addr) -> Result<()> {
-    let dir = etc_dir(sandbox);
-    let ns = pod.namespace().unwrap_or_default();
-    let write = |name: &str, text: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|source| Error::Write { path, source })
-    };
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Write {
-        path: dir.clone(),
-        source,
-    })?;
-    write(
-        "resolv.conf",
-        format!(
-            "search {ns}.svc.cluster.local svc.cluster.local cluster.local\nnameserver {}\noptions ndots:5\n",
-            config.cluster_dns
-        ),
-    )?;
-    write(
-        "hosts",
-        format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{}\n",
-            pod.name_any()
-        ),
-    )
-}
-
-fn etc_dir(sandbox: &Sandbox) -> PathBuf {
-    PathBuf::from("/etc/netns").join(sandbox.netns())
-}
-
-fn spawn(
-    config: &Config,
-    sandbox: &Sandbox,
-    pod: &Pod,
-    c: &Container,
-    service_env: &[(String, String)],
-) -> std::result::Result<Child, String> {
-    let argv = argv(config, c)?;
-    let log_dir = config
-        .state_dir
-        .join("pods")
-        .join(pod.uid().unwrap_or_default());
-    std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
-    let log = std::fs::File::create(log_dir.join(format!("{}.log", c.name)))
-        .map_err(|e| e.to_string())?;
-    let err = log.try_clone().map_err(|e| e.to_string())?;
-    let mut cmd = Command::new("ip");
-    // A UTS namespace of its own gives the container the pod's name as hostname.
-    let netns = sandbox.netns();
-    cmd.args([
-        "netns",
-        "exec",
-        netns,
-        "unshare",
-        "--uts",
-        "--",
-        "setpriv",
-        "--pdeathsig",
-        "KILL",
-        "--",
-    ])
-    .args(["/bin/sh", "-c", "hostname \"$0\" && exec \"$@\""])
-    .arg(pod.name_any())
-    .args(&argv)
-    .env_clear()
-    .env(
-        "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    )
-    .env("HOSTNAME", pod.name_any())
-    .stdin(Stdio::null())
-    .stdout(log)
-    .stderr(err);
-    cmd.envs(service_env.iter().map(|(k, v)| (k, v)));
-    for e in c.env.iter().flatten() {
-        if let Some(v) = &e.value {
-            cmd.env(&e.name, v);
-        }
-    }
-    cmd.spawn().map_err(|e| format!("starting {argv:?}: {e}"))
-}
-
-async fn stop(ipam: &mut Ipam, running: &mut HashMap<String, Running>, uid: &str) -> Result<()> {
-    let Some(mut r) = running.remove(uid) else {
-        return Ok(());
-    };
-    for c in &mut r.children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    let _ = std::fs::remove_dir_all(etc_dir(&r.sandbox));
-    r.sandbox.destroy().await?;
-    ipam.release(uid)?;
-    Ok(())
 }

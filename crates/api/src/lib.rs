@@ -5,6 +5,7 @@
 //! Start from [`resources::RESOURCES`]; the API server, controllers and agent all use it.
 
 pub mod error;
+pub mod events;
 pub mod fields;
 pub mod meta;
 pub mod names;

@@ -322,6 +322,34 @@ pub async fn check_namespace_open(srv: &Server, ns: &str) -> Result<()> {
     Ok(())
 }
 
+/// The grace period a deletion of `obj` gets, as the pod registry decides it: the one asked
+/// for, else the pod's `terminationGracePeriodSeconds`; none (0) for a pod no node runs (not
+/// bound, or already finished), since nobody would finish the deletion. Other kinds have none.
+pub fn grace_period(r: &Resource, obj: &Value, asked: Option<i64>) -> i64 {
+    if !(r.group.is_empty() && r.kind == "Pod") {
+        return 0;
+    }
+    let bound = obj
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        obj.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
+    if !bound || finished {
+        return 0;
+    }
+    let period = asked
+        .or_else(|| {
+            obj.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
+        .unwrap_or(30);
+    // kube-apiserver turns a negative period into the shortest graceful one.
+    if period < 0 { 1 } else { period }
+}
+
 /// Refuses deletions kube-apiserver refuses.
 pub async fn check_delete(_srv: &Server, r: &Resource, obj: &Value) -> Result<()> {
     if r.group.is_empty() && r.kind == "Namespace" {

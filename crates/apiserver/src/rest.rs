@@ -548,10 +548,16 @@ async fn write_update(
             warnings,
         });
     }
+    // A graceful deletion still running (grace period > 0) is finished by a delete call,
+    // not by the update that empties the finalizers.
     let finalized = new
         .get("metadata")
         .and_then(|m| m.get("deletionTimestamp"))
         .is_some()
+        && new["metadata"]
+            .get("deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .is_none_or(|g| g == 0)
         && new["metadata"]
             .get("finalizers")
             .and_then(Value::as_array)
@@ -698,6 +704,7 @@ struct DeleteOptions {
     precondition_rv: Option<String>,
     /// `Orphan`, `Background` or `Foreground` (from the body or `?propagationPolicy=`).
     propagation: Option<String>,
+    grace_period_seconds: Option<i64>,
 }
 
 fn delete_options(body: &[u8]) -> Result<DeleteOptions> {
@@ -717,6 +724,7 @@ fn delete_options(body: &[u8]) -> Result<DeleteOptions> {
             .and_then(|p| p.get("resourceVersion"))
             .and_then(Value::as_str)
             .map(str::to_owned),
+        grace_period_seconds: v.get("gracePeriodSeconds").and_then(Value::as_i64),
         propagation: v
             .get("propagationPolicy")
             .and_then(Value::as_str)
@@ -784,6 +792,14 @@ async fn delete(
     if params.dry_run() {
         return Ok(Reply::ok(cur));
     }
+    let grace = admission::grace_period(
+        r,
+        &cur,
+        opts.grace_period_seconds.or(params.grace_period_seconds),
+    );
+    if grace > 0 {
+        return graceful_delete(srv, t, &key, &cur_kv, cur, grace).await;
+    }
     let policy = opts
         .propagation
         .clone()
@@ -808,15 +824,19 @@ async fn delete(
             .get("metadata")
             .and_then(|m| m.get("deletionTimestamp"))
             .is_some();
-        if deleting && gc_finalizer.is_none() {
+        let graceful = cur
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .is_some_and(|g| g > 0);
+        if deleting && gc_finalizer.is_none() && !graceful {
             return Ok(Reply::ok(cur));
         }
         let mut marked = cur.clone();
         marked.set_meta("finalizers", json!(finalizers));
         if !deleting {
             marked.set_meta("deletionTimestamp", json!(now_rfc3339()));
-            marked.set_meta("deletionGracePeriodSeconds", json!(0));
         }
+        marked.set_meta("deletionGracePeriodSeconds", json!(0));
         let kv = srv
             .store
             .update(&key, encode(&marked), Some(cur_kv.mod_revision))
@@ -832,6 +852,59 @@ async fn delete(
         }
         Err(berth_store::Error::NotFound { .. }) => Err(not_found(r, name)),
         Err(berth_store::Error::Conflict { .. }) => Err(modified(r, name)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The first step of a graceful deletion, as kube-apiserver takes it: the object is only
+/// marked (`deletionTimestamp` = now + grace, `deletionGracePeriodSeconds`), and whoever runs
+/// it (the node agent, for pods) deletes it again with grace 0 once it has stopped. Asking
+/// again with a shorter grace period moves the deadline closer; a longer one changes nothing.
+async fn graceful_delete(
+    srv: &Server,
+    t: &Target,
+    key: &str,
+    cur_kv: &KeyValue,
+    cur: Value,
+    grace: i64,
+) -> Result<Reply> {
+    let meta = cur.get("metadata");
+    let now = jiff::Timestamp::now();
+    let deadline = match (
+        meta.and_then(|m| m.get("deletionTimestamp"))
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok()),
+        meta.and_then(|m| m.get("deletionGracePeriodSeconds"))
+            .and_then(Value::as_i64),
+    ) {
+        (Some(_), Some(current)) if grace >= current => return Ok(Reply::ok(cur)),
+        // Shortened: the deadline moves back by the difference, from when deletion started.
+        (Some(at), Some(current)) => at
+            .checked_sub(jiff::SignedDuration::from_secs(current - grace))
+            .unwrap_or(now),
+        _ => now
+            .checked_add(jiff::SignedDuration::from_secs(grace))
+            .unwrap_or(now),
+    };
+    let mut marked = cur;
+    marked.set_meta(
+        "deletionTimestamp",
+        json!(deadline.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+    );
+    marked.set_meta("deletionGracePeriodSeconds", json!(grace));
+    marked.remove_meta("resourceVersion");
+    match srv
+        .store
+        .update(key, encode(&marked), Some(cur_kv.mod_revision))
+        .await
+    {
+        Ok(kv) => {
+            marked.set_meta("resourceVersion", json!(kv.mod_revision.to_string()));
+            Ok(Reply::ok(marked))
+        }
+        Err(berth_store::Error::Conflict { .. }) => {
+            Err(modified(t.resource, t.name.as_deref().unwrap_or("")))
+        }
         Err(e) => Err(e.into()),
     }
 }

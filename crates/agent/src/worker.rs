@@ -1,0 +1,1074 @@
+//! One pod's life on the node, in a task of its own (the kubelet's pod worker): make the
+//! sandbox, start the containers, restart them by `restartPolicy` with back-off, run their
+//! probes, report the pod's status, and on deletion stop them (SIGTERM, the grace period,
+//! SIGKILL), release the sandbox and remove the pod object.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Event, ObjectReference, Pod, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::reflector;
+use kube::{Client, ResourceExt};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::pods::{Config, now};
+use crate::probe::{self, Kind, Timing, Verdict};
+use crate::runtime::{self, Runtime, StartSpec};
+use crate::sandbox::{Bridge, Ipam, Sandbox};
+use crate::{Error, layout};
+
+/// What every pod worker shares.
+pub(crate) struct Shared {
+    pub client: Client,
+    pub config: Config,
+    pub bridge: Bridge,
+    pub ipam: std::sync::Mutex<Ipam>,
+    pub runtime: Arc<dyn Runtime>,
+    pub services: reflector::Store<Service>,
+}
+
+/// The kubelet's crash-loop back-off: the first restart is immediate, then 10 s, doubling
+/// to 5 minutes; a container that ran for 10 minutes starts over.
+const BACKOFF_START: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+const PROBE_KINDS: [Kind; 3] = [Kind::Startup, Kind::Liveness, Kind::Readiness];
+
+/// How the dispatcher talks to a worker.
+pub(crate) struct Handle {
+    pub pod: watch::Sender<Pod>,
+    /// Cancelled when the pod object is gone from the API: stop everything now.
+    pub gone: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the worker of `pod`. It ends when the pod is deleted (after removing the object),
+/// when `gone` is cancelled, or on `shutdown` (stopping its processes but leaving the object).
+pub(crate) fn spawn(shared: Arc<Shared>, pod: Pod, shutdown: CancellationToken) -> Handle {
+    let (tx, rx) = watch::channel(pod.clone());
+    let gone = CancellationToken::new();
+    let worker = Worker::new(shared, pod);
+    let task = tokio::spawn(worker.run(rx, gone.clone(), shutdown));
+    Handle {
+        pod: tx,
+        gone,
+        task,
+    }
+}
+
+enum Msg {
+    Exited {
+        idx: usize,
+        run: u64,
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    Probed {
+        idx: usize,
+        run: u64,
+        kind: Kind,
+        result: Result<(), String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    Waiting {
+        reason: String,
+        message: Option<String>,
+        /// When a crash-looping container is started again.
+        retry_at: Option<Instant>,
+    },
+    Running {
+        started_at: String,
+        since: Instant,
+    },
+    Terminated(Value),
+}
+
+struct Ctr {
+    spec: Container,
+    state: State,
+    restarts: i32,
+    last: Option<Value>,
+    backoff: Duration,
+    /// Which run of the container messages are about; results of an earlier run are dropped.
+    run: u64,
+    pid: Option<u32>,
+    verdicts: HashMap<Kind, Verdict>,
+    next_probe: HashMap<Kind, Instant>,
+    kill_at: Option<Instant>,
+}
+
+impl Ctr {
+    fn running(&self) -> bool {
+        matches!(self.state, State::Running { .. })
+    }
+
+    fn started(&self) -> bool {
+        self.running() && self.verdicts.get(&Kind::Startup).is_none_or(|v| v.ok)
+    }
+
+    fn ready(&self) -> bool {
+        self.started() && self.verdicts.get(&Kind::Readiness).is_none_or(|v| v.ok)
+    }
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    pod: Pod,
+    uid: String,
+    api: Api<Pod>,
+    sandbox: Option<Sandbox>,
+    ip: Option<Ipv4Addr>,
+    containers: Vec<Ctr>,
+    tx: mpsc::UnboundedSender<Msg>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    start_time: String,
+    /// Each condition's status and when it last changed.
+    conditions: BTreeMap<&'static str, (bool, String)>,
+    last_status: Option<Value>,
+    /// Set once the pod is being deleted: when what is still running gets SIGKILL.
+    terminating: Option<Instant>,
+    sandbox_error: Option<String>,
+}
+
+impl Worker {
+    fn new(shared: Arc<Shared>, pod: Pod) -> Worker {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let api = Api::namespaced(shared.client.clone(), &pod.namespace().unwrap_or_default());
+        let containers = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .map(|c| Ctr {
+                spec: c.clone(),
+                state: State::Waiting {
+                    reason: "ContainerCreating".into(),
+                    message: None,
+                    retry_at: None,
+                },
+                // A pod restarted by a new agent keeps counting.
+                restarts: previous_restarts(&pod, &c.name),
+                last: None,
+                backoff: Duration::ZERO,
+                run: 0,
+                pid: None,
+                verdicts: HashMap::new(),
+                next_probe: HashMap::new(),
+                kill_at: None,
+            })
+            .collect();
+        Worker {
+            uid: pod.uid().unwrap_or_default(),
+            shared,
+            api,
+            sandbox: None,
+            ip: None,
+            containers,
+            tx,
+            rx,
+            start_time: now(),
+            conditions: BTreeMap::new(),
+            last_status: None,
+            terminating: None,
+            sandbox_error: None,
+            pod,
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut pod_rx: watch::Receiver<Pod>,
+        gone: CancellationToken,
+        shutdown: CancellationToken,
+    ) {
+        let name = self.pod.name_any();
+        if self.pod.metadata.deletion_timestamp.is_none() {
+            self.start().await;
+        }
+        loop {
+            if self.pod.metadata.deletion_timestamp.is_some() {
+                self.begin_termination();
+                if self.containers.iter().all(|c| c.pid.is_none()) {
+                    self.teardown(true).await;
+                    self.delete_object().await;
+                    return;
+                }
+            }
+            self.report().await;
+            let deadline = self.next_deadline();
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = gone.cancelled() => {
+                    self.teardown(true).await;
+                    return;
+                }
+                changed = pod_rx.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    self.pod = pod_rx.borrow_and_update().clone();
+                }
+                Some(msg) = self.rx.recv() => self.on_msg(msg),
+                _ = sleep_until(deadline) => self.on_timers().await,
+            }
+        }
+        tracing::debug!(pod = %name, "worker stopping with the agent");
+        self.teardown(false).await;
+    }
+
+    /// The sandbox, then every container.
+    async fn start(&mut self) {
+        match self.make_sandbox().await {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(pod = %self.pod.name_any(), error = %e, "creating the pod sandbox");
+                self.sandbox_error = Some(e.to_string());
+                self.event(
+                    "Warning",
+                    "FailedCreatePodSandBox",
+                    &format!("Failed to create pod sandbox: {e}"),
+                    None,
+                )
+                .await;
+                return;
+            }
+        }
+        for idx in 0..self.containers.len() {
+            self.start_container(idx, false).await;
+        }
+    }
+
+    async fn make_sandbox(&mut self) -> Result<(), Error> {
+        let shared = &self.shared;
+        let ip = shared
+            .ipam
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allocate(&self.uid)?;
+        self.ip = Some(ip);
+        let name = self.pod.name_any();
+        let sandbox = match Sandbox::create(&self.uid, &name, ip, &shared.bridge).await {
+            Err(Error::SandboxExists { .. }) => {
+                // Left by an agent that stopped without cleaning up: start the pod afresh.
+                Sandbox::destroy_pod(&self.uid).await?;
+                Sandbox::create(&self.uid, &name, ip, &shared.bridge).await?
+            }
+            r => r?,
+        };
+        write_etc(&shared.config, &sandbox, &self.pod, ip)?;
+        let dir = layout::pod_dir(&shared.config.state_dir, &self.uid);
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Write { path: dir, source })?;
+        self.sandbox = Some(sandbox);
+        Ok(())
+    }
+
+    fn env(&self, c: &Container) -> Vec<(String, String)> {
+        let spec = self.pod.spec.as_ref();
+        let links = spec.and_then(|s| s.enable_service_links).unwrap_or(true);
+        let services: Vec<Service> = self
+            .shared
+            .services
+            .state()
+            .iter()
+            .map(|s| (**s).clone())
+            .collect();
+        let ns = self.pod.namespace().unwrap_or_default();
+        let mut env = crate::env::service_env(&services, &ns, links);
+        let pod_ip = self.ip.map(|i| i.to_string()).unwrap_or_default();
+        let host_ip = self.shared.config.node_ip.to_string();
+        let own = crate::env::container_env(c, &self.pod, &pod_ip, &host_ip, &env);
+        env.extend(own);
+        env
+    }
+
+    async fn start_container(&mut self, idx: usize, restart: bool) {
+        let Some(sandbox) = &self.sandbox else { return };
+        let state_dir = &self.shared.config.state_dir;
+        let name = self.containers[idx].spec.name.clone();
+        let log = layout::log_path(state_dir, &self.uid, &name);
+        if log.exists() {
+            let _ = std::fs::rename(&log, layout::previous_log_path(state_dir, &self.uid, &name));
+        }
+        let env = self.env(&self.containers[idx].spec);
+        let mut spec = self.containers[idx].spec.clone();
+        // `$(VAR)` in command and args refers to the container's environment.
+        let lookup = |n: &str| {
+            env.iter()
+                .rev()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+        };
+        for list in [&mut spec.command, &mut spec.args].into_iter().flatten() {
+            for arg in list.iter_mut() {
+                *arg = crate::env::expand(arg, lookup);
+            }
+        }
+        let started = self.shared.runtime.start(&StartSpec {
+            netns: sandbox.netns(),
+            hostname: &self.pod.name_any(),
+            container: &spec,
+            env,
+            log: &log,
+        });
+        let image = spec.image.clone().unwrap_or_default();
+        let c = &mut self.containers[idx];
+        c.run += 1;
+        c.verdicts.clear();
+        c.next_probe.clear();
+        c.kill_at = None;
+        match started {
+            Ok(mut child) => {
+                let pid = child.id().unwrap_or_default();
+                let _ = std::fs::write(
+                    layout::pid_path(state_dir, &self.uid, &name),
+                    pid.to_string(),
+                );
+                if restart {
+                    c.restarts += 1;
+                }
+                c.pid = Some(pid);
+                c.state = State::Running {
+                    started_at: now(),
+                    since: Instant::now(),
+                };
+                let start = Instant::now();
+                for kind in PROBE_KINDS {
+                    if let Some(p) = kind.of(&c.spec) {
+                        let t = Timing::of(p);
+                        c.verdicts.insert(kind, Verdict::new(kind, t));
+                        c.next_probe.insert(kind, start + t.initial_delay);
+                    }
+                }
+                let (tx, run) = (self.tx.clone(), c.run);
+                tokio::spawn(async move {
+                    let status = child.wait().await;
+                    let (code, signal) = match status {
+                        Ok(s) => {
+                            use std::os::unix::process::ExitStatusExt;
+                            (s.code(), s.signal())
+                        }
+                        Err(_) => (None, None),
+                    };
+                    let _ = tx.send(Msg::Exited {
+                        idx,
+                        run,
+                        code,
+                        signal,
+                    });
+                });
+                let (pulled, created, started) = (
+                    format!("Container image \"{image}\" already present on machine"),
+                    format!("Created container: {name}"),
+                    format!("Started container {name}"),
+                );
+                let field = Some(format!("spec.containers{{{name}}}"));
+                self.event("Normal", "Pulled", &pulled, field.clone()).await;
+                self.event("Normal", "Created", &created, field.clone())
+                    .await;
+                self.event("Normal", "Started", &started, field).await;
+            }
+            Err(e) => {
+                c.state = State::Waiting {
+                    reason: e.reason.into(),
+                    message: Some(e.message.clone()),
+                    retry_at: None,
+                };
+                self.event(
+                    "Warning",
+                    "Failed",
+                    &format!("Error: {}", e.message),
+                    Some(format!("spec.containers{{{name}}}")),
+                )
+                .await;
+            }
+        }
+    }
+
+    fn on_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Exited {
+                idx,
+                run,
+                code,
+                signal,
+            } => self.on_exit(idx, run, code, signal),
+            Msg::Probed {
+                idx,
+                run,
+                kind,
+                result,
+            } => self.on_probe(idx, run, kind, result),
+        }
+    }
+
+    fn on_exit(&mut self, idx: usize, run: u64, code: Option<i32>, signal: Option<i32>) {
+        let policy = self.restart_policy();
+        let terminating = self.terminating.is_some();
+        let state_dir = self.shared.config.state_dir.clone();
+        let Some(c) = self.containers.get_mut(idx).filter(|c| c.run == run) else {
+            return;
+        };
+        let _ = std::fs::remove_file(layout::pid_path(&state_dir, &self.uid, &c.spec.name));
+        c.pid = None;
+        c.kill_at = None;
+        let exit_code = code.unwrap_or_else(|| 128 + signal.unwrap_or(9));
+        let (started_at, ran) = match &c.state {
+            State::Running { started_at, since } => (started_at.clone(), since.elapsed()),
+            _ => (now(), Duration::ZERO),
+        };
+        let mut terminated = json!({
+            "exitCode": exit_code,
+            "reason": if exit_code == 0 { "Completed" } else { "Error" },
+            "startedAt": started_at,
+            "finishedAt": now(),
+            "containerID": format!("berth://{}", self.uid),
+        });
+        if let Some(s) = signal {
+            terminated["signal"] = json!(s);
+        }
+        tracing::debug!(container = %c.spec.name, exit_code, "container exited");
+        let restart = !terminating
+            && match policy.as_str() {
+                "Never" => false,
+                "OnFailure" => exit_code != 0,
+                _ => true,
+            };
+        if !restart {
+            c.state = State::Terminated(terminated);
+            return;
+        }
+        c.last = Some(terminated);
+        if ran >= BACKOFF_RESET {
+            c.backoff = Duration::ZERO;
+        }
+        let delay = c.backoff;
+        c.backoff = if delay.is_zero() {
+            BACKOFF_START
+        } else {
+            (delay * 2).min(BACKOFF_MAX)
+        };
+        let pod = format!(
+            "{}_{}({})",
+            self.pod.name_any(),
+            self.pod.namespace().unwrap_or_default(),
+            self.uid
+        );
+        c.state = State::Waiting {
+            reason: if delay.is_zero() {
+                "ContainerCreating".into()
+            } else {
+                "CrashLoopBackOff".into()
+            },
+            message: (!delay.is_zero()).then(|| {
+                format!(
+                    "back-off {}s restarting failed container={} pod={pod}",
+                    delay.as_secs(),
+                    c.spec.name
+                )
+            }),
+            retry_at: Some(Instant::now() + delay),
+        };
+    }
+
+    fn on_probe(&mut self, idx: usize, run: u64, kind: Kind, result: Result<(), String>) {
+        let grace = self.grace_seconds();
+        let Some(c) = self.containers.get_mut(idx).filter(|c| c.run == run) else {
+            return;
+        };
+        if !c.running() || self.terminating.is_some() {
+            return;
+        }
+        let Some(probe) = kind.of(&c.spec).cloned() else {
+            return;
+        };
+        let Some(v) = c.verdicts.get_mut(&kind) else {
+            return;
+        };
+        let timing = Timing::of(&probe);
+        v.record(result.is_ok());
+        let (ok, failed) = (v.ok, v.failed());
+        c.next_probe.insert(kind, Instant::now() + timing.period);
+        if kind == Kind::Startup && ok {
+            // A startup probe stops once it has succeeded.
+            c.next_probe.remove(&kind);
+        }
+        let name = c.spec.name.clone();
+        let kill = matches!(kind, Kind::Liveness | Kind::Startup) && failed;
+        if kill {
+            c.next_probe.clear();
+            let grace = probe
+                .termination_grace_period_seconds
+                .unwrap_or(grace)
+                .max(0);
+            if let Some(pid) = c.pid {
+                runtime::signal(pid, Signal::SIGTERM);
+            }
+            c.kill_at = Some(Instant::now() + Duration::from_secs(grace.unsigned_abs()));
+        }
+        if let Err(why) = result {
+            let (client, obj) = (self.shared.client.clone(), self.reference(Some(&name)));
+            let host = self.shared.config.node_name.clone();
+            let msg = format!("{} probe failed: {why}", kind.title());
+            let killing = kill.then(|| {
+                format!(
+                    "Container {name} failed {} probe, will be restarted",
+                    kind.title().to_lowercase()
+                )
+            });
+            tokio::spawn(async move {
+                post_event(&client, &host, obj.clone(), "Warning", "Unhealthy", &msg).await;
+                if let Some(k) = killing {
+                    post_event(&client, &host, obj, "Normal", "Killing", &k).await;
+                }
+            });
+        }
+    }
+
+    async fn on_timers(&mut self) {
+        let now_i = Instant::now();
+        if let Some(at) = self.terminating
+            && at <= now_i
+        {
+            for c in &self.containers {
+                if let Some(pid) = c.pid {
+                    runtime::signal(pid, Signal::SIGKILL);
+                }
+            }
+        }
+        let mut restarts = Vec::new();
+        for (idx, c) in self.containers.iter_mut().enumerate() {
+            if let Some(at) = c.kill_at
+                && at <= now_i
+            {
+                c.kill_at = None;
+                if let Some(pid) = c.pid {
+                    runtime::signal(pid, Signal::SIGKILL);
+                }
+            }
+            if let State::Waiting {
+                retry_at: Some(at), ..
+            } = c.state
+                && at <= now_i
+                && self.terminating.is_none()
+            {
+                restarts.push(idx);
+            }
+            let Some(pid) = c.pid.filter(|_| c.running() && c.kill_at.is_none()) else {
+                continue;
+            };
+            let started = c.started();
+            for kind in PROBE_KINDS {
+                // Until the startup probe has succeeded, it is the only one that runs.
+                if kind != Kind::Startup && !started {
+                    continue;
+                }
+                let Some(at) = c.next_probe.get(&kind).copied().filter(|at| *at <= now_i) else {
+                    continue;
+                };
+                let Some(probe) = kind.of(&c.spec).cloned() else {
+                    continue;
+                };
+                // Not again until this result is in (on_probe schedules the next one).
+                c.next_probe.insert(kind, at + Duration::from_secs(3600));
+                let target = probe::Target {
+                    pod_ip: IpAddr::V4(self.ip.unwrap_or(Ipv4Addr::LOCALHOST)),
+                    pid,
+                    container: c.spec.clone(),
+                };
+                let (tx, run) = (self.tx.clone(), c.run);
+                tokio::spawn(async move {
+                    let result = probe::run(&probe, &target).await;
+                    let _ = tx.send(Msg::Probed {
+                        idx,
+                        run,
+                        kind,
+                        result,
+                    });
+                });
+            }
+        }
+        for idx in restarts {
+            self.start_container(idx, true).await;
+        }
+    }
+
+    fn restart_policy(&self) -> String {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into())
+    }
+
+    /// The pod's grace period: the one its deletion asked for, else its spec's.
+    fn grace_seconds(&self) -> i64 {
+        self.pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or_else(|| {
+                self.pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+            })
+            .unwrap_or(30)
+    }
+
+    /// On deletion: SIGTERM to every running container once, SIGKILL when the grace period
+    /// is over (sooner if a later deletion shortened it).
+    fn begin_termination(&mut self) {
+        let deadline =
+            Instant::now() + Duration::from_secs(self.grace_seconds().max(0).unsigned_abs());
+        if self.terminating.is_some_and(|at| at <= deadline) {
+            return;
+        }
+        let first = self.terminating.is_none();
+        self.terminating = Some(deadline);
+        if !first {
+            return;
+        }
+        for c in &mut self.containers {
+            c.next_probe.clear();
+            match c.pid {
+                Some(pid) => runtime::signal(pid, Signal::SIGTERM),
+                None => {
+                    if let State::Waiting { retry_at, .. } = &mut c.state {
+                        *retry_at = None;
+                    }
+                }
+            }
+        }
+        let names: Vec<String> = self
+            .containers
+            .iter()
+            .filter(|c| c.pid.is_some())
+            .map(|c| c.spec.name.clone())
+            .collect();
+        let (client, host) = (
+            self.shared.client.clone(),
+            self.shared.config.node_name.clone(),
+        );
+        let refs: Vec<ObjectReference> = names.iter().map(|n| self.reference(Some(n))).collect();
+        tokio::spawn(async move {
+            for (n, r) in names.iter().zip(refs) {
+                post_event(
+                    &client,
+                    &host,
+                    r,
+                    "Normal",
+                    "Killing",
+                    &format!("Stopping container {n}"),
+                )
+                .await;
+            }
+        });
+    }
+
+    /// Stops whatever still runs and releases the sandbox and IP; `forget` also removes the
+    /// pod's files (its logs), for a pod that is gone rather than an agent that stops.
+    async fn teardown(&mut self, forget: bool) {
+        for c in &mut self.containers {
+            if let Some(pid) = c.pid.take() {
+                runtime::signal(pid, Signal::SIGKILL);
+            }
+        }
+        let _ = std::fs::remove_dir_all(etc_dir(&self.uid));
+        if let Err(e) = Sandbox::destroy_pod(&self.uid).await {
+            tracing::warn!(pod = %self.pod.name_any(), error = %e, "removing the pod sandbox");
+        }
+        self.sandbox = None;
+        if let Err(e) = self
+            .shared
+            .ipam
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release(&self.uid)
+        {
+            tracing::warn!(pod = %self.pod.name_any(), error = %e, "releasing the pod IP");
+        }
+        if forget {
+            let _ =
+                std::fs::remove_dir_all(layout::pod_dir(&self.shared.config.state_dir, &self.uid));
+        }
+    }
+
+    /// The last step of a graceful deletion: the object goes, only if it is still this pod.
+    async fn delete_object(&self) {
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(self.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match self.api.delete(&self.pod.name_any(), &dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => {
+                tracing::warn!(pod = %self.pod.name_any(), error = %e, "deleting the pod object")
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut at = self.terminating;
+        let mut consider = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
+        for c in &self.containers {
+            if let State::Waiting {
+                retry_at: Some(t), ..
+            } = c.state
+            {
+                consider(t);
+            }
+            if let Some(t) = c.kill_at {
+                consider(t);
+            }
+            if c.running() && c.kill_at.is_none() {
+                let started = c.started();
+                for (kind, t) in &c.next_probe {
+                    if *kind == Kind::Startup || started {
+                        consider(*t);
+                    }
+                }
+            }
+        }
+        at
+    }
+
+    fn reference(&self, container: Option<&str>) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(self.pod.name_any()),
+            namespace: self.pod.namespace(),
+            uid: Some(self.uid.clone()),
+            field_path: container.map(|n| format!("spec.containers{{{n}}}")),
+            ..Default::default()
+        }
+    }
+
+    async fn event(&self, type_: &str, reason: &str, message: &str, field: Option<String>) {
+        let mut r = self.reference(None);
+        r.field_path = field;
+        post_event(
+            &self.shared.client,
+            &self.shared.config.node_name,
+            r,
+            type_,
+            reason,
+            message,
+        )
+        .await;
+    }
+
+    /// Patches the pod's status when it differs from what was last reported.
+    async fn report(&mut self) {
+        let status = self.status();
+        if self.last_status.as_ref() == Some(&status) {
+            return;
+        }
+        let patch = json!({"status": status});
+        match self
+            .api
+            .patch_status(
+                &self.pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                let terminal = matches!(status["phase"].as_str(), Some("Succeeded" | "Failed"));
+                self.last_status = Some(status);
+                if terminal && self.sandbox.is_some() {
+                    // A finished pod keeps its logs and status but not its network.
+                    self.teardown(false).await;
+                }
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                tracing::warn!(pod = %self.pod.name_any(), error = %e, "reporting pod status")
+            }
+        }
+    }
+
+    fn container_status(&self, c: &Ctr) -> Value {
+        let state = match &c.state {
+            State::Waiting {
+                reason, message, ..
+            } => {
+                let mut w = json!({"reason": reason});
+                if let Some(m) = message {
+                    w["message"] = json!(m);
+                }
+                json!({"waiting": w})
+            }
+            State::Running { started_at, .. } => json!({"running": {"startedAt": started_at}}),
+            State::Terminated(t) => json!({"terminated": t}),
+        };
+        let mut s = json!({
+            "name": c.spec.name,
+            "image": c.spec.image.clone().unwrap_or_default(),
+            "imageID": "",
+            "ready": c.ready(),
+            "started": c.started(),
+            "restartCount": c.restarts,
+            "state": state,
+            "lastState": c.last.as_ref().map_or(json!({}), |t| json!({"terminated": t})),
+        });
+        if c.pid.is_some() || matches!(c.state, State::Terminated(_)) {
+            s["containerID"] = json!(format!("berth://{}-{}-{}", &self.uid, c.spec.name, c.run));
+        }
+        s
+    }
+
+    fn status(&mut self) -> Value {
+        let policy = self.restart_policy();
+        let views: Vec<Phase> = self
+            .containers
+            .iter()
+            .map(|c| match &c.state {
+                State::Running { .. } => Phase::Running,
+                State::Terminated(t) => Phase::Exited(t["exitCode"].as_i64().unwrap_or(1) == 0),
+                State::Waiting { .. } if c.last.is_some() => Phase::Restarting,
+                State::Waiting { .. } => Phase::Waiting,
+            })
+            .collect();
+        let phase = phase(&views, &policy);
+        let terminal = matches!(phase, "Succeeded" | "Failed");
+        let unready: Vec<&str> = self
+            .containers
+            .iter()
+            .filter(|c| !c.ready())
+            .map(|c| c.spec.name.as_str())
+            .collect();
+        let ready = unready.is_empty() && !terminal;
+        let sandbox = self.sandbox.is_some() || terminal;
+        let mut conditions = Vec::new();
+        for (ty, ok) in [
+            ("PodReadyToStartContainers", sandbox && !terminal),
+            ("Initialized", true),
+            ("Ready", ready),
+            ("ContainersReady", ready),
+            ("PodScheduled", true),
+        ] {
+            let at = match self.conditions.get(ty) {
+                Some((was, at)) if *was == ok => at.clone(),
+                _ => {
+                    let at = now();
+                    self.conditions.insert(ty, (ok, at.clone()));
+                    at
+                }
+            };
+            let mut cond = json!({"type": ty, "status": if ok { "True" } else { "False" }, "lastProbeTime": null, "lastTransitionTime": at});
+            if matches!(ty, "Ready" | "ContainersReady") && !ok {
+                if terminal {
+                    cond["reason"] = json!("PodCompleted");
+                } else {
+                    cond["reason"] = json!("ContainersNotReady");
+                    cond["message"] = json!(format!(
+                        "containers with unready status: [{}]",
+                        unready.join(" ")
+                    ));
+                }
+            }
+            conditions.push(cond);
+        }
+        let host_ip = self.shared.config.node_ip.to_string();
+        let mut status = json!({
+            "phase": phase,
+            "conditions": conditions,
+            "hostIP": host_ip,
+            "hostIPs": [{"ip": host_ip}],
+            "startTime": self.start_time,
+            "qosClass": qos_class(&self.pod),
+            "containerStatuses": self.containers.iter().map(|c| self.container_status(c)).collect::<Vec<_>>(),
+        });
+        if let Some(ip) = self.ip {
+            status["podIP"] = json!(ip.to_string());
+            status["podIPs"] = json!([{"ip": ip.to_string()}]);
+        }
+        if let Some(e) = &self.sandbox_error {
+            status["message"] = json!(e);
+        }
+        status
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Records an Event from this node's agent, as the kubelet does; failures are only logged.
+async fn post_event(
+    client: &Client,
+    host: &str,
+    obj: ObjectReference,
+    type_: &str,
+    reason: &str,
+    message: &str,
+) {
+    let ns = obj.namespace.clone().unwrap_or_default();
+    let ev = berth_api::events::event(obj, "kubelet", Some(host), type_, reason, message);
+    if let Err(e) = Api::<Event>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &ev)
+        .await
+    {
+        tracing::debug!(%ns, error = %e, "recording an event");
+    }
+}
+
+/// The restart count an earlier agent reported, so that restarting a pod after the agent
+/// restarts counts as one more restart.
+fn previous_restarts(pod: &Pod, container: &str) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == container))
+        .map_or(0, |c| {
+            c.restart_count + i32::from(c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        })
+}
+
+/// Where each container is, for working out the pod's phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Waiting,
+    Running,
+    /// Exited and waiting to be started again.
+    Restarting,
+    /// Exited for good; whether it succeeded.
+    Exited(bool),
+}
+
+/// The pod phase the kubelet derives from its containers.
+fn phase(containers: &[Phase], restart_policy: &str) -> &'static str {
+    let count = |f: fn(&Phase) -> bool| containers.iter().filter(|c| f(c)).count();
+    let waiting = count(|c| *c == Phase::Waiting);
+    let running = count(|c| matches!(c, Phase::Running | Phase::Restarting));
+    let stopped = count(|c| matches!(c, Phase::Exited(_)));
+    let succeeded = count(|c| *c == Phase::Exited(true));
+    if containers.is_empty() || waiting > 0 {
+        return "Pending";
+    }
+    if running > 0 {
+        return "Running";
+    }
+    match restart_policy {
+        "Always" => "Running",
+        _ if stopped == succeeded => "Succeeded",
+        "OnFailure" => "Running",
+        _ => "Failed",
+    }
+}
+
+/// The QoS class from the containers' requests and limits (Guaranteed when every container
+/// has equal CPU and memory requests and limits, BestEffort when none has any).
+fn qos_class(pod: &Pod) -> &'static str {
+    let containers: Vec<&Container> = pod.spec.iter().flat_map(|s| s.containers.iter()).collect();
+    let any = containers.iter().any(|c| {
+        c.resources.as_ref().is_some_and(|r| {
+            r.requests.as_ref().is_some_and(|m| !m.is_empty())
+                || r.limits.as_ref().is_some_and(|m| !m.is_empty())
+        })
+    });
+    if !any {
+        return "BestEffort";
+    }
+    let guaranteed = containers.iter().all(|c| {
+        let Some(r) = c.resources.as_ref() else {
+            return false;
+        };
+        ["cpu", "memory"].iter().all(|k| {
+            let limit = r.limits.as_ref().and_then(|l| l.get(*k));
+            let request = r.requests.as_ref().and_then(|l| l.get(*k)).or(limit);
+            limit.is_some() && limit == request
+        })
+    });
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+/// /etc/netns/<name>/: what `ip netns exec` mounts over the node's /etc for the pod.
+fn etc_dir(pod_uid: &str) -> std::path::PathBuf {
+    let netns = crate::sandbox::SandboxNames::for_uid(pod_uid)
+        .map(|n| n.netns)
+        .unwrap_or_else(|_| "berth-pod-invalid".into());
+    std::path::PathBuf::from("/etc/netns").join(netns)
+}
+
+/// The pod's /etc/resolv.conf and /etc/hosts.
+fn write_etc(config: &Config, sandbox: &Sandbox, pod: &Pod, ip: Ipv4Addr) -> Result<(), Error> {
+    let dir = etc_dir(sandbox.pod_uid());
+    let ns = pod.namespace().unwrap_or_default();
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|source| Error::Write { path, source })
+    };
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Write {
+        path: dir.clone(),
+        source,
+    })?;
+    write(
+        "resolv.conf",
+        format!(
+            "search {ns}.svc.cluster.local svc.cluster.local cluster.local\nnameserver {}\noptions ndots:5\n",
+            config.cluster_dns
+        ),
+    )?;
+    write(
+        "hosts",
+        format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{}\n",
+            pod.name_any()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_follow_the_kubelet() {
+        use Phase::*;
+        assert_eq!(phase(&[Waiting, Running], "Always"), "Pending");
+        assert_eq!(phase(&[Running, Exited(true)], "Never"), "Running");
+        assert_eq!(phase(&[Restarting], "Always"), "Running");
+        assert_eq!(phase(&[Exited(true), Exited(true)], "Never"), "Succeeded");
+        assert_eq!(phase(&[Exited(true), Exited(false)], "Never"), "Failed");
+        assert_eq!(phase(&[Exited(true)], "OnFailure"), "Succeeded");
+        assert_eq!(phase(&[], "Always"), "Pending");
+    }
+
+    #[test]
+    fn qos_classes() {
+        let pod: Pod = serde_json::from_value(json!({"spec": {"containers": [{"name": "a"}]}}))
+            .expect("test setup");
+        assert_eq!(qos_class(&pod), "BestEffort");
+        let pod: Pod = serde_json::from_value(json!({"spec": {"containers": [{"name": "a",
+            "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}}))
+        .expect("test setup");
+        assert_eq!(qos_class(&pod), "Guaranteed");
+        let pod: Pod = serde_json::from_value(json!({"spec": {"containers": [{"name": "a",
+            "resources": {"requests": {"cpu": "1"}}}]}}))
+        .expect("test setup");
+        assert_eq!(qos_class(&pod), "Burstable");
+    }
+}
