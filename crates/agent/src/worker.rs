@@ -198,7 +198,7 @@ impl Worker {
             if self.pod.metadata.deletion_timestamp.is_some() {
                 self.begin_termination();
                 if self.containers.iter().all(|c| c.pid.is_none()) {
-                    self.teardown(true).await;
+                    self.teardown(Teardown::PodGone).await;
                     self.delete_object().await;
                     return;
                 }
@@ -208,7 +208,7 @@ impl Worker {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = gone.cancelled() => {
-                    self.teardown(true).await;
+                    self.teardown(Teardown::PodGone).await;
                     return;
                 }
                 changed = pod_rx.changed() => {
@@ -222,7 +222,7 @@ impl Worker {
             }
         }
         tracing::debug!(pod = %name, "worker stopping with the agent");
-        self.teardown(false).await;
+        self.teardown(Teardown::AgentStops).await;
     }
 
     /// The sandbox, then every container.
@@ -673,12 +673,13 @@ impl Worker {
         });
     }
 
-    /// Stops whatever still runs and releases the sandbox and IP; `forget` also removes the
-    /// pod's files (its logs), for a pod that is gone rather than an agent that stops.
-    async fn teardown(&mut self, forget: bool) {
+    /// Stops whatever still runs and removes the sandbox; what else goes depends on `why`.
+    async fn teardown(&mut self, why: Teardown) {
+        let state_dir = &self.shared.config.state_dir;
         for c in &mut self.containers {
             if let Some(pid) = c.pid.take() {
                 runtime::signal(pid, Signal::SIGKILL);
+                let _ = std::fs::remove_file(layout::pid_path(state_dir, &self.uid, &c.spec.name));
             }
         }
         let _ = std::fs::remove_dir_all(etc_dir(&self.uid));
@@ -686,6 +687,10 @@ impl Worker {
             tracing::warn!(pod = %self.pod.name_any(), error = %e, "removing the pod sandbox");
         }
         self.sandbox = None;
+        if why == Teardown::AgentStops {
+            // The pod keeps its IP for when the agent starts it again.
+            return;
+        }
         if let Err(e) = self
             .shared
             .ipam
@@ -695,7 +700,7 @@ impl Worker {
         {
             tracing::warn!(pod = %self.pod.name_any(), error = %e, "releasing the pod IP");
         }
-        if forget {
+        if why == Teardown::PodGone {
             let _ =
                 std::fs::remove_dir_all(layout::pod_dir(&self.shared.config.state_dir, &self.uid));
         }
@@ -792,7 +797,7 @@ impl Worker {
                 self.last_status = Some(status);
                 if terminal && self.sandbox.is_some() {
                     // A finished pod keeps its logs and status but not its network.
-                    self.teardown(false).await;
+                    self.teardown(Teardown::PodFinished).await;
                 }
             }
             Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -903,6 +908,17 @@ impl Worker {
         }
         status
     }
+}
+
+/// Why a pod's sandbox is being removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Teardown {
+    /// The agent stops: the pod keeps its IP and logs and is started again by the next agent.
+    AgentStops,
+    /// The pod finished (Succeeded or Failed): it keeps its logs (`kubectl logs`), not its IP.
+    PodFinished,
+    /// The pod is deleted: nothing of it stays.
+    PodGone,
 }
 
 async fn sleep_until(at: Option<Instant>) {

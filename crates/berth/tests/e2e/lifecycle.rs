@@ -1,0 +1,269 @@
+//! Pod lifecycle on the node agent: restart policies and crash-loop back-off, liveness and
+//! readiness probes (readiness moving the pod in and out of a Service's endpoints), graceful
+//! termination, and an agent restart. Each test runs a cluster in its own node netns.
+
+use std::time::{Duration, Instant};
+
+use berth_testkit::{Cluster, eventually};
+
+fn node_cluster() -> Cluster {
+    let c = Cluster::start_on_node(std::path::Path::new(env!("CARGO_BIN_EXE_berth")), &[]);
+    eventually("node-1 to be Ready", || {
+        c.ok(&["get", "nodes"]).contains(" Ready ").then_some(())
+    });
+    c
+}
+
+fn jsonpath(c: &Cluster, pod: &str, path: &str) -> String {
+    c.ok(&["get", "pod", pod, "-o", &format!("jsonpath={path}")])
+}
+
+fn wait_for(c: &Cluster, pod: &str, path: &str, want: &str) {
+    eventually(&format!("{pod} {path} to be {want}"), || {
+        (jsonpath(c, pod, path) == want).then_some(())
+    });
+}
+
+fn pod(name: &str, extra_spec: &str, container: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    app: {name}\n    tier: front\nspec:\n{extra_spec}  containers:\n  - name: c\n{container}"
+    )
+}
+
+#[test]
+fn restart_policies_back_off_and_liveness() {
+    let c = node_cluster();
+    c.apply(&pod(
+        "crash",
+        "",
+        "    image: busybox\n    command: [sh, -c, 'echo run; exit 1']\n",
+    ));
+    c.apply(&pod(
+        "once",
+        "  restartPolicy: Never\n",
+        "    image: busybox\n    command: [sh, -c, 'exit 3']\n",
+    ));
+    c.apply(&pod(
+        "done",
+        "  restartPolicy: OnFailure\n",
+        "    image: busybox\n    command: [sh, -c, 'exit 0']\n",
+    ));
+    c.apply(&pod(
+        "live",
+        "",
+        "    image: busybox\n    command: [sleep, '600']\n    livenessProbe:\n      tcpSocket:\n        port: 9\n      periodSeconds: 1\n      failureThreshold: 1\n",
+    ));
+    // Always: restarted at once, then held back with CrashLoopBackOff.
+    wait_for(
+        &c,
+        "crash",
+        "{.status.containerStatuses[0].state.waiting.reason}",
+        "CrashLoopBackOff",
+    );
+    assert_eq!(jsonpath(&c, "crash", "{.status.phase}"), "Running");
+    assert_eq!(
+        jsonpath(
+            &c,
+            "crash",
+            "{.status.containerStatuses[0].lastState.terminated.exitCode}"
+        ),
+        "1"
+    );
+    let restarts: u32 = jsonpath(&c, "crash", "{.status.containerStatuses[0].restartCount}")
+        .parse()
+        .unwrap_or(0);
+    assert!(restarts >= 1, "restartCount {restarts}");
+    let table = c.ok(&["get", "pod", "crash"]);
+    assert!(table.contains("CrashLoopBackOff"), "{table}");
+    // Never: the pod fails with the container's exit code; OnFailure after success: done.
+    wait_for(&c, "once", "{.status.phase}", "Failed");
+    assert_eq!(
+        jsonpath(
+            &c,
+            "once",
+            "{.status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        "3"
+    );
+    wait_for(&c, "done", "{.status.phase}", "Succeeded");
+    let table = c.ok(&["get", "pod", "done"]);
+    assert!(table.contains("Completed"), "{table}");
+    // Finished pods give their network back.
+    eventually("finished pods to lose their netns", || {
+        (c.pod_netns().len() == 2).then_some(())
+    });
+    // A failing liveness probe restarts the container and says why.
+    eventually("live to be restarted", || {
+        let n: u32 = jsonpath(&c, "live", "{.status.containerStatuses[0].restartCount}")
+            .parse()
+            .ok()?;
+        (n >= 1).then_some(())
+    });
+    let events = c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=live",
+    ]);
+    assert!(
+        events.contains("Liveness probe failed") && events.contains("Killing"),
+        "{events}"
+    );
+}
+
+#[test]
+fn readiness_probe_moves_the_pod_in_and_out_of_endpoints() {
+    let c = node_cluster();
+    let flag = c.dir().join("ready-flag");
+    c.apply("apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    tier: front\n  ports:\n  - port: 80\n    targetPort: http\n");
+    c.apply(&pod(
+        "web",
+        "",
+        &format!(
+            "    image: berth/whoami\n    ports:\n    - name: http\n      containerPort: 8080\n    readinessProbe:\n      exec:\n        command: [test, -f, {}]\n      periodSeconds: 1\n      failureThreshold: 1\n",
+            flag.display()
+        ),
+    ));
+    c.apply(&pod(
+        "web2",
+        "",
+        "    image: berth/whoami\n    ports:\n    - name: http\n      containerPort: 8080\n    readinessProbe:\n      httpGet:\n        path: /\n        port: http\n      periodSeconds: 1\n",
+    ));
+    wait_for(&c, "web2", "{.status.containerStatuses[0].ready}", "true");
+    let ip = jsonpath(&c, "web", "{.status.podIP}");
+    let ip2 = jsonpath(&c, "web2", "{.status.podIP}");
+    let addresses = || {
+        c.ok(&[
+            "get",
+            "endpoints",
+            "web",
+            "-o",
+            "jsonpath={.subsets[*].addresses[*].ip}",
+        ])
+    };
+    eventually("web2 in the endpoints", || {
+        addresses().contains(&ip2).then_some(())
+    });
+    assert_eq!(jsonpath(&c, "web", "{.status.phase}"), "Running");
+    assert_eq!(
+        jsonpath(
+            &c,
+            "web",
+            "{.status.conditions[?(@.type==\"Ready\")].status}"
+        ),
+        "False"
+    );
+    assert!(!addresses().contains(&ip), "{}", addresses());
+    std::fs::write(&flag, "").expect("writing the flag");
+    eventually("web to turn ready", || {
+        addresses().contains(&ip).then_some(())
+    });
+    assert_eq!(
+        jsonpath(
+            &c,
+            "web",
+            "{.status.conditions[?(@.type==\"Ready\")].status}"
+        ),
+        "True"
+    );
+    std::fs::remove_file(&flag).expect("removing the flag");
+    eventually("web to leave the endpoints", || {
+        (!addresses().contains(&ip)).then_some(())
+    });
+    let table = c.ok(&["get", "pod", "web"]);
+    assert!(
+        table.contains("0/1") && table.contains("Running"),
+        "{table}"
+    );
+}
+
+#[test]
+fn deletion_sends_sigterm_then_sigkill_after_the_grace_period() {
+    let c = node_cluster();
+    let marker = c.dir().join("got-term");
+    c.apply(&pod(
+        "polite",
+        "",
+        &format!(
+            "    image: busybox\n    command: [sh, -c, 'trap \"echo bye > {}; exit 0\" TERM; while true; do sleep 0.2; done']\n",
+            marker.display()
+        ),
+    ));
+    c.apply(&pod(
+        "stubborn",
+        "  terminationGracePeriodSeconds: 2\n",
+        "    image: busybox\n    command: [sh, -c, 'trap \"\" TERM; sleep 600']\n",
+    ));
+    wait_for(&c, "polite", "{.status.phase}", "Running");
+    wait_for(&c, "stubborn", "{.status.phase}", "Running");
+    let t = Instant::now();
+    c.ok(&["delete", "pod", "polite"]);
+    assert!(
+        marker.exists(),
+        "the container got SIGTERM and ran its trap"
+    );
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let t = Instant::now();
+    let stubborn = std::thread::scope(|s| {
+        let h = s.spawn(|| c.ok(&["delete", "pod", "stubborn"]));
+        let seen = eventually("stubborn to show Terminating", || {
+            c.ok(&["get", "pod", "stubborn"])
+                .contains("Terminating")
+                .then_some(())
+        });
+        (h.join(), seen)
+    });
+    assert!(stubborn.0.is_ok());
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(15),
+        "SIGKILL after the 2 s grace period, took {took:?}"
+    );
+    let left = c.ok(&["get", "pods", "-o", "name"]);
+    assert!(left.trim().is_empty(), "{left}");
+    assert!(c.pod_netns().is_empty(), "{:?}", c.pod_netns());
+    // Forced deletion removes the object at once; the agent still cleans up.
+    c.apply(&pod(
+        "forced",
+        "",
+        "    image: busybox\n    command: [sh, -c, 'trap \"\" TERM; sleep 600']\n",
+    ));
+    wait_for(&c, "forced", "{.status.phase}", "Running");
+    c.ok(&["delete", "pod", "forced", "--grace-period=0", "--force"]);
+    eventually("forced's netns to go", || {
+        c.pod_netns().is_empty().then_some(())
+    });
+}
+
+#[test]
+fn an_agent_restart_starts_its_pods_again_with_the_same_ip() {
+    let mut c = node_cluster();
+    c.ok(&["run", "web", "--image=berth/whoami", "--port=8080"]);
+    wait_for(&c, "web", "{.status.phase}", "Running");
+    let ip = jsonpath(&c, "web", "{.status.podIP}");
+    c.restart();
+    eventually("web to run again", || {
+        let restarts = jsonpath(&c, "web", "{.status.containerStatuses[0].restartCount}");
+        let running = jsonpath(
+            &c,
+            "web",
+            "{.status.containerStatuses[0].state.running.startedAt}",
+        );
+        (restarts == "1" && !running.is_empty()).then_some(())
+    });
+    assert_eq!(jsonpath(&c, "web", "{.status.podIP}"), ip);
+    let node = c.node().expect("a node cluster");
+    let body = eventually("whoami to answer after the restart", || {
+        let out = node.exec(&[
+            "curl",
+            "-s",
+            "--max-time",
+            "2",
+            &format!("http://{ip}:8080/"),
+        ]);
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        body.contains("Hostname: web").then_some(body)
+    });
+    assert!(body.contains(&ip), "{body}");
+    assert_eq!(c.pod_netns().len(), 1);
+}
