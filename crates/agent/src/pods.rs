@@ -89,6 +89,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         bridge,
         ipam: std::sync::Mutex::new(ipam),
         services,
+        consoles: Arc::default(),
     });
     let mut workers: HashMap<String, Handle> = HashMap::new();
     let mut events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())

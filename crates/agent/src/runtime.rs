@@ -2,11 +2,16 @@
 //! a pod sandbox, signal it, and resolve what its image means. Today's runtime runs host
 //! processes ([`Processes`]); an OCI runtime later implements the same [`Runtime`] trait.
 
+use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use k8s_openapi::api::core::v1::Container;
 use tokio::process::{Child, Command};
+use tokio::sync::{broadcast, mpsc};
 
 /// Why a container could not be started, in the kubelet's terms: `reason` is what the
 /// container's `waiting` state shows (`ErrImagePull`, `RunContainerError`, ...).
@@ -31,11 +36,117 @@ pub struct StartSpec<'a> {
     pub log: &'a Path,
 }
 
-/// Starts and signals container processes.
+/// Starts container processes.
 pub trait Runtime: Send + Sync + 'static {
-    /// Starts the container; the returned child is the container's main process, leader of
-    /// a process group of its own (so a signal reaches everything it started).
-    fn start(&self, spec: &StartSpec<'_>) -> Result<Child, StartError>;
+    /// Starts the container. The child is the container's main process, leader of a process
+    /// group of its own (so a signal reaches everything it started). Containers with `stdin`
+    /// or `tty` come with their [`Console`], which `kubectl attach` connects to.
+    fn start(&self, spec: &StartSpec<'_>) -> Result<(Child, Option<Arc<Console>>), StartError>;
+}
+
+/// Where attached clients' output comes from: the pty (stdout and stderr merged) or stdout.
+pub const STDOUT: u8 = 1;
+pub const STDERR: u8 = 2;
+
+/// The stdio of a running container that keeps its stdin open (`stdin: true`) or has a
+/// terminal (`tty: true`): input goes to the process, output goes to the log and to every
+/// attached client.
+#[derive(Debug)]
+pub struct Console {
+    pub tty: bool,
+    /// `stdinOnce`: the first attached client closing its stdin closes the container's.
+    pub stdin_once: bool,
+    input: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
+    output: broadcast::Sender<(u8, Bytes)>,
+    /// The terminal's device (`/dev/pts/N`), for resizing.
+    tty_path: Option<PathBuf>,
+}
+
+impl Console {
+    /// Output from now on, as (stream, bytes) with stream [`STDOUT`] or [`STDERR`].
+    pub fn subscribe(&self) -> broadcast::Receiver<(u8, Bytes)> {
+        self.output.subscribe()
+    }
+
+    /// Sends input to the container; false once its stdin is closed.
+    pub fn write(&self, data: Bytes) -> bool {
+        let input = self.input.lock().unwrap_or_else(|p| p.into_inner());
+        input.as_ref().is_some_and(|tx| tx.send(data).is_ok())
+    }
+
+    /// Closes the container's stdin (a terminal gets end-of-file, ^D).
+    pub fn close_stdin(&self) {
+        let mut input = self.input.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = input.take()
+            && self.tty
+        {
+            let _ = tx.send(Bytes::from_static(b"\x04"));
+        }
+    }
+
+    /// Sets the terminal's size, as a client's resize message asks.
+    pub fn resize(&self, cols: u16, rows: u16) {
+        if let Some(path) = &self.tty_path {
+            // stty does the TIOCSWINSZ ioctl, which would otherwise need unsafe code here.
+            let _ = std::process::Command::new("stty")
+                .arg("-F")
+                .arg(path)
+                .args(["cols", &cols.to_string(), "rows", &rows.to_string()])
+                .status();
+        }
+    }
+}
+
+/// The consoles of the containers running on this node, by (pod uid, container name).
+#[derive(Debug, Default)]
+pub struct Consoles(Mutex<HashMap<(String, String), Arc<Console>>>);
+
+impl Consoles {
+    pub fn get(&self, pod_uid: &str, container: &str) -> Option<Arc<Console>> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&(pod_uid.to_owned(), container.to_owned()))
+            .cloned()
+    }
+
+    pub fn set(&self, pod_uid: &str, container: &str, console: Option<Arc<Console>>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (pod_uid.to_owned(), container.to_owned());
+        match console {
+            Some(c) => map.insert(key, c),
+            None => map.remove(&key),
+        };
+    }
+}
+
+/// Copies a container's output to its log and to attached clients until it closes.
+fn pump(
+    mut from: impl Read + Send + 'static,
+    stream: u8,
+    mut log: std::fs::File,
+    out: broadcast::Sender<(u8, Bytes)>,
+) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 8192];
+        // EIO is how a pty says its last writer is gone.
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let _ = log.write_all(&buf[..n]);
+            let _ = out.send((stream, Bytes::copy_from_slice(&buf[..n])));
+        }
+    });
+}
+
+/// Feeds attached clients' input to a container until its stdin is closed.
+fn feed(mut to: impl Write + Send + 'static, mut input: mpsc::UnboundedReceiver<Bytes>) {
+    std::thread::spawn(move || {
+        while let Some(data) = input.blocking_recv() {
+            if to.write_all(&data).and_then(|()| to.flush()).is_err() {
+                break;
+            }
+        }
+    });
 }
 
 /// Signals the process group of a container's main process; a group already gone is fine.
@@ -128,24 +239,32 @@ impl Processes {
 }
 
 impl Runtime for Processes {
-    fn start(&self, spec: &StartSpec<'_>) -> Result<Child, StartError> {
+    fn start(&self, spec: &StartSpec<'_>) -> Result<(Child, Option<Arc<Console>>), StartError> {
         let argv = self.argv(spec.container)?;
         let run_error = |message: String| StartError {
             reason: "RunContainerError",
             message,
         };
+        let io_error = |what: &str, e: std::io::Error| run_error(format!("{what}: {e}"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(spec.log)
-            .map_err(|e| run_error(format!("opening {}: {e}", spec.log.display())))?;
-        let err = log
-            .try_clone()
-            .map_err(|e| run_error(format!("opening {}: {e}", spec.log.display())))?;
+            .map_err(|e| io_error(&format!("opening {}", spec.log.display()), e))?;
+        let c = spec.container;
+        let tty = c.tty == Some(true);
+        let stdin = c.stdin == Some(true);
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", spec.netns, "unshare", "--uts", "--"])
-            .args(["setpriv", "--pdeathsig", "KILL", "--"])
-            .args(["/bin/sh", "-c", "hostname \"$0\" && exec \"$@\""])
+            .args(["setpriv", "--pdeathsig", "KILL", "--"]);
+        if tty {
+            // A session of its own with the pty as controlling terminal; setsid also makes
+            // it a process group leader (it must not be one already, or setsid forks).
+            cmd.args(["setsid", "--ctty"]);
+        } else {
+            cmd.process_group(0);
+        }
+        cmd.args(["/bin/sh", "-c", "hostname \"$0\" && exec \"$@\""])
             .arg(spec.hostname)
             .args(&argv)
             .env_clear()
@@ -153,18 +272,81 @@ impl Runtime for Processes {
                 "PATH",
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             )
-            .env("HOSTNAME", spec.hostname)
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .process_group(0)
+            .env("HOSTNAME", spec.hostname);
+        if tty {
+            cmd.env("TERM", "xterm");
+        }
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
             .kill_on_drop(false);
-        if let Some(dir) = spec.container.working_dir.as_deref() {
+        if let Some(dir) = c.working_dir.as_deref() {
             cmd.current_dir(dir);
         }
-        cmd.spawn()
-            .map_err(|e| run_error(format!("starting {argv:?}: {e}")))
+        let (output, _) = broadcast::channel(256);
+        let (input_tx, input_rx) = mpsc::unbounded_channel();
+        let console = |tty_path| Console {
+            tty,
+            stdin_once: c.stdin_once == Some(true),
+            input: Mutex::new(stdin.then_some(input_tx)),
+            output: output.clone(),
+            tty_path,
+        };
+        let spawn_error = |e: std::io::Error| run_error(format!("starting {argv:?}: {e}"));
+        if tty {
+            let pty = nix::pty::openpty(None, None)
+                .map_err(|e| run_error(format!("allocating a terminal: {e}")))?;
+            let tty_path = nix::unistd::ttyname(&pty.slave).ok();
+            let slave = std::fs::File::from(pty.slave);
+            let dup = |f: &std::fs::File| {
+                f.try_clone()
+                    .map_err(|e| io_error("duplicating the terminal", e))
+            };
+            cmd.stdin(dup(&slave)?).stdout(dup(&slave)?).stderr(slave);
+            let child = cmd.spawn().map_err(spawn_error)?;
+            drop(cmd);
+            let master = std::fs::File::from(pty.master);
+            let writer = master
+                .try_clone()
+                .map_err(|e| io_error("duplicating the terminal", e))?;
+            pump(master, STDOUT, log, output.clone());
+            feed(writer, input_rx);
+            return Ok((child, Some(Arc::new(console(tty_path)))));
+        }
+        if !stdin {
+            let err = log
+                .try_clone()
+                .map_err(|e| io_error("opening the log", e))?;
+            cmd.stdin(Stdio::null()).stdout(log).stderr(err);
+            return Ok((cmd.spawn().map_err(spawn_error)?, None));
+        }
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(spawn_error)?;
+        let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let (Some(child_in), Some(child_out), Some(child_err)) = pipes else {
+            return Err(run_error("the container's pipes are missing".into()));
+        };
+        let blocking = |r: std::io::Result<std::os::fd::OwnedFd>| {
+            r.map(std::fs::File::from)
+                .map_err(|e| io_error("taking the container's pipes", e))
+        };
+        let err_log = log
+            .try_clone()
+            .map_err(|e| io_error("opening the log", e))?;
+        pump(
+            blocking(child_out.into_owned_fd())?,
+            STDOUT,
+            log,
+            output.clone(),
+        );
+        pump(
+            blocking(child_err.into_owned_fd())?,
+            STDERR,
+            err_log,
+            output.clone(),
+        );
+        feed(blocking(child_in.into_owned_fd())?, input_rx);
+        Ok((child, Some(Arc::new(console(None)))))
     }
 }
 

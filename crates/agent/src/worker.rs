@@ -32,6 +32,7 @@ pub(crate) struct Shared {
     pub ipam: std::sync::Mutex<Ipam>,
     pub runtime: Arc<dyn Runtime>,
     pub services: reflector::Store<Service>,
+    pub consoles: Arc<runtime::Consoles>,
 }
 
 /// The kubelet's crash-loop back-off: the first restart is immediate, then 10 s, doubling
@@ -326,7 +327,8 @@ impl Worker {
         c.next_probe.clear();
         c.kill_at = None;
         match started {
-            Ok(mut child) => {
+            Ok((mut child, console)) => {
+                self.shared.consoles.set(&self.uid, &name, console);
                 let pid = child.id().unwrap_or_default();
                 let _ = std::fs::write(
                     layout::pid_path(state_dir, &self.uid, &name),
@@ -418,6 +420,7 @@ impl Worker {
             return;
         };
         let _ = std::fs::remove_file(layout::pid_path(&state_dir, &self.uid, &c.spec.name));
+        self.shared.consoles.set(&self.uid, &c.spec.name, None);
         c.pid = None;
         c.kill_at = None;
         let exit_code = code.unwrap_or_else(|| 128 + signal.unwrap_or(9));
@@ -681,6 +684,7 @@ impl Worker {
                 runtime::signal(pid, Signal::SIGKILL);
                 let _ = std::fs::remove_file(layout::pid_path(state_dir, &self.uid, &c.spec.name));
             }
+            self.shared.consoles.set(&self.uid, &c.spec.name, None);
         }
         let _ = std::fs::remove_dir_all(etc_dir(&self.uid));
         if let Err(e) = Sandbox::destroy_pod(&self.uid).await {
