@@ -233,13 +233,12 @@ impl Worker {
             Err(e) => {
                 tracing::warn!(pod = %self.pod.name_any(), error = %e, "creating the pod sandbox");
                 self.sandbox_error = Some(e.to_string());
-                self.event(
+                self.events(vec![(
                     "Warning",
                     "FailedCreatePodSandBox",
-                    &format!("Failed to create pod sandbox: {e}"),
+                    format!("Failed to create pod sandbox: {e}"),
                     None,
-                )
-                .await;
+                )]);
                 return;
             }
         }
@@ -373,10 +372,11 @@ impl Worker {
                     format!("Started container {name}"),
                 );
                 let field = Some(format!("spec.containers{{{name}}}"));
-                self.event("Normal", "Pulled", &pulled, field.clone()).await;
-                self.event("Normal", "Created", &created, field.clone())
-                    .await;
-                self.event("Normal", "Started", &started, field).await;
+                self.events(vec![
+                    ("Normal", "Pulled", pulled, field.clone()),
+                    ("Normal", "Created", created, field.clone()),
+                    ("Normal", "Started", started, field),
+                ]);
             }
             Err(e) => {
                 c.state = State::Waiting {
@@ -384,13 +384,12 @@ impl Worker {
                     message: Some(e.message.clone()),
                     retry_at: None,
                 };
-                self.event(
+                self.events(vec![(
                     "Warning",
                     "Failed",
-                    &format!("Error: {}", e.message),
+                    format!("Error: {}", e.message),
                     Some(format!("spec.containers{{{name}}}")),
-                )
-                .await;
+                )]);
             }
         }
     }
@@ -766,18 +765,20 @@ impl Worker {
         }
     }
 
-    async fn event(&self, type_: &str, reason: &str, message: &str, field: Option<String>) {
-        let mut r = self.reference(None);
-        r.field_path = field;
-        post_event(
-            &self.shared.client,
-            &self.shared.config.node_name,
-            r,
-            type_,
-            reason,
-            message,
-        )
-        .await;
+    /// Records Events about this pod, in order, without holding the worker up.
+    fn events(&self, events: Vec<(&'static str, &'static str, String, Option<String>)>) {
+        let (client, host) = (
+            self.shared.client.clone(),
+            self.shared.config.node_name.clone(),
+        );
+        let reference = self.reference(None);
+        tokio::spawn(async move {
+            for (type_, reason, message, field) in events {
+                let mut r = reference.clone();
+                r.field_path = field;
+                post_event(&client, &host, r, type_, reason, &message).await;
+            }
+        });
     }
 
     /// Patches the pod's status when it differs from what was last reported.
