@@ -428,6 +428,23 @@ fn default_pod_spec(spec: Option<&mut Value>) {
                 .or_insert(json!("/dev/termination-log"));
             c.entry("terminationMessagePolicy").or_insert(json!("File"));
             c.entry("resources").or_insert(json!({}));
+            for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                let Some(Value::Object(p)) = c.get_mut(probe) else {
+                    continue;
+                };
+                for (k, v) in [
+                    ("timeoutSeconds", 1),
+                    ("periodSeconds", 10),
+                    ("successThreshold", 1),
+                    ("failureThreshold", 3),
+                ] {
+                    p.entry(k).or_insert(json!(v));
+                }
+                if let Some(Value::Object(h)) = p.get_mut("httpGet") {
+                    h.entry("path").or_insert(json!("/"));
+                    h.entry("scheme").or_insert(json!("HTTP"));
+                }
+            }
             for p in c
                 .get_mut("ports")
                 .and_then(Value::as_array_mut)

@@ -175,6 +175,20 @@ fn readiness_probe_moves_the_pod_in_and_out_of_endpoints() {
         table.contains("0/1") && table.contains("Running"),
         "{table}"
     );
+    let described = c.ok(&["describe", "pod", "web"]);
+    for want in [
+        "Node:         node-1/",
+        "Status:       Running",
+        "delay=0s timeout=1s period=1s #success=1 #failure=1",
+        "Successfully assigned default/web to node-1",
+        "Started container c",
+        "Readiness probe failed",
+    ] {
+        assert!(
+            described.contains(want),
+            "{want:?} missing from:\n{described}"
+        );
+    }
 }
 
 #[test]
