@@ -4,6 +4,7 @@
 
 pub mod env;
 pub mod error;
+mod events;
 pub mod layout;
 mod node;
 mod pods;

@@ -80,6 +80,8 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         r = services.wait_until_ready() => if r.is_err() { return Ok(()) },
         _ = shutdown.cancelled() => return Ok(()),
     }
+    let (recorder, events_task) =
+        crate::events::Recorder::start(client.clone(), config.node_name.clone());
     let shared = Arc::new(Shared {
         runtime: Arc::new(Processes {
             self_exe: config.self_exe.clone(),
@@ -90,6 +92,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         ipam: std::sync::Mutex::new(ipam),
         services,
         consoles: Arc::default(),
+        events: recorder,
     });
     let mut workers: HashMap<String, Handle> = HashMap::new();
     let mut events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
@@ -120,6 +123,8 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     for (_, h) in workers {
         let _ = h.task.await;
     }
+    drop(shared);
+    let _ = events_task.await;
     stop_services.cancel();
     let _ = services_task.await;
     let _ = heartbeat.await;

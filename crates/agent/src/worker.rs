@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, Event, ObjectReference, Pod, Service};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use k8s_openapi::api::core::v1::{Container, ObjectReference, Pod, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector;
 use kube::{Client, ResourceExt};
 use nix::sys::signal::Signal;
@@ -33,6 +33,7 @@ pub(crate) struct Shared {
     pub runtime: Arc<dyn Runtime>,
     pub services: reflector::Store<Service>,
     pub consoles: Arc<runtime::Consoles>,
+    pub events: crate::events::Recorder,
 }
 
 /// The kubelet's crash-loop back-off: the first restart is immediate, then 10 s, doubling
@@ -517,21 +518,17 @@ impl Worker {
             c.kill_at = Some(Instant::now() + Duration::from_secs(grace.unsigned_abs()));
         }
         if let Err(why) = result {
-            let (client, obj) = (self.shared.client.clone(), self.reference(Some(&name)));
-            let host = self.shared.config.node_name.clone();
+            let field = Some(format!("spec.containers{{{name}}}"));
             let msg = format!("{} probe failed: {why}", kind.title());
-            let killing = kill.then(|| {
-                format!(
+            let mut events = vec![("Warning", "Unhealthy", msg, field.clone())];
+            if kill {
+                let k = format!(
                     "Container {name} failed {} probe, will be restarted",
                     kind.title().to_lowercase()
-                )
-            });
-            tokio::spawn(async move {
-                post_event(&client, &host, obj.clone(), "Warning", "Unhealthy", &msg).await;
-                if let Some(k) = killing {
-                    post_event(&client, &host, obj, "Normal", "Killing", &k).await;
-                }
-            });
+                );
+                events.push(("Normal", "Killing", k, field));
+            }
+            self.events(events);
         }
     }
 
@@ -655,24 +652,20 @@ impl Worker {
             .filter(|c| c.pid.is_some())
             .map(|c| c.spec.name.clone())
             .collect();
-        let (client, host) = (
-            self.shared.client.clone(),
-            self.shared.config.node_name.clone(),
+        self.events(
+            names
+                .iter()
+                .map(|n| {
+                    let field = Some(format!("spec.containers{{{n}}}"));
+                    (
+                        "Normal",
+                        "Killing",
+                        format!("Stopping container {n}"),
+                        field,
+                    )
+                })
+                .collect(),
         );
-        let refs: Vec<ObjectReference> = names.iter().map(|n| self.reference(Some(n))).collect();
-        tokio::spawn(async move {
-            for (n, r) in names.iter().zip(refs) {
-                post_event(
-                    &client,
-                    &host,
-                    r,
-                    "Normal",
-                    "Killing",
-                    &format!("Stopping container {n}"),
-                )
-                .await;
-            }
-        });
     }
 
     /// Stops whatever still runs and removes the sandbox; what else goes depends on `why`.
@@ -767,18 +760,11 @@ impl Worker {
 
     /// Records Events about this pod, in order, without holding the worker up.
     fn events(&self, events: Vec<(&'static str, &'static str, String, Option<String>)>) {
-        let (client, host) = (
-            self.shared.client.clone(),
-            self.shared.config.node_name.clone(),
-        );
-        let reference = self.reference(None);
-        tokio::spawn(async move {
-            for (type_, reason, message, field) in events {
-                let mut r = reference.clone();
-                r.field_path = field;
-                post_event(&client, &host, r, type_, reason, &message).await;
-            }
-        });
+        for (type_, reason, message, field) in events {
+            let mut r = self.reference(None);
+            r.field_path = field;
+            self.shared.events.record(r, type_, reason, message);
+        }
     }
 
     /// Patches the pod's status when it differs from what was last reported.
@@ -930,25 +916,6 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Records an Event from this node's agent, as the kubelet does; failures are only logged.
-async fn post_event(
-    client: &Client,
-    host: &str,
-    obj: ObjectReference,
-    type_: &str,
-    reason: &str,
-    message: &str,
-) {
-    let ns = obj.namespace.clone().unwrap_or_default();
-    let ev = berth_api::events::event(obj, "kubelet", Some(host), type_, reason, message);
-    if let Err(e) = Api::<Event>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &ev)
-        .await
-    {
-        tracing::debug!(%ns, error = %e, "recording an event");
     }
 }
 

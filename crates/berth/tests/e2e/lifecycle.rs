@@ -189,6 +189,23 @@ fn readiness_probe_moves_the_pod_in_and_out_of_endpoints() {
             "{want:?} missing from:\n{described}"
         );
     }
+    // Repeated failures are counted on one Event, not posted again.
+    let unhealthy = c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=web,reason=Unhealthy",
+        "-o",
+        "jsonpath={.items[*].count}",
+    ]);
+    let counts: Vec<u32> = unhealthy
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        counts.len() <= 2 && counts.iter().any(|n| *n > 1),
+        "{unhealthy}"
+    );
 }
 
 #[test]
