@@ -1,6 +1,6 @@
 //! The command line: one subcommand per component, flags named as upstream names them.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
@@ -19,6 +19,11 @@ pub struct Cli {
 pub enum Cmd {
     /// Run the API server (with its embedded store unless --store names etcd).
     Server(ServerArgs),
+    /// Run only the node agent, against the API server the kubeconfig names (a berth server
+    /// or any Kubernetes cluster): it registers the node and runs the pods bound to it. Start
+    /// it inside the node's network namespace: it makes bridge `berth0` and the pods'
+    /// namespaces in the one it runs in. SIGTERM stops its pods before it exits.
+    Agent(AgentCmdArgs),
     /// Run a built-in workload (what an image name such as berth/whoami runs in a pod):
     /// `berth workload whoami [--port N]` or `berth workload number-crunch [--port N]`.
     #[command(hide = true)]
@@ -115,9 +120,21 @@ pub struct ServerArgs {
     /// Also run a node agent with this node name: pods are bound to this node and run as
     /// processes, each in its own network namespace on bridge `berth0`. Start berth inside a
     /// network namespace of its own when you use this: the agent programs the one it runs in.
+    /// Its state goes to DATA_DIR/agent. (`berth agent` runs the same agent on its own.)
     #[arg(long = "node")]
     pub node: Option<String>,
 
+    #[command(flatten)]
+    pub agent: AgentArgs,
+
+    /// Also write the admin kubeconfig to this path (it is always written to DATA_DIR/kubeconfig).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// The node agent's flags, shared by `berth server --node` and `berth agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
     /// The node's pod CIDR; the `berth0` bridge takes its first address.
     #[arg(long, default_value = "10.244.0.0/24")]
     pub pod_cidr: Ipv4Net,
@@ -125,15 +142,37 @@ pub struct ServerArgs {
     /// The node's InternalIP, which the API server dials for logs and exec. Default: the first
     /// global IPv4 address of the network namespace berth runs in, else 127.0.0.1.
     #[arg(long)]
-    pub node_ip: Option<std::net::Ipv4Addr>,
+    pub node_ip: Option<Ipv4Addr>,
 
     /// The port the node agent serves logs, exec and port-forward on (the kubelet's port).
     #[arg(long, default_value_t = 10250)]
     pub kubelet_port: u16,
 
-    /// Also write the admin kubeconfig to this path (it is always written to DATA_DIR/kubeconfig).
+    /// The cluster DNS server written into each pod's /etc/resolv.conf.
+    #[arg(long, default_value = "10.96.0.10")]
+    pub cluster_dns: Ipv4Addr,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentCmdArgs {
+    /// The kubeconfig to reach the API server with. Default: as kubectl finds one ($KUBECONFIG,
+    /// then ~/.kube/config, then the in-cluster service account).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+
+    /// The name of this node (the Node object the agent registers and the pods bound to it).
+    /// Default: this machine's host name, lowercased.
+    #[arg(long = "node")]
+    pub node: Option<String>,
+
+    /// Directory for the agent's state: pod IPs (IPAM), pod logs and per-pod files, all in
+    /// DATA_DIR/agent, the same layout as `berth server --node`, so both can share one
+    /// --data-dir and a node keeps its pod IPs when it switches between them.
+    #[arg(long, default_value = "/var/lib/berth")]
+    pub data_dir: PathBuf,
+
+    #[command(flatten)]
+    pub agent: AgentArgs,
 }
 
 impl From<&ServerArgs> for berth_controllers::Config {
@@ -175,6 +214,33 @@ mod tests {
         assert_eq!(parse_port_range("30000-32767"), Ok(30000..=32767));
         assert!(parse_port_range("5-1").is_err());
         assert!(parse_port_range("x").is_err());
+    }
+
+    #[test]
+    fn server_and_agent_share_the_agent_flags() {
+        let cli = Cli::parse_from(["berth", "server", "--node=n1", "--pod-cidr=10.1.0.0/24"]);
+        let Cmd::Server(s) = cli.cmd else {
+            panic!("not server")
+        };
+        assert_eq!(s.node.as_deref(), Some("n1"));
+        assert_eq!(s.agent.pod_cidr.to_string(), "10.1.0.0/24");
+        assert_eq!(s.agent.kubelet_port, 10250);
+        let cli = Cli::parse_from([
+            "berth",
+            "agent",
+            "--kubeconfig=/k",
+            "--node-ip=192.168.1.5",
+            "--kubelet-port=10251",
+        ]);
+        let Cmd::Agent(a) = cli.cmd else {
+            panic!("not agent")
+        };
+        assert_eq!(a.kubeconfig.as_deref(), Some(std::path::Path::new("/k")));
+        assert_eq!(a.node, None);
+        assert_eq!(a.data_dir, PathBuf::from("/var/lib/berth"));
+        assert_eq!(a.agent.node_ip, Some(Ipv4Addr::new(192, 168, 1, 5)));
+        assert_eq!(a.agent.kubelet_port, 10251);
+        assert_eq!(a.agent.pod_cidr.to_string(), "10.244.0.0/24");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 use berth_store::Store;
 use clap::Parser;
-use cli::{Cli, Cmd, ServerArgs, StoreUrl};
+use cli::{AgentArgs, AgentCmdArgs, Cli, Cmd, ServerArgs, StoreUrl};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -39,6 +39,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.cmd {
             Cmd::Server(args) => server(args, started).await,
+            Cmd::Agent(args) => agent(args).await,
             Cmd::Workload { .. } => Ok(()),
         }
     });
@@ -142,19 +143,7 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
     );
     let agent = match &args.node {
         Some(node) => {
-            let config = berth_agent::Config {
-                node_name: node.clone(),
-                pod_cidr: args.pod_cidr,
-                state_dir: args.data_dir.join("agent"),
-                self_exe: std::env::current_exe().context("finding the berth binary")?,
-                cluster_dns: "10.96.0.10".into(),
-                node_ip: args
-                    .node_ip
-                    .unwrap_or_else(|| berth_agent::detect_ip("berth0")),
-                kubelet_port: args.kubelet_port,
-            };
-            std::fs::create_dir_all(&config.state_dir)
-                .with_context(|| format!("creating {}", config.state_dir.display()))?;
+            let config = agent_config(node.clone(), &args.agent, &args.data_dir)?;
             let client = kube_client(&l.kubeconfig).await?;
             Some(tokio::spawn(
                 berth_agent::run(client, config, shutdown.clone())
@@ -188,4 +177,63 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
         .context("API server task")?
         .context("API server")?;
     Ok(())
+}
+
+/// The agent's configuration from its flags; makes its state directory, DATA_DIR/agent.
+fn agent_config(
+    node_name: String,
+    args: &AgentArgs,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<berth_agent::Config> {
+    let config = berth_agent::Config {
+        node_name,
+        pod_cidr: args.pod_cidr,
+        state_dir: data_dir.join("agent"),
+        self_exe: std::env::current_exe().context("finding the berth binary")?,
+        cluster_dns: args.cluster_dns.to_string(),
+        node_ip: args
+            .node_ip
+            .unwrap_or_else(|| berth_agent::detect_ip("berth0")),
+        kubelet_port: args.kubelet_port,
+    };
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating {}", config.state_dir.display()))?;
+    Ok(config)
+}
+
+/// This machine's host name as a node name: lowercased, as the kubelet does.
+fn host_name() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading the host name from /proc/sys/kernel/hostname (or pass --node)")?;
+    let name = name.trim().to_lowercase();
+    anyhow::ensure!(!name.is_empty(), "the host name is empty; pass --node");
+    Ok(name)
+}
+
+/// `berth agent`: the node agent alone, against whatever API server the kubeconfig names.
+/// SIGTERM or SIGINT stops its pods before it exits.
+async fn agent(args: AgentCmdArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let node = match &args.node {
+        Some(n) => n.clone(),
+        None => host_name()?,
+    };
+    let client = match &args.kubeconfig {
+        Some(path) => kube_client(path).await?,
+        None => kube::Client::try_default().await.context(
+            "finding a kubeconfig ($KUBECONFIG, ~/.kube/config, in-cluster); or pass --kubeconfig",
+        )?,
+    };
+    let config = agent_config(node, &args.agent, &args.data_dir)?;
+    println!(
+        "berth: agent for node {} started (pod CIDR {}, state in {})",
+        config.node_name,
+        config.pod_cidr,
+        config.state_dir.display()
+    );
+    berth_agent::run(client, config, shutdown)
+        .instrument(tracing::info_span!("agent"))
+        .await
+        .context("node agent")
 }

@@ -1,7 +1,8 @@
 //! One harness for every end-to-end test: a throwaway `berth server` (with its embedded store
 //! or a real etcd) on free loopback ports, driven by the real `kubectl`, stopped by PID and
 //! cleaned up on drop even when the test panics; [`Node`] is a throwaway network namespace (with
-//! an "outside" namespace beside it) that tests run node components in.
+//! an "outside" namespace beside it) that tests run node components in, and [`Process`] any
+//! other process a test starts (such as `berth agent`), stopped by PID on drop.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -159,9 +160,21 @@ impl Cluster {
     /// Starts `berth server` with its node agent (`--node`) inside a fresh node netns
     /// ([`Node`]), listening on the node's address; kubectl runs from the outside netns.
     pub fn start_on_node(bin: &Path, flags: &[&str]) -> Cluster {
+        Cluster::on_node(bin, flags, true)
+    }
+
+    /// Like [`Cluster::start_on_node`] but without `--node`: only the API server and the
+    /// controllers run in the node netns; start the agent with [`Cluster::start_agent`].
+    pub fn start_on_node_without_agent(bin: &Path, flags: &[&str]) -> Cluster {
+        Cluster::on_node(bin, flags, false)
+    }
+
+    fn on_node(bin: &Path, flags: &[&str], agent: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
-        flags.push("--node=node-1".into());
+        if agent {
+            flags.push(format!("--node={NODE_NAME}"));
+        }
         let mut c = Cluster {
             bin: bin.to_owned(),
             child: None,
@@ -176,6 +189,37 @@ impl Cluster {
         };
         c.spawn();
         c
+    }
+
+    /// Starts `berth agent --kubeconfig=KUBECONFIG --node=node-1 --data-dir=DATA` (the
+    /// server's data directory, so [`Cluster::pod_netns`] sees its pods) plus `flags` as a
+    /// separate process inside this cluster's node netns, and waits for its start line. Drop
+    /// the returned [`Process`] before the cluster (declare it after): it gets SIGTERM, which
+    /// stops its pods, then SIGKILL.
+    pub fn start_agent(&self, flags: &[&str]) -> Process {
+        let node = self
+            .node
+            .as_ref()
+            .expect("start_agent needs a cluster started on a node");
+        let mut cmd = node.command(&self.bin);
+        cmd.arg("agent")
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg(format!("--node={NODE_NAME}"))
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join("data").display()
+            ))
+            .args(flags)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        let mut agent = Process::start("berth agent", cmd, &self.dir.path().join("agent"));
+        eventually("berth agent to print its start line", || {
+            agent.assert_running();
+            agent.output().contains("agent for node").then_some(())
+        });
+        agent
     }
 
     /// The node netns, for clusters started with [`Cluster::start_on_node`].
@@ -415,6 +459,89 @@ impl Drop for Cluster {
     }
 }
 
+/// The node name clusters started on a [`Node`] give their agent.
+pub const NODE_NAME: &str = "node-1";
+
+/// A process a test started (for example `berth agent` in a node), with its output in files.
+/// Dropping it sends SIGTERM by PID, waits up to 10 s, then SIGKILLs; when the test panics,
+/// its output is printed.
+pub struct Process {
+    what: String,
+    child: Option<Child>,
+    out: PathBuf,
+}
+
+impl Process {
+    /// Spawns `cmd` with stdin null and stdout+stderr going to `<log>.out` and `<log>.log`.
+    pub fn start(what: &str, mut cmd: Command, log: &Path) -> Process {
+        let out = log.with_extension("out");
+        let stdout = std::fs::File::create(&out).expect("process output file");
+        let stderr = std::fs::File::create(log.with_extension("log")).expect("process output file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        Process {
+            what: what.to_owned(),
+            child: Some(child),
+            out,
+        }
+    }
+
+    /// The process id, until it is stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// What it printed so far: stdout, then stderr.
+    pub fn output(&self) -> String {
+        let mut s = std::fs::read_to_string(&self.out).unwrap_or_default();
+        s.push_str(&std::fs::read_to_string(self.out.with_extension("log")).unwrap_or_default());
+        s
+    }
+
+    /// Panics with its output if it has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+            panic!("{} exited with {status}:\n{}", self.what, self.output());
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `grace` for it to exit; then SIGKILL. Returns the exit
+    /// status if it exited by itself within `grace`.
+    pub fn terminate(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + grace;
+        loop {
+            match c.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(25))
+                }
+                _ => break,
+            }
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.terminate(Duration::from_secs(10));
+        if std::thread::panicking() {
+            eprintln!("--- {} output ---\n{}", self.what, self.output());
+        }
+    }
+}
+
 /// Address of a [`Node`]'s end of its veth to the outside namespace.
 pub const NODE_IP: &str = "192.168.231.1";
 /// Address of the outside namespace's end of the veth to its [`Node`].
@@ -524,6 +651,27 @@ impl Node {
             inner.current_dir(dir);
         }
         inner.spawn().expect("spawning inside the node netns")
+    }
+
+    /// Runs `work` on a new thread that has entered the node netns, and returns its result
+    /// (panics propagate). Sockets the thread opens live in the node: a current-thread tokio
+    /// runtime built inside `work` can reach the node's addresses (API server, pod IPs). Only
+    /// that thread ever changes namespace.
+    pub fn on_thread<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        let path = Path::new("/run/netns").join(&self.name);
+        std::thread::scope(|s| {
+            let t = s.spawn(|| {
+                let file = std::fs::File::open(&path)
+                    .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .unwrap_or_else(|e| panic!("entering netns {}: {e}", path.display()));
+                work()
+            });
+            match t.join() {
+                Ok(v) => v,
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        })
     }
 
     /// Runs the test named `test` (its full path within the test binary) again in a new process
@@ -650,6 +798,14 @@ mod tests {
         cmd.args(["-o", "addr", "show", "dev", NODE_LINK]);
         let status = node.spawn(cmd).wait().expect("wait");
         assert!(status.success(), "eth0 exists only inside the node");
+    }
+
+    #[test]
+    fn on_thread_runs_inside_the_node() {
+        let node = Node::new();
+        let addr = format!("{NODE_IP}:0");
+        assert!(node.on_thread(|| TcpListener::bind(&addr).is_ok()));
+        assert!(TcpListener::bind(&addr).is_err(), "not in the root netns");
     }
 }
 

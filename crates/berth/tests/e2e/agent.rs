@@ -1,6 +1,6 @@
-//! The node agent inside `berth server --node`: the whole cluster runs in a throwaway node
-//! netns and kubectl talks to it from an "outside" netns; pods become processes with their own
-//! network namespace and IP on the node bridge.
+//! The node agent, inside `berth server --node` and as `berth agent` on its own: the whole
+//! cluster runs in a throwaway node netns and kubectl talks to it from an "outside" netns; pods
+//! become processes with their own network namespace and IP on the node bridge.
 
 use berth_testkit::{Cluster, eventually};
 
@@ -98,4 +98,55 @@ fn pods_run_as_processes_with_their_own_ip() {
         ]);
         (r == "ErrImagePull").then_some(())
     });
+}
+
+/// `berth agent` as its own process beside a `berth server` without `--node`, both in the
+/// node netns: it registers the node, runs a pod, and on SIGTERM stops it and removes its
+/// namespace.
+#[test]
+fn standalone_agent_runs_pods_and_stops_them_on_sigterm() {
+    let c = Cluster::start_on_node_without_agent(
+        std::path::Path::new(env!("CARGO_BIN_EXE_berth")),
+        &[],
+    );
+    assert!(
+        !c.ok(&["get", "nodes"]).contains("node-1"),
+        "no agent runs inside the server"
+    );
+    let mut agent = c.start_agent(&[]);
+    eventually("node-1 to be Ready", || {
+        let out = c.ok(&["get", "nodes"]);
+        out.lines()
+            .any(|l| l.split_whitespace().take(2).eq(["node-1", "Ready"]))
+            .then_some(())
+    });
+    c.ok(&["run", "web", "--image=berth/whoami", "--port=8080"]);
+    let ip = running_ip(&c, "web");
+    assert!(ip.starts_with("10.244.0."), "{ip}");
+    let body = eventually(&format!("whoami on {ip}"), || {
+        http_get(&c, &format!("http://{ip}:8080/"))
+    });
+    assert!(body.contains(&format!("IP: {ip}")), "{body}");
+    let netns = c.pod_netns();
+    assert_eq!(netns.len(), 1, "{netns:?}");
+    let status = agent.terminate(std::time::Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the agent exits cleanly on SIGTERM: {status:?}\n{}",
+        agent.output()
+    );
+    let left = berth_testkit::netns_list();
+    assert!(
+        !left.contains(&netns[0]),
+        "{} is gone after SIGTERM: {left:?}",
+        netns[0]
+    );
+    assert!(
+        !std::path::Path::new("/etc/netns").join(&netns[0]).exists(),
+        "its /etc/netns files are gone"
+    );
+    assert!(
+        http_get(&c, &format!("http://{ip}:8080/")).is_none(),
+        "the workload is stopped"
+    );
 }
