@@ -181,8 +181,13 @@ async fn on_pod(
     let node = &shared.config.node_name;
     match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
         None | Some("") => {
-            if pod.metadata.deletion_timestamp.is_none() {
-                bind(shared, &pod).await;
+            // Started from the bind's answer, without waiting for the watch to bring it back.
+            if pod.metadata.deletion_timestamp.is_none()
+                && let Some(bound) = bind(shared, &pod).await
+                && !workers.contains_key(&uid)
+            {
+                let h = worker::spawn(shared.clone(), bound, shutdown.clone());
+                workers.insert(uid, h);
             }
         }
         Some(n) if n == node => match workers.get(&uid) {
@@ -206,12 +211,13 @@ async fn on_pod(
 }
 
 /// The one-node scheduler: binds the pod here, and says so in an Event as kube-scheduler does.
-async fn bind(shared: &Shared, pod: &Pod) {
+/// Returns the bound pod.
+async fn bind(shared: &Shared, pod: &Pod) -> Option<Pod> {
     let ns = pod.namespace().unwrap_or_default();
     let node = &shared.config.node_name;
     let api: Api<Pod> = Api::namespaced(shared.client.clone(), &ns);
     let patch = json!({"spec": {"nodeName": node}});
-    if let Err(e) = api
+    let bound = match api
         .patch(
             &pod.name_any(),
             &PatchParams::default(),
@@ -219,9 +225,12 @@ async fn bind(shared: &Shared, pod: &Pod) {
         )
         .await
     {
-        tracing::warn!(pod = %pod.name_any(), error = %e, "binding the pod");
-        return;
-    }
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(pod = %pod.name_any(), error = %e, "binding the pod");
+            return None;
+        }
+    };
     let reference = ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Pod".into()),
@@ -239,9 +248,11 @@ async fn bind(shared: &Shared, pod: &Pod) {
         "Scheduled",
         &msg,
     );
-    let _ = Api::<Event>::namespaced(shared.client.clone(), &ns)
-        .create(&PostParams::default(), &ev)
-        .await;
+    let events = Api::<Event>::namespaced(shared.client.clone(), &ns);
+    tokio::spawn(async move {
+        let _ = events.create(&PostParams::default(), &ev).await;
+    });
+    Some(bound)
 }
 
 pub(crate) fn now() -> String {
