@@ -3,6 +3,8 @@
 //! the Services of the pod's namespace when `enableServiceLinks` is on and for the
 //! `kubernetes` Service always, then the container's own `env` on top.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::Service;
 
 fn env_name(service: &str) -> String {
@@ -134,18 +136,118 @@ mod tests {
     }
 }
 
-/// A container's own `env`: plain values (with `$(VAR)` references to earlier variables
-/// expanded, as the kubelet does) and the pod fields `valueFrom.fieldRef` can name.
-/// References to ConfigMaps and Secrets are left out.
+/// Whether a reference names a ConfigMap or a Secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    ConfigMap,
+    Secret,
+}
+
+impl Source {
+    fn word(self) -> &'static str {
+        match self {
+            Source::ConfigMap => "configmap",
+            Source::Secret => "secret",
+        }
+    }
+}
+
+/// The data of the ConfigMaps and Secrets a container refers to (`None`: not found).
+pub type Sources = BTreeMap<(Source, String), Option<BTreeMap<String, String>>>;
+
+/// The ConfigMaps and Secrets a container's `env` and `envFrom` refer to.
+pub fn references(c: &k8s_openapi::api::core::v1::Container) -> Vec<(Source, String)> {
+    let mut out = Vec::new();
+    for f in c.env_from.iter().flatten() {
+        if let Some(r) = &f.config_map_ref {
+            out.push((Source::ConfigMap, r.name.clone()));
+        }
+        if let Some(r) = &f.secret_ref {
+            out.push((Source::Secret, r.name.clone()));
+        }
+    }
+    for v in c.env.iter().flatten().filter_map(|e| e.value_from.as_ref()) {
+        if let Some(r) = &v.config_map_key_ref {
+            out.push((Source::ConfigMap, r.name.clone()));
+        }
+        if let Some(r) = &v.secret_key_ref {
+            out.push((Source::Secret, r.name.clone()));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A container's own environment: `envFrom` (ConfigMaps and Secrets, with their prefix), then
+/// `env`: plain values (with `$(VAR)` references to earlier variables expanded, as the kubelet
+/// does), the pod fields `valueFrom.fieldRef` can name and ConfigMap/Secret keys from
+/// `sources`. A missing ConfigMap, Secret or key that is not `optional` is an error worded as
+/// the kubelet's CreateContainerConfigError.
 pub fn container_env(
     c: &k8s_openapi::api::core::v1::Container,
     pod: &k8s_openapi::api::core::v1::Pod,
     pod_ip: &str,
     host_ip: &str,
     base: &[(String, String)],
-) -> Vec<(String, String)> {
+    sources: &Sources,
+) -> Result<Vec<(String, String)>, String> {
     let mut out: Vec<(String, String)> = Vec::new();
+    let data = |kind: Source, name: &str| sources.get(&(kind, name.to_owned())).cloned().flatten();
+    for f in c.env_from.iter().flatten() {
+        let refs = [
+            f.config_map_ref
+                .as_ref()
+                .map(|r| (Source::ConfigMap, &r.name, r.optional)),
+            f.secret_ref
+                .as_ref()
+                .map(|r| (Source::Secret, &r.name, r.optional)),
+        ];
+        for (kind, name, optional) in refs.into_iter().flatten() {
+            match data(kind, name) {
+                Some(d) => {
+                    let prefix = f.prefix.as_deref().unwrap_or_default();
+                    out.extend(d.into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)));
+                }
+                None if optional == Some(true) => {}
+                None => return Err(format!("{} \"{name}\" not found", kind.word())),
+            }
+        }
+    }
     for e in c.env.iter().flatten() {
+        let key_ref = e.value_from.as_ref().and_then(|v| {
+            v.config_map_key_ref
+                .as_ref()
+                .map(|r| (Source::ConfigMap, &r.name, &r.key, r.optional))
+                .or_else(|| {
+                    v.secret_key_ref
+                        .as_ref()
+                        .map(|r| (Source::Secret, &r.name, &r.key, r.optional))
+                })
+        });
+        if let Some((kind, name, key, optional)) = key_ref {
+            let optional = optional == Some(true);
+            match data(kind, name) {
+                Some(d) => match d.get(key) {
+                    Some(v) => out.push((e.name.clone(), v.clone())),
+                    None if optional => {}
+                    None => {
+                        return Err(format!(
+                            "couldn't find key {key} in {} {}/{name}",
+                            if kind == Source::ConfigMap {
+                                "ConfigMap"
+                            } else {
+                                "Secret"
+                            },
+                            pod.metadata.namespace.as_deref().unwrap_or_default()
+                        ));
+                    }
+                },
+                None if optional => {}
+                None => return Err(format!("{} \"{name}\" not found", kind.word())),
+            }
+            continue;
+        }
         let value = if let Some(v) = &e.value {
             let lookup = |name: &str| {
                 out.iter()
@@ -175,7 +277,7 @@ pub fn container_env(
         };
         out.push((e.name.clone(), value));
     }
-    out
+    Ok(out)
 }
 
 fn label_or_annotation(
@@ -240,5 +342,65 @@ mod expand_tests {
         assert_eq!(expand("$$(A)", lookup), "$(A)");
         assert_eq!(expand("$(A", lookup), "$(A");
         assert_eq!(expand("a$", lookup), "a$");
+    }
+}
+
+#[cfg(test)]
+mod container_env_tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Container, Pod};
+
+    fn container(v: serde_json::Value) -> Container {
+        serde_json::from_value(v).expect("a container")
+    }
+
+    #[test]
+    fn config_maps_secrets_fields_and_references() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "labels": {"app": "web"}}
+        }))
+        .expect("a pod");
+        let c = container(serde_json::json!({"name": "c",
+        "envFrom": [{"configMapRef": {"name": "cm"}, "prefix": "CM_"}],
+        "env": [
+            {"name": "NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+            {"name": "PASS", "valueFrom": {"secretKeyRef": {"name": "s", "key": "pw"}}},
+            {"name": "GREETING", "value": "hi $(NAME) on $(NODE_HOST)"},
+            {"name": "MAYBE", "valueFrom": {"configMapKeyRef": {"name": "gone", "key": "k", "optional": true}}}
+        ]}));
+        assert_eq!(
+            references(&c),
+            [
+                (Source::ConfigMap, "cm".to_owned()),
+                (Source::ConfigMap, "gone".to_owned()),
+                (Source::Secret, "s".to_owned())
+            ]
+        );
+        let mut sources = Sources::new();
+        sources.insert(
+            (Source::ConfigMap, "cm".into()),
+            Some([("mode".to_owned(), "fast".to_owned())].into()),
+        );
+        sources.insert(
+            (Source::Secret, "s".into()),
+            Some([("pw".to_owned(), "hunter2".to_owned())].into()),
+        );
+        sources.insert((Source::ConfigMap, "gone".into()), None);
+        let base = [("NODE_HOST".to_owned(), "n1".to_owned())];
+        let env = container_env(&c, &pod, "10.0.0.2", "192.168.0.1", &base, &sources)
+            .expect("all references resolve");
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("CM_mode"), Some("fast"));
+        assert_eq!(get("NAME"), Some("p"));
+        assert_eq!(get("APP"), Some("web"));
+        assert_eq!(get("PASS"), Some("hunter2"));
+        assert_eq!(get("GREETING"), Some("hi p on n1"));
+        assert_eq!(get("MAYBE"), None);
+        sources.insert((Source::Secret, "s".into()), None);
+        assert_eq!(
+            container_env(&c, &pod, "", "", &base, &sources),
+            Err("secret \"s\" not found".to_owned())
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, ObjectReference, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, ObjectReference, Pod, Secret, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector;
 use kube::{Client, ResourceExt};
@@ -272,7 +272,8 @@ impl Worker {
         Ok(())
     }
 
-    fn env(&self, c: &Container) -> Vec<(String, String)> {
+    /// The container's whole environment: Service variables, then its own.
+    async fn env(&self, c: &Container) -> Result<Vec<(String, String)>, String> {
         let spec = self.pod.spec.as_ref();
         let links = spec.and_then(|s| s.enable_service_links).unwrap_or(true);
         let services: Vec<Service> = self
@@ -283,12 +284,42 @@ impl Worker {
             .map(|s| (**s).clone())
             .collect();
         let ns = self.pod.namespace().unwrap_or_default();
+        let mut sources = crate::env::Sources::new();
+        for (kind, name) in crate::env::references(c) {
+            let client = self.shared.client.clone();
+            let data = match kind {
+                crate::env::Source::ConfigMap => Api::<ConfigMap>::namespaced(client, &ns)
+                    .get_opt(&name)
+                    .await
+                    .map(|m| m.map(|m| m.data.unwrap_or_default())),
+                crate::env::Source::Secret => Api::<Secret>::namespaced(client, &ns)
+                    .get_opt(&name)
+                    .await
+                    .map(|s| {
+                        s.map(|s| {
+                            let text = |b: &k8s_openapi::ByteString| {
+                                String::from_utf8_lossy(&b.0).into_owned()
+                            };
+                            let mut d: std::collections::BTreeMap<String, String> = s
+                                .data
+                                .unwrap_or_default()
+                                .iter()
+                                .map(|(k, v)| (k.clone(), text(v)))
+                                .collect();
+                            d.extend(s.string_data.unwrap_or_default());
+                            d
+                        })
+                    }),
+            }
+            .map_err(|e| format!("reading {name}: {e}"))?;
+            sources.insert((kind, name), data);
+        }
         let mut env = crate::env::service_env(&services, &ns, links);
         let pod_ip = self.ip.map(|i| i.to_string()).unwrap_or_default();
         let host_ip = self.shared.config.node_ip.to_string();
-        let own = crate::env::container_env(c, &self.pod, &pod_ip, &host_ip, &env);
+        let own = crate::env::container_env(c, &self.pod, &pod_ip, &host_ip, &env, &sources)?;
         env.extend(own);
-        env
+        Ok(env)
     }
 
     async fn start_container(&mut self, idx: usize, restart: bool) {
@@ -299,7 +330,25 @@ impl Worker {
         if log.exists() {
             let _ = std::fs::rename(&log, layout::previous_log_path(state_dir, &self.uid, &name));
         }
-        let env = self.env(&self.containers[idx].spec);
+        let env = match self.env(&self.containers[idx].spec).await {
+            Ok(env) => env,
+            Err(message) => {
+                let c = &mut self.containers[idx];
+                // Tried again after a while, as the kubelet does: the object may turn up.
+                c.state = State::Waiting {
+                    reason: "CreateContainerConfigError".into(),
+                    message: Some(message.clone()),
+                    retry_at: Some(Instant::now() + BACKOFF_START),
+                };
+                self.events(vec![(
+                    "Warning",
+                    "Failed",
+                    format!("Error: {message}"),
+                    Some(format!("spec.containers{{{name}}}")),
+                )]);
+                return;
+            }
+        };
         let mut spec = self.containers[idx].spec.clone();
         // `$(VAR)` in command and args refers to the container's environment.
         let lookup = |n: &str| {
@@ -596,7 +645,9 @@ impl Worker {
             }
         }
         for idx in restarts {
-            self.start_container(idx, true).await;
+            // A container that never ran (its configuration was missing) is not restarted.
+            let restart = self.containers[idx].last.is_some();
+            self.start_container(idx, restart).await;
         }
     }
 
