@@ -8,6 +8,7 @@ pub mod layout;
 mod node;
 mod pods;
 pub mod sandbox;
+mod server;
 
 pub use node::detect_ip;
 pub use pods::{Config, run};

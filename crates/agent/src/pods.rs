@@ -36,6 +36,8 @@ pub struct Config {
     pub node_ip: std::net::Ipv4Addr,
     /// The port the agent's server (logs, exec, port-forward) listens on.
     pub kubelet_port: u16,
+    /// PEM of the CA whose client certificates the agent's server accepts (the cluster CA).
+    pub client_ca: String,
 }
 
 struct Running {
@@ -53,6 +55,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let bridge = Bridge::ensure("berth0", gateway).await?;
     let mut ipam = Ipam::open(&config.state_dir, config.pod_cidr)?;
     crate::node::register(&client, &config).await?;
+    tokio::spawn(crate::server::run(client.clone(), config.clone(), shutdown.clone()));
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
@@ -287,7 +290,11 @@ fn spawn(
             cmd.env(&e.name, v);
         }
     }
-    cmd.spawn().map_err(|e| format!("starting {argv:?}: {e}"))
+    let child = cmd.spawn().map_err(|e| format!("starting {argv:?}: {e}"))?;
+    // Exec enters this process's namespaces; logs are followed while it lives.
+    let pid_file = crate::layout::pid_path(&config.state_dir, &pod.uid().unwrap_or_default(), &c.name);
+    let _ = std::fs::write(pid_file, child.id().to_string());
+    Ok(child)
 }
 
 async fn stop(ipam: &mut Ipam, running: &mut HashMap<String, Running>, uid: &str) -> Result<()> {

@@ -152,6 +152,8 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
                     .node_ip
                     .unwrap_or_else(|| berth_agent::detect_ip("berth0")),
                 kubelet_port: args.kubelet_port,
+                client_ca: std::fs::read_to_string(args.data_dir.join("pki/ca.crt"))
+                    .context("reading the cluster CA for the agent")?,
             };
             std::fs::create_dir_all(&config.state_dir)
                 .with_context(|| format!("creating {}", config.state_dir.display()))?;

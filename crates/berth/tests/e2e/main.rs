@@ -10,6 +10,7 @@ mod errors;
 mod explain;
 mod gc;
 mod kubectl;
+mod logs_exec;
 mod raw;
 mod restart;
 mod watch;
