@@ -21,7 +21,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use super::query::{BadParam, Query};
 use super::{Body, running_pid, text};
@@ -222,7 +223,7 @@ where
             let _ = sink
                 .send(Message::Binary(frame(ERROR, status.to_string().as_bytes())))
                 .await;
-            let _ = sink.close().await;
+            close(&mut sink).await;
             return;
         }
     };
@@ -267,12 +268,26 @@ where
     let _ = sink
         .send(Message::Binary(frame(ERROR, status.to_string().as_bytes())))
         .await;
-    let _ = sink.close().await;
+    close(&mut sink).await;
     // Let the client answer the close, within reason.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
         while let Some(Ok(_)) = stream.next().await {}
     })
     .await;
+}
+
+/// Ends the websocket with a normal closure, which client-go reads as the end of every
+/// stream; a close without a code would be an error to it.
+async fn close<S>(sink: &mut S)
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let normal = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    let _ = sink.send(Message::Close(Some(normal))).await;
+    let _ = sink.close().await;
 }
 
 fn exit_code(s: std::process::ExitStatus) -> i32 {
