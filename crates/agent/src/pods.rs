@@ -55,7 +55,11 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let bridge = Bridge::ensure("berth0", gateway).await?;
     let mut ipam = Ipam::open(&config.state_dir, config.pod_cidr)?;
     crate::node::register(&client, &config).await?;
-    tokio::spawn(crate::server::run(client.clone(), config.clone(), shutdown.clone()));
+    tokio::spawn(crate::server::run(
+        client.clone(),
+        config.clone(),
+        shutdown.clone(),
+    ));
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
@@ -292,7 +296,8 @@ fn spawn(
     }
     let child = cmd.spawn().map_err(|e| format!("starting {argv:?}: {e}"))?;
     // Exec enters this process's namespaces; logs are followed while it lives.
-    let pid_file = crate::layout::pid_path(&config.state_dir, &pod.uid().unwrap_or_default(), &c.name);
+    let pid_file =
+        crate::layout::pid_path(&config.state_dir, &pod.uid().unwrap_or_default(), &c.name);
     let _ = std::fs::write(pid_file, child.id().to_string());
     Ok(child)
 }

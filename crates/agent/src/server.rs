@@ -123,10 +123,12 @@ fn tls_config(config: &Config) -> Result<rustls::ServerConfig> {
     if roots.is_empty() {
         return Err(Error::ClientCa);
     }
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(Error::Verifier)?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(Error::Verifier)?;
     let names = vec![config.node_ip.to_string(), config.node_name.clone()];
     let key = rcgen::KeyPair::generate().map_err(Error::Certificate)?;
     let cert = rcgen::CertificateParams::new(names)
@@ -152,13 +154,11 @@ async fn handle(
     let query = req.uri().query().unwrap_or("").to_owned();
     let resp = match route(&path) {
         None => text(StatusCode::NOT_FOUND, "404 page not found\n".into()),
-        Some(Route::Logs { ns, pod, container }) => match find(&state, ns, pod, container).await
-        {
+        Some(Route::Logs { ns, pod, container }) => match find(&state, ns, pod, container).await {
             Ok(uid) => logs::serve(&state.state_dir, &uid, pod, container, &query).await,
             Err(resp) => resp,
         },
-        Some(Route::Exec { ns, pod, container }) => match find(&state, ns, pod, container).await
-        {
+        Some(Route::Exec { ns, pod, container }) => match find(&state, ns, pod, container).await {
             Ok(uid) => exec::serve(&state.state_dir, &uid, container, &query, req),
             Err(resp) => resp,
         },
@@ -213,7 +213,11 @@ fn text(code: StatusCode, body: String) -> Response<Body> {
 /// Whether the process whose PID `pid_file` holds is still running (not reaped, not a
 /// zombie): the container's process, which the pod worker records when it starts it.
 fn running_pid(pid_file: &std::path::Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let pid: u32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The state follows the parenthesised command name, which may itself hold spaces.
     let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;

@@ -32,7 +32,12 @@ pub fn serves(t: &Target) -> bool {
         && t.name.is_some()
         && matches!(
             t.subresource,
-            Some(Subresource::Log | Subresource::Exec | Subresource::Attach | Subresource::PortForward)
+            Some(
+                Subresource::Log
+                    | Subresource::Exec
+                    | Subresource::Attach
+                    | Subresource::PortForward
+            )
         )
 }
 
@@ -169,7 +174,9 @@ async fn agent_address(srv: &Server, pod: &Value, name: &str) -> Result<SocketAd
         .filter(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))
         .find_map(|a| a.get("address")?.as_str()?.parse().ok())
         .ok_or_else(|| {
-            ApiError::BadRequest(format!("node {node_name} does not report an InternalIP address"))
+            ApiError::BadRequest(format!(
+                "node {node_name} does not report an InternalIP address"
+            ))
         })?;
     let port = node
         .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
@@ -273,8 +280,14 @@ mod tests {
         check(
             with_init,
             None,
-            Err("a container name must be specified for pod p, choose one of: [a b] or one of the init containers: [i]"),
+            Err(
+                "a container name must be specified for pod p, choose one of: [a b] or one of the init containers: [i]",
+            ),
         );
-        check(json!({}), None, Err("a container name must be specified for pod p, choose one of: []"));
+        check(
+            json!({}),
+            None,
+            Err("a container name must be specified for pod p, choose one of: []"),
+        );
     }
 }

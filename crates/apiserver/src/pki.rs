@@ -143,9 +143,16 @@ pub fn ensure(dir: &Path, names: &[String]) -> Result<Pki, PkiError> {
     }
 
     let client = |name: &str, cn: &str| -> Result<(String, String), PkiError> {
-        let (cert_path, key_path) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+        let (cert_path, key_path) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
         if !cert_path.exists() {
-            let params = leaf(cn, Some("system:masters"), ExtendedKeyUsagePurpose::ClientAuth);
+            let params = leaf(
+                cn,
+                Some("system:masters"),
+                ExtendedKeyUsagePurpose::ClientAuth,
+            );
             let key = KeyPair::generate()?;
             write(&cert_path, &params.signed_by(&key, &issuer)?.pem())?;
             write(&key_path, &key.serialize_pem())?;

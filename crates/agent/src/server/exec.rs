@@ -84,7 +84,10 @@ impl ExecOptions {
 #[derive(Debug, PartialEq)]
 pub enum ClientFrame<'a> {
     Stdin(&'a [u8]),
-    Resize { width: u16, height: u16 },
+    Resize {
+        width: u16,
+        height: u16,
+    },
     Close(u8),
     /// Empty, or a channel the client does not write.
     Ignored,
@@ -174,7 +177,9 @@ pub fn serve(
     let Some(protocol) = PROTOCOLS.iter().find(|p| offered.contains(p)) else {
         return text(
             StatusCode::BAD_REQUEST,
-            format!("none of the offered websocket subprotocols {offered:?} is supported: {PROTOCOLS:?}"),
+            format!(
+                "none of the offered websocket subprotocols {offered:?} is supported: {PROTOCOLS:?}"
+            ),
         );
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
@@ -194,7 +199,10 @@ pub fn serve(
     let hs = r.headers_mut();
     hs.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     hs.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    hs.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol));
+    hs.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(protocol),
+    );
     if let Ok(v) = HeaderValue::from_str(&accept) {
         hs.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
@@ -318,7 +326,9 @@ fn command(pid: u32, opts: &ExecOptions) -> std::process::Command {
         // command's exit status should setsid have to fork.
         cmd.args(["setsid", "-w", "-c"]);
     }
-    cmd.args(&opts.command).env_clear().envs(env.iter().cloned());
+    cmd.args(&opts.command)
+        .env_clear()
+        .envs(env.iter().cloned());
     if opts.tty && !env.iter().any(|(k, _)| k == "TERM") {
         cmd.env("TERM", "xterm");
     }
@@ -365,7 +375,12 @@ fn start(pid: u32, opts: &ExecOptions) -> std::io::Result<Proc> {
 async fn pump(mut r: impl AsyncRead + Unpin, channel: u8, tx: mpsc::Sender<(u8, Bytes)>) {
     let mut buf = vec![0u8; 16 * 1024];
     while let Ok(n) = r.read(&mut buf).await {
-        if n == 0 || tx.send((channel, Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+        if n == 0
+            || tx
+                .send((channel, Bytes::copy_from_slice(&buf[..n])))
+                .await
+                .is_err()
+        {
             break;
         }
     }

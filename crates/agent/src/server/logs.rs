@@ -96,7 +96,13 @@ pub async fn serve(
     let pid_file = layout::pid_path(state_dir, uid, container);
     // A previous run is over: there is nothing to follow.
     let follow = opts.follow && !opts.previous;
-    tokio::spawn(copy(path, start, opts.limit_bytes, follow.then_some(pid_file), tx));
+    tokio::spawn(copy(
+        path,
+        start,
+        opts.limit_bytes,
+        follow.then_some(pid_file),
+        tx,
+    ));
     let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
         let b = rx.recv().await?;
         Some((Ok::<_, Infallible>(Frame::data(b)), rx))
@@ -226,7 +232,9 @@ mod tests {
         let check = |q: &str| LogOptions::parse(&Query::parse(q)).map_err(|e| e.to_string());
         assert_eq!(check(""), Ok(LogOptions::default()));
         assert_eq!(
-            check("follow=true&previous=1&tailLines=3&limitBytes=10&timestamps=true&sinceSeconds=5"),
+            check(
+                "follow=true&previous=1&tailLines=3&limitBytes=10&timestamps=true&sinceSeconds=5"
+            ),
             Ok(LogOptions {
                 follow: true,
                 previous: true,

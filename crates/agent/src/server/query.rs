@@ -74,7 +74,9 @@ mod tests {
 
     #[test]
     fn values() {
-        let q = Query::parse("command=sh&command=-c&command=echo%20hi%3B+x&stdin=1&tty=false&tailLines=5&x=");
+        let q = Query::parse(
+            "command=sh&command=-c&command=echo%20hi%3B+x&stdin=1&tty=false&tailLines=5&x=",
+        );
         assert_eq!(q.all("command"), ["sh", "-c", "echo hi; x"]);
         assert_eq!(q.flag("stdin"), Ok(true));
         assert_eq!(q.flag("tty"), Ok(false));

@@ -19,7 +19,8 @@ fn start() -> Cluster {
 }
 
 fn pod(c: &Cluster, name: &str, containers: &[(&str, &str)]) {
-    let mut m = format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n");
+    let mut m =
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n");
     for (cname, script) in containers {
         m.push_str(&format!(
             "  - name: {cname}\n    image: busybox\n    command: [\"sh\", \"-c\", {script:?}]\n"
@@ -81,7 +82,11 @@ impl Drop for Reaped {
 #[test]
 fn logs() {
     let c = start();
-    pod(&c, "talker", &[("c", "echo hello; echo second; sleep 3600")]);
+    pod(
+        &c,
+        "talker",
+        &[("c", "echo hello; echo second; sleep 3600")],
+    );
     let all = eventually("talker's output", || {
         let out = c.ok(&["logs", "talker"]);
         out.contains("second\n").then_some(out)
@@ -104,7 +109,9 @@ fn logs() {
     // kubectl picks the first container itself and says so; the API server insists.
     let out = c.kubectl(&["logs", "pair"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "from-a\n");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Defaulted container \"a\" out of: a, b"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Defaulted container \"a\" out of: a, b")
+    );
     let err = c.fails(&["get", "--raw", "/api/v1/namespaces/default/pods/pair/log"]);
     assert!(
         err.contains("a container name must be specified for pod pair, choose one of: [a b]"),
@@ -167,7 +174,14 @@ fn exec() {
     let env = c.ok(&["exec", "shell", "--", "env"]);
     assert!(env.contains("KUBERNETES_SERVICE_HOST=10.96.0.1"), "{env}");
 
-    let out = c.kubectl(&["exec", "shell", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    let out = c.kubectl(&[
+        "exec",
+        "shell",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -210,7 +224,11 @@ fn exec() {
     assert!(err.contains("pods \"nope\" not found"), "{err}");
     let err = c.fails(&["exec", "shell", "-c", "zz", "--", "true"]);
     assert!(err.contains("zz"), "{err}");
-    let err = c.fails(&["get", "--raw", "/api/v1/namespaces/default/pods/shell/exec?container=zz&command=true&stdout=1"]);
+    let err = c.fails(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/pods/shell/exec?container=zz&command=true&stdout=1",
+    ]);
     assert!(
         err.contains("container zz is not valid for pod shell"),
         "{err}"
