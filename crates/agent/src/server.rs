@@ -4,7 +4,9 @@
 
 mod exec;
 mod logs;
+mod portforward;
 mod query;
+mod spdy;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -49,6 +51,10 @@ enum Route<'a> {
         pod: &'a str,
         container: &'a str,
     },
+    PortForward {
+        ns: &'a str,
+        pod: &'a str,
+    },
 }
 
 fn route(path: &str) -> Option<Route<'_>> {
@@ -56,12 +62,14 @@ fn route(path: &str) -> Option<Route<'_>> {
     match segs.as_slice() {
         ["containerLogs", ns, pod, container] => Some(Route::Logs { ns, pod, container }),
         ["exec", ns, pod, container] => Some(Route::Exec { ns, pod, container }),
+        ["portForward", ns, pod] => Some(Route::PortForward { ns, pod }),
         _ => None,
     }
     .filter(|r| match r {
         Route::Logs { ns, pod, container } | Route::Exec { ns, pod, container } => {
             ![ns, pod, container].iter().any(|s| s.is_empty())
         }
+        Route::PortForward { ns, pod } => !ns.is_empty() && !pod.is_empty(),
     })
 }
 
@@ -154,25 +162,44 @@ async fn handle(
     let query = req.uri().query().unwrap_or("").to_owned();
     let resp = match route(&path) {
         None => text(StatusCode::NOT_FOUND, "404 page not found\n".into()),
-        Some(Route::Logs { ns, pod, container }) => match find(&state, ns, pod, container).await {
-            Ok(uid) => logs::serve(&state.state_dir, &uid, pod, container, &query).await,
-            Err(resp) => resp,
-        },
-        Some(Route::Exec { ns, pod, container }) => match find(&state, ns, pod, container).await {
-            Ok(uid) => exec::serve(&state.state_dir, &uid, container, &query, req),
+        Some(Route::Logs { ns, pod, container }) => {
+            match find(&state, ns, pod, Some(container)).await {
+                Ok(p) => logs::serve(&state.state_dir, &uid(&p), pod, container, &query).await,
+                Err(resp) => resp,
+            }
+        }
+        Some(Route::Exec { ns, pod, container }) => {
+            match find(&state, ns, pod, Some(container)).await {
+                Ok(p) => exec::serve(&state.state_dir, &uid(&p), container, &query, req),
+                Err(resp) => resp,
+            }
+        }
+        Some(Route::PortForward { ns, pod }) => match find(&state, ns, pod, None).await {
+            Ok(p) => {
+                let ip = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.pod_ip.as_deref())
+                    .and_then(|ip| ip.parse().ok());
+                portforward::serve(ip, req)
+            }
             Err(resp) => resp,
         },
     };
     Ok(resp)
 }
 
-/// The uid of pod `ns/name` if it has container `container`, or the error answer.
+fn uid(pod: &Pod) -> String {
+    pod.uid().unwrap_or_default()
+}
+
+/// Pod `ns/name` if it exists and has `container` (when one is named), or the error answer.
 async fn find(
     state: &State,
     ns: &str,
     name: &str,
-    container: &str,
-) -> std::result::Result<String, Response<Body>> {
+    container: Option<&str>,
+) -> std::result::Result<Pod, Response<Body>> {
     let pod = match Api::<Pod>::namespaced(state.client.clone(), ns)
         .get_opt(name)
         .await
@@ -190,14 +217,64 @@ async fn find(
         .spec
         .iter()
         .flat_map(|s| s.containers.iter())
-        .any(|c| c.name == container);
-    if !known {
+        .any(|c| Some(c.name.as_str()) == container);
+    if let Some(container) = container.filter(|_| !known) {
         return Err(text(
             StatusCode::NOT_FOUND,
             format!("container {container} is not valid for pod {name}"),
         ));
     }
-    Ok(pod.uid().unwrap_or_default())
+    Ok(pod)
+}
+
+/// Checks a websocket upgrade request offering one of `protocols` (most preferred first)
+/// and returns the pending upgrade with the 101 answer, or the refusal.
+fn websocket_upgrade(
+    mut req: Request<Incoming>,
+    protocols: &[&'static str],
+) -> std::result::Result<(hyper::upgrade::OnUpgrade, Response<Body>), Response<Body>> {
+    use hyper::header::{self, HeaderValue};
+    let h = req.headers();
+    let is_ws = h
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).filter(|_| is_ws) else {
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            "Upgrade request required".into(),
+        ));
+    };
+    let offered: Vec<&str> = h
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let Some(protocol) = protocols.iter().find(|p| offered.contains(p)) else {
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "none of the offered websocket subprotocols {offered:?} is served: {protocols:?}"
+            ),
+        ));
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(&mut req);
+    let mut r = Response::new(Full::new(Bytes::new()).boxed());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let hs = r.headers_mut();
+    hs.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    hs.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    hs.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(protocol),
+    );
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        hs.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    Ok((upgrade, r))
 }
 
 fn text(code: StatusCode, body: String) -> Response<Body> {

@@ -11,9 +11,7 @@ use std::process::Stdio;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
@@ -25,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use super::query::{BadParam, Query};
-use super::{Body, running_pid, text};
+use super::{Body, running_pid, text, websocket_upgrade};
 use crate::layout;
 
 /// The channel protocols served, most preferred first. v5 adds the close channel, which
@@ -147,7 +145,7 @@ pub fn serve(
     uid: &str,
     container: &str,
     query: &str,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<Body> {
     let opts = match ExecOptions::parse(&Query::parse(query)) {
         Ok(o) => o,
@@ -159,31 +157,10 @@ pub fn serve(
             format!("container {container} is not running"),
         );
     };
-    let h = req.headers();
-    let is_ws = h
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).filter(|_| is_ws) else {
-        return text(StatusCode::BAD_REQUEST, "Upgrade request required".into());
+    let (upgrade, resp) = match websocket_upgrade(req, PROTOCOLS) {
+        Ok(u) => u,
+        Err(resp) => return resp,
     };
-    let offered: Vec<&str> = h
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    let Some(protocol) = PROTOCOLS.iter().find(|p| offered.contains(p)) else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "none of the offered websocket subprotocols {offered:?} is supported: {PROTOCOLS:?}"
-            ),
-        );
-    };
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match upgrade.await {
             Ok(io) => {
@@ -194,19 +171,7 @@ pub fn serve(
             Err(e) => tracing::debug!(error = %e, "exec upgrade failed"),
         }
     });
-    let mut r = Response::new(Empty::new().map_err(|e| match e {}).boxed());
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let hs = r.headers_mut();
-    hs.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    hs.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    hs.insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(protocol),
-    );
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        hs.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    r
+    resp
 }
 
 /// A started command: where its input goes and its output comes from.

@@ -10,7 +10,8 @@ mod errors;
 mod explain;
 mod gc;
 mod kubectl;
-mod logs_exec;
+mod kubelet;
+
 mod raw;
 mod restart;
 mod watch;

@@ -1,5 +1,5 @@
-//! `kubectl logs` and `kubectl exec` through the API server to the node agent's server, in a
-//! throwaway node netns with kubectl outside it, as with a real kubelet.
+//! `kubectl logs`, `exec` and `port-forward` through the API server to the node agent's
+//! server, in a throwaway node netns with kubectl outside it, as with a real kubelet.
 
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
@@ -231,6 +231,58 @@ fn exec() {
     ]);
     assert!(
         err.contains("container zz is not valid for pod shell"),
+        "{err}"
+    );
+}
+
+#[test]
+fn port_forward() {
+    let c = start();
+    c.ok(&["run", "web", "--image=berth/whoami", "--port=8080"]);
+    eventually("web to run", || {
+        let phase = c.ok(&["get", "pod", "web", "-o", "jsonpath={.status.phase}"]);
+        (phase == "Running").then_some(())
+    });
+    let node = c.node().expect("a node cluster");
+    let errors = c.dir().join("port-forward.err");
+    let mut pf = Reaped(
+        outside(
+            &c,
+            "kubectl",
+            &["port-forward", "pod/web", "18080:8080", "18081:9"],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&errors).expect("stderr file"))
+        .spawn()
+        .expect("kubectl port-forward"),
+    );
+    let out = collect(&mut pf.0);
+    eventually("kubectl to listen", || {
+        seen(&out, "Forwarding from 127.0.0.1:18081")
+    });
+    let get = |port: u16| {
+        let url = format!("http://127.0.0.1:{port}/");
+        let out = node.outside_exec(&["curl", "-s", "--max-time", "5", &url]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Several connections, one after another, each its own stream pair.
+    for _ in 0..3 {
+        let body = eventually("whoami through the forwarded port", || {
+            let body = get(18080);
+            body.contains("Hostname: web").then_some(body)
+        });
+        assert!(body.contains("Hostname: web"), "{body}");
+    }
+    // Nothing listens on port 9 in the pod: the agent says so on the error stream, and
+    // kubectl gives up, as it does against a kubelet.
+    assert_eq!(get(18081), "");
+    eventually("kubectl port-forward to stop", || {
+        matches!(pf.0.try_wait(), Ok(Some(_))).then_some(())
+    });
+    let err = std::fs::read_to_string(&errors).unwrap_or_default();
+    assert!(
+        err.contains("an error occurred forwarding 18081 -> 9: error forwarding port 9 to pod"),
         "{err}"
     );
 }
