@@ -232,7 +232,7 @@ async fn find(
 fn websocket_upgrade(
     mut req: Request<Incoming>,
     protocols: &[&'static str],
-) -> std::result::Result<(hyper::upgrade::OnUpgrade, Response<Body>), Response<Body>> {
+) -> std::result::Result<(hyper::upgrade::OnUpgrade, Response<Body>), Box<Response<Body>>> {
     use hyper::header::{self, HeaderValue};
     let h = req.headers();
     let is_ws = h
@@ -240,10 +240,10 @@ fn websocket_upgrade(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).filter(|_| is_ws) else {
-        return Err(text(
+        return Err(Box::new(text(
             StatusCode::BAD_REQUEST,
             "Upgrade request required".into(),
-        ));
+        )));
     };
     let offered: Vec<&str> = h
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -253,12 +253,12 @@ fn websocket_upgrade(
         .map(str::trim)
         .collect();
     let Some(protocol) = protocols.iter().find(|p| offered.contains(p)) else {
-        return Err(text(
+        return Err(Box::new(text(
             StatusCode::BAD_REQUEST,
             format!(
                 "none of the offered websocket subprotocols {offered:?} is served: {protocols:?}"
             ),
-        ));
+        )));
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let upgrade = hyper::upgrade::on(&mut req);

@@ -159,7 +159,7 @@ pub fn serve(
     };
     let (upgrade, resp) = match websocket_upgrade(req, PROTOCOLS) {
         Ok(u) => u,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     tokio::spawn(async move {
         match upgrade.await {

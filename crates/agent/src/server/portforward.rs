@@ -62,7 +62,7 @@ pub fn serve(ip: Option<IpAddr>, req: Request<Incoming>) -> Response<Body> {
             });
             resp
         }
-        Err(resp) => resp,
+        Err(resp) => *resp,
     }
 }
 

@@ -94,6 +94,20 @@ fn logs() {
     assert_eq!(all, "hello\nsecond\n");
     assert_eq!(c.ok(&["logs", "talker", "--tail=1"]), "second\n");
     assert_eq!(c.ok(&["logs", "talker", "--limit-bytes=3"]), "hel");
+    // The agent's server lets in only clients with a certificate from the cluster CA.
+    let node = c.node().expect("a node cluster");
+    let direct = node.outside_exec(&[
+        "curl",
+        "-sk",
+        "--max-time",
+        "5",
+        &format!(
+            "https://{}:10250/containerLogs/default/talker/c",
+            berth_testkit::NODE_IP
+        ),
+    ]);
+    assert!(!direct.status.success(), "no client certificate, no logs");
+    assert!(!String::from_utf8_lossy(&direct.stdout).contains("hello"));
 
     pod(
         &c,
