@@ -287,6 +287,18 @@ fn text(code: StatusCode, body: String) -> Response<Body> {
     r
 }
 
+/// The PID of container `container` of pod `uid` while it runs: the recorded process must
+/// be alive and in the pod's network namespace, so a PID the kernel reused for another
+/// process (after a restart of the agent, say) is never entered.
+fn container_pid(state_dir: &std::path::Path, uid: &str, container: &str) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let pid = running_pid(&crate::layout::pid_path(state_dir, uid, container))?;
+    let netns = crate::sandbox::SandboxNames::for_uid(uid).ok()?.netns;
+    let pod = std::fs::metadata(std::path::Path::new("/run/netns").join(netns)).ok()?;
+    let its = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+    (pod.dev() == its.dev() && pod.ino() == its.ino()).then_some(pid)
+}
+
 /// Whether the process whose PID `pid_file` holds is still running (not reaped, not a
 /// zombie): the container's process, which the pod worker records when it starts it.
 fn running_pid(pid_file: &std::path::Path) -> Option<u32> {

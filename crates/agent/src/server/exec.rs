@@ -23,8 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use super::query::{BadParam, Query};
-use super::{Body, running_pid, text, websocket_upgrade};
-use crate::layout;
+use super::{Body, container_pid, text, websocket_upgrade};
 
 /// The channel protocols served, most preferred first. v5 adds the close channel, which
 /// lets the client end stdin.
@@ -151,7 +150,7 @@ pub fn serve(
         Ok(o) => o,
         Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let Some(pid) = running_pid(&layout::pid_path(state_dir, uid, container)) else {
+    let Some(pid) = container_pid(state_dir, uid, container) else {
         return text(
             StatusCode::BAD_REQUEST,
             format!("container {container} is not running"),

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 
 use super::query::{BadParam, Query};
-use super::{Body, running_pid, text};
+use super::{Body, container_pid, text};
 use crate::layout;
 
 /// How often a followed log is checked for new output.
@@ -93,16 +93,13 @@ pub async fn serve(
         }
     };
     let (tx, rx) = mpsc::channel::<Bytes>(8);
-    let pid_file = layout::pid_path(state_dir, uid, container);
     // A previous run is over: there is nothing to follow.
-    let follow = opts.follow && !opts.previous;
-    tokio::spawn(copy(
-        path,
-        start,
-        opts.limit_bytes,
-        follow.then_some(pid_file),
-        tx,
-    ));
+    let follow = (opts.follow && !opts.previous).then(|| Running {
+        state_dir: state_dir.to_owned(),
+        uid: uid.to_owned(),
+        container: container.to_owned(),
+    });
+    tokio::spawn(copy(path, start, opts.limit_bytes, follow, tx));
     let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
         let b = rx.recv().await?;
         Some((Ok::<_, Infallible>(Frame::data(b)), rx))
@@ -154,13 +151,20 @@ pub fn tail_start<R: Read + Seek>(r: &mut R, n: u64) -> std::io::Result<u64> {
     Ok(0)
 }
 
-/// Sends the file from `start` to `tx`; with `follow` (the container's pid file) keeps
-/// sending what is appended until the process is gone, then drains once more.
+/// The container a followed log belongs to, checked for still running.
+struct Running {
+    state_dir: PathBuf,
+    uid: String,
+    container: String,
+}
+
+/// Sends the file from `start` to `tx`; with `follow` keeps sending what is appended until
+/// the container's process is gone, then drains once more.
 async fn copy(
     path: PathBuf,
     start: u64,
     limit: Option<u64>,
-    follow: Option<PathBuf>,
+    follow: Option<Running>,
     tx: mpsc::Sender<Bytes>,
 ) {
     let Ok(mut f) = tokio::fs::File::open(&path).await else {
@@ -188,11 +192,11 @@ async fn copy(
             }
             continue;
         }
-        let Some(pid_file) = &follow else { return };
+        let Some(c) = &follow else { return };
         if last_pass {
             return;
         }
-        if running_pid(pid_file).is_none() {
+        if container_pid(&c.state_dir, &c.uid, &c.container).is_none() {
             // Output written just before the process ended is still to be read.
             last_pass = true;
             continue;
