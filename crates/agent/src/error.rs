@@ -83,6 +83,13 @@ pub enum Error {
     },
     #[error("pod CIDR {cidr} has no free IP left")]
     Exhausted { cidr: Ipv4Net },
+    #[error("failed to connect to localhost:{port} inside namespace {netns:?}")]
+    Connect {
+        netns: String,
+        port: u16,
+        #[source]
+        source: io::Error,
+    },
     #[error("the agent's server could not listen on {addr}")]
     Bind {
         addr: std::net::SocketAddr,

@@ -175,14 +175,7 @@ async fn handle(
             }
         }
         Some(Route::PortForward { ns, pod }) => match find(&state, ns, pod, None).await {
-            Ok(p) => {
-                let ip = p
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.pod_ip.as_deref())
-                    .and_then(|ip| ip.parse().ok());
-                portforward::serve(ip, req)
-            }
+            Ok(p) => portforward::serve(&uid(&p), pod, req),
             Err(resp) => resp,
         },
     };

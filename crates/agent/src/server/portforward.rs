@@ -1,11 +1,10 @@
 //! `/portForward/{ns}/{pod}`: `kubectl port-forward` as kubectl 1.30+ speaks it, SPDY/3.1
 //! tunnelled in websocket binary messages (`SPDY/3.1+portforward.k8s.io`). Each forwarded
 //! connection is a pair of streams sharing a `requestID`, `error` and `data`; the agent joins
-//! the pair to a TCP connection to the port on the pod's IP (from the node, so a port bound to
-//! the pod's loopback only is out of reach, unlike with the kubelet).
+//! the pair to a TCP connection to `localhost:port` inside the pod's network namespace, as the
+//! kubelet does.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -21,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::spdy::{self, Frame};
 use super::{Body, text, websocket_upgrade};
+use crate::error::Error;
 
 /// The only protocol served: SPDY inside a websocket.
 const PROTOCOLS: &[&str] = &["SPDY/3.1+portforward.k8s.io"];
@@ -39,13 +39,26 @@ struct Pair {
     data: Option<u32>,
 }
 
-/// Answers a port-forward request for a pod at `ip`.
-pub fn serve(ip: Option<IpAddr>, req: Request<Incoming>) -> Response<Body> {
-    let Some(ip) = ip else {
+/// The pod whose ports are forwarded.
+#[derive(Clone)]
+struct Target {
+    netns: String,
+    name: String,
+    uid: String,
+}
+
+/// Answers a port-forward request for pod `name` with uid `uid`.
+pub fn serve(uid: &str, name: &str, req: Request<Incoming>) -> Response<Body> {
+    let Ok(names) = crate::sandbox::SandboxNames::for_uid(uid) else {
         return text(
             StatusCode::BAD_REQUEST,
-            "the pod has no IP address yet".into(),
+            format!("pod {name} has no sandbox"),
         );
+    };
+    let target = Target {
+        netns: names.netns,
+        name: name.to_owned(),
+        uid: uid.to_owned(),
     };
     match websocket_upgrade(req, PROTOCOLS) {
         Ok((upgrade, resp)) => {
@@ -55,7 +68,7 @@ pub fn serve(ip: Option<IpAddr>, req: Request<Incoming>) -> Response<Body> {
                         let ws =
                             WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None)
                                 .await;
-                        session(ws, ip).await;
+                        session(ws, target).await;
                     }
                     Err(e) => tracing::debug!(error = %e, "port-forward upgrade failed"),
                 }
@@ -66,7 +79,7 @@ pub fn serve(ip: Option<IpAddr>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-async fn session<S>(ws: WebSocketStream<S>, ip: IpAddr)
+async fn session<S>(ws: WebSocketStream<S>, target: Target)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -132,7 +145,14 @@ where
                         let (tx, rx) = mpsc::unbounded_channel();
                         to_pod.insert(data, tx);
                         let streams = Streams { error, data };
-                        tokio::spawn(forward(ip, port, streams, rx, out_tx.clone(), done.clone()));
+                        tokio::spawn(forward(
+                            target.clone(),
+                            port,
+                            streams,
+                            rx,
+                            out_tx.clone(),
+                            done.clone(),
+                        ));
                     }
                 }
                 Frame::Data { stream, fin, data } => {
@@ -168,7 +188,7 @@ struct Streams {
 /// Joins one stream pair to a connection to `ip:port`: a failure is reported on the error
 /// stream, as the kubelet reports it; both streams end when the pod side does.
 async fn forward(
-    ip: IpAddr,
+    target: Target,
     port: Option<u16>,
     s: Streams,
     mut from_client: mpsc::UnboundedReceiver<Bytes>,
@@ -182,9 +202,28 @@ async fn forward(
     };
     let tcp = match port {
         None => Err("invalid port".to_owned()),
-        Some(p) => tokio::net::TcpStream::connect((ip, p))
+        Some(p) => crate::sandbox::connect_loopback(&target.netns, p)
             .await
-            .map_err(|e| format!("error forwarding port {p} to pod at {ip}: {e}")),
+            .and_then(|t| {
+                tokio::net::TcpStream::from_std(t).map_err(|source| Error::Connect {
+                    netns: target.netns.clone(),
+                    port: p,
+                    source,
+                })
+            })
+            .map_err(|e| {
+                // The kubelet's wording, with the cause's chain.
+                let mut msg = format!(
+                    "error forwarding port {p} to pod {}, uid {}: {e}",
+                    target.name, target.uid
+                );
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    msg.push_str(&format!(": {c}"));
+                    cause = c.source();
+                }
+                msg
+            }),
     };
     let tcp = match tcp {
         Ok(t) => t,

@@ -296,7 +296,13 @@ fn port_forward() {
     });
     let err = std::fs::read_to_string(&errors).unwrap_or_default();
     assert!(
-        err.contains("an error occurred forwarding 18081 -> 9: error forwarding port 9 to pod"),
+        err.contains("an error occurred forwarding 18081 -> 9: error forwarding port 9 to pod web"),
+        "{err}"
+    );
+    // The agent dials the port on the pod's loopback, inside its namespace, as the kubelet does.
+    assert!(
+        err.contains("failed to connect to localhost:9 inside namespace")
+            && err.contains("berth-pod-"),
         "{err}"
     );
 }
