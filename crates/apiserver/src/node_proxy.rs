@@ -42,7 +42,7 @@ pub fn serves(t: &Target) -> bool {
 }
 
 /// Proxies `req` to the agent of the pod's node.
-pub async fn handle(srv: Arc<Server>, t: Target, mut req: Request) -> Result<Response, ApiError> {
+pub async fn handle(srv: Arc<Server>, t: Target, req: Request) -> Result<Response, ApiError> {
     let (Some(name), Some(sub)) = (t.name.as_deref(), t.subresource) else {
         return Err(ApiError::NoRoute);
     };
@@ -80,9 +80,21 @@ pub async fn handle(srv: Arc<Server>, t: Target, mut req: Request) -> Result<Res
     } else {
         format!("{path}?{query}")
     };
-    if !upgrade {
-        return logs(&srv, addr, &path_and_query).await;
+    if upgrade {
+        spliced(&srv, addr, &path_and_query, req).await
+    } else {
+        logs(&srv, addr, &path_and_query).await
     }
+}
+
+/// Forwards an upgrade request (exec, attach, port-forward) and, once the agent has switched
+/// protocols, splices the client's upgraded connection to the agent's.
+async fn spliced(
+    srv: &Server,
+    addr: SocketAddr,
+    path_and_query: &str,
+    mut req: Request,
+) -> Result<Response, ApiError> {
     if req
         .extensions()
         .get::<hyper::upgrade::OnUpgrade>()
@@ -93,7 +105,7 @@ pub async fn handle(srv: Arc<Server>, t: Target, mut req: Request) -> Result<Res
     let client_side = hyper::upgrade::on(&mut req);
     let mut out = axum::http::Request::builder()
         .method(req.method().clone())
-        .uri(&path_and_query);
+        .uri(path_and_query);
     for (k, v) in req.headers() {
         // The agent authenticates the API server, not the user.
         if k != header::HOST && k != header::AUTHORIZATION {
@@ -104,7 +116,7 @@ pub async fn handle(srv: Arc<Server>, t: Target, mut req: Request) -> Result<Res
         .header(header::HOST, addr.to_string())
         .body(Body::empty())
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let mut resp = send(&srv, addr, out).await?;
+    let mut resp = send(srv, addr, out).await?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Err(agent_error(resp).await);
     }

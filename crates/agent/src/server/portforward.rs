@@ -5,6 +5,7 @@
 //! kubelet does.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -85,9 +86,6 @@ where
 {
     let (mut sink, mut stream) = ws.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(64);
-    let done = CancellationToken::new();
-    // Ends every forwarded connection of this session when it ends, however it ends.
-    let _guard = done.clone().drop_guard();
     tokio::spawn(async move {
         let mut w = spdy::Writer::default();
         while let Some(o) = out_rx.recv().await {
@@ -102,9 +100,16 @@ where
         }
         let _ = sink.close().await;
     });
+    let mut session = Session {
+        target,
+        out: out_tx,
+        done: CancellationToken::new(),
+        pairs: HashMap::new(),
+        to_pod: HashMap::new(),
+    };
+    // Ends every forwarded connection of this session when it ends, however it ends.
+    let _guard = session.done.clone().drop_guard();
     let mut reader = spdy::Reader::default();
-    let mut pairs: HashMap<String, Pair> = HashMap::new();
-    let mut to_pod: HashMap<u32, mpsc::UnboundedSender<Bytes>> = HashMap::new();
     while let Some(Ok(msg)) = stream.next().await {
         let data = match msg {
             Message::Binary(d) => d,
@@ -113,69 +118,95 @@ where
         };
         reader.push(&data);
         loop {
-            let frame = match reader.next() {
-                Ok(Some(f)) => f,
+            match reader.next() {
+                Ok(Some(frame)) => {
+                    if session.on_frame(frame).await.is_break() {
+                        return;
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "port-forward stream is not SPDY");
                     return;
                 }
-            };
-            match frame {
-                Frame::SynStream {
-                    stream, headers, ..
-                } => {
-                    if out_tx.send(Out::Reply(stream)).await.is_err() {
-                        return;
-                    }
-                    let request = headers.get("requestid").cloned().unwrap_or_default();
-                    let pair = pairs.entry(request.clone()).or_default();
-                    match headers.get("streamtype").map(String::as_str) {
-                        Some("error") => pair.error = Some(stream),
-                        Some("data") => pair.data = Some(stream),
-                        _ => continue,
-                    }
-                    if let Pair {
-                        error: Some(error),
-                        data: Some(data),
-                    } = *pair
-                    {
-                        pairs.remove(&request);
-                        let port = headers.get("port").and_then(|p| p.parse::<u16>().ok());
-                        let (tx, rx) = mpsc::unbounded_channel();
-                        to_pod.insert(data, tx);
-                        let streams = Streams { error, data };
-                        tokio::spawn(forward(
-                            target.clone(),
-                            port,
-                            streams,
-                            rx,
-                            out_tx.clone(),
-                            done.clone(),
-                        ));
-                    }
-                }
-                Frame::Data { stream, fin, data } => {
-                    if let Some(tx) = to_pod.get(&stream) {
-                        if !data.is_empty() {
-                            let _ = tx.send(data);
-                        }
-                        if fin {
-                            // Dropping the sender half-closes the pod connection.
-                            to_pod.remove(&stream);
-                        }
-                    }
-                }
-                Frame::RstStream { stream } => {
-                    to_pod.remove(&stream);
-                }
-                Frame::Ping { id } => {
-                    let _ = out_tx.send(Out::Ping(id)).await;
-                }
-                Frame::GoAway => return,
-                Frame::Other => {}
             }
         }
+    }
+}
+
+/// One port-forward connection's state: the stream pairs being set up and the forwarded
+/// connections' inputs by data stream.
+struct Session {
+    target: Target,
+    out: mpsc::Sender<Out>,
+    done: CancellationToken,
+    pairs: HashMap<String, Pair>,
+    to_pod: HashMap<u32, mpsc::UnboundedSender<Bytes>>,
+}
+
+impl Session {
+    async fn on_frame(&mut self, frame: Frame) -> ControlFlow<()> {
+        match frame {
+            Frame::SynStream {
+                stream, headers, ..
+            } => {
+                // client-go waits for the reply before it opens the next stream.
+                if self.out.send(Out::Reply(stream)).await.is_err() {
+                    return ControlFlow::Break(());
+                }
+                self.on_stream(stream, &headers);
+            }
+            Frame::Data { stream, fin, data } => {
+                if let Some(tx) = self.to_pod.get(&stream) {
+                    if !data.is_empty() {
+                        let _ = tx.send(data);
+                    }
+                    if fin {
+                        // Dropping the sender half-closes the pod connection.
+                        self.to_pod.remove(&stream);
+                    }
+                }
+            }
+            Frame::RstStream { stream } => {
+                self.to_pod.remove(&stream);
+            }
+            Frame::Ping { id } => {
+                let _ = self.out.send(Out::Ping(id)).await;
+            }
+            Frame::GoAway => return ControlFlow::Break(()),
+            Frame::Other => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Records a new stream; once both of a request's streams are there, forwards.
+    fn on_stream(&mut self, stream: u32, headers: &HashMap<String, String>) {
+        let request = headers.get("requestid").cloned().unwrap_or_default();
+        let pair = self.pairs.entry(request.clone()).or_default();
+        match headers.get("streamtype").map(String::as_str) {
+            Some("error") => pair.error = Some(stream),
+            Some("data") => pair.data = Some(stream),
+            _ => return,
+        }
+        let Pair {
+            error: Some(error),
+            data: Some(data),
+        } = *pair
+        else {
+            return;
+        };
+        self.pairs.remove(&request);
+        let port = headers.get("port").and_then(|p| p.parse::<u16>().ok());
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.to_pod.insert(data, tx);
+        tokio::spawn(forward(
+            self.target.clone(),
+            port,
+            Streams { error, data },
+            rx,
+            self.out.clone(),
+            self.done.clone(),
+        ));
     }
 }
 
