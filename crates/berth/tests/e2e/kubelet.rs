@@ -18,6 +18,8 @@ fn start() -> Cluster {
     c
 }
 
+/// Applies a pod of busybox containers running `sh -c SCRIPT`. Scripts end in `exec` so that
+/// no child outlives the container's process when the agent stops it.
 fn pod(c: &Cluster, name: &str, containers: &[(&str, &str)]) {
     let mut m =
         format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n");
@@ -85,7 +87,7 @@ fn logs() {
     pod(
         &c,
         "talker",
-        &[("c", "echo hello; echo second; sleep 3600")],
+        &[("c", "echo hello; echo second; exec sleep 3600")],
     );
     let all = eventually("talker's output", || {
         let out = c.ok(&["logs", "talker"]);
@@ -113,8 +115,8 @@ fn logs() {
         &c,
         "pair",
         &[
-            ("a", "echo from-a; sleep 3600"),
-            ("b", "echo from-b; sleep 3600"),
+            ("a", "echo from-a; exec sleep 3600"),
+            ("b", "echo from-b; exec sleep 3600"),
         ],
     );
     eventually("b's output", || {
@@ -152,7 +154,7 @@ fn logs() {
         &[(
             "c",
             &format!(
-                "echo first; while [ ! -e {} ]; do sleep 0.1; done; echo later; sleep 3600",
+                "echo first; while [ ! -e {} ]; do sleep 0.1; done; echo later; exec sleep 3600",
                 go.display()
             ),
         )],
@@ -178,7 +180,7 @@ fn logs() {
 #[test]
 fn exec() {
     let c = start();
-    pod(&c, "shell", &[("c", "sleep 3600")]);
+    pod(&c, "shell", &[("c", "exec sleep 3600")]);
     assert_eq!(c.ok(&["exec", "shell", "--", "hostname"]), "shell\n");
     let resolv = c.ok(&["exec", "shell", "--", "cat", "/etc/resolv.conf"]);
     assert!(
