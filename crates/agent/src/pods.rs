@@ -55,11 +55,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let bridge = Bridge::ensure("berth0", gateway).await?;
     let mut ipam = Ipam::open(&config.state_dir, config.pod_cidr)?;
     crate::node::register(&client, &config).await?;
-    tokio::spawn(crate::server::run(
-        client.clone(),
-        config.clone(),
-        shutdown.clone(),
-    ));
+    crate::server::spawn(client.clone(), config.clone(), shutdown.clone());
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()

@@ -73,6 +73,16 @@ fn route(path: &str) -> Option<Route<'_>> {
     })
 }
 
+/// Runs [`run`] as a task of its own; a failure (the port taken, say) is logged, and the
+/// pods keep running without logs, exec and port-forward.
+pub fn spawn(client: Client, config: Config, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        if let Err(e) = run(client, config, shutdown).await {
+            tracing::error!(error = %e, "the agent's server stopped");
+        }
+    });
+}
+
 /// Serves until `shutdown` on `0.0.0.0:config.kubelet_port`.
 pub async fn run(client: Client, config: Config, shutdown: CancellationToken) -> Result<()> {
     let addr = SocketAddr::from(([0, 0, 0, 0], config.kubelet_port));
