@@ -83,6 +83,27 @@ pub enum Error {
     },
     #[error("pod CIDR {cidr} has no free IP left")]
     Exhausted { cidr: Ipv4Net },
+    #[error("failed to connect to localhost:{port} inside namespace {netns:?}")]
+    Connect {
+        netns: String,
+        port: u16,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the agent's server could not listen on {addr}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("making the agent's serving certificate")]
+    Certificate(#[source] rcgen::Error),
+    #[error("the cluster CA given to the agent is not a PEM certificate")]
+    ClientCa,
+    #[error("the agent's TLS configuration")]
+    Tls(#[source] rustls::Error),
+    #[error("the agent's client certificate verifier")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -11,6 +11,7 @@ mod pods;
 mod probe;
 pub mod runtime;
 pub mod sandbox;
+mod server;
 mod worker;
 
 pub use node::detect_ip;

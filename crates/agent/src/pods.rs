@@ -38,6 +38,8 @@ pub struct Config {
     pub node_ip: std::net::Ipv4Addr,
     /// The port the agent's server (logs, exec, port-forward) listens on.
     pub kubelet_port: u16,
+    /// PEM of the CA whose client certificates the agent's server accepts (the cluster CA).
+    pub client_ca: String,
 }
 
 /// Runs the agent until `shutdown`; on the way out, every pod it started is stopped.
@@ -50,6 +52,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let bridge = Bridge::ensure("berth0", gateway).await?;
     let mut ipam = Ipam::open(&config.state_dir, config.pod_cidr)?;
     crate::node::register(&client, &config).await?;
+    crate::server::spawn(client.clone(), config.clone(), shutdown.clone());
     reclaim(&client, &config, &mut ipam).await?;
     let (services, writer) = reflector::store();
     let reflect = reflector(

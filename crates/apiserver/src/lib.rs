@@ -2,7 +2,7 @@
 //! kubectl and every berth component talk to it; it is the only writer to the store.
 //!
 //! Start from [`run`]: it binds, serves [`router`], and hands requests to `rest` (verbs),
-//! `watch`, `discovery` and `openapi`; kind-specific rules live in `admission`.
+//! `watch`, `discovery` and `openapi`, and pod logs and exec to `node_proxy`; kind-specific rules live in `admission`.
 
 mod admission;
 mod alloc;
@@ -13,6 +13,7 @@ mod filter;
 mod fuzz;
 mod meta;
 mod metrics;
+mod node_proxy;
 mod openapi;
 mod patch;
 pub mod pki;
@@ -77,4 +78,6 @@ pub struct Server {
     address: Mutex<String>,
     metrics: Metrics,
     registry: Arc<prometheus_client::registry::Registry>,
+    /// How the server dials node agents (logs, exec, port-forward).
+    kubelet_tls: Arc<rustls::ClientConfig>,
 }

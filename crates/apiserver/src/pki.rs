@@ -1,5 +1,5 @@
-//! The cluster's certificates: a CA, the serving certificate and the admin client certificate,
-//! created on first start in the data directory, plus the kubeconfig that lets kubectl use them.
+//! The cluster's certificates: a CA, the serving certificate, the admin client certificate and
+//! the client certificate the API server shows node agents, created on first start in the data directory, plus the kubeconfig that lets kubectl use them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,6 +39,10 @@ pub struct Pki {
     pub server_key: String,
     pub admin_cert: String,
     pub admin_key: String,
+    /// What the API server presents to node agents (kube-apiserver's
+    /// `--kubelet-client-certificate`).
+    pub kubelet_client_cert: String,
+    pub kubelet_client_key: String,
 }
 
 /// The CA's subject; rebuilt identically on every start so that the stored CA key can sign a
@@ -138,24 +142,34 @@ pub fn ensure(dir: &Path, names: &[String]) -> Result<Pki, PkiError> {
         write(&sans_path, &wanted)?;
     }
 
-    let admin_cert_path = dir.join("admin.crt");
-    let admin_key_path = dir.join("admin.key");
-    if !admin_cert_path.exists() {
-        let params = leaf(
-            "kubernetes-admin",
-            Some("system:masters"),
-            ExtendedKeyUsagePurpose::ClientAuth,
+    let client = |name: &str, cn: &str| -> Result<(String, String), PkiError> {
+        let (cert_path, key_path) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
         );
-        let key = KeyPair::generate()?;
-        write(&admin_cert_path, &params.signed_by(&key, &issuer)?.pem())?;
-        write(&admin_key_path, &key.serialize_pem())?;
-    }
+        if !cert_path.exists() {
+            let params = leaf(
+                cn,
+                Some("system:masters"),
+                ExtendedKeyUsagePurpose::ClientAuth,
+            );
+            let key = KeyPair::generate()?;
+            write(&cert_path, &params.signed_by(&key, &issuer)?.pem())?;
+            write(&key_path, &key.serialize_pem())?;
+        }
+        Ok((read(&cert_path)?, read(&key_path)?))
+    };
+    let (admin_cert, admin_key) = client("admin", "kubernetes-admin")?;
+    let (kubelet_client_cert, kubelet_client_key) =
+        client("apiserver-kubelet-client", "kube-apiserver-kubelet-client")?;
     Ok(Pki {
         ca_cert: read(&ca_cert_path)?,
         server_cert: read(&server_cert_path)?,
         server_key: read(&server_key_path)?,
-        admin_cert: read(&admin_cert_path)?,
-        admin_key: read(&admin_key_path)?,
+        admin_cert,
+        admin_key,
+        kubelet_client_cert,
+        kubelet_client_key,
     })
 }
 
@@ -188,6 +202,78 @@ pub fn server_config(pki: &Pki) -> Result<rustls::ServerConfig, PkiError> {
         .with_single_cert(chain, key)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
+}
+
+/// The TLS client configuration for dialing node agents: presents the kubelet client
+/// certificate and, like kube-apiserver without `--kubelet-certificate-authority`, does not
+/// verify the agent's self-signed serving certificate (the handshake signature still is).
+pub fn kubelet_client_config(pki: &Pki) -> Result<rustls::ClientConfig, PkiError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let pem_err = |what: &str| PkiError::Pem {
+        path: PathBuf::from(what),
+    };
+    let chain = CertificateDer::pem_slice_iter(pki.kubelet_client_cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| pem_err("apiserver-kubelet-client.crt"))?;
+    let key = PrivateKeyDer::from_pem_slice(pki.kubelet_client_key.as_bytes())
+        .map_err(|_| pem_err("apiserver-kubelet-client.key"))?;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyAgentCertificate(provider)))
+        .with_client_auth_cert(chain, key)?;
+    // Exec and port-forward upgrade the connection, which needs HTTP/1.1.
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// Accepts whatever certificate an agent serves, checking only the handshake signatures.
+#[derive(Debug)]
+struct AnyAgentCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyAgentCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// A kubeconfig for the admin user, with the certificates inlined so it can be copied anywhere.
@@ -230,6 +316,7 @@ mod tests {
         assert_eq!(a.ca_cert, c.ca_cert);
         assert_eq!(a.admin_cert, c.admin_cert);
         server_config(&c).expect("rustls accepts the certificates");
+        kubelet_client_config(&c).expect("rustls accepts the kubelet client certificate");
         assert!(
             kubeconfig(&c, "https://127.0.0.1:6443").contains("server: https://127.0.0.1:6443")
         );

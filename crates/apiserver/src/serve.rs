@@ -125,6 +125,7 @@ pub async fn run(
         config,
         metrics,
         registry,
+        kubelet_tls: Arc::new(pki::kubelet_client_config(&pki)?),
     });
     restore_allocations(&srv).await?;
     bootstrap(&srv, addr, first_ip).await?;
@@ -307,6 +308,9 @@ async fn route(srv: Arc<Server>, req: Request) -> Result<Response, ApiError> {
         Ok(Some(t)) => t,
         Ok(None) | Err(request::PathError::NotFound) => return Err(ApiError::NoRoute),
     };
+    if crate::node_proxy::serves(&target) {
+        return crate::node_proxy::handle(srv, target, req).await;
+    }
     let params = Params::parse(req.uri().query()).map_err(ApiError::BadRequest)?;
     let (parts, body) = req.into_parts();
     let limit = srv.config.max_body_bytes;

@@ -143,7 +143,9 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
     );
     let agent = match &args.node {
         Some(node) => {
-            let config = agent_config(node.clone(), &args.agent, &args.data_dir)?;
+            let ca = std::fs::read_to_string(args.data_dir.join("pki/ca.crt"))
+                .context("reading the cluster CA for the agent")?;
+            let config = agent_config(node.clone(), &args.agent, &args.data_dir, ca)?;
             let client = kube_client(&l.kubeconfig).await?;
             Some(tokio::spawn(
                 berth_agent::run(client, config, shutdown.clone())
@@ -184,6 +186,7 @@ fn agent_config(
     node_name: String,
     args: &AgentArgs,
     data_dir: &std::path::Path,
+    client_ca: String,
 ) -> anyhow::Result<berth_agent::Config> {
     let config = berth_agent::Config {
         node_name,
@@ -195,6 +198,7 @@ fn agent_config(
             .node_ip
             .unwrap_or_else(|| berth_agent::detect_ip("berth0")),
         kubelet_port: args.kubelet_port,
+        client_ca,
     };
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
@@ -219,13 +223,31 @@ async fn agent(args: AgentCmdArgs) -> anyhow::Result<()> {
         Some(n) => n.clone(),
         None => host_name()?,
     };
-    let client = match &args.kubeconfig {
-        Some(path) => kube_client(path).await?,
-        None => kube::Client::try_default().await.context(
+    let kube_config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .with_context(|| format!("using {}", path.display()))?
+        }
+        None => kube::Config::infer().await.context(
             "finding a kubeconfig ($KUBECONFIG, ~/.kube/config, in-cluster); or pass --kubeconfig",
         )?,
     };
-    let config = agent_config(node, &args.agent, &args.data_dir)?;
+    // The API server's client certificates are signed by the CA the kubeconfig trusts.
+    let ca = kube_config
+        .root_cert
+        .iter()
+        .flatten()
+        .map(|der| pem("CERTIFICATE", der))
+        .collect::<String>();
+    anyhow::ensure!(
+        !ca.is_empty(),
+        "the kubeconfig names no certificate authority; the agent needs it to check the API server's client certificate"
+    );
+    let client = kube::Client::try_from(kube_config).context("building the API client")?;
+    let config = agent_config(node, &args.agent, &args.data_dir, ca)?;
     println!(
         "berth: agent for node {} started (pod CIDR {}, state in {})",
         config.node_name,
@@ -236,4 +258,17 @@ async fn agent(args: AgentCmdArgs) -> anyhow::Result<()> {
         .instrument(tracing::info_span!("agent"))
         .await
         .context("node agent")
+}
+
+/// DER as PEM.
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }

@@ -16,6 +16,7 @@ use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 pub use bridge::Bridge;
 pub use ipam::Ipam;
+pub use netns::connect_loopback;
 pub use netns::exists as netns_exists;
 
 use crate::error::{Error, Result};

@@ -81,6 +81,26 @@ where
     rx.await.map_err(|_| Error::ThreadPanicked)?
 }
 
+/// A TCP connection to `127.0.0.1:port` inside the named namespace, as the kubelet connects
+/// port-forwards: the socket is made on a thread of its own that enters the namespace, and
+/// keeps that namespace wherever it is used afterwards.
+pub async fn connect_loopback(name: &str, port: u16) -> Result<std::net::TcpStream> {
+    let name = name.to_owned();
+    on_thread(move || async move {
+        enter(&name)?;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let tcp = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+            .and_then(|t| t.set_nonblocking(true).map(|()| t))
+            .map_err(|source| Error::Connect {
+                netns: name.clone(),
+                port,
+                source,
+            })?;
+        Ok(tcp)
+    })
+    .await
+}
+
 /// Moves the current thread into the named namespace. Only for threads from [`on_thread`].
 pub(crate) fn enter(name: &str) -> Result<()> {
     let file = std::fs::File::open(path(name)).map_err(|source| Error::OpenNetns {

@@ -61,7 +61,12 @@ fn pods_run_as_processes_with_their_own_ip() {
     let netns_files = |ns: &str| std::path::Path::new("/etc/netns").join(ns).exists();
     assert!(c.pod_netns().iter().all(|ns| netns_files(ns)));
     // The environment, DNS configuration and hostname a container sees.
-    c.ok(&["create", "configmap", "settings", "--from-literal=mode=fast"]);
+    c.ok(&[
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=mode=fast",
+    ]);
     c.apply("apiVersion: v1\nkind: Pod\nmetadata:\n  name: shell\nspec:\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sh\", \"-c\", \"env; cat /etc/resolv.conf /etc/hosts; hostname; sleep 600\"]\n    env:\n    - name: GREETING\n      value: hello\n    - name: MODE\n      valueFrom:\n        configMapKeyRef:\n          name: settings\n          key: mode\n    - name: MY_IP\n      valueFrom:\n        fieldRef:\n          fieldPath: status.podIP\n");
     running_ip(&c, "shell");
     let uid = c.ok(&["get", "pod", "shell", "-o", "jsonpath={.metadata.uid}"]);

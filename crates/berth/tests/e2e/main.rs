@@ -10,6 +10,7 @@ mod errors;
 mod explain;
 mod gc;
 mod kubectl;
+mod kubelet;
 mod lifecycle;
 mod raw;
 mod restart;
