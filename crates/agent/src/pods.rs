@@ -52,7 +52,13 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let bridge = Bridge::ensure("berth0", gateway).await?;
     let mut ipam = Ipam::open(&config.state_dir, config.pod_cidr)?;
     crate::node::register(&client, &config).await?;
-    crate::server::spawn(client.clone(), config.clone(), shutdown.clone());
+    let consoles = Arc::<crate::runtime::Consoles>::default();
+    crate::server::spawn(
+        client.clone(),
+        config.clone(),
+        consoles.clone(),
+        shutdown.clone(),
+    );
     reclaim(&client, &config, &mut ipam).await?;
     let (services, writer) = reflector::store();
     let reflect = reflector(
@@ -94,7 +100,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         bridge,
         ipam: std::sync::Mutex::new(ipam),
         services,
-        consoles: Arc::default(),
+        consoles,
         events: recorder,
     });
     let mut workers: HashMap<String, Handle> = HashMap::new();

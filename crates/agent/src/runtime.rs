@@ -12,6 +12,7 @@ use bytes::Bytes;
 use k8s_openapi::api::core::v1::Container;
 use tokio::process::{Child, Command};
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 
 /// Why a container could not be started, in the kubelet's terms: `reason` is what the
 /// container's `waiting` state shows (`ErrImagePull`, `RunContainerError`, ...).
@@ -60,6 +61,8 @@ pub struct Console {
     output: broadcast::Sender<(u8, Bytes)>,
     /// The terminal's device (`/dev/pts/N`), for resizing.
     tty_path: Option<PathBuf>,
+    /// Cancelled when the container's output ends (it exited).
+    done: CancellationToken,
 }
 
 impl Console {
@@ -85,16 +88,29 @@ impl Console {
     }
 
     /// Sets the terminal's size, as a client's resize message asks.
-    pub fn resize(&self, cols: u16, rows: u16) {
-        if let Some(path) = &self.tty_path {
-            // stty does the TIOCSWINSZ ioctl, which would otherwise need unsafe code here.
-            let _ = std::process::Command::new("stty")
-                .arg("-F")
-                .arg(path)
-                .args(["cols", &cols.to_string(), "rows", &rows.to_string()])
-                .status();
-        }
+    pub async fn resize(&self, cols: u16, rows: u16) {
+        resize_tty(self.tty_path.as_deref(), cols, rows).await;
     }
+
+    /// Resolves once the container's output has ended.
+    pub async fn done(&self) {
+        self.done.cancelled().await;
+    }
+}
+
+/// Sets a terminal's size (which signals SIGWINCH to its foreground process group). stty
+/// does the TIOCSWINSZ ioctl, which would otherwise take unsafe code here.
+pub async fn resize_tty(tty: Option<&Path>, cols: u16, rows: u16) {
+    let Some(tty) = tty else { return };
+    let _ = Command::new("stty")
+        .arg("-F")
+        .arg(tty)
+        .args(["rows", &rows.to_string(), "cols", &cols.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
 }
 
 /// The consoles of the containers running on this node, by (pod uid, container name).
@@ -124,8 +140,10 @@ fn pump(
     stream: u8,
     mut log: std::fs::File,
     out: broadcast::Sender<(u8, Bytes)>,
+    done: Option<CancellationToken>,
 ) {
     std::thread::spawn(move || {
+        let _done = done.map(CancellationToken::drop_guard);
         let mut buf = vec![0u8; 8192];
         // EIO is how a pty says its last writer is gone.
         while let Ok(n) = from.read(&mut buf) {
@@ -166,15 +184,15 @@ pub struct Processes {
 }
 
 /// Images that stand for programs of the host when the container gives no command: the
-/// default command their real image would run. Any image with a `command` runs that
-/// command from the host.
-const HOST_IMAGES: &[(&str, &[&str])] = &[
-    ("busybox", &["sh"]),
-    ("alpine", &["sh"]),
-    ("debian", &["bash"]),
-    ("ubuntu", &["bash"]),
-    ("nicolaka/netshoot", &["bash"]),
-    ("curlimages/curl", &["curl"]),
+/// ENTRYPOINT and CMD their real image has (args replace CMD, as with the real image). Any
+/// image with a `command` runs that command from the host.
+const HOST_IMAGES: &[(&str, &[&str], &[&str])] = &[
+    ("busybox", &[], &["sh"]),
+    ("alpine", &[], &["/bin/sh"]),
+    ("debian", &[], &["bash"]),
+    ("ubuntu", &[], &["/bin/bash"]),
+    ("nicolaka/netshoot", &[], &["zsh"]),
+    ("curlimages/curl", &["curl"], &["--help"]),
 ];
 
 /// An image name without registry, tag or digest: `docker.io/library/busybox:1.36` → `busybox`.
@@ -220,14 +238,20 @@ impl Processes {
             argv.extend(args);
             return Ok(argv);
         }
-        if let Some((_, default)) = HOST_IMAGES.iter().find(|(n, _)| *n == repository(&image)) {
-            let mut argv: Vec<String> = default.iter().map(|s| (*s).to_owned()).collect();
-            if !args.is_empty() {
-                // As with a real image: args replace the image's CMD, keeping its shell.
-                argv.truncate(1);
-                argv.extend(args);
-            }
-            return Ok(argv);
+        if let Some((_, entrypoint, cmd)) = HOST_IMAGES
+            .iter()
+            .find(|(n, _, _)| *n == repository(&image))
+        {
+            let tail: Vec<String> = if args.is_empty() {
+                cmd.iter().map(|s| (*s).to_owned()).collect()
+            } else {
+                args
+            };
+            return Ok(entrypoint
+                .iter()
+                .map(|s| (*s).to_owned())
+                .chain(tail)
+                .collect());
         }
         Err(StartError {
             reason: "ErrImagePull",
@@ -283,12 +307,14 @@ impl Runtime for Processes {
         }
         let (output, _) = broadcast::channel(256);
         let (input_tx, input_rx) = mpsc::unbounded_channel();
+        let done = CancellationToken::new();
         let console = |tty_path| Console {
             tty,
             stdin_once: c.stdin_once == Some(true),
             input: Mutex::new(stdin.then_some(input_tx)),
             output: output.clone(),
             tty_path,
+            done: done.clone(),
         };
         let spawn_error = |e: std::io::Error| run_error(format!("starting {argv:?}: {e}"));
         if tty {
@@ -307,7 +333,7 @@ impl Runtime for Processes {
             let writer = master
                 .try_clone()
                 .map_err(|e| io_error("duplicating the terminal", e))?;
-            pump(master, STDOUT, log, output.clone());
+            pump(master, STDOUT, log, output.clone(), Some(done.clone()));
             feed(writer, input_rx);
             return Ok((child, Some(Arc::new(console(tty_path)))));
         }
@@ -338,12 +364,14 @@ impl Runtime for Processes {
             STDOUT,
             log,
             output.clone(),
+            Some(done.clone()),
         );
         pump(
             blocking(child_err.into_owned_fd())?,
             STDERR,
             err_log,
             output.clone(),
+            None,
         );
         feed(blocking(child_in.into_owned_fd())?, input_rx);
         Ok((child, Some(Arc::new(console(None)))))
@@ -387,9 +415,14 @@ mod tests {
             ["sh"]
         );
         assert_eq!(
-            p.argv(&container("busybox", None, &["-c", "echo hi"]))
+            p.argv(&container("busybox", None, &["sh", "-c", "echo hi"]))
                 .expect("test setup"),
             ["sh", "-c", "echo hi"]
+        );
+        assert_eq!(
+            p.argv(&container("curlimages/curl", None, &["-s", "x"]))
+                .expect("test setup"),
+            ["curl", "-s", "x"]
         );
         assert_eq!(
             p.argv(&container("anything", Some(&["sleep"]), &["5"]))

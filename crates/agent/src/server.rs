@@ -2,6 +2,7 @@
 //! `kubectl logs` (`/containerLogs/...`) and `kubectl exec` (`/exec/...`, websocket). Only
 //! clients with a certificate the cluster CA signed get in, as the kubelet requires.
 
+mod attach;
 mod exec;
 mod logs;
 mod portforward;
@@ -36,6 +37,7 @@ type Body = BoxBody<Bytes, Infallible>;
 struct State {
     client: Client,
     state_dir: PathBuf,
+    consoles: Arc<crate::runtime::Consoles>,
 }
 
 /// A request path the server answers, as the kubelet lays them out.
@@ -51,6 +53,11 @@ enum Route<'a> {
         pod: &'a str,
         container: &'a str,
     },
+    Attach {
+        ns: &'a str,
+        pod: &'a str,
+        container: &'a str,
+    },
     PortForward {
         ns: &'a str,
         pod: &'a str,
@@ -62,11 +69,14 @@ fn route(path: &str) -> Option<Route<'_>> {
     match segs.as_slice() {
         ["containerLogs", ns, pod, container] => Some(Route::Logs { ns, pod, container }),
         ["exec", ns, pod, container] => Some(Route::Exec { ns, pod, container }),
+        ["attach", ns, pod, container] => Some(Route::Attach { ns, pod, container }),
         ["portForward", ns, pod] => Some(Route::PortForward { ns, pod }),
         _ => None,
     }
     .filter(|r| match r {
-        Route::Logs { ns, pod, container } | Route::Exec { ns, pod, container } => {
+        Route::Logs { ns, pod, container }
+        | Route::Exec { ns, pod, container }
+        | Route::Attach { ns, pod, container } => {
             ![ns, pod, container].iter().any(|s| s.is_empty())
         }
         Route::PortForward { ns, pod } => !ns.is_empty() && !pod.is_empty(),
@@ -75,16 +85,26 @@ fn route(path: &str) -> Option<Route<'_>> {
 
 /// Runs [`run`] as a task of its own; a failure (the port taken, say) is logged, and the
 /// pods keep running without logs, exec and port-forward.
-pub fn spawn(client: Client, config: Config, shutdown: CancellationToken) {
+pub fn spawn(
+    client: Client,
+    config: Config,
+    consoles: Arc<crate::runtime::Consoles>,
+    shutdown: CancellationToken,
+) {
     tokio::spawn(async move {
-        if let Err(e) = run(client, config, shutdown).await {
+        if let Err(e) = run(client, config, consoles, shutdown).await {
             tracing::error!(error = %e, "the agent's server stopped");
         }
     });
 }
 
 /// Serves until `shutdown` on `0.0.0.0:config.kubelet_port`.
-pub async fn run(client: Client, config: Config, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(
+    client: Client,
+    config: Config,
+    consoles: Arc<crate::runtime::Consoles>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let addr = SocketAddr::from(([0, 0, 0, 0], config.kubelet_port));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -93,6 +113,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let state = Arc::new(State {
         client,
         state_dir: config.state_dir.clone(),
+        consoles,
     });
     tracing::info!(%addr, "agent server listening");
     loop {
@@ -181,6 +202,12 @@ async fn handle(
         Some(Route::Exec { ns, pod, container }) => {
             match find(&state, ns, pod, Some(container)).await {
                 Ok(p) => exec::serve(&state.state_dir, &uid(&p), container, &query, req),
+                Err(resp) => resp,
+            }
+        }
+        Some(Route::Attach { ns, pod, container }) => {
+            match find(&state, ns, pod, Some(container)).await {
+                Ok(p) => attach::serve(state.consoles.get(&uid(&p), container), container, req),
                 Err(resp) => resp,
             }
         }

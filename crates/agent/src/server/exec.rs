@@ -27,7 +27,7 @@ use super::{Body, container_pid, text, websocket_upgrade};
 
 /// The channel protocols served, most preferred first. v5 adds the close channel, which
 /// lets the client end stdin.
-const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+pub(super) const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
 
 pub const STDIN: u8 = 0;
 pub const STDOUT: u8 = 1;
@@ -250,7 +250,7 @@ where
 
 /// Ends the websocket with a normal closure, which client-go reads as the end of every
 /// stream; a close without a code would be an error to it.
-async fn close<S>(sink: &mut S)
+pub(super) async fn close<S>(sink: &mut S)
 where
     S: futures_util::Sink<Message> + Unpin,
 {
@@ -405,18 +405,8 @@ fn start_tty(pid: u32, opts: &ExecOptions) -> std::io::Result<Proc> {
     })
 }
 
-/// Sets the terminal's size (which signals SIGWINCH to its foreground process group).
 async fn resize(tty: Option<&Path>, width: u16, height: u16) {
-    let Some(tty) = tty else { return };
-    let _ = tokio::process::Command::new("stty")
-        .arg("-F")
-        .arg(tty)
-        .args(["rows", &height.to_string(), "cols", &width.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await;
+    crate::runtime::resize_tty(tty, width, height).await;
 }
 
 #[cfg(test)]

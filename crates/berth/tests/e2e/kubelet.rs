@@ -308,3 +308,48 @@ fn port_forward() {
         "{err}"
     );
 }
+
+/// `kubectl run -it --rm` as tutorial 003 uses it: the pod's shell gets a terminal, kubectl
+/// attaches to it, the session's end completes the pod, and `--rm` deletes it.
+#[test]
+fn run_interactive_attaches_to_the_container() {
+    let c = start();
+    let mut tty = Reaped(
+        outside(
+            &c,
+            "script",
+            &[
+                "-qec",
+                "kubectl run bb --image=busybox --restart=Never -it --rm -- sh",
+                "/dev/null",
+            ],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script"),
+    );
+    let out = collect(&mut tty.0);
+    let mut stdin = tty.0.stdin.take().expect("script's stdin");
+    eventually("kubectl to attach", || seen(&out, "pressing enter"));
+    stdin
+        .write_all(b"hostname; echo $((6*7)); exit\n")
+        .expect("typing into the terminal");
+    let text = eventually("42 from the attached shell", || seen(&out, "42"));
+    assert!(text.contains("\nbb"), "the pod's hostname: {text}");
+    eventually("kubectl run to end", || {
+        matches!(tty.0.try_wait(), Ok(Some(_))).then_some(())
+    });
+    drop(stdin);
+    eventually("--rm to delete the pod", || {
+        c.ok(&["get", "pods", "-o", "name"])
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+    // A container without stdin or a tty cannot be attached to.
+    pod(&c, "plain", &[("c", "exec sleep 600")]);
+    let err = c.fails(&["attach", "plain"]);
+    assert!(err.contains("not running with stdin or a tty"), "{err}");
+}
