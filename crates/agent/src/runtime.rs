@@ -191,26 +191,11 @@ const HOST_IMAGES: &[(&str, &[&str], &[&str])] = &[
     ("alpine", &[], &["/bin/sh"]),
     ("debian", &[], &["bash"]),
     ("ubuntu", &[], &["/bin/bash"]),
-    ("nicolaka/netshoot", &[], &["zsh"]),
+    // netshoot's CMD is zsh, which Debian hosts rarely have.
+    ("nicolaka/netshoot", &[], &["bash"]),
+    ("netshoot", &[], &["bash"]),
     ("curlimages/curl", &["curl"], &["--help"]),
 ];
-
-/// An image name without registry, tag or digest: `docker.io/library/busybox:1.36` → `busybox`.
-fn repository(image: &str) -> &str {
-    let image = image.split('@').next().unwrap_or(image);
-    let (path, last) = match image.rsplit_once('/') {
-        Some((p, l)) => (Some(p), l),
-        None => (None, image),
-    };
-    let name_len = last.split(':').next().unwrap_or(last).len();
-    let end = path.map_or(0, |p| p.len() + 1) + name_len;
-    let image = &image[..end];
-    let image = image
-        .strip_prefix("docker.io/")
-        .or_else(|| image.strip_prefix("registry-1.docker.io/"))
-        .unwrap_or(image);
-    image.strip_prefix("library/").unwrap_or(image)
-}
 
 impl Processes {
     /// The argv a container runs: its command and args; for a built-in image the `berth`
@@ -240,7 +225,7 @@ impl Processes {
         }
         if let Some((_, entrypoint, cmd)) = HOST_IMAGES
             .iter()
-            .find(|(n, _, _)| *n == repository(&image))
+            .find(|(n, _, _)| *n == berth_workloads::repository(&image))
         {
             let tail: Vec<String> = if args.is_empty() {
                 cmd.iter().map(|s| (*s).to_owned()).collect()
@@ -393,18 +378,6 @@ mod tests {
     }
 
     #[test]
-    fn repositories_drop_registry_tag_and_digest() {
-        assert_eq!(repository("busybox"), "busybox");
-        assert_eq!(repository("busybox:1.36"), "busybox");
-        assert_eq!(repository("docker.io/library/busybox:1.36"), "busybox");
-        assert_eq!(
-            repository("nicolaka/netshoot@sha256:abc"),
-            "nicolaka/netshoot"
-        );
-        assert_eq!(repository("localhost:5000/app:v1"), "localhost:5000/app");
-    }
-
-    #[test]
     fn images_resolve_to_builtins_host_programs_or_a_clear_error() {
         let p = Processes {
             self_exe: "/bin/berth".into(),
@@ -418,6 +391,11 @@ mod tests {
             p.argv(&container("busybox", None, &["sh", "-c", "echo hi"]))
                 .expect("test setup"),
             ["sh", "-c", "echo hi"]
+        );
+        assert_eq!(
+            p.argv(&container("r.deso.tech/library/netshoot", None, &[]))
+                .expect("test setup"),
+            ["bash"]
         );
         assert_eq!(
             p.argv(&container("curlimages/curl", None, &["-s", "x"]))

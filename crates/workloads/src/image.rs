@@ -71,7 +71,9 @@ impl fmt::Display for Builtin {
 
 /// The repository path of an image reference: without digest, tag, registry host or Docker
 /// Hub's `library/`, following the reference grammar of distribution/reference.
-fn repository(image: &str) -> &str {
+/// An image reference without registry host, tag, digest and Docker Hub's `library/`:
+/// `docker.io/library/busybox:1.36` → `busybox`, `r.deso.tech/whoami/whoami` → `whoami/whoami`.
+pub fn repository(image: &str) -> &str {
     let name = image.split_once('@').map_or(image, |(name, _digest)| name);
     // A ':' after the last '/' starts a tag; one before it is a registry port.
     let name = match name.rfind(':') {

@@ -14,5 +14,5 @@ mod whoami;
 
 pub use cli::main_for;
 pub use error::{Error, Result};
-pub use image::Builtin;
+pub use image::{Builtin, repository};
 pub use server::{serve, serve_listener};
