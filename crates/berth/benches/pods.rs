@@ -160,14 +160,17 @@ async fn bench_berth(c: &Cluster, n: usize, seq: usize) -> Berth {
             .expect("ready watch");
         let Some(t) = sent.get(&name) else { continue };
         burst.push(at - *t);
+        // The agent records each running container's PID (berth_agent::layout::pid_path).
+        let uid = p.metadata.uid.clone().unwrap_or_default();
+        let agent_dir = c.dir().join("data/agent/pods").join(uid);
         workload_pids.extend(
             p.status
                 .iter()
                 .flat_map(|s| s.container_statuses.iter().flatten())
                 .filter_map(|cs| {
-                    cs.container_id
-                        .as_deref()?
-                        .strip_prefix("berth://")?
+                    std::fs::read_to_string(agent_dir.join(format!("{}.pid", cs.name)))
+                        .ok()?
+                        .trim()
                         .parse::<u32>()
                         .ok()
                 }),

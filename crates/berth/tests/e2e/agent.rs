@@ -88,12 +88,43 @@ fn pods_run_as_processes_with_their_own_ip() {
     ] {
         assert!(out.contains(want), "{want:?} missing from:\n{out}");
     }
+    // Pod to pod by IP: a container of one pod reaches the other.
+    let body = c.ok(&[
+        "exec",
+        "shell",
+        "--",
+        "curl",
+        "-s",
+        "--max-time",
+        "2",
+        &format!("http://{b}:8080/"),
+    ]);
+    assert!(body.contains("Hostname: web2"), "{body}");
     c.ok(&["delete", "pod", "shell"]);
-    // A deleted pod leaves no namespace behind.
+    // A deleted pod leaves no process, namespace, veth or IP behind.
+    let web_uid = c.ok(&["get", "pod", "web", "-o", "jsonpath={.metadata.uid}"]);
+    let pid_file = c.dir().join(format!("data/agent/pods/{web_uid}/web.pid"));
+    let pid = std::fs::read_to_string(&pid_file).expect("web's pid file");
+    let links = || {
+        let node = c.node().expect("a node cluster");
+        String::from_utf8_lossy(&node.exec(&["ip", "-o", "link"]).stdout).into_owned()
+    };
+    let veth = format!("veth{}", &web_uid.replace('-', "")[..8]);
+    assert!(links().contains(&veth), "{}", links());
     c.ok(&["delete", "pod", "web"]);
     eventually("web's namespace to go", || {
         (c.pod_netns().len() == 1).then_some(())
     });
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists(),
+        "web's process is gone"
+    );
+    assert!(!links().contains(&veth), "{}", links());
+    let ipam = std::fs::read_to_string(c.dir().join("data/agent/ipam.json")).unwrap_or_default();
+    assert!(
+        !ipam.contains(&web_uid) && !ipam.contains(&format!("\"{a}\"")),
+        "{ipam}"
+    );
     // An image that is neither built in nor given a command waits with a reason.
     c.ok(&["run", "nope", "--image=example.com/unknown:1"]);
     eventually("nope to wait with ErrImagePull", || {
