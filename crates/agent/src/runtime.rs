@@ -173,10 +173,9 @@ pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), sig);
 }
 
-/// Runs containers as host processes: `ip netns exec` puts them in the pod's network
-/// namespace (and bind-mounts /etc/netns/<name>/ over /etc, giving them the pod's resolv.conf
-/// and hosts), `unshare --uts` gives them the pod's hostname, `setpriv --pdeathsig KILL`
-/// makes them die with the agent.
+/// Runs containers as host processes, started through `berth container-init` (see
+/// [`crate::init`]): in the pod's network namespace, with its resolv.conf, hosts and hostname,
+/// dying with the agent.
 #[derive(Debug, Clone)]
 pub struct Processes {
     /// The `berth` binary, which runs the built-in workloads (`berth workload ...`).
@@ -263,20 +262,20 @@ impl Runtime for Processes {
         let c = spec.container;
         let tty = c.tty == Some(true);
         let stdin = c.stdin == Some(true);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", spec.netns, "unshare", "--uts", "--"])
-            .args(["setpriv", "--pdeathsig", "KILL", "--"]);
-        if tty {
-            // A session of its own with the pty as controlling terminal; setsid also makes
-            // it a process group leader (it must not be one already, or setsid forks).
-            cmd.args(["setsid", "--ctty"]);
-        } else {
+        let init = crate::init::InitArgs {
+            netns: spec.netns.to_owned(),
+            hostname: spec.hostname.to_owned(),
+            tty,
+            argv: argv.clone(),
+        };
+        let mut cmd = Command::new(&self.self_exe);
+        cmd.args(init.command_line());
+        if !tty {
+            // With a tty, setsid makes the container a session (and group) leader instead;
+            // it must not be a group leader already, or setsid would fork.
             cmd.process_group(0);
         }
-        cmd.args(["/bin/sh", "-c", "hostname \"$0\" && exec \"$@\""])
-            .arg(spec.hostname)
-            .args(&argv)
-            .env_clear()
+        cmd.env_clear()
             .env(
                 "PATH",
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

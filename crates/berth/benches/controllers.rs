@@ -16,20 +16,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 
-/// utime + stime of a process, from /proc.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(") ")
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
-}
-
 fn ip(s: usize, p: usize) -> String {
     format!("10.244.{}.{}", s / 25, (s % 25) * 10 + p + 1)
 }
@@ -74,7 +60,7 @@ fn main() {
         let eps: Api<Endpoints> = Api::namespaced(client.clone(), "default");
         let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
         let rss_before = rss_kib(pid) / 1024;
-        let cpu_before = cpu_time(pid);
+        let cpu_before = berth_testkit::measure::cpu_time(pid);
         let mut both = Vec::new();
         let mut ep_lat = Vec::new();
         let mut slice_lat = Vec::new();
@@ -114,7 +100,7 @@ fn main() {
             slice_lat.push(b);
             both.push(a.max(b));
         }
-        let cpu = cpu_time(pid) - cpu_before;
+        let cpu = berth_testkit::measure::cpu_time(pid) - cpu_before;
         let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
         println!("{:<44} {:>10} {:>10}", "readiness flip visible in", "p50", "p99");
         println!("{:<44} {:>10} {:>10}", "  Endpoints", ms(percentile(ep_lat.clone(), 0.5)), ms(percentile(ep_lat, 0.99)));

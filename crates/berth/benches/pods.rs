@@ -60,6 +60,8 @@ struct Berth {
     teardown_wall: Duration,
     rss_before_kib: u64,
     rss_after_kib: u64,
+    /// CPU the berth server used during the burst (API server, controllers and agent).
+    burst_cpu: Duration,
     workload_rss_kib: u64,
     seq_ready: Vec<Duration>,
     seq_serving: Vec<Duration>,
@@ -140,6 +142,7 @@ async fn bench_berth(c: &Cluster, n: usize, seq: usize) -> Berth {
 
     // Burst: n creates back to back; each pod's latency runs from its own create request.
     let rss_before_kib = rss_kib(pid);
+    let cpu_before = berth_testkit::measure::cpu_time(pid);
     let start = Instant::now();
     let mut sent = HashMap::new();
     for i in 0..n {
@@ -177,6 +180,7 @@ async fn bench_berth(c: &Cluster, n: usize, seq: usize) -> Berth {
         );
     }
     let burst_wall = start.elapsed();
+    let burst_cpu = berth_testkit::measure::cpu_time(pid).saturating_sub(cpu_before);
     // What the pods hold once they run, not the transient peak of starting them.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after_kib = rss_kib(pid);
@@ -218,6 +222,7 @@ async fn bench_berth(c: &Cluster, n: usize, seq: usize) -> Berth {
         teardown_wall,
         rss_before_kib,
         rss_after_kib,
+        burst_cpu,
         workload_rss_kib,
         seq_ready,
         seq_serving,
@@ -341,6 +346,12 @@ fn main() {
         ms(max(&b.burst)),
         ms(b.burst_wall),
         n as f64 / b.burst_wall.as_secs_f64()
+    );
+    println!(
+        "  berth server CPU during the burst: {} ({:.1} ms per pod; the machine has {} cores)",
+        ms(b.burst_cpu),
+        b.burst_cpu.as_secs_f64() * 1000.0 / n as f64,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
         "  deleting all {n} until their netns are gone: {}",

@@ -32,6 +32,14 @@ pub enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The first program of every container the agent starts (it enters the pod's
+    /// namespaces and execs the container's command):
+    /// `berth container-init --netns NS --hostname NAME [--tty] -- COMMAND...`.
+    #[command(hide = true)]
+    ContainerInit {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Where objects are kept.

@@ -26,6 +26,10 @@ fn main() -> std::process::ExitCode {
         // Workloads run their own small runtime, as a container's process would.
         return berth_workloads::main_for(args);
     }
+    if let Cmd::ContainerInit { args } = &cli.cmd {
+        // No runtime, no threads: it only sets up namespaces and execs.
+        return berth_agent::init::main_for(args);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -40,7 +44,7 @@ fn main() -> std::process::ExitCode {
         match cli.cmd {
             Cmd::Server(args) => server(args, started).await,
             Cmd::Agent(args) => agent(args).await,
-            Cmd::Workload { .. } => Ok(()),
+            Cmd::Workload { .. } | Cmd::ContainerInit { .. } => Ok(()),
         }
     });
     match result {

@@ -828,6 +828,20 @@ pub mod measure {
         samples.get(i).copied().unwrap_or_default()
     }
 
+    /// CPU time (user + system) a process has used, from /proc (10 ms resolution).
+    pub fn cpu_time(pid: u32) -> std::time::Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(") ")
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks: u64 = [11, 12]
+            .iter()
+            .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+            .sum();
+        std::time::Duration::from_millis(ticks * 10)
+    }
+
     /// Resident memory of a process in KiB, from /proc.
     pub fn rss_kib(pid: u32) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

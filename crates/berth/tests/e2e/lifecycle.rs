@@ -85,6 +85,23 @@ fn restart_policies_back_off_and_liveness() {
         ),
         "3"
     );
+    // A command that is not there fails the way a shell reports it, in the container's log.
+    c.apply(&pod(
+        "missing",
+        "  restartPolicy: Never\n",
+        "    image: busybox\n    command: [no-such-program]\n",
+    ));
+    wait_for(&c, "missing", "{.status.phase}", "Failed");
+    assert_eq!(
+        jsonpath(
+            &c,
+            "missing",
+            "{.status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        "127"
+    );
+    let log = c.ok(&["logs", "missing"]);
+    assert!(log.contains("cannot run \"no-such-program\""), "{log}");
     wait_for(&c, "done", "{.status.phase}", "Succeeded");
     let table = c.ok(&["get", "pod", "done"]);
     assert!(table.contains("Completed"), "{table}");
