@@ -248,13 +248,24 @@ impl Worker {
         }
     }
 
+    /// Runs `op` on the IPAM for this pod off the async runtime: it writes (and fsyncs) the
+    /// IPAM state, which must not stall other pods' workers.
+    async fn ipam<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut Ipam, &str) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let (shared, uid) = (self.shared.clone(), self.uid.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut ipam = shared.ipam.lock().unwrap_or_else(|p| p.into_inner());
+            op(&mut ipam, &uid)
+        })
+        .await
+        .map_err(|_| Error::ThreadPanicked)?
+    }
+
     async fn make_sandbox(&mut self) -> Result<(), Error> {
+        let ip = self.ipam(|ipam, uid| ipam.allocate(uid)).await?;
         let shared = &self.shared;
-        let ip = shared
-            .ipam
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .allocate(&self.uid)?;
         self.ip = Some(ip);
         let name = self.pod.name_any();
         let sandbox = match Sandbox::create(&self.uid, &name, ip, &shared.bridge).await {
@@ -738,13 +749,7 @@ impl Worker {
             // The pod keeps its IP for when the agent starts it again.
             return;
         }
-        if let Err(e) = self
-            .shared
-            .ipam
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .release(&self.uid)
-        {
+        if let Err(e) = self.ipam(|ipam, uid| ipam.release(uid)).await {
             tracing::warn!(pod = %self.pod.name_any(), error = %e, "releasing the pod IP");
         }
         if why == Teardown::PodGone {

@@ -163,6 +163,16 @@ impl Cluster {
         Cluster::on_node(bin, flags, true)
     }
 
+    /// Waits until kubectl lists node [`NODE_NAME`] as Ready.
+    pub fn wait_node_ready(&self) {
+        eventually(&format!("{NODE_NAME} to be Ready"), || {
+            let out = self.ok(&["get", "nodes"]);
+            out.lines()
+                .any(|l| l.split_whitespace().take(2).eq([NODE_NAME, "Ready"]))
+                .then_some(())
+        });
+    }
+
     /// Like [`Cluster::start_on_node`] but without `--node`: only the API server and the
     /// controllers run in the node netns; start the agent with [`Cluster::start_agent`].
     pub fn start_on_node_without_agent(bin: &Path, flags: &[&str]) -> Cluster {

@@ -8,15 +8,12 @@ use std::sync::Arc;
 use futures_util::{SinkExt, StreamExt};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::Role;
 
-use super::exec::{ClientFrame, ERROR, PROTOCOLS, STDIN, close, frame};
-use super::{Body, text, websocket_upgrade};
+use super::exec::{ClientFrame, ERROR, STDIN, channel_session, close, frame};
+use super::{Body, text};
 use crate::runtime::Console;
 
 /// Answers an attach request: upgrades to a websocket and runs the session.
@@ -33,27 +30,10 @@ pub fn serve(
             ),
         );
     };
-    let (upgrade, resp) = match websocket_upgrade(req, PROTOCOLS) {
-        Ok(u) => u,
-        Err(resp) => return *resp,
-    };
-    tokio::spawn(async move {
-        match upgrade.await {
-            Ok(io) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None).await;
-                session(ws, console).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "attach upgrade failed"),
-        }
-    });
-    resp
+    channel_session(req, move |ws| session(ws, console))
 }
 
-async fn session<S>(ws: WebSocketStream<S>, console: Arc<Console>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
+async fn session(ws: super::exec::ChannelSocket, console: Arc<Console>) {
     let (mut sink, mut stream) = ws.split();
     let mut output = console.subscribe();
     let mut stdin_open = true;

@@ -156,6 +156,19 @@ pub fn serve(
             format!("container {container} is not running"),
         );
     };
+    channel_session(req, move |ws| session(ws, pid, opts))
+}
+
+/// The websocket a channel-protocol session runs on.
+pub(super) type ChannelSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Answers a request for a channel-protocol websocket (exec, attach): the 101 now, then
+/// `session` on the upgraded connection.
+pub(super) fn channel_session<F, Fut>(req: Request<Incoming>, session: F) -> Response<Body>
+where
+    F: FnOnce(ChannelSocket) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let (upgrade, resp) = match websocket_upgrade(req, PROTOCOLS) {
         Ok(u) => u,
         Err(resp) => return *resp,
@@ -165,9 +178,9 @@ pub fn serve(
             Ok(io) => {
                 let ws =
                     WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None).await;
-                session(ws, pid, opts).await;
+                session(ws).await;
             }
-            Err(e) => tracing::debug!(error = %e, "exec upgrade failed"),
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
     resp

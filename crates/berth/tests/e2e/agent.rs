@@ -29,12 +29,7 @@ fn http_get(c: &Cluster, url: &str) -> Option<String> {
 #[test]
 fn pods_run_as_processes_with_their_own_ip() {
     let c = Cluster::start_on_node(std::path::Path::new(env!("CARGO_BIN_EXE_berth")), &[]);
-    eventually("node-1 to be Ready", || {
-        let out = c.ok(&["get", "nodes"]);
-        out.lines()
-            .any(|l| l.split_whitespace().take(2).eq(["node-1", "Ready"]))
-            .then_some(())
-    });
+    c.wait_node_ready();
     c.ok(&["run", "web", "--image=berth/whoami", "--port=8080"]);
     c.ok(&["run", "web2", "--image=traefik/whoami", "--port=8080"]);
     let (a, b) = (running_ip(&c, "web"), running_ip(&c, "web2"));
@@ -153,12 +148,7 @@ fn standalone_agent_runs_pods_and_stops_them_on_sigterm() {
         "no agent runs inside the server"
     );
     let mut agent = c.start_agent(&[]);
-    eventually("node-1 to be Ready", || {
-        let out = c.ok(&["get", "nodes"]);
-        out.lines()
-            .any(|l| l.split_whitespace().take(2).eq(["node-1", "Ready"]))
-            .then_some(())
-    });
+    c.wait_node_ready();
     c.ok(&["run", "web", "--image=berth/whoami", "--port=8080"]);
     let ip = running_ip(&c, "web");
     assert!(ip.starts_with("10.244.0."), "{ip}");

@@ -9,12 +9,7 @@ use berth_testkit::{Cluster, eventually};
 
 fn start() -> Cluster {
     let c = Cluster::start_on_node(std::path::Path::new(env!("CARGO_BIN_EXE_berth")), &[]);
-    eventually("node-1 to be Ready", || {
-        let out = c.ok(&["get", "nodes"]);
-        out.lines()
-            .any(|l| l.split_whitespace().take(2).eq(["node-1", "Ready"]))
-            .then_some(())
-    });
+    c.wait_node_ready();
     c
 }
 
@@ -44,6 +39,25 @@ fn outside(c: &Cluster, program: &str, args: &[&str]) -> Command {
         .env("KUBECACHEDIR", c.dir().join("kubecache"))
         .env("HOME", c.dir());
     cmd
+}
+
+/// Runs `command` (a kubectl command line) in the outside netns with a terminal of its own
+/// (`script`), for `-it`: the running child, what it has printed so far, and its input.
+fn in_terminal(
+    c: &Cluster,
+    command: &str,
+) -> (Reaped, Arc<Mutex<String>>, std::process::ChildStdin) {
+    let mut tty = Reaped(
+        outside(c, "script", &["-qec", command, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("script"),
+    );
+    let out = collect(&mut tty.0);
+    let stdin = tty.0.stdin.take().expect("script's stdin");
+    (tty, out, stdin)
 }
 
 /// Collects a child's stdout on a thread, so a test can look at it while the child runs.
@@ -212,20 +226,7 @@ fn exec() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
 
     // -it: kubectl needs a terminal of its own, which `script` gives it.
-    let mut tty = Reaped(
-        outside(
-            &c,
-            "script",
-            &["-qec", "kubectl exec -it shell -- sh", "/dev/null"],
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("script"),
-    );
-    let out = collect(&mut tty.0);
-    let mut stdin = tty.0.stdin.take().expect("script's stdin");
+    let (mut tty, out, mut stdin) = in_terminal(&c, "kubectl exec -it shell -- sh");
     stdin
         .write_all(b"echo $((6*7)); exit\n")
         .expect("typing into the terminal");
@@ -314,24 +315,10 @@ fn port_forward() {
 #[test]
 fn run_interactive_attaches_to_the_container() {
     let c = start();
-    let mut tty = Reaped(
-        outside(
-            &c,
-            "script",
-            &[
-                "-qec",
-                "kubectl run bb --image=busybox --restart=Never -it --rm -- sh",
-                "/dev/null",
-            ],
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("script"),
+    let (mut tty, out, mut stdin) = in_terminal(
+        &c,
+        "kubectl run bb --image=busybox --restart=Never -it --rm -- sh",
     );
-    let out = collect(&mut tty.0);
-    let mut stdin = tty.0.stdin.take().expect("script's stdin");
     eventually("kubectl to attach", || seen(&out, "pressing enter"));
     stdin
         .write_all(b"hostname; echo $((6*7)); exit\n")

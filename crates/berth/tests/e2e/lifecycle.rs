@@ -8,9 +8,7 @@ use berth_testkit::{Cluster, eventually};
 
 fn node_cluster() -> Cluster {
     let c = Cluster::start_on_node(std::path::Path::new(env!("CARGO_BIN_EXE_berth")), &[]);
-    eventually("node-1 to be Ready", || {
-        c.ok(&["get", "nodes"]).contains(" Ready ").then_some(())
-    });
+    c.wait_node_ready();
     c
 }
 
