@@ -194,6 +194,9 @@ const HOST_IMAGES: &[(&str, &[&str], &[&str])] = &[
     ("nicolaka/netshoot", &[], &["bash"]),
     ("netshoot", &[], &["bash"]),
     ("curlimages/curl", &["curl"], &["--help"]),
+    // Debian's nginx package, when the host has it (berth's scripts do not install it, since
+    // it would also start a service on the node).
+    ("nginx", &[], &["nginx", "-g", "daemon off;"]),
 ];
 
 impl Processes {
@@ -411,10 +414,15 @@ mod tests {
                 .expect("test setup")[..3],
             ["/bin/berth", "workload", "whoami"]
         );
+        assert_eq!(
+            p.argv(&container("nginx:1.27", None, &[]))
+                .expect("test setup"),
+            ["nginx", "-g", "daemon off;"]
+        );
         let e = p
-            .argv(&container("nginx", None, &[]))
+            .argv(&container("httpd", None, &[]))
             .expect_err("should fail");
         assert_eq!(e.reason, "ErrImagePull");
-        assert!(e.message.contains("\"nginx\""), "{e}");
+        assert!(e.message.contains("\"httpd\""), "{e}");
     }
 }
