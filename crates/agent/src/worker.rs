@@ -229,7 +229,10 @@ impl Worker {
 
     /// The sandbox, then every container.
     async fn start(&mut self) {
-        match self.make_sandbox().await {
+        let t0 = std::time::Instant::now();
+        let sandbox = self.make_sandbox().await;
+        let sandbox_ms = t0.elapsed().as_secs_f64() * 1e3;
+        match sandbox {
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!(pod = %self.pod.name_any(), error = %e, "creating the pod sandbox");
@@ -246,6 +249,12 @@ impl Worker {
         for idx in 0..self.containers.len() {
             self.start_container(idx, false).await;
         }
+        tracing::debug!(
+            pod = %self.pod.name_any(),
+            sandbox_ms,
+            containers_ms = t0.elapsed().as_secs_f64() * 1e3 - sandbox_ms,
+            "pod started"
+        );
     }
 
     /// Runs `op` on the IPAM for this pod off the async runtime: it writes (and fsyncs) the
