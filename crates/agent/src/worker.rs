@@ -97,6 +97,8 @@ enum State {
 
 struct Ctr {
     spec: Container,
+    /// An init container: runs to completion, in order, before the app containers start.
+    init: bool,
     state: State,
     restarts: i32,
     last: Option<Value>,
@@ -146,14 +148,25 @@ impl Worker {
     fn new(shared: Arc<Shared>, pod: Pod) -> Worker {
         let (tx, rx) = mpsc::unbounded_channel();
         let api = Api::namespaced(shared.client.clone(), &pod.namespace().unwrap_or_default());
-        let containers = pod
-            .spec
+        let spec = pod.spec.as_ref();
+        let inits = spec
+            .and_then(|s| s.init_containers.as_deref())
+            .unwrap_or_default();
+        let apps = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
+        let waiting = if inits.is_empty() {
+            "ContainerCreating"
+        } else {
+            "PodInitializing"
+        };
+        let containers = inits
             .iter()
-            .flat_map(|s| s.containers.iter())
-            .map(|c| Ctr {
+            .map(|c| (c, true))
+            .chain(apps.iter().map(|c| (c, false)))
+            .map(|(c, init)| Ctr {
                 spec: c.clone(),
+                init,
                 state: State::Waiting {
-                    reason: "ContainerCreating".into(),
+                    reason: waiting.into(),
                     message: None,
                     retry_at: None,
                 },
@@ -219,7 +232,11 @@ impl Worker {
                     }
                     self.pod = pod_rx.borrow_and_update().clone();
                 }
-                Some(msg) = self.rx.recv() => self.on_msg(msg),
+                Some(msg) = self.rx.recv() => {
+                    if self.on_msg(msg) {
+                        self.start_next().await;
+                    }
+                }
                 _ = sleep_until(deadline) => self.on_timers().await,
             }
         }
@@ -246,15 +263,37 @@ impl Worker {
                 return;
             }
         }
-        for idx in 0..self.containers.len() {
-            self.start_container(idx, false).await;
-        }
+        self.start_next().await;
         tracing::debug!(
             pod = %self.pod.name_any(),
             sandbox_ms,
             containers_ms = t0.elapsed().as_secs_f64() * 1e3 - sandbox_ms,
             "pod started"
         );
+    }
+
+    /// Starts what is due: the first init container that has not completed (one at a time,
+    /// in order), or once they all have, every app container not started yet.
+    async fn start_next(&mut self) {
+        let pending_init = self.containers.iter().position(|c| {
+            c.init && !matches!(&c.state, State::Terminated(t) if t["exitCode"] == 0)
+        });
+        if let Some(idx) = pending_init {
+            let c = &self.containers[idx];
+            let idle = c.run == 0 && c.pid.is_none();
+            if idle && self.terminating.is_none() {
+                self.start_container(idx, false).await;
+            }
+            return;
+        }
+        let due: Vec<usize> = (0..self.containers.len())
+            .filter(|i| !self.containers[*i].init && self.containers[*i].run == 0)
+            .collect();
+        for idx in due {
+            if matches!(self.containers[idx].state, State::Waiting { .. }) {
+                self.start_container(idx, false).await;
+            }
+        }
     }
 
     /// Runs `op` on the IPAM for this pod off the async runtime: it writes (and fsyncs) the
@@ -464,7 +503,8 @@ impl Worker {
         }
     }
 
-    fn on_msg(&mut self, msg: Msg) {
+    /// Handles a message; true when an init container has completed (so the next can start).
+    fn on_msg(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Exited {
                 idx,
@@ -477,16 +517,19 @@ impl Worker {
                 run,
                 kind,
                 result,
-            } => self.on_probe(idx, run, kind, result),
+            } => {
+                self.on_probe(idx, run, kind, result);
+                false
+            }
         }
     }
 
-    fn on_exit(&mut self, idx: usize, run: u64, code: Option<i32>, signal: Option<i32>) {
+    fn on_exit(&mut self, idx: usize, run: u64, code: Option<i32>, signal: Option<i32>) -> bool {
         let policy = self.restart_policy();
         let terminating = self.terminating.is_some();
         let state_dir = self.shared.config.state_dir.clone();
         let Some(c) = self.containers.get_mut(idx).filter(|c| c.run == run) else {
-            return;
+            return false;
         };
         let _ = std::fs::remove_file(layout::pid_path(&state_dir, &self.uid, &c.spec.name));
         self.shared.consoles.set(&self.uid, &c.spec.name, None);
@@ -508,15 +551,16 @@ impl Worker {
             terminated["signal"] = json!(s);
         }
         tracing::debug!(container = %c.spec.name, exit_code, "container exited");
+        // An init container that failed runs again unless the pod never restarts anything.
         let restart = !terminating
             && match policy.as_str() {
                 "Never" => false,
                 "OnFailure" => exit_code != 0,
-                _ => true,
+                _ => !c.init || exit_code != 0,
             };
         if !restart {
             c.state = State::Terminated(terminated);
-            return;
+            return c.init && exit_code == 0;
         }
         c.last = Some(terminated);
         if ran >= BACKOFF_RESET {
@@ -549,6 +593,7 @@ impl Worker {
             }),
             retry_at: Some(Instant::now() + delay),
         };
+        false
     }
 
     fn on_probe(&mut self, idx: usize, run: u64, kind: Kind, result: Result<(), String>) {
@@ -895,8 +940,16 @@ impl Worker {
 
     fn status(&mut self) -> Value {
         let policy = self.restart_policy();
-        let views: Vec<Phase> = self
-            .containers
+        let (inits, apps): (Vec<&Ctr>, Vec<&Ctr>) = self.containers.iter().partition(|c| c.init);
+        let incomplete: Vec<&str> = inits
+            .iter()
+            .filter(|c| !matches!(&c.state, State::Terminated(t) if t["exitCode"] == 0))
+            .map(|c| c.spec.name.as_str())
+            .collect();
+        let init_failed = inits
+            .iter()
+            .any(|c| matches!(&c.state, State::Terminated(t) if t["exitCode"] != 0));
+        let views: Vec<Phase> = apps
             .iter()
             .map(|c| match &c.state {
                 State::Running { .. } => Phase::Running,
@@ -905,10 +958,15 @@ impl Worker {
                 State::Waiting { .. } => Phase::Waiting,
             })
             .collect();
-        let phase = phase(&views, &policy);
+        let phase = if init_failed {
+            "Failed"
+        } else if !incomplete.is_empty() {
+            "Pending"
+        } else {
+            phase(&views, &policy)
+        };
         let terminal = matches!(phase, "Succeeded" | "Failed");
-        let unready: Vec<&str> = self
-            .containers
+        let unready: Vec<&str> = apps
             .iter()
             .filter(|c| !c.ready())
             .map(|c| c.spec.name.as_str())
@@ -918,7 +976,7 @@ impl Worker {
         let mut conditions = Vec::new();
         for (ty, ok) in [
             ("PodReadyToStartContainers", sandbox && !terminal),
-            ("Initialized", true),
+            ("Initialized", incomplete.is_empty()),
             ("Ready", ready),
             ("ContainersReady", ready),
             ("PodScheduled", true),
@@ -932,6 +990,13 @@ impl Worker {
                 }
             };
             let mut cond = json!({"type": ty, "status": if ok { "True" } else { "False" }, "lastProbeTime": null, "lastTransitionTime": at});
+            if ty == "Initialized" && !ok {
+                cond["reason"] = json!("ContainersNotInitialized");
+                cond["message"] = json!(format!(
+                    "containers with incomplete status: [{}]",
+                    incomplete.join(" ")
+                ));
+            }
             if matches!(ty, "Ready" | "ContainersReady") && !ok {
                 if terminal {
                     cond["reason"] = json!("PodCompleted");
@@ -953,8 +1018,16 @@ impl Worker {
             "hostIPs": [{"ip": host_ip}],
             "startTime": self.start_time,
             "qosClass": qos_class(&self.pod),
-            "containerStatuses": self.containers.iter().map(|c| self.container_status(c)).collect::<Vec<_>>(),
+            "containerStatuses": apps.iter().map(|c| self.container_status(c)).collect::<Vec<_>>(),
         });
+        if !inits.is_empty() {
+            status["initContainerStatuses"] = json!(
+                inits
+                    .iter()
+                    .map(|c| self.container_status(c))
+                    .collect::<Vec<_>>()
+            );
+        }
         if let Some(ip) = self.ip {
             status["podIP"] = json!(ip.to_string());
             status["podIPs"] = json!([{"ip": ip.to_string()}]);

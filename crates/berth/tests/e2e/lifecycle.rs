@@ -313,3 +313,49 @@ fn an_agent_restart_starts_its_pods_again_with_the_same_ip() {
     assert!(body.contains(&ip), "{body}");
     assert_eq!(c.pod_netns().len(), 1);
 }
+
+#[test]
+fn init_containers_run_in_order_before_the_app() {
+    let c = node_cluster();
+    let flag = c.dir().join("init-order");
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: staged\nspec:\n  initContainers:\n  - name: first\n    image: busybox\n    command: [sh, -c, 'sleep 1; echo first >> {f}']\n  - name: second\n    image: busybox\n    command: [sh, -c, 'echo second >> {f}']\n  containers:\n  - name: app\n    image: busybox\n    command: [sh, -c, 'echo app >> {f}; exec sleep 600']\n",
+        f = flag.display()
+    ));
+    eventually("staged to show its init progress", || {
+        let t = c.ok(&["get", "pod", "staged"]);
+        t.contains("Init:0/2").then_some(())
+    });
+    assert_eq!(jsonpath(&c, "staged", "{.status.phase}"), "Pending");
+    wait_for(&c, "staged", "{.status.phase}", "Running");
+    assert_eq!(
+        jsonpath(
+            &c,
+            "staged",
+            "{.status.initContainerStatuses[*].state.terminated.reason}"
+        ),
+        "Completed Completed"
+    );
+    let order = eventually("the app to start", || {
+        let text = std::fs::read_to_string(&flag).ok()?;
+        text.contains("app").then_some(text)
+    });
+    assert_eq!(order, "first\nsecond\napp\n");
+    // A failing init container fails a pod that never restarts, and its app never runs.
+    c.apply(&pod(
+        "blocked",
+        "  restartPolicy: Never\n  initContainers:\n  - name: check\n    image: busybox\n    command: [sh, -c, 'exit 2']\n",
+        "    image: busybox\n    command: [sleep, '600']\n",
+    ));
+    wait_for(&c, "blocked", "{.status.phase}", "Failed");
+    let table = c.ok(&["get", "pod", "blocked"]);
+    assert!(table.contains("Init:Error"), "{table}");
+    assert_eq!(
+        jsonpath(
+            &c,
+            "blocked",
+            "{.status.containerStatuses[0].state.waiting.reason}"
+        ),
+        "PodInitializing"
+    );
+}
