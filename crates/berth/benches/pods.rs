@@ -63,6 +63,8 @@ struct Berth {
     /// CPU the berth server used during the burst (API server, controllers and agent).
     burst_cpu: Duration,
     workload_rss_kib: u64,
+    /// The same with shared pages (the one `berth` binary) divided among the processes.
+    workload_pss_kib: u64,
     seq_ready: Vec<Duration>,
     seq_serving: Vec<Duration>,
 }
@@ -185,6 +187,10 @@ async fn bench_berth(c: &Cluster, n: usize, seq: usize) -> Berth {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after_kib = rss_kib(pid);
     let workload_rss_kib = workload_pids.iter().map(|p| rss_kib(*p)).sum();
+    let workload_pss_kib = workload_pids
+        .iter()
+        .map(|p| berth_testkit::measure::pss_kib(*p))
+        .sum();
     let teardown_wall = delete_all(&pods, c).await;
 
     // One at a time: create -> Ready -> the workload accepts TCP on its pod IP.
@@ -224,6 +230,7 @@ async fn bench_berth(c: &Cluster, n: usize, seq: usize) -> Berth {
         rss_after_kib,
         burst_cpu,
         workload_rss_kib,
+        workload_pss_kib,
         seq_ready,
         seq_serving,
     }
@@ -365,9 +372,10 @@ fn main() {
         grown as f64 / n as f64
     );
     println!(
-        "  workload processes: {} KiB RSS in all, {:.0} KiB per pod (for information)",
+        "  workload processes: {} KiB RSS in all, {:.0} KiB per pod; PSS {:.0} KiB per pod (for information)",
         b.workload_rss_kib,
-        b.workload_rss_kib as f64 / n as f64
+        b.workload_rss_kib as f64 / n as f64,
+        b.workload_pss_kib as f64 / n as f64
     );
     println!("one pod at a time ({seq} berth pods, {refn} by hand):");
     println!("{:<44} {:>10} {:>10} {:>10}", "", "p50", "p99", "max");

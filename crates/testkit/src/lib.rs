@@ -852,6 +852,18 @@ pub mod measure {
         std::time::Duration::from_millis(ticks * 10)
     }
 
+    /// Proportional set size of a process in KiB (its resident memory with pages shared with
+    /// other processes divided among them), from /proc; what many copies of one binary cost.
+    pub fn pss_kib(pid: u32) -> u64 {
+        let rollup =
+            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Resident memory of a process in KiB, from /proc.
     pub fn rss_kib(pid: u32) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
