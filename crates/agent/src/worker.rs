@@ -142,6 +142,10 @@ struct Worker {
     /// Set once the pod is being deleted: when what is still running gets SIGKILL.
     terminating: Option<Instant>,
     sandbox_error: Option<String>,
+    /// Whether the grace period is over and SIGKILL was sent.
+    killed: bool,
+    /// When to report again after the API refused or could not take a status.
+    report_retry: Option<Instant>,
 }
 
 impl Worker {
@@ -195,6 +199,8 @@ impl Worker {
             last_status: None,
             terminating: None,
             sandbox_error: None,
+            report_retry: None,
+            killed: false,
             pod,
         }
     }
@@ -650,7 +656,10 @@ impl Worker {
         let now_i = Instant::now();
         if let Some(at) = self.terminating
             && at <= now_i
+            && !self.killed
         {
+            // Once: what SIGKILL does not end at once ends when the kernel lets it.
+            self.killed = true;
             for c in &self.containers {
                 if let Some(pid) = c.pid {
                     runtime::signal(pid, Signal::SIGKILL);
@@ -832,8 +841,11 @@ impl Worker {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let mut at = self.terminating;
+        let mut at = self.terminating.filter(|_| !self.killed);
         let mut consider = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
+        if let Some(t) = self.report_retry {
+            consider(t);
+        }
         for c in &self.containers {
             if let State::Waiting {
                 retry_at: Some(t), ..
@@ -879,6 +891,7 @@ impl Worker {
 
     /// Patches the pod's status when it differs from what was last reported.
     async fn report(&mut self) {
+        self.report_retry = None;
         let status = self.status();
         if self.last_status.as_ref() == Some(&status) {
             return;
@@ -903,7 +916,8 @@ impl Worker {
             }
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => {
-                tracing::warn!(pod = %self.pod.name_any(), error = %e, "reporting pod status")
+                tracing::warn!(pod = %self.pod.name_any(), error = %e, "reporting pod status; retrying");
+                self.report_retry = Some(Instant::now() + Duration::from_secs(1));
             }
         }
     }
