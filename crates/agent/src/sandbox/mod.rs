@@ -12,7 +12,8 @@ use std::os::fd::AsRawFd;
 
 use ipnet::Ipv4Net;
 use nix::errno::Errno;
-use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 pub use bridge::Bridge;
 pub use ipam::Ipam;
@@ -31,11 +32,9 @@ pub const POD_LINK: &str = "eth0";
 pub struct SandboxNames {
     /// `berth-pod-<first 12 hex digits of the uid>`.
     pub netns: String,
-    /// `veth<first 8 hex digits>`: the host side, a port of the bridge.
+    /// `veth<first 8 hex digits>`: the host side, a port of the bridge (the pod side is
+    /// [`POD_LINK`], made in the pod namespace).
     pub host_veth: String,
-    /// The pod side's name until it is in the pod namespace and renamed to [`POD_LINK`]; it
-    /// differs from `host_veth` because both ends start out in the node namespace.
-    peer_veth: String,
 }
 
 impl SandboxNames {
@@ -56,7 +55,6 @@ impl SandboxNames {
         Ok(SandboxNames {
             netns: format!("berth-pod-{hex}"),
             host_veth: format!("veth{}", &hex[..8]),
-            peer_veth: format!("vpod{}", &hex[..8]),
         })
     }
 }
@@ -165,14 +163,29 @@ impl Sandbox {
     async fn plumb(&self, bridge: &str, gateway: Ipv4Addr) -> Result<()> {
         let node = connect()?;
         let n = &self.names;
+        let pod_ns =
+            std::fs::File::open(netns::path(&n.netns)).map_err(|source| Error::OpenNetns {
+                path: netns::path(&n.netns),
+                source,
+            })?;
+        // The pod end is made inside the pod namespace, already named eth0: moving a link
+        // between namespaces waits for an RCU grace period (13-25 ms here), creating it there
+        // does not.
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(POD_LINK)
+            .setns_by_fd(pod_ns.as_raw_fd())
+            .build();
         node.link()
-            .add(LinkVeth::new(&n.host_veth, &n.peer_veth).build())
+            .add(
+                LinkVeth::new(&n.host_veth, POD_LINK)
+                    .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                    .build(),
+            )
             .execute()
             .await
             .map_err(netlink(format!("creating veth {}", n.host_veth)))?;
         let bridge_index = require_link(&node, bridge).await?;
         let host = require_link(&node, &n.host_veth).await?;
-        let peer = require_link(&node, &n.peer_veth).await?;
         node.link()
             .set(
                 LinkUnspec::new_with_index(host)
@@ -183,36 +196,13 @@ impl Sandbox {
             .execute()
             .await
             .map_err(netlink(format!("attaching {} to {bridge}", n.host_veth)))?;
-        let pod_ns =
-            std::fs::File::open(netns::path(&n.netns)).map_err(|source| Error::OpenNetns {
-                path: netns::path(&n.netns),
-                source,
-            })?;
-        node.link()
-            .set(
-                LinkUnspec::new_with_index(peer)
-                    .setns_by_fd(pod_ns.as_raw_fd())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(netlink(format!("moving {} into {}", n.peer_veth, n.netns)))?;
         netns::enter(&n.netns)?;
         self.plumb_pod(&connect()?, gateway).await
     }
 
     /// Inside the pod namespace: `eth0` with the pod IP, loopback, default route.
     async fn plumb_pod(&self, pod: &Handle, gateway: Ipv4Addr) -> Result<()> {
-        let peer = require_link(pod, &self.names.peer_veth).await?;
-        // A link is renamed while down; moving it between namespaces left it down.
-        pod.link()
-            .set(LinkUnspec::new_with_index(peer).name(POD_LINK).build())
-            .execute()
-            .await
-            .map_err(netlink(format!(
-                "renaming {} to {POD_LINK}",
-                self.names.peer_veth
-            )))?;
+        let peer = require_link(pod, POD_LINK).await?;
         pod.address()
             .add(peer, IpAddr::V4(self.ip.addr()), self.ip.prefix_len())
             .execute()
@@ -249,10 +239,6 @@ impl Sandbox {
                 _ => {}
             }
         }
-        // A half-made sandbox may still have the peer in the node namespace.
-        if let Some(index) = link_index(&node, &self.names.peer_veth).await? {
-            let _ = node.link().del(index).execute().await;
-        }
         netns::del(&self.names.netns)
     }
 }
@@ -267,7 +253,7 @@ mod tests {
         assert_eq!(n.netns, "berth-pod-0a1b2c3d4e5f");
         assert_eq!(n.host_veth, "veth0a1b2c3d");
         // Link names are limited to 15 bytes (IFNAMSIZ - 1).
-        assert!(n.host_veth.len() <= 15 && n.peer_veth.len() <= 15);
+        assert!(n.host_veth.len() <= 15);
         assert!(matches!(
             SandboxNames::for_uid("abc-123"),
             Err(Error::InvalidUid { .. })
