@@ -599,6 +599,12 @@ impl Worker {
             }),
             retry_at: Some(Instant::now() + delay),
         };
+        if !delay.is_zero() {
+            let name = c.spec.name.clone();
+            let msg = format!("Back-off restarting failed container {name} in pod {pod}");
+            let field = Some(format!("spec.containers{{{name}}}"));
+            self.events(vec![("Warning", "BackOff", msg, field)]);
+        }
         false
     }
 

@@ -73,6 +73,16 @@ fn restart_policies_back_off_and_liveness() {
     assert!(restarts >= 1, "restartCount {restarts}");
     let table = c.ok(&["get", "pod", "crash"]);
     assert!(table.contains("CrashLoopBackOff"), "{table}");
+    let events = c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=crash",
+    ]);
+    assert!(
+        events.contains("Back-off restarting failed container c"),
+        "{events}"
+    );
     // Never: the pod fails with the container's exit code; OnFailure after success: done.
     wait_for(&c, "once", "{.status.phase}", "Failed");
     assert_eq!(
