@@ -104,6 +104,10 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         events: recorder,
     });
     let mut workers: HashMap<String, Handle> = HashMap::new();
+    // Workers told to stop, still cleaning up.
+    let mut stopping: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    // The pods a (re-)list has shown so far, between Init and InitDone.
+    let mut listed: Option<HashSet<String>> = None;
     let mut events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .boxed();
@@ -114,23 +118,51 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         };
         let Some(ev) = ev else { break };
         match ev {
-            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+            Ok(watcher::Event::Init) => listed = Some(HashSet::new()),
+            Ok(watcher::Event::InitApply(pod)) => {
+                if let Some(seen) = &mut listed {
+                    seen.insert(pod.uid().unwrap_or_default());
+                }
+                on_pod(&shared, &mut workers, pod, &shutdown).await;
+            }
+            Ok(watcher::Event::InitDone) => {
+                // A re-list after the watch broke: pods deleted meanwhile sent no Delete.
+                if let Some(seen) = listed.take() {
+                    let gone: Vec<String> = workers
+                        .keys()
+                        .filter(|uid| !seen.contains(*uid))
+                        .cloned()
+                        .collect();
+                    for uid in gone {
+                        if let Some(h) = workers.remove(&uid) {
+                            h.gone.cancel();
+                            stopping.push(h.task);
+                        }
+                    }
+                }
+            }
+            Ok(watcher::Event::Apply(pod)) => {
                 on_pod(&shared, &mut workers, pod, &shutdown).await;
             }
             Ok(watcher::Event::Delete(pod)) => {
+                // Not awaited here: the worker may be in the middle of an API call, and the
+                // other pods must not wait for it.
                 if let Some(h) = workers.remove(&pod.uid().unwrap_or_default()) {
                     h.gone.cancel();
-                    let _ = h.task.await;
+                    stopping.push(h.task);
                 }
             }
-            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "pod watch failed; retrying"),
         }
         // Workers of pods that finished their deletion are done.
         workers.retain(|_, h| !h.task.is_finished());
+        stopping.retain(|t| !t.is_finished());
     }
     for (_, h) in workers {
         let _ = h.task.await;
+    }
+    for t in stopping {
+        let _ = t.await;
     }
     drop(shared);
     let _ = events_task.await;

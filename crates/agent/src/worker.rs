@@ -109,6 +109,8 @@ struct Ctr {
     verdicts: HashMap<Kind, Verdict>,
     next_probe: HashMap<Kind, Instant>,
     kill_at: Option<Instant>,
+    /// Being stopped (after a failed liveness or startup probe): no more probes this run.
+    killing: bool,
 }
 
 impl Ctr {
@@ -166,16 +168,20 @@ impl Worker {
             .iter()
             .map(|c| (c, true))
             .chain(apps.iter().map(|c| (c, false)))
-            .map(|(c, init)| Ctr {
+            .map(|(c, init)| (c, init, carried_over(&pod, &c.name, init)))
+            .map(|(c, init, carried)| Ctr {
                 spec: c.clone(),
                 init,
-                state: State::Waiting {
+                // A pod restarted by a new agent keeps counting (unless it stays finished).
+                restarts: match &carried {
+                    Some(_) => previous_status(&pod, &c.name, init).map_or(0, |s| s.restart_count),
+                    None => previous_restarts(&pod, &c.name, init),
+                },
+                state: carried.unwrap_or_else(|| State::Waiting {
                     reason: waiting.into(),
                     message: None,
                     retry_at: None,
-                },
-                // A pod restarted by a new agent keeps counting.
-                restarts: previous_restarts(&pod, &c.name),
+                }),
                 last: None,
                 backoff: Duration::ZERO,
                 run: 0,
@@ -183,6 +189,7 @@ impl Worker {
                 verdicts: HashMap::new(),
                 next_probe: HashMap::new(),
                 kill_at: None,
+                killing: false,
             })
             .collect();
         Worker {
@@ -194,7 +201,11 @@ impl Worker {
             containers,
             tx,
             rx,
-            start_time: now(),
+            start_time: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .map_or_else(now, |t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
             conditions: BTreeMap::new(),
             last_status: None,
             terminating: None,
@@ -281,6 +292,9 @@ impl Worker {
     /// Starts what is due: the first init container that has not completed (one at a time,
     /// in order), or once they all have, every app container not started yet.
     async fn start_next(&mut self) {
+        if self.terminating.is_some() {
+            return;
+        }
         let pending_init = self.containers.iter().position(|c| {
             c.init && !matches!(&c.state, State::Terminated(t) if t["exitCode"] == 0)
         });
@@ -429,7 +443,7 @@ impl Worker {
         }
         let started = self.shared.runtime.start(&StartSpec {
             netns: sandbox.netns(),
-            hostname: &self.pod.name_any(),
+            hostname: &pod_hostname(&self.pod),
             container: &spec,
             env,
             log: &log,
@@ -539,8 +553,13 @@ impl Worker {
         };
         let _ = std::fs::remove_file(layout::pid_path(&state_dir, &self.uid, &c.spec.name));
         self.shared.consoles.set(&self.uid, &c.spec.name, None);
-        c.pid = None;
+        // The container is over when its main process is: whatever it started goes too, as
+        // the kubelet stops the whole container (and a restart then finds its ports free).
+        if let Some(pid) = c.pid.take() {
+            runtime::signal(pid, Signal::SIGKILL);
+        }
         c.kill_at = None;
+        c.killing = false;
         let exit_code = code.unwrap_or_else(|| 128 + signal.unwrap_or(9));
         let (started_at, ran) = match &c.state {
             State::Running { started_at, since } => (started_at.clone(), since.elapsed()),
@@ -551,7 +570,7 @@ impl Worker {
             "reason": if exit_code == 0 { "Completed" } else { "Error" },
             "startedAt": started_at,
             "finishedAt": now(),
-            "containerID": format!("berth://{}", self.uid),
+            "containerID": format!("berth://{}-{}-{}", self.uid, c.spec.name, c.run),
         });
         if let Some(s) = signal {
             terminated["signal"] = json!(s);
@@ -641,7 +660,8 @@ impl Worker {
             if let Some(pid) = c.pid {
                 runtime::signal(pid, Signal::SIGTERM);
             }
-            c.kill_at = Some(Instant::now() + Duration::from_secs(grace.unsigned_abs()));
+            c.kill_at = Some(Instant::now() + Duration::from_secs(cap(grace)));
+            c.killing = true;
         }
         if let Err(why) = result {
             let field = Some(format!("spec.containers{{{name}}}"));
@@ -690,7 +710,7 @@ impl Worker {
             {
                 restarts.push(idx);
             }
-            let Some(pid) = c.pid.filter(|_| c.running() && c.kill_at.is_none()) else {
+            let Some(pid) = c.pid.filter(|_| c.running() && !c.killing) else {
                 continue;
             };
             let started = c.started();
@@ -751,13 +771,13 @@ impl Worker {
                     .and_then(|s| s.termination_grace_period_seconds)
             })
             .unwrap_or(30)
+            .max(0)
     }
 
     /// On deletion: SIGTERM to every running container once, SIGKILL when the grace period
     /// is over (sooner if a later deletion shortened it).
     fn begin_termination(&mut self) {
-        let deadline =
-            Instant::now() + Duration::from_secs(self.grace_seconds().max(0).unsigned_abs());
+        let deadline = Instant::now() + Duration::from_secs(cap(self.grace_seconds()));
         if self.terminating.is_some_and(|at| at <= deadline) {
             return;
         }
@@ -856,13 +876,14 @@ impl Worker {
             if let State::Waiting {
                 retry_at: Some(t), ..
             } = c.state
+                && self.terminating.is_none()
             {
                 consider(t);
             }
             if let Some(t) = c.kill_at {
                 consider(t);
             }
-            if c.running() && c.kill_at.is_none() {
+            if c.running() && !c.killing {
                 let started = c.started();
                 for (kind, t) in &c.next_probe {
                     if *kind == Kind::Startup || started {
@@ -1059,6 +1080,25 @@ impl Worker {
     }
 }
 
+/// The hostname a pod's containers get: `spec.hostname`, else the pod's name, cut to the 63
+/// characters a hostname may have (and not ending in `-` or `.`), as the kubelet does.
+fn pod_hostname(pod: &Pod) -> String {
+    let name = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.hostname.clone())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| pod.name_any());
+    let cut: String = name.chars().take(63).collect();
+    cut.trim_end_matches(['-', '.']).to_owned()
+}
+
+/// Seconds of a grace period as a duration the clock can add (Kubernetes allows any int64;
+/// a year is as good as forever here).
+fn cap(seconds: i64) -> u64 {
+    seconds.clamp(0, 365 * 24 * 3600).unsigned_abs()
+}
+
 /// Why a pod's sandbox is being removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Teardown {
@@ -1079,14 +1119,57 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// The restart count an earlier agent reported, so that restarting a pod after the agent
 /// restarts counts as one more restart.
-fn previous_restarts(pod: &Pod, container: &str) -> i32 {
-    pod.status
+fn previous_restarts(pod: &Pod, container: &str, init: bool) -> i32 {
+    previous_status(pod, container, init).map_or(0, |c| {
+        c.restart_count + i32::from(c.state.as_ref().is_some_and(|s| s.running.is_some()))
+    })
+}
+
+/// What an earlier agent last reported for a container.
+fn previous_status<'a>(
+    pod: &'a Pod,
+    container: &str,
+    init: bool,
+) -> Option<&'a k8s_openapi::api::core::v1::ContainerStatus> {
+    let status = pod.status.as_ref()?;
+    let list = if init {
+        status.init_container_statuses.as_ref()
+    } else {
+        status.container_statuses.as_ref()
+    };
+    list?.iter().find(|c| c.name == container)
+}
+
+/// The state a container starts in under a new agent: one that finished for good under the
+/// earlier agent (an init container that succeeded; with OnFailure one that succeeded; with
+/// Never any) stays finished rather than running again, and with Never one that was running
+/// is reported lost, as the kubelet reports a container it cannot find.
+fn carried_over(pod: &Pod, container: &str, init: bool) -> Option<State> {
+    let previous = previous_status(pod, container, init)?.state.as_ref()?;
+    let policy = pod
+        .spec
         .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == container))
-        .map_or(0, |c| {
-            c.restart_count + i32::from(c.state.as_ref().is_some_and(|s| s.running.is_some()))
-        })
+        .and_then(|s| s.restart_policy.as_deref())
+        .unwrap_or("Always");
+    if let Some(t) = &previous.terminated {
+        let keep = match (init, policy) {
+            (_, "Never") => true,
+            (true, _) | (_, "OnFailure") => t.exit_code == 0,
+            _ => false,
+        };
+        return keep
+            .then(|| serde_json::to_value(t).ok().map(State::Terminated))
+            .flatten();
+    }
+    (policy == "Never" && previous.running.is_some()).then(|| {
+        State::Terminated(json!({
+            "exitCode": 137,
+            "reason": "ContainerStatusUnknown",
+            "message": "The container could not be located when the pod was terminated",
+            "startedAt": previous.running.as_ref().and_then(|r| r.started_at.clone()),
+            "finishedAt": now(),
+        }))
+    })
 }
 
 /// Where each container is, for working out the pod's phase.
@@ -1182,7 +1265,7 @@ fn write_etc(config: &Config, sandbox: &Sandbox, pod: &Pod, ip: Ipv4Addr) -> Res
         "hosts",
         format!(
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{}\n",
-            pod.name_any()
+            pod_hostname(pod)
         ),
     )
 }
@@ -1201,6 +1284,54 @@ mod tests {
         assert_eq!(phase(&[Exited(true), Exited(false)], "Never"), "Failed");
         assert_eq!(phase(&[Exited(true)], "OnFailure"), "Succeeded");
         assert_eq!(phase(&[], "Always"), "Pending");
+    }
+
+    #[test]
+    fn finished_containers_stay_finished_under_a_new_agent() {
+        let pod = |policy: &str, state: Value, init: bool| {
+            let list = if init {
+                "initContainerStatuses"
+            } else {
+                "containerStatuses"
+            };
+            serde_json::from_value::<Pod>(json!({
+                "metadata": {"name": "p"},
+                "spec": {"restartPolicy": policy, "containers": []},
+                "status": {list: [{"name": "c", "image": "i", "imageID": "", "ready": false,
+                    "restartCount": 2, "state": state}]},
+            }))
+            .expect("a pod")
+        };
+        let done = |code: i32| json!({"terminated": {"exitCode": code}});
+        let kept = |p: &Pod, init| matches!(carried_over(p, "c", init), Some(State::Terminated(_)));
+        assert!(kept(&pod("Never", done(1), false), false));
+        assert!(kept(&pod("OnFailure", done(0), false), false));
+        assert!(!kept(&pod("OnFailure", done(1), false), false));
+        assert!(!kept(&pod("Always", done(0), false), false));
+        assert!(kept(&pod("Always", done(0), true), true));
+        assert!(!kept(&pod("Always", done(1), true), true));
+        let lost = carried_over(&pod("Never", json!({"running": {}}), false), "c", false);
+        assert!(
+            matches!(&lost, Some(State::Terminated(t)) if t["reason"] == "ContainerStatusUnknown"),
+            "{lost:?}"
+        );
+        assert!(carried_over(&pod("Always", json!({"running": {}}), false), "c", false).is_none());
+    }
+
+    #[test]
+    fn hostnames_fit_and_follow_spec_hostname() {
+        let pod = |v: Value| serde_json::from_value::<Pod>(v).expect("a pod");
+        let long = format!("{}-x", "a".repeat(62));
+        assert_eq!(
+            pod_hostname(&pod(json!({"metadata": {"name": long}}))),
+            "a".repeat(62)
+        );
+        assert_eq!(
+            pod_hostname(&pod(
+                json!({"metadata": {"name": "p"}, "spec": {"hostname": "h", "containers": []}})
+            )),
+            "h"
+        );
     }
 
     #[test]
