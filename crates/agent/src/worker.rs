@@ -923,7 +923,8 @@ impl Worker {
         if self.last_status.as_ref() == Some(&status) {
             return;
         }
-        let patch = json!({"status": status});
+        // The uid makes the write fail rather than land on a new pod of the same name.
+        let patch = json!({"metadata": {"uid": self.uid}, "status": status});
         match self
             .api
             .patch_status(
@@ -941,7 +942,7 @@ impl Worker {
                     self.teardown(Teardown::PodFinished).await;
                 }
             }
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
             Err(e) => {
                 tracing::warn!(pod = %self.pod.name_any(), error = %e, "reporting pod status; retrying");
                 self.report_retry = Some(Instant::now() + Duration::from_secs(1));

@@ -492,6 +492,18 @@ async fn write_update(
     {
         return Err(modified(r, name));
     }
+    // A uid in the body is a precondition: it must be this object's (the kubelet's status
+    // patches carry one, so that a recreated pod of the same name is never written to).
+    let have = cur.meta_str("uid").unwrap_or("");
+    if let Some(uid) = new.meta_str("uid").filter(|u| !u.is_empty() && *u != have) {
+        return Err(ApiError::Conflict {
+            resource: r,
+            name: name.to_owned(),
+            detail: format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"
+            ),
+        });
+    }
     if t.subresource == Some(Subresource::Status) {
         let status = new.get("status").cloned();
         new = cur.clone();
@@ -687,7 +699,12 @@ async fn patch(
             write_update(srv, t, params, new, &cur_kv, warnings).await
         };
         match result {
-            Err(ApiError::Conflict { .. }) if !explicit_rv => continue,
+            // A lost race is tried again on the new version; a failed precondition is final.
+            Err(ApiError::Conflict { ref detail, .. })
+                if !explicit_rv && !detail.starts_with("Precondition failed") =>
+            {
+                continue;
+            }
             other => return other,
         }
     }

@@ -158,6 +158,20 @@ on_both_stores!(raw_api_errors, |c: &Cluster| {
         String::from_utf8_lossy(&out.stderr)
             .contains("the object provided is unrecognized or malformed")
     );
+    // A uid in an update is a precondition.
+    c.ok(&["create", "configmap", "pre"]);
+    let err = c.fails(&[
+        "patch",
+        "configmap",
+        "pre",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"uid":"not-this-one"}}"#,
+    ]);
+    assert!(
+        err.contains("Precondition failed: UID in precondition: not-this-one"),
+        "{err}"
+    );
     let out = c.kubectl(&["get", "--raw", "/api/v1/namespaces/default/bogus"]);
     assert!(
         String::from_utf8_lossy(&out.stderr)
