@@ -64,8 +64,8 @@ fn for_service(svc: &Service) -> Vec<(String, String)> {
 }
 
 /// The Service variables for a pod in `namespace`; `services` may hold every Service.
-pub fn service_env(
-    services: &[Service],
+pub fn service_env<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
     namespace: &str,
     enable_service_links: bool,
 ) -> Vec<(String, String)> {

@@ -183,21 +183,10 @@ fn resolve_port(port: &IntOrString, c: &Container) -> Result<u16, String> {
 }
 
 async fn exec_probe(command: &[String], target: &Target) -> Result<(), String> {
-    let Some((program, args)) = command.split_first() else {
+    if command.is_empty() {
         return Err("exec probe has no command".to_owned());
-    };
-    let pid = target.pid.to_string();
-    // The container's own environment, as a command run in the container would have it.
-    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-    let out = tokio::process::Command::new("nsenter")
-        .args(["-t", &pid, "--net", "--uts", "--mount", "--"])
-        .arg(program)
-        .args(args)
-        .env_clear()
-        .envs(env.split(|b| *b == 0).filter_map(|kv| {
-            let kv = std::str::from_utf8(kv).ok()?;
-            kv.split_once('=')
-        }))
+    }
+    let out = tokio::process::Command::from(crate::runtime::in_container(target.pid, command))
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output()

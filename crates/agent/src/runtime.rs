@@ -98,6 +98,32 @@ impl Console {
     }
 }
 
+/// The environment of process `pid` (a container's main process), from /proc.
+pub fn process_env(pid: u32) -> Vec<(String, String)> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    environ
+        .split(|b| *b == 0)
+        .filter_map(|kv| {
+            let (k, v) = std::str::from_utf8(kv).ok()?.split_once('=')?;
+            Some((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// A command that runs `argv` inside the container whose main process is `pid`: in its
+/// network, UTS and mount namespaces (where the pod's resolv.conf and hosts are mounted) and
+/// with its environment. What exec probes and `kubectl exec` run.
+pub fn in_container(pid: u32, argv: &[String]) -> std::process::Command {
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.arg("-t")
+        .arg(pid.to_string())
+        .args(["--net", "--uts", "--mount", "--"])
+        .args(argv)
+        .env_clear()
+        .envs(process_env(pid));
+    cmd
+}
+
 /// Sets a terminal's size (which signals SIGWINCH to its foreground process group). stty
 /// does the TIOCSWINSZ ioctl, which would otherwise take unsafe code here.
 pub async fn resize_tty(tty: Option<&Path>, cols: u16, rows: u16) {

@@ -355,13 +355,8 @@ impl Worker {
     async fn env(&self, c: &Container) -> Result<Vec<(String, String)>, String> {
         let spec = self.pod.spec.as_ref();
         let links = spec.and_then(|s| s.enable_service_links).unwrap_or(true);
-        let services: Vec<Service> = self
-            .shared
-            .services
-            .state()
-            .iter()
-            .map(|s| (**s).clone())
-            .collect();
+        // Shared with the reflector's cache, not copied.
+        let services = self.shared.services.state();
         let ns = self.pod.namespace().unwrap_or_default();
         let mut sources = crate::env::Sources::new();
         for (kind, name) in crate::env::references(c) {
@@ -393,7 +388,7 @@ impl Worker {
             .map_err(|e| format!("reading {name}: {e}"))?;
             sources.insert((kind, name), data);
         }
-        let mut env = crate::env::service_env(&services, &ns, links);
+        let mut env = crate::env::service_env(services.iter().map(|s| &**s), &ns, links);
         let pod_ip = self.ip.map(|i| i.to_string()).unwrap_or_default();
         let host_ip = self.shared.config.node_ip.to_string();
         let own = crate::env::container_env(c, &self.pod, &pod_ip, &host_ip, &env, &sources)?;

@@ -222,7 +222,7 @@ where
                         }
                     }
                     ClientFrame::Close(STDIN) => proc.stdin = None,
-                    ClientFrame::Resize { width, height } => resize(proc.tty.as_deref(), width, height).await,
+                    ClientFrame::Resize { width, height } => crate::runtime::resize_tty(proc.tty.as_deref(), width, height).await,
                     ClientFrame::Close(_) | ClientFrame::Ignored => {}
                 },
                 Some(Ok(Message::Close(_)) | Err(_)) | None => {
@@ -286,27 +286,21 @@ fn exit_code(s: std::process::ExitStatus) -> i32 {
 /// namespace `ip netns exec` made, where the pod's resolv.conf and hosts are mounted), with
 /// that process's environment.
 fn command(pid: u32, opts: &ExecOptions) -> std::process::Command {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-    let env: Vec<(String, String)> = environ
-        .split(|b| *b == 0)
-        .filter_map(|kv| {
-            let (k, v) = std::str::from_utf8(kv).ok()?.split_once('=')?;
-            Some((k.to_owned(), v.to_owned()))
-        })
-        .collect();
-    let mut cmd = std::process::Command::new("nsenter");
-    cmd.arg("-t")
-        .arg(pid.to_string())
-        .args(["--net", "--uts", "--mount", "--"]);
-    if opts.tty {
-        // A new session whose controlling terminal is the pty on stdin; `-w` returns the
-        // command's exit status should setsid have to fork.
-        cmd.args(["setsid", "-w", "-c"]);
+    if !opts.tty {
+        return crate::runtime::in_container(pid, &opts.command);
     }
-    cmd.args(&opts.command)
-        .env_clear()
-        .envs(env.iter().cloned());
-    if opts.tty && !env.iter().any(|(k, _)| k == "TERM") {
+    // A new session whose controlling terminal is the pty on stdin; `-w` returns the
+    // command's exit status should setsid have to fork.
+    let argv: Vec<String> = ["setsid", "-w", "-c"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain(opts.command.iter().cloned())
+        .collect();
+    let mut cmd = crate::runtime::in_container(pid, &argv);
+    if !crate::runtime::process_env(pid)
+        .iter()
+        .any(|(k, _)| k == "TERM")
+    {
         cmd.env("TERM", "xterm");
     }
     cmd
@@ -416,10 +410,6 @@ fn start_tty(pid: u32, opts: &ExecOptions) -> std::io::Result<Proc> {
         output,
         tty: Some(tty),
     })
-}
-
-async fn resize(tty: Option<&Path>, width: u16, height: u16) {
-    crate::runtime::resize_tty(tty, width, height).await;
 }
 
 #[cfg(test)]
