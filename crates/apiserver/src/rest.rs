@@ -309,6 +309,20 @@ async fn list(srv: &Server, t: &Target, params: &Params) -> Result<Reply> {
     ))
 }
 
+fn not_an_object(v: &Value) -> String {
+    let kind = match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    format!(
+        "couldn't get version/kind; json parse error: json: cannot unmarshal {kind} into Go value of type struct {{ APIVersion string \"json:\\\"apiVersion,omitempty\\\"\"; Kind string \"json:\\\"kind,omitempty\\\"\" }}"
+    )
+}
+
 /// Checks `apiVersion`/`kind` against the endpoint and runs the body through its typed schema,
 /// honouring `fieldValidation` (Strict: 400 on unknown fields; Warn, the default: a warning).
 fn decode_for(
@@ -317,6 +331,11 @@ fn decode_for(
     mut obj: Value,
     warnings: &mut Vec<String>,
 ) -> Result<Value> {
+    if !obj.is_object() {
+        // What a patch that replaced the whole document with `"str"` or `[1]` leaves; the
+        // message is the one kube-apiserver gives when it reads the kind from such a body.
+        return Err(ApiError::BadRequest(not_an_object(&obj)));
+    }
     let expected = r.api_version();
     let api_version = obj
         .get("apiVersion")
