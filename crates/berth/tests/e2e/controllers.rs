@@ -163,6 +163,44 @@ fn selectorless_service_keeps_manual_endpoints_and_is_mirrored() {
         ]),
         "192.0.2.10"
     );
+    // Tutorial 003's order: the same Service re-applied with a selector. The mirrored slice
+    // goes, and the Endpoints follow the (absent) pods.
+    c.apply("apiVersion: v1\nkind: Service\nmetadata:\n  name: external-db\nspec:\n  selector:\n    app: db\n  ports:\n  - port: 5432\n");
+    wait_for(
+        &c,
+        &[
+            "get",
+            "endpointslices",
+            "-l",
+            "endpointslice.kubernetes.io/managed-by=endpointslicemirroring-controller.k8s.io",
+            "-o",
+            "name",
+        ],
+        "",
+    );
+    let described = c.ok(&["describe", "svc", "external-db"]);
+    assert!(!described.contains("192.0.2.10"), "{described}");
+}
+
+#[test]
+fn load_balancer_ips_go_back_to_the_pool_on_delete() {
+    // Two addresses, four Services one after another: each delete must free its address.
+    let c = cluster(Backend::Embedded);
+    for i in 0..4 {
+        let name = format!("lb-{i}");
+        c.ok(&["create", "service", "loadbalancer", &name, "--tcp=80:80"]);
+        eventually(&format!("{name} to get an address"), || {
+            let ip = c.ok(&[
+                "get",
+                "svc",
+                &name,
+                "-o",
+                "jsonpath={.status.loadBalancer.ingress[0].ip}",
+            ]);
+            ip.starts_with("10.100.10.").then_some(())
+        });
+        c.ok(&["delete", "svc", &name]);
+    }
 }
 
 #[test]

@@ -58,8 +58,9 @@ pub(crate) struct Ctx {
     pub replicasets: Store<ReplicaSet>,
     /// Pods ReplicaSets created or deleted that the Pod cache has not shown yet.
     pub expectations: workloads::Expectations,
-    /// LoadBalancer addresses handed out but not yet seen in the Service cache.
-    pub lb_pending: tokio::sync::Mutex<BTreeSet<Ipv4Addr>>,
+    /// LoadBalancer addresses handed out but not yet seen in the Service cache, with the uid
+    /// of the Service they went to.
+    pub lb_pending: tokio::sync::Mutex<std::collections::BTreeMap<Ipv4Addr, String>>,
 }
 
 const BUFFER: usize = 1024;
@@ -295,7 +296,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         slices: slices.store.clone(),
         deployments: deployments.store.clone(),
         replicasets: replicasets.store.clone(),
-        lb_pending: tokio::sync::Mutex::new(BTreeSet::new()),
+        lb_pending: tokio::sync::Mutex::new(std::collections::BTreeMap::new()),
         expectations: workloads::Expectations::default(),
     });
 
