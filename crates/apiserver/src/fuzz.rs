@@ -1,4 +1,5 @@
-//! Property tests: no request body, patch, path or query string makes the server panic.
+//! Handler tests over a throwaway store: no request body, patch, path or query string makes
+//! the server panic (property tests), and concurrent patches all apply.
 
 use std::sync::Arc;
 
@@ -69,7 +70,9 @@ proptest! {
 /// A server over a throwaway embedded store, with one ConfigMap `default/cm`, for driving the
 /// verbs directly.
 fn server_with_a_configmap(dir: &std::path::Path) -> (tokio::runtime::Runtime, Arc<Server>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Two workers, so that concurrent requests really race.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
@@ -179,4 +182,40 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn concurrent_patches_without_a_resource_version_all_apply() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, srv) = server_with_a_configmap(dir.path());
+    let path = "/api/v1/namespaces/default/configmaps/cm";
+    let (writers, each) = (16, 40);
+    let codes = rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..writers {
+            let srv = srv.clone();
+            tasks.spawn(async move {
+                let mut codes = Vec::new();
+                for i in 0..each {
+                    let body = format!(r#"{{"data":{{"k{w}-{i}":"v"}}}}"#);
+                    let ct = "application/merge-patch+json";
+                    codes.push(send(&srv, Method::PATCH, path, ct, body.as_bytes()).await);
+                }
+                codes
+            });
+        }
+        tasks.join_all().await.concat()
+    });
+    assert_eq!(codes.len(), writers * each);
+    assert!(codes.iter().all(|c| *c == StatusCode::OK), "{codes:?}");
+    let stored = rt
+        .block_on(crate::rest::get(
+            &srv,
+            berth_api::resources::by_kind("", "ConfigMap").expect("configmaps"),
+            Some("default"),
+            "cm",
+        ))
+        .expect("get");
+    let keys = stored["data"].as_object().map_or(0, serde_json::Map::len);
+    assert_eq!(keys, writers * each + 1, "every patch's key is there");
 }

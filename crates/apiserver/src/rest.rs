@@ -677,9 +677,10 @@ async fn patch(
     let r = t.resource;
     let name = t.name.as_deref().unwrap_or("");
     let key = object_key(r, t.namespace.as_deref(), name);
-    // Retried on conflict, as kube-apiserver's GuaranteedUpdate does, unless the patch itself
-    // names a resourceVersion.
-    for _ in 0..8 {
+    // Retried on conflict until it applies, as kube-apiserver's GuaranteedUpdate does, unless
+    // the patch itself names a resourceVersion: each try reads the latest version, so some
+    // writer always makes progress.
+    loop {
         let Some(cur_kv) = srv.store.get(&key).await? else {
             if kind == PatchType::Apply {
                 let obj = parse_body(body, "application/json").map_err(|_| {
@@ -722,16 +723,12 @@ async fn patch(
             Err(ApiError::Conflict { ref detail, .. })
                 if !explicit_rv && !detail.starts_with("Precondition failed") =>
             {
+                tokio::task::yield_now().await;
                 continue;
             }
             other => return other,
         }
     }
-    Err(ApiError::Conflict {
-        resource: r,
-        name: name.to_owned(),
-        detail: "too many concurrent updates".into(),
-    })
 }
 
 /// The parts of `DeleteOptions` berth acts on, from the body or the query.

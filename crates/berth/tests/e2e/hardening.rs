@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use berth_testkit::{Backend, Cluster};
+use berth_testkit::Backend;
 
 fn modes(dir: &Path, out: &mut Vec<(String, u32, bool)>) {
     for entry in std::fs::read_dir(dir).expect("read_dir") {
