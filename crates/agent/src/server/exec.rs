@@ -79,6 +79,15 @@ impl ExecOptions {
     }
 }
 
+/// A text frame read as the same bytes in a binary one: kube-apiserver takes stdin in either
+/// (the Python client's `write_stdin(str)` sends text).
+pub(crate) fn text_as_binary(m: Message) -> Message {
+    match m {
+        Message::Text(t) => Message::Binary(t.into()),
+        other => other,
+    }
+}
+
 /// A message from the client, by its channel byte.
 #[derive(Debug, PartialEq)]
 pub enum ClientFrame<'a> {
@@ -216,7 +225,7 @@ where
     };
     loop {
         tokio::select! {
-            msg = stream.next() => match msg {
+            msg = stream.next() => match msg.map(|m| m.map(text_as_binary)) {
                 Some(Ok(Message::Binary(data))) => match ClientFrame::parse(&data) {
                     ClientFrame::Stdin(b) => {
                         if let Some(s) = &proc.stdin {
