@@ -262,7 +262,10 @@ mod tests {
             e.to_string(),
             "Service \"web\" is invalid: spec.ports: Required value"
         );
-        assert_eq!(e.status().to_value()["details"]["causes"][0]["field"], "spec.ports");
+        assert_eq!(
+            e.status().to_value()["details"]["causes"][0]["field"],
+            "spec.ports"
+        );
         let deploy = by_kind("apps", "Deployment").expect("registered");
         let e = ApiError::AlreadyExists {
             resource: deploy,

@@ -189,6 +189,7 @@ impl From<&ServerArgs> for berth_controllers::Config {
         berth_controllers::Config {
             lb_pool: berth_controllers::lb_pool::Pool::new(a.lb_pool.clone()),
             max_endpoints_per_slice: a.max_endpoints_per_slice.max(1),
+            root_ca: None,
         }
     }
 }

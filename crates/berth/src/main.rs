@@ -142,13 +142,16 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", extra.display()))?;
     }
     let client = kube_client(&l.kubeconfig).await?;
+    let controllers_config = berth_controllers::Config {
+        root_ca: Some(
+            std::fs::read_to_string(args.data_dir.join("pki/ca.crt"))
+                .context("reading the cluster CA for kube-root-ca.crt")?,
+        ),
+        ..berth_controllers::Config::from(&args)
+    };
     let controllers = tokio::spawn(
-        berth_controllers::run(
-            client,
-            berth_controllers::Config::from(&args),
-            shutdown.clone(),
-        )
-        .instrument(tracing::info_span!("controllers")),
+        berth_controllers::run(client, controllers_config, shutdown.clone())
+            .instrument(tracing::info_span!("controllers")),
     );
     let agent = match &args.node {
         Some(node) => {

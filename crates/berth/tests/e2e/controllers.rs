@@ -277,3 +277,51 @@ fn load_balancer_ips_come_from_the_pool() {
         ""
     );
 }
+
+#[test]
+fn every_namespace_has_a_default_service_account_and_the_root_ca() {
+    let c = cluster(Backend::Embedded);
+    c.ok(&["create", "namespace", "team"]);
+    let sa = ["get", "sa", "-n", "team", "-o", "name"];
+    wait_for(&c, &sa, "serviceaccount/default\n");
+    let ca = [
+        "get",
+        "cm",
+        "kube-root-ca.crt",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.data.ca\\.crt}",
+    ];
+    let pem = eventually("kube-root-ca.crt in team", || {
+        let out = c.kubectl(&ca);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("BEGIN CERTIFICATE").then_some(text)
+    });
+    let on_disk = std::fs::read_to_string(c.dir().join("data/pki/ca.crt")).expect("ca.crt");
+    assert_eq!(pem.trim(), on_disk.trim());
+    // Both come back when deleted, as kube-controller-manager makes them again.
+    c.ok(&["delete", "sa", "default", "-n", "team"]);
+    wait_for(&c, &sa, "serviceaccount/default\n");
+    c.ok(&["delete", "cm", "kube-root-ca.crt", "-n", "team"]);
+    eventually("kube-root-ca.crt to come back", || {
+        c.kubectl(&ca).status.success().then_some(())
+    });
+    wait_for(
+        &c,
+        &["get", "sa", "default", "-n", "default", "-o", "name"],
+        "serviceaccount/default\n",
+    );
+    // Pods run as the default ServiceAccount unless they name one.
+    c.apply("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: c\n    image: berth/whoami\n");
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "pod",
+            "p",
+            "-o",
+            "jsonpath={.spec.serviceAccountName} {.spec.serviceAccount}"
+        ]),
+        "default default"
+    );
+}
