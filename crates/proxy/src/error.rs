@@ -29,12 +29,8 @@ pub enum Error {
     },
     #[error("the netlink thread is gone")]
     Thread,
-    #[error("watching {resource}")]
-    Watch {
-        resource: &'static str,
-        #[source]
-        source: kube::runtime::watcher::Error,
-    },
+    #[error("the {resource} cache stopped before it was ready")]
+    CacheGone { resource: &'static str },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -6,12 +6,16 @@
 pub mod apply;
 pub mod desired;
 pub mod error;
+pub mod metrics;
 pub mod nft;
 pub mod render;
 pub mod ruleset;
+mod run;
 pub mod sysctl;
 
 pub use apply::{Apply, Fake, Netlink};
 pub use desired::{Node, desired};
 pub use error::{Error, Result};
+pub use metrics::Metrics;
 pub use ruleset::{Op, Ruleset, diff};
+pub use run::{Config, cleanup, run};
