@@ -3,7 +3,7 @@
 //! network namespace it was opened in; [`Fake`] keeps the state in memory for tests.
 
 use crate::error::Result;
-use crate::nft::Socket;
+use crate::nft::{RawExpr, Socket};
 use crate::render::{self, TABLE};
 use crate::ruleset::{Op, Ruleset};
 
@@ -70,13 +70,17 @@ impl Apply for Netlink {
             return Ok(out);
         }
         let rules = self.sock.dump_rules(TABLE)?;
+        let mut by_chain: std::collections::HashMap<&str, Vec<&[RawExpr]>> =
+            std::collections::HashMap::new();
+        for r in &rules {
+            by_chain.entry(r.chain.as_str()).or_default().push(&r.exprs);
+        }
         for c in &chains {
-            let modulus = rules
-                .iter()
-                .filter(|r| r.chain == c.name)
-                .flat_map(|r| &r.exprs)
-                .find_map(|e| e.numgen_modulus());
-            if let Some(sc) = render::read_chain(&c.name, modulus) {
+            let rules = by_chain
+                .get(c.name.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            if let Some(sc) = render::read_chain(&c.name, rules) {
                 out.chains.insert(c.name.clone(), sc);
             }
         }

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::ruleset::{IpKey, PortKey, Proto, Ruleset, SvcChain};
+use crate::ruleset::{Backends, INLINE_MAX, IpKey, PortKey, Proto, Ruleset, SvcChain};
 
 /// The label an EndpointSlice names its Service with.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -120,20 +120,25 @@ pub fn desired<'a>(
                     next_free
                 }
             };
+            let backends = if eps.len() <= INLINE_MAX {
+                Backends::Inline(eps.clone())
+            } else {
+                for (slot, ep) in eps.iter().enumerate() {
+                    out.endpoints.insert((id, slot as u32), *ep);
+                }
+                Backends::Map(eps.len() as u32)
+            };
+            out.hairpin.extend(eps.iter().map(|ep| *ep.ip()));
             let chain = SvcChain {
                 id,
                 label,
-                endpoints: eps.len() as u32,
+                backends,
             };
             let chain_name = chain.name();
             out.service_ips
                 .extend(ip_keys.map(|k| (k, chain_name.clone())));
             if let Some(k) = node_port {
                 out.node_ports.insert(k, chain_name.clone());
-            }
-            for (slot, ep) in eps.iter().enumerate() {
-                out.endpoints.insert((id, slot as u32), *ep);
-                out.hairpin.insert(*ep.ip());
             }
             out.chains.insert(chain_name, chain);
         }

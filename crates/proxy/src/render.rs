@@ -4,17 +4,21 @@
 //!
 //! Shape: `service-ips` (`ipv4_addr . inet_proto . inet_service : verdict`) and
 //! `service-nodeports` (`inet_proto . inet_service : verdict`) `goto` a chain per service
-//! port; that chain loads its id and `numgen random mod N` into adjacent registers and looks
-//! `id . slot` up in the one shared `endpoints` map (`-> ipv4_addr . inet_service`), feeding
-//! `dnat`. No anonymous sets, a handful of named ones, so the load is linear.
+//! port; that chain DNATs to one of its endpoints, written into its own rules (see
+//! [`service_rules`]) or, past [`crate::ruleset::INLINE_MAX`], looked up as
+//! `id . numgen random mod N` in the one shared `endpoints` map. No anonymous sets, a
+//! handful of named ones, so the load stays linear.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use crate::nft::RawExpr;
 use crate::nft::expr::{Base, CmpOp, MetaKey, Reject};
 use crate::nft::{
     BaseChain, Data, Elem as NftElem, Expr, Hook, Msg, Reg, SetData, SetSpec, Verdict,
 };
-use crate::ruleset::{Elem, IpKey, Op, PortKey, Proto, Ruleset, SvcChain, parse_chain_name};
+use crate::ruleset::{
+    Backends, Elem, IpKey, Op, PortKey, Proto, Ruleset, SvcChain, parse_chain_name,
+};
 
 pub const TABLE: &str = "berth";
 pub const SERVICE_IPS: &str = "service-ips";
@@ -284,25 +288,64 @@ pub fn skeleton(mark: u32, have_chains: &[String]) -> Vec<Msg> {
     out
 }
 
-/// A service-port chain's rule: `id` and `numgen random mod N` into r0 . r1, look the pair
-/// up in `endpoints` into r2 . r3, `dnat to r2:r3`.
-pub fn service_rule(c: &SvcChain) -> Vec<Expr> {
-    vec![
-        Expr::Immediate {
-            dreg: r(0),
-            data: Data::Value(c.id.to_ne_bytes().to_vec()),
-        },
-        Expr::NumgenRandom {
-            dreg: r(1),
-            modulus: c.endpoints,
-        },
-        lookup(ENDPOINTS, Some(r(2))),
-        Expr::Nat {
-            dnat: true,
-            addr: r(2),
-            port: Some(r(3)),
-        },
-    ]
+/// A service-port chain's rules. Inline: rule `i` of `N` is `numgen random mod (N-i) == 0`
+/// then `dnat` to endpoint `i` (so each is chosen with probability `1/N`), the last rule
+/// unconditional. Map: `id . numgen random mod N` looked up in `endpoints`, then `dnat`.
+pub fn service_rules(c: &SvcChain) -> Vec<Vec<Expr>> {
+    match &c.backends {
+        Backends::Inline(eps) => {
+            let n = eps.len();
+            eps.iter()
+                .enumerate()
+                .map(|(i, ep)| {
+                    let mut rule = Vec::new();
+                    if i + 1 < n {
+                        rule.push(Expr::NumgenRandom {
+                            dreg: r(0),
+                            modulus: (n - i) as u32,
+                        });
+                        rule.push(Expr::Cmp {
+                            sreg: r(0),
+                            op: CmpOp::Eq,
+                            data: 0u32.to_ne_bytes().to_vec(),
+                        });
+                    }
+                    rule.extend([
+                        Expr::Immediate {
+                            dreg: r(1),
+                            data: Data::Value(ep.ip().octets().to_vec()),
+                        },
+                        Expr::Immediate {
+                            dreg: r(2),
+                            data: Data::Value(ep.port().to_be_bytes().to_vec()),
+                        },
+                        Expr::Nat {
+                            dnat: true,
+                            addr: r(1),
+                            port: Some(r(2)),
+                        },
+                    ]);
+                    rule
+                })
+                .collect()
+        }
+        Backends::Map(n) => vec![vec![
+            Expr::Immediate {
+                dreg: r(0),
+                data: Data::Value(c.id.to_ne_bytes().to_vec()),
+            },
+            Expr::NumgenRandom {
+                dreg: r(1),
+                modulus: *n,
+            },
+            lookup(ENDPOINTS, Some(r(2))),
+            Expr::Nat {
+                dnat: true,
+                addr: r(2),
+                port: Some(r(3)),
+            },
+        ]],
+    }
 }
 
 fn pad4(v: &mut Vec<u8>) {
@@ -382,22 +425,19 @@ pub fn messages(ops: &[Op]) -> Vec<Msg> {
                 }
             }
             Op::DelChain(c) => out.push(Msg::DelChain { name: c.name() }),
-            Op::SetRule(c) => {
-                out.push(Msg::FlushChain { name: c.name() });
-                out.push(Msg::NewRule {
+            Op::SetRule(c) | Op::AddChain(c) => {
+                out.push(if matches!(op, Op::SetRule(_)) {
+                    Msg::FlushChain { name: c.name() }
+                } else {
+                    Msg::NewChain {
+                        name: c.name(),
+                        base: None,
+                    }
+                });
+                out.extend(service_rules(c).into_iter().map(|exprs| Msg::NewRule {
                     chain: c.name(),
-                    exprs: service_rule(c),
-                });
-            }
-            Op::AddChain(c) => {
-                out.push(Msg::NewChain {
-                    name: c.name(),
-                    base: None,
-                });
-                out.push(Msg::NewRule {
-                    chain: c.name(),
-                    exprs: service_rule(c),
-                });
+                    exprs,
+                }));
             }
         }
     }
@@ -474,13 +514,38 @@ pub fn read_elems(r: &mut Ruleset, set: &str, elems: &[NftElem]) {
     }
 }
 
-/// A service-port chain as dumped: its name and the modulus of its `numgen`.
-pub fn read_chain(name: &str, modulus: Option<u32>) -> Option<SvcChain> {
+/// A service-port chain as dumped, from its name and its rules' expressions: a `lookup`
+/// means the map form (its `numgen` modulus is the slot count), else each rule's two
+/// `immediate` values are an endpoint's address and port.
+pub fn read_chain(name: &str, rules: &[&[RawExpr]]) -> Option<SvcChain> {
     let (id, label) = parse_chain_name(name)?;
+    let is_map = rules
+        .iter()
+        .flat_map(|r| r.iter())
+        .any(|e| e.name == "lookup");
+    let backends = if is_map {
+        let n = rules
+            .iter()
+            .flat_map(|r| r.iter())
+            .find_map(RawExpr::numgen_modulus);
+        Backends::Map(n.unwrap_or(0))
+    } else {
+        Backends::Inline(
+            rules
+                .iter()
+                .filter_map(|rule| {
+                    let mut values = rule.iter().filter_map(RawExpr::immediate_value);
+                    let ip: [u8; 4] = values.next()?.try_into().ok()?;
+                    let port: [u8; 2] = values.next()?.get(..2)?.try_into().ok()?;
+                    Some(SocketAddrV4::new(ip.into(), u16::from_be_bytes(port)))
+                })
+                .collect(),
+        )
+    };
     Some(SvcChain {
         id,
         label,
-        endpoints: modulus.unwrap_or(0),
+        backends,
     })
 }
 

@@ -71,16 +71,28 @@ pub struct PortKey {
     pub port: u16,
 }
 
-/// A per-service-port chain `svc-<id>-<label>`: its rule picks one of `endpoints` slots
-/// (`numgen random mod endpoints`) and DNATs to the address the `endpoints` map holds for
-/// `id . slot`.
+/// A per-service-port chain `svc-<id>-<label>` and how it picks an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SvcChain {
     pub id: u32,
     /// `namespace/name:portname`, for people reading `nft list`.
     pub label: String,
-    pub endpoints: u32,
+    pub backends: Backends,
 }
+
+/// Up to [`INLINE_MAX`] endpoints are written into the chain's rules (rule `i` DNATs with
+/// probability `1/(N-i)`, the last always); more go to the shared `endpoints` map, looked up
+/// by `id . numgen random mod N`. Every rule bound to a data map costs the kernel a check per
+/// element added to it, so binding the map from every service made loading quadratic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backends {
+    Inline(Vec<SocketAddrV4>),
+    /// The number of slots `0..N` the `endpoints` map holds for this chain's id.
+    Map(u32),
+}
+
+/// The most endpoints a chain holds in its own rules.
+pub const INLINE_MAX: usize = 16;
 
 impl SvcChain {
     pub fn name(&self) -> String {
@@ -112,7 +124,8 @@ pub struct Ruleset {
     pub no_endpoints: BTreeSet<IpKey>,
     /// `no-endpoint-nodeports`: rejected at once on local addresses.
     pub no_endpoint_node_ports: BTreeSet<PortKey>,
-    /// `endpoints`: `svc id . slot` -> endpoint address and port.
+    /// `endpoints`: `svc id . slot` -> endpoint address and port, for chains with
+    /// [`Backends::Map`].
     pub endpoints: BTreeMap<(u32, u32), SocketAddrV4>,
     /// `hairpin`: `ep . ep` for every endpoint IP, so a pod reaching itself through a
     /// Service is masqueraded (else it would answer itself from the wrong address).
@@ -338,12 +351,16 @@ impl Ruleset {
 mod tests {
     use super::*;
 
-    fn chain(id: u32, n: u32) -> SvcChain {
+    fn chain(id: u32, eps: &[u8]) -> SvcChain {
         SvcChain {
             id,
             label: format!("ns/s{id}:http"),
-            endpoints: n,
+            backends: Backends::Inline(eps.iter().map(|e| ep(*e)).collect()),
         }
+    }
+
+    fn ep(last: u8) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, last), 8080)
     }
 
     fn key(last: u8) -> IpKey {
@@ -355,13 +372,19 @@ mod tests {
     }
 
     fn with_service(r: &mut Ruleset, id: u32, eps: &[u8]) {
-        let c = chain(id, eps.len() as u32);
+        let c = chain(id, eps);
         r.service_ips.insert(key(id as u8), c.name());
-        for (slot, last) in eps.iter().enumerate() {
-            let ip = Ipv4Addr::new(10, 244, 0, *last);
-            r.endpoints
-                .insert((id, slot as u32), SocketAddrV4::new(ip, 8080));
-            r.hairpin.insert(ip);
+        r.hairpin.extend(eps.iter().map(|e| *ep(*e).ip()));
+        r.chains.insert(c.name(), c);
+    }
+
+    fn with_big_service(r: &mut Ruleset, id: u32, eps: &[u8]) {
+        let mut c = chain(id, &[]);
+        c.backends = Backends::Map(eps.len() as u32);
+        r.service_ips.insert(key(id as u8), c.name());
+        for (slot, e) in eps.iter().enumerate() {
+            r.endpoints.insert((id, slot as u32), ep(*e));
+            r.hairpin.insert(*ep(*e).ip());
         }
         r.chains.insert(c.name(), c);
     }
@@ -378,7 +401,7 @@ mod tests {
 
     #[test]
     fn chain_names_round_trip() {
-        let c = chain(7, 1);
+        let c = chain(7, &[1]);
         assert_eq!(parse_chain_name(&c.name()), Some((7, c.label)));
         assert_eq!(parse_chain_name("services"), None);
     }
@@ -387,21 +410,21 @@ mod tests {
     fn from_empty_adds_everything_and_back() {
         let mut r = Ruleset::default();
         with_service(&mut r, 1, &[1, 2, 3]);
-        // chain, service-ip, 3 endpoints, 3 hairpins
-        check(&Ruleset::default(), &r, 8);
-        check(&r, &Ruleset::default(), 8);
+        // chain (with its rules), service-ip, 3 hairpins
+        check(&Ruleset::default(), &r, 5);
+        check(&r, &Ruleset::default(), 5);
     }
 
     #[test]
-    fn removing_the_last_endpoint_touches_only_its_elements_and_the_rule() {
+    fn removing_an_endpoint_touches_only_its_elements_and_the_rules() {
         let mut a = Ruleset::default();
         with_service(&mut a, 1, &[1, 2, 3]);
-        with_service(&mut a, 2, &[4, 5]);
+        with_big_service(&mut a, 2, &[4, 5, 6]);
         let mut b = Ruleset::default();
         with_service(&mut b, 1, &[1, 2]);
-        with_service(&mut b, 2, &[4, 5]);
-        // endpoint element, hairpin element, rule
-        check(&a, &b, 3);
+        with_big_service(&mut b, 2, &[4, 5]);
+        // inline: hairpin element, rules; map: endpoint element, hairpin element, rule
+        check(&a, &b, 5);
     }
 
     #[test]

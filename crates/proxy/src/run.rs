@@ -253,10 +253,10 @@ mod tests {
             r.expect("sync");
             k = next;
         }
-        // The unchanged second sync sent nothing; the third removed one endpoint (its
-        // element, its hairpin element) and replaced the service's rule.
+        // The first added the chain, the ClusterIP and two hairpin elements; the unchanged
+        // second sent nothing; the third removed a hairpin element and rewrote the chain.
         let sizes: Vec<usize> = k.nl.batches.iter().map(Vec::len).collect();
-        assert_eq!(sizes, vec![6, 3]);
+        assert_eq!(sizes, vec![4, 2]);
         assert_eq!(k.nl.state, k.current);
     }
 }

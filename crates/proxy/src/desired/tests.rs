@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use proptest::prelude::*;
 
 use super::*;
-use crate::ruleset::diff;
+use crate::ruleset::{Backends, diff};
 
 /// (name, protocol, port, nodePort)
 type Port<'a> = (&'a str, &'a str, i32, Option<i32>);
@@ -91,10 +91,13 @@ fn summary(r: &Ruleset) -> (Vec<String>, Vec<String>) {
         .chains
         .values()
         .map(|c| {
-            let eps: Vec<String> = (0..c.endpoints)
-                .filter_map(|s| r.endpoints.get(&(c.id, s)))
-                .map(ToString::to_string)
-                .collect();
+            let eps: Vec<String> = match &c.backends {
+                Backends::Inline(eps) => eps.iter().map(ToString::to_string).collect(),
+                Backends::Map(n) => (0..*n)
+                    .filter_map(|s| r.endpoints.get(&(c.id, s)))
+                    .map(ToString::to_string)
+                    .collect(),
+            };
             format!("{} -> {}", c.label, eps.join(","))
         })
         .collect();
@@ -204,6 +207,25 @@ fn no_endpoints_rejects_cluster_ip_and_node_port() {
 }
 
 #[test]
+fn many_endpoints_go_to_the_shared_map() {
+    let ips: Vec<String> = (1..=20).map(|i| format!("10.244.1.{i}")).collect();
+    let eps: Vec<Ep> = ips
+        .iter()
+        .map(|ip| (ip.as_str(), true, true, false))
+        .collect();
+    let r = desired(
+        &[service("web", "ClusterIP", "10.96.0.50", &[WEB])],
+        &[slice("web", 0, &[("http", "TCP", 8080)], &eps)],
+        &Node::default(),
+        &Ruleset::default(),
+    );
+    let c = r.chains.values().next().expect("one chain");
+    assert_eq!(c.backends, Backends::Map(20));
+    assert_eq!(r.endpoints.len(), 20);
+    assert_eq!(r.hairpin.len(), 20);
+}
+
+#[test]
 fn headless_and_external_name_get_nothing() {
     let eps = [slice(
         "h",
@@ -277,10 +299,13 @@ fn arb_service(i: usize) -> impl Strategy<Value = (Service, EndpointSlice)> {
         Just("ExternalName"),
         Just("headless")
     ];
-    let ep = (1u8..8, any::<bool>(), any::<bool>(), any::<bool>());
+    let ep = (1u8..40, any::<bool>(), any::<bool>(), any::<bool>());
     (
         types,
-        prop::collection::vec(ep, 0..6),
+        prop_oneof![
+            prop::collection::vec(ep.clone(), 0..6),
+            prop::collection::vec(ep, 17..24)
+        ],
         any::<bool>(),
         8000i32..8003,
     )
