@@ -93,28 +93,7 @@ fn bench(n: usize) {
     let ops = diff(&Ruleset::default(), &want);
     let compute = t.elapsed();
     let t = Instant::now();
-    if std::env::var_os("BERTH_BENCH_SPLIT").is_some() {
-        use berth_proxy::ruleset::{Elem, Op};
-        type Group = (&'static str, fn(&Op) -> bool);
-        let groups: [Group; 4] = [
-            ("chains", |o| matches!(o, Op::AddChain(_))),
-            ("endpoints", |o| {
-                matches!(o, Op::AddElem(Elem::Endpoint(..)))
-            }),
-            ("hairpin", |o| matches!(o, Op::AddElem(Elem::Hairpin(..)))),
-            ("service-ips", |o| {
-                matches!(o, Op::AddElem(Elem::ServiceIp(..)))
-            }),
-        ];
-        for (name, f) in groups {
-            let part: Vec<_> = ops.iter().filter(|o| f(o)).cloned().collect();
-            let t = Instant::now();
-            nl.apply(&part).expect("part");
-            println!("  {name}: {} ops in {:?}", part.len(), t.elapsed());
-        }
-    } else {
-        nl.apply(&ops).expect("initial apply");
-    }
+    nl.apply(&ops).expect("initial apply");
     let kernel = t.elapsed();
     println!(
         "initial sync of {n} Services x 5 endpoints: {:?} total ({compute:?} desired+diff, {kernel:?} netlink batch of {} ops); RSS {} KiB, peak {} KiB",

@@ -63,7 +63,7 @@ impl Apply for Netlink {
         };
         self.skeleton_complete = render::chains(self.mark)
             .iter()
-            .all(|f| names.iter().any(|n| n == f.name))
+            .all(|f| names.contains(&f.name))
             && render::sets().iter().all(|s| sets.contains(&s.name));
         self.chains = Some(names);
         if chains.is_empty() {
@@ -112,7 +112,7 @@ impl Apply for Netlink {
             self.chains = Some(
                 render::chains(self.mark)
                     .iter()
-                    .map(|c| c.name.into())
+                    .map(|c| c.name.clone())
                     .collect(),
             );
         }

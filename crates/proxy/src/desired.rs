@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::ruleset::{Backends, INLINE_MAX, IpKey, PortKey, Proto, Ruleset, SvcChain};
+use crate::ruleset::{IpKey, PortKey, Proto, Ruleset, SMALL_MAX, SvcChain, Target};
 
 /// The label an EndpointSlice names its Service with.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -26,8 +26,8 @@ struct Candidates {
     serving_terminating: BTreeSet<SocketAddrV4>,
 }
 
-/// The ruleset for `services` and `slices` on `node`. Service ports keep the chain id they
-/// have in `previous`; new ones get the lowest id used by neither.
+/// The ruleset for `services` and `slices` on `node`. Large service ports keep the chain
+/// id they have in `previous`; new ones get the lowest id used by neither.
 ///
 /// As kube-proxy: headless and ExternalName Services get nothing; only IPv4 slices count;
 /// endpoints are the ready ones, or the serving terminating ones when none is ready; a
@@ -109,6 +109,23 @@ pub fn desired<'a>(
                 out.no_endpoint_node_ports.extend(node_port);
                 continue;
             }
+            out.hairpin.extend(eps.iter().map(|ep| *ep.ip()));
+            let n = eps.len() as u32;
+            if n <= SMALL_MAX {
+                for k in ip_keys {
+                    out.service_ips.insert(k, Target::Small(n));
+                    for (slot, ep) in eps.iter().enumerate() {
+                        out.ip_endpoints.insert((k, slot as u32), (n, *ep));
+                    }
+                }
+                if let Some(k) = node_port {
+                    out.node_ports.insert(k, Target::Small(n));
+                    for (slot, ep) in eps.iter().enumerate() {
+                        out.port_endpoints.insert((k, slot as u32), (n, *ep));
+                    }
+                }
+                continue;
+            }
             let label = format!("{ns}/{name}:{}", port.name.as_deref().unwrap_or(""));
             let id = match ids.get(label.as_str()) {
                 Some(id) => *id,
@@ -120,27 +137,20 @@ pub fn desired<'a>(
                     next_free
                 }
             };
-            let backends = if eps.len() <= INLINE_MAX {
-                Backends::Inline(eps.clone())
-            } else {
-                for (slot, ep) in eps.iter().enumerate() {
-                    out.endpoints.insert((id, slot as u32), *ep);
-                }
-                Backends::Map(eps.len() as u32)
-            };
-            out.hairpin.extend(eps.iter().map(|ep| *ep.ip()));
+            for (slot, ep) in eps.iter().enumerate() {
+                out.endpoints.insert((id, slot as u32), *ep);
+            }
             let chain = SvcChain {
                 id,
                 label,
-                backends,
+                endpoints: n,
             };
-            let chain_name = chain.name();
-            out.service_ips
-                .extend(ip_keys.map(|k| (k, chain_name.clone())));
+            let target = Target::Chain(chain.name());
+            out.service_ips.extend(ip_keys.map(|k| (k, target.clone())));
             if let Some(k) = node_port {
-                out.node_ports.insert(k, chain_name.clone());
+                out.node_ports.insert(k, target);
             }
-            out.chains.insert(chain_name, chain);
+            out.chains.insert(chain.name(), chain);
         }
     }
     out

@@ -3,11 +3,12 @@
 //! [`Op`] list into nf_tables messages, or the kernel's dump back into a [`Ruleset`].
 //!
 //! Shape: `service-ips` (`ipv4_addr . inet_proto . inet_service : verdict`) and
-//! `service-nodeports` (`inet_proto . inet_service : verdict`) `goto` a chain per service
-//! port; that chain DNATs to one of its endpoints, written into its own rules (see
-//! [`service_rules`]) or, past [`crate::ruleset::INLINE_MAX`], looked up as
-//! `id . numgen random mod N` in the one shared `endpoints` map. No anonymous sets, a
-//! handful of named ones, so the load stays linear.
+//! `service-nodeports` (`inet_proto . inet_service : verdict`) `goto` the fixed chain for the
+//! service port's endpoint count N (1..=16), whose one rule looks up the packet's own key
+//! `. numgen random mod N` in the map for N (`endpoints-ip-N`, `endpoints-port-N`) and DNATs.
+//! Larger service ports get a chain of their own that looks `id . numgen random mod N` up in
+//! `endpoints`. No anonymous sets, a fixed number of named ones each bound to few rules, and
+//! an endpoint change is element changes only.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -17,7 +18,7 @@ use crate::nft::{
     BaseChain, Data, Elem as NftElem, Expr, Hook, Msg, Reg, SetData, SetSpec, Verdict,
 };
 use crate::ruleset::{
-    Backends, Elem, IpKey, Op, PortKey, Proto, Ruleset, SvcChain, parse_chain_name,
+    Elem, IpKey, Op, PortKey, Proto, Ruleset, SMALL_MAX, SvcChain, Target, parse_chain_name,
 };
 
 pub const TABLE: &str = "berth";
@@ -27,6 +28,15 @@ pub const NO_ENDPOINTS: &str = "no-endpoint-services";
 pub const NO_ENDPOINT_NODE_PORTS: &str = "no-endpoint-nodeports";
 pub const ENDPOINTS: &str = "endpoints";
 pub const HAIRPIN: &str = "hairpin";
+
+/// The map and the chain of small service addresses with `n` endpoints.
+pub fn ip_map(n: u32) -> String {
+    format!("endpoints-ip-{n}")
+}
+/// The map and the chain of small NodePorts with `n` endpoints.
+pub fn port_map(n: u32) -> String {
+    format!("endpoints-port-{n}")
+}
 
 // nft's datatype ids (for `nft list` to print keys readably); concatenations shift by 6.
 const T_VERDICT: u32 = 1;
@@ -114,7 +124,7 @@ pub fn sets() -> Vec<SetSpec> {
     let ip_key = concat(concat(T_IPV4, T_PROTO), T_SERVICE);
     let port_key = concat(T_PROTO, T_SERVICE);
     let _ = T_VERDICT;
-    vec![
+    let mut out = vec![
         set(SERVICE_IPS, 12, ip_key, SetData::Verdict),
         set(NODE_PORTS, 8, port_key, SetData::Verdict),
         set(NO_ENDPOINTS, 12, ip_key, SetData::None),
@@ -129,12 +139,21 @@ pub fn sets() -> Vec<SetSpec> {
             },
         ),
         set(HAIRPIN, 8, concat(T_IPV4, T_IPV4), SetData::None),
-    ]
+    ];
+    let ep = SetData::Value {
+        len: 8,
+        ty: concat(T_IPV4, T_SERVICE),
+    };
+    for n in 1..=SMALL_MAX {
+        out.push(set(&ip_map(n), 16, concat(ip_key, T_MARK), ep));
+        out.push(set(&port_map(n), 12, concat(port_key, T_MARK), ep));
+    }
+    out
 }
 
 /// One fixed chain with its rules.
 pub struct FixedChain {
-    pub name: &'static str,
+    pub name: String,
     pub base: Option<BaseChain>,
     pub rules: Vec<Vec<Expr>>,
 }
@@ -223,48 +242,65 @@ pub fn chains(mark: u32) -> Vec<FixedChain> {
     };
     let [reject_ip_tcp, reject_ip] = reject(load_daddr_proto_dport(), NO_ENDPOINTS, 1);
     let [reject_np_tcp, reject_np] = reject(load_local_proto_dport(), NO_ENDPOINT_NODE_PORTS, 0);
-    vec![
+    let mut out: Vec<FixedChain> = (1..=SMALL_MAX)
+        .flat_map(|n| {
+            [
+                FixedChain {
+                    name: ip_map(n),
+                    base: None,
+                    rules: vec![small_rule(load_daddr_proto_dport(), &ip_map(n), n)],
+                },
+                FixedChain {
+                    name: port_map(n),
+                    base: None,
+                    rules: vec![small_rule(load_proto_dport(), &port_map(n), n)],
+                },
+            ]
+        })
+        .collect();
+    out.extend([
         FixedChain {
-            name: "services",
+            name: "services".into(),
             base: None,
             rules: vec![services_ip, services_np],
         },
         FixedChain {
-            name: "no-endpoints",
+            name: "no-endpoints".into(),
             base: None,
             rules: vec![reject_ip_tcp, reject_ip, reject_np_tcp, reject_np],
         },
         FixedChain {
-            name: "nat-prerouting",
+            name: "nat-prerouting".into(),
             base: base(Hook::Prerouting, -100, "nat"),
             rules: vec![jump("services")],
         },
         FixedChain {
-            name: "nat-output",
+            name: "nat-output".into(),
             base: base(Hook::Output, -100, "nat"),
             rules: vec![jump("services")],
         },
         FixedChain {
-            name: "nat-postrouting",
+            name: "nat-postrouting".into(),
             base: base(Hook::Postrouting, 100, "nat"),
             rules: vec![masq_marked, masq_hairpin],
         },
         FixedChain {
-            name: "filter-input",
+            name: "filter-input".into(),
             base: base(Hook::Input, 0, "filter"),
             rules: vec![jump("no-endpoints")],
         },
         FixedChain {
-            name: "filter-forward",
+            name: "filter-forward".into(),
             base: base(Hook::Forward, 0, "filter"),
             rules: vec![jump("no-endpoints")],
         },
         FixedChain {
-            name: "filter-output",
+            name: "filter-output".into(),
             base: base(Hook::Output, 0, "filter"),
             rules: vec![jump("no-endpoints")],
         },
-    ]
+    ]);
+    out
 }
 
 /// The messages that create the skeleton's missing parts. Existing chains keep their rules;
@@ -273,79 +309,76 @@ pub fn skeleton(mark: u32, have_chains: &[String]) -> Vec<Msg> {
     let mut out = vec![Msg::NewTable];
     out.extend(sets().into_iter().map(Msg::NewSet));
     for c in chains(mark) {
-        if have_chains.iter().any(|h| h == c.name) {
+        if have_chains.contains(&c.name) {
             continue;
         }
         out.push(Msg::NewChain {
-            name: c.name.into(),
+            name: c.name.clone(),
             base: c.base.clone(),
         });
         out.extend(c.rules.into_iter().map(|exprs| Msg::NewRule {
-            chain: c.name.into(),
+            chain: c.name.clone(),
             exprs,
         }));
     }
     out
 }
 
-/// A service-port chain's rules. Inline: rule `i` of `N` is `numgen random mod (N-i) == 0`
-/// then `dnat` to endpoint `i` (so each is chosen with probability `1/N`), the last rule
-/// unconditional. Map: `id . numgen random mod N` looked up in `endpoints`, then `dnat`.
-pub fn service_rules(c: &SvcChain) -> Vec<Vec<Expr>> {
-    match &c.backends {
-        Backends::Inline(eps) => {
-            let n = eps.len();
-            eps.iter()
-                .enumerate()
-                .map(|(i, ep)| {
-                    let mut rule = Vec::new();
-                    if i + 1 < n {
-                        rule.push(Expr::NumgenRandom {
-                            dreg: r(0),
-                            modulus: (n - i) as u32,
-                        });
-                        rule.push(Expr::Cmp {
-                            sreg: r(0),
-                            op: CmpOp::Eq,
-                            data: 0u32.to_ne_bytes().to_vec(),
-                        });
-                    }
-                    rule.extend([
-                        Expr::Immediate {
-                            dreg: r(1),
-                            data: Data::Value(ep.ip().octets().to_vec()),
-                        },
-                        Expr::Immediate {
-                            dreg: r(2),
-                            data: Data::Value(ep.port().to_be_bytes().to_vec()),
-                        },
-                        Expr::Nat {
-                            dnat: true,
-                            addr: r(1),
-                            port: Some(r(2)),
-                        },
-                    ]);
-                    rule
-                })
-                .collect()
-        }
-        Backends::Map(n) => vec![vec![
-            Expr::Immediate {
-                dreg: r(0),
-                data: Data::Value(c.id.to_ne_bytes().to_vec()),
-            },
-            Expr::NumgenRandom {
-                dreg: r(1),
-                modulus: *n,
-            },
-            lookup(ENDPOINTS, Some(r(2))),
-            Expr::Nat {
-                dnat: true,
-                addr: r(2),
-                port: Some(r(3)),
-            },
-        ]],
-    }
+/// The rule of a small service port's fixed chain: the packet's key (loaded by `load` into
+/// r0.., as many registers as `load` fills) `. numgen random mod n` looked up in `map`, then
+/// `dnat` to the address and port found.
+fn small_rule(mut load: Vec<Expr>, map: &str, n: u32) -> Vec<Expr> {
+    let key_regs = load.len() as u32;
+    load.extend([
+        Expr::NumgenRandom {
+            dreg: r(key_regs),
+            modulus: n,
+        },
+        lookup(map, Some(r(key_regs + 1))),
+        Expr::Nat {
+            dnat: true,
+            addr: r(key_regs + 1),
+            port: Some(r(key_regs + 2)),
+        },
+    ]);
+    load
+}
+
+/// `meta l4proto . th dport` into r0, r1.
+fn load_proto_dport() -> Vec<Expr> {
+    vec![
+        Expr::Meta {
+            key: MetaKey::L4Proto,
+            dreg: r(0),
+        },
+        Expr::Payload {
+            base: Base::Transport,
+            offset: 2,
+            len: 2,
+            dreg: r(1),
+        },
+    ]
+}
+
+/// A large service port's chain rule: `id . numgen random mod N` into r0 . r1, looked up in
+/// `endpoints` into r2 . r3, `dnat to r2:r3`.
+pub fn service_rule(c: &SvcChain) -> Vec<Expr> {
+    vec![
+        Expr::Immediate {
+            dreg: r(0),
+            data: Data::Value(c.id.to_ne_bytes().to_vec()),
+        },
+        Expr::NumgenRandom {
+            dreg: r(1),
+            modulus: c.endpoints,
+        },
+        lookup(ENDPOINTS, Some(r(2))),
+        Expr::Nat {
+            dnat: true,
+            addr: r(2),
+            port: Some(r(3)),
+        },
+    ]
 }
 
 fn pad4(v: &mut Vec<u8>) {
@@ -378,26 +411,45 @@ fn addr_port(a: &SocketAddrV4) -> Vec<u8> {
     v
 }
 
-fn goto(chain: &str) -> Option<Data> {
-    Some(Data::Verdict(Verdict::Goto(chain.into())))
+fn goto(target: &Target, map: fn(u32) -> String) -> Option<Data> {
+    let chain = match target {
+        Target::Small(n) => map(*n),
+        Target::Chain(c) => c.clone(),
+    };
+    Some(Data::Verdict(Verdict::Goto(chain)))
+}
+
+fn with_slot(mut key: Vec<u8>, slot: u32) -> Vec<u8> {
+    key.extend(slot.to_ne_bytes());
+    key
 }
 
 /// The set an element lives in and its netlink form.
-fn encode(e: &Elem) -> (&'static str, NftElem) {
+fn encode(e: &Elem) -> (String, NftElem) {
     let (set, key, data) = match e {
-        Elem::ServiceIp(k, chain) => (SERVICE_IPS, ip_key(k), goto(chain)),
-        Elem::NodePort(k, chain) => (NODE_PORTS, port_key(k), goto(chain)),
-        Elem::NoEndpoints(k) => (NO_ENDPOINTS, ip_key(k), None),
-        Elem::NoEndpointNodePort(k) => (NO_ENDPOINT_NODE_PORTS, port_key(k), None),
+        Elem::ServiceIp(k, t) => (SERVICE_IPS.into(), ip_key(k), goto(t, ip_map)),
+        Elem::NodePort(k, t) => (NODE_PORTS.into(), port_key(k), goto(t, port_map)),
+        Elem::IpEndpoint((k, slot), (n, a)) => (
+            ip_map(*n),
+            with_slot(ip_key(k), *slot),
+            Some(Data::Value(addr_port(a))),
+        ),
+        Elem::PortEndpoint((k, slot), (n, a)) => (
+            port_map(*n),
+            with_slot(port_key(k), *slot),
+            Some(Data::Value(addr_port(a))),
+        ),
+        Elem::NoEndpoints(k) => (NO_ENDPOINTS.into(), ip_key(k), None),
+        Elem::NoEndpointNodePort(k) => (NO_ENDPOINT_NODE_PORTS.into(), port_key(k), None),
         Elem::Endpoint((id, slot), a) => {
             let mut key = id.to_ne_bytes().to_vec();
             key.extend(slot.to_ne_bytes());
-            (ENDPOINTS, key, Some(Data::Value(addr_port(a))))
+            (ENDPOINTS.into(), key, Some(Data::Value(addr_port(a))))
         }
         Elem::Hairpin(ip) => {
             let mut key = ip.octets().to_vec();
             key.extend(ip.octets());
-            (HAIRPIN, key, None)
+            (HAIRPIN.into(), key, None)
         }
     };
     (set, NftElem { key, data })
@@ -412,10 +464,10 @@ pub fn messages(ops: &[Op]) -> Vec<Msg> {
                 let add = matches!(op, Op::AddElem(_));
                 let (set, elem) = encode(e);
                 match out.last_mut() {
-                    Some(Msg::NewElems { set: s, elems }) if add && s == set => elems.push(elem),
-                    Some(Msg::DelElems { set: s, elems }) if !add && s == set => elems.push(elem),
+                    Some(Msg::NewElems { set: s, elems }) if add && *s == set => elems.push(elem),
+                    Some(Msg::DelElems { set: s, elems }) if !add && *s == set => elems.push(elem),
                     _ => {
-                        let (set, elems) = (set.to_owned(), vec![elem]);
+                        let elems = vec![elem];
                         out.push(if add {
                             Msg::NewElems { set, elems }
                         } else {
@@ -434,10 +486,10 @@ pub fn messages(ops: &[Op]) -> Vec<Msg> {
                         base: None,
                     }
                 });
-                out.extend(service_rules(c).into_iter().map(|exprs| Msg::NewRule {
+                out.push(Msg::NewRule {
                     chain: c.name(),
-                    exprs,
-                }));
+                    exprs: service_rule(c),
+                });
             }
         }
     }
@@ -459,11 +511,28 @@ fn parse_port_key(k: &[u8]) -> Option<PortKey> {
     })
 }
 
-fn goto_target(d: &Option<Data>) -> Option<String> {
-    match d {
-        Some(Data::Verdict(Verdict::Goto(c))) => Some(c.clone()),
-        _ => None,
+fn goto_target(d: &Option<Data>, prefix: &str) -> Option<Target> {
+    let Some(Data::Verdict(Verdict::Goto(c))) = d else {
+        return None;
+    };
+    Some(match c.strip_prefix(prefix).and_then(|n| n.parse().ok()) {
+        Some(n) => Target::Small(n),
+        None => Target::Chain(c.clone()),
+    })
+}
+
+/// `endpoints-ip-N`/`endpoints-port-N` back to which and N.
+fn small_map(set: &str) -> Option<(bool, u32)> {
+    if let Some(n) = set.strip_prefix("endpoints-ip-") {
+        return Some((true, n.parse().ok()?));
     }
+    Some((false, set.strip_prefix("endpoints-port-")?.parse().ok()?))
+}
+
+fn addr_port_at(v: &[u8]) -> Option<SocketAddrV4> {
+    let ip: [u8; 4] = v.get(..4)?.try_into().ok()?;
+    let port: [u8; 2] = v.get(4..6)?.try_into().ok()?;
+    Some(SocketAddrV4::new(ip.into(), u16::from_be_bytes(port)))
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
@@ -477,12 +546,16 @@ pub fn read_elems(r: &mut Ruleset, set: &str, elems: &[NftElem]) {
         let k = &e.key;
         match set {
             SERVICE_IPS => {
-                if let (Some(key), Some(c)) = (parse_ip_key(k), goto_target(&e.data)) {
+                if let (Some(key), Some(c)) =
+                    (parse_ip_key(k), goto_target(&e.data, "endpoints-ip-"))
+                {
                     r.service_ips.insert(key, c);
                 }
             }
             NODE_PORTS => {
-                if let (Some(key), Some(c)) = (parse_port_key(k), goto_target(&e.data)) {
+                if let (Some(key), Some(c)) =
+                    (parse_port_key(k), goto_target(&e.data, "endpoints-port-"))
+                {
                     r.node_ports.insert(key, c);
                 }
             }
@@ -509,43 +582,42 @@ pub fn read_elems(r: &mut Ruleset, set: &str, elems: &[NftElem]) {
                     r.hairpin.insert(Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]));
                 }
             }
-            _ => {}
+            _ => {
+                read_small(r, set, e);
+            }
         }
     }
 }
 
-/// A service-port chain as dumped, from its name and its rules' expressions: a `lookup`
-/// means the map form (its `numgen` modulus is the slot count), else each rule's two
-/// `immediate` values are an endpoint's address and port.
+fn read_small(r: &mut Ruleset, set: &str, e: &NftElem) -> Option<()> {
+    let (ip, n) = small_map(set)?;
+    let Some(Data::Value(v)) = &e.data else {
+        return None;
+    };
+    let a = addr_port_at(v)?;
+    if ip {
+        let slot = u32_at(&e.key, 12)?;
+        r.ip_endpoints.insert((parse_ip_key(&e.key)?, slot), (n, a));
+    } else {
+        let slot = u32_at(&e.key, 8)?;
+        r.port_endpoints
+            .insert((parse_port_key(&e.key)?, slot), (n, a));
+    }
+    Some(())
+}
+
+/// A large service port's chain as dumped: its name and the modulus of its `numgen`.
 pub fn read_chain(name: &str, rules: &[&[RawExpr]]) -> Option<SvcChain> {
     let (id, label) = parse_chain_name(name)?;
-    let is_map = rules
+    let endpoints = rules
         .iter()
         .flat_map(|r| r.iter())
-        .any(|e| e.name == "lookup");
-    let backends = if is_map {
-        let n = rules
-            .iter()
-            .flat_map(|r| r.iter())
-            .find_map(RawExpr::numgen_modulus);
-        Backends::Map(n.unwrap_or(0))
-    } else {
-        Backends::Inline(
-            rules
-                .iter()
-                .filter_map(|rule| {
-                    let mut values = rule.iter().filter_map(RawExpr::immediate_value);
-                    let ip: [u8; 4] = values.next()?.try_into().ok()?;
-                    let port: [u8; 2] = values.next()?.get(..2)?.try_into().ok()?;
-                    Some(SocketAddrV4::new(ip.into(), u16::from_be_bytes(port)))
-                })
-                .collect(),
-        )
-    };
+        .find_map(RawExpr::numgen_modulus)
+        .unwrap_or(0);
     Some(SvcChain {
         id,
         label,
-        backends,
+        endpoints,
     })
 }
 
@@ -578,7 +650,28 @@ mod tests {
                     proto: Proto::Tcp,
                     port: 443,
                 },
-                "svc-1-a/b:".into(),
+                Target::Chain("svc-1-a/b:".into()),
+            ),
+            Elem::IpEndpoint(
+                (
+                    IpKey {
+                        ip: Ipv4Addr::new(10, 96, 0, 1),
+                        proto: Proto::Tcp,
+                        port: 443,
+                    },
+                    2,
+                ),
+                (3, SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 6), 8443)),
+            ),
+            Elem::PortEndpoint(
+                (
+                    PortKey {
+                        proto: Proto::Udp,
+                        port: 30053,
+                    },
+                    0,
+                ),
+                (1, SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 6), 53)),
             ),
             Elem::Endpoint(
                 (1, 0),
@@ -589,7 +682,7 @@ mod tests {
         let mut r = Ruleset::default();
         for e in &elems {
             let (set, ne) = encode(e);
-            read_elems(&mut r, set, &[ne]);
+            read_elems(&mut r, &set, &[ne]);
         }
         let mut expected = Ruleset::default();
         for e in &elems {
@@ -603,6 +696,12 @@ mod tests {
                 }
                 Elem::Hairpin(ip) => {
                     expected.hairpin.insert(*ip);
+                }
+                Elem::IpEndpoint(k, v) => {
+                    expected.ip_endpoints.insert(*k, *v);
+                }
+                Elem::PortEndpoint(k, v) => {
+                    expected.port_endpoints.insert(*k, *v);
                 }
                 _ => {}
             }

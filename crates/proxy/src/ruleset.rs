@@ -71,28 +71,22 @@ pub struct PortKey {
     pub port: u16,
 }
 
-/// A per-service-port chain `svc-<id>-<label>` and how it picks an endpoint.
+/// A chain of its own for a service port with more than [`SMALL_MAX`] endpoints,
+/// `svc-<id>-<label>`: `id . numgen random mod endpoints` is looked up in the shared
+/// `endpoints` map. Each such chain binds that map once more, and the kernel checks every
+/// element added to a data map against every rule bound to it, so this is kept for the few
+/// large Services.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SvcChain {
     pub id: u32,
     /// `namespace/name:portname`, for people reading `nft list`.
     pub label: String,
-    pub backends: Backends,
+    pub endpoints: u32,
 }
 
-/// Up to [`INLINE_MAX`] endpoints are written into the chain's rules (rule `i` DNATs with
-/// probability `1/(N-i)`, the last always); more go to the shared `endpoints` map, looked up
-/// by `id . numgen random mod N`. Every rule bound to a data map costs the kernel a check per
-/// element added to it, so binding the map from every service made loading quadratic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Backends {
-    Inline(Vec<SocketAddrV4>),
-    /// The number of slots `0..N` the `endpoints` map holds for this chain's id.
-    Map(u32),
-}
-
-/// The most endpoints a chain holds in its own rules.
-pub const INLINE_MAX: usize = 16;
+/// Service ports with at most this many endpoints share the fixed chains and maps of their
+/// endpoint count (`endpoints-ip-N`, `endpoints-port-N`) instead of a chain of their own.
+pub const SMALL_MAX: u32 = 16;
 
 impl SvcChain {
     pub fn name(&self) -> String {
@@ -111,21 +105,38 @@ pub(crate) fn parse_chain_name(name: &str) -> Option<(u32, String)> {
     Some((id.parse().ok()?, label.to_owned()))
 }
 
+/// Where a Service address sends its packets.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    /// The fixed chain for `N` endpoints (1..=[`SMALL_MAX`]), which looks up
+    /// `key . numgen random mod N` in the map for `N`.
+    Small(u32),
+    /// A [`SvcChain`] by name.
+    Chain(String),
+}
+
+/// One endpoint of a small service port: its slot's count `N` (which map it is in) and
+/// address.
+pub type SlotEndpoint = (u32, SocketAddrV4);
+
 /// Everything the proxy programs that changes with Services and endpoints.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ruleset {
-    /// Per-service-port chains by name.
+    /// Chains of large service ports, by name.
     pub chains: BTreeMap<String, SvcChain>,
-    /// `service-ips`: key -> `goto` the named chain.
-    pub service_ips: BTreeMap<IpKey, String>,
-    /// `service-nodeports`: key -> `goto` the named chain.
-    pub node_ports: BTreeMap<PortKey, String>,
+    /// `service-ips`: ClusterIPs, external and LoadBalancer IPs -> `goto` their target.
+    pub service_ips: BTreeMap<IpKey, Target>,
+    /// `service-nodeports`: NodePorts -> `goto` their target.
+    pub node_ports: BTreeMap<PortKey, Target>,
     /// `no-endpoint-services`: rejected at once.
     pub no_endpoints: BTreeSet<IpKey>,
     /// `no-endpoint-nodeports`: rejected at once on local addresses.
     pub no_endpoint_node_ports: BTreeSet<PortKey>,
-    /// `endpoints`: `svc id . slot` -> endpoint address and port, for chains with
-    /// [`Backends::Map`].
+    /// `endpoints-ip-N`: `ip . proto . port . slot` -> endpoint, for small service ports.
+    pub ip_endpoints: BTreeMap<(IpKey, u32), SlotEndpoint>,
+    /// `endpoints-port-N`: `proto . nodeport . slot` -> endpoint, for small service ports.
+    pub port_endpoints: BTreeMap<(PortKey, u32), SlotEndpoint>,
+    /// `endpoints`: `svc id . slot` -> endpoint, for [`SvcChain`]s.
     pub endpoints: BTreeMap<(u32, u32), SocketAddrV4>,
     /// `hairpin`: `ep . ep` for every endpoint IP, so a pod reaching itself through a
     /// Service is masqueraded (else it would answer itself from the wrong address).
@@ -135,10 +146,12 @@ pub struct Ruleset {
 /// One element of one of the maps or sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Elem {
-    ServiceIp(IpKey, String),
-    NodePort(PortKey, String),
+    ServiceIp(IpKey, Target),
+    NodePort(PortKey, Target),
     NoEndpoints(IpKey),
     NoEndpointNodePort(PortKey),
+    IpEndpoint((IpKey, u32), SlotEndpoint),
+    PortEndpoint((PortKey, u32), SlotEndpoint),
     Endpoint((u32, u32), SocketAddrV4),
     Hairpin(Ipv4Addr),
 }
@@ -173,6 +186,20 @@ pub fn diff(current: &Ruleset, desired: &Ruleset) -> Vec<Op> {
         &mut dels,
         &mut adds,
         |k, v| Elem::NodePort(*k, v.clone()),
+    );
+    map_diff(
+        &current.ip_endpoints,
+        &desired.ip_endpoints,
+        &mut dels,
+        &mut adds,
+        |k, v| Elem::IpEndpoint(*k, *v),
+    );
+    map_diff(
+        &current.port_endpoints,
+        &desired.port_endpoints,
+        &mut dels,
+        &mut adds,
+        |k, v| Elem::PortEndpoint(*k, *v),
     );
     map_diff(
         &current.endpoints,
@@ -281,8 +308,9 @@ impl Ruleset {
             },
             Op::DelChain(c) => {
                 let name = c.name();
-                if self.service_ips.values().any(|v| *v == name)
-                    || self.node_ports.values().any(|v| *v == name)
+                let target = Target::Chain(name.clone());
+                if self.service_ips.values().any(|v| *v == target)
+                    || self.node_ports.values().any(|v| *v == target)
                 {
                     return Err(refuse(op, "chain in use"));
                 }
@@ -297,6 +325,8 @@ impl Ruleset {
                     Elem::NodePort(k, _) => self.node_ports.remove(k).is_some(),
                     Elem::NoEndpoints(k) => self.no_endpoints.remove(k),
                     Elem::NoEndpointNodePort(k) => self.no_endpoint_node_ports.remove(k),
+                    Elem::IpEndpoint(k, _) => self.ip_endpoints.remove(k).is_some(),
+                    Elem::PortEndpoint(k, _) => self.port_endpoints.remove(k).is_some(),
                     Elem::Endpoint(k, _) => self.endpoints.remove(k).is_some(),
                     Elem::Hairpin(k) => self.hairpin.remove(k),
                 };
@@ -318,10 +348,21 @@ impl Ruleset {
                 }
             }
         }
-        if let Elem::ServiceIp(_, chain) | Elem::NodePort(_, chain) = e
-            && !self.chains.contains_key(chain)
-        {
-            return Err(refuse(op, "verdict points at a missing chain"));
+        match e {
+            Elem::ServiceIp(_, Target::Chain(c)) | Elem::NodePort(_, Target::Chain(c))
+                if !self.chains.contains_key(c) =>
+            {
+                return Err(refuse(op, "verdict points at a missing chain"));
+            }
+            Elem::ServiceIp(_, Target::Small(n))
+            | Elem::NodePort(_, Target::Small(n))
+            | Elem::IpEndpoint(_, (n, _))
+            | Elem::PortEndpoint(_, (n, _))
+                if !(1..=SMALL_MAX).contains(n) =>
+            {
+                return Err(refuse(op, "no such fixed chain or map"));
+            }
+            _ => {}
         }
         match e {
             Elem::ServiceIp(k, chain) => put(&mut self.service_ips, *k, chain.clone(), op)?,
@@ -332,6 +373,8 @@ impl Ruleset {
             Elem::NoEndpointNodePort(k) => {
                 self.no_endpoint_node_ports.insert(*k);
             }
+            Elem::IpEndpoint(k, v) => put(&mut self.ip_endpoints, *k, *v, op)?,
+            Elem::PortEndpoint(k, v) => put(&mut self.port_endpoints, *k, *v, op)?,
             Elem::Endpoint(k, v) => put(&mut self.endpoints, *k, *v, op)?,
             Elem::Hairpin(k) => {
                 self.hairpin.insert(*k);
@@ -351,14 +394,6 @@ impl Ruleset {
 mod tests {
     use super::*;
 
-    fn chain(id: u32, eps: &[u8]) -> SvcChain {
-        SvcChain {
-            id,
-            label: format!("ns/s{id}:http"),
-            backends: Backends::Inline(eps.iter().map(|e| ep(*e)).collect()),
-        }
-    }
-
     fn ep(last: u8) -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, last), 8080)
     }
@@ -371,17 +406,22 @@ mod tests {
         }
     }
 
-    fn with_service(r: &mut Ruleset, id: u32, eps: &[u8]) {
-        let c = chain(id, eps);
-        r.service_ips.insert(key(id as u8), c.name());
-        r.hairpin.extend(eps.iter().map(|e| *ep(*e).ip()));
-        r.chains.insert(c.name(), c);
+    fn with_service(r: &mut Ruleset, svc: u8, eps: &[u8]) {
+        let n = eps.len() as u32;
+        r.service_ips.insert(key(svc), Target::Small(n));
+        for (slot, e) in eps.iter().enumerate() {
+            r.ip_endpoints.insert((key(svc), slot as u32), (n, ep(*e)));
+            r.hairpin.insert(*ep(*e).ip());
+        }
     }
 
     fn with_big_service(r: &mut Ruleset, id: u32, eps: &[u8]) {
-        let mut c = chain(id, &[]);
-        c.backends = Backends::Map(eps.len() as u32);
-        r.service_ips.insert(key(id as u8), c.name());
+        let c = SvcChain {
+            id,
+            label: format!("ns/s{id}:http"),
+            endpoints: eps.len() as u32,
+        };
+        r.service_ips.insert(key(id as u8), Target::Chain(c.name()));
         for (slot, e) in eps.iter().enumerate() {
             r.endpoints.insert((id, slot as u32), ep(*e));
             r.hairpin.insert(*ep(*e).ip());
@@ -401,8 +441,10 @@ mod tests {
 
     #[test]
     fn chain_names_round_trip() {
-        let c = chain(7, &[1]);
-        assert_eq!(parse_chain_name(&c.name()), Some((7, c.label)));
+        assert_eq!(
+            parse_chain_name(&chain_name(7, "ns/a:b")),
+            Some((7, "ns/a:b".into()))
+        );
         assert_eq!(parse_chain_name("services"), None);
     }
 
@@ -410,21 +452,23 @@ mod tests {
     fn from_empty_adds_everything_and_back() {
         let mut r = Ruleset::default();
         with_service(&mut r, 1, &[1, 2, 3]);
-        // chain (with its rules), service-ip, 3 hairpins
-        check(&Ruleset::default(), &r, 5);
-        check(&r, &Ruleset::default(), 5);
+        with_big_service(&mut r, 2, &[4, 5]);
+        // small: service-ip, 3 endpoints, 3 hairpins; big: chain, service-ip, 2 + 2
+        check(&Ruleset::default(), &r, 13);
+        check(&r, &Ruleset::default(), 13);
     }
 
     #[test]
-    fn removing_an_endpoint_touches_only_its_elements_and_the_rules() {
+    fn removing_an_endpoint_touches_only_elements_or_one_rule() {
         let mut a = Ruleset::default();
         with_service(&mut a, 1, &[1, 2, 3]);
         with_big_service(&mut a, 2, &[4, 5, 6]);
         let mut b = Ruleset::default();
         with_service(&mut b, 1, &[1, 2]);
         with_big_service(&mut b, 2, &[4, 5]);
-        // inline: hairpin element, rules; map: endpoint element, hairpin element, rule
-        check(&a, &b, 5);
+        // small: service-ip moves from 3 to 2 (2 ops), 3 endpoints out of map 3, 2 into
+        // map 2, a hairpin; big: an endpoint, a hairpin, the rule.
+        check(&a, &b, 2 + 5 + 1 + 3);
     }
 
     #[test]

@@ -253,10 +253,11 @@ mod tests {
             r.expect("sync");
             k = next;
         }
-        // The first added the chain, the ClusterIP and two hairpin elements; the unchanged
-        // second sent nothing; the third removed a hairpin element and rewrote the chain.
+        // The first added the ClusterIP, its two endpoints and their hairpin elements; the
+        // unchanged second sent nothing; the third moved the ClusterIP and its endpoints from
+        // the 2-endpoint map to the 1-endpoint map and removed a hairpin element.
         let sizes: Vec<usize> = k.nl.batches.iter().map(Vec::len).collect();
-        assert_eq!(sizes, vec![4, 2]);
+        assert_eq!(sizes, vec![5, 6]);
         assert_eq!(k.nl.state, k.current);
     }
 }

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use proptest::prelude::*;
 
 use super::*;
-use crate::ruleset::{Backends, diff};
+use crate::ruleset::{Target, diff};
 
 /// (name, protocol, port, nodePort)
 type Port<'a> = (&'a str, &'a str, i32, Option<i32>);
@@ -85,22 +85,34 @@ fn slice(svc: &str, idx: usize, ports: &[(&str, &str, i32)], eps: &[Ep]) -> Endp
     }
 }
 
-/// Endpoints of each chain as "label -> [addr]", rejected keys as "ip:port/proto".
+/// Endpoints behind each Service address as "ip:port/proto -> [addr]", rejected keys as
+/// "ip:port/proto".
 fn summary(r: &Ruleset) -> (Vec<String>, Vec<String>) {
-    let chains = r
-        .chains
-        .values()
-        .map(|c| {
-            let eps: Vec<String> = match &c.backends {
-                Backends::Inline(eps) => eps.iter().map(ToString::to_string).collect(),
-                Backends::Map(n) => (0..*n)
-                    .filter_map(|s| r.endpoints.get(&(c.id, s)))
-                    .map(ToString::to_string)
+    let mut chains: Vec<String> = r
+        .service_ips
+        .iter()
+        .map(|(k, t)| {
+            let eps: Vec<String> = match t {
+                Target::Small(n) => (0..*n)
+                    .filter_map(|s| r.ip_endpoints.get(&(*k, s)))
+                    .map(|(_, a)| a.to_string())
                     .collect(),
+                Target::Chain(c) => {
+                    let c = &r.chains[c];
+                    (0..c.endpoints)
+                        .filter_map(|s| r.endpoints.get(&(c.id, s)))
+                        .map(ToString::to_string)
+                        .collect()
+                }
             };
-            format!("{} -> {}", c.label, eps.join(","))
+            format!("{}:{}/{} -> {}", k.ip, k.port, k.proto, eps.join(","))
         })
         .collect();
+    chains.extend(
+        r.node_ports
+            .iter()
+            .map(|(k, t)| format!("*:{}/{} -> {t:?}", k.port, k.proto)),
+    );
     let rejected = r
         .no_endpoints
         .iter()
@@ -137,7 +149,7 @@ fn ready_endpoints_only() {
                 ("10.244.0.4", false, true, true),
             ],
         )],
-        &["ns/web:http -> 10.244.0.2:8080"],
+        &["10.96.0.50:80/tcp -> 10.244.0.2:8080"],
         &[],
     );
 }
@@ -155,7 +167,7 @@ fn terminating_serving_only_when_nothing_is_ready() {
                 ("10.244.0.4", false, true, true),
             ],
         )],
-        &["ns/web:http -> 10.244.0.4:8080"],
+        &["10.96.0.50:80/tcp -> 10.244.0.4:8080"],
         &[],
     );
 }
@@ -178,7 +190,7 @@ fn named_target_ports_resolve_per_slice() {
                 &[("10.244.0.3", true, true, false)],
             ),
         ],
-        &["ns/web:http -> 10.244.0.2:8080,10.244.0.3:9090"],
+        &["10.96.0.50:80/tcp -> 10.244.0.2:8080,10.244.0.3:9090"],
         &[],
     );
 }
@@ -220,8 +232,9 @@ fn many_endpoints_go_to_the_shared_map() {
         &Ruleset::default(),
     );
     let c = r.chains.values().next().expect("one chain");
-    assert_eq!(c.backends, Backends::Map(20));
+    assert_eq!(c.endpoints, 20);
     assert_eq!(r.endpoints.len(), 20);
+    assert!(r.ip_endpoints.is_empty());
     assert_eq!(r.hairpin.len(), 20);
 }
 
@@ -238,7 +251,7 @@ fn headless_and_external_name_get_nothing() {
 }
 
 #[test]
-fn node_ports_and_external_ips_share_the_chain() {
+fn node_ports_and_external_ips_get_the_endpoints_too() {
     let mut svc = service(
         "web",
         "NodePort",
@@ -257,19 +270,18 @@ fn node_ports_and_external_ips_share_the_chain() {
     let r = desired(&[svc], &eps, &Node::default(), &Ruleset::default());
     assert_eq!(r.service_ips.len(), 2);
     assert_eq!(r.node_ports.len(), 1);
-    assert_eq!(r.chains.len(), 1);
+    assert_eq!(r.ip_endpoints.len(), 2);
+    assert_eq!(r.port_endpoints.len(), 1);
 }
 
 #[test]
 fn ids_stay_with_their_service_port() {
-    let eps = |svc| {
-        slice(
-            svc,
-            0,
-            &[("http", "TCP", 80)],
-            &[("10.244.0.2", true, true, false)],
-        )
-    };
+    let ips: Vec<String> = (1..=20).map(|i| format!("10.244.1.{i}")).collect();
+    let many: Vec<Ep> = ips
+        .iter()
+        .map(|ip| (ip.as_str(), true, true, false))
+        .collect();
+    let eps = |svc| slice(svc, 0, &[("http", "TCP", 80)], &many);
     let a = desired(
         &[service("b", "ClusterIP", "10.96.0.2", &[WEB])],
         &[eps("b")],
