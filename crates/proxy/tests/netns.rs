@@ -93,7 +93,23 @@ fn serve(ns: &str, me: &'static str) {
     });
     rx.recv().expect("test step");
     rx.recv().expect("test step");
+    // More ports, so that one Service can have more endpoints than the small maps take.
+    for port in BIG_PORTS {
+        let ns_ = ns.to_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            enter(&ns_);
+            let l = TcpListener::bind(("0.0.0.0", port)).expect("test step");
+            tx.send(()).expect("test step");
+            for mut s in l.incoming().flatten() {
+                let _ = std::io::Write::write_all(&mut s, me.as_bytes());
+            }
+        });
+        rx.recv().expect("test step");
+    }
 }
+
+const BIG_PORTS: std::ops::Range<u16> = 9000..9007;
 
 fn tcp_ask(addr: &str) -> std::io::Result<String> {
     let addr: SocketAddr = addr.parse().expect("test step");
@@ -147,20 +163,31 @@ fn slice(svc: &str, port: i32, proto: &str, ips: &[&str]) -> EndpointSlice {
     .expect("test step")
 }
 
+/// 21 endpoints (3 pods x 7 ports, a slice per port as the EndpointSlice controller makes
+/// for differing target ports): more than the small maps take, so "big" gets a chain.
+fn big_slices() -> Vec<EndpointSlice> {
+    BIG_PORTS
+        .map(|p| slice("big", i32::from(p), "TCP", &PODS))
+        .collect()
+}
+
 const PODS: [&str; 3] = ["10.244.0.11", "10.244.0.12", "10.244.0.13"];
 
 fn world(web_pods: &[&str]) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let mut slices = big_slices();
+    slices.extend([
+        slice("web", 8080, "TCP", web_pods),
+        slice("dns", 8081, "UDP", &PODS),
+        slice("empty", 8080, "TCP", &[]),
+    ]);
     (
         vec![
             service("web", "10.96.0.50", 80, "TCP", Some(30080)),
             service("dns", "10.96.0.51", 53, "UDP", None),
             service("empty", "10.96.0.52", 80, "TCP", Some(30081)),
+            service("big", "10.96.0.53", 80, "TCP", None),
         ],
-        vec![
-            slice("web", 8080, "TCP", web_pods),
-            slice("dns", 8081, "UDP", &PODS),
-            slice("empty", 8080, "TCP", &[]),
-        ],
+        slices,
     )
 }
 
@@ -270,6 +297,13 @@ fn services_through_the_kernel() {
     // ClusterIP from a pod (one of the three answers is itself: hairpin) and from the node.
     assert_eq!(answers(&pods[0], "10.96.0.50:80", 100, 3), all);
     assert_eq!(answers(&node, "10.96.0.50:80", 100, 3), all);
+    // A Service with more endpoints than the small maps take has a chain of its own.
+    assert!(
+        want.chains.values().any(|c| c.endpoints == 21),
+        "{:?}",
+        want.chains
+    );
+    assert_eq!(answers(&pods[1], "10.96.0.53:80", 100, 3), all);
 
     // UDP through a ClusterIP.
     let got = in_ns(&pods[1], || {
