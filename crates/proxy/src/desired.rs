@@ -1,7 +1,7 @@
 //! Services + EndpointSlices -> the [`Ruleset`] that should be in the kernel. Pure: the
 //! only state it reads is the previous ruleset, to keep each service port's chain id stable.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
@@ -10,7 +10,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use crate::ruleset::{IpKey, PortKey, Proto, Ruleset, SMALL_MAX, SvcChain, Target};
 
 /// The label an EndpointSlice names its Service with.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// What the proxy knows about the node it programs.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +38,51 @@ pub fn desired<'a>(
     node: &Node,
     previous: &Ruleset,
 ) -> Ruleset {
+    desired_with(services, slices, node, &mut Ids::from_ruleset(previous))
+}
+
+/// Chain ids of large service ports by label, and which are taken.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Ids {
+    by_label: HashMap<String, u32>,
+    used: BTreeSet<u32>,
+    next_free: u32,
+}
+
+impl Ids {
+    pub(crate) fn from_ruleset(r: &Ruleset) -> Ids {
+        let by_label: HashMap<String, u32> =
+            r.chains.values().map(|c| (c.label.clone(), c.id)).collect();
+        let used = by_label.values().copied().collect();
+        Ids {
+            by_label,
+            used,
+            next_free: 0,
+        }
+    }
+
+    /// The label's id, or the lowest free one (which it keeps from then on).
+    fn get(&mut self, label: &str) -> u32 {
+        if let Some(id) = self.by_label.get(label) {
+            return *id;
+        }
+        while self.used.contains(&self.next_free) {
+            self.next_free += 1;
+        }
+        let id = self.next_free;
+        self.used.insert(id);
+        self.by_label.insert(label.to_owned(), id);
+        id
+    }
+}
+
+/// [`desired`] with ids from (and added to) `ids`.
+pub(crate) fn desired_with<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node: &Node,
+    ids: &mut Ids,
+) -> Ruleset {
     let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
     for s in slices {
         let (Some(ns), Some(svc)) = (
@@ -57,13 +102,6 @@ pub fn desired<'a>(
     services.sort_by(|a, b| {
         (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
     });
-    let ids: BTreeMap<&str, u32> = previous
-        .chains
-        .values()
-        .map(|c| (c.label.as_str(), c.id))
-        .collect();
-    let mut used: BTreeSet<u32> = ids.values().copied().collect();
-    let mut next_free = 0u32;
     let mut out = Ruleset::default();
     for svc in services {
         let (Some(ns), Some(name), Some(spec)) = (
@@ -127,16 +165,7 @@ pub fn desired<'a>(
                 continue;
             }
             let label = format!("{ns}/{name}:{}", port.name.as_deref().unwrap_or(""));
-            let id = match ids.get(label.as_str()) {
-                Some(id) => *id,
-                None => {
-                    while used.contains(&next_free) {
-                        next_free += 1;
-                    }
-                    used.insert(next_free);
-                    next_free
-                }
-            };
+            let id = ids.get(&label);
             for (slot, ep) in eps.iter().enumerate() {
                 out.endpoints.insert((id, slot as u32), *ep);
             }
@@ -245,4 +274,4 @@ fn endpoints(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

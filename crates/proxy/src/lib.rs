@@ -12,6 +12,7 @@ pub mod render;
 pub mod ruleset;
 mod run;
 pub mod sysctl;
+pub mod tracker;
 
 pub use apply::{Apply, Fake, Netlink};
 pub use desired::{Node, desired};
@@ -19,3 +20,4 @@ pub use error::{Error, Result};
 pub use metrics::Metrics;
 pub use ruleset::{Op, Ruleset, diff};
 pub use run::{Config, cleanup, run};
+pub use tracker::Tracker;

@@ -3,7 +3,8 @@
 //! last applied one and applies the difference as one transaction on a blocking thread.
 //! At start it reads the kernel instead of flushing, so a restart drops no traffic.
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -20,6 +21,7 @@ use crate::desired::{Node, desired};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::ruleset::{Ruleset, diff};
+use crate::tracker::{self, ServiceKey, Tracker};
 
 /// How the proxy runs on one node.
 #[derive(Debug, Clone)]
@@ -65,6 +67,16 @@ pub fn cleanup() -> Result<bool> {
 struct Kernel<A> {
     nl: A,
     current: Ruleset,
+    /// Per-Service parts matching `current`; `None` until a full sync (and after a failure).
+    tracker: Option<Tracker>,
+}
+
+/// What changed since the last sync: some Services (by their own or their slices' events),
+/// or possibly anything (a relist, a failure).
+#[derive(Debug, Default)]
+struct Dirty {
+    all: bool,
+    keys: BTreeSet<ServiceKey>,
 }
 
 /// Watches Services and EndpointSlices through `client` and keeps the kernel's table in step
@@ -80,7 +92,11 @@ pub async fn run(config: Config, client: Client, shutdown: CancellationToken) ->
     let kernel = blocking(move || {
         let mut nl = Netlink::open(mark)?;
         let current = nl.read()?;
-        Ok(Kernel { nl, current })
+        Ok(Kernel {
+            nl,
+            current,
+            tracker: None,
+        })
     })
     .await?;
     tracing::info!(
@@ -90,14 +106,32 @@ pub async fn run(config: Config, client: Client, shutdown: CancellationToken) ->
     );
 
     let wake = Arc::new(Notify::new());
+    let dirty = Arc::new(Mutex::new(Dirty {
+        all: true,
+        keys: BTreeSet::new(),
+    }));
     let (services, services_w) = reflector::store::<Service>();
     let (slices, slices_w) = reflector::store::<EndpointSlice>();
+    let changes = Changes {
+        wake: wake.clone(),
+        dirty: dirty.clone(),
+    };
     let watches = [
-        tokio::spawn(drive(Api::all(client.clone()), services_w, wake.clone())),
-        tokio::spawn(drive(Api::all(client), slices_w, wake.clone())),
+        tokio::spawn(drive(
+            Api::all(client.clone()),
+            services_w,
+            changes.clone(),
+            tracker::service_key,
+        )),
+        tokio::spawn(drive(
+            Api::all(client),
+            slices_w,
+            changes,
+            tracker::slice_key,
+        )),
     ];
     let result = tokio::select! {
-        r = sync_loop(&config, kernel, &services, &slices, &wake) => r,
+        r = sync_loop(&config, kernel, &services, &slices, &wake, &dirty) => r,
         () = shutdown.cancelled() => Ok(()),
     };
     for w in watches {
@@ -112,6 +146,7 @@ async fn sync_loop(
     services: &Store<Service>,
     slices: &Store<EndpointSlice>,
     wake: &Notify,
+    dirty: &Mutex<Dirty>,
 ) -> Result<()> {
     // As kube-proxy, nothing is programmed before both caches have listed once.
     let gone = |resource| move |_| Error::CacheGone { resource };
@@ -127,12 +162,13 @@ async fn sync_loop(
         name: config.node_name.clone(),
     };
     loop {
+        let changed = std::mem::take(&mut *dirty.lock().map_err(|_| Error::Thread)?);
         let svcs = services.state();
         let sls = slices.state();
         let node = node.clone();
         let metrics = config.metrics.clone();
         let (k, outcome) =
-            blocking(move || Ok(sync_once(kernel, &svcs, &sls, &node, &metrics))).await?;
+            blocking(move || Ok(sync_once(kernel, changed, &svcs, &sls, &node, &metrics))).await?;
         kernel = k;
         if let Err(e) = outcome {
             tracing::error!(error = %e, "sync failed; re-reading the kernel and retrying");
@@ -147,31 +183,61 @@ async fn sync_loop(
 
 fn sync_once<A: Apply>(
     mut k: Kernel<A>,
+    changed: Dirty,
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],
     node: &Node,
     metrics: &Metrics,
 ) -> (Kernel<A>, Result<()>) {
     let start = Instant::now();
-    let want = desired(
-        services.iter().map(AsRef::as_ref),
-        slices.iter().map(AsRef::as_ref),
-        node,
-        &k.current,
-    );
-    let ops = diff(&k.current, &want);
-    if ops.is_empty() {
-        return (k, Ok(()));
-    }
-    match k.nl.apply(&ops) {
+    let services = || services.iter().map(AsRef::as_ref);
+    let slices = || slices.iter().map(AsRef::as_ref);
+    let (ops, full) = match &mut k.tracker {
+        Some(t) if !changed.all => {
+            if changed.keys.is_empty() {
+                return (k, Ok(()));
+            }
+            let by_key: HashMap<ServiceKey, &Service> = services()
+                .filter_map(|s| Some((tracker::service_key(s)?, s)))
+                .filter(|(key, _)| changed.keys.contains(key))
+                .collect();
+            let ops = t.update(&changed.keys, |key| by_key.get(key).copied(), slices());
+            (ops, None)
+        }
+        _ => {
+            let want = desired(services(), slices(), node, &k.current);
+            (diff(&k.current, &want), Some(want))
+        }
+    };
+    let applied = if ops.is_empty() {
+        Ok(())
+    } else {
+        k.nl.apply(&ops)
+    };
+    match applied {
         Ok(()) => {
-            k.current = want;
-            metrics.synced(start.elapsed());
-            tracing::debug!(ops = ops.len(), took = ?start.elapsed(), "synced");
+            match full {
+                Some(want) => {
+                    k.tracker = Some(Tracker::new(services(), slices(), node, &want));
+                    k.current = want;
+                }
+                None => {
+                    if let Err(e) = k.current.apply_all(&ops) {
+                        // Our model disagrees with itself: start over from the kernel.
+                        tracing::error!(error = %e, "incremental state diverged");
+                        k.tracker = None;
+                    }
+                }
+            }
+            if !ops.is_empty() {
+                metrics.synced(start.elapsed());
+                tracing::debug!(ops = ops.len(), full = k.tracker.is_none(), took = ?start.elapsed(), "synced");
+            }
             (k, Ok(()))
         }
         Err(e) => {
             metrics.failed();
+            k.tracker = None;
             // The batch was rolled back; learn what the kernel really holds.
             if let Ok(current) = k.nl.read() {
                 k.current = current;
@@ -181,9 +247,21 @@ fn sync_once<A: Apply>(
     }
 }
 
-/// Runs a reflector until aborted, waking the sync on every event.
-async fn drive<K>(api: Api<K>, writer: reflector::store::Writer<K>, wake: Arc<Notify>)
-where
+/// Where watch events leave their mark for the sync loop.
+#[derive(Clone)]
+struct Changes {
+    wake: Arc<Notify>,
+    dirty: Arc<Mutex<Dirty>>,
+}
+
+/// Runs a reflector until aborted, noting which Service each event touches (`key`) and
+/// waking the sync. A relist may hide deletions, so it marks everything.
+async fn drive<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    changes: Changes,
+    key: fn(&K) -> Option<ServiceKey>,
+) where
     K: kube::Resource<DynamicType = ()>
         + Clone
         + serde::de::DeserializeOwned
@@ -198,7 +276,19 @@ where
     let mut stream = std::pin::pin!(stream);
     while let Some(ev) = stream.next().await {
         match ev {
-            Ok(_) => wake.notify_one(),
+            Ok(ev) => {
+                if let Ok(mut d) = changes.dirty.lock() {
+                    match &ev {
+                        watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+                            d.keys.extend(key(o));
+                        }
+                        watcher::Event::Init
+                        | watcher::Event::InitApply(_)
+                        | watcher::Event::InitDone => d.all = true,
+                    }
+                }
+                changes.wake.notify_one();
+            }
             Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
         }
     }
@@ -242,6 +332,11 @@ mod tests {
         let mut k = Kernel {
             nl: Fake::default(),
             current: Ruleset::default(),
+            tracker: None,
+        };
+        let web = || Dirty {
+            all: false,
+            keys: BTreeSet::from([("ns".to_owned(), "web".to_owned())]),
         };
         for eps in [
             &["10.244.0.2", "10.244.0.3"][..],
@@ -249,7 +344,8 @@ mod tests {
             &["10.244.0.2"][..],
         ] {
             let (svcs, slices) = objects(eps);
-            let (next, r) = sync_once(k, &svcs, &slices, &Node::default(), &metrics);
+            // The first sync is a full one (no tracker yet), the others incremental.
+            let (next, r) = sync_once(k, web(), &svcs, &slices, &Node::default(), &metrics);
             r.expect("sync");
             k = next;
         }
@@ -259,5 +355,6 @@ mod tests {
         let sizes: Vec<usize> = k.nl.batches.iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![5, 6]);
         assert_eq!(k.nl.state, k.current);
+        assert!(k.tracker.is_some());
     }
 }

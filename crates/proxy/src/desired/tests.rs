@@ -352,7 +352,7 @@ fn arb_service(i: usize) -> impl Strategy<Value = (Service, EndpointSlice)> {
         })
 }
 
-fn arb_world() -> impl Strategy<Value = Vec<(Service, EndpointSlice)>> {
+pub(crate) fn arb_world() -> impl Strategy<Value = Vec<(Service, EndpointSlice)>> {
     prop::collection::vec(any::<bool>(), 6).prop_flat_map(|present| {
         present
             .into_iter()
@@ -363,7 +363,7 @@ fn arb_world() -> impl Strategy<Value = Vec<(Service, EndpointSlice)>> {
     })
 }
 
-fn ruleset_of(world: &[(Service, EndpointSlice)], previous: &Ruleset) -> Ruleset {
+pub(crate) fn ruleset_of(world: &[(Service, EndpointSlice)], previous: &Ruleset) -> Ruleset {
     desired(
         world.iter().map(|(s, _)| s),
         world.iter().map(|(_, e)| e),
