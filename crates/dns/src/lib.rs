@@ -1,0 +1,90 @@
+//! berth's cluster DNS, in place of CoreDNS for `cluster.local`: the Kubernetes DNS
+//! specification (schema 1.1.0) answered from Services and EndpointSlices watched through the
+//! API, every other name forwarded upstream with a cache.
+//!
+//! Data flow: `watch` (kube-runtime watchers) -> `Zone` (names with their records, recompiled
+//! per changed object) -> `answer::respond` (pure, per query) -> `server` (UDP/TCP listeners,
+//! `forward::Forwarder` for names outside the zone). Start from [`run`], or [`serve`] with a
+//! [`Zone`] filled by hand.
+
+pub mod answer;
+pub mod config;
+pub mod error;
+pub mod fixtures;
+pub mod forward;
+pub mod records;
+pub mod server;
+pub mod watch;
+pub mod zone;
+
+use std::sync::{Arc, RwLock};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use server::{Server, SharedZone, serve};
+pub use zone::{Zone, ZoneConfig};
+
+impl Config {
+    /// The zone settings within this config.
+    pub fn zone(&self) -> ZoneConfig {
+        ZoneConfig {
+            domain: self.domain.clone(),
+            ttl: self.ttl,
+            negative_ttl: self.negative_ttl,
+        }
+    }
+}
+
+/// Runs the DNS server: binds `config.listen`, watches Services and EndpointSlices through
+/// `client`, starts answering once both are listed, and serves until `shutdown`. Fails when a
+/// listener cannot be bound or fails, or a watch ends.
+pub async fn run(config: Config, client: kube::Client, shutdown: CancellationToken) -> Result<()> {
+    let zone: SharedZone = Arc::new(RwLock::new(Zone::new(&config.zone())?));
+    let server = Server::bind(&config.listen).await?;
+    let (services_synced, mut services_ready) = tokio::sync::watch::channel(false);
+    let (slices_synced, mut slices_ready) = tokio::sync::watch::channel(false);
+    let services = watch::follow(
+        Api::<Service>::all(client.clone()),
+        zone.clone(),
+        services_synced,
+    );
+    let slices = watch::follow(
+        Api::<EndpointSlice>::all(client),
+        zone.clone(),
+        slices_synced,
+    );
+    let mut services = AbortOnDrop(tokio::spawn(services));
+    let mut slices = AbortOnDrop(tokio::spawn(slices));
+    // Answering before the first list would give NXDOMAIN for names that exist.
+    let synced = async {
+        let _ = services_ready.wait_for(|s| *s).await;
+        let _ = slices_ready.wait_for(|s| *s).await;
+    };
+    tokio::select! {
+        () = synced => {}
+        () = shutdown.cancelled() => return Ok(()),
+    }
+    let names = zone.read().map_or(0, |z| z.len());
+    tracing::info!(addrs = ?server.local_addrs(), names, "cluster DNS serving");
+    let result = tokio::select! {
+        r = server.serve(&config, zone, shutdown.clone()) => r,
+        _ = &mut services.0 => Err(Error::WatchEnded { resource: "services" }),
+        _ = &mut slices.0 => Err(Error::WatchEnded { resource: "endpointslices" }),
+    };
+    shutdown.cancel();
+    result
+}
+
+/// A spawned task that ends with its owner (the watchers stop when `run` returns).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
