@@ -232,7 +232,15 @@ fn reply(req: &Message, upstream: Message, age: u32) -> Message {
         r.ttl = r.ttl.saturating_sub(age);
         r
     };
-    resp.answers = upstream.answers.into_iter().map(age_out).collect();
+    let qname = req.queries.first().map(|q| q.name().clone());
+    // Owner names equal to the question take its case, as for cluster answers (0x20 clients).
+    let echo = |mut r: hickory_proto::rr::Record| {
+        if let Some(qname) = qname.as_ref().filter(|q| **q == r.name) {
+            r.name = qname.clone();
+        }
+        age_out(r)
+    };
+    resp.answers = upstream.answers.into_iter().map(echo).collect();
     resp.authorities = upstream.authorities.into_iter().map(age_out).collect();
     resp.additionals = upstream.additionals.into_iter().map(age_out).collect();
     resp
