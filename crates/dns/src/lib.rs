@@ -10,6 +10,7 @@
 pub mod answer;
 pub mod config;
 pub mod error;
+pub mod fast;
 pub mod fixtures;
 pub mod forward;
 pub mod records;

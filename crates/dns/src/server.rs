@@ -61,6 +61,14 @@ impl Ctx {
     }
 
     /// Everything that can be decided without waiting: parse, answer from the zone, refuse.
+    /// The compiled answer for a plain cluster query, written to `out`; false if the slow
+    /// path must answer.
+    fn fast(&self, bytes: &[u8], client: IpAddr, tcp: bool, out: &mut Vec<u8>) -> bool {
+        let zone = self.zone.read().unwrap_or_else(|e| e.into_inner());
+        zone.fast()
+            .answer(bytes, self.may_recurse(client), tcp, out)
+    }
+
     /// The reply and the most bytes it may have (the client's UDP size, or 64 KiB on TCP).
     fn quick(&self, bytes: &[u8], client: IpAddr, udp: bool) -> (Reply, usize) {
         let (req, outcome) = {
@@ -231,6 +239,7 @@ async fn udp_loop(
         source,
     })?;
     let mut buf = vec![0u8; 65535];
+    let mut out = Vec::with_capacity(usize::from(answer::MAX_UDP_PAYLOAD));
     loop {
         let received = tokio::select! {
             r = socket.recv_from(&mut buf) => r,
@@ -244,6 +253,10 @@ async fn udp_loop(
             }
         };
         let bytes = buf.get(..n).unwrap_or_default();
+        if ctx.fast(bytes, peer.ip(), false, &mut out) {
+            let _ = socket.send_to(&out, peer).await;
+            continue;
+        }
         let (reply, limit) = ctx.quick(bytes, peer.ip(), true);
         match reply {
             Reply::Now(out) => {
@@ -302,6 +315,13 @@ async fn tcp_conn(ctx: &Ctx, mut stream: TcpStream, client: IpAddr) {
         if stream.read_exact(&mut buf).await.is_err() {
             return;
         }
+        let mut out = Vec::new();
+        if ctx.fast(&buf, client, true, &mut out) {
+            if !write_framed(&mut stream, &out).await {
+                return;
+            }
+            continue;
+        }
         let out = match ctx.quick(&buf, client, false).0 {
             Reply::Now(out) => out,
             Reply::Later(pending) => {
@@ -313,14 +333,19 @@ async fn tcp_conn(ctx: &Ctx, mut stream: TcpStream, client: IpAddr) {
             }
             Reply::Nothing => return,
         };
-        let Ok(len) = u16::try_from(out.len()) else {
-            return;
-        };
-        let mut framed = Vec::with_capacity(out.len() + 2);
-        framed.extend_from_slice(&len.to_be_bytes());
-        framed.extend_from_slice(&out);
-        if stream.write_all(&framed).await.is_err() {
+        if !write_framed(&mut stream, &out).await {
             return;
         }
     }
+}
+
+/// Writes one length-prefixed message; false when the connection is gone.
+async fn write_framed(stream: &mut TcpStream, out: &[u8]) -> bool {
+    let Ok(len) = u16::try_from(out.len()) else {
+        return false;
+    };
+    let mut framed = Vec::with_capacity(out.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(out);
+    stream.write_all(&framed).await.is_ok()
 }

@@ -9,7 +9,9 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+use crate::answer::{self, Outcome};
 use crate::error::{Error, Result};
+use crate::fast::FastTable;
 use crate::records::{self, ServiceKey, ServiceView, SliceView};
 
 /// The schema version of the Kubernetes DNS specification answered at `dns-version.<zone>`.
@@ -84,6 +86,8 @@ pub struct Zone {
     /// Each Service's owner number and the names its records sit at.
     owned: HashMap<ServiceKey, (Owner, Vec<Name>)>,
     next_owner: u32,
+    /// The same answers as wire bytes, for the fast path.
+    fast: FastTable,
 }
 
 impl Zone {
@@ -126,6 +130,7 @@ impl Zone {
             slice_service: HashMap::new(),
             owned: HashMap::new(),
             next_owner: 1,
+            fast: FastTable::new(&origin, &soa),
         };
         zone.insert(STATIC, origin.clone(), Some(soa));
         let version = label("dns-version")?;
@@ -134,6 +139,8 @@ impl Zone {
         zone.insert(STATIC, version, Some(txt));
         zone.insert(STATIC, label("svc")?, None);
         zone.insert(STATIC, label("pod")?, None);
+        let statics: Vec<Name> = zone.names.keys().cloned().collect();
+        zone.compile_fast(statics.iter());
         Ok(zone)
     }
 
@@ -169,6 +176,27 @@ impl Zone {
 
     pub(crate) fn node(&self, name: &Name) -> Option<&Node> {
         self.names.get(name)
+    }
+
+    /// The compiled wire answers.
+    pub fn fast(&self) -> &FastTable {
+        &self.fast
+    }
+
+    /// Recompiles the wire answers of `names` from the records now in the zone.
+    fn compile_fast<'a>(&mut self, names: impl Iterator<Item = &'a Name>) {
+        let mut fast = std::mem::take(&mut self.fast);
+        let respond = |req: &hickory_proto::op::Message| match answer::respond(self, req) {
+            Outcome::Answer(resp) => Some(resp),
+            _ => None,
+        };
+        for name in names {
+            let node = self.names.get(name);
+            let exists = node.map(|n| n.cname().is_some());
+            let present = |t| node.is_some_and(|n| n.records(t).next().is_some());
+            fast.compile(name, exists, present, respond);
+        }
+        self.fast = fast;
     }
 
     fn insert(&mut self, owner: Owner, name: Name, record: Option<Record>) {
@@ -294,8 +322,17 @@ impl Zone {
 
     /// Drops the names a Service had and compiles the ones it has now.
     fn recompile(&mut self, key: &ServiceKey) {
+        let mut touched: Vec<Name> = Vec::new();
+        self.recompile_names(key, &mut touched);
+        touched.sort();
+        touched.dedup();
+        self.compile_fast(touched.iter());
+    }
+
+    fn recompile_names(&mut self, key: &ServiceKey, touched: &mut Vec<Name>) {
         let owner = match self.owned.remove(key) {
             Some((owner, names)) => {
+                touched.extend(names.iter().cloned());
                 for name in names {
                     if let Some(node) = self.names.get_mut(&name) {
                         node.entries.retain(|(o, _)| *o != owner);
@@ -323,6 +360,7 @@ impl Zone {
             names.insert(name.clone());
             self.insert(owner, name, record);
         }
+        touched.extend(names.iter().cloned());
         self.owned
             .insert(key.clone(), (owner, names.into_iter().collect()));
     }
