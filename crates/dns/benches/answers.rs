@@ -1,0 +1,168 @@
+//! Queries per second of the answer core and of the UDP server on loopback, on the zone shape of
+//! `shared/bench/gen_dns_zone.py` (Services with an A and an `_http._tcp` SRV; mix A 50, SRV 20,
+//! AAAA 10, NXDOMAIN 20). `cargo bench -p berth-dns --bench answers`; bounded in time, loopback only.
+
+use std::net::UdpSocket;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use berth_dns::{Config, Server, Zone, ZoneConfig, answer, fixtures};
+use hickory_proto::op::{Message, Query};
+use hickory_proto::rr::{Name, RecordType};
+use tokio_util::sync::CancellationToken;
+
+fn zone(services: usize) -> Zone {
+    let mut zone = Zone::new(&ZoneConfig::default()).expect("zone");
+    for i in 0..services {
+        let ip = format!("10.96.{}.{}", 1 + i / 250, 1 + i % 250);
+        let svc = fixtures::cluster_ip(
+            &format!("ns-{}", i % 10),
+            &format!("svc-{i}"),
+            &[&ip],
+            &[("http", "TCP", 80)],
+        );
+        zone.apply_service(&svc);
+    }
+    zone
+}
+
+/// A deterministic query mix (a tiny LCG instead of a random crate).
+fn queries(services: usize, n: usize) -> Vec<Vec<u8>> {
+    let mut seed: u64 = 1;
+    let mut next = |m: usize| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        usize::try_from(seed >> 33).unwrap_or(0) % m
+    };
+    (0..n)
+        .map(|id| {
+            let i = next(services);
+            let (svc, ns) = (format!("svc-{i}"), format!("ns-{}", i % 10));
+            let (name, rtype) = match next(100) {
+                0..50 => (format!("{svc}.{ns}.svc.cluster.local."), RecordType::A),
+                50..70 => (
+                    format!("_http._tcp.{svc}.{ns}.svc.cluster.local."),
+                    RecordType::SRV,
+                ),
+                70..80 => (format!("{svc}.{ns}.svc.cluster.local."), RecordType::AAAA),
+                80..90 => (
+                    format!("{svc}.{ns}.svc.cluster.local.{ns}.svc.cluster.local."),
+                    RecordType::A,
+                ),
+                _ => (
+                    format!("nosuch-{}.{ns}.svc.cluster.local.", next(1_000_000)),
+                    RecordType::A,
+                ),
+            };
+            let mut req = Message::query();
+            req.metadata.id = u16::try_from(id % 65536).unwrap_or(0);
+            req.metadata.recursion_desired = true;
+            req.add_query(Query::query(Name::from_ascii(&name).expect("name"), rtype));
+            req.to_vec().expect("encode")
+        })
+        .collect()
+}
+
+fn rate(label: &str, mut one: impl FnMut(&[u8]), qs: &[Vec<u8>]) {
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(2) {
+        for q in qs {
+            one(q);
+        }
+        n += qs.len() as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{label}: {:.0} queries/s ({:.2} us/query)",
+        n as f64 / secs,
+        secs * 1e6 / n as f64
+    );
+}
+
+fn udp(zone: Zone, qs: &[Vec<u8>]) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let shutdown = CancellationToken::new();
+    let config = Config {
+        listen: vec!["127.0.0.1:0".parse().expect("addr")],
+        upstream: vec![],
+        ..Config::default()
+    };
+    let server = runtime
+        .block_on(Server::bind(&config.listen))
+        .expect("bind");
+    let addr = server.local_addrs()[0];
+    let token = shutdown.clone();
+    runtime.spawn(async move {
+        server
+            .serve(&config, Arc::new(RwLock::new(zone)), token)
+            .await
+    });
+    let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+    client.connect(addr).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut buf = [0u8; 2048];
+    let (mut sent, mut got, window) = (0u64, 0u64, 64u64);
+    let start = Instant::now();
+    'outer: while start.elapsed() < Duration::from_secs(3) {
+        for q in qs {
+            while sent - got >= window {
+                if client.recv(&mut buf).is_err() {
+                    // Lost answers: forget them, keep going.
+                    sent = got;
+                    continue 'outer;
+                }
+                got += 1;
+            }
+            let _ = client.send(q);
+            sent += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "udp 127.0.0.1 (client and server share the 2 cores, window {window}): {:.0} answers/s",
+        got as f64 / secs
+    );
+    shutdown.cancel();
+}
+
+fn main() {
+    for services in [1_000, 10_000] {
+        let start = Instant::now();
+        let z = zone(services);
+        println!(
+            "zone of {services} Services: built in {:.1} ms, {} names, {} compiled answers",
+            start.elapsed().as_secs_f64() * 1e3,
+            z.len(),
+            z.fast().len()
+        );
+    }
+    let services = 1_000;
+    let z = zone(services);
+    let qs = queries(services, 20_000);
+    let mut out = Vec::with_capacity(1232);
+    rate(
+        "fast path (parse, lookup, patch)",
+        |q| {
+            let _ = z.fast().answer(q, true, false, &mut out);
+        },
+        &qs,
+    );
+    rate(
+        "slow path (hickory parse, answer, encode)",
+        |q| {
+            if let Ok((req, answer::Outcome::Answer(resp))) = answer::handle(&z, q) {
+                let _ = answer::encode(&resp, answer::udp_limit(&req));
+            }
+        },
+        &qs,
+    );
+    udp(z, &qs);
+}
