@@ -95,3 +95,62 @@ pub async fn follow<K: Indexed>(api: Api<K>, zone: SharedZone, synced: watch::Se
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, RwLock};
+
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+
+    use super::*;
+    use crate::answer::{Outcome, respond};
+    use crate::fixtures;
+    use crate::zone::ZoneConfig;
+
+    fn resolves(zone: &SharedZone, name: &str) -> bool {
+        let mut req = Message::query();
+        req.add_query(Query::query(
+            Name::from_ascii(name).expect("name"),
+            RecordType::A,
+        ));
+        let zone = zone.read().expect("lock");
+        matches!(respond(&zone, &req), Outcome::Answer(r) if !r.answers.is_empty())
+    }
+
+    #[test]
+    fn events_and_relists() {
+        let zone: SharedZone = Arc::new(RwLock::new(
+            Zone::new(&ZoneConfig::default()).expect("zone"),
+        ));
+        let a = fixtures::cluster_ip("default", "a", &["10.96.0.1"], &[]);
+        let b = fixtures::cluster_ip("default", "b", &["10.96.0.2"], &[]);
+        let mut listing = Vec::new();
+        for ev in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(a.clone()),
+            watcher::Event::InitApply(b.clone()),
+        ] {
+            assert!(!apply_event(&zone, &mut listing, ev));
+        }
+        // Nothing is visible until the list is complete.
+        assert!(!resolves(&zone, "a.default.svc.cluster.local."));
+        assert!(apply_event(&zone, &mut listing, watcher::Event::InitDone));
+        assert!(resolves(&zone, "a.default.svc.cluster.local."));
+        assert!(resolves(&zone, "b.default.svc.cluster.local."));
+        apply_event(&zone, &mut listing, watcher::Event::Delete(a.clone()));
+        assert!(!resolves(&zone, "a.default.svc.cluster.local."));
+        apply_event(&zone, &mut listing, watcher::Event::Apply(a.clone()));
+        assert!(resolves(&zone, "a.default.svc.cluster.local."));
+        // A relist after a watch gap in which b was deleted: b goes, a stays.
+        for ev in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(a),
+            watcher::Event::InitDone,
+        ] {
+            apply_event(&zone, &mut listing, ev);
+        }
+        assert!(resolves(&zone, "a.default.svc.cluster.local."));
+        assert!(!resolves(&zone, "b.default.svc.cluster.local."));
+    }
+}
