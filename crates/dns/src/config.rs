@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::metrics::Metrics;
+
 /// The server's settings; `Default` reads the host's `/etc/resolv.conf` for upstreams.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -30,6 +32,8 @@ pub struct Config {
     pub cache_entries: usize,
     /// Longest an upstream answer is cached, whatever its TTL says.
     pub cache_max_ttl: u32,
+    /// Where queries are counted; `Metrics::register` them in the binary's registry.
+    pub metrics: Metrics,
 }
 
 impl Default for Config {
@@ -44,6 +48,7 @@ impl Default for Config {
             allow_recursion: loopback(),
             cache_entries: 10_000,
             cache_max_ttl: 3600,
+            metrics: Metrics::default(),
         }
     }
 }

@@ -148,13 +148,11 @@ impl FastTable {
         self.answers.is_empty()
     }
 
-    /// Writes the response to `req` into `out` and returns true, or returns false when the
-    /// slow path must answer. `ra` is the RA bit for this client; `udp_limit` the largest
-    /// response allowed (`None` over TCP).
-    pub fn answer(&self, req: &[u8], ra: bool, tcp: bool, out: &mut Vec<u8>) -> bool {
-        let Some(q) = parse(req) else {
-            return false;
-        };
+    /// Writes the response to `req` into `out` and returns the query type, or `None` when the
+    /// slow path must answer. `ra` is the RA bit for this client; over UDP the response fits
+    /// the client's EDNS size (512 bytes without EDNS).
+    pub fn answer(&self, req: &[u8], ra: bool, tcp: bool, out: &mut Vec<u8>) -> Option<u16> {
+        let q = parse(req)?;
         let limit = if tcp {
             usize::from(u16::MAX)
         } else {
@@ -169,10 +167,10 @@ impl FastTable {
         out.clear();
         match self.answers.get(&key[..q.name_len + 2]) {
             Some(Some(template)) => out.extend_from_slice(template),
-            Some(None) => return false,
+            Some(None) => return None,
             None => {
                 if !self.negative(&key[..q.name_len], &q, out) {
-                    return false;
+                    return None;
                 }
             }
         }
@@ -191,7 +189,7 @@ impl FastTable {
             out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
             debug_assert_eq!(OPT_RR_LEN, 11);
         }
-        out.len() <= limit
+        (out.len() <= limit).then_some(q.qtype)
     }
 
     /// NXDOMAIN or no data with the SOA, for a name under the apex that is not compiled.
@@ -338,7 +336,7 @@ mod tests {
     /// The fast answer, if taken, must decode to what the slow path says.
     fn agrees(zone: &Zone, bytes: &[u8], tcp: bool) -> bool {
         let mut out = Vec::new();
-        if !zone.fast().answer(bytes, false, tcp, &mut out) {
+        if zone.fast().answer(bytes, false, tcp, &mut out).is_none() {
             return false;
         }
         let fast = Message::from_vec(&out).expect("fast answer parses");

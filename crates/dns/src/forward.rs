@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::answer::{MAX_UDP_PAYLOAD, response_to};
+use crate::metrics::{CacheLabels, Metrics};
 
 type Key = (Name, RecordType, DNSClass);
 
@@ -29,6 +30,7 @@ pub struct Forwarder {
     capacity: usize,
     max_ttl: u32,
     cache: Mutex<HashMap<Key, Cached>>,
+    metrics: Metrics,
 }
 
 /// Why one upstream did not answer.
@@ -54,7 +56,14 @@ impl Forwarder {
             capacity,
             max_ttl,
             cache: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Counts cache hits and misses into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// How many answers are cached now.
@@ -78,8 +87,18 @@ impl Forwarder {
             query.query_class(),
         );
         if let Some(resp) = self.cached_reply(&key, req) {
+            let hit = if resp.answers.is_empty() {
+                "denial"
+            } else {
+                "success"
+            };
+            self.metrics
+                .cache_hits
+                .get_or_create(&CacheLabels { r#type: hit })
+                .inc();
             return resp;
         }
+        self.metrics.cache_misses.inc();
         let mut upstream_query = Message::query();
         upstream_query.metadata.recursion_desired = true;
         upstream_query.add_query(query.clone());

@@ -13,6 +13,7 @@ pub mod error;
 pub mod fast;
 pub mod fixtures;
 pub mod forward;
+pub mod metrics;
 pub mod records;
 pub mod server;
 pub mod watch;

@@ -1,9 +1,10 @@
 //! The serving edge: UDP and TCP listeners that answer cluster names inline from the shared
-//! `Zone` and hand other names to the `Forwarder` (only for clients allowed to recurse).
+//! `Zone` (compiled wire answers first, the `answer` slow path otherwise) and hand other names
+//! to the `Forwarder`, only for clients allowed to recurse.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
@@ -18,6 +19,7 @@ use crate::answer::{self, Outcome};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::forward::Forwarder;
+use crate::metrics::{Metrics, Observed};
 use crate::zone::Zone;
 
 /// The zone the server reads and the watchers (or a test) write.
@@ -35,6 +37,10 @@ struct Ctx {
     forwarder: Forwarder,
     allow_recursion: Vec<IpNet>,
     pending: Arc<Semaphore>,
+    metrics: Metrics,
+    /// Metric `zone` labels: the cluster domain (`cluster.local.`) and `.` for the rest.
+    cluster_label: Arc<String>,
+    root_label: Arc<String>,
 }
 
 /// Work that needs the network before the answer can be sent.
@@ -45,10 +51,27 @@ enum Pending {
     Chase(Message, Box<Message>, Name),
 }
 
-enum Reply {
-    Now(Vec<u8>),
-    Later(Box<Pending>),
+/// What one received packet leads to.
+enum Step {
+    /// The response is in `out`.
+    Ready { qtype: u16, in_zone: bool },
+    /// The response needs upstream answers first.
+    Later {
+        pending: Box<Pending>,
+        limit: usize,
+        qtype: u16,
+    },
+    /// No response.
     Nothing,
+}
+
+/// Where a query came from, for the ACL and the metrics.
+#[derive(Clone)]
+struct Client {
+    ip: IpAddr,
+    tcp: bool,
+    server: Arc<String>,
+    received: Instant,
 }
 
 impl Ctx {
@@ -60,51 +83,69 @@ impl Ctx {
         self.allow_recursion.iter().any(|net| net.contains(&ip))
     }
 
-    /// Everything that can be decided without waiting: parse, answer from the zone, refuse.
-    /// The compiled answer for a plain cluster query, written to `out`; false if the slow
-    /// path must answer.
-    fn fast(&self, bytes: &[u8], client: IpAddr, tcp: bool, out: &mut Vec<u8>) -> bool {
-        let zone = self.zone.read().unwrap_or_else(|e| e.into_inner());
-        zone.fast()
-            .answer(bytes, self.may_recurse(client), tcp, out)
-    }
-
-    /// The reply and the most bytes it may have (the client's UDP size, or 64 KiB on TCP).
-    fn quick(&self, bytes: &[u8], client: IpAddr, udp: bool) -> (Reply, usize) {
+    /// Everything that can be done without waiting: the compiled answer, else parse, answer
+    /// from the zone or refuse; forwarding is left to `slow`.
+    fn step(&self, bytes: &[u8], client: &Client, out: &mut Vec<u8>) -> Step {
+        let recurse = self.may_recurse(client.ip);
         let (req, outcome) = {
             let zone = self.zone.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(qtype) = zone.fast().answer(bytes, recurse, client.tcp, out) {
+                return Step::Ready {
+                    qtype,
+                    in_zone: true,
+                };
+            }
             match answer::handle(&zone, bytes) {
                 Ok(parsed) => parsed,
-                Err(Some(formerr)) => return (Reply::Now(formerr), 512),
-                Err(None) => return (Reply::Nothing, 0),
-            }
-        };
-        let limit = if udp {
-            answer::udp_limit(&req)
-        } else {
-            usize::from(u16::MAX)
-        };
-        let reply = match outcome {
-            Outcome::Drop => Reply::Nothing,
-            Outcome::Answer(resp) => {
-                let recurse = self.may_recurse(client);
-                match external_target(&self.zone, &req, &resp) {
-                    Some(target) if recurse => {
-                        Reply::Later(Box::new(Pending::Chase(req, Box::new(resp), target)))
-                    }
-                    _ => encode(resp, recurse, limit),
+                Err(formerr) => {
+                    let Some(formerr) = formerr else {
+                        return Step::Nothing;
+                    };
+                    *out = formerr;
+                    return Step::Ready {
+                        qtype: 0,
+                        in_zone: false,
+                    };
                 }
             }
-            Outcome::Forward if self.may_recurse(client) => {
-                Reply::Later(Box::new(Pending::Forward(req)))
-            }
-            Outcome::Forward => encode(
-                answer::response_to(&req, ResponseCode::Refused),
-                false,
-                limit,
-            ),
         };
-        (reply, limit)
+        let qtype = req.queries.first().map_or(0, |q| q.query_type().into());
+        let limit = if client.tcp {
+            usize::from(u16::MAX)
+        } else {
+            answer::udp_limit(&req)
+        };
+        let (mut resp, in_zone) = match outcome {
+            Outcome::Drop => return Step::Nothing,
+            Outcome::Answer(resp) => match external_target(&self.zone, &req, &resp) {
+                Some(target) if recurse => {
+                    let pending = Box::new(Pending::Chase(req, Box::new(resp), target));
+                    return Step::Later {
+                        pending,
+                        limit,
+                        qtype,
+                    };
+                }
+                _ => (resp, true),
+            },
+            Outcome::Forward if recurse => {
+                let pending = Box::new(Pending::Forward(req));
+                return Step::Later {
+                    pending,
+                    limit,
+                    qtype,
+                };
+            }
+            Outcome::Forward => (answer::response_to(&req, ResponseCode::Refused), false),
+        };
+        resp.metadata.recursion_available = recurse;
+        match answer::encode(&resp, limit) {
+            Some(bytes) => {
+                *out = bytes;
+                Step::Ready { qtype, in_zone }
+            }
+            None => Step::Nothing,
+        }
     }
 
     async fn slow(&self, pending: Box<Pending>) -> Message {
@@ -122,11 +163,24 @@ impl Ctx {
             }
         }
     }
-}
 
-fn encode(mut resp: Message, recurse: bool, limit: usize) -> Reply {
-    resp.metadata.recursion_available = recurse;
-    answer::encode(&resp, limit).map_or(Reply::Nothing, Reply::Now)
+    /// Records one sent response.
+    fn observe(&self, client: &Client, qtype: u16, in_zone: bool, out: &[u8]) {
+        self.metrics.observe(&Observed {
+            server: &client.server,
+            zone: if in_zone {
+                &self.cluster_label
+            } else {
+                &self.root_label
+            },
+            tcp: client.tcp,
+            ipv6: client.ip.is_ipv6(),
+            qtype,
+            rcode: out.get(3).map_or(0, |b| b & 0x0f),
+            forwarded: !in_zone,
+            seconds: client.received.elapsed().as_secs_f64(),
+        });
+    }
 }
 
 /// The out-of-zone target of a CNAME answer that the client wants resolved further.
@@ -148,29 +202,27 @@ pub struct Server {
     tcp: Vec<TcpListener>,
 }
 
+fn bind_error(addr: SocketAddr, transport: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Bind {
+        addr,
+        transport,
+        source,
+    }
+}
+
 impl Server {
     /// Binds every address over UDP and TCP; port 0 takes the port UDP got for TCP too.
     pub async fn bind(listen: &[SocketAddr]) -> Result<Self> {
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
         for &addr in listen {
-            let u = UdpSocket::bind(addr).await.map_err(|source| Error::Bind {
-                addr,
-                transport: "udp",
-                source,
-            })?;
-            let bound = u.local_addr().map_err(|source| Error::Bind {
-                addr,
-                transport: "udp",
-                source,
-            })?;
+            let u = UdpSocket::bind(addr)
+                .await
+                .map_err(bind_error(addr, "udp"))?;
+            let bound = u.local_addr().map_err(bind_error(addr, "udp"))?;
             let t = TcpListener::bind(bound)
                 .await
-                .map_err(|source| Error::Bind {
-                    addr: bound,
-                    transport: "tcp",
-                    source,
-                })?;
+                .map_err(bind_error(bound, "tcp"))?;
             udp.push(Arc::new(u));
             tcp.push(t);
         }
@@ -192,6 +244,10 @@ impl Server {
         zone: SharedZone,
         shutdown: CancellationToken,
     ) -> Result<()> {
+        let cluster_label = Arc::new(zone.read().map_or_else(
+            |e| e.into_inner().origin().to_ascii(),
+            |z| z.origin().to_ascii(),
+        ));
         let ctx = Arc::new(Ctx {
             zone,
             forwarder: Forwarder::new(
@@ -199,9 +255,13 @@ impl Server {
                 config.upstream_timeout,
                 config.cache_entries,
                 config.cache_max_ttl,
-            ),
+            )
+            .with_metrics(config.metrics.clone()),
             allow_recursion: config.allow_recursion.clone(),
             pending: Arc::new(Semaphore::new(MAX_PENDING)),
+            metrics: config.metrics.clone(),
+            cluster_label,
+            root_label: Arc::new(".".to_owned()),
         });
         let mut tasks = JoinSet::new();
         for socket in self.udp {
@@ -229,6 +289,11 @@ pub async fn serve(config: Config, zone: SharedZone, shutdown: CancellationToken
         .await
 }
 
+/// CoreDNS's `server` label: `dns://<address>`.
+fn server_label(addr: SocketAddr) -> Arc<String> {
+    Arc::new(format!("dns://{addr}"))
+}
+
 async fn udp_loop(
     ctx: Arc<Ctx>,
     socket: Arc<UdpSocket>,
@@ -238,6 +303,7 @@ async fn udp_loop(
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source,
     })?;
+    let server = server_label(addr);
     let mut buf = vec![0u8; 65535];
     let mut out = Vec::with_capacity(usize::from(answer::MAX_UDP_PAYLOAD));
     loop {
@@ -252,35 +318,47 @@ async fn udp_loop(
                 continue;
             }
         };
+        let client = Client {
+            ip: peer.ip(),
+            tcp: false,
+            server: server.clone(),
+            received: Instant::now(),
+        };
         let bytes = buf.get(..n).unwrap_or_default();
-        if ctx.fast(bytes, peer.ip(), false, &mut out) {
-            let _ = socket.send_to(&out, peer).await;
-            continue;
-        }
-        let (reply, limit) = ctx.quick(bytes, peer.ip(), true);
-        match reply {
-            Reply::Now(out) => {
+        match ctx.step(bytes, &client, &mut out) {
+            Step::Ready { qtype, in_zone } => {
                 let _ = socket.send_to(&out, peer).await;
+                ctx.observe(&client, qtype, in_zone, &out);
             }
-            Reply::Later(pending) => {
+            Step::Later {
+                pending,
+                limit,
+                qtype,
+            } => {
                 let Ok(permit) = ctx.pending.clone().try_acquire_owned() else {
                     continue;
                 };
                 let (ctx, socket) = (ctx.clone(), socket.clone());
                 tokio::spawn(async move {
+                    let chase = matches!(*pending, Pending::Chase(..));
                     let resp = ctx.slow(pending).await;
                     if let Some(out) = answer::encode(&resp, limit) {
                         let _ = socket.send_to(&out, peer).await;
+                        ctx.observe(&client, qtype, chase, &out);
                     }
                     drop(permit);
                 });
             }
-            Reply::Nothing => {}
+            Step::Nothing => {}
         }
     }
 }
 
 async fn tcp_loop(ctx: Arc<Ctx>, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+    let server = server_label(listener.local_addr().map_err(|source| Error::Serve {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?);
     let conns = Arc::new(Semaphore::new(MAX_TCP));
     loop {
         let accepted = tokio::select! {
@@ -293,10 +371,10 @@ async fn tcp_loop(ctx: Arc<Ctx>, listener: TcpListener, shutdown: CancellationTo
         let Ok(permit) = conns.clone().try_acquire_owned() else {
             continue;
         };
-        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        let (ctx, shutdown, server) = (ctx.clone(), shutdown.clone(), server.clone());
         tokio::spawn(async move {
             tokio::select! {
-                () = tcp_conn(&ctx, stream, peer.ip()) => {}
+                () = tcp_conn(&ctx, stream, peer.ip(), server) => {}
                 () = shutdown.cancelled() => {}
             }
             drop(permit);
@@ -305,8 +383,9 @@ async fn tcp_loop(ctx: Arc<Ctx>, listener: TcpListener, shutdown: CancellationTo
 }
 
 /// One TCP connection: length-prefixed queries answered in order until idle or closed.
-async fn tcp_conn(ctx: &Ctx, mut stream: TcpStream, client: IpAddr) {
+async fn tcp_conn(ctx: &Ctx, mut stream: TcpStream, ip: IpAddr, server: Arc<String>) {
     let mut buf = Vec::new();
+    let mut out = Vec::new();
     loop {
         let Ok(Ok(len)) = tokio::time::timeout(TCP_IDLE, stream.read_u16()).await else {
             return;
@@ -315,27 +394,29 @@ async fn tcp_conn(ctx: &Ctx, mut stream: TcpStream, client: IpAddr) {
         if stream.read_exact(&mut buf).await.is_err() {
             return;
         }
-        let mut out = Vec::new();
-        if ctx.fast(&buf, client, true, &mut out) {
-            if !write_framed(&mut stream, &out).await {
-                return;
-            }
-            continue;
-        }
-        let out = match ctx.quick(&buf, client, false).0 {
-            Reply::Now(out) => out,
-            Reply::Later(pending) => {
+        let client = Client {
+            ip,
+            tcp: true,
+            server: server.clone(),
+            received: Instant::now(),
+        };
+        let (qtype, in_zone) = match ctx.step(&buf, &client, &mut out) {
+            Step::Ready { qtype, in_zone } => (qtype, in_zone),
+            Step::Later { pending, qtype, .. } => {
+                let chase = matches!(*pending, Pending::Chase(..));
                 let resp = ctx.slow(pending).await;
                 match answer::encode(&resp, usize::from(u16::MAX)) {
-                    Some(out) => out,
+                    Some(bytes) => out = bytes,
                     None => return,
                 }
+                (qtype, chase)
             }
-            Reply::Nothing => return,
+            Step::Nothing => return,
         };
         if !write_framed(&mut stream, &out).await {
             return;
         }
+        ctx.observe(&client, qtype, in_zone, &out);
     }
 }
 

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 struct Harness {
     port: u16,
+    registry: prometheus_client::registry::Registry,
     upstream_queries: Arc<AtomicUsize>,
     shutdown: CancellationToken,
 }
@@ -75,10 +76,12 @@ async fn start(allow_recursion: Vec<IpNet>) -> Harness {
     let eps: Vec<fixtures::Ep<'_>> = eps.iter().map(|ip| (ip.as_str(), None, true)).collect();
     zone.apply_service(&fixtures::headless("default", "big", &[], false));
     zone.apply_slice(&fixtures::slice("default", "big-1", "big", &eps, &[]));
+    let mut registry = prometheus_client::registry::Registry::default();
     let config = Config {
         listen: vec!["127.0.0.1:0".parse().expect("addr")],
         upstream: vec![upstream],
         allow_recursion,
+        metrics: berth_dns::metrics::Metrics::register(&mut registry),
         ..Config::default()
     };
     let server = Server::bind(&config.listen).await.expect("bind");
@@ -88,6 +91,7 @@ async fn start(allow_recursion: Vec<IpNet>) -> Harness {
     tokio::spawn(async move { server.serve(&config, zone, token).await });
     Harness {
         port,
+        registry,
         upstream_queries,
         shutdown,
     }
@@ -109,6 +113,13 @@ impl Harness {
             .filter(|l| !l.is_empty())
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// The Prometheus text exposition of the server's metrics.
+    fn metrics(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("encode");
+        text
     }
 
     /// The answer (and any other sections asked for) only, one record a line.
@@ -248,6 +259,24 @@ async fn tcp_mixed_case_and_version() {
             .await,
         "10.244.1.9"
     );
+    let metrics = h.metrics();
+    let server = format!("server=\"dns://127.0.0.1:{}\"", h.port);
+    for want in [
+        format!(
+            "coredns_dns_requests_total{{{server},zone=\"cluster.local.\",proto=\"tcp\",family=\"1\",type=\"A\"}} 1"
+        ),
+        format!(
+            "coredns_dns_requests_total{{{server},zone=\"cluster.local.\",proto=\"udp\",family=\"1\",type=\"A\"}} 2"
+        ),
+        format!(
+            "coredns_dns_responses_total{{{server},zone=\"cluster.local.\",rcode=\"NOERROR\",plugin=\"kubernetes\"}} 4"
+        ),
+        format!(
+            "coredns_dns_request_duration_seconds_count{{{server},zone=\"cluster.local.\",type=\"TXT\"}} 1"
+        ),
+    ] {
+        assert!(metrics.contains(&want), "{want} not in\n{metrics}");
+    }
 }
 
 #[tokio::test]
@@ -306,6 +335,21 @@ async fn forwarding_with_cache() {
         2,
         "negative answer cached"
     );
+    let metrics = h.metrics();
+    let server = format!("server=\"dns://127.0.0.1:{}\"", h.port);
+    for want in [
+        format!(
+            "coredns_dns_requests_total{{{server},zone=\".\",proto=\"udp\",family=\"1\",type=\"A\"}} 4"
+        ),
+        format!(
+            "coredns_dns_responses_total{{{server},zone=\".\",rcode=\"NXDOMAIN\",plugin=\"forward\"}} 2"
+        ),
+        "coredns_cache_hits_total{type=\"success\"} 1".to_owned(),
+        "coredns_cache_hits_total{type=\"denial\"} 1".to_owned(),
+        "coredns_cache_misses_total 2".to_owned(),
+    ] {
+        assert!(metrics.contains(&want), "{want} not in\n{metrics}");
+    }
 }
 
 #[tokio::test]
