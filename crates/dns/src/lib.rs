@@ -46,8 +46,18 @@ impl Config {
 /// `client`, starts answering once both are listed, and serves until `shutdown`. Fails when a
 /// listener cannot be bound or fails, or a watch ends.
 pub async fn run(config: Config, client: kube::Client, shutdown: CancellationToken) -> Result<()> {
-    let zone: SharedZone = Arc::new(RwLock::new(Zone::new(&config.zone())?));
     let server = Server::bind(&config.listen).await?;
+    run_on(server, config, client, shutdown).await
+}
+
+/// [`run`] on sockets bound already (`config.listen` is not used).
+pub async fn run_on(
+    server: Server,
+    config: Config,
+    client: kube::Client,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let zone: SharedZone = Arc::new(RwLock::new(Zone::new(&config.zone())?));
     let (services_synced, mut services_ready) = tokio::sync::watch::channel(false);
     let (slices_synced, mut slices_ready) = tokio::sync::watch::channel(false);
     let services = watch::follow(
