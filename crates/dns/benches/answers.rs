@@ -133,7 +133,41 @@ fn udp(zone: Zone, qs: &[Vec<u8>]) {
     shutdown.cancel();
 }
 
+/// `answers serve ADDR:PORT SERVICES SECONDS WORKERS`: serve the bench zone for dnsperf (as
+/// `shared/bench/dns.sh` runs NSD and Knot), then exit after SECONDS.
+fn serve_for_dnsperf(args: &[String]) {
+    let addr = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .expect("ADDR:PORT");
+    let services: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1_000);
+    let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(30);
+    let workers: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let config = Config {
+        listen: vec![addr],
+        upstream: vec![],
+        ..Config::default()
+    };
+    let zone = Arc::new(RwLock::new(zone(services)));
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    runtime.spawn(async move { berth_dns::serve(config, zone, token).await });
+    println!("ready on {addr}");
+    std::thread::sleep(Duration::from_secs(seconds));
+    shutdown.cancel();
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(at) = args.iter().position(|a| a == "serve") {
+        serve_for_dnsperf(&args[at + 1..]);
+        return;
+    }
     for services in [1_000, 10_000] {
         let start = Instant::now();
         let z = zone(services);

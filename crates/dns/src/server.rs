@@ -303,15 +303,20 @@ async fn udp_loop(
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source,
     })?;
+    // One select for the whole loop, not one per packet: the cancellation future is not free.
+    tokio::select! {
+        () = udp_packets(ctx, socket, addr) => {}
+        () = shutdown.cancelled() => {}
+    }
+    Ok(())
+}
+
+async fn udp_packets(ctx: Arc<Ctx>, socket: Arc<UdpSocket>, addr: SocketAddr) {
     let server = server_label(addr);
     let mut buf = vec![0u8; 65535];
     let mut out = Vec::with_capacity(usize::from(answer::MAX_UDP_PAYLOAD));
     loop {
-        let received = tokio::select! {
-            r = socket.recv_from(&mut buf) => r,
-            () = shutdown.cancelled() => return Ok(()),
-        };
-        let (n, peer) = match received {
+        let (n, peer) = match socket.recv_from(&mut buf).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(%addr, error = %e, "udp receive failed");
