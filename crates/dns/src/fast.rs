@@ -405,6 +405,9 @@ mod tests {
             agrees(&zone, &bytes, false),
             "the port is gone: NXDOMAIN, fast"
         );
+        zone.apply_namespace(&fixtures::namespace("empty"));
+        let bytes = request("empty.svc.cluster.local.", RecordType::A, None);
+        assert!(agrees(&zone, &bytes, false), "namespace: no data, fast");
         zone.delete_service(&fixtures::cluster_ip("default", "web", &[], &[]));
         let bytes = request("20.0.96.10.in-addr.arpa.", RecordType::PTR, None);
         assert!(

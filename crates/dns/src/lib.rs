@@ -21,7 +21,7 @@ pub mod zone;
 
 use std::sync::{Arc, RwLock};
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use tokio_util::sync::CancellationToken;
@@ -42,9 +42,9 @@ impl Config {
     }
 }
 
-/// Runs the DNS server: binds `config.listen`, watches Services and EndpointSlices through
-/// `client`, starts answering once both are listed, and serves until `shutdown`. Fails when a
-/// listener cannot be bound or fails, or a watch ends.
+/// Runs the DNS server: binds `config.listen`, watches Services, EndpointSlices and Namespaces
+/// through `client`, starts answering once all three are listed, and serves until `shutdown`.
+/// Fails when a listener cannot be bound or fails, or a watch ends.
 pub async fn run(config: Config, client: kube::Client, shutdown: CancellationToken) -> Result<()> {
     let server = Server::bind(&config.listen).await?;
     run_on(server, config, client, shutdown).await
@@ -58,24 +58,16 @@ pub async fn run_on(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let zone: SharedZone = Arc::new(RwLock::new(Zone::new(&config.zone())?));
-    let (services_synced, mut services_ready) = tokio::sync::watch::channel(false);
-    let (slices_synced, mut slices_ready) = tokio::sync::watch::channel(false);
-    let services = watch::follow(
-        Api::<Service>::all(client.clone()),
-        zone.clone(),
-        services_synced,
-    );
-    let slices = watch::follow(
-        Api::<EndpointSlice>::all(client),
-        zone.clone(),
-        slices_synced,
-    );
-    let mut services = AbortOnDrop(tokio::spawn(services));
-    let mut slices = AbortOnDrop(tokio::spawn(slices));
-    // Answering before the first list would give NXDOMAIN for names that exist.
+    let mut watchers = vec![
+        Watcher::spawn::<Service>(&client, &zone),
+        Watcher::spawn::<EndpointSlice>(&client, &zone),
+        Watcher::spawn::<Namespace>(&client, &zone),
+    ];
+    // Answering before the first lists would give NXDOMAIN for names that exist.
     let synced = async {
-        let _ = services_ready.wait_for(|s| *s).await;
-        let _ = slices_ready.wait_for(|s| *s).await;
+        for w in &mut watchers {
+            let _ = w.synced.wait_for(|s| *s).await;
+        }
     };
     tokio::select! {
         () = synced => {}
@@ -83,13 +75,34 @@ pub async fn run_on(
     }
     let names = zone.read().map_or(0, |z| z.len());
     tracing::info!(addrs = ?server.local_addrs(), names, "cluster DNS serving");
+    let ended = futures_util::future::select_all(watchers.iter_mut().map(|w| &mut w.task.0));
     let result = tokio::select! {
         r = server.serve(&config, zone, shutdown.clone()) => r,
-        _ = &mut services.0 => Err(Error::WatchEnded { resource: "services" }),
-        _ = &mut slices.0 => Err(Error::WatchEnded { resource: "endpointslices" }),
+        (_, i, _) = ended => Err(Error::WatchEnded {
+            resource: watchers.get(i).map_or("?", |w| w.resource),
+        }),
     };
     shutdown.cancel();
     result
+}
+
+/// One resource type's watcher task and whether its first list is in.
+struct Watcher {
+    resource: &'static str,
+    task: AbortOnDrop,
+    synced: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Watcher {
+    fn spawn<K: watch::Indexed>(client: &kube::Client, zone: &SharedZone) -> Self {
+        let (tx, synced) = tokio::sync::watch::channel(false);
+        let follow = watch::follow(Api::<K>::all(client.clone()), zone.clone(), tx);
+        Self {
+            resource: K::PLURAL,
+            task: AbortOnDrop(tokio::spawn(follow)),
+            synced,
+        }
+    }
 }
 
 /// A spawned task that ends with its owner (the watchers stop when `run` returns).

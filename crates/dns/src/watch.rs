@@ -1,11 +1,11 @@
 //! Keeping the `Zone` in step with the API: one kube-runtime watcher per resource type
-//! (Services, EndpointSlices). A (re)list replaces the whole type, so an event missed during a
+//! (Services, EndpointSlices, Namespaces). A (re)list replaces the whole type, so an event missed during a
 //! watch gap cannot leave a stale name behind.
 
 use std::fmt::Debug;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -39,6 +39,19 @@ impl Indexed for Service {
     }
     fn replace(zone: &mut Zone, all: &[Self]) {
         zone.replace_services(all);
+    }
+}
+
+impl Indexed for Namespace {
+    const PLURAL: &'static str = "namespaces";
+    fn apply(zone: &mut Zone, obj: &Self) {
+        zone.apply_namespace(obj);
+    }
+    fn delete(zone: &mut Zone, obj: &Self) {
+        zone.delete_namespace(obj);
+    }
+    fn replace(zone: &mut Zone, all: &[Self]) {
+        zone.replace_namespaces(all);
     }
 }
 

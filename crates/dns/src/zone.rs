@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use hickory_proto::rr::rdata::{SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::answer::{self, Outcome};
@@ -86,6 +86,8 @@ pub struct Zone {
     /// Each Service's owner number and the names its records sit at.
     owned: HashMap<ServiceKey, (Owner, Vec<Name>)>,
     next_owner: u32,
+    /// Namespaces by name, each owning its `<ns>.svc.<zone>` name.
+    namespaces: HashMap<String, Owner>,
     /// The same answers as wire bytes, for the fast path.
     fast: FastTable,
 }
@@ -130,6 +132,7 @@ impl Zone {
             slice_service: HashMap::new(),
             owned: HashMap::new(),
             next_owner: 1,
+            namespaces: HashMap::new(),
             fast: FastTable::new(&origin, &soa),
         };
         zone.insert(STATIC, origin.clone(), Some(soa));
@@ -204,6 +207,80 @@ impl Zone {
         let entry = (owner, record);
         if !node.entries.contains(&entry) {
             node.entries.push(entry);
+        }
+    }
+
+    fn new_owner(&mut self) -> Owner {
+        self.next_owner = self.next_owner.wrapping_add(1).max(1);
+        Owner(self.next_owner)
+    }
+
+    fn namespace_name(&self, ns: &str) -> Option<Name> {
+        let labels = [ns.to_ascii_lowercase(), "svc".to_owned()];
+        Name::from_labels(labels.iter().map(|l| l.as_bytes()))
+            .ok()?
+            .append_domain(&self.origin)
+            .ok()
+    }
+
+    /// Adds a Namespace: `<ns>.svc.<zone>` exists (NOERROR, no data) even without Services.
+    pub fn apply_namespace(&mut self, ns: &Namespace) {
+        let Some(name) = ns.metadata.name.clone() else {
+            return;
+        };
+        if self.namespaces.contains_key(&name) {
+            return;
+        }
+        let Some(dns_name) = self.namespace_name(&name) else {
+            return;
+        };
+        let owner = self.new_owner();
+        self.namespaces.insert(name, owner);
+        self.insert(owner, dns_name.clone(), None);
+        self.compile_fast(std::iter::once(&dns_name));
+    }
+
+    /// Removes a Namespace (its Services keep their names until they are deleted).
+    pub fn delete_namespace(&mut self, ns: &Namespace) {
+        if let Some(name) = ns.metadata.name.as_deref() {
+            self.remove_namespace(name);
+        }
+    }
+
+    fn remove_namespace(&mut self, name: &str) {
+        let Some(owner) = self.namespaces.remove(name) else {
+            return;
+        };
+        let Some(dns_name) = self.namespace_name(name) else {
+            return;
+        };
+        if let Some(node) = self.names.get_mut(&dns_name) {
+            node.entries.retain(|(o, _)| *o != owner);
+            if node.entries.is_empty() {
+                self.names.remove(&dns_name);
+            }
+        }
+        self.compile_fast(std::iter::once(&dns_name));
+    }
+
+    /// Makes the Namespaces exactly `all` (after a list or relist).
+    pub fn replace_namespaces<'a>(&mut self, all: impl IntoIterator<Item = &'a Namespace>) {
+        let all: Vec<&Namespace> = all.into_iter().collect();
+        let present: std::collections::HashSet<&str> = all
+            .iter()
+            .filter_map(|n| n.metadata.name.as_deref())
+            .collect();
+        let gone: Vec<String> = self
+            .namespaces
+            .keys()
+            .filter(|k| !present.contains(k.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.remove_namespace(&name);
+        }
+        for ns in all {
+            self.apply_namespace(ns);
         }
     }
 
@@ -343,10 +420,7 @@ impl Zone {
                 }
                 owner
             }
-            None => {
-                self.next_owner = self.next_owner.wrapping_add(1).max(1);
-                Owner(self.next_owner)
-            }
+            None => self.new_owner(),
         };
         let Some(view) = self.services.get(key) else {
             return;

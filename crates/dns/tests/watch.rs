@@ -1,5 +1,5 @@
 //! `berth_dns::run_on` against a fake Kubernetes API (a tower service answering the list and
-//! watch requests kube-runtime makes): nothing is answered before both lists are in, then names
+//! watch requests kube-runtime makes): listed Services and Namespaces resolve, then names
 //! appear and disappear with watch events. Loopback only.
 
 use std::convert::Infallible;
@@ -41,6 +41,8 @@ fn api(services: serde_json::Value, slices: serde_json::Value, events: Events) -
             let b = if !watch {
                 let (kind, items) = if is_services {
                     ("ServiceList", services)
+                } else if uri.starts_with("/api/v1/namespaces") {
+                    ("NamespaceList", json!([{"metadata": {"name": "quiet"}}]))
                 } else {
                     ("EndpointSliceList", slices)
                 };
@@ -120,6 +122,9 @@ async fn follows_the_api() {
         ResponseCode::NoError,
     )
     .await;
+    // A listed Namespace without Services exists.
+    let quiet = ask(port, "quiet.svc.cluster.local.").await;
+    assert_eq!(quiet, Some(ResponseCode::NoError));
     assert_eq!(
         ask(port, "late.default.svc.cluster.local.").await,
         Some(ResponseCode::NXDomain)

@@ -311,6 +311,30 @@ fn negative_answers_per_the_spec() {
 }
 
 #[test]
+fn namespaces_exist_without_services() {
+    let mut zone = zone();
+    let empty = fixtures::namespace("empty");
+    zone.apply_namespace(&empty);
+    let ask = |zone: &Zone| {
+        render(respond(
+            zone,
+            &query("Empty.svc.cluster.local.", RecordType::A),
+        ))
+    };
+    assert_eq!(ask(&zone), format!("No Error aa\n{SOA}"));
+    zone.delete_namespace(&empty);
+    assert_eq!(ask(&zone), format!("Non-Existent Domain aa\n{SOA}"));
+    // A namespace that also has Services keeps existing through them.
+    zone.replace_namespaces([&fixtures::namespace("default")]);
+    zone.replace_namespaces([]);
+    let got = render(respond(
+        &zone,
+        &query("default.svc.cluster.local.", RecordType::A),
+    ));
+    assert_eq!(got, format!("No Error aa\n{SOA}"));
+}
+
+#[test]
 fn deleting_a_service_removes_its_names() {
     let mut zone = zone();
     let web = fixtures::cluster_ip("default", "web", &["10.96.0.20"], &[]);
