@@ -64,6 +64,18 @@ fn queries(services: usize, n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// This process's resident set, KiB (procfs).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn rate(label: &str, mut one: impl FnMut(&[u8]), qs: &[Vec<u8>]) {
     let start = Instant::now();
     let mut n = 0u64;
@@ -169,13 +181,29 @@ fn main() {
         return;
     }
     for services in [1_000, 10_000] {
+        let rss_before = rss_kib();
         let start = Instant::now();
-        let z = zone(services);
+        let mut z = zone(services);
         println!(
-            "zone of {services} Services: built in {:.1} ms, {} names, {} compiled answers",
+            "zone of {services} Services: built in {:.1} ms, {} names, {} compiled answers, \
+             RSS +{} KiB (process RSS {} KiB)",
             start.elapsed().as_secs_f64() * 1e3,
             z.len(),
-            z.fast().len()
+            z.fast().len(),
+            rss_kib().saturating_sub(rss_before),
+            rss_kib(),
+        );
+        // Read-your-writes inside the server: a watch event to a servable answer.
+        let start = Instant::now();
+        let rounds = 1_000u32;
+        for r in 0..rounds {
+            let ip = format!("10.97.{}.{}", r / 250, 1 + r % 250);
+            let svc = fixtures::cluster_ip("ns-1", "svc-1", &[&ip], &[("http", "TCP", 80)]);
+            z.apply_service(&svc);
+        }
+        println!(
+            "  one Service changed and recompiled: {:.1} us",
+            start.elapsed().as_secs_f64() * 1e6 / f64::from(rounds)
         );
     }
     let services = 1_000;

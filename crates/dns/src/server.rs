@@ -210,19 +210,31 @@ fn bind_error(addr: SocketAddr, transport: &'static str) -> impl FnOnce(std::io:
     }
 }
 
+/// One UDP socket and one TCP listener on the same address and port.
+async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener)> {
+    let tries = if addr.port() == 0 { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..tries {
+        let u = UdpSocket::bind(addr)
+            .await
+            .map_err(bind_error(addr, "udp"))?;
+        let bound = u.local_addr().map_err(bind_error(addr, "udp"))?;
+        match TcpListener::bind(bound).await {
+            Ok(t) => return Ok((u, t)),
+            Err(e) => last = Some(bind_error(bound, "tcp")(e)),
+        }
+    }
+    Err(last.unwrap_or_else(|| bind_error(addr, "tcp")(std::io::ErrorKind::AddrInUse.into())))
+}
+
 impl Server {
-    /// Binds every address over UDP and TCP; port 0 takes the port UDP got for TCP too.
+    /// Binds every address over UDP and TCP; port 0 takes the port UDP got for TCP too
+    /// (retrying a few ports when that one is taken over TCP).
     pub async fn bind(listen: &[SocketAddr]) -> Result<Self> {
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
         for &addr in listen {
-            let u = UdpSocket::bind(addr)
-                .await
-                .map_err(bind_error(addr, "udp"))?;
-            let bound = u.local_addr().map_err(bind_error(addr, "udp"))?;
-            let t = TcpListener::bind(bound)
-                .await
-                .map_err(bind_error(bound, "tcp"))?;
+            let (u, t) = bind_pair(addr).await?;
             udp.push(Arc::new(u));
             tcp.push(t);
         }
@@ -248,10 +260,11 @@ impl Server {
             |e| e.into_inner().origin().to_ascii(),
             |z| z.origin().to_ascii(),
         ));
+        let upstream = without_loops(&config.upstream, &self.local_addrs());
         let ctx = Arc::new(Ctx {
             zone,
             forwarder: Forwarder::new(
-                config.upstream.clone(),
+                upstream,
                 config.upstream_timeout,
                 config.cache_entries,
                 config.cache_max_ttl,
@@ -278,6 +291,24 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// The upstreams that are not this server itself (a resolv.conf naming the address we listen
+/// on would make every forwarded query loop back to us).
+fn without_loops(upstream: &[SocketAddr], listening: &[SocketAddr]) -> Vec<SocketAddr> {
+    upstream
+        .iter()
+        .filter(|u| {
+            let ours = listening
+                .iter()
+                .any(|l| l.port() == u.port() && (l.ip() == u.ip() || l.ip().is_unspecified()));
+            if ours {
+                tracing::warn!(upstream = %u, "ignoring an upstream that is this server");
+            }
+            !ours
+        })
+        .copied()
+        .collect()
 }
 
 /// Binds `config.listen` and serves `zone` until `shutdown`: the way to run the server on a
@@ -434,4 +465,28 @@ async fn write_framed(stream: &mut TcpStream, out: &[u8]) -> bool {
     framed.extend_from_slice(&len.to_be_bytes());
     framed.extend_from_slice(out);
     stream.write_all(&framed).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstreams_that_are_us_are_dropped() {
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let upstream = [
+            addr("127.0.0.1:53"),
+            addr("10.0.0.1:53"),
+            addr("127.0.0.53:53"),
+        ];
+        assert_eq!(
+            without_loops(&upstream, &[addr("127.0.0.1:53")]),
+            [addr("10.0.0.1:53"), addr("127.0.0.53:53")]
+        );
+        assert_eq!(
+            without_loops(&upstream, &[addr("0.0.0.0:53")]),
+            Vec::<SocketAddr>::new()
+        );
+        assert_eq!(without_loops(&upstream, &[addr("0.0.0.0:5353")]), upstream);
+    }
 }

@@ -196,6 +196,12 @@ fn ptr_for_cluster_ips_and_endpoints() {
         RecordType::PTR,
         "No Error aa\nan 5.0.244.10.in-addr.arpa. 30 PTR db-0.db.default.svc.cluster.local.",
     );
+    check(
+        "0.2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.",
+        RecordType::PTR,
+        "No Error aa
+         an 0.2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa. 30 PTR v6.default.svc.cluster.local.",
+    );
     // An address nobody has is not ours: forwarded.
     check("99.0.96.10.in-addr.arpa.", RecordType::PTR, "forward");
 }
