@@ -13,6 +13,12 @@ use ipnet::Ipv4Net;
 pub enum Error {
     #[error("API request failed: {0}")]
     Kube(#[from] kube::Error),
+    #[error("setting {name}")]
+    Sysctl {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("writing {}", path.display())]
     Write {
         path: PathBuf,

@@ -24,6 +24,13 @@ pub enum Cmd {
     /// it inside the node's network namespace: it makes bridge `berth0` and the pods'
     /// namespaces in the one it runs in. SIGTERM stops its pods before it exits.
     Agent(AgentCmdArgs),
+    /// Run only the service proxy (kube-proxy's job), against the API server the kubeconfig
+    /// names: Services and EndpointSlices become an nftables table `ip berth`, programmed over
+    /// netlink in the network namespace berth runs in. `--cleanup` removes the table and exits.
+    Proxy(ProxyCmdArgs),
+    /// Run only the cluster DNS server (CoreDNS's job for `cluster.local`), against the API
+    /// server the kubeconfig names; other names are forwarded to upstream resolvers.
+    Dns(DnsCmdArgs),
     /// Run a built-in workload (what an image name such as berth/whoami runs in a pod):
     /// `berth workload whoami [--port N]` or `berth workload number-crunch [--port N]`.
     #[command(hide = true)]
@@ -126,10 +133,12 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = berth_controllers::DEFAULT_MAX_ENDPOINTS_PER_SLICE)]
     pub max_endpoints_per_slice: usize,
 
-    /// Also run a node agent with this node name: pods are bound to this node and run as
-    /// processes, each in its own network namespace on bridge `berth0`. Start berth inside a
-    /// network namespace of its own when you use this: the agent programs the one it runs in.
-    /// Its state goes to DATA_DIR/agent. (`berth agent` runs the same agent on its own.)
+    /// Also run this node: the node agent (pods bound to this node run as processes, each in
+    /// its own network namespace on bridge `berth0`), the service proxy (nftables table `ip
+    /// berth`) and the cluster DNS (port 53, behind Service kube-system/kube-dns at
+    /// --cluster-dns). Start berth inside a network namespace of its own when you use this:
+    /// they program the one they run in. The agent's state goes to DATA_DIR/agent. (`berth
+    /// agent`, `berth proxy` and `berth dns` run the same parts on their own.)
     #[arg(long = "node")]
     pub node: Option<String>,
 
@@ -160,6 +169,63 @@ pub struct AgentArgs {
     /// The cluster DNS server written into each pod's /etc/resolv.conf.
     #[arg(long, default_value = "10.96.0.10")]
     pub cluster_dns: Ipv4Addr,
+}
+
+/// Where a standalone component finds the API server.
+#[derive(Debug, Args)]
+pub struct KubeconfigArg {
+    /// The kubeconfig to reach the API server with. Default: as kubectl finds one ($KUBECONFIG,
+    /// then ~/.kube/config, then the in-cluster service account).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyCmdArgs {
+    #[command(flatten)]
+    pub kube: KubeconfigArg,
+
+    /// The name of this node, for `internalTrafficPolicy: Local` (kube-proxy's
+    /// `--hostname-override`). Default: this machine's host name, lowercased.
+    #[arg(long = "hostname-override", alias = "node")]
+    pub node: Option<String>,
+
+    /// Remove the `ip berth` nftables table from this network namespace and exit.
+    #[arg(long)]
+    pub cleanup: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DnsCmdArgs {
+    #[command(flatten)]
+    pub kube: KubeconfigArg,
+
+    /// Addresses to answer on, over UDP and TCP; repeat or comma-separate.
+    #[arg(long, value_delimiter = ',', default_value = "0.0.0.0:53")]
+    pub listen: Vec<SocketAddr>,
+
+    /// The cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+
+    /// Resolvers for names outside the cluster domain (IP or IP:PORT); repeat or
+    /// comma-separate. Default: the nameservers of /etc/resolv.conf.
+    #[arg(long, value_delimiter = ',', value_parser = parse_upstream)]
+    pub upstream: Vec<SocketAddr>,
+
+    /// Clients allowed to have names outside the cluster domain resolved (CIDRs, e.g. the pod
+    /// and node ranges); everyone else gets REFUSED for them. Loopback is always allowed.
+    #[arg(long, value_delimiter = ',')]
+    pub allow_recursion: Vec<Ipv4Net>,
+}
+
+fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("expected IP or IP:PORT, got `{s}`"))
 }
 
 #[derive(Debug, Args)]

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 use berth_store::Store;
 use clap::Parser;
-use cli::{AgentArgs, AgentCmdArgs, Cli, Cmd, ServerArgs, StoreUrl};
+use cli::{AgentArgs, AgentCmdArgs, Cli, Cmd, DnsCmdArgs, ProxyCmdArgs, ServerArgs, StoreUrl};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -48,6 +48,8 @@ fn main() -> std::process::ExitCode {
         match cli.cmd {
             Cmd::Server(args) => server(args, started).await,
             Cmd::Agent(args) => agent(args).await,
+            Cmd::Proxy(args) => proxy(args).await,
+            Cmd::Dns(args) => dns(args).await,
             Cmd::Workload { .. } | Cmd::ContainerInit { .. } => Ok(()),
         }
     });
@@ -118,6 +120,13 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
     let config = berth_apiserver::Config::from(&args);
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = berth_apiserver::Metrics::register(&mut registry);
+    // The node's proxy and DNS report under kube-proxy's and CoreDNS's names at /metrics.
+    let node_metrics = args.node.is_some().then(|| {
+        (
+            berth_proxy::Metrics::register(&mut registry),
+            berth_dns::metrics::Metrics::register(&mut registry),
+        )
+    });
     let inputs = berth_apiserver::Inputs {
         store,
         metrics,
@@ -153,18 +162,27 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
         berth_controllers::run(client, controllers_config, shutdown.clone())
             .instrument(tracing::info_span!("controllers")),
     );
-    let agent = match &args.node {
-        Some(node) => {
+    let mut node_parts = Vec::new();
+    let agent = match (&args.node, node_metrics) {
+        (Some(node), Some((proxy_metrics, dns_metrics))) => {
             let ca = std::fs::read_to_string(args.data_dir.join("pki/ca.crt"))
                 .context("reading the cluster CA for the agent")?;
             let config = agent_config(node.clone(), &args.agent, &args.data_dir, ca)?;
             let client = kube_client(&l.kubeconfig).await?;
+            node_parts = node_services(
+                &args,
+                &config,
+                &client,
+                proxy_metrics,
+                dns_metrics,
+                &shutdown,
+            );
             Some(tokio::spawn(
                 berth_agent::run(client, config, shutdown.clone())
                     .instrument(tracing::info_span!("agent")),
             ))
         }
-        None => None,
+        _ => None,
     };
     println!("berth: kubeconfig written to {}", l.kubeconfig.display());
     println!(
@@ -193,10 +211,80 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
     if let Some(agent) = agent {
         agent.await.context("agent task")?.context("node agent")?;
     }
+    for part in node_parts {
+        let _ = part.await;
+    }
     api.await
         .context("API server task")?
         .context("API server")?;
     Ok(())
+}
+
+/// The node's service proxy and cluster DNS inside `berth server --node`, and the
+/// `kube-system/kube-dns` Service (at `--cluster-dns`) in front of the DNS server, which
+/// answers on the pod bridge's address. A part that fails logs why; the rest of the node goes on.
+fn node_services(
+    args: &ServerArgs,
+    agent: &berth_agent::Config,
+    client: &kube::Client,
+    proxy_metrics: berth_proxy::Metrics,
+    dns_metrics: berth_dns::metrics::Metrics,
+    shutdown: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let proxy = berth_proxy::Config {
+        node_name: agent.node_name.clone(),
+        metrics: proxy_metrics,
+        ..berth_proxy::Config::default()
+    };
+    let mut dns = berth_dns::Config {
+        listen: vec![std::net::SocketAddr::from(([0, 0, 0, 0], 53))],
+        metrics: dns_metrics,
+        ..berth_dns::Config::default()
+    };
+    dns.allow_recursion.extend([
+        ipnet::IpNet::V4(agent.pod_cidr),
+        ipnet::IpNet::V4(ipnet::Ipv4Net::from(agent.node_ip)),
+    ]);
+    // The DNS endpoint is the bridge's own address: a reply to a pod then leaves from the
+    // address the query was DNATed to (a server on 0.0.0.0 answers UDP from the address of
+    // the route back, so with the node's other address conntrack would not undo the DNAT).
+    let gateway = std::net::Ipv4Addr::from(u32::from(agent.pod_cidr.network()).saturating_add(1));
+    let cluster_dns = args.agent.cluster_dns;
+    let publish_client = client.clone();
+    vec![
+        tokio::spawn(
+            {
+                let (client, shutdown) = (client.clone(), shutdown.clone());
+                async move {
+                    if let Err(e) = berth_proxy::run(proxy, client, shutdown).await {
+                        tracing::error!(error = %anyhow::Error::from(e), "the service proxy stopped");
+                    }
+                }
+            }
+            .instrument(tracing::info_span!("proxy")),
+        ),
+        tokio::spawn(
+            {
+                let (client, shutdown) = (client.clone(), shutdown.clone());
+                async move {
+                    if let Err(e) = berth_dns::run(dns, client, shutdown).await {
+                        tracing::error!(error = %anyhow::Error::from(e), "the cluster DNS stopped");
+                    }
+                }
+            }
+            .instrument(tracing::info_span!("dns")),
+        ),
+        tokio::spawn(
+            async move {
+                if let Err(e) =
+                    berth_dns::publish::publish_service(publish_client, cluster_dns, gateway).await
+                {
+                    tracing::error!(error = %anyhow::Error::from(e), "kube-dns Service");
+                }
+            }
+            .instrument(tracing::info_span!("dns")),
+        ),
+    ]
 }
 
 /// The agent's configuration from its flags; makes its state directory, DATA_DIR/agent.
@@ -241,18 +329,7 @@ async fn agent(args: AgentCmdArgs) -> anyhow::Result<()> {
         Some(n) => n.clone(),
         None => host_name()?,
     };
-    let kube_config = match &args.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .with_context(|| format!("using {}", path.display()))?
-        }
-        None => kube::Config::infer().await.context(
-            "finding a kubeconfig ($KUBECONFIG, ~/.kube/config, in-cluster); or pass --kubeconfig",
-        )?,
-    };
+    let kube_config = standalone_kube_config(args.kubeconfig.as_deref()).await?;
     // The API server's client certificates are signed by the CA the kubeconfig trusts.
     let ca = kube_config
         .root_cert
@@ -276,6 +353,95 @@ async fn agent(args: AgentCmdArgs) -> anyhow::Result<()> {
         .instrument(tracing::info_span!("agent"))
         .await
         .context("node agent")
+}
+
+/// The API client settings of a component run on its own: from `--kubeconfig`, or found as
+/// kubectl finds them.
+async fn standalone_kube_config(path: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
+    match path {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .with_context(|| format!("using {}", path.display()))
+        }
+        None => kube::Config::infer().await.context(
+            "finding a kubeconfig ($KUBECONFIG, ~/.kube/config, in-cluster); or pass --kubeconfig",
+        ),
+    }
+}
+
+async fn standalone_client(path: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    kube::Client::try_from(standalone_kube_config(path).await?).context("building the API client")
+}
+
+/// `berth proxy`: the service proxy alone. The table stays when it stops, so traffic keeps
+/// flowing while it restarts; `--cleanup` removes it.
+async fn proxy(args: ProxyCmdArgs) -> anyhow::Result<()> {
+    if args.cleanup {
+        let removed = berth_proxy::cleanup().context("removing the nftables table ip berth")?;
+        println!(
+            "berth: {}",
+            if removed {
+                "removed the nftables table ip berth"
+            } else {
+                "no nftables table ip berth to remove"
+            }
+        );
+        return Ok(());
+    }
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let node_name = match &args.node {
+        Some(n) => n.clone(),
+        None => host_name()?,
+    };
+    let client = standalone_client(args.kube.kubeconfig.as_deref()).await?;
+    println!("berth: service proxy for node {node_name} started (nftables table ip berth)");
+    let config = berth_proxy::Config {
+        node_name,
+        ..berth_proxy::Config::default()
+    };
+    berth_proxy::run(config, client, shutdown)
+        .instrument(tracing::info_span!("proxy"))
+        .await
+        .context("service proxy")
+}
+
+/// `berth dns`: the cluster DNS server alone.
+async fn dns(args: DnsCmdArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let client = standalone_client(args.kube.kubeconfig.as_deref()).await?;
+    let mut config = berth_dns::Config {
+        listen: args.listen.clone(),
+        domain: args.cluster_domain.clone(),
+        ..berth_dns::Config::default()
+    };
+    if !args.upstream.is_empty() {
+        config.upstream = args.upstream.clone();
+    }
+    config
+        .allow_recursion
+        .extend(args.allow_recursion.iter().map(|n| ipnet::IpNet::V4(*n)));
+    println!(
+        "berth: cluster DNS for {} on {}",
+        config.domain,
+        listen_list(&config.listen)
+    );
+    berth_dns::run(config, client, shutdown)
+        .instrument(tracing::info_span!("dns"))
+        .await
+        .context("cluster DNS")
+}
+
+fn listen_list(addrs: &[std::net::SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// DER as PEM.

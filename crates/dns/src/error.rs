@@ -28,6 +28,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The `kube-system/kube-dns` Service or its Endpoints could not be read or written.
+    #[error("publishing kube-system/kube-dns")]
+    Publish(#[source] kube::Error),
     /// The watch of a resource type ended (the kube client is gone).
     #[error("the watch of {resource} ended")]
     WatchEnded { resource: &'static str },

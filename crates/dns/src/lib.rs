@@ -14,6 +14,7 @@ pub mod fast;
 pub mod fixtures;
 pub mod forward;
 pub mod metrics;
+pub mod publish;
 pub mod records;
 pub mod server;
 pub mod watch;

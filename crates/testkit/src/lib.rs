@@ -611,6 +611,10 @@ impl Node {
             ]);
             ip(&["-n", ns, "link", "set", NODE_LINK, "up"]);
         }
+        // A node's default route leads to the rest of the network (here: the outside netns),
+        // as on any machine; ClusterIPs reached from the node itself are routed by it before
+        // the proxy's DNAT.
+        ip(&["-n", &node_ns, "route", "add", "default", "via", OUTSIDE_IP]);
         node
     }
 

@@ -63,6 +63,14 @@ impl Bridge {
                 .map_err(netlink(format!("bringing {} up", b.name)))
         })
         .await?;
+        // Pods reach Services (DNAT to other pods) and the outside through this node: it
+        // routes, as the bridge plugin makes it. /proc/sys/net is the caller's namespace.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| {
+            crate::Error::Sysctl {
+                name: "net.ipv4.ip_forward",
+                source,
+            }
+        })?;
         tracing::debug!(bridge = name, %gateway, "bridge ready");
         Ok(bridge)
     }

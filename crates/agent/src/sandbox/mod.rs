@@ -12,7 +12,9 @@ use std::os::fd::AsRawFd;
 
 use ipnet::Ipv4Net;
 use nix::errno::Errno;
-use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::packet_route::link::{
+    InfoBridgePort, InfoData, InfoPortData, InfoPortKind, InfoVeth,
+};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 pub use bridge::Bridge;
@@ -196,6 +198,20 @@ impl Sandbox {
             .execute()
             .await
             .map_err(netlink(format!("attaching {} to {bridge}", n.host_veth)))?;
+        // Hairpin mode, as the kubelet's bridge plugin sets it: a pod reaching itself through
+        // a Service is bridged back out of the port it came in on.
+        node.link()
+            .set_port(
+                LinkUnspec::new_with_index(host)
+                    .set_port_kind(InfoPortKind::Bridge)
+                    .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                        true,
+                    )]))
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(netlink(format!("hairpin mode on {}", n.host_veth)))?;
         netns::enter(&n.netns)?;
         self.plumb_pod(&connect()?, gateway).await
     }

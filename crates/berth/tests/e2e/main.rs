@@ -6,6 +6,7 @@ mod agent;
 mod builtin;
 mod clients;
 mod controllers;
+mod dataplane;
 mod errors;
 mod explain;
 mod gc;
