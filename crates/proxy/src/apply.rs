@@ -2,6 +2,9 @@
 //! a list of [`Op`]s as one transaction. [`Netlink`] does it over nf_tables netlink in the
 //! network namespace it was opened in; [`Fake`] keeps the state in memory for tests.
 
+use std::collections::BTreeSet;
+use std::net::SocketAddrV4;
+
 use crate::error::Result;
 use crate::nft::{RawExpr, Socket};
 use crate::render::{self, TABLE};
@@ -13,6 +16,8 @@ pub trait Apply {
     fn read(&mut self) -> Result<Ruleset>;
     /// Applies `ops` (as [`crate::diff`] orders them) atomically: all or nothing.
     fn apply(&mut self, ops: &[Op]) -> Result<()>;
+    /// Deletes the UDP conntrack entries of flows DNATed to `endpoints`; returns how many.
+    fn delete_udp_flows(&mut self, endpoints: &BTreeSet<SocketAddrV4>) -> Result<usize>;
 }
 
 /// nf_tables over netlink. The table's fixed skeleton (sets, base chains, dispatch rules) is
@@ -118,6 +123,10 @@ impl Apply for Netlink {
         }
         Ok(())
     }
+
+    fn delete_udp_flows(&mut self, endpoints: &BTreeSet<SocketAddrV4>) -> Result<usize> {
+        crate::conntrack::delete_udp_flows(&mut self.sock, endpoints)
+    }
 }
 
 /// The kernel's table in memory: applies a batch to a copy and keeps it only if every
@@ -127,6 +136,8 @@ pub struct Fake {
     pub state: Ruleset,
     /// Every batch applied, for assertions on what changed.
     pub batches: Vec<Vec<Op>>,
+    /// Every set of endpoints whose UDP flows were to be deleted.
+    pub udp_flushes: Vec<BTreeSet<SocketAddrV4>>,
 }
 
 impl Apply for Fake {
@@ -140,5 +151,10 @@ impl Apply for Fake {
         self.state = next;
         self.batches.push(ops.to_vec());
         Ok(())
+    }
+
+    fn delete_udp_flows(&mut self, endpoints: &BTreeSet<SocketAddrV4>) -> Result<usize> {
+        self.udp_flushes.push(endpoints.clone());
+        Ok(0)
     }
 }

@@ -254,6 +254,31 @@ pub fn diff(current: &Ruleset, desired: &Ruleset) -> Vec<Op> {
     ops
 }
 
+/// The UDP endpoints `ops` take away from a Service address or NodePort (and do not give
+/// back to it): their conntrack entries must go. Endpoints of large service ports are not
+/// covered yet (their map keys do not carry the protocol).
+pub fn removed_udp_endpoints(ops: &[Op]) -> BTreeSet<SocketAddrV4> {
+    let mut removed = BTreeSet::new();
+    let mut added = BTreeSet::new();
+    for op in ops {
+        let (set, e) = match op {
+            Op::DelElem(e) => (&mut removed, e),
+            Op::AddElem(e) => (&mut added, e),
+            _ => continue,
+        };
+        match e {
+            Elem::IpEndpoint((k, _), (_, a)) if k.proto == Proto::Udp => {
+                set.insert((Some(*k), None, *a));
+            }
+            Elem::PortEndpoint((k, _), (_, a)) if k.proto == Proto::Udp => {
+                set.insert((None, Some(*k), *a));
+            }
+            _ => {}
+        }
+    }
+    removed.difference(&added).map(|(_, _, a)| *a).collect()
+}
+
 fn map_diff<K: Ord, V: PartialEq>(
     cur: &BTreeMap<K, V>,
     des: &BTreeMap<K, V>,
@@ -469,6 +494,30 @@ mod tests {
         // small: service-ip moves from 3 to 2 (2 ops), 3 endpoints out of map 3, 2 into
         // map 2, a hairpin; big: an endpoint, a hairpin, the rule.
         check(&a, &b, 2 + 5 + 1 + 3);
+    }
+
+    #[test]
+    fn only_udp_endpoints_that_leave_a_key_need_their_flows_deleted() {
+        let udp = |last| IpKey {
+            proto: Proto::Udp,
+            ..key(last)
+        };
+        let mut a = Ruleset::default();
+        a.service_ips.insert(udp(1), Target::Small(3));
+        a.service_ips.insert(key(2), Target::Small(1));
+        for (slot, e) in [1, 2, 3].into_iter().enumerate() {
+            a.ip_endpoints.insert((udp(1), slot as u32), (3, ep(e)));
+        }
+        a.ip_endpoints.insert((key(2), 0), (1, ep(9)));
+        let mut b = a.clone();
+        b.service_ips.insert(udp(1), Target::Small(2));
+        b.ip_endpoints.clear();
+        // 10.244.0.2 moves from slot 1 of map 3 to slot 1 of map 2; .3 leaves; the TCP
+        // service's endpoint leaves too but has no UDP flows.
+        b.ip_endpoints.insert((udp(1), 0), (2, ep(1)));
+        b.ip_endpoints.insert((udp(1), 1), (2, ep(2)));
+        let gone = removed_udp_endpoints(&diff(&a, &b));
+        assert_eq!(gone, BTreeSet::from([ep(3)]));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::apply::{Apply, Netlink};
 use crate::desired::{Node, desired};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::ruleset::{Ruleset, diff};
+use crate::ruleset::{Ruleset, diff, removed_udp_endpoints};
 use crate::tracker::{self, ServiceKey, Tracker};
 
 /// How the proxy runs on one node.
@@ -227,6 +227,15 @@ fn sync_once<A: Apply>(
                         tracing::error!(error = %e, "incremental state diverged");
                         k.tracker = None;
                     }
+                }
+            }
+            let gone = removed_udp_endpoints(&ops);
+            if !gone.is_empty() {
+                match k.nl.delete_udp_flows(&gone) {
+                    Ok(n) => {
+                        tracing::debug!(endpoints = gone.len(), flows = n, "UDP flows deleted")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "deleting UDP flows failed"),
                 }
             }
             if !ops.is_empty() {

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use berth_proxy::ruleset::Op;
+use berth_proxy::ruleset::{Op, removed_udp_endpoints};
 use berth_proxy::{Apply, Netlink, Node, Ruleset, desired, diff};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -173,11 +173,11 @@ fn big_slices() -> Vec<EndpointSlice> {
 
 const PODS: [&str; 3] = ["10.244.0.11", "10.244.0.12", "10.244.0.13"];
 
-fn world(web_pods: &[&str]) -> (Vec<Service>, Vec<EndpointSlice>) {
+fn world(web_pods: &[&str], dns_pods: &[&str]) -> (Vec<Service>, Vec<EndpointSlice>) {
     let mut slices = big_slices();
     slices.extend([
         slice("web", 8080, "TCP", web_pods),
-        slice("dns", 8081, "UDP", &PODS),
+        slice("dns", 8081, "UDP", dns_pods),
         slice("empty", 8080, "TCP", &[]),
     ]);
     (
@@ -191,17 +191,24 @@ fn world(web_pods: &[&str]) -> (Vec<Service>, Vec<EndpointSlice>) {
     )
 }
 
-/// Reads the kernel, diffs against what `world` calls for, applies; returns the ops.
-fn sync(node: &str, web_pods: &'static [&'static str]) -> (Vec<Op>, Ruleset) {
+/// Reads the kernel, diffs against what `world` calls for, applies and deletes the UDP
+/// flows of removed endpoints (as `run` does); returns the ops.
+fn sync_with(node: &str, web_pods: &[&str], dns_pods: &[&str]) -> (Vec<Op>, Ruleset) {
+    let (svcs, slices) = world(web_pods, dns_pods);
     in_ns(node, move || {
         let mut nl = Netlink::open(MARK).expect("test step");
         let current = nl.read().expect("test step");
-        let (svcs, slices) = world(web_pods);
         let want = desired(&svcs, &slices, &Node::default(), &current);
         let ops = diff(&current, &want);
         nl.apply(&ops).expect("test step");
+        nl.delete_udp_flows(&removed_udp_endpoints(&ops))
+            .expect("test step");
         (ops, want)
     })
+}
+
+fn sync(node: &str, web_pods: &[&str]) -> (Vec<Op>, Ruleset) {
+    sync_with(node, web_pods, &PODS)
 }
 
 fn setup(ns: &mut Namespaces) -> (String, Vec<String>, String) {
@@ -305,21 +312,44 @@ fn services_through_the_kernel() {
     );
     assert_eq!(answers(&pods[1], "10.96.0.53:80", 100, 3), all);
 
-    // UDP through a ClusterIP.
-    let got = in_ns(&pods[1], || {
-        let u = UdpSocket::bind("0.0.0.0:0").expect("test step");
-        u.set_read_timeout(Some(Duration::from_secs(2)))
-            .expect("test step");
-        u.send_to(b"hi", "10.96.0.51:53").expect("test step");
-        let mut buf = [0u8; 64];
-        let (n, from) = u.recv_from(&mut buf).expect("test step");
-        (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
-    });
-    assert!(all.contains(&got.0), "{got:?}");
+    // UDP through a ClusterIP; when the endpoint a flow goes to is removed, its conntrack
+    // entry goes too, so the same socket's next datagram reaches another endpoint.
+    let (to_client, from_main) = std::sync::mpsc::channel::<()>();
+    let (to_main, from_client) = std::sync::mpsc::channel();
+    let client = {
+        let pod = pods[1].clone();
+        thread::spawn(move || {
+            enter(&pod);
+            let u = UdpSocket::bind("0.0.0.0:0").expect("test step");
+            u.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("test step");
+            for _ in 0..2 {
+                u.send_to(b"hi", "10.96.0.51:53").expect("test step");
+                let mut buf = [0u8; 64];
+                let (n, from) = u.recv_from(&mut buf).expect("test step");
+                let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+                to_main.send((answer, from)).expect("test step");
+                let _ = from_main.recv();
+            }
+        })
+    };
+    let (first, from) = from_client.recv().expect("test step");
+    assert!(all.contains(&first), "{first}");
     assert_eq!(
-        got.1,
+        from,
         "10.96.0.51:53".parse::<SocketAddr>().expect("test step")
     );
+    let rest: Vec<&str> = PODS.iter().copied().filter(|p| *p != first).collect();
+    sync_with(&node, &PODS, &rest);
+    to_client.send(()).expect("test step");
+    let (second, _) = from_client.recv().expect("test step");
+    assert!(
+        rest.contains(&second.as_str()),
+        "{second} after removing {first}"
+    );
+    to_client.send(()).expect("test step");
+    client.join().expect("test step");
+    sync(&node, &PODS);
 
     // No endpoints: refused at once, from a pod, from the node, and on the NodePort.
     for (from, addr) in [

@@ -508,17 +508,20 @@ impl Socket {
         want: MsgType,
         body: impl FnOnce(&mut Writer),
     ) -> Result<Option<Vec<Vec<u8>>>> {
+        self.dump_raw(msg_type(ty), msg_type(want), body)
+    }
+
+    /// A dump of any netfilter subsystem: `ty` and `want` are full message types.
+    pub(crate) fn dump_raw(
+        &mut self,
+        ty: u16,
+        want: u16,
+        body: impl FnOnce(&mut Writer),
+    ) -> Result<Option<Vec<Vec<u8>>>> {
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
         let mut w = Writer::default();
-        w.message(
-            msg_type(ty),
-            NLM_F_REQUEST | NLM_F_DUMP,
-            seq,
-            FAMILY_IPV4,
-            0,
-            body,
-        );
+        w.message(ty, NLM_F_REQUEST | NLM_F_DUMP, seq, FAMILY_IPV4, 0, body);
         self.sock.send(&w.buf, 0).map_err(|source| Error::Netlink {
             op: "send dump",
             source,
@@ -545,14 +548,40 @@ impl Socket {
                             return Ok(None);
                         }
                         return Err(Error::Kernel {
-                            op: format!("dump {ty:?}"),
+                            op: format!("dump (message type {ty:#x})"),
                             source: std::io::Error::from_raw_os_error(-code),
                         });
                     }
-                    t if t == msg_type(want) => {
+                    t if t == want => {
                         out.push(r.payload.get(4..).unwrap_or_default().to_vec());
                     }
                     _ => {}
+                }
+            }
+        }
+    }
+
+    /// Sends one request of any netfilter subsystem and waits for its acknowledgement;
+    /// returns the kernel's errno (0 on success).
+    pub(crate) fn request(&mut self, ty: u16, body: impl FnOnce(&mut Writer)) -> Result<i32> {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let mut w = Writer::default();
+        w.message(ty, NLM_F_REQUEST | NLM_F_ACK, seq, FAMILY_IPV4, 0, body);
+        self.sock.send(&w.buf, 0).map_err(|source| Error::Netlink {
+            op: "send request",
+            source,
+        })?;
+        loop {
+            self.recv()?;
+            for r in wire::replies(&self.buf) {
+                if r.seq == seq && r.ty == NLMSG_ERROR {
+                    let code = r
+                        .payload
+                        .get(..4)
+                        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                        .unwrap_or(0);
+                    return Ok(-code);
                 }
             }
         }
