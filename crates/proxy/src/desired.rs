@@ -124,6 +124,16 @@ pub(crate) fn desired_with<'a>(
             .map(Vec::as_slice)
             .unwrap_or(&[]);
         let node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+        // kube-proxy's default for ClientIP affinity is three hours.
+        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .filter(|t| *t > 0)
+                .unwrap_or(10_800)
+        });
         for port in spec.ports.iter().flatten() {
             let Some(proto) = Proto::from_k8s(port.protocol.as_deref()) else {
                 continue;
@@ -149,7 +159,7 @@ pub(crate) fn desired_with<'a>(
             }
             out.hairpin.extend(eps.iter().map(|ep| *ep.ip()));
             let n = eps.len() as u32;
-            if n <= SMALL_MAX {
+            if n <= SMALL_MAX && affinity.is_none() {
                 for k in ip_keys {
                     out.service_ips.insert(k, Target::Small(n));
                     for (slot, ep) in eps.iter().enumerate() {
@@ -173,6 +183,7 @@ pub(crate) fn desired_with<'a>(
                 id,
                 label,
                 endpoints: n,
+                affinity,
             };
             let target = Target::Chain(chain.name());
             out.service_ips.extend(ip_keys.map(|k| (k, target.clone())));

@@ -71,17 +71,20 @@ pub struct PortKey {
     pub port: u16,
 }
 
-/// A chain of its own for a service port with more than [`SMALL_MAX`] endpoints,
-/// `svc-<id>-<label>`: `id . numgen random mod endpoints` is looked up in the shared
-/// `endpoints` map. Each such chain binds that map once more, and the kernel checks every
-/// element added to a data map against every rule bound to it, so this is kept for the few
-/// large Services.
+/// A chain of its own for a service port with more than [`SMALL_MAX`] endpoints or with
+/// ClientIP affinity, `svc-<id>-<label>`: `id . numgen random mod endpoints` is looked up in
+/// the shared `endpoints` map. Each such chain binds that map once more, and the kernel
+/// checks every element added to a data map against every rule bound to it, so this is kept
+/// for the few large or sticky Services.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SvcChain {
     pub id: u32,
     /// `namespace/name:portname`, for people reading `nft list`.
     pub label: String,
     pub endpoints: u32,
+    /// `sessionAffinity: ClientIP`'s timeout in seconds: the endpoint picked for a client
+    /// is kept in the `affinity` map (`saddr . id`) and reused while it is refreshed.
+    pub affinity: Option<u32>,
 }
 
 /// Service ports with at most this many endpoints share the fixed chains and maps of their
@@ -279,6 +282,18 @@ pub fn removed_udp_endpoints(ops: &[Op]) -> BTreeSet<SocketAddrV4> {
     removed.difference(&added).map(|(_, _, a)| *a).collect()
 }
 
+/// The chains whose ClientIP affinity entries may now be stale: those that lost an endpoint,
+/// were replaced (count or affinity changed) or deleted (their id may be reused).
+pub fn affinity_ids_touched(ops: &[Op]) -> BTreeSet<u32> {
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::DelElem(Elem::Endpoint((id, _), _)) => Some(*id),
+            Op::DelChain(c) | Op::SetRule(c) => Some(c.id),
+            _ => None,
+        })
+        .collect()
+}
+
 fn map_diff<K: Ord, V: PartialEq>(
     cur: &BTreeMap<K, V>,
     des: &BTreeMap<K, V>,
@@ -445,6 +460,7 @@ mod tests {
             id,
             label: format!("ns/s{id}:http"),
             endpoints: eps.len() as u32,
+            affinity: None,
         };
         r.service_ips.insert(key(id as u8), Target::Chain(c.name()));
         for (slot, e) in eps.iter().enumerate() {

@@ -20,7 +20,7 @@ use crate::apply::{Apply, Netlink};
 use crate::desired::{Node, desired};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::ruleset::{Ruleset, diff, removed_udp_endpoints};
+use crate::ruleset::{Ruleset, affinity_ids_touched, diff, removed_udp_endpoints};
 use crate::tracker::{self, ServiceKey, Tracker};
 
 /// How the proxy runs on one node.
@@ -228,6 +228,12 @@ fn sync_once<A: Apply>(
                         k.tracker = None;
                     }
                 }
+            }
+            let sticky = affinity_ids_touched(&ops);
+            if !sticky.is_empty()
+                && let Err(e) = k.nl.prune_affinity(&sticky, &k.current)
+            {
+                tracing::warn!(error = %e, "pruning ClientIP affinity entries failed");
             }
             let gone = removed_udp_endpoints(&ops);
             if !gone.is_empty() {

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use berth_proxy::ruleset::{Op, removed_udp_endpoints};
+use berth_proxy::ruleset::{Op, affinity_ids_touched, removed_udp_endpoints};
 use berth_proxy::{Apply, Netlink, Node, Ruleset, desired, diff};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -173,12 +173,21 @@ fn big_slices() -> Vec<EndpointSlice> {
 
 const PODS: [&str; 3] = ["10.244.0.11", "10.244.0.12", "10.244.0.13"];
 
-fn world(web_pods: &[&str], dns_pods: &[&str]) -> (Vec<Service>, Vec<EndpointSlice>) {
+fn world(
+    web_pods: &[&str],
+    dns_pods: &[&str],
+    sticky_pods: &[&str],
+) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let mut sticky = service("sticky", "10.96.0.54", 80, "TCP", None);
+    if let Some(spec) = sticky.spec.as_mut() {
+        spec.session_affinity = Some("ClientIP".into());
+    }
     let mut slices = big_slices();
     slices.extend([
         slice("web", 8080, "TCP", web_pods),
         slice("dns", 8081, "UDP", dns_pods),
         slice("empty", 8080, "TCP", &[]),
+        slice("sticky", 8080, "TCP", sticky_pods),
     ]);
     (
         vec![
@@ -186,6 +195,7 @@ fn world(web_pods: &[&str], dns_pods: &[&str]) -> (Vec<Service>, Vec<EndpointSli
             service("dns", "10.96.0.51", 53, "UDP", None),
             service("empty", "10.96.0.52", 80, "TCP", Some(30081)),
             service("big", "10.96.0.53", 80, "TCP", None),
+            sticky,
         ],
         slices,
     )
@@ -193,8 +203,13 @@ fn world(web_pods: &[&str], dns_pods: &[&str]) -> (Vec<Service>, Vec<EndpointSli
 
 /// Reads the kernel, diffs against what `world` calls for, applies and deletes the UDP
 /// flows of removed endpoints (as `run` does); returns the ops.
-fn sync_with(node: &str, web_pods: &[&str], dns_pods: &[&str]) -> (Vec<Op>, Ruleset) {
-    let (svcs, slices) = world(web_pods, dns_pods);
+fn sync_with(
+    node: &str,
+    web_pods: &[&str],
+    dns_pods: &[&str],
+    sticky_pods: &[&str],
+) -> (Vec<Op>, Ruleset) {
+    let (svcs, slices) = world(web_pods, dns_pods, sticky_pods);
     in_ns(node, move || {
         let mut nl = Netlink::open(MARK).expect("test step");
         let current = nl.read().expect("test step");
@@ -203,12 +218,14 @@ fn sync_with(node: &str, web_pods: &[&str], dns_pods: &[&str]) -> (Vec<Op>, Rule
         nl.apply(&ops).expect("test step");
         nl.delete_udp_flows(&removed_udp_endpoints(&ops))
             .expect("test step");
+        nl.prune_affinity(&affinity_ids_touched(&ops), &want)
+            .expect("test step");
         (ops, want)
     })
 }
 
 fn sync(node: &str, web_pods: &[&str]) -> (Vec<Op>, Ruleset) {
-    sync_with(node, web_pods, &PODS)
+    sync_with(node, web_pods, &PODS, &PODS)
 }
 
 fn setup(ns: &mut Namespaces) -> (String, Vec<String>, String) {
@@ -340,7 +357,7 @@ fn services_through_the_kernel() {
         "10.96.0.51:53".parse::<SocketAddr>().expect("test step")
     );
     let rest: Vec<&str> = PODS.iter().copied().filter(|p| *p != first).collect();
-    sync_with(&node, &PODS, &rest);
+    sync_with(&node, &PODS, &rest, &PODS);
     to_client.send(()).expect("test step");
     let (second, _) = from_client.recv().expect("test step");
     assert!(
@@ -349,6 +366,18 @@ fn services_through_the_kernel() {
     );
     to_client.send(()).expect("test step");
     client.join().expect("test step");
+    sync(&node, &PODS);
+
+    // ClientIP affinity: a client sticks to one endpoint; when that endpoint goes, it
+    // sticks to another.
+    let stuck = answers(&pods[0], "10.96.0.54:80", 20, 2);
+    assert_eq!(stuck.len(), 1, "{stuck:?}");
+    let first = stuck.into_iter().next().expect("test step");
+    let rest: Vec<&str> = PODS.iter().copied().filter(|p| *p != first).collect();
+    sync_with(&node, &PODS, &PODS, &rest);
+    let stuck = answers(&pods[0], "10.96.0.54:80", 20, 2);
+    assert_eq!(stuck.len(), 1, "{stuck:?}");
+    assert!(!stuck.contains(&first), "{stuck:?} still has {first}");
     sync(&node, &PODS);
 
     // No endpoints: refused at once, from a pod, from the node, and on the NodePort.

@@ -239,6 +239,24 @@ fn many_endpoints_go_to_the_shared_map() {
 }
 
 #[test]
+fn client_ip_affinity_gets_a_chain_with_its_timeout() {
+    let mut svc = service("web", "ClusterIP", "10.96.0.50", &[WEB]);
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.session_affinity = Some("ClientIP".into());
+    }
+    let eps = [slice(
+        "web",
+        0,
+        &[("http", "TCP", 8080)],
+        &[("10.244.0.2", true, true, false)],
+    )];
+    let r = desired(&[svc], &eps, &Node::default(), &Ruleset::default());
+    let c = r.chains.values().next().expect("one chain");
+    assert_eq!((c.endpoints, c.affinity), (1, Some(10_800)));
+    assert!(r.ip_endpoints.is_empty());
+}
+
+#[test]
 fn headless_and_external_name_get_nothing() {
     let eps = [slice(
         "h",
@@ -320,8 +338,9 @@ fn arb_service(i: usize) -> impl Strategy<Value = (Service, EndpointSlice)> {
         ],
         any::<bool>(),
         8000i32..8003,
+        any::<bool>(),
     )
-        .prop_map(move |(ty, eps, udp, target)| {
+        .prop_map(move |(ty, eps, udp, target, sticky)| {
             let name = format!("s{i}");
             let ip = format!("10.96.0.{}", i + 1);
             let (ty, cip) = match ty {
@@ -333,7 +352,10 @@ fn arb_service(i: usize) -> impl Strategy<Value = (Service, EndpointSlice)> {
             if udp {
                 ports.push(("dns", "UDP", 53, np));
             }
-            let svc = service(&name, ty, cip, &ports);
+            let mut svc = service(&name, ty, cip, &ports);
+            if let (true, Some(spec)) = (sticky, svc.spec.as_mut()) {
+                spec.session_affinity = Some("ClientIP".into());
+            }
             let ips: Vec<(String, bool, bool, bool)> = eps
                 .iter()
                 .map(|(h, r, s, t)| (format!("10.244.0.{h}"), *r, *s, *t))

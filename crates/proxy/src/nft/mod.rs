@@ -43,6 +43,8 @@ enum MsgType {
     NewSetElem = 12,
     GetSetElem = 13,
     DelSetElem = 14,
+    /// Like DELSETELEM, but an absent element is not an error (Linux 6.3+).
+    DestroySetElem = 30,
 }
 
 fn msg_type(t: MsgType) -> u16 {
@@ -77,6 +79,8 @@ pub struct SetSpec {
     pub key_type: u32,
     pub data: SetData,
     pub timeout: bool,
+    /// Updated from the packet path (`dynset`).
+    pub dynamic: bool,
 }
 
 /// What a set maps to.
@@ -129,6 +133,11 @@ pub enum Msg {
         set: String,
         elems: Vec<Elem>,
     },
+    /// Deletes the elements that are still there (the kernel may expire them meanwhile).
+    DestroyElems {
+        set: String,
+        elems: Vec<Elem>,
+    },
 }
 
 impl Msg {
@@ -142,7 +151,7 @@ impl Msg {
             Msg::NewRule { chain, .. } => format!("add rule to chain {chain}"),
             Msg::NewSet(s) => format!("add set {}", s.name),
             Msg::NewElems { set, elems } => format!("add {} element(s) to {set}", elems.len()),
-            Msg::DelElems { set, elems } => {
+            Msg::DelElems { set, elems } | Msg::DestroyElems { set, elems } => {
                 format!("delete {} element(s) from {set}", elems.len())
             }
         }
@@ -207,6 +216,14 @@ impl Batch {
                     });
                 }
             }
+            Msg::DestroyElems { set, elems } if elems.len() > ELEMS_PER_MESSAGE => {
+                for chunk in elems.chunks(ELEMS_PER_MESSAGE) {
+                    self.push_one(Msg::DestroyElems {
+                        set: set.clone(),
+                        elems: chunk.to_vec(),
+                    });
+                }
+            }
             msg => self.push_one(msg),
         }
     }
@@ -227,6 +244,7 @@ impl Batch {
             Msg::NewSet(_) => (MsgType::NewSet, create),
             Msg::NewElems { .. } => (MsgType::NewSetElem, create),
             Msg::DelElems { .. } => (MsgType::DelSetElem, NLM_F_REQUEST),
+            Msg::DestroyElems { .. } => (MsgType::DestroySetElem, NLM_F_REQUEST),
         };
         let set_id = self.set_id;
         if matches!(msg, Msg::NewSet(_)) {
@@ -313,7 +331,9 @@ fn write_body(w: &mut Writer, table: &str, msg: &Msg, set_id: u32) {
             w.nest(4, |w| exprs.iter().for_each(|e| e.write(w)));
         }
         Msg::NewSet(s) => write_set(w, table, s, set_id),
-        Msg::NewElems { set, elems } | Msg::DelElems { set, elems } => {
+        Msg::NewElems { set, elems }
+        | Msg::DelElems { set, elems }
+        | Msg::DestroyElems { set, elems } => {
             w.str(1, table);
             w.str(2, set);
             w.nest(3, |w| {
@@ -333,12 +353,16 @@ fn write_body(w: &mut Writer, table: &str, msg: &Msg, set_id: u32) {
 fn write_set(w: &mut Writer, table: &str, s: &SetSpec, set_id: u32) {
     const MAP: u32 = 0x8;
     const TIMEOUT: u32 = 0x10;
+    const EVAL: u32 = 0x20;
     let mut flags = 0;
     if s.data != SetData::None {
         flags |= MAP;
     }
     if s.timeout {
         flags |= TIMEOUT;
+    }
+    if s.dynamic {
+        flags |= EVAL;
     }
     w.str(1, table);
     w.str(2, &s.name);
