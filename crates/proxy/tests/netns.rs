@@ -411,16 +411,53 @@ fn services_through_the_kernel() {
     assert_eq!(answers(&pods[0], "10.96.0.50:80", 40, 3), two);
 
     // Cleanup removes the table.
-    let deleted = in_ns(&node, || {
-        Netlink::open(MARK)
-            .expect("test step")
-            .delete_table()
-            .expect("test step")
-    });
+    let deleted = in_ns(&node, || berth_proxy::cleanup().expect("test step"));
     assert!(deleted);
     assert!(
         nft_list(&node).contains("No such file"),
         "{}",
         nft_list(&node)
     );
+}
+
+#[test]
+fn a_refused_batch_names_the_operation_and_changes_nothing() {
+    use berth_proxy::nft::{Elem, Msg, SetData, SetSpec, Socket};
+    let mut ns = Namespaces { names: Vec::new() };
+    let name = ns.add(format!("berth-pxt-{}-tx", std::process::id()));
+    let (err, table_left) = in_ns(&name, || {
+        let mut sock = Socket::open().expect("test step");
+        let mut batch = sock.batch("berth");
+        batch.push(Msg::NewTable);
+        batch.push(Msg::NewSet(SetSpec {
+            name: "s".into(),
+            key_len: 4,
+            key_type: 7,
+            data: SetData::None,
+            timeout: false,
+            dynamic: false,
+        }));
+        batch.push(Msg::NewElems {
+            set: "s".into(),
+            elems: vec![Elem {
+                key: vec![10, 0, 0, 1],
+                data: None,
+            }],
+        });
+        batch.push(Msg::DelChain {
+            name: "nope".into(),
+        });
+        let err = sock
+            .commit(batch)
+            .expect_err("the kernel refuses the batch");
+        (err, sock.has_table("berth").expect("test step"))
+    });
+    match err {
+        berth_proxy::Error::Kernel { op, source } => {
+            assert_eq!(op, "delete chain nope");
+            assert_eq!(source.raw_os_error(), Some(2), "{source}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!table_left, "the whole batch is rolled back");
 }
