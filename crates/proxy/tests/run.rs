@@ -130,26 +130,13 @@ fn run_programs_watched_services_and_follows_changes() {
     );
     api.put(1, web_slice(&PODS));
 
-    // The proxy runs on a runtime whose threads all start in the node's namespace.
     let shutdown = CancellationToken::new();
-    let proxy = {
-        let (api, shutdown, node) = (api.clone(), shutdown.clone(), node.clone());
-        std::thread::spawn(move || {
-            enter(&node);
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let svc = tower::service_fn(move |req| {
-                    let resp = api.answer(&req);
-                    async move { Ok::<_, Infallible>(resp) }
-                });
-                let client = kube::Client::new(svc, "default");
-                berth_proxy::run(berth_proxy::Config::default(), client, shutdown).await
-            })
-        })
-    };
+    let proxy = start(
+        &api,
+        &node,
+        shutdown.clone(),
+        berth_proxy::Metrics::default(),
+    );
 
     let all: BTreeSet<String> = PODS.iter().map(|s| s.to_string()).collect();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -178,8 +165,73 @@ fn run_programs_watched_services_and_follows_changes() {
 
     shutdown.cancel();
     proxy.join().expect("proxy thread").expect("run");
+
+    // A restart reads the kernel and finds nothing to change: no batch is sent, and
+    // connections made meanwhile all succeed.
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = berth_proxy::Metrics::register(&mut registry);
+    let shutdown = CancellationToken::new();
+    let proxy = start(&api, &node, shutdown.clone(), metrics);
+    let during = in_ns(&pods[0], || {
+        (0..40)
+            .map(|_| {
+                std::thread::sleep(Duration::from_millis(25));
+                tcp_ask("10.96.0.50:80").is_ok()
+            })
+            .filter(|ok| !ok)
+            .count()
+    });
+    assert_eq!(during, 0, "connections failed across the restart");
+    // The restarted proxy is live: a change after it still arrives, as its only batch.
+    let t = Instant::now();
+    api.put(1, web_slice(&PODS[..1]));
+    let one: BTreeSet<String> = PODS[..1].iter().map(|s| s.to_string()).collect();
+    while reach(10) != one {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the change never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    shutdown.cancel();
+    proxy.join().expect("proxy thread").expect("run");
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("metrics");
+    assert!(
+        text.contains("kubeproxy_sync_proxy_rules_duration_seconds_count 1"),
+        "{text}"
+    );
     // The table stays after a stop (traffic keeps flowing); cleanup removes it.
     assert!(in_ns(&node, || berth_proxy::cleanup().expect("cleanup")));
+}
+
+/// Runs the proxy on a runtime whose threads all start in the node's namespace.
+fn start(
+    api: &FakeApi,
+    node: &str,
+    shutdown: CancellationToken,
+    metrics: berth_proxy::Metrics,
+) -> std::thread::JoinHandle<berth_proxy::Result<()>> {
+    let (api, node) = (api.clone(), node.to_owned());
+    std::thread::spawn(move || {
+        enter(&node);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let svc = tower::service_fn(move |req| {
+                let resp = api.answer(&req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let client = kube::Client::new(svc, "default");
+            let config = berth_proxy::Config {
+                metrics,
+                ..berth_proxy::Config::default()
+            };
+            berth_proxy::run(config, client, shutdown).await
+        })
+    })
 }
 
 /// Who answers `n` connections, ignoring failed ones.
