@@ -257,6 +257,64 @@ fn client_ip_affinity_gets_a_chain_with_its_timeout() {
 }
 
 #[test]
+fn load_balancer_ingress_ips_are_service_addresses() {
+    let mut svc = service(
+        "web",
+        "LoadBalancer",
+        "10.96.0.50",
+        &[("http", "TCP", 80, Some(30007))],
+    );
+    svc.status = Some(k8s_openapi::api::core::v1::ServiceStatus {
+        load_balancer: Some(k8s_openapi::api::core::v1::LoadBalancerStatus {
+            ingress: Some(vec![k8s_openapi::api::core::v1::LoadBalancerIngress {
+                ip: Some("192.0.2.10".into()),
+                ..Default::default()
+            }]),
+        }),
+        ..Default::default()
+    });
+    let eps = [slice(
+        "web",
+        0,
+        &[("http", "TCP", 8080)],
+        &[("10.244.0.2", true, true, false)],
+    )];
+    let r = desired(&[svc], &eps, &Node::default(), &Ruleset::default());
+    let ips: Vec<String> = r.service_ips.keys().map(|k| k.ip.to_string()).collect();
+    assert_eq!(ips, ["10.96.0.50", "192.0.2.10"]);
+    assert_eq!(r.node_ports.len(), 1);
+}
+
+#[test]
+fn internal_traffic_policy_local_keeps_this_nodes_endpoints() {
+    let mut svc = service("web", "ClusterIP", "10.96.0.50", &[WEB]);
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.internal_traffic_policy = Some("Local".into());
+    }
+    let mut sl = slice(
+        "web",
+        0,
+        &[("http", "TCP", 8080)],
+        &[
+            ("10.244.0.2", true, true, false),
+            ("10.244.1.2", true, true, false),
+        ],
+    );
+    sl.endpoints[0].node_name = Some("here".into());
+    sl.endpoints[1].node_name = Some("there".into());
+    let node = Node {
+        name: "here".into(),
+    };
+    let r = desired(&[svc], &[sl], &node, &Ruleset::default());
+    let eps: Vec<String> = r
+        .ip_endpoints
+        .values()
+        .map(|(_, a)| a.to_string())
+        .collect();
+    assert_eq!(eps, ["10.244.0.2:8080"]);
+}
+
+#[test]
 fn headless_and_external_name_get_nothing() {
     let eps = [slice(
         "h",
