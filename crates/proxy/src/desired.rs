@@ -130,6 +130,8 @@ pub(crate) fn desired_with<'a>(
                     .and_then(|p| u16::try_from(p).ok())
                     .map(|port| PortKey { proto, port }),
                 eps: endpoints(slices, port, proto, local_only.then_some(node)),
+                node_port_local_eps: (spec.external_traffic_policy.as_deref() == Some("Local"))
+                    .then(|| endpoints(slices, port, proto, Some(node))),
                 affinity: affinity_timeout(spec),
             };
             add_port(&mut out, plan, ids);
@@ -179,12 +181,31 @@ struct PortPlan {
     ip_keys: Vec<IpKey>,
     node_port: Option<PortKey>,
     eps: Vec<SocketAddrV4>,
+    /// `externalTrafficPolicy: Local`: the endpoints on this node, for the NodePort.
+    node_port_local_eps: Option<Vec<SocketAddrV4>>,
     affinity: Option<u32>,
 }
 
 /// Writes one service port: rejected if it has no endpoints, into the maps for its endpoint
-/// count if small and not sticky, else into a chain of its own.
-fn add_port(out: &mut Ruleset, p: PortPlan, ids: &mut Ids) {
+/// count if small and not sticky, else into a chain of its own. A NodePort with
+/// `externalTrafficPolicy: Local` goes to its local endpoints, unmasqueraded.
+fn add_port(out: &mut Ruleset, mut p: PortPlan, ids: &mut Ids) {
+    if let (Some(k), Some(local)) = (p.node_port, &p.node_port_local_eps) {
+        let n = local.len() as u32;
+        // More local endpoints than the small maps take: served as Cluster (masqueraded).
+        if n <= SMALL_MAX {
+            p.node_port = None;
+            if n == 0 {
+                out.no_endpoint_node_ports.insert(k);
+            } else {
+                out.node_ports_local.insert(k, n);
+                out.hairpin.extend(local.iter().map(|ep| *ep.ip()));
+                for (slot, ep) in local.iter().enumerate() {
+                    out.port_endpoints.insert((k, slot as u32), (n, *ep));
+                }
+            }
+        }
+    }
     if p.eps.is_empty() {
         out.no_endpoints.extend(p.ip_keys);
         out.no_endpoint_node_ports.extend(p.node_port);

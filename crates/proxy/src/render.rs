@@ -25,6 +25,7 @@ use crate::ruleset::{
 pub const TABLE: &str = "berth";
 pub const SERVICE_IPS: &str = "service-ips";
 pub const NODE_PORTS: &str = "service-nodeports";
+pub const NODE_PORTS_LOCAL: &str = "service-nodeports-local";
 pub const NO_ENDPOINTS: &str = "no-endpoint-services";
 pub const NO_ENDPOINT_NODE_PORTS: &str = "no-endpoint-nodeports";
 pub const ENDPOINTS: &str = "endpoints";
@@ -131,6 +132,7 @@ pub fn sets() -> Vec<SetSpec> {
     let mut out = vec![
         set(SERVICE_IPS, 12, ip_key, SetData::Verdict),
         set(NODE_PORTS, 8, port_key, SetData::Verdict),
+        set(NODE_PORTS_LOCAL, 8, port_key, SetData::Verdict),
         set(NO_ENDPOINTS, 12, ip_key, SetData::None),
         set(NO_ENDPOINT_NODE_PORTS, 8, port_key, SetData::None),
         set(
@@ -186,6 +188,8 @@ pub fn chains(mark: u32) -> Vec<FixedChain> {
     };
     let mut services_ip = load_daddr_proto_dport();
     services_ip.push(lookup(SERVICE_IPS, Some(Reg::VERDICT)));
+    let mut services_np_local = load_local_proto_dport();
+    services_np_local.push(lookup(NODE_PORTS_LOCAL, Some(Reg::VERDICT)));
     let mut services_np = load_local_proto_dport();
     services_np.extend([
         lookup(NODE_PORTS, None),
@@ -279,7 +283,7 @@ pub fn chains(mark: u32) -> Vec<FixedChain> {
         FixedChain {
             name: "services".into(),
             base: None,
-            rules: vec![services_ip, services_np],
+            rules: vec![services_ip, services_np_local, services_np],
         },
         FixedChain {
             name: "no-endpoints".into(),
@@ -487,6 +491,11 @@ fn encode(e: &Elem) -> (String, NftElem) {
     let (set, key, data) = match e {
         Elem::ServiceIp(k, t) => (SERVICE_IPS.into(), ip_key(k), goto(t, ip_map)),
         Elem::NodePort(k, t) => (NODE_PORTS.into(), port_key(k), goto(t, port_map)),
+        Elem::NodePortLocal(k, n) => (
+            NODE_PORTS_LOCAL.into(),
+            port_key(k),
+            goto(&Target::Small(*n), port_map),
+        ),
         Elem::IpEndpoint((k, slot), (n, a)) => (
             ip_map(*n),
             with_slot(ip_key(k), *slot),
@@ -615,6 +624,13 @@ pub fn read_elems(r: &mut Ruleset, set: &str, elems: &[NftElem]) {
                     (parse_port_key(k), goto_target(&e.data, "endpoints-port-"))
                 {
                     r.node_ports.insert(key, c);
+                }
+            }
+            NODE_PORTS_LOCAL => {
+                if let (Some(key), Some(Target::Small(n))) =
+                    (parse_port_key(k), goto_target(&e.data, "endpoints-port-"))
+                {
+                    r.node_ports_local.insert(key, n);
                 }
             }
             NO_ENDPOINTS => {

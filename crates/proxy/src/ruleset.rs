@@ -131,6 +131,10 @@ pub struct Ruleset {
     pub service_ips: BTreeMap<IpKey, Target>,
     /// `service-nodeports`: NodePorts -> `goto` their target.
     pub node_ports: BTreeMap<PortKey, Target>,
+    /// `service-nodeports-local`: NodePorts of `externalTrafficPolicy: Local` Services ->
+    /// `goto` the fixed chain for their N local endpoints, without masquerade (the client's
+    /// address is kept).
+    pub node_ports_local: BTreeMap<PortKey, u32>,
     /// `no-endpoint-services`: rejected at once.
     pub no_endpoints: BTreeSet<IpKey>,
     /// `no-endpoint-nodeports`: rejected at once on local addresses.
@@ -151,6 +155,7 @@ pub struct Ruleset {
 pub enum Elem {
     ServiceIp(IpKey, Target),
     NodePort(PortKey, Target),
+    NodePortLocal(PortKey, u32),
     NoEndpoints(IpKey),
     NoEndpointNodePort(PortKey),
     IpEndpoint((IpKey, u32), SlotEndpoint),
@@ -189,6 +194,13 @@ pub fn diff(current: &Ruleset, desired: &Ruleset) -> Vec<Op> {
         &mut dels,
         &mut adds,
         |k, v| Elem::NodePort(*k, v.clone()),
+    );
+    map_diff(
+        &current.node_ports_local,
+        &desired.node_ports_local,
+        &mut dels,
+        &mut adds,
+        |k, v| Elem::NodePortLocal(*k, *v),
     );
     map_diff(
         &current.ip_endpoints,
@@ -363,6 +375,7 @@ impl Ruleset {
                 let gone = match e {
                     Elem::ServiceIp(k, _) => self.service_ips.remove(k).is_some(),
                     Elem::NodePort(k, _) => self.node_ports.remove(k).is_some(),
+                    Elem::NodePortLocal(k, _) => self.node_ports_local.remove(k).is_some(),
                     Elem::NoEndpoints(k) => self.no_endpoints.remove(k),
                     Elem::NoEndpointNodePort(k) => self.no_endpoint_node_ports.remove(k),
                     Elem::IpEndpoint(k, _) => self.ip_endpoints.remove(k).is_some(),
@@ -396,6 +409,7 @@ impl Ruleset {
             }
             Elem::ServiceIp(_, Target::Small(n))
             | Elem::NodePort(_, Target::Small(n))
+            | Elem::NodePortLocal(_, n)
             | Elem::IpEndpoint(_, (n, _))
             | Elem::PortEndpoint(_, (n, _))
                 if !(1..=SMALL_MAX).contains(n) =>
@@ -407,6 +421,7 @@ impl Ruleset {
         match e {
             Elem::ServiceIp(k, chain) => put(&mut self.service_ips, *k, chain.clone(), op)?,
             Elem::NodePort(k, chain) => put(&mut self.node_ports, *k, chain.clone(), op)?,
+            Elem::NodePortLocal(k, n) => put(&mut self.node_ports_local, *k, *n, op)?,
             Elem::NoEndpoints(k) => {
                 self.no_endpoints.insert(*k);
             }

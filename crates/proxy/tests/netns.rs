@@ -35,12 +35,22 @@ fn world(
     if let Some(spec) = sticky.spec.as_mut() {
         spec.session_affinity = Some("ClientIP".into());
     }
+    let mut local = service("local", "10.96.0.55", 80, "TCP", Some(30090));
+    if let Some(spec) = local.spec.as_mut() {
+        spec.external_traffic_policy = Some("Local".into());
+    }
+    let mut local_slice = slice("local", 8090, "TCP", &PODS);
+    for ep in &mut local_slice.endpoints {
+        ep.node_name = Some("node".into());
+    }
     let mut slices = big_slices();
     slices.extend([
         slice("web", 8080, "TCP", web_pods),
         slice("dns", 8081, "UDP", dns_pods),
         slice("empty", 8080, "TCP", &[]),
         slice("sticky", 8080, "TCP", sticky_pods),
+        slice("seen", 8090, "TCP", &PODS),
+        local_slice,
     ]);
     (
         vec![
@@ -49,6 +59,8 @@ fn world(
             service("empty", "10.96.0.52", 80, "TCP", Some(30081)),
             service("big", "10.96.0.53", 80, "TCP", None),
             sticky,
+            service("seen", "10.96.0.56", 80, "TCP", Some(30091)),
+            local,
         ],
         slices,
     )
@@ -66,7 +78,10 @@ fn sync_with(
     in_ns(node, move || {
         let mut nl = Netlink::open(MARK).expect("test step");
         let current = nl.read().expect("test step");
-        let want = desired(&svcs, &slices, &Node::default(), &current);
+        let node = Node {
+            name: "node".into(),
+        };
+        let want = desired(&svcs, &slices, &node, &current);
         let ops = diff(&current, &want);
         nl.apply(&ops).expect("test step");
         nl.delete_udp_flows(&removed_udp_endpoints(&ops))
@@ -189,6 +204,13 @@ fn services_through_the_kernel() {
     // NodePort on the node's address from outside (masqueraded: the outside has no route
     // to the pods).
     assert_eq!(answers(&outside, "192.168.77.1:30080", 100, 3), all);
+
+    // externalTrafficPolicy: Local keeps the outside client's address; Cluster masquerades
+    // it to the node's address on the bridge.
+    let seen = answers(&outside, "192.168.77.1:30090", 5, 2);
+    assert_eq!(seen, BTreeSet::from(["192.168.77.2".to_owned()]));
+    let seen = answers(&outside, "192.168.77.1:30091", 5, 2);
+    assert_eq!(seen, BTreeSet::from(["10.244.0.1".to_owned()]));
 
     // One endpoint fewer: only elements change (the ClusterIP and the NodePort move from
     // the 3-endpoint maps to the 2-endpoint ones, with their endpoints).

@@ -315,6 +315,45 @@ fn internal_traffic_policy_local_keeps_this_nodes_endpoints() {
 }
 
 #[test]
+fn external_traffic_policy_local_node_ports_use_local_endpoints() {
+    let mut svc = service(
+        "web",
+        "NodePort",
+        "10.96.0.50",
+        &[("http", "TCP", 80, Some(30007))],
+    );
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.external_traffic_policy = Some("Local".into());
+    }
+    let mut sl = slice(
+        "web",
+        0,
+        &[("http", "TCP", 8080)],
+        &[
+            ("10.244.0.2", true, true, false),
+            ("10.244.1.2", true, true, false),
+        ],
+    );
+    sl.endpoints[0].node_name = Some("here".into());
+    let node = Node {
+        name: "here".into(),
+    };
+    let r = desired(&[svc.clone()], &[sl.clone()], &node, &Ruleset::default());
+    assert!(r.node_ports.is_empty());
+    let k = PortKey {
+        proto: Proto::Tcp,
+        port: 30007,
+    };
+    assert_eq!(r.node_ports_local.get(&k), Some(&1));
+    // The ClusterIP still balances over both.
+    assert_eq!(r.ip_endpoints.len(), 2);
+    // No local endpoint: the NodePort refuses.
+    sl.endpoints[0].node_name = Some("there".into());
+    let r = desired(&[svc], &[sl], &node, &Ruleset::default());
+    assert!(r.no_endpoint_node_ports.contains(&k));
+}
+
+#[test]
 fn headless_and_external_name_get_nothing() {
     let eps = [slice(
         "h",
@@ -397,8 +436,9 @@ fn arb_service(i: usize) -> impl Strategy<Value = (Service, EndpointSlice)> {
         any::<bool>(),
         8000i32..8003,
         any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(move |(ty, eps, udp, target, sticky)| {
+        .prop_map(move |(ty, eps, udp, target, sticky, local)| {
             let name = format!("s{i}");
             let ip = format!("10.96.0.{}", i + 1);
             let (ty, cip) = match ty {
@@ -411,8 +451,13 @@ fn arb_service(i: usize) -> impl Strategy<Value = (Service, EndpointSlice)> {
                 ports.push(("dns", "UDP", 53, np));
             }
             let mut svc = service(&name, ty, cip, &ports);
-            if let (true, Some(spec)) = (sticky, svc.spec.as_mut()) {
-                spec.session_affinity = Some("ClientIP".into());
+            if let Some(spec) = svc.spec.as_mut() {
+                if sticky {
+                    spec.session_affinity = Some("ClientIP".into());
+                }
+                if local {
+                    spec.external_traffic_policy = Some("Local".into());
+                }
             }
             let ips: Vec<(String, bool, bool, bool)> = eps
                 .iter()
@@ -422,12 +467,16 @@ fn arb_service(i: usize) -> impl Strategy<Value = (Service, EndpointSlice)> {
                 .iter()
                 .map(|(ip, r, s, t)| (ip.as_str(), *r, *s, *t))
                 .collect();
-            let sl = slice(
+            let mut sl = slice(
                 &name,
                 0,
                 &[("http", "TCP", target), ("dns", "UDP", 5353)],
                 &eps,
             );
+            // Every other endpoint is on this node (`Node::default()` has the empty name).
+            for ep in sl.endpoints.iter_mut().step_by(2) {
+                ep.node_name = Some(String::new());
+            }
             (svc, sl)
         })
 }

@@ -91,6 +91,22 @@ pub fn serve(ns: &str, me: &'static str) {
     });
     rx.recv().expect("test step");
     rx.recv().expect("test step");
+    // Port 8090 answers with the client's address, as whoami shows it.
+    let ns_ = ns.to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        enter(&ns_);
+        let l = TcpListener::bind("0.0.0.0:8090").expect("test step");
+        tx.send(()).expect("test step");
+        for mut s in l.incoming().flatten() {
+            let peer = s
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            let _ = std::io::Write::write_all(&mut s, peer.as_bytes());
+        }
+    });
+    rx.recv().expect("test step");
     // More ports, so that one Service can have more endpoints than the small maps take.
     for port in BIG_PORTS {
         let ns_ = ns.to_owned();
