@@ -115,7 +115,7 @@ pub(crate) fn desired_with<'a>(
                 continue;
             };
             let plan = PortPlan {
-                label: format!("{ns}/{name}:{}", port.name.as_deref().unwrap_or("")),
+                label: format!("{ns}/{name}/{}", port.name.as_deref().unwrap_or("")),
                 ip_keys: ips
                     .iter()
                     .map(|ip| IpKey {

@@ -384,7 +384,9 @@ fn load_proto_dport() -> Vec<Expr> {
 /// A large or sticky service port's chain rules: `id . numgen random mod N` into r0 . r1,
 /// looked up in `endpoints` into r2 . r3, `dnat to r2:r3`. With affinity, a first rule
 /// reuses (and refreshes) the endpoint `affinity` holds for `saddr . id`, and the picking
-/// rule records its pick there.
+/// rule records its pick there. The kernel runs these as written, but `nft` 1.0.6 cannot
+/// print a `dynset` whose data came from a map lookup (it asserts in
+/// `netlink_parse_concat_expr`), so `nft list` fails while a sticky Service exists.
 pub fn service_rules(c: &SvcChain) -> Vec<Vec<Expr>> {
     let id = || Data::Value(c.id.to_ne_bytes().to_vec());
     let dnat = Expr::Nat {
@@ -757,7 +759,7 @@ mod tests {
                     proto: Proto::Tcp,
                     port: 443,
                 },
-                Target::Chain("svc-1-a/b:".into()),
+                Target::Chain("svc-1-a/b/".into()),
             ),
             Elem::IpEndpoint(
                 (

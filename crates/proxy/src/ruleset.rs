@@ -79,7 +79,8 @@ pub struct PortKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SvcChain {
     pub id: u32,
-    /// `namespace/name:portname`, for people reading `nft list`.
+    /// `namespace/name/portname`, for people reading `nft list` (the `nft` CLI takes `/` in
+    /// names, not `:`).
     pub label: String,
     pub endpoints: u32,
     /// `sessionAffinity: ClientIP`'s timeout in seconds: the endpoint picked for a client
@@ -473,7 +474,7 @@ mod tests {
     fn with_big_service(r: &mut Ruleset, id: u32, eps: &[u8]) {
         let c = SvcChain {
             id,
-            label: format!("ns/s{id}:http"),
+            label: format!("ns/s{id}/http"),
             endpoints: eps.len() as u32,
             affinity: None,
         };
@@ -498,8 +499,8 @@ mod tests {
     #[test]
     fn chain_names_round_trip() {
         assert_eq!(
-            parse_chain_name(&chain_name(7, "ns/a:b")),
-            Some((7, "ns/a:b".into()))
+            parse_chain_name(&chain_name(7, "ns/a/b")),
+            Some((7, "ns/a/b".into()))
         );
         assert_eq!(parse_chain_name("services"), None);
     }

@@ -413,9 +413,9 @@ fn ids_stay_with_their_service_port() {
         &a,
     );
     let id = |r: &Ruleset, label: &str| r.chains.values().find(|c| c.label == label).map(|c| c.id);
-    assert_eq!(id(&a, "ns/b:http"), Some(0));
-    assert_eq!(id(&b, "ns/b:http"), Some(0));
-    assert_eq!(id(&b, "ns/a:http"), Some(1));
+    assert_eq!(id(&a, "ns/b/http"), Some(0));
+    assert_eq!(id(&b, "ns/b/http"), Some(0));
+    assert_eq!(id(&b, "ns/a/http"), Some(1));
 }
 
 /// One random Service (by index, so IPs and node ports are unique) with its slice.
