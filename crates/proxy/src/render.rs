@@ -43,7 +43,6 @@ pub fn port_map(n: u32) -> String {
 }
 
 // nft's datatype ids (for `nft list` to print keys readably); concatenations shift by 6.
-const T_VERDICT: u32 = 1;
 const T_IPV4: u32 = 7;
 const T_PROTO: u32 = 12;
 const T_SERVICE: u32 = 13;
@@ -128,7 +127,6 @@ pub fn sets() -> Vec<SetSpec> {
     };
     let ip_key = concat(concat(T_IPV4, T_PROTO), T_SERVICE);
     let port_key = concat(T_PROTO, T_SERVICE);
-    let _ = T_VERDICT;
     let mut out = vec![
         set(SERVICE_IPS, 12, ip_key, SetData::Verdict),
         set(NODE_PORTS, 8, port_key, SetData::Verdict),

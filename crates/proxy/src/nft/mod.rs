@@ -415,17 +415,18 @@ impl Socket {
         sock.set_cap_ack(true).map_err(io)?;
         sock.set_ext_ack(true).map_err(io)?;
         // A 10,000-Service batch is a few MiB in one datagram; dumps are read as they come.
-        let big = 64 << 20;
-        let _ = nix::sys::socket::setsockopt(
-            &sock.as_fd(),
-            nix::sys::socket::sockopt::SndBufForce,
-            &big,
-        );
-        let _ = nix::sys::socket::setsockopt(
-            &sock.as_fd(),
-            nix::sys::socket::sockopt::RcvBufForce,
-            &(8 << 20),
-        );
+        // Forcing the sizes needs CAP_NET_ADMIN; without it the plain options are capped by
+        // net.core.{w,r}mem_max, and a batch too big for that fails with EMSGSIZE (reported
+        // by `commit` as "send batch").
+        use nix::sys::socket::{setsockopt, sockopt};
+        let fd = sock.as_fd();
+        let (snd, rcv): (usize, usize) = (64 << 20, 8 << 20);
+        if setsockopt(&fd, sockopt::SndBufForce, &snd).is_err() {
+            let _ = setsockopt(&fd, sockopt::SndBuf, &snd);
+        }
+        if setsockopt(&fd, sockopt::RcvBufForce, &rcv).is_err() {
+            let _ = setsockopt(&fd, sockopt::RcvBuf, &rcv);
+        }
         let seq = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as u32)
