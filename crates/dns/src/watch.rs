@@ -1,0 +1,169 @@
+//! Keeping the `Zone` in step with the API: one kube-runtime watcher per resource type
+//! (Services, EndpointSlices, Namespaces). A (re)list replaces the whole type, so an event missed during a
+//! watch gap cannot leave a stale name behind.
+
+use std::fmt::Debug;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::server::SharedZone;
+use crate::zone::Zone;
+
+/// A resource type the zone is built from.
+pub trait Indexed:
+    kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+    /// The resource's plural name, for logs.
+    const PLURAL: &'static str;
+    /// Adds or replaces one object.
+    fn apply(zone: &mut Zone, obj: &Self);
+    /// Removes one object.
+    fn delete(zone: &mut Zone, obj: &Self);
+    /// Makes the objects of this type exactly `all`.
+    fn replace(zone: &mut Zone, all: &[Self]);
+}
+
+impl Indexed for Service {
+    const PLURAL: &'static str = "services";
+    fn apply(zone: &mut Zone, obj: &Self) {
+        zone.apply_service(obj);
+    }
+    fn delete(zone: &mut Zone, obj: &Self) {
+        zone.delete_service(obj);
+    }
+    fn replace(zone: &mut Zone, all: &[Self]) {
+        zone.replace_services(all);
+    }
+}
+
+impl Indexed for Namespace {
+    const PLURAL: &'static str = "namespaces";
+    fn apply(zone: &mut Zone, obj: &Self) {
+        zone.apply_namespace(obj);
+    }
+    fn delete(zone: &mut Zone, obj: &Self) {
+        zone.delete_namespace(obj);
+    }
+    fn replace(zone: &mut Zone, all: &[Self]) {
+        zone.replace_namespaces(all);
+    }
+}
+
+impl Indexed for EndpointSlice {
+    const PLURAL: &'static str = "endpointslices";
+    fn apply(zone: &mut Zone, obj: &Self) {
+        zone.apply_slice(obj);
+    }
+    fn delete(zone: &mut Zone, obj: &Self) {
+        zone.delete_slice(obj);
+    }
+    fn replace(zone: &mut Zone, all: &[Self]) {
+        zone.replace_slices(all);
+    }
+}
+
+/// Applies one watcher event; `listing` gathers the objects of a (re)list until it is done.
+/// Returns true when a (re)list has just been applied.
+pub fn apply_event<K: Indexed>(
+    zone: &SharedZone,
+    listing: &mut Vec<K>,
+    event: watcher::Event<K>,
+) -> bool {
+    let write = || zone.write().unwrap_or_else(|e| e.into_inner());
+    match event {
+        watcher::Event::Init => listing.clear(),
+        watcher::Event::InitApply(obj) => listing.push(obj),
+        watcher::Event::InitDone => {
+            K::replace(&mut write(), listing);
+            tracing::debug!(resource = K::PLURAL, objects = listing.len(), "listed");
+            listing.clear();
+            return true;
+        }
+        watcher::Event::Apply(obj) => K::apply(&mut write(), &obj),
+        watcher::Event::Delete(obj) => K::delete(&mut write(), &obj),
+    }
+    false
+}
+
+/// Watches every object of type `K` into `zone`; `synced` turns true after the first list.
+/// Returns only when the watch stream ends.
+pub async fn follow<K: Indexed>(api: Api<K>, zone: SharedZone, synced: watch::Sender<bool>) {
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    let mut stream = std::pin::pin!(stream);
+    let mut listing = Vec::new();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(event) => {
+                if apply_event(&zone, &mut listing, event) {
+                    synced.send_replace(true);
+                }
+            }
+            Err(e) => tracing::warn!(resource = K::PLURAL, error = %e, "watch failed; retrying"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, RwLock};
+
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+
+    use super::*;
+    use crate::answer::{Outcome, respond};
+    use crate::fixtures;
+    use crate::zone::ZoneConfig;
+
+    fn resolves(zone: &SharedZone, name: &str) -> bool {
+        let mut req = Message::query();
+        req.add_query(Query::query(
+            Name::from_ascii(name).expect("name"),
+            RecordType::A,
+        ));
+        let zone = zone.read().expect("lock");
+        matches!(respond(&zone, &req), Outcome::Answer(r) if !r.answers.is_empty())
+    }
+
+    #[test]
+    fn events_and_relists() {
+        let zone: SharedZone = Arc::new(RwLock::new(
+            Zone::new(&ZoneConfig::default()).expect("zone"),
+        ));
+        let a = fixtures::cluster_ip("default", "a", &["10.96.0.1"], &[]);
+        let b = fixtures::cluster_ip("default", "b", &["10.96.0.2"], &[]);
+        let mut listing = Vec::new();
+        for ev in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(a.clone()),
+            watcher::Event::InitApply(b.clone()),
+        ] {
+            assert!(!apply_event(&zone, &mut listing, ev));
+        }
+        // Nothing is visible until the list is complete.
+        assert!(!resolves(&zone, "a.default.svc.cluster.local."));
+        assert!(apply_event(&zone, &mut listing, watcher::Event::InitDone));
+        assert!(resolves(&zone, "a.default.svc.cluster.local."));
+        assert!(resolves(&zone, "b.default.svc.cluster.local."));
+        apply_event(&zone, &mut listing, watcher::Event::Delete(a.clone()));
+        assert!(!resolves(&zone, "a.default.svc.cluster.local."));
+        apply_event(&zone, &mut listing, watcher::Event::Apply(a.clone()));
+        assert!(resolves(&zone, "a.default.svc.cluster.local."));
+        // A relist after a watch gap in which b was deleted: b goes, a stays.
+        for ev in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(a),
+            watcher::Event::InitDone,
+        ] {
+            apply_event(&zone, &mut listing, ev);
+        }
+        assert!(resolves(&zone, "a.default.svc.cluster.local."));
+        assert!(!resolves(&zone, "b.default.svc.cluster.local."));
+    }
+}

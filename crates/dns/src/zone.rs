@@ -1,0 +1,441 @@
+//! The cluster zone: every name the watched Services and EndpointSlices make, with its records
+//! already built. Updated per object (only the touched Service's names are recompiled); read by
+//! `answer` without building anything but the response.
+
+use std::collections::{BTreeMap, HashMap};
+
+use hickory_proto::rr::rdata::{SOA, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::answer::{self, Outcome};
+use crate::error::{Error, Result};
+use crate::fast::FastTable;
+use crate::records::{self, ServiceKey, ServiceView, SliceView};
+
+/// The schema version of the Kubernetes DNS specification answered at `dns-version.<zone>`.
+pub const SCHEMA_VERSION: &str = "1.1.0";
+
+/// The settings a zone is compiled with.
+#[derive(Debug, Clone)]
+pub struct ZoneConfig {
+    /// The cluster domain, e.g. `cluster.local`.
+    pub domain: String,
+    /// TTL of positive answers, seconds.
+    pub ttl: u32,
+    /// TTL of negative answers and the SOA minimum, seconds.
+    pub negative_ttl: u32,
+}
+
+impl Default for ZoneConfig {
+    fn default() -> Self {
+        Self {
+            domain: "cluster.local".to_owned(),
+            ttl: 30,
+            negative_ttl: 5,
+        }
+    }
+}
+
+/// Who put an entry at a name: a Service (by its number) or the zone itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Owner(u32);
+
+const STATIC: Owner = Owner(0);
+
+/// One name of the zone: its records, and the owners that make it exist even without records.
+#[derive(Debug, Default)]
+pub(crate) struct Node {
+    entries: Vec<(Owner, Option<Record>)>,
+}
+
+impl Node {
+    /// The records of one type (every record for `ANY`).
+    pub(crate) fn records(&self, rtype: RecordType) -> impl Iterator<Item = &Record> {
+        self.entries
+            .iter()
+            .filter_map(|(_, r)| r.as_ref())
+            .filter(move |r| rtype == RecordType::ANY || r.record_type() == rtype)
+    }
+
+    /// The CNAME target, if the name is an alias.
+    pub(crate) fn cname(&self) -> Option<&Name> {
+        self.entries
+            .iter()
+            .find_map(|(_, r)| match r.as_ref().map(|r| &r.data) {
+                Some(RData::CNAME(c)) => Some(&c.0),
+                _ => None,
+            })
+    }
+}
+
+/// The in-memory cluster zone, built from Services and EndpointSlices.
+#[derive(Debug)]
+pub struct Zone {
+    origin: Name,
+    ttl: u32,
+    negative_ttl: u32,
+    soa: Record,
+    names: HashMap<Name, Node>,
+    services: HashMap<ServiceKey, ServiceView>,
+    /// Slices by their Service, then by slice name (slices may arrive before their Service).
+    slices: HashMap<ServiceKey, BTreeMap<String, SliceView>>,
+    /// (namespace, slice name) -> the Service the slice was filed under.
+    slice_service: HashMap<(String, String), ServiceKey>,
+    /// Each Service's owner number and the names its records sit at.
+    owned: HashMap<ServiceKey, (Owner, Vec<Name>)>,
+    next_owner: u32,
+    /// Namespaces by name, each owning its `<ns>.svc.<zone>` name.
+    namespaces: HashMap<String, Owner>,
+    /// The same answers as wire bytes, for the fast path.
+    fast: FastTable,
+}
+
+impl Zone {
+    /// An empty zone for `config.domain`: only the SOA, `dns-version`, `svc` and `pod` names.
+    pub fn new(config: &ZoneConfig) -> Result<Self> {
+        let mut origin = Name::from_ascii(&config.domain)
+            .map_err(|source| Error::Domain {
+                domain: config.domain.clone(),
+                source,
+            })?
+            .to_lowercase();
+        origin.set_fqdn(true);
+        let label = |l: &str| {
+            Name::from_ascii(l)
+                .and_then(|n| n.append_domain(&origin))
+                .map_err(|source| Error::Domain {
+                    domain: config.domain.clone(),
+                    source,
+                })
+        };
+        // CoreDNS's SOA shape for the cluster zone: ns.dns.<zone>, hostmaster.<zone>.
+        let soa = SOA::new(
+            label("ns.dns")?,
+            label("hostmaster")?,
+            1,
+            7200,
+            1800,
+            86400,
+            config.negative_ttl,
+        );
+        let soa = Record::from_rdata(origin.clone(), config.negative_ttl, RData::SOA(soa));
+        let mut zone = Self {
+            origin: origin.clone(),
+            ttl: config.ttl,
+            negative_ttl: config.negative_ttl,
+            soa: soa.clone(),
+            names: HashMap::new(),
+            services: HashMap::new(),
+            slices: HashMap::new(),
+            slice_service: HashMap::new(),
+            owned: HashMap::new(),
+            next_owner: 1,
+            namespaces: HashMap::new(),
+            fast: FastTable::new(&origin, &soa),
+        };
+        zone.insert(STATIC, origin.clone(), Some(soa));
+        let version = label("dns-version")?;
+        let txt = RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_owned()]));
+        let txt = Record::from_rdata(version.clone(), config.ttl, txt);
+        zone.insert(STATIC, version, Some(txt));
+        zone.insert(STATIC, label("svc")?, None);
+        zone.insert(STATIC, label("pod")?, None);
+        let statics: Vec<Name> = zone.names.keys().cloned().collect();
+        zone.compile_fast(statics.iter());
+        Ok(zone)
+    }
+
+    /// The cluster domain as a lower-case FQDN.
+    pub fn origin(&self) -> &Name {
+        &self.origin
+    }
+
+    /// The SOA record put in the authority section of negative answers.
+    pub fn soa(&self) -> &Record {
+        &self.soa
+    }
+
+    /// TTL of positive answers.
+    pub fn ttl(&self) -> u32 {
+        self.ttl
+    }
+
+    /// TTL of negative answers.
+    pub fn negative_ttl(&self) -> u32 {
+        self.negative_ttl
+    }
+
+    /// How many names the zone holds (a size figure for logs and benchmarks).
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether the zone holds no names (never: the apex is always there).
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    pub(crate) fn node(&self, name: &Name) -> Option<&Node> {
+        self.names.get(name)
+    }
+
+    /// The compiled wire answers.
+    pub fn fast(&self) -> &FastTable {
+        &self.fast
+    }
+
+    /// Recompiles the wire answers of `names` from the records now in the zone.
+    fn compile_fast<'a>(&mut self, names: impl Iterator<Item = &'a Name>) {
+        let mut fast = std::mem::take(&mut self.fast);
+        let respond = |req: &hickory_proto::op::Message| match answer::respond(self, req) {
+            Outcome::Answer(resp) => Some(resp),
+            _ => None,
+        };
+        for name in names {
+            let node = self.names.get(name);
+            let exists = node.map(|n| n.cname().is_some());
+            let present = |t| node.is_some_and(|n| n.records(t).next().is_some());
+            fast.compile(name, exists, present, respond);
+        }
+        self.fast = fast;
+    }
+
+    fn insert(&mut self, owner: Owner, name: Name, record: Option<Record>) {
+        let node = self.names.entry(name).or_default();
+        let entry = (owner, record);
+        if !node.entries.contains(&entry) {
+            node.entries.push(entry);
+        }
+    }
+
+    fn new_owner(&mut self) -> Owner {
+        self.next_owner = self.next_owner.wrapping_add(1).max(1);
+        Owner(self.next_owner)
+    }
+
+    fn namespace_name(&self, ns: &str) -> Option<Name> {
+        let labels = [ns.to_ascii_lowercase(), "svc".to_owned()];
+        Name::from_labels(labels.iter().map(|l| l.as_bytes()))
+            .ok()?
+            .append_domain(&self.origin)
+            .ok()
+    }
+
+    /// Adds a Namespace: `<ns>.svc.<zone>` exists (NOERROR, no data) even without Services.
+    pub fn apply_namespace(&mut self, ns: &Namespace) {
+        let Some(name) = ns.metadata.name.clone() else {
+            return;
+        };
+        if self.namespaces.contains_key(&name) {
+            return;
+        }
+        let Some(dns_name) = self.namespace_name(&name) else {
+            return;
+        };
+        let owner = self.new_owner();
+        self.namespaces.insert(name, owner);
+        self.insert(owner, dns_name.clone(), None);
+        self.compile_fast(std::iter::once(&dns_name));
+    }
+
+    /// Removes a Namespace (its Services keep their names until they are deleted).
+    pub fn delete_namespace(&mut self, ns: &Namespace) {
+        if let Some(name) = ns.metadata.name.as_deref() {
+            self.remove_namespace(name);
+        }
+    }
+
+    fn remove_namespace(&mut self, name: &str) {
+        let Some(owner) = self.namespaces.remove(name) else {
+            return;
+        };
+        let Some(dns_name) = self.namespace_name(name) else {
+            return;
+        };
+        if let Some(node) = self.names.get_mut(&dns_name) {
+            node.entries.retain(|(o, _)| *o != owner);
+            if node.entries.is_empty() {
+                self.names.remove(&dns_name);
+            }
+        }
+        self.compile_fast(std::iter::once(&dns_name));
+    }
+
+    /// Makes the Namespaces exactly `all` (after a list or relist).
+    pub fn replace_namespaces<'a>(&mut self, all: impl IntoIterator<Item = &'a Namespace>) {
+        let all: Vec<&Namespace> = all.into_iter().collect();
+        let present: std::collections::HashSet<&str> = all
+            .iter()
+            .filter_map(|n| n.metadata.name.as_deref())
+            .collect();
+        let gone: Vec<String> = self
+            .namespaces
+            .keys()
+            .filter(|k| !present.contains(k.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.remove_namespace(&name);
+        }
+        for ns in all {
+            self.apply_namespace(ns);
+        }
+    }
+
+    /// Adds or replaces a Service.
+    pub fn apply_service(&mut self, svc: &Service) {
+        if let Some(view) = ServiceView::from_service(svc) {
+            self.put_service(view);
+        }
+    }
+
+    fn put_service(&mut self, view: ServiceView) {
+        if self.services.get(&view.key) == Some(&view) {
+            return;
+        }
+        let key = view.key.clone();
+        self.services.insert(key.clone(), view);
+        self.recompile(&key);
+    }
+
+    /// Removes a Service and its names (its slices are kept until they are deleted).
+    pub fn delete_service(&mut self, svc: &Service) {
+        if let Some(key) = ServiceKey::of(&svc.metadata) {
+            self.services.remove(&key);
+            self.recompile(&key);
+        }
+    }
+
+    /// Adds or replaces an EndpointSlice.
+    pub fn apply_slice(&mut self, slice: &EndpointSlice) {
+        let Some(slice_key) = ServiceKey::of(&slice.metadata) else {
+            return;
+        };
+        let slice_key = (slice_key.namespace, slice_key.name);
+        let Some((service, view)) = SliceView::from_slice(slice) else {
+            self.remove_slice(&slice_key);
+            return;
+        };
+        if let Some(old) = self.slice_service.get(&slice_key)
+            && *old != service
+        {
+            self.remove_slice(&slice_key);
+        }
+        let slices = self.slices.entry(service.clone()).or_default();
+        if slices.get(&slice_key.1) == Some(&view) {
+            return;
+        }
+        slices.insert(slice_key.1.clone(), view);
+        self.slice_service.insert(slice_key, service.clone());
+        self.recompile(&service);
+    }
+
+    /// Removes an EndpointSlice.
+    pub fn delete_slice(&mut self, slice: &EndpointSlice) {
+        if let Some(key) = ServiceKey::of(&slice.metadata) {
+            self.remove_slice(&(key.namespace, key.name));
+        }
+    }
+
+    fn remove_slice(&mut self, slice_key: &(String, String)) {
+        let Some(service) = self.slice_service.remove(slice_key) else {
+            return;
+        };
+        if let Some(slices) = self.slices.get_mut(&service) {
+            slices.remove(&slice_key.1);
+            if slices.is_empty() {
+                self.slices.remove(&service);
+            }
+        }
+        self.recompile(&service);
+    }
+
+    /// Makes the Services exactly `all` (after a list or relist): those missing are deleted,
+    /// changed ones recompiled, unchanged ones left alone.
+    pub fn replace_services<'a>(&mut self, all: impl IntoIterator<Item = &'a Service>) {
+        let views: HashMap<ServiceKey, ServiceView> = all
+            .into_iter()
+            .filter_map(ServiceView::from_service)
+            .map(|v| (v.key.clone(), v))
+            .collect();
+        let gone: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter(|k| !views.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.services.remove(&key);
+            self.recompile(&key);
+        }
+        for view in views.into_values() {
+            self.put_service(view);
+        }
+    }
+
+    /// Makes the EndpointSlices exactly `all` (after a list or relist).
+    pub fn replace_slices<'a>(&mut self, all: impl IntoIterator<Item = &'a EndpointSlice>) {
+        let all: Vec<&EndpointSlice> = all.into_iter().collect();
+        let present: std::collections::HashSet<(String, String)> = all
+            .iter()
+            .filter_map(|s| ServiceKey::of(&s.metadata))
+            .map(|k| (k.namespace, k.name))
+            .collect();
+        let gone: Vec<(String, String)> = self
+            .slice_service
+            .keys()
+            .filter(|k| !present.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.remove_slice(&key);
+        }
+        for slice in all {
+            self.apply_slice(slice);
+        }
+    }
+
+    /// Drops the names a Service had and compiles the ones it has now.
+    fn recompile(&mut self, key: &ServiceKey) {
+        let mut touched: Vec<Name> = Vec::new();
+        self.recompile_names(key, &mut touched);
+        touched.sort();
+        touched.dedup();
+        self.compile_fast(touched.iter());
+    }
+
+    fn recompile_names(&mut self, key: &ServiceKey, touched: &mut Vec<Name>) {
+        let owner = match self.owned.remove(key) {
+            Some((owner, names)) => {
+                touched.extend(names.iter().cloned());
+                for name in names {
+                    if let Some(node) = self.names.get_mut(&name) {
+                        node.entries.retain(|(o, _)| *o != owner);
+                        if node.entries.is_empty() {
+                            self.names.remove(&name);
+                        }
+                    }
+                }
+                owner
+            }
+            None => self.new_owner(),
+        };
+        let Some(view) = self.services.get(key) else {
+            return;
+        };
+        let empty = BTreeMap::new();
+        let slices = self.slices.get(key).unwrap_or(&empty).values();
+        let entries = records::compile(view, slices, &self.origin);
+        let mut names = std::collections::HashSet::with_capacity(entries.len());
+        for (name, rdata) in entries {
+            let record = rdata.map(|d| Record::from_rdata(name.clone(), self.ttl, d));
+            names.insert(name.clone());
+            self.insert(owner, name, record);
+        }
+        touched.extend(names.iter().cloned());
+        self.owned
+            .insert(key.clone(), (owner, names.into_iter().collect()));
+    }
+}
