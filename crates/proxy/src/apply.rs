@@ -2,6 +2,9 @@
 //! a list of [`Op`]s as one transaction. [`Netlink`] does it over nf_tables netlink in the
 //! network namespace it was opened in; [`Fake`] keeps the state in memory for tests.
 
+use std::collections::BTreeSet;
+use std::net::SocketAddrV4;
+
 use crate::error::Result;
 use crate::nft::{RawExpr, Socket};
 use crate::render::{self, TABLE};
@@ -13,6 +16,11 @@ pub trait Apply {
     fn read(&mut self) -> Result<Ruleset>;
     /// Applies `ops` (as [`crate::diff`] orders them) atomically: all or nothing.
     fn apply(&mut self, ops: &[Op]) -> Result<()>;
+    /// Deletes the UDP conntrack entries of flows DNATed to `endpoints`; returns how many.
+    fn delete_udp_flows(&mut self, endpoints: &BTreeSet<SocketAddrV4>) -> Result<usize>;
+    /// Deletes the ClientIP affinity entries of the chains `ids` that point at an endpoint
+    /// `current` no longer gives them; returns how many.
+    fn prune_affinity(&mut self, ids: &BTreeSet<u32>, current: &Ruleset) -> Result<usize>;
 }
 
 /// nf_tables over netlink. The table's fixed skeleton (sets, base chains, dispatch rules) is
@@ -118,6 +126,28 @@ impl Apply for Netlink {
         }
         Ok(())
     }
+
+    fn delete_udp_flows(&mut self, endpoints: &BTreeSet<SocketAddrV4>) -> Result<usize> {
+        crate::conntrack::delete_udp_flows(&mut self.sock, endpoints)
+    }
+
+    fn prune_affinity(&mut self, ids: &BTreeSet<u32>, current: &Ruleset) -> Result<usize> {
+        let Some(elems) = self.sock.dump_elems(TABLE, render::AFFINITY)? else {
+            return Ok(0);
+        };
+        let stale = render::stale_affinity(&elems, ids, current);
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        let n = stale.len();
+        let mut batch = self.sock.batch(TABLE);
+        batch.push(crate::nft::Msg::DestroyElems {
+            set: render::AFFINITY.into(),
+            elems: stale,
+        });
+        self.sock.commit(batch)?;
+        Ok(n)
+    }
 }
 
 /// The kernel's table in memory: applies a batch to a copy and keeps it only if every
@@ -127,6 +157,8 @@ pub struct Fake {
     pub state: Ruleset,
     /// Every batch applied, for assertions on what changed.
     pub batches: Vec<Vec<Op>>,
+    /// Every set of endpoints whose UDP flows were to be deleted.
+    pub udp_flushes: Vec<BTreeSet<SocketAddrV4>>,
 }
 
 impl Apply for Fake {
@@ -140,5 +172,15 @@ impl Apply for Fake {
         self.state = next;
         self.batches.push(ops.to_vec());
         Ok(())
+    }
+
+    fn delete_udp_flows(&mut self, endpoints: &BTreeSet<SocketAddrV4>) -> Result<usize> {
+        self.udp_flushes.push(endpoints.clone());
+        Ok(0)
+    }
+
+    fn prune_affinity(&mut self, _ids: &BTreeSet<u32>, _current: &Ruleset) -> Result<usize> {
+        // The packet path never runs here, so there are no affinity entries.
+        Ok(0)
     }
 }

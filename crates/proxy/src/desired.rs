@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::ruleset::{IpKey, PortKey, Proto, Ruleset, SMALL_MAX, SvcChain, Target};
@@ -83,6 +83,67 @@ pub(crate) fn desired_with<'a>(
     node: &Node,
     ids: &mut Ids,
 ) -> Ruleset {
+    let by_service = slices_by_service(slices);
+    let mut services: Vec<&Service> = services.into_iter().collect();
+    services.sort_by(|a, b| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+    });
+    let mut out = Ruleset::default();
+    for svc in services {
+        let (Some(ns), Some(name), Some(spec)) = (
+            svc.metadata.namespace.as_deref(),
+            svc.metadata.name.as_deref(),
+            svc.spec.as_ref(),
+        ) else {
+            continue;
+        };
+        let ips = service_ips(svc);
+        if spec.type_.as_deref() == Some("ExternalName") || ips.is_empty() {
+            continue;
+        }
+        let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
+        let slices = by_service
+            .get(&(ns, name))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+        for port in spec.ports.iter().flatten() {
+            let (Some(proto), Ok(svc_port)) = (
+                Proto::from_k8s(port.protocol.as_deref()),
+                u16::try_from(port.port),
+            ) else {
+                continue;
+            };
+            let plan = PortPlan {
+                label: format!("{ns}/{name}/{}", port.name.as_deref().unwrap_or("")),
+                ip_keys: ips
+                    .iter()
+                    .map(|ip| IpKey {
+                        ip: *ip,
+                        proto,
+                        port: svc_port,
+                    })
+                    .collect(),
+                node_port: port
+                    .node_port
+                    .filter(|_| node_ports)
+                    .and_then(|p| u16::try_from(p).ok())
+                    .map(|port| PortKey { proto, port }),
+                eps: endpoints(slices, port, proto, local_only.then_some(node)),
+                node_port_local_eps: (spec.external_traffic_policy.as_deref() == Some("Local"))
+                    .then(|| endpoints(slices, port, proto, Some(node))),
+                affinity: affinity_timeout(spec),
+            };
+            add_port(&mut out, plan, ids);
+        }
+    }
+    out
+}
+
+/// IPv4 EndpointSlices by the Service they name.
+fn slices_by_service<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSlice>> {
     let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
     for s in slices {
         let (Some(ns), Some(svc)) = (
@@ -98,91 +159,92 @@ pub(crate) fn desired_with<'a>(
             by_service.entry((ns, svc.as_str())).or_default().push(s);
         }
     }
-    let mut services: Vec<&Service> = services.into_iter().collect();
-    services.sort_by(|a, b| {
-        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
-    });
-    let mut out = Ruleset::default();
-    for svc in services {
-        let (Some(ns), Some(name), Some(spec)) = (
-            svc.metadata.namespace.as_deref(),
-            svc.metadata.name.as_deref(),
-            svc.spec.as_ref(),
-        ) else {
-            continue;
-        };
-        if spec.type_.as_deref() == Some("ExternalName") {
-            continue;
-        }
-        let ips = service_ips(svc);
-        if ips.is_empty() {
-            continue;
-        }
-        let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
-        let slices = by_service
-            .get(&(ns, name))
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        let node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
-        for port in spec.ports.iter().flatten() {
-            let Some(proto) = Proto::from_k8s(port.protocol.as_deref()) else {
-                continue;
-            };
-            let Ok(svc_port) = u16::try_from(port.port) else {
-                continue;
-            };
-            let eps = endpoints(slices, port, proto, local_only.then_some(node));
-            let ip_keys = ips.iter().map(|ip| IpKey {
-                ip: *ip,
-                proto,
-                port: svc_port,
-            });
-            let node_port = port
-                .node_port
-                .filter(|_| node_ports)
-                .and_then(|p| u16::try_from(p).ok())
-                .map(|port| PortKey { proto, port });
-            if eps.is_empty() {
-                out.no_endpoints.extend(ip_keys);
-                out.no_endpoint_node_ports.extend(node_port);
-                continue;
-            }
-            out.hairpin.extend(eps.iter().map(|ep| *ep.ip()));
-            let n = eps.len() as u32;
-            if n <= SMALL_MAX {
-                for k in ip_keys {
-                    out.service_ips.insert(k, Target::Small(n));
-                    for (slot, ep) in eps.iter().enumerate() {
-                        out.ip_endpoints.insert((k, slot as u32), (n, *ep));
-                    }
+    by_service
+}
+
+/// `sessionAffinity: ClientIP`'s timeout; kube-proxy's default is three hours.
+fn affinity_timeout(spec: &ServiceSpec) -> Option<u32> {
+    (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(10_800)
+    })
+}
+
+/// One service port's addresses and endpoints, before they are written into a ruleset.
+struct PortPlan {
+    label: String,
+    ip_keys: Vec<IpKey>,
+    node_port: Option<PortKey>,
+    eps: Vec<SocketAddrV4>,
+    /// `externalTrafficPolicy: Local`: the endpoints on this node, for the NodePort.
+    node_port_local_eps: Option<Vec<SocketAddrV4>>,
+    affinity: Option<u32>,
+}
+
+/// Writes one service port: rejected if it has no endpoints, into the maps for its endpoint
+/// count if small and not sticky, else into a chain of its own. A NodePort with
+/// `externalTrafficPolicy: Local` goes to its local endpoints, unmasqueraded.
+fn add_port(out: &mut Ruleset, mut p: PortPlan, ids: &mut Ids) {
+    if let (Some(k), Some(local)) = (p.node_port, &p.node_port_local_eps) {
+        let n = local.len() as u32;
+        // More local endpoints than the small maps take: served as Cluster (masqueraded).
+        if n <= SMALL_MAX {
+            p.node_port = None;
+            if n == 0 {
+                out.no_endpoint_node_ports.insert(k);
+            } else {
+                out.node_ports_local.insert(k, n);
+                out.hairpin.extend(local.iter().map(|ep| *ep.ip()));
+                for (slot, ep) in local.iter().enumerate() {
+                    out.port_endpoints.insert((k, slot as u32), (n, *ep));
                 }
-                if let Some(k) = node_port {
-                    out.node_ports.insert(k, Target::Small(n));
-                    for (slot, ep) in eps.iter().enumerate() {
-                        out.port_endpoints.insert((k, slot as u32), (n, *ep));
-                    }
-                }
-                continue;
             }
-            let label = format!("{ns}/{name}:{}", port.name.as_deref().unwrap_or(""));
-            let id = ids.get(&label);
-            for (slot, ep) in eps.iter().enumerate() {
-                out.endpoints.insert((id, slot as u32), *ep);
-            }
-            let chain = SvcChain {
-                id,
-                label,
-                endpoints: n,
-            };
-            let target = Target::Chain(chain.name());
-            out.service_ips.extend(ip_keys.map(|k| (k, target.clone())));
-            if let Some(k) = node_port {
-                out.node_ports.insert(k, target);
-            }
-            out.chains.insert(chain.name(), chain);
         }
     }
-    out
+    if p.eps.is_empty() {
+        out.no_endpoints.extend(p.ip_keys);
+        out.no_endpoint_node_ports.extend(p.node_port);
+        return;
+    }
+    out.hairpin.extend(p.eps.iter().map(|ep| *ep.ip()));
+    let n = p.eps.len() as u32;
+    if n <= SMALL_MAX && p.affinity.is_none() {
+        for k in p.ip_keys {
+            out.service_ips.insert(k, Target::Small(n));
+            for (slot, ep) in p.eps.iter().enumerate() {
+                out.ip_endpoints.insert((k, slot as u32), (n, *ep));
+            }
+        }
+        if let Some(k) = p.node_port {
+            out.node_ports.insert(k, Target::Small(n));
+            for (slot, ep) in p.eps.iter().enumerate() {
+                out.port_endpoints.insert((k, slot as u32), (n, *ep));
+            }
+        }
+        return;
+    }
+    let id = ids.get(&p.label);
+    for (slot, ep) in p.eps.iter().enumerate() {
+        out.endpoints.insert((id, slot as u32), *ep);
+    }
+    let chain = SvcChain {
+        id,
+        label: p.label,
+        endpoints: n,
+        affinity: p.affinity,
+    };
+    let target = Target::Chain(chain.name());
+    out.service_ips
+        .extend(p.ip_keys.into_iter().map(|k| (k, target.clone())));
+    if let Some(k) = p.node_port {
+        out.node_ports.insert(k, target);
+    }
+    out.chains.insert(chain.name(), chain);
 }
 
 /// ClusterIPs, external IPs and LoadBalancer ingress IPs (IPv4 only); none if headless.

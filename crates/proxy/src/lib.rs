@@ -4,6 +4,7 @@
 //! transaction ([`Apply`]). Start from [`run`]; [`cleanup`] removes everything.
 
 pub mod apply;
+pub mod conntrack;
 pub mod desired;
 pub mod error;
 pub mod metrics;

@@ -10,6 +10,7 @@
 //! `endpoints`. No anonymous sets, a fixed number of named ones each bound to few rules, and
 //! an endpoint change is element changes only.
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::nft::RawExpr;
@@ -24,10 +25,13 @@ use crate::ruleset::{
 pub const TABLE: &str = "berth";
 pub const SERVICE_IPS: &str = "service-ips";
 pub const NODE_PORTS: &str = "service-nodeports";
+pub const NODE_PORTS_LOCAL: &str = "service-nodeports-local";
 pub const NO_ENDPOINTS: &str = "no-endpoint-services";
 pub const NO_ENDPOINT_NODE_PORTS: &str = "no-endpoint-nodeports";
 pub const ENDPOINTS: &str = "endpoints";
 pub const HAIRPIN: &str = "hairpin";
+/// `saddr . id` -> endpoint, written by the packet path for ClientIP affinity.
+pub const AFFINITY: &str = "affinity";
 
 /// The map and the chain of small service addresses with `n` endpoints.
 pub fn ip_map(n: u32) -> String {
@@ -39,7 +43,6 @@ pub fn port_map(n: u32) -> String {
 }
 
 // nft's datatype ids (for `nft list` to print keys readably); concatenations shift by 6.
-const T_VERDICT: u32 = 1;
 const T_IPV4: u32 = 7;
 const T_PROTO: u32 = 12;
 const T_SERVICE: u32 = 13;
@@ -120,13 +123,14 @@ pub fn sets() -> Vec<SetSpec> {
         key_type,
         data,
         timeout: false,
+        dynamic: false,
     };
     let ip_key = concat(concat(T_IPV4, T_PROTO), T_SERVICE);
     let port_key = concat(T_PROTO, T_SERVICE);
-    let _ = T_VERDICT;
     let mut out = vec![
         set(SERVICE_IPS, 12, ip_key, SetData::Verdict),
         set(NODE_PORTS, 8, port_key, SetData::Verdict),
+        set(NODE_PORTS_LOCAL, 8, port_key, SetData::Verdict),
         set(NO_ENDPOINTS, 12, ip_key, SetData::None),
         set(NO_ENDPOINT_NODE_PORTS, 8, port_key, SetData::None),
         set(
@@ -139,6 +143,19 @@ pub fn sets() -> Vec<SetSpec> {
             },
         ),
         set(HAIRPIN, 8, concat(T_IPV4, T_IPV4), SetData::None),
+        SetSpec {
+            timeout: true,
+            dynamic: true,
+            ..set(
+                AFFINITY,
+                8,
+                concat(T_IPV4, T_MARK),
+                SetData::Value {
+                    len: 8,
+                    ty: concat(T_IPV4, T_SERVICE),
+                },
+            )
+        },
     ];
     let ep = SetData::Value {
         len: 8,
@@ -169,6 +186,8 @@ pub fn chains(mark: u32) -> Vec<FixedChain> {
     };
     let mut services_ip = load_daddr_proto_dport();
     services_ip.push(lookup(SERVICE_IPS, Some(Reg::VERDICT)));
+    let mut services_np_local = load_local_proto_dport();
+    services_np_local.push(lookup(NODE_PORTS_LOCAL, Some(Reg::VERDICT)));
     let mut services_np = load_local_proto_dport();
     services_np.extend([
         lookup(NODE_PORTS, None),
@@ -262,7 +281,7 @@ pub fn chains(mark: u32) -> Vec<FixedChain> {
         FixedChain {
             name: "services".into(),
             base: None,
-            rules: vec![services_ip, services_np],
+            rules: vec![services_ip, services_np_local, services_np],
         },
         FixedChain {
             name: "no-endpoints".into(),
@@ -360,25 +379,68 @@ fn load_proto_dport() -> Vec<Expr> {
     ]
 }
 
-/// A large service port's chain rule: `id . numgen random mod N` into r0 . r1, looked up in
-/// `endpoints` into r2 . r3, `dnat to r2:r3`.
-pub fn service_rule(c: &SvcChain) -> Vec<Expr> {
-    vec![
+/// A large or sticky service port's chain rules: `id . numgen random mod N` into r0 . r1,
+/// looked up in `endpoints` into r2 . r3, `dnat to r2:r3`. With affinity, a first rule
+/// reuses (and refreshes) the endpoint `affinity` holds for `saddr . id`, and the picking
+/// rule records its pick there. The kernel runs these as written, but `nft` 1.0.6 cannot
+/// print a `dynset` whose data came from a map lookup (it asserts in
+/// `netlink_parse_concat_expr`), so `nft list` fails while a sticky Service exists.
+pub fn service_rules(c: &SvcChain) -> Vec<Vec<Expr>> {
+    let id = || Data::Value(c.id.to_ne_bytes().to_vec());
+    let dnat = Expr::Nat {
+        dnat: true,
+        addr: r(2),
+        port: Some(r(3)),
+    };
+    let mut pick = vec![
         Expr::Immediate {
             dreg: r(0),
-            data: Data::Value(c.id.to_ne_bytes().to_vec()),
+            data: id(),
         },
         Expr::NumgenRandom {
             dreg: r(1),
             modulus: c.endpoints,
         },
         lookup(ENDPOINTS, Some(r(2))),
-        Expr::Nat {
-            dnat: true,
-            addr: r(2),
-            port: Some(r(3)),
+    ];
+    let Some(timeout) = c.affinity else {
+        pick.push(dnat);
+        return vec![pick];
+    };
+    let client = || {
+        [
+            Expr::Payload {
+                base: Base::Network,
+                offset: 12,
+                len: 4,
+                dreg: r(4),
+            },
+            Expr::Immediate {
+                dreg: r(5),
+                data: id(),
+            },
+        ]
+    };
+    let remember = |update| Expr::Dynset {
+        set: AFFINITY.into(),
+        update,
+        key: r(4),
+        data: Some(r(2)),
+        timeout_ms: u64::from(timeout) * 1000,
+    };
+    let mut sticky: Vec<Expr> = client().into();
+    sticky.extend([
+        Expr::Lookup {
+            set: AFFINITY.into(),
+            sreg: r(4),
+            dreg: Some(r(2)),
         },
-    ]
+        remember(true),
+        dnat.clone(),
+    ]);
+    pick.extend(client());
+    pick.extend([remember(false), dnat]);
+    vec![sticky, pick]
 }
 
 fn pad4(v: &mut Vec<u8>) {
@@ -429,6 +491,11 @@ fn encode(e: &Elem) -> (String, NftElem) {
     let (set, key, data) = match e {
         Elem::ServiceIp(k, t) => (SERVICE_IPS.into(), ip_key(k), goto(t, ip_map)),
         Elem::NodePort(k, t) => (NODE_PORTS.into(), port_key(k), goto(t, port_map)),
+        Elem::NodePortLocal(k, n) => (
+            NODE_PORTS_LOCAL.into(),
+            port_key(k),
+            goto(&Target::Small(*n), port_map),
+        ),
         Elem::IpEndpoint((k, slot), (n, a)) => (
             ip_map(*n),
             with_slot(ip_key(k), *slot),
@@ -486,10 +553,10 @@ pub fn messages(ops: &[Op]) -> Vec<Msg> {
                         base: None,
                     }
                 });
-                out.push(Msg::NewRule {
+                out.extend(service_rules(c).into_iter().map(|exprs| Msg::NewRule {
                     chain: c.name(),
-                    exprs: service_rule(c),
-                });
+                    exprs,
+                }));
             }
         }
     }
@@ -559,6 +626,13 @@ pub fn read_elems(r: &mut Ruleset, set: &str, elems: &[NftElem]) {
                     r.node_ports.insert(key, c);
                 }
             }
+            NODE_PORTS_LOCAL => {
+                if let (Some(key), Some(Target::Small(n))) =
+                    (parse_port_key(k), goto_target(&e.data, "endpoints-port-"))
+                {
+                    r.node_ports_local.insert(key, n);
+                }
+            }
             NO_ENDPOINTS => {
                 r.no_endpoints.extend(parse_ip_key(k));
             }
@@ -606,19 +680,52 @@ fn read_small(r: &mut Ruleset, set: &str, e: &NftElem) -> Option<()> {
     Some(())
 }
 
-/// A large service port's chain as dumped: its name and the modulus of its `numgen`.
+/// A large or sticky service port's chain as dumped: its name, the modulus of its `numgen`
+/// and the timeout of its `dynset`, if any.
 pub fn read_chain(name: &str, rules: &[&[RawExpr]]) -> Option<SvcChain> {
     let (id, label) = parse_chain_name(name)?;
-    let endpoints = rules
-        .iter()
-        .flat_map(|r| r.iter())
-        .find_map(RawExpr::numgen_modulus)
-        .unwrap_or(0);
+    let exprs = || rules.iter().flat_map(|r| r.iter());
     Some(SvcChain {
         id,
         label,
-        endpoints,
+        endpoints: exprs().find_map(RawExpr::numgen_modulus).unwrap_or(0),
+        affinity: exprs()
+            .find_map(RawExpr::dynset_timeout_ms)
+            .and_then(|ms| u32::try_from(ms / 1000).ok()),
     })
+}
+
+/// The `affinity` elements to delete: those of chains in `ids` whose endpoint `current` no
+/// longer lists for that chain (so a client does not stick to a removed endpoint).
+pub fn stale_affinity(elems: &[NftElem], ids: &BTreeSet<u32>, current: &Ruleset) -> Vec<NftElem> {
+    elems
+        .iter()
+        .filter(|e| {
+            let Some(id) = u32_at(&e.key, 4) else {
+                return false;
+            };
+            let Some(Data::Value(v)) = &e.data else {
+                return false;
+            };
+            let Some(ep) = addr_port_at(v) else {
+                return false;
+            };
+            ids.contains(&id)
+                && !current
+                    .chains
+                    .values()
+                    .find(|c| c.id == id)
+                    .is_some_and(|c| {
+                        c.affinity.is_some()
+                            && (0..c.endpoints)
+                                .any(|s| current.endpoints.get(&(id, s)) == Some(&ep))
+                    })
+        })
+        .map(|e| NftElem {
+            key: e.key.clone(),
+            data: None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -650,7 +757,7 @@ mod tests {
                     proto: Proto::Tcp,
                     port: 443,
                 },
-                Target::Chain("svc-1-a/b:".into()),
+                Target::Chain("svc-1-a/b/".into()),
             ),
             Elem::IpEndpoint(
                 (

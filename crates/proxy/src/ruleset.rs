@@ -71,17 +71,21 @@ pub struct PortKey {
     pub port: u16,
 }
 
-/// A chain of its own for a service port with more than [`SMALL_MAX`] endpoints,
-/// `svc-<id>-<label>`: `id . numgen random mod endpoints` is looked up in the shared
-/// `endpoints` map. Each such chain binds that map once more, and the kernel checks every
-/// element added to a data map against every rule bound to it, so this is kept for the few
-/// large Services.
+/// A chain of its own for a service port with more than [`SMALL_MAX`] endpoints or with
+/// ClientIP affinity, `svc-<id>-<label>`: `id . numgen random mod endpoints` is looked up in
+/// the shared `endpoints` map. Each such chain binds that map once more, and the kernel
+/// checks every element added to a data map against every rule bound to it, so this is kept
+/// for the few large or sticky Services.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SvcChain {
     pub id: u32,
-    /// `namespace/name:portname`, for people reading `nft list`.
+    /// `namespace/name/portname`, for people reading `nft list` (the `nft` CLI takes `/` in
+    /// names, not `:`).
     pub label: String,
     pub endpoints: u32,
+    /// `sessionAffinity: ClientIP`'s timeout in seconds: the endpoint picked for a client
+    /// is kept in the `affinity` map (`saddr . id`) and reused while it is refreshed.
+    pub affinity: Option<u32>,
 }
 
 /// Service ports with at most this many endpoints share the fixed chains and maps of their
@@ -128,6 +132,10 @@ pub struct Ruleset {
     pub service_ips: BTreeMap<IpKey, Target>,
     /// `service-nodeports`: NodePorts -> `goto` their target.
     pub node_ports: BTreeMap<PortKey, Target>,
+    /// `service-nodeports-local`: NodePorts of `externalTrafficPolicy: Local` Services ->
+    /// `goto` the fixed chain for their N local endpoints, without masquerade (the client's
+    /// address is kept).
+    pub node_ports_local: BTreeMap<PortKey, u32>,
     /// `no-endpoint-services`: rejected at once.
     pub no_endpoints: BTreeSet<IpKey>,
     /// `no-endpoint-nodeports`: rejected at once on local addresses.
@@ -148,6 +156,7 @@ pub struct Ruleset {
 pub enum Elem {
     ServiceIp(IpKey, Target),
     NodePort(PortKey, Target),
+    NodePortLocal(PortKey, u32),
     NoEndpoints(IpKey),
     NoEndpointNodePort(PortKey),
     IpEndpoint((IpKey, u32), SlotEndpoint),
@@ -186,6 +195,13 @@ pub fn diff(current: &Ruleset, desired: &Ruleset) -> Vec<Op> {
         &mut dels,
         &mut adds,
         |k, v| Elem::NodePort(*k, v.clone()),
+    );
+    map_diff(
+        &current.node_ports_local,
+        &desired.node_ports_local,
+        &mut dels,
+        &mut adds,
+        |k, v| Elem::NodePortLocal(*k, *v),
     );
     map_diff(
         &current.ip_endpoints,
@@ -252,6 +268,43 @@ pub fn diff(current: &Ruleset, desired: &Ruleset) -> Vec<Op> {
     });
     ops.extend(adds.into_iter().map(Op::AddElem));
     ops
+}
+
+/// The UDP endpoints `ops` take away from a Service address or NodePort (and do not give
+/// back to it): their conntrack entries must go. Endpoints of large service ports are not
+/// covered yet (their map keys do not carry the protocol).
+pub fn removed_udp_endpoints(ops: &[Op]) -> BTreeSet<SocketAddrV4> {
+    let mut removed = BTreeSet::new();
+    let mut added = BTreeSet::new();
+    for op in ops {
+        let (set, e) = match op {
+            Op::DelElem(e) => (&mut removed, e),
+            Op::AddElem(e) => (&mut added, e),
+            _ => continue,
+        };
+        match e {
+            Elem::IpEndpoint((k, _), (_, a)) if k.proto == Proto::Udp => {
+                set.insert((Some(*k), None, *a));
+            }
+            Elem::PortEndpoint((k, _), (_, a)) if k.proto == Proto::Udp => {
+                set.insert((None, Some(*k), *a));
+            }
+            _ => {}
+        }
+    }
+    removed.difference(&added).map(|(_, _, a)| *a).collect()
+}
+
+/// The chains whose ClientIP affinity entries may now be stale: those that lost an endpoint,
+/// were replaced (count or affinity changed) or deleted (their id may be reused).
+pub fn affinity_ids_touched(ops: &[Op]) -> BTreeSet<u32> {
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::DelElem(Elem::Endpoint((id, _), _)) => Some(*id),
+            Op::DelChain(c) | Op::SetRule(c) => Some(c.id),
+            _ => None,
+        })
+        .collect()
 }
 
 fn map_diff<K: Ord, V: PartialEq>(
@@ -323,6 +376,7 @@ impl Ruleset {
                 let gone = match e {
                     Elem::ServiceIp(k, _) => self.service_ips.remove(k).is_some(),
                     Elem::NodePort(k, _) => self.node_ports.remove(k).is_some(),
+                    Elem::NodePortLocal(k, _) => self.node_ports_local.remove(k).is_some(),
                     Elem::NoEndpoints(k) => self.no_endpoints.remove(k),
                     Elem::NoEndpointNodePort(k) => self.no_endpoint_node_ports.remove(k),
                     Elem::IpEndpoint(k, _) => self.ip_endpoints.remove(k).is_some(),
@@ -356,6 +410,7 @@ impl Ruleset {
             }
             Elem::ServiceIp(_, Target::Small(n))
             | Elem::NodePort(_, Target::Small(n))
+            | Elem::NodePortLocal(_, n)
             | Elem::IpEndpoint(_, (n, _))
             | Elem::PortEndpoint(_, (n, _))
                 if !(1..=SMALL_MAX).contains(n) =>
@@ -367,6 +422,7 @@ impl Ruleset {
         match e {
             Elem::ServiceIp(k, chain) => put(&mut self.service_ips, *k, chain.clone(), op)?,
             Elem::NodePort(k, chain) => put(&mut self.node_ports, *k, chain.clone(), op)?,
+            Elem::NodePortLocal(k, n) => put(&mut self.node_ports_local, *k, *n, op)?,
             Elem::NoEndpoints(k) => {
                 self.no_endpoints.insert(*k);
             }
@@ -418,8 +474,9 @@ mod tests {
     fn with_big_service(r: &mut Ruleset, id: u32, eps: &[u8]) {
         let c = SvcChain {
             id,
-            label: format!("ns/s{id}:http"),
+            label: format!("ns/s{id}/http"),
             endpoints: eps.len() as u32,
+            affinity: None,
         };
         r.service_ips.insert(key(id as u8), Target::Chain(c.name()));
         for (slot, e) in eps.iter().enumerate() {
@@ -442,8 +499,8 @@ mod tests {
     #[test]
     fn chain_names_round_trip() {
         assert_eq!(
-            parse_chain_name(&chain_name(7, "ns/a:b")),
-            Some((7, "ns/a:b".into()))
+            parse_chain_name(&chain_name(7, "ns/a/b")),
+            Some((7, "ns/a/b".into()))
         );
         assert_eq!(parse_chain_name("services"), None);
     }
@@ -469,6 +526,30 @@ mod tests {
         // small: service-ip moves from 3 to 2 (2 ops), 3 endpoints out of map 3, 2 into
         // map 2, a hairpin; big: an endpoint, a hairpin, the rule.
         check(&a, &b, 2 + 5 + 1 + 3);
+    }
+
+    #[test]
+    fn only_udp_endpoints_that_leave_a_key_need_their_flows_deleted() {
+        let udp = |last| IpKey {
+            proto: Proto::Udp,
+            ..key(last)
+        };
+        let mut a = Ruleset::default();
+        a.service_ips.insert(udp(1), Target::Small(3));
+        a.service_ips.insert(key(2), Target::Small(1));
+        for (slot, e) in [1, 2, 3].into_iter().enumerate() {
+            a.ip_endpoints.insert((udp(1), slot as u32), (3, ep(e)));
+        }
+        a.ip_endpoints.insert((key(2), 0), (1, ep(9)));
+        let mut b = a.clone();
+        b.service_ips.insert(udp(1), Target::Small(2));
+        b.ip_endpoints.clear();
+        // 10.244.0.2 moves from slot 1 of map 3 to slot 1 of map 2; .3 leaves; the TCP
+        // service's endpoint leaves too but has no UDP flows.
+        b.ip_endpoints.insert((udp(1), 0), (2, ep(1)));
+        b.ip_endpoints.insert((udp(1), 1), (2, ep(2)));
+        let gone = removed_udp_endpoints(&diff(&a, &b));
+        assert_eq!(gone, BTreeSet::from([ep(3)]));
     }
 
     #[test]

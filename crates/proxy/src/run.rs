@@ -20,7 +20,7 @@ use crate::apply::{Apply, Netlink};
 use crate::desired::{Node, desired};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::ruleset::{Ruleset, diff};
+use crate::ruleset::{Op, Ruleset, affinity_ids_touched, diff, removed_udp_endpoints};
 use crate::tracker::{self, ServiceKey, Tracker};
 
 /// How the proxy runs on one node.
@@ -214,6 +214,7 @@ fn sync_once<A: Apply>(
     } else {
         k.nl.apply(&ops)
     };
+    let was_full = full.is_some();
     match applied {
         Ok(()) => {
             match full {
@@ -226,13 +227,17 @@ fn sync_once<A: Apply>(
                         // Our model disagrees with itself: start over from the kernel.
                         tracing::error!(error = %e, "incremental state diverged");
                         k.tracker = None;
+                        if let Ok(current) = k.nl.read() {
+                            k.current = current;
+                        }
                     }
                 }
             }
             if !ops.is_empty() {
                 metrics.synced(start.elapsed());
-                tracing::debug!(ops = ops.len(), full = k.tracker.is_none(), took = ?start.elapsed(), "synced");
+                tracing::debug!(ops = ops.len(), full = was_full, took = ?start.elapsed(), "synced");
             }
+            forget_removed(&mut k, &ops);
             (k, Ok(()))
         }
         Err(e) => {
@@ -243,6 +248,25 @@ fn sync_once<A: Apply>(
                 k.current = current;
             }
             (k, Err(e))
+        }
+    }
+}
+
+/// After `ops` are in: ClientIP affinity entries and UDP flows that point at endpoints
+/// which are gone. Failures are logged; the next change retries nothing (entries also
+/// time out).
+fn forget_removed<A: Apply>(k: &mut Kernel<A>, ops: &[Op]) {
+    let sticky = affinity_ids_touched(ops);
+    if !sticky.is_empty()
+        && let Err(e) = k.nl.prune_affinity(&sticky, &k.current)
+    {
+        tracing::warn!(error = %e, "pruning ClientIP affinity entries failed");
+    }
+    let gone = removed_udp_endpoints(ops);
+    if !gone.is_empty() {
+        match k.nl.delete_udp_flows(&gone) {
+            Ok(n) => tracing::debug!(endpoints = gone.len(), flows = n, "UDP flows deleted"),
+            Err(e) => tracing::warn!(error = %e, "deleting UDP flows failed"),
         }
     }
 }

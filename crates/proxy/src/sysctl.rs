@@ -11,14 +11,32 @@ const BRIDGE_NF_CALL_IPTABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-iptab
 const INIT_NET: &str = "net:[4026531833]";
 
 /// Whether the calling thread is in the root network namespace: its namespace is the one
-/// with the fixed init inode, or (older kernels) the one PID 1 is in.
+/// with the fixed init inode, or the one PID 1 is in. When PID 1's cannot be read, the
+/// answer is "no" only on kernels that give init namespaces fixed inodes (seen on one of
+/// ours); otherwise it is unknown and treated as "yes".
 pub fn in_root_netns() -> bool {
     let ns = |p: &str| std::fs::read_link(p).ok();
     let Some(me) = ns("/proc/thread-self/ns/net") else {
-        // Unknown: behave as if it were the root namespace.
         return true;
     };
-    me.as_os_str() == INIT_NET || ns("/proc/1/ns/net").is_some_and(|init| init == me)
+    if me.as_os_str() == INIT_NET {
+        return true;
+    }
+    if let Some(init) = ns("/proc/1/ns/net") {
+        return init == me;
+    }
+    !["user", "uts", "ipc", "pid", "cgroup", "time", "mnt"]
+        .iter()
+        .filter_map(|kind| ns(&format!("/proc/thread-self/ns/{kind}")))
+        .any(|link| fixed_init_inode(&link.to_string_lossy()))
+}
+
+/// `kind:[N]` with N in the range current kernels reserve for init namespaces.
+fn fixed_init_inode(link: &str) -> bool {
+    link.split_once('[')
+        .and_then(|(_, n)| n.strip_suffix(']'))
+        .and_then(|n| n.parse::<u64>().ok())
+        .is_some_and(|n| (0xEFFF_FFF0..0xF000_0000).contains(&n))
 }
 
 /// Sets `bridge-nf-call-iptables=1` in the calling thread's network namespace unless that
@@ -42,4 +60,16 @@ pub fn enable_bridge_netfilter() -> Result<bool> {
         "set in the proxy's network namespace so bridged replies are un-DNATed"
     );
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_inodes_are_recognised() {
+        assert!(fixed_init_inode("user:[4026531837]"));
+        assert!(!fixed_init_inode("net:[4026532174]"));
+        assert!(!fixed_init_inode("garbage"));
+    }
 }

@@ -4,164 +4,19 @@
 //! Traffic goes only to addresses inside these namespaces.
 
 use std::collections::BTreeSet;
-use std::io::{ErrorKind, Read};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::ErrorKind;
+use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use berth_proxy::ruleset::Op;
+use berth_proxy::ruleset::{Op, affinity_ids_touched, removed_udp_endpoints};
 use berth_proxy::{Apply, Netlink, Node, Ruleset, desired, diff};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use nix::sched::{CloneFlags, setns};
-use serde_json::json;
 
-const MARK: u32 = 1 << 14;
-
-/// Named namespaces, deleted on drop even when the test panics.
-struct Namespaces {
-    names: Vec<String>,
-}
-
-impl Namespaces {
-    fn add(&mut self, name: String) -> String {
-        ip(&["netns", "add", &name]);
-        self.names.push(name.clone());
-        name
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for n in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("test step");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-#[track_caller]
-fn enter(ns: &str) {
-    let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("test step");
-    setns(&f, CloneFlags::CLONE_NEWNET).expect("test step");
-}
-
-/// Runs `f` on a fresh thread inside `ns` and waits for it.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let ns = ns.to_owned();
-    thread::spawn(move || {
-        enter(&ns);
-        f()
-    })
-    .join()
-    .expect("test step")
-}
-
-/// A pod's servers: TCP on 8080 and UDP on 8081, both answering with `me`.
-fn serve(ns: &str, me: &'static str) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let ns_ = ns.to_owned();
-    let tx2 = tx.clone();
-    thread::spawn(move || {
-        enter(&ns_);
-        let l = TcpListener::bind("0.0.0.0:8080").expect("test step");
-        tx.send(()).expect("test step");
-        for s in l.incoming().flatten() {
-            let mut s = s;
-            let _ = std::io::Write::write_all(&mut s, me.as_bytes());
-        }
-    });
-    let ns_ = ns.to_owned();
-    thread::spawn(move || {
-        enter(&ns_);
-        let u = UdpSocket::bind("0.0.0.0:8081").expect("test step");
-        tx2.send(()).expect("test step");
-        let mut buf = [0u8; 64];
-        while let Ok((_, from)) = u.recv_from(&mut buf) {
-            let _ = u.send_to(me.as_bytes(), from);
-        }
-    });
-    rx.recv().expect("test step");
-    rx.recv().expect("test step");
-    // More ports, so that one Service can have more endpoints than the small maps take.
-    for port in BIG_PORTS {
-        let ns_ = ns.to_owned();
-        let (tx, rx) = std::sync::mpsc::channel();
-        thread::spawn(move || {
-            enter(&ns_);
-            let l = TcpListener::bind(("0.0.0.0", port)).expect("test step");
-            tx.send(()).expect("test step");
-            for mut s in l.incoming().flatten() {
-                let _ = std::io::Write::write_all(&mut s, me.as_bytes());
-            }
-        });
-        rx.recv().expect("test step");
-    }
-}
-
-const BIG_PORTS: std::ops::Range<u16> = 9000..9007;
-
-fn tcp_ask(addr: &str) -> std::io::Result<String> {
-    let addr: SocketAddr = addr.parse().expect("test step");
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
-}
-
-/// Who answers `n` connections to `addr` from inside `ns`.
-fn answers(ns: &str, addr: &'static str, n: usize, stop_when_all: usize) -> BTreeSet<String> {
-    in_ns(ns, move || {
-        let mut seen = BTreeSet::new();
-        for _ in 0..n {
-            seen.insert(tcp_ask(addr).expect("test step"));
-            if seen.len() == stop_when_all {
-                break;
-            }
-        }
-        seen
-    })
-}
-
-fn service(name: &str, ip: &str, port: i32, proto: &str, node_port: Option<i32>) -> Service {
-    let mut p = json!({"name": "p", "port": port, "protocol": proto, "targetPort": "p"});
-    let mut ty = "ClusterIP";
-    if let Some(np) = node_port {
-        p["nodePort"] = json!(np);
-        ty = "NodePort";
-    }
-    serde_json::from_value(json!({
-        "metadata": {"namespace": "ns", "name": name},
-        "spec": {"type": ty, "clusterIP": ip, "ports": [p]},
-    }))
-    .expect("test step")
-}
-
-fn slice(svc: &str, port: i32, proto: &str, ips: &[&str]) -> EndpointSlice {
-    let eps: Vec<_> = ips
-        .iter()
-        .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
-        .collect();
-    serde_json::from_value(json!({
-        "metadata": {"namespace": "ns", "name": svc,
-                     "labels": {"kubernetes.io/service-name": svc}},
-        "addressType": "IPv4",
-        "ports": [{"name": "p", "port": port, "protocol": proto}],
-        "endpoints": eps,
-    }))
-    .expect("test step")
-}
+mod common;
+use common::*;
 
 /// 21 endpoints (3 pods x 7 ports, a slice per port as the EndpointSlice controller makes
 /// for differing target ports): more than the small maps take, so "big" gets a chain.
@@ -171,14 +26,31 @@ fn big_slices() -> Vec<EndpointSlice> {
         .collect()
 }
 
-const PODS: [&str; 3] = ["10.244.0.11", "10.244.0.12", "10.244.0.13"];
-
-fn world(web_pods: &[&str]) -> (Vec<Service>, Vec<EndpointSlice>) {
+fn world(
+    web_pods: &[&str],
+    dns_pods: &[&str],
+    sticky_pods: &[&str],
+) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let mut sticky = service("sticky", "10.96.0.54", 80, "TCP", None);
+    if let Some(spec) = sticky.spec.as_mut() {
+        spec.session_affinity = Some("ClientIP".into());
+    }
+    let mut local = service("local", "10.96.0.55", 80, "TCP", Some(30090));
+    if let Some(spec) = local.spec.as_mut() {
+        spec.external_traffic_policy = Some("Local".into());
+    }
+    let mut local_slice = slice("local", 8090, "TCP", &PODS);
+    for ep in &mut local_slice.endpoints {
+        ep.node_name = Some("node".into());
+    }
     let mut slices = big_slices();
     slices.extend([
         slice("web", 8080, "TCP", web_pods),
-        slice("dns", 8081, "UDP", &PODS),
+        slice("dns", 8081, "UDP", dns_pods),
         slice("empty", 8080, "TCP", &[]),
+        slice("sticky", 8080, "TCP", sticky_pods),
+        slice("seen", 8090, "TCP", &PODS),
+        local_slice,
     ]);
     (
         vec![
@@ -186,83 +58,42 @@ fn world(web_pods: &[&str]) -> (Vec<Service>, Vec<EndpointSlice>) {
             service("dns", "10.96.0.51", 53, "UDP", None),
             service("empty", "10.96.0.52", 80, "TCP", Some(30081)),
             service("big", "10.96.0.53", 80, "TCP", None),
+            sticky,
+            service("seen", "10.96.0.56", 80, "TCP", Some(30091)),
+            local,
         ],
         slices,
     )
 }
 
-/// Reads the kernel, diffs against what `world` calls for, applies; returns the ops.
-fn sync(node: &str, web_pods: &'static [&'static str]) -> (Vec<Op>, Ruleset) {
+/// Reads the kernel, diffs against what `world` calls for, applies and deletes the UDP
+/// flows of removed endpoints (as `run` does); returns the ops.
+fn sync_with(
+    node: &str,
+    web_pods: &[&str],
+    dns_pods: &[&str],
+    sticky_pods: &[&str],
+) -> (Vec<Op>, Ruleset) {
+    let (svcs, slices) = world(web_pods, dns_pods, sticky_pods);
     in_ns(node, move || {
         let mut nl = Netlink::open(MARK).expect("test step");
         let current = nl.read().expect("test step");
-        let (svcs, slices) = world(web_pods);
-        let want = desired(&svcs, &slices, &Node::default(), &current);
+        let node = Node {
+            name: "node".into(),
+        };
+        let want = desired(&svcs, &slices, &node, &current);
         let ops = diff(&current, &want);
         nl.apply(&ops).expect("test step");
+        nl.delete_udp_flows(&removed_udp_endpoints(&ops))
+            .expect("test step");
+        nl.prune_affinity(&affinity_ids_touched(&ops), &want)
+            .expect("test step");
         (ops, want)
     })
 }
 
-fn setup(ns: &mut Namespaces) -> (String, Vec<String>, String) {
-    let base = format!("berth-pxt-{}", std::process::id());
-    let node = ns.add(format!("{base}-node"));
-    let n = node.as_str();
-    ip(&["-n", n, "link", "set", "lo", "up"]);
-    ip(&["-n", n, "link", "add", "berth0", "type", "bridge"]);
-    ip(&["-n", n, "addr", "add", "10.244.0.1/24", "dev", "berth0"]);
-    ip(&["-n", n, "link", "set", "berth0", "up"]);
-    ip(&["-n", n, "route", "add", "10.96.0.0/12", "dev", "berth0"]);
-    in_ns(n, || {
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("test step")
-    });
-    let mut pods = Vec::new();
-    for (i, pod_ip) in PODS.iter().enumerate() {
-        let pod = ns.add(format!("{base}-p{i}"));
-        let veth = format!("vp{i}");
-        ip(&[
-            "-n", n, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod,
-        ]);
-        ip(&["-n", n, "link", "set", &veth, "master", "berth0", "up"]);
-        // As kubelet's hairpin-veth mode: a pod reaching itself through a Service is DNATed
-        // back out of the bridge port it came in on.
-        ip(&[
-            "-n",
-            n,
-            "link",
-            "set",
-            &veth,
-            "type",
-            "bridge_slave",
-            "hairpin",
-            "on",
-        ]);
-        ip(&["-n", &pod, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n",
-            &pod,
-            "addr",
-            "add",
-            &format!("{pod_ip}/24"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", &pod, "link", "set", "eth0", "up"]);
-        ip(&["-n", &pod, "route", "add", "default", "via", "10.244.0.1"]);
-        serve(&pod, pod_ip);
-        pods.push(pod);
-    }
-    let out = ns.add(format!("{base}-out"));
-    ip(&[
-        "-n", n, "link", "add", "vout", "type", "veth", "peer", "name", "eth0", "netns", &out,
-    ]);
-    ip(&["-n", n, "addr", "add", "192.168.77.1/24", "dev", "vout"]);
-    ip(&["-n", n, "link", "set", "vout", "up"]);
-    ip(&["-n", &out, "addr", "add", "192.168.77.2/24", "dev", "eth0"]);
-    ip(&["-n", &out, "link", "set", "eth0", "up"]);
-    let set = in_ns(n, berth_proxy::sysctl::enable_bridge_netfilter).expect("test step");
-    assert!(set);
-    (node, pods, out)
+fn sync(node: &str, web_pods: &[&str]) -> (Vec<Op>, Ruleset) {
+    sync_with(node, web_pods, &PODS, &PODS)
 }
 
 fn nft_list(ns: &str) -> String {
@@ -305,21 +136,56 @@ fn services_through_the_kernel() {
     );
     assert_eq!(answers(&pods[1], "10.96.0.53:80", 100, 3), all);
 
-    // UDP through a ClusterIP.
-    let got = in_ns(&pods[1], || {
-        let u = UdpSocket::bind("0.0.0.0:0").expect("test step");
-        u.set_read_timeout(Some(Duration::from_secs(2)))
-            .expect("test step");
-        u.send_to(b"hi", "10.96.0.51:53").expect("test step");
-        let mut buf = [0u8; 64];
-        let (n, from) = u.recv_from(&mut buf).expect("test step");
-        (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
-    });
-    assert!(all.contains(&got.0), "{got:?}");
+    // UDP through a ClusterIP; when the endpoint a flow goes to is removed, its conntrack
+    // entry goes too, so the same socket's next datagram reaches another endpoint.
+    let (to_client, from_main) = std::sync::mpsc::channel::<()>();
+    let (to_main, from_client) = std::sync::mpsc::channel();
+    let client = {
+        let pod = pods[1].clone();
+        thread::spawn(move || {
+            enter(&pod);
+            let u = UdpSocket::bind("0.0.0.0:0").expect("test step");
+            u.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("test step");
+            for _ in 0..2 {
+                u.send_to(b"hi", "10.96.0.51:53").expect("test step");
+                let mut buf = [0u8; 64];
+                let (n, from) = u.recv_from(&mut buf).expect("test step");
+                let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+                to_main.send((answer, from)).expect("test step");
+                let _ = from_main.recv();
+            }
+        })
+    };
+    let (first, from) = from_client.recv().expect("test step");
+    assert!(all.contains(&first), "{first}");
     assert_eq!(
-        got.1,
+        from,
         "10.96.0.51:53".parse::<SocketAddr>().expect("test step")
     );
+    let rest: Vec<&str> = PODS.iter().copied().filter(|p| *p != first).collect();
+    sync_with(&node, &PODS, &rest, &PODS);
+    to_client.send(()).expect("test step");
+    let (second, _) = from_client.recv().expect("test step");
+    assert!(
+        rest.contains(&second.as_str()),
+        "{second} after removing {first}"
+    );
+    to_client.send(()).expect("test step");
+    client.join().expect("test step");
+    sync(&node, &PODS);
+
+    // ClientIP affinity: a client sticks to one endpoint; when that endpoint goes, it
+    // sticks to another.
+    let stuck = answers(&pods[0], "10.96.0.54:80", 20, 2);
+    assert_eq!(stuck.len(), 1, "{stuck:?}");
+    let first = stuck.into_iter().next().expect("test step");
+    let rest: Vec<&str> = PODS.iter().copied().filter(|p| *p != first).collect();
+    sync_with(&node, &PODS, &PODS, &rest);
+    let stuck = answers(&pods[0], "10.96.0.54:80", 20, 2);
+    assert_eq!(stuck.len(), 1, "{stuck:?}");
+    assert!(!stuck.contains(&first), "{stuck:?} still has {first}");
+    sync(&node, &PODS);
 
     // No endpoints: refused at once, from a pod, from the node, and on the NodePort.
     for (from, addr) in [
@@ -339,6 +205,13 @@ fn services_through_the_kernel() {
     // to the pods).
     assert_eq!(answers(&outside, "192.168.77.1:30080", 100, 3), all);
 
+    // externalTrafficPolicy: Local keeps the outside client's address; Cluster masquerades
+    // it to the node's address on the bridge.
+    let seen = answers(&outside, "192.168.77.1:30090", 5, 2);
+    assert_eq!(seen, BTreeSet::from(["192.168.77.2".to_owned()]));
+    let seen = answers(&outside, "192.168.77.1:30091", 5, 2);
+    assert_eq!(seen, BTreeSet::from(["10.244.0.1".to_owned()]));
+
     // One endpoint fewer: only elements change (the ClusterIP and the NodePort move from
     // the 3-endpoint maps to the 2-endpoint ones, with their endpoints).
     let (ops, _) = sync(&node, &PODS[..2]);
@@ -352,16 +225,53 @@ fn services_through_the_kernel() {
     assert_eq!(answers(&pods[0], "10.96.0.50:80", 40, 3), two);
 
     // Cleanup removes the table.
-    let deleted = in_ns(&node, || {
-        Netlink::open(MARK)
-            .expect("test step")
-            .delete_table()
-            .expect("test step")
-    });
+    let deleted = in_ns(&node, || berth_proxy::cleanup().expect("test step"));
     assert!(deleted);
     assert!(
         nft_list(&node).contains("No such file"),
         "{}",
         nft_list(&node)
     );
+}
+
+#[test]
+fn a_refused_batch_names_the_operation_and_changes_nothing() {
+    use berth_proxy::nft::{Elem, Msg, SetData, SetSpec, Socket};
+    let mut ns = Namespaces { names: Vec::new() };
+    let name = ns.add(format!("berth-pxt-{}-tx", std::process::id()));
+    let (err, table_left) = in_ns(&name, || {
+        let mut sock = Socket::open().expect("test step");
+        let mut batch = sock.batch("berth");
+        batch.push(Msg::NewTable);
+        batch.push(Msg::NewSet(SetSpec {
+            name: "s".into(),
+            key_len: 4,
+            key_type: 7,
+            data: SetData::None,
+            timeout: false,
+            dynamic: false,
+        }));
+        batch.push(Msg::NewElems {
+            set: "s".into(),
+            elems: vec![Elem {
+                key: vec![10, 0, 0, 1],
+                data: None,
+            }],
+        });
+        batch.push(Msg::DelChain {
+            name: "nope".into(),
+        });
+        let err = sock
+            .commit(batch)
+            .expect_err("the kernel refuses the batch");
+        (err, sock.has_table("berth").expect("test step"))
+    });
+    match err {
+        berth_proxy::Error::Kernel { op, source } => {
+            assert_eq!(op, "delete chain nope");
+            assert_eq!(source.raw_os_error(), Some(2), "{source}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!table_left, "the whole batch is rolled back");
 }

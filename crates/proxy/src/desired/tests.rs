@@ -239,6 +239,121 @@ fn many_endpoints_go_to_the_shared_map() {
 }
 
 #[test]
+fn client_ip_affinity_gets_a_chain_with_its_timeout() {
+    let mut svc = service("web", "ClusterIP", "10.96.0.50", &[WEB]);
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.session_affinity = Some("ClientIP".into());
+    }
+    let eps = [slice(
+        "web",
+        0,
+        &[("http", "TCP", 8080)],
+        &[("10.244.0.2", true, true, false)],
+    )];
+    let r = desired(&[svc], &eps, &Node::default(), &Ruleset::default());
+    let c = r.chains.values().next().expect("one chain");
+    assert_eq!((c.endpoints, c.affinity), (1, Some(10_800)));
+    assert!(r.ip_endpoints.is_empty());
+}
+
+#[test]
+fn load_balancer_ingress_ips_are_service_addresses() {
+    let mut svc = service(
+        "web",
+        "LoadBalancer",
+        "10.96.0.50",
+        &[("http", "TCP", 80, Some(30007))],
+    );
+    svc.status = Some(k8s_openapi::api::core::v1::ServiceStatus {
+        load_balancer: Some(k8s_openapi::api::core::v1::LoadBalancerStatus {
+            ingress: Some(vec![k8s_openapi::api::core::v1::LoadBalancerIngress {
+                ip: Some("192.0.2.10".into()),
+                ..Default::default()
+            }]),
+        }),
+        ..Default::default()
+    });
+    let eps = [slice(
+        "web",
+        0,
+        &[("http", "TCP", 8080)],
+        &[("10.244.0.2", true, true, false)],
+    )];
+    let r = desired(&[svc], &eps, &Node::default(), &Ruleset::default());
+    let ips: Vec<String> = r.service_ips.keys().map(|k| k.ip.to_string()).collect();
+    assert_eq!(ips, ["10.96.0.50", "192.0.2.10"]);
+    assert_eq!(r.node_ports.len(), 1);
+}
+
+#[test]
+fn internal_traffic_policy_local_keeps_this_nodes_endpoints() {
+    let mut svc = service("web", "ClusterIP", "10.96.0.50", &[WEB]);
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.internal_traffic_policy = Some("Local".into());
+    }
+    let mut sl = slice(
+        "web",
+        0,
+        &[("http", "TCP", 8080)],
+        &[
+            ("10.244.0.2", true, true, false),
+            ("10.244.1.2", true, true, false),
+        ],
+    );
+    sl.endpoints[0].node_name = Some("here".into());
+    sl.endpoints[1].node_name = Some("there".into());
+    let node = Node {
+        name: "here".into(),
+    };
+    let r = desired(&[svc], &[sl], &node, &Ruleset::default());
+    let eps: Vec<String> = r
+        .ip_endpoints
+        .values()
+        .map(|(_, a)| a.to_string())
+        .collect();
+    assert_eq!(eps, ["10.244.0.2:8080"]);
+}
+
+#[test]
+fn external_traffic_policy_local_node_ports_use_local_endpoints() {
+    let mut svc = service(
+        "web",
+        "NodePort",
+        "10.96.0.50",
+        &[("http", "TCP", 80, Some(30007))],
+    );
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.external_traffic_policy = Some("Local".into());
+    }
+    let mut sl = slice(
+        "web",
+        0,
+        &[("http", "TCP", 8080)],
+        &[
+            ("10.244.0.2", true, true, false),
+            ("10.244.1.2", true, true, false),
+        ],
+    );
+    sl.endpoints[0].node_name = Some("here".into());
+    let node = Node {
+        name: "here".into(),
+    };
+    let r = desired(&[svc.clone()], &[sl.clone()], &node, &Ruleset::default());
+    assert!(r.node_ports.is_empty());
+    let k = PortKey {
+        proto: Proto::Tcp,
+        port: 30007,
+    };
+    assert_eq!(r.node_ports_local.get(&k), Some(&1));
+    // The ClusterIP still balances over both.
+    assert_eq!(r.ip_endpoints.len(), 2);
+    // No local endpoint: the NodePort refuses.
+    sl.endpoints[0].node_name = Some("there".into());
+    let r = desired(&[svc], &[sl], &node, &Ruleset::default());
+    assert!(r.no_endpoint_node_ports.contains(&k));
+}
+
+#[test]
 fn headless_and_external_name_get_nothing() {
     let eps = [slice(
         "h",
@@ -298,9 +413,9 @@ fn ids_stay_with_their_service_port() {
         &a,
     );
     let id = |r: &Ruleset, label: &str| r.chains.values().find(|c| c.label == label).map(|c| c.id);
-    assert_eq!(id(&a, "ns/b:http"), Some(0));
-    assert_eq!(id(&b, "ns/b:http"), Some(0));
-    assert_eq!(id(&b, "ns/a:http"), Some(1));
+    assert_eq!(id(&a, "ns/b/http"), Some(0));
+    assert_eq!(id(&b, "ns/b/http"), Some(0));
+    assert_eq!(id(&b, "ns/a/http"), Some(1));
 }
 
 /// One random Service (by index, so IPs and node ports are unique) with its slice.
@@ -320,8 +435,10 @@ fn arb_service(i: usize) -> impl Strategy<Value = (Service, EndpointSlice)> {
         ],
         any::<bool>(),
         8000i32..8003,
+        any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(move |(ty, eps, udp, target)| {
+        .prop_map(move |(ty, eps, udp, target, sticky, local)| {
             let name = format!("s{i}");
             let ip = format!("10.96.0.{}", i + 1);
             let (ty, cip) = match ty {
@@ -333,7 +450,15 @@ fn arb_service(i: usize) -> impl Strategy<Value = (Service, EndpointSlice)> {
             if udp {
                 ports.push(("dns", "UDP", 53, np));
             }
-            let svc = service(&name, ty, cip, &ports);
+            let mut svc = service(&name, ty, cip, &ports);
+            if let Some(spec) = svc.spec.as_mut() {
+                if sticky {
+                    spec.session_affinity = Some("ClientIP".into());
+                }
+                if local {
+                    spec.external_traffic_policy = Some("Local".into());
+                }
+            }
             let ips: Vec<(String, bool, bool, bool)> = eps
                 .iter()
                 .map(|(h, r, s, t)| (format!("10.244.0.{h}"), *r, *s, *t))
@@ -342,12 +467,16 @@ fn arb_service(i: usize) -> impl Strategy<Value = (Service, EndpointSlice)> {
                 .iter()
                 .map(|(ip, r, s, t)| (ip.as_str(), *r, *s, *t))
                 .collect();
-            let sl = slice(
+            let mut sl = slice(
                 &name,
                 0,
                 &[("http", "TCP", target), ("dns", "UDP", 5353)],
                 &eps,
             );
+            // Every other endpoint is on this node (`Node::default()` has the empty name).
+            for ep in sl.endpoints.iter_mut().step_by(2) {
+                ep.node_name = Some(String::new());
+            }
             (svc, sl)
         })
 }

@@ -171,6 +171,15 @@ pub enum Expr {
         dreg: Reg,
     },
     Reject(Reject),
+    /// Adds (or, `update`, refreshes the timeout of) the element `key` (`: data`) in a set
+    /// from the packet path.
+    Dynset {
+        set: String,
+        update: bool,
+        key: Reg,
+        data: Option<Reg>,
+        timeout_ms: u64,
+    },
 }
 
 impl Expr {
@@ -189,6 +198,7 @@ impl Expr {
             Expr::Counter => "counter",
             Expr::FibDaddrType { .. } => "fib",
             Expr::Reject(_) => "reject",
+            Expr::Dynset { .. } => "dynset",
         }
     }
 
@@ -276,6 +286,21 @@ impl Expr {
                 w.u32(2, 3);
                 w.u32(3, 1 << 1);
             }
+            Expr::Dynset {
+                set,
+                update,
+                key,
+                data,
+                timeout_ms,
+            } => {
+                w.str(1, set);
+                w.u32(3, u32::from(*update));
+                w.u32(4, key.0);
+                if let Some(d) = data {
+                    w.u32(5, d.0);
+                }
+                w.put(6, &timeout_ms.to_be_bytes());
+            }
             Expr::Reject(r) => match r {
                 Reject::Icmp(code) => {
                     w.u32(1, 0);
@@ -300,6 +325,15 @@ impl RawExpr {
         (self.name == "numgen")
             .then(|| super::wire::attr_u32(&self.data, 2))
             .flatten()
+    }
+
+    /// The timeout of a `dynset`, in milliseconds.
+    pub fn dynset_timeout_ms(&self) -> Option<u64> {
+        if self.name != "dynset" {
+            return None;
+        }
+        let v = super::wire::attr(&self.data, 6)?;
+        Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?))
     }
 
     /// The 4-byte value an `immediate` loads into a data register.

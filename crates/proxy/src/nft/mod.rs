@@ -43,6 +43,8 @@ enum MsgType {
     NewSetElem = 12,
     GetSetElem = 13,
     DelSetElem = 14,
+    /// Like DELSETELEM, but an absent element is not an error (Linux 6.3+).
+    DestroySetElem = 30,
 }
 
 fn msg_type(t: MsgType) -> u16 {
@@ -77,6 +79,8 @@ pub struct SetSpec {
     pub key_type: u32,
     pub data: SetData,
     pub timeout: bool,
+    /// Updated from the packet path (`dynset`).
+    pub dynamic: bool,
 }
 
 /// What a set maps to.
@@ -129,6 +133,11 @@ pub enum Msg {
         set: String,
         elems: Vec<Elem>,
     },
+    /// Deletes the elements that are still there (the kernel may expire them meanwhile).
+    DestroyElems {
+        set: String,
+        elems: Vec<Elem>,
+    },
 }
 
 impl Msg {
@@ -142,7 +151,7 @@ impl Msg {
             Msg::NewRule { chain, .. } => format!("add rule to chain {chain}"),
             Msg::NewSet(s) => format!("add set {}", s.name),
             Msg::NewElems { set, elems } => format!("add {} element(s) to {set}", elems.len()),
-            Msg::DelElems { set, elems } => {
+            Msg::DelElems { set, elems } | Msg::DestroyElems { set, elems } => {
                 format!("delete {} element(s) from {set}", elems.len())
             }
         }
@@ -207,6 +216,14 @@ impl Batch {
                     });
                 }
             }
+            Msg::DestroyElems { set, elems } if elems.len() > ELEMS_PER_MESSAGE => {
+                for chunk in elems.chunks(ELEMS_PER_MESSAGE) {
+                    self.push_one(Msg::DestroyElems {
+                        set: set.clone(),
+                        elems: chunk.to_vec(),
+                    });
+                }
+            }
             msg => self.push_one(msg),
         }
     }
@@ -227,6 +244,7 @@ impl Batch {
             Msg::NewSet(_) => (MsgType::NewSet, create),
             Msg::NewElems { .. } => (MsgType::NewSetElem, create),
             Msg::DelElems { .. } => (MsgType::DelSetElem, NLM_F_REQUEST),
+            Msg::DestroyElems { .. } => (MsgType::DestroySetElem, NLM_F_REQUEST),
         };
         let set_id = self.set_id;
         if matches!(msg, Msg::NewSet(_)) {
@@ -313,7 +331,9 @@ fn write_body(w: &mut Writer, table: &str, msg: &Msg, set_id: u32) {
             w.nest(4, |w| exprs.iter().for_each(|e| e.write(w)));
         }
         Msg::NewSet(s) => write_set(w, table, s, set_id),
-        Msg::NewElems { set, elems } | Msg::DelElems { set, elems } => {
+        Msg::NewElems { set, elems }
+        | Msg::DelElems { set, elems }
+        | Msg::DestroyElems { set, elems } => {
             w.str(1, table);
             w.str(2, set);
             w.nest(3, |w| {
@@ -333,12 +353,16 @@ fn write_body(w: &mut Writer, table: &str, msg: &Msg, set_id: u32) {
 fn write_set(w: &mut Writer, table: &str, s: &SetSpec, set_id: u32) {
     const MAP: u32 = 0x8;
     const TIMEOUT: u32 = 0x10;
+    const EVAL: u32 = 0x20;
     let mut flags = 0;
     if s.data != SetData::None {
         flags |= MAP;
     }
     if s.timeout {
         flags |= TIMEOUT;
+    }
+    if s.dynamic {
+        flags |= EVAL;
     }
     w.str(1, table);
     w.str(2, &s.name);
@@ -391,17 +415,18 @@ impl Socket {
         sock.set_cap_ack(true).map_err(io)?;
         sock.set_ext_ack(true).map_err(io)?;
         // A 10,000-Service batch is a few MiB in one datagram; dumps are read as they come.
-        let big = 64 << 20;
-        let _ = nix::sys::socket::setsockopt(
-            &sock.as_fd(),
-            nix::sys::socket::sockopt::SndBufForce,
-            &big,
-        );
-        let _ = nix::sys::socket::setsockopt(
-            &sock.as_fd(),
-            nix::sys::socket::sockopt::RcvBufForce,
-            &(8 << 20),
-        );
+        // Forcing the sizes needs CAP_NET_ADMIN; without it the plain options are capped by
+        // net.core.{w,r}mem_max, and a batch too big for that fails with EMSGSIZE (reported
+        // by `commit` as "send batch").
+        use nix::sys::socket::{setsockopt, sockopt};
+        let fd = sock.as_fd();
+        let (snd, rcv): (usize, usize) = (64 << 20, 8 << 20);
+        if setsockopt(&fd, sockopt::SndBufForce, &snd).is_err() {
+            let _ = setsockopt(&fd, sockopt::SndBuf, &snd);
+        }
+        if setsockopt(&fd, sockopt::RcvBufForce, &rcv).is_err() {
+            let _ = setsockopt(&fd, sockopt::RcvBuf, &rcv);
+        }
         let seq = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as u32)
@@ -508,17 +533,20 @@ impl Socket {
         want: MsgType,
         body: impl FnOnce(&mut Writer),
     ) -> Result<Option<Vec<Vec<u8>>>> {
+        self.dump_raw(msg_type(ty), msg_type(want), body)
+    }
+
+    /// A dump of any netfilter subsystem: `ty` and `want` are full message types.
+    pub(crate) fn dump_raw(
+        &mut self,
+        ty: u16,
+        want: u16,
+        body: impl FnOnce(&mut Writer),
+    ) -> Result<Option<Vec<Vec<u8>>>> {
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
         let mut w = Writer::default();
-        w.message(
-            msg_type(ty),
-            NLM_F_REQUEST | NLM_F_DUMP,
-            seq,
-            FAMILY_IPV4,
-            0,
-            body,
-        );
+        w.message(ty, NLM_F_REQUEST | NLM_F_DUMP, seq, FAMILY_IPV4, 0, body);
         self.sock.send(&w.buf, 0).map_err(|source| Error::Netlink {
             op: "send dump",
             source,
@@ -545,14 +573,40 @@ impl Socket {
                             return Ok(None);
                         }
                         return Err(Error::Kernel {
-                            op: format!("dump {ty:?}"),
+                            op: format!("dump (message type {ty:#x})"),
                             source: std::io::Error::from_raw_os_error(-code),
                         });
                     }
-                    t if t == msg_type(want) => {
+                    t if t == want => {
                         out.push(r.payload.get(4..).unwrap_or_default().to_vec());
                     }
                     _ => {}
+                }
+            }
+        }
+    }
+
+    /// Sends one request of any netfilter subsystem and waits for its acknowledgement;
+    /// returns the kernel's errno (0 on success).
+    pub(crate) fn request(&mut self, ty: u16, body: impl FnOnce(&mut Writer)) -> Result<i32> {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let mut w = Writer::default();
+        w.message(ty, NLM_F_REQUEST | NLM_F_ACK, seq, FAMILY_IPV4, 0, body);
+        self.sock.send(&w.buf, 0).map_err(|source| Error::Netlink {
+            op: "send request",
+            source,
+        })?;
+        loop {
+            self.recv()?;
+            for r in wire::replies(&self.buf) {
+                if r.seq == seq && r.ty == NLMSG_ERROR {
+                    let code = r
+                        .payload
+                        .get(..4)
+                        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                        .unwrap_or(0);
+                    return Ok(-code);
                 }
             }
         }
