@@ -247,6 +247,17 @@ struct Parsed {
     edns_payload: Option<u16>,
 }
 
+/// The payload size of an OPT record that is all of `rest`: root owner, type OPT, version 0,
+/// options skipped but their length must fit exactly.
+fn opt_payload(rest: &[u8]) -> Option<u16> {
+    let opt = rest.get(..OPT_RR_LEN)?;
+    if opt[..3] != [0, 0, 41] || opt[6] != 0 {
+        return None;
+    }
+    let rdlen = usize::from(u16::from_be_bytes([opt[9], opt[10]]));
+    (OPT_RR_LEN + rdlen == rest.len()).then(|| u16::from_be_bytes([opt[3], opt[4]]))
+}
+
 /// Accepts only: a query (QR 0, opcode 0), one question of class IN with an uncompressed
 /// name, no answer or authority records, and either nothing or exactly one OPT after it.
 fn parse(req: &[u8]) -> Option<Parsed> {
@@ -281,21 +292,10 @@ fn parse(req: &[u8]) -> Option<Parsed> {
     if fixed[2..4] != [0, 1] {
         return None;
     }
-    at += 4;
+    let rest = req.get(at + 4..)?;
     let edns_payload = match arcount {
-        0 if at == req.len() => None,
-        1 => {
-            let opt = req.get(at..at + OPT_RR_LEN)?;
-            // Root owner, type OPT, version 0, then options we skip but whose length must fit.
-            if opt[..3] != [0, 0, 41] || opt[6] != 0 {
-                return None;
-            }
-            let rdlen = usize::from(u16::from_be_bytes([opt[9], opt[10]]));
-            if at + OPT_RR_LEN + rdlen != req.len() {
-                return None;
-            }
-            Some(u16::from_be_bytes([opt[3], opt[4]]))
-        }
+        0 if rest.is_empty() => None,
+        1 => Some(opt_payload(rest)?),
         _ => return None,
     };
     Some(Parsed {

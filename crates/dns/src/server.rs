@@ -109,8 +109,20 @@ impl Ctx {
                 }
             }
         };
+        self.decide(req, outcome, recurse, client.tcp, out)
+    }
+
+    /// The step for a parsed request: an answer or refusal now, or upstream work.
+    fn decide(
+        &self,
+        req: Message,
+        outcome: Outcome,
+        recurse: bool,
+        tcp: bool,
+        out: &mut Vec<u8>,
+    ) -> Step {
         let qtype = req.queries.first().map_or(0, |q| q.query_type().into());
-        let limit = if client.tcp {
+        let limit = if tcp {
             usize::from(u16::MAX)
         } else {
             answer::udp_limit(&req)

@@ -122,20 +122,7 @@ impl Zone {
             config.negative_ttl,
         );
         let soa = Record::from_rdata(origin.clone(), config.negative_ttl, RData::SOA(soa));
-        let mut zone = Self {
-            origin: origin.clone(),
-            ttl: config.ttl,
-            negative_ttl: config.negative_ttl,
-            soa: soa.clone(),
-            names: HashMap::new(),
-            services: HashMap::new(),
-            slices: HashMap::new(),
-            slice_service: HashMap::new(),
-            owned: HashMap::new(),
-            next_owner: 1,
-            namespaces: HashMap::new(),
-            fast: FastTable::new(&origin, &soa),
-        };
+        let mut zone = Self::empty(origin.clone(), config, soa.clone());
         zone.insert(STATIC, origin.clone(), Some(soa));
         let version = label("dns-version")?;
         let txt = RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_owned()]));
@@ -146,6 +133,23 @@ impl Zone {
         let statics: Vec<Name> = zone.names.keys().cloned().collect();
         zone.compile_fast(statics.iter());
         Ok(zone)
+    }
+
+    fn empty(origin: Name, config: &ZoneConfig, soa: Record) -> Self {
+        Self {
+            fast: FastTable::new(&origin, &soa),
+            origin,
+            ttl: config.ttl,
+            negative_ttl: config.negative_ttl,
+            soa,
+            names: HashMap::new(),
+            services: HashMap::new(),
+            slices: HashMap::new(),
+            slice_service: HashMap::new(),
+            owned: HashMap::new(),
+            next_owner: 1,
+            namespaces: HashMap::new(),
+        }
     }
 
     /// The cluster domain as a lower-case FQDN.

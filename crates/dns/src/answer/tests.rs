@@ -434,6 +434,22 @@ fn malformed_and_odd_requests() {
     assert_eq!(render(respond(&zone, &edns1)), "Bad option versions");
     let resp = Message::response(1, OpCode::Query);
     assert_eq!(render(respond(&zone, &resp)), "drop");
+    // A question name that points at itself (a compression loop), and one that points past
+    // the end: FORMERR, never a hang or a panic.
+    for name in [[0xc0, 0x0c], [0xc0, 0xff]] {
+        let mut packet = vec![0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        packet.extend(name);
+        packet.extend([0, 1, 0, 1]);
+        let Err(Some(reply)) = handle(&zone, &packet) else {
+            panic!("{name:x?} parsed");
+        };
+        let reply = Message::from_vec(&reply).expect("FORMERR parses");
+        assert_eq!(reply.metadata.id, 0x1234);
+        assert_eq!(
+            reply.metadata.response_code,
+            hickory_proto::op::ResponseCode::FormErr
+        );
+    }
     assert_eq!(formerr(&[1, 2, 3]), None);
     assert_eq!(
         formerr(&[0xab, 0xcd, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff]),
