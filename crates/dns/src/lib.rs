@@ -46,7 +46,7 @@ impl Config {
 /// through `client`, starts answering once all three are listed, and serves until `shutdown`.
 /// Fails when a listener cannot be bound or fails, or a watch ends.
 pub async fn run(config: Config, client: kube::Client, shutdown: CancellationToken) -> Result<()> {
-    let server = Server::bind(&config.listen).await?;
+    let server = Server::bind(&config.listen, config.udp_sockets)?;
     run_on(server, config, client, shutdown).await
 }
 

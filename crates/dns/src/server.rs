@@ -222,40 +222,61 @@ fn bind_error(addr: SocketAddr, transport: &'static str) -> impl FnOnce(std::io:
     }
 }
 
-/// One UDP socket and one TCP listener on the same address and port.
-async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener)> {
+/// A UDP socket with `SO_REUSEPORT`, so several can share one address.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// `count` UDP sockets and one TCP listener on the same address and port.
+fn bind_set(addr: SocketAddr, count: usize) -> Result<(Vec<UdpSocket>, TcpListener)> {
     let tries = if addr.port() == 0 { 16 } else { 1 };
     let mut last = None;
     for _ in 0..tries {
-        let u = UdpSocket::bind(addr)
-            .await
-            .map_err(bind_error(addr, "udp"))?;
-        let bound = u.local_addr().map_err(bind_error(addr, "udp"))?;
-        match TcpListener::bind(bound).await {
-            Ok(t) => return Ok((u, t)),
-            Err(e) => last = Some(bind_error(bound, "tcp")(e)),
+        let first = udp_socket(addr).map_err(bind_error(addr, "udp"))?;
+        let bound = first.local_addr().map_err(bind_error(addr, "udp"))?;
+        let tcp = std::net::TcpListener::bind(bound)
+            .and_then(|t| {
+                t.set_nonblocking(true)?;
+                TcpListener::from_std(t)
+            })
+            .map_err(bind_error(bound, "tcp"));
+        match tcp {
+            Ok(tcp) => {
+                let mut udp = vec![first];
+                for _ in 1..count.max(1) {
+                    udp.push(udp_socket(bound).map_err(bind_error(bound, "udp"))?);
+                }
+                return Ok((udp, tcp));
+            }
+            Err(e) => last = Some(e),
         }
     }
     Err(last.unwrap_or_else(|| bind_error(addr, "tcp")(std::io::ErrorKind::AddrInUse.into())))
 }
 
 impl Server {
-    /// Binds every address over UDP and TCP; port 0 takes the port UDP got for TCP too
-    /// (retrying a few ports when that one is taken over TCP).
-    pub async fn bind(listen: &[SocketAddr]) -> Result<Self> {
+    /// Binds every address over TCP and `udp_sockets` times over UDP (`SO_REUSEPORT`); port 0
+    /// takes the port UDP got for TCP too (retrying a few ports when it is taken over TCP).
+    /// Must be called inside a tokio runtime.
+    pub fn bind(listen: &[SocketAddr], udp_sockets: usize) -> Result<Self> {
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
         for &addr in listen {
-            let (u, t) = bind_pair(addr).await?;
-            udp.push(Arc::new(u));
+            let (u, t) = bind_set(addr, udp_sockets)?;
+            udp.extend(u.into_iter().map(Arc::new));
             tcp.push(t);
         }
         Ok(Self { udp, tcp })
     }
 
-    /// The addresses actually bound (with the ports chosen for port 0).
+    /// The addresses actually bound (with the ports chosen for port 0), one per address.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.udp
+        self.tcp
             .iter()
             .filter_map(|s| s.local_addr().ok())
             .collect()
@@ -326,8 +347,7 @@ fn without_loops(upstream: &[SocketAddr], listening: &[SocketAddr]) -> Vec<Socke
 /// Binds `config.listen` and serves `zone` until `shutdown`: the way to run the server on a
 /// fixed set of objects (tests, benchmarks).
 pub async fn serve(config: Config, zone: SharedZone, shutdown: CancellationToken) -> Result<()> {
-    Server::bind(&config.listen)
-        .await?
+    Server::bind(&config.listen, config.udp_sockets)?
         .serve(&config, zone, shutdown)
         .await
 }

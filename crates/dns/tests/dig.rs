@@ -84,7 +84,7 @@ async fn start(allow_recursion: Vec<IpNet>) -> Harness {
         metrics: berth_dns::metrics::Metrics::register(&mut registry),
         ..Config::default()
     };
-    let server = Server::bind(&config.listen).await.expect("bind");
+    let server = Server::bind(&config.listen, config.udp_sockets).expect("bind");
     let port = server.local_addrs()[0].port();
     let zone = Arc::new(RwLock::new(zone));
     let token = shutdown.clone();
