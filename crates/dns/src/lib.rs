@@ -8,6 +8,7 @@
 //! [`Zone`] filled by hand.
 
 pub mod answer;
+mod batch;
 pub mod config;
 pub mod error;
 pub mod fast;

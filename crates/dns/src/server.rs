@@ -9,13 +9,16 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use ipnet::IpNet;
+use std::net::UdpSocket;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::answer::{self, Outcome};
+use crate::batch;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::forward::Forwarder;
@@ -32,11 +35,11 @@ const MAX_TCP: usize = 256;
 /// A TCP connection idle this long is closed (RFC 7766 suggests seconds, not minutes).
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
-struct Ctx {
+pub(crate) struct Ctx {
     zone: SharedZone,
     forwarder: Forwarder,
     allow_recursion: Vec<IpNet>,
-    pending: Arc<Semaphore>,
+    pub(crate) pending: Arc<Semaphore>,
     metrics: Metrics,
     /// Metric `zone` labels: the cluster domain (`cluster.local.`) and `.` for the rest.
     cluster_label: Arc<String>,
@@ -44,7 +47,7 @@ struct Ctx {
 }
 
 /// Work that needs the network before the answer can be sent.
-enum Pending {
+pub(crate) enum Pending {
     /// A name outside the zone.
     Forward(Message),
     /// An ExternalName CNAME whose target is resolved upstream and appended.
@@ -52,7 +55,7 @@ enum Pending {
 }
 
 /// What one received packet leads to.
-enum Step {
+pub(crate) enum Step {
     /// The response is in `out`.
     Ready { qtype: u16, in_zone: bool },
     /// The response needs upstream answers first.
@@ -67,11 +70,11 @@ enum Step {
 
 /// Where a query came from, for the ACL and the metrics.
 #[derive(Clone)]
-struct Client {
-    ip: IpAddr,
-    tcp: bool,
-    server: Arc<String>,
-    received: Instant,
+pub(crate) struct Client {
+    pub ip: IpAddr,
+    pub tcp: bool,
+    pub server: Arc<String>,
+    pub received: Instant,
 }
 
 impl Ctx {
@@ -85,7 +88,7 @@ impl Ctx {
 
     /// Everything that can be done without waiting: the compiled answer, else parse, answer
     /// from the zone or refuse; forwarding is left to `slow`.
-    fn step(&self, bytes: &[u8], client: &Client, out: &mut Vec<u8>) -> Step {
+    pub(crate) fn step(&self, bytes: &[u8], client: &Client, out: &mut Vec<u8>) -> Step {
         let recurse = self.may_recurse(client.ip);
         let (req, outcome) = {
             let zone = self.zone.read().unwrap_or_else(|e| e.into_inner());
@@ -160,7 +163,7 @@ impl Ctx {
         }
     }
 
-    async fn slow(&self, pending: Box<Pending>) -> Message {
+    pub(crate) async fn slow(&self, pending: Box<Pending>) -> Message {
         match *pending {
             Pending::Forward(req) => self.forwarder.resolve(&req).await,
             Pending::Chase(req, mut resp, target) => {
@@ -177,7 +180,7 @@ impl Ctx {
     }
 
     /// Records one sent response.
-    fn observe(&self, client: &Client, qtype: u16, in_zone: bool, out: &[u8]) {
+    pub(crate) fn observe(&self, client: &Client, qtype: u16, in_zone: bool, out: &[u8]) {
         self.metrics.observe(&Observed {
             server: &client.server,
             zone: if in_zone {
@@ -210,7 +213,7 @@ fn external_target(zone: &SharedZone, req: &Message, resp: &Message) -> Option<N
 
 /// Bound listening sockets, one UDP and one TCP per configured address.
 pub struct Server {
-    udp: Vec<Arc<UdpSocket>>,
+    udp: Vec<UdpSocket>,
     tcp: Vec<TcpListener>,
 }
 
@@ -227,9 +230,8 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// `count` UDP sockets and one TCP listener on the same address and port.
@@ -268,7 +270,7 @@ impl Server {
         let mut tcp = Vec::new();
         for &addr in listen {
             let (u, t) = bind_set(addr, udp_sockets)?;
-            udp.extend(u.into_iter().map(Arc::new));
+            udp.extend(u);
             tcp.push(t);
         }
         Ok(Self { udp, tcp })
@@ -310,8 +312,16 @@ impl Server {
             root_label: Arc::new(".".to_owned()),
         });
         let mut tasks = JoinSet::new();
+        let runtime = tokio::runtime::Handle::current();
         for socket in self.udp {
-            tasks.spawn(udp_loop(ctx.clone(), socket, shutdown.clone()));
+            let addr = socket
+                .local_addr()
+                .map_err(bind_error(SocketAddr::from(([0; 4], 0)), "udp"))?;
+            let (ctx, runtime, shutdown) = (ctx.clone(), runtime.clone(), shutdown.clone());
+            tasks.spawn_blocking(move || {
+                batch::serve(ctx, socket, server_label(addr), runtime, shutdown)
+                    .map_err(|source| Error::Serve { addr, source })
+            });
         }
         for listener in self.tcp {
             tasks.spawn(tcp_loop(ctx.clone(), listener, shutdown.clone()));
@@ -355,71 +365,6 @@ pub async fn serve(config: Config, zone: SharedZone, shutdown: CancellationToken
 /// CoreDNS's `server` label: `dns://<address>`.
 fn server_label(addr: SocketAddr) -> Arc<String> {
     Arc::new(format!("dns://{addr}"))
-}
-
-async fn udp_loop(
-    ctx: Arc<Ctx>,
-    socket: Arc<UdpSocket>,
-    shutdown: CancellationToken,
-) -> Result<()> {
-    let addr = socket.local_addr().map_err(|source| Error::Serve {
-        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-        source,
-    })?;
-    // One select for the whole loop, not one per packet: the cancellation future is not free.
-    tokio::select! {
-        () = udp_packets(ctx, socket, addr) => {}
-        () = shutdown.cancelled() => {}
-    }
-    Ok(())
-}
-
-async fn udp_packets(ctx: Arc<Ctx>, socket: Arc<UdpSocket>, addr: SocketAddr) {
-    let server = server_label(addr);
-    let mut buf = vec![0u8; 65535];
-    let mut out = Vec::with_capacity(usize::from(answer::MAX_UDP_PAYLOAD));
-    loop {
-        let (n, peer) = match socket.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(%addr, error = %e, "udp receive failed");
-                continue;
-            }
-        };
-        let client = Client {
-            ip: peer.ip(),
-            tcp: false,
-            server: server.clone(),
-            received: Instant::now(),
-        };
-        let bytes = buf.get(..n).unwrap_or_default();
-        match ctx.step(bytes, &client, &mut out) {
-            Step::Ready { qtype, in_zone } => {
-                let _ = socket.send_to(&out, peer).await;
-                ctx.observe(&client, qtype, in_zone, &out);
-            }
-            Step::Later {
-                pending,
-                limit,
-                qtype,
-            } => {
-                let Ok(permit) = ctx.pending.clone().try_acquire_owned() else {
-                    continue;
-                };
-                let (ctx, socket) = (ctx.clone(), socket.clone());
-                tokio::spawn(async move {
-                    let chase = matches!(*pending, Pending::Chase(..));
-                    let resp = ctx.slow(pending).await;
-                    if let Some(out) = answer::encode(&resp, limit) {
-                        let _ = socket.send_to(&out, peer).await;
-                        ctx.observe(&client, qtype, chase, &out);
-                    }
-                    drop(permit);
-                });
-            }
-            Step::Nothing => {}
-        }
-    }
 }
 
 async fn tcp_loop(ctx: Arc<Ctx>, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
