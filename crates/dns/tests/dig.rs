@@ -368,3 +368,41 @@ async fn no_recursion_for_outsiders() {
         "10.96.0.20"
     );
 }
+
+#[tokio::test]
+async fn servfail_when_no_upstream_answers() {
+    // Nothing listens on the upstream port: the connected UDP socket is refused at once.
+    let dead = UdpSocket::bind("127.0.0.2:0").await.expect("bind");
+    let dead_addr = dead.local_addr().expect("addr");
+    drop(dead);
+    let shutdown = CancellationToken::new();
+    let zone = fixtures::sample_zone(&ZoneConfig::default()).expect("zone");
+    let config = Config {
+        listen: vec!["127.0.0.1:0".parse().expect("addr")],
+        upstream: vec![dead_addr],
+        upstream_timeout: std::time::Duration::from_millis(300),
+        ..Config::default()
+    };
+    let server = Server::bind(&config.listen, 1).expect("bind");
+    let port = server.local_addrs()[0].port();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        server
+            .serve(&config, Arc::new(RwLock::new(zone)), token)
+            .await
+    });
+    let h = Harness {
+        port,
+        registry: prometheus_client::registry::Registry::default(),
+        upstream_queries: Arc::new(AtomicUsize::new(0)),
+        shutdown,
+    };
+    let got = h.dig(&["+noall", "+comments", "www.example.com"]).await;
+    assert!(got.contains("status: SERVFAIL"), "{got}");
+    // Cluster names do not depend on upstreams.
+    assert_eq!(
+        h.records(&["web.default.svc.cluster.local", "+short"])
+            .await,
+        "10.96.0.20"
+    );
+}
