@@ -181,7 +181,25 @@ impl Ctx {
 
     /// Records one sent response.
     pub(crate) fn observe(&self, client: &Client, qtype: u16, in_zone: bool, out: &[u8]) {
-        self.metrics.observe(&Observed {
+        self.observe_many(
+            client,
+            qtype,
+            in_zone,
+            out.get(3).map_or(0, |b| b & 0x0f),
+            1,
+        );
+    }
+
+    /// Records `n` sent responses alike in client family, type, zone and RCODE.
+    pub(crate) fn observe_many(
+        &self,
+        client: &Client,
+        qtype: u16,
+        in_zone: bool,
+        rcode: u8,
+        n: u64,
+    ) {
+        let observed = Observed {
             server: &client.server,
             zone: if in_zone {
                 &self.cluster_label
@@ -191,10 +209,11 @@ impl Ctx {
             tcp: client.tcp,
             ipv6: client.ip.is_ipv6(),
             qtype,
-            rcode: out.get(3).map_or(0, |b| b & 0x0f),
+            rcode,
             forwarded: !in_zone,
             seconds: client.received.elapsed().as_secs_f64(),
-        });
+        };
+        self.metrics.observe_many(&observed, n);
     }
 }
 
