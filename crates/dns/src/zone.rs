@@ -44,30 +44,49 @@ struct Owner(u32);
 
 const STATIC: Owner = Owner(0);
 
+/// A record without its owner name (the node's key already says it).
+#[derive(Debug, PartialEq)]
+struct Data {
+    ttl: u32,
+    // Boxed: an entry costs 24 bytes; `RData` alone is 184.
+    rdata: Box<RData>,
+}
+
 /// One name of the zone: its records, and the owners that make it exist even without records.
 #[derive(Debug, Default)]
 pub(crate) struct Node {
-    // Boxed: a marker costs 16 bytes instead of a whole (272-byte) `Record`.
-    entries: Vec<(Owner, Option<Box<Record>>)>,
+    entries: Vec<(Owner, Option<Data>)>,
 }
 
 impl Node {
-    /// The records of one type (every record for `ANY`).
-    pub(crate) fn records(&self, rtype: RecordType) -> impl Iterator<Item = &Record> {
+    fn data(&self, rtype: RecordType) -> impl Iterator<Item = &Data> {
         self.entries
             .iter()
-            .filter_map(|(_, r)| r.as_deref())
-            .filter(move |r| rtype == RecordType::ANY || r.record_type() == rtype)
+            .filter_map(|(_, d)| d.as_ref())
+            .filter(move |d| rtype == RecordType::ANY || d.rdata.record_type() == rtype)
+    }
+
+    /// The records of one type (every record for `ANY`), named `name` (this node's name).
+    pub(crate) fn records<'a>(
+        &'a self,
+        name: &'a Name,
+        rtype: RecordType,
+    ) -> impl Iterator<Item = Record> + 'a {
+        self.data(rtype)
+            .map(|d| Record::from_rdata(name.clone(), d.ttl, (*d.rdata).clone()))
+    }
+
+    /// Whether the node has records of a type.
+    pub(crate) fn has(&self, rtype: RecordType) -> bool {
+        self.data(rtype).next().is_some()
     }
 
     /// The CNAME target, if the name is an alias.
     pub(crate) fn cname(&self) -> Option<&Name> {
-        self.entries
-            .iter()
-            .find_map(|(_, r)| match r.as_deref().map(|r| &r.data) {
-                Some(RData::CNAME(c)) => Some(&c.0),
-                _ => None,
-            })
+        self.data(RecordType::CNAME).find_map(|d| match &*d.rdata {
+            RData::CNAME(c) => Some(&c.0),
+            _ => None,
+        })
     }
 }
 
@@ -123,11 +142,10 @@ impl Zone {
         );
         let soa = Record::from_rdata(origin.clone(), config.negative_ttl, RData::SOA(soa));
         let mut zone = Self::empty(origin.clone(), config, soa.clone());
-        zone.insert(STATIC, origin.clone(), Some(soa));
+        zone.insert(STATIC, origin.clone(), Some((soa.ttl, soa.data)));
         let version = label("dns-version")?;
         let txt = RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_owned()]));
-        let txt = Record::from_rdata(version.clone(), config.ttl, txt);
-        zone.insert(STATIC, version, Some(txt));
+        zone.insert(STATIC, version, Some((config.ttl, txt)));
         zone.insert(STATIC, label("svc")?, None);
         zone.insert(STATIC, label("pod")?, None);
         let statics: Vec<Name> = zone.names.keys().cloned().collect();
@@ -201,15 +219,19 @@ impl Zone {
         for name in names {
             let node = self.names.get(name);
             let exists = node.map(|n| n.cname().is_some());
-            let present = |t| node.is_some_and(|n| n.records(t).next().is_some());
+            let present = |t| node.is_some_and(|n| n.has(t));
             fast.compile(name, exists, present, respond);
         }
         self.fast = fast;
     }
 
-    fn insert(&mut self, owner: Owner, name: Name, record: Option<Record>) {
+    fn insert(&mut self, owner: Owner, name: Name, record: Option<(u32, RData)>) {
         let node = self.names.entry(name).or_default();
-        let entry = (owner, record.map(Box::new));
+        let data = record.map(|(ttl, rdata)| Data {
+            ttl,
+            rdata: Box::new(rdata),
+        });
+        let entry = (owner, data);
         if !node.entries.contains(&entry) {
             node.entries.reserve_exact(1);
             node.entries.push(entry);
@@ -436,7 +458,7 @@ impl Zone {
         let entries = records::compile(view, slices, &self.origin);
         let mut names = std::collections::HashSet::with_capacity(entries.len());
         for (name, rdata) in entries {
-            let record = rdata.map(|d| Record::from_rdata(name.clone(), self.ttl, d));
+            let record = rdata.map(|d| (self.ttl, d));
             names.insert(name.clone());
             self.insert(owner, name, record);
         }
