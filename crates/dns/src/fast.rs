@@ -187,7 +187,6 @@ impl FastTable {
             out.extend_from_slice(&[0, 0, 41]);
             out.extend_from_slice(&MAX_UDP_PAYLOAD.to_be_bytes());
             out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-            debug_assert_eq!(OPT_RR_LEN, 11);
         }
         (out.len() <= limit).then_some(q.qtype)
     }

@@ -360,6 +360,40 @@ fn deleting_a_service_removes_its_names() {
 }
 
 #[test]
+fn a_slice_that_changes_service_moves_its_endpoints() {
+    let mut zone = zone();
+    zone.apply_service(&fixtures::headless("default", "other", &[], false));
+    let moved = fixtures::slice(
+        "default",
+        "db-abcde",
+        "other",
+        &[("10.244.0.9", Some("x"), true)],
+        &[],
+    );
+    zone.apply_slice(&moved);
+    let got = render(respond(
+        &zone,
+        &query("db.default.svc.cluster.local.", RecordType::A),
+    ));
+    assert_eq!(got, format!("Non-Existent Domain aa\n{SOA}"));
+    let got = render(respond(
+        &zone,
+        &query("x.other.default.svc.cluster.local.", RecordType::A),
+    ));
+    assert_eq!(
+        got,
+        "No Error aa\nan x.other.default.svc.cluster.local. 30 A 10.244.0.9"
+    );
+    // Relisting slices without it empties `other` too.
+    zone.replace_slices([]);
+    let got = render(respond(
+        &zone,
+        &query("other.default.svc.cluster.local.", RecordType::A),
+    ));
+    assert_eq!(got, format!("Non-Existent Domain aa\n{SOA}"));
+}
+
+#[test]
 fn relist_drops_what_is_gone() {
     let mut zone = zone();
     let keep = fixtures::cluster_ip("default", "web", &["10.96.0.21"], &[]);
