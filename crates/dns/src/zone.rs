@@ -467,3 +467,6 @@ impl Zone {
             .insert(key.clone(), (owner, names.into_iter().collect()));
     }
 }
+
+#[cfg(test)]
+mod tests;
