@@ -103,8 +103,8 @@ pub struct Zone {
     slices: HashMap<ServiceKey, BTreeMap<String, SliceView>>,
     /// (namespace, slice name) -> the Service the slice was filed under.
     slice_service: HashMap<(String, String), ServiceKey>,
-    /// Each Service's owner number and the names its records sit at.
-    owned: HashMap<ServiceKey, (Owner, Box<[Name]>)>,
+    /// Each Service's owner number (its names are recomputed from its view, not stored).
+    owned: HashMap<ServiceKey, Owner>,
     next_owner: u32,
     /// Namespaces by name, each owning its `<ns>.svc.<zone>` name.
     namespaces: HashMap<String, Owner>,
@@ -324,15 +324,17 @@ impl Zone {
             return;
         }
         let key = view.key.clone();
-        self.services.insert(key.clone(), view);
-        self.recompile(&key);
+        self.update(&key, |zone| {
+            zone.services.insert(view.key.clone(), view);
+        });
     }
 
     /// Removes a Service and its names (its slices are kept until they are deleted).
     pub fn delete_service(&mut self, svc: &Service) {
         if let Some(key) = ServiceKey::of(&svc.metadata) {
-            self.services.remove(&key);
-            self.recompile(&key);
+            self.update(&key, |zone| {
+                zone.services.remove(&key);
+            });
         }
     }
 
@@ -355,9 +357,11 @@ impl Zone {
         if slices.get(&slice_key.1) == Some(&view) {
             return;
         }
-        slices.insert(slice_key.1.clone(), view);
-        self.slice_service.insert(slice_key, service.clone());
-        self.recompile(&service);
+        self.update(&service, |zone| {
+            let slices = zone.slices.entry(service.clone()).or_default();
+            slices.insert(slice_key.1.clone(), view);
+            zone.slice_service.insert(slice_key, service.clone());
+        });
     }
 
     /// Removes an EndpointSlice.
@@ -368,16 +372,18 @@ impl Zone {
     }
 
     fn remove_slice(&mut self, slice_key: &(String, String)) {
-        let Some(service) = self.slice_service.remove(slice_key) else {
+        let Some(service) = self.slice_service.get(slice_key).cloned() else {
             return;
         };
-        if let Some(slices) = self.slices.get_mut(&service) {
-            slices.remove(&slice_key.1);
-            if slices.is_empty() {
-                self.slices.remove(&service);
+        self.update(&service, |zone| {
+            zone.slice_service.remove(slice_key);
+            if let Some(slices) = zone.slices.get_mut(&service) {
+                slices.remove(&slice_key.1);
+                if slices.is_empty() {
+                    zone.slices.remove(&service);
+                }
             }
-        }
-        self.recompile(&service);
+        });
     }
 
     /// Makes the Services exactly `all` (after a list or relist): those missing are deleted,
@@ -395,8 +401,9 @@ impl Zone {
             .cloned()
             .collect();
         for key in gone {
-            self.services.remove(&key);
-            self.recompile(&key);
+            self.update(&key, |zone| {
+                zone.services.remove(&key);
+            });
         }
         for view in views.into_values() {
             self.put_service(view);
@@ -425,46 +432,47 @@ impl Zone {
         }
     }
 
-    /// Drops the names a Service had and compiles the ones it has now.
-    fn recompile(&mut self, key: &ServiceKey) {
-        let mut touched: Vec<Name> = Vec::new();
-        self.recompile_names(key, &mut touched);
-        touched.sort();
-        touched.dedup();
-        self.compile_fast(touched.iter());
-    }
-
-    fn recompile_names(&mut self, key: &ServiceKey, touched: &mut Vec<Name>) {
-        let owner = match self.owned.remove(key) {
-            Some((owner, names)) => {
-                touched.extend(names.iter().cloned());
-                for name in names {
-                    if let Some(node) = self.names.get_mut(&name) {
-                        node.entries.retain(|(o, _)| *o != owner);
-                        if node.entries.is_empty() {
-                            self.names.remove(&name);
-                        }
-                    }
-                }
-                owner
-            }
-            None => self.new_owner(),
-        };
+    /// The records one Service makes in the current state.
+    fn entries_of(&self, key: &ServiceKey) -> Vec<records::Entry> {
         let Some(view) = self.services.get(key) else {
-            return;
+            return Vec::new();
         };
         let empty = BTreeMap::new();
         let slices = self.slices.get(key).unwrap_or(&empty).values();
-        let entries = records::compile(view, slices, &self.origin);
-        let mut names = std::collections::HashSet::with_capacity(entries.len());
-        for (name, rdata) in entries {
-            let record = rdata.map(|d| (self.ttl, d));
-            names.insert(name.clone());
-            self.insert(owner, name, record);
+        records::compile(view, slices, &self.origin)
+    }
+
+    /// Changes what a Service is made of (`change`), then replaces the names it had with the
+    /// ones it has now. The old names are recompiled from the old state rather than stored:
+    /// that costs a compile per update and saves a name list per Service.
+    fn update(&mut self, key: &ServiceKey, change: impl FnOnce(&mut Self)) {
+        let mut touched: Vec<Name> = self.entries_of(key).into_iter().map(|(n, _)| n).collect();
+        change(self);
+        let owner = match self.owned.get(key) {
+            Some(owner) => *owner,
+            None => self.new_owner(),
+        };
+        for name in &touched {
+            if let Some(node) = self.names.get_mut(name) {
+                node.entries.retain(|(o, _)| *o != owner);
+                if node.entries.is_empty() {
+                    self.names.remove(name);
+                }
+            }
         }
-        touched.extend(names.iter().cloned());
-        self.owned
-            .insert(key.clone(), (owner, names.into_iter().collect()));
+        let entries = self.entries_of(key);
+        if self.services.contains_key(key) {
+            self.owned.insert(key.clone(), owner);
+        } else {
+            self.owned.remove(key);
+        }
+        for (name, rdata) in entries {
+            touched.push(name.clone());
+            self.insert(owner, name, rdata.map(|d| (self.ttl, d)));
+        }
+        touched.sort();
+        touched.dedup();
+        self.compile_fast(touched.iter());
     }
 }
 
