@@ -5,6 +5,7 @@ set -euo pipefail
 packages=(
   mold               # fast linker (.cargo/config.toml)
   protobuf-compiler  # etcd-client generates its gRPC code at build time
+  libprotobuf-dev    # ... and imports the well-known types (google/protobuf/*.proto) from it
   etcd-server        # the etcd backend's tests start a real etcd
   nftables iproute2  # node networking tests (network namespaces, nft)
   iputils-ping       # node tests ping across veths and bridges

@@ -144,6 +144,9 @@ fn enter(a: &InitArgs) -> Result<(), String> {
     nix::unistd::sethostname(&a.hostname).map_err(|e| format!("setting the hostname: {e}"))?;
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .map_err(|e| format!("asking to die with the agent: {e}"))?;
+    // The agent keeps its own files private (umask 077); a container starts with the usual
+    // 022, as container runtimes give it.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use crate::pods::Config;
 pub async fn register(client: &Client, config: &Config) -> Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": config.node_name, "labels": {"kubernetes.io/hostname": config.node_name, "kubernetes.io/os": "linux", "kubernetes.io/arch": std::env::consts::ARCH}},
+        "metadata": {"name": config.node_name, "labels": {"kubernetes.io/hostname": config.node_name, "kubernetes.io/os": "linux", "kubernetes.io/arch": go_arch()}},
         "spec": {"podCIDR": config.pod_cidr.to_string(), "podCIDRs": [config.pod_cidr.to_string()]},
     }))
     .map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
@@ -63,6 +63,19 @@ fn first_address(json_out: &[u8], bridge: &str) -> Option<Ipv4Addr> {
         .filter(|l| l["ifname"].as_str() != Some(bridge))
         .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
         .find_map(|a| a["local"].as_str()?.parse().ok())
+}
+
+/// This machine's architecture as Go names it (`GOARCH`), which is what the kubelet puts in
+/// the `kubernetes.io/arch` label and what node selectors in manifests use.
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        "loongarch64" => "loong64",
+        other => other,
+    }
 }
 
 #[cfg(test)]

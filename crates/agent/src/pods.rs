@@ -257,21 +257,29 @@ async fn bind(shared: &Shared, pod: &Pod) -> Option<Pod> {
     let ns = pod.namespace().unwrap_or_default();
     let node = &shared.config.node_name;
     let api: Api<Pod> = Api::namespaced(shared.client.clone(), &ns);
-    let patch = json!({"spec": {"nodeName": node}});
-    let bound = match api
-        .patch(
+    // pods/binding, as kube-scheduler binds: the API server refuses a pod bound meanwhile.
+    let binding = json!({
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": {"name": pod.name_any(), "uid": pod.uid()},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+    });
+    if let Err(e) = api
+        .create_subresource::<_, serde_json::Value>(
+            "binding",
             &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
+            &PostParams::default(),
+            &binding,
         )
         .await
     {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(pod = %pod.name_any(), error = %e, "binding the pod");
-            return None;
-        }
-    };
+        tracing::warn!(pod = %pod.name_any(), error = %e, "binding the pod");
+        return None;
+    }
+    let mut bound = pod.clone();
+    if let Some(spec) = bound.spec.as_mut() {
+        spec.node_name = Some(node.clone());
+    }
     let reference = ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Pod".into()),

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -286,6 +287,7 @@ impl Runtime for Processes {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(spec.log)
             .map_err(|e| io_error(&format!("opening {}", spec.log.display()), e))?;
         let c = spec.container;

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -346,7 +347,11 @@ impl Worker {
         };
         write_etc(&shared.config, &sandbox, &self.pod, ip)?;
         let dir = layout::pod_dir(&shared.config.state_dir, &self.uid);
-        std::fs::create_dir_all(&dir).map_err(|source| Error::Write { path: dir, source })?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| Error::Write { path: dir, source })?;
         self.sandbox = Some(sandbox);
         Ok(())
     }
@@ -1244,7 +1249,11 @@ fn write_etc(config: &Config, sandbox: &Sandbox, pod: &Pod, ip: Ipv4Addr) -> Res
     let ns = pod.namespace().unwrap_or_default();
     let write = |name: &str, text: String| {
         let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|source| Error::Write { path, source })
+        // Bound over the container's /etc files, which any user in it must read (0644), whatever
+        // the agent's own umask.
+        std::fs::write(&path, text)
+            .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)))
+            .map_err(|source| Error::Write { path, source })
     };
     std::fs::create_dir_all(&dir).map_err(|source| Error::Write {
         path: dir.clone(),

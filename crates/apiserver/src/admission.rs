@@ -148,6 +148,7 @@ pub async fn create(srv: &Server, r: &'static Resource, obj: &mut Value) -> Resu
         }
         ("", "Pod") => {
             default_pod_spec(obj.get_mut("spec"));
+            default_service_account(obj.get_mut("spec"));
             errs.extend(validate_pod_spec(obj.get("spec"), "spec"));
             obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
             Grant::default()
@@ -391,6 +392,21 @@ pub async fn before_delete(srv: &Server, r: &Resource, obj: &Value) -> Result<()
         }
     }
     Ok(())
+}
+
+/// The ServiceAccount admission plugin's default (`default`), and the deprecated
+/// `serviceAccount` field mirrored from it as the v1 API shows it.
+fn default_service_account(spec: Option<&mut Value>) {
+    let Some(Value::Object(s)) = spec else { return };
+    let name = match s.get("serviceAccountName").and_then(Value::as_str) {
+        Some(n) if !n.is_empty() => n.to_owned(),
+        _ => match s.get("serviceAccount").and_then(Value::as_str) {
+            Some(n) if !n.is_empty() => n.to_owned(),
+            _ => "default".to_owned(),
+        },
+    };
+    s.insert("serviceAccountName".into(), json!(name));
+    s.insert("serviceAccount".into(), json!(name));
 }
 
 fn default_pod_spec(spec: Option<&mut Value>) {

@@ -102,16 +102,18 @@ impl ClusterIps {
 pub struct NodePorts {
     range: RangeInclusive<u16>,
     used: HashSet<u16>,
-    cursor: u16,
+    /// Seeds the random choice of a free port.
+    random: std::collections::hash_map::RandomState,
+    draws: u64,
 }
 
 impl NodePorts {
     pub fn new(range: RangeInclusive<u16>) -> Self {
-        let cursor = *range.start();
         Self {
             range,
             used: HashSet::new(),
-            cursor,
+            random: std::collections::hash_map::RandomState::new(),
+            draws: 0,
         }
     }
 
@@ -128,13 +130,25 @@ impl NodePorts {
         Ok(())
     }
 
+    /// A free port picked at random, as kube-apiserver does: first from the upper part of the
+    /// range, keeping the lowest `offset` ports (16 to 128) for Services that ask for a fixed
+    /// port (KEP-3668), then from anywhere.
     pub fn allocate_next(&mut self) -> Result<u16, AllocError> {
-        let (lo, hi) = (*self.range.start(), *self.range.end());
-        for _ in lo..=hi {
-            let p = self.cursor;
-            self.cursor = if p >= hi { lo } else { p + 1 };
-            if self.used.insert(p) {
-                return Ok(p);
+        use std::hash::BuildHasher;
+        let (lo, hi) = (u32::from(*self.range.start()), u32::from(*self.range.end()));
+        let size = hi - lo + 1;
+        let offset = (size / 32).clamp(16, 128).min(size - 1);
+        self.draws += 1;
+        let draw = self.random.hash_one(self.draws);
+        for (band_lo, band_hi) in [(lo + offset, hi), (lo, hi)] {
+            let band = band_hi - band_lo + 1;
+            let start = u32::try_from(draw % u64::from(band)).unwrap_or(0);
+            for i in 0..band {
+                let p = band_lo + (start + i) % band;
+                let Ok(p) = u16::try_from(p) else { continue };
+                if self.used.insert(p) {
+                    return Ok(p);
+                }
             }
         }
         Err(AllocError::PortsExhausted)
@@ -197,8 +211,31 @@ mod tests {
                 hi: 30002
             })
         );
-        assert_eq!(p.allocate_next(), Ok(30000));
-        assert_eq!(p.allocate_next(), Ok(30002));
+        let got: HashSet<u16> = [p.allocate_next(), p.allocate_next()]
+            .into_iter()
+            .map(|r| r.expect("free"))
+            .collect();
+        assert_eq!(got, HashSet::from([30000, 30002]));
         assert_eq!(p.allocate_next(), Err(AllocError::PortsExhausted));
+    }
+
+    #[test]
+    fn node_ports_are_random_and_spare_the_static_band() {
+        let mut p = NodePorts::new(30000..=32767);
+        let ports: Vec<u16> = (0..50).map(|_| p.allocate_next().expect("free")).collect();
+        // The static band is the lowest 86 ports (2768 / 32).
+        assert!(ports.iter().all(|&x| x >= 30086), "{ports:?}");
+        let mut sorted = ports.clone();
+        sorted.sort_unstable();
+        assert_ne!(ports, sorted, "not handed out in order");
+        sorted.dedup();
+        assert_eq!(sorted.len(), 50);
+        // Once the dynamic band is full, the static band is used too.
+        let mut small = NodePorts::new(30000..=30019);
+        let all: HashSet<u16> = (0..20)
+            .map(|_| small.allocate_next().expect("free"))
+            .collect();
+        assert_eq!(all.len(), 20);
+        assert_eq!(small.allocate_next(), Err(AllocError::PortsExhausted));
     }
 }

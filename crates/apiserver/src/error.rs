@@ -5,7 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_api::FieldErrors;
 use berth_api::resources::Resource;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// A failed request. Each variant maps to one HTTP code and `Status.reason`.
 #[derive(Debug, thiserror::Error)]
@@ -102,55 +102,94 @@ impl ApiError {
         }
     }
 
-    fn details(&self) -> Option<Value> {
-        let with_group = |mut d: Value, r: &Resource| {
-            if !r.group.is_empty() {
-                d["group"] = json!(r.group);
-            }
-            d
-        };
+    fn details(&self) -> Option<Details> {
+        let group = |r: &Resource| (!r.group.is_empty()).then_some(r.group);
         match self {
             Self::NotFound { resource, name }
             | Self::AlreadyExists { resource, name }
-            | Self::Conflict { resource, name, .. } => Some(with_group(
-                json!({"name": name, "kind": resource.plural}),
-                resource,
-            )),
+            | Self::Conflict { resource, name, .. } => Some(Details {
+                name: name.clone(),
+                group: group(resource),
+                kind: resource.plural,
+                causes: Vec::new(),
+            }),
             Self::Invalid {
                 resource,
                 kind,
                 name,
                 errors,
-            } => {
-                let causes: Vec<Value> = errors
+            } => Some(Details {
+                name: name.clone(),
+                group: group(resource),
+                kind,
+                causes: errors
                     .iter()
-                    .map(|e| json!({"reason": e.kind.cause_type(), "message": e.message(), "field": e.path}))
-                    .collect();
-                Some(with_group(
-                    json!({"name": name, "kind": kind, "causes": causes}),
-                    resource,
-                ))
-            }
+                    .map(|e| Cause {
+                        reason: e.kind.cause_type(),
+                        message: e.message(),
+                        field: e.path.clone(),
+                    })
+                    .collect(),
+            }),
             _ => None,
         }
     }
 
-    /// The `metav1.Status` body.
-    pub fn status(&self) -> Value {
-        let mut s = json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.to_string(),
-            "reason": self.reason(),
-            "code": self.code().as_u16(),
-        });
-        if let Some(d) = self.details() {
-            s["details"] = d;
+    /// The `metav1.Status` body, its fields in Go's order.
+    pub fn status(&self) -> Status {
+        Status {
+            kind: "Status",
+            api_version: "v1",
+            metadata: Empty {},
+            status: "Failure",
+            message: self.to_string(),
+            reason: self.reason(),
+            details: self.details(),
+            code: self.code().as_u16(),
         }
-        s
     }
+}
+
+/// `metav1.Status` as kube-apiserver writes it: fields in the Go struct's order, so a client
+/// comparing bodies byte for byte sees the same text.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    kind: &'static str,
+    api_version: &'static str,
+    metadata: Empty,
+    status: &'static str,
+    message: String,
+    reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<Details>,
+    code: u16,
+}
+
+impl Status {
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Empty {}
+
+#[derive(Debug, serde::Serialize)]
+struct Details {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<&'static str>,
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    causes: Vec<Cause>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Cause {
+    reason: &'static str,
+    message: String,
+    field: String,
 }
 
 impl IntoResponse for ApiError {
@@ -158,7 +197,9 @@ impl IntoResponse for ApiError {
         if matches!(self, Self::Store(_) | Self::Internal(_)) {
             tracing::error!(error = %self, "request failed");
         }
-        let body = self.status().to_string();
+        // Go's encoder ends the body with a newline.
+        let mut body = serde_json::to_string(&self.status()).unwrap_or_default();
+        body.push('\n');
         let mut resp = (self.code(), body).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -206,7 +247,11 @@ mod tests {
             name: "web".into(),
         };
         assert_eq!(e.to_string(), "services \"web\" not found");
-        assert_eq!(e.status()["code"], 404);
+        assert_eq!(e.status().to_value()["code"], 404);
+        assert_eq!(
+            serde_json::to_string(&e.status()).expect("json"),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"services \"web\" not found","reason":"NotFound","details":{"name":"web","kind":"services"},"code":404}"#
+        );
         let e = ApiError::Invalid {
             resource: svc(),
             kind: "Service",
@@ -217,13 +262,16 @@ mod tests {
             e.to_string(),
             "Service \"web\" is invalid: spec.ports: Required value"
         );
-        assert_eq!(e.status()["details"]["causes"][0]["field"], "spec.ports");
+        assert_eq!(
+            e.status().to_value()["details"]["causes"][0]["field"],
+            "spec.ports"
+        );
         let deploy = by_kind("apps", "Deployment").expect("registered");
         let e = ApiError::AlreadyExists {
             resource: deploy,
             name: "d".into(),
         };
         assert_eq!(e.to_string(), "deployments.apps \"d\" already exists");
-        assert_eq!(e.status()["details"]["group"], "apps");
+        assert_eq!(e.status().to_value()["details"]["group"], "apps");
     }
 }

@@ -1,7 +1,13 @@
-//! Property tests: no request body, patch, path or query string makes the server panic.
+//! Handler tests over a throwaway store: no request body, patch, path or query string makes
+//! the server panic (property tests), and concurrent patches all apply.
 
+use std::sync::Arc;
+
+use axum::http::{Method, StatusCode};
 use proptest::prelude::*;
 use serde_json::{Value, json};
+
+use crate::Server;
 
 use crate::patch::{self, PatchType};
 
@@ -59,4 +65,157 @@ proptest! {
         let _ = crate::request::parse(&path);
         let _ = crate::request::Params::parse(Some(&query));
     }
+}
+
+/// A server over a throwaway embedded store, with one ConfigMap `default/cm`, for driving the
+/// verbs directly.
+fn server_with_a_configmap(dir: &std::path::Path) -> (tokio::runtime::Runtime, Arc<Server>) {
+    // Two workers, so that concurrent requests really race.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let opts = berth_store::embedded::EmbeddedOptions {
+        durable: false,
+        ..Default::default()
+    };
+    let store = berth_store::embedded::Embedded::open(&dir.join("store"), opts).expect("store");
+    let pki = crate::pki::ensure(&dir.join("pki"), &["localhost".into()]).expect("pki");
+    let config = crate::Config::new("127.0.0.1:0".parse().expect("addr"), dir.to_owned());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let srv = Arc::new(Server {
+        store: Arc::new(store),
+        alloc: std::sync::Mutex::new(crate::Allocations {
+            ips: crate::alloc::ClusterIps::new(config.service_cluster_ip_range),
+            ports: crate::alloc::NodePorts::new(config.service_node_port_range.clone()),
+        }),
+        address: std::sync::Mutex::new("https://127.0.0.1:0".into()),
+        config,
+        metrics: crate::Metrics::register(&mut registry),
+        registry: Arc::new(registry),
+        kubelet_tls: Arc::new(crate::pki::kubelet_client_config(&pki).expect("tls")),
+    });
+    let ns = rt.block_on(send(
+        &srv,
+        Method::POST,
+        "/api/v1/namespaces",
+        "application/json",
+        br#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"default"}}"#,
+    ));
+    assert_eq!(ns, StatusCode::CREATED);
+    let created = rt.block_on(send(
+        &srv,
+        Method::POST,
+        "/api/v1/namespaces/default/configmaps",
+        "application/json",
+        br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"cm"},"data":{"a":"1"}}"#,
+    ));
+    assert_eq!(created, StatusCode::CREATED);
+    (rt, srv)
+}
+
+/// The status code the server answers `method path` with; panics only if the handler does.
+async fn send(srv: &Arc<Server>, method: Method, path: &str, ct: &str, body: &[u8]) -> StatusCode {
+    let t = crate::request::parse(path)
+        .expect("path")
+        .expect("a resource path");
+    let params = crate::request::Params::parse(None).expect("params");
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        ct.parse().expect("content type"),
+    );
+    let body = bytes::Bytes::copy_from_slice(body);
+    match crate::rest::handle(srv.clone(), method, t, params, headers, body).await {
+        Ok(resp) => resp.status(),
+        Err(e) => e.code(),
+    }
+}
+
+const PATCH_TYPES: [&str; 4] = [
+    "application/json-patch+json",
+    "application/merge-patch+json",
+    "application/strategic-merge-patch+json",
+    "application/apply-patch+yaml",
+];
+
+#[test]
+fn patches_that_replace_the_whole_object_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, srv) = server_with_a_configmap(dir.path());
+    let path = "/api/v1/namespaces/default/configmaps/cm";
+    for (ct, body) in [
+        ("application/merge-patch+json", r#""str""#),
+        ("application/merge-patch+json", "[1]"),
+        ("application/merge-patch+json", "null"),
+        (
+            "application/json-patch+json",
+            r#"[{"op":"replace","path":"","value":"str"}]"#,
+        ),
+        (
+            "application/json-patch+json",
+            r#"[{"op":"replace","path":"","value":[1]}]"#,
+        ),
+    ] {
+        let code = rt.block_on(send(&srv, Method::PATCH, path, ct, body.as_bytes()));
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{ct} {body}");
+    }
+    // The ConfigMap is still there, untouched.
+    let code = rt.block_on(send(&srv, Method::GET, path, "", b""));
+    assert_eq!(code, StatusCode::OK);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn any_patch_gets_a_status_never_a_panic(p in json_value()) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (rt, srv) = server_with_a_configmap(dir.path());
+        let path = "/api/v1/namespaces/default/configmaps/cm";
+        let text = p.to_string();
+        let wrapped = json!([{"op": "replace", "path": "", "value": p}]).to_string();
+        for ct in PATCH_TYPES {
+            for body in [&text, &wrapped] {
+                let code = rt.block_on(send(&srv, Method::PATCH, path, ct, body.as_bytes()));
+                prop_assert!(code.is_success() || code.is_client_error(), "{} {}: {}", ct, body, code);
+            }
+        }
+    }
+}
+
+#[test]
+fn concurrent_patches_without_a_resource_version_all_apply() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, srv) = server_with_a_configmap(dir.path());
+    let path = "/api/v1/namespaces/default/configmaps/cm";
+    let (writers, each) = (16, 40);
+    let codes = rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..writers {
+            let srv = srv.clone();
+            tasks.spawn(async move {
+                let mut codes = Vec::new();
+                for i in 0..each {
+                    let body = format!(r#"{{"data":{{"k{w}-{i}":"v"}}}}"#);
+                    let ct = "application/merge-patch+json";
+                    codes.push(send(&srv, Method::PATCH, path, ct, body.as_bytes()).await);
+                }
+                codes
+            });
+        }
+        tasks.join_all().await.concat()
+    });
+    assert_eq!(codes.len(), writers * each);
+    assert!(codes.iter().all(|c| *c == StatusCode::OK), "{codes:?}");
+    let stored = rt
+        .block_on(crate::rest::get(
+            &srv,
+            berth_api::resources::by_kind("", "ConfigMap").expect("configmaps"),
+            Some("default"),
+            "cm",
+        ))
+        .expect("get");
+    let keys = stored["data"].as_object().map_or(0, serde_json::Map::len);
+    assert_eq!(keys, writers * each + 1, "every patch's key is there");
 }

@@ -8,6 +8,7 @@ mod admission;
 mod alloc;
 mod discovery;
 pub mod error;
+pub mod files;
 mod filter;
 #[cfg(test)]
 mod fuzz;

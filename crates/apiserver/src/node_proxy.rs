@@ -75,6 +75,10 @@ pub async fn handle(srv: Arc<Server>, t: Target, req: Request) -> Result<Respons
         }
     };
     let addr = agent_address(&srv, &pod, name).await?;
+    let query = match sub {
+        Subresource::Exec | Subresource::Attach => kubelet_stream_query(&query),
+        _ => query,
+    };
     let path_and_query = if query.is_empty() {
         path
     } else {
@@ -85,6 +89,22 @@ pub async fn handle(srv: Arc<Server>, t: Target, req: Request) -> Result<Respons
     } else {
         logs(&srv, addr, &path_and_query).await
     }
+}
+
+/// The query the kubelet expects for exec and attach: pods/exec's `stdin`, `stdout` and
+/// `stderr` become `input`, `output` and `error`, as kube-apiserver renames them.
+fn kubelet_stream_query(query: &str) -> String {
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        let k = match k.as_ref() {
+            "stdin" => "input",
+            "stdout" => "output",
+            "stderr" => "error",
+            other => other,
+        };
+        out.append_pair(k, &v);
+    }
+    out.finish()
 }
 
 /// Forwards an upgrade request (exec, attach, port-forward) and, once the agent has switched
@@ -271,6 +291,16 @@ mod tests {
             got,
             expected.map(str::to_owned).map_err(str::to_owned),
             "{requested:?}"
+        );
+    }
+
+    #[test]
+    fn exec_streams_are_renamed_for_the_kubelet() {
+        assert_eq!(
+            kubelet_stream_query(
+                "command=ls&command=-l&stdin=true&stdout=true&stderr=true&tty=true&container=c"
+            ),
+            "command=ls&command=-l&input=true&output=true&error=true&tty=true&container=c"
         );
     }
 

@@ -67,23 +67,23 @@ fn read(path: &Path) -> Result<String, PkiError> {
     })
 }
 
-fn write(path: &Path, text: &str) -> Result<(), PkiError> {
-    std::fs::write(path, text).map_err(|source| PkiError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    restrict(path)
+/// The file's text when it holds something: a missing or empty file (a first start cut short
+/// by a full disk) counts as absent, so it is made again.
+fn read_present(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
 }
 
-#[cfg(unix)]
-fn restrict(path: &Path) -> Result<(), PkiError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-        PkiError::Io {
-            path: path.to_owned(),
-            source,
-        }
+fn write(path: &Path, text: &str) -> Result<(), PkiError> {
+    crate::files::write_private(path, text.as_bytes()).map_err(|source| PkiError::Io {
+        path: path.to_owned(),
+        source,
     })
+}
+
+fn made(path: &Path, why: &str) {
+    tracing::info!(path = %path.display(), "{why}");
 }
 
 fn leaf(cn: &str, org: Option<&str>, usage: ExtendedKeyUsagePurpose) -> CertificateParams {
@@ -105,27 +105,37 @@ fn leaf(cn: &str, org: Option<&str>, usage: ExtendedKeyUsagePurpose) -> Certific
 /// Loads the certificates from `dir`, creating what is missing. The serving certificate is
 /// re-issued when `names` (DNS names and IPs it must be valid for) differ from the stored ones.
 pub fn ensure(dir: &Path, names: &[String]) -> Result<Pki, PkiError> {
-    std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+    crate::files::private_dir(dir).map_err(|source| PkiError::Io {
         path: dir.to_owned(),
         source,
     })?;
     let ca_key_path = dir.join("ca.key");
     let ca_cert_path = dir.join("ca.crt");
-    let ca_key = if ca_key_path.exists() {
-        KeyPair::from_pem(&read(&ca_key_path)?)?
-    } else {
-        let key = KeyPair::generate()?;
-        write(&ca_key_path, &key.serialize_pem())?;
-        write(&ca_cert_path, &ca_params().self_signed(&key)?.pem())?;
-        key
+    let stored_ca_key = read_present(&ca_key_path).and_then(|pem| KeyPair::from_pem(&pem).ok());
+    // A new CA invalidates every certificate it signed before.
+    let new_ca = stored_ca_key.is_none();
+    let ca_key = match stored_ca_key {
+        Some(key) => key,
+        None => {
+            let key = KeyPair::generate()?;
+            write(&ca_key_path, &key.serialize_pem())?;
+            made(&ca_key_path, "generated a new cluster CA key");
+            key
+        }
     };
+    if new_ca || read_present(&ca_cert_path).is_none() {
+        write(&ca_cert_path, &ca_params().self_signed(&ca_key)?.pem())?;
+        made(&ca_cert_path, "wrote the cluster CA certificate");
+    }
     let issuer = Issuer::new(ca_params(), ca_key);
 
     let sans_path = dir.join("apiserver.names");
     let wanted = names.join("\n");
     let server_cert_path = dir.join("apiserver.crt");
     let server_key_path = dir.join("apiserver.key");
-    if !server_cert_path.exists()
+    if new_ca
+        || read_present(&server_cert_path).is_none()
+        || read_present(&server_key_path).is_none()
         || std::fs::read_to_string(&sans_path).ok().as_deref() != Some(wanted.as_str())
     {
         let mut params = leaf("berth-apiserver", None, ExtendedKeyUsagePurpose::ServerAuth);
@@ -137,9 +147,11 @@ pub fn ensure(dir: &Path, names: &[String]) -> Result<Pki, PkiError> {
             })
             .collect::<Result<_, _>>()?;
         let key = KeyPair::generate()?;
-        write(&server_cert_path, &params.signed_by(&key, &issuer)?.pem())?;
+        // The key first: a certificate is only ever written beside its own key.
         write(&server_key_path, &key.serialize_pem())?;
+        write(&server_cert_path, &params.signed_by(&key, &issuer)?.pem())?;
         write(&sans_path, &wanted)?;
+        made(&server_cert_path, "issued the serving certificate");
     }
 
     let client = |name: &str, cn: &str| -> Result<(String, String), PkiError> {
@@ -147,17 +159,22 @@ pub fn ensure(dir: &Path, names: &[String]) -> Result<Pki, PkiError> {
             dir.join(format!("{name}.crt")),
             dir.join(format!("{name}.key")),
         );
-        if !cert_path.exists() {
-            let params = leaf(
-                cn,
-                Some("system:masters"),
-                ExtendedKeyUsagePurpose::ClientAuth,
-            );
-            let key = KeyPair::generate()?;
-            write(&cert_path, &params.signed_by(&key, &issuer)?.pem())?;
-            write(&key_path, &key.serialize_pem())?;
+        if let (false, Some(cert), Some(key)) =
+            (new_ca, read_present(&cert_path), read_present(&key_path))
+        {
+            return Ok((cert, key));
         }
-        Ok((read(&cert_path)?, read(&key_path)?))
+        let params = leaf(
+            cn,
+            Some("system:masters"),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        let key = KeyPair::generate()?;
+        let (cert, key) = (params.signed_by(&key, &issuer)?.pem(), key.serialize_pem());
+        write(&key_path, &key)?;
+        write(&cert_path, &cert)?;
+        made(&cert_path, "issued a client certificate");
+        Ok((cert, key))
     };
     let (admin_cert, admin_key) = client("admin", "kubernetes-admin")?;
     let (kubelet_client_cert, kubelet_client_key) =
@@ -290,10 +307,14 @@ pub fn kubeconfig(pki: &Pki, server_url: &str) -> String {
     )
 }
 
-/// Writes `text` to `path` readable only by its owner.
+/// Writes `text` to `path` readable only by its owner, atomically. A missing parent directory
+/// is made private; an existing one (`/tmp`, `~/.kube`) is left as it is.
 pub fn write_private(path: &Path, text: &str) -> Result<(), PkiError> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| PkiError::Io {
+    if let Some(parent) = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+    {
+        crate::files::private_dir(parent).map_err(|source| PkiError::Io {
             path: parent.to_owned(),
             source,
         })?;
@@ -316,9 +337,42 @@ mod tests {
         assert_eq!(a.ca_cert, c.ca_cert);
         assert_eq!(a.admin_cert, c.admin_cert);
         server_config(&c).expect("rustls accepts the certificates");
+        let before = ensure(dir.path(), &["localhost".into(), "10.0.0.1".into()]).expect("pki");
+        assert_eq!(
+            before.admin_key, c.admin_key,
+            "nothing is remade when all is there"
+        );
         kubelet_client_config(&c).expect("rustls accepts the kubelet client certificate");
         assert!(
             kubeconfig(&c, "https://127.0.0.1:6443").contains("server: https://127.0.0.1:6443")
         );
+    }
+
+    #[test]
+    fn files_are_private_and_empty_ones_are_made_again() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("pki");
+        let names = ["localhost".to_owned()];
+        let first = ensure(&dir, &names).expect("pki");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for entry in std::fs::read_dir(&dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
+        // A first start cut short by a full disk: a 0-byte certificate and a missing key.
+        std::fs::write(dir.join("admin.crt"), "").expect("truncate");
+        std::fs::remove_file(dir.join("apiserver.key")).expect("rm");
+        let second = ensure(&dir, &names).expect("pki starts again");
+        assert_eq!(first.ca_cert, second.ca_cert, "the CA is kept");
+        assert!(second.admin_cert.contains("BEGIN CERTIFICATE"));
+        assert_ne!(first.server_key, second.server_key);
+        server_config(&second).expect("the new serving pair matches");
+        // A lost CA key means a new CA and new certificates signed by it.
+        std::fs::write(dir.join("ca.key"), "").expect("truncate");
+        let third = ensure(&dir, &names).expect("pki");
+        assert_ne!(third.ca_cert, second.ca_cert);
+        assert_ne!(third.admin_cert, second.admin_cert);
     }
 }

@@ -107,6 +107,12 @@ pub async fn handle(
             patch(&srv, &t, &params, kind, &body).await?
         }
         (&Method::DELETE, Some(name), None) => delete(&srv, &t, &params, name, &body).await?,
+        (&Method::POST, Some(name), Some(Subresource::Eviction)) if r.kind == "Pod" => {
+            evict(&srv, &t, &params, name, &body).await?
+        }
+        (&Method::POST, Some(name), Some(Subresource::Binding)) if r.kind == "Pod" => {
+            bind(&srv, &t, &params, name, &body).await?
+        }
         (&Method::DELETE, None, None) => delete_collection(&srv, &t, &params).await?,
         _ => return Err(ApiError::MethodNotAllowed),
     };
@@ -309,6 +315,20 @@ async fn list(srv: &Server, t: &Target, params: &Params) -> Result<Reply> {
     ))
 }
 
+fn not_an_object(v: &Value) -> String {
+    let kind = match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    format!(
+        "couldn't get version/kind; json parse error: json: cannot unmarshal {kind} into Go value of type struct {{ APIVersion string \"json:\\\"apiVersion,omitempty\\\"\"; Kind string \"json:\\\"kind,omitempty\\\"\" }}"
+    )
+}
+
 /// Checks `apiVersion`/`kind` against the endpoint and runs the body through its typed schema,
 /// honouring `fieldValidation` (Strict: 400 on unknown fields; Warn, the default: a warning).
 fn decode_for(
@@ -317,6 +337,11 @@ fn decode_for(
     mut obj: Value,
     warnings: &mut Vec<String>,
 ) -> Result<Value> {
+    if !obj.is_object() {
+        // What a patch that replaced the whole document with `"str"` or `[1]` leaves; the
+        // message is the one kube-apiserver gives when it reads the kind from such a body.
+        return Err(ApiError::BadRequest(not_an_object(&obj)));
+    }
     let expected = r.api_version();
     let api_version = obj
         .get("apiVersion")
@@ -658,9 +683,10 @@ async fn patch(
     let r = t.resource;
     let name = t.name.as_deref().unwrap_or("");
     let key = object_key(r, t.namespace.as_deref(), name);
-    // Retried on conflict, as kube-apiserver's GuaranteedUpdate does, unless the patch itself
-    // names a resourceVersion.
-    for _ in 0..8 {
+    // Retried on conflict until it applies, as kube-apiserver's GuaranteedUpdate does, unless
+    // the patch itself names a resourceVersion: each try reads the latest version, so some
+    // writer always makes progress.
+    loop {
         let Some(cur_kv) = srv.store.get(&key).await? else {
             if kind == PatchType::Apply {
                 let obj = parse_body(body, "application/json").map_err(|_| {
@@ -703,16 +729,104 @@ async fn patch(
             Err(ApiError::Conflict { ref detail, .. })
                 if !explicit_rv && !detail.starts_with("Precondition failed") =>
             {
+                tokio::task::yield_now().await;
                 continue;
             }
             other => return other,
         }
     }
-    Err(ApiError::Conflict {
-        resource: r,
-        name: name.to_owned(),
-        detail: "too many concurrent updates".into(),
-    })
+}
+
+/// The `Status` kube-apiserver answers a successful eviction or binding with.
+fn created_status() -> Reply {
+    Reply {
+        code: StatusCode::CREATED,
+        body: json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        warnings: Vec::new(),
+    }
+}
+
+/// The body of a subresource POST (`Eviction`, `Binding`), checked against the URL's name.
+fn subresource_body(body: &[u8], name: &str, kind: &str) -> Result<Value> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid {kind}: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::BadRequest(not_an_object(&v)));
+    }
+    match v.pointer("/metadata/name").and_then(Value::as_str) {
+        Some(n) if n != name => Err(ApiError::BadRequest(format!(
+            "name in URL does not match name in {kind} object"
+        ))),
+        _ => Ok(v),
+    }
+}
+
+/// `pods/NAME/eviction`: a delete with the Eviction's `deleteOptions` (graceful for a running
+/// pod), answered 201 as kube-apiserver does. No PodDisruptionBudgets are served, so none
+/// can refuse it.
+async fn evict(
+    srv: &Server,
+    t: &Target,
+    params: &Params,
+    name: &str,
+    body: &[u8],
+) -> Result<Reply> {
+    let eviction = subresource_body(body, name, "Eviction")?;
+    let options = eviction
+        .get("deleteOptions")
+        .map(Value::to_string)
+        .unwrap_or_default();
+    let pod = Target {
+        subresource: None,
+        ..t.clone()
+    };
+    delete(srv, &pod, params, name, options.as_bytes()).await?;
+    Ok(created_status())
+}
+
+/// `pods/NAME/binding`: sets `spec.nodeName` of a pod not yet bound, as the scheduler asks.
+async fn bind(srv: &Server, t: &Target, params: &Params, name: &str, body: &[u8]) -> Result<Reply> {
+    let binding = subresource_body(body, name, "Binding")?;
+    let node = binding
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::Invalid {
+            resource: t.resource,
+            kind: "Binding",
+            name: name.to_owned(),
+            errors: vec![berth_api::FieldError::required("target.name", "")],
+        })?
+        .to_owned();
+    let pod = Target {
+        subresource: None,
+        ..t.clone()
+    };
+    let current = get(srv, t.resource, t.namespace.as_deref(), name).await?;
+    if let Some(bound) = current
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    {
+        return Err(ApiError::Conflict {
+            resource: t.resource,
+            name: name.to_owned(),
+            detail: format!("pod {name} is already assigned to node \"{bound}\""),
+        });
+    }
+    let mut patch_body = json!({"spec": {"nodeName": node}});
+    if let Some(uid) = binding.pointer("/metadata/uid").and_then(Value::as_str) {
+        patch_body["metadata"] = json!({"uid": uid});
+    }
+    patch(
+        srv,
+        &pod,
+        params,
+        PatchType::Merge,
+        patch_body.to_string().as_bytes(),
+    )
+    .await?;
+    Ok(created_status())
 }
 
 /// The parts of `DeleteOptions` berth acts on, from the body or the query.

@@ -40,6 +40,10 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "--insecure-http serves every object, Secrets included, without authentication: it only binds a loopback address, not {addr}"
+    )]
+    InsecureNotLoopback { addr: SocketAddr },
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
     #[error("bootstrapping cluster objects: {0}")]
@@ -73,6 +77,10 @@ pub async fn run(
         registry,
         ready,
     } = inputs;
+    if config.insecure_http && !config.bind.ip().is_loopback() {
+        // Without TLS there is no authentication: anyone who reaches the port reads every Secret.
+        return Err(ServeError::InsecureNotLoopback { addr: config.bind });
+    }
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|source| ServeError::Bind {
@@ -162,6 +170,10 @@ pub async fn run(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let result = match tls {
+                Some(_) if plain_http(&tcp).await => {
+                    answer_plain_http(tcp).await;
+                    return;
+                }
                 Some(acceptor) => match acceptor.accept(tcp).await {
                     Ok(stream) => {
                         let authed = stream
@@ -183,6 +195,24 @@ pub async fn run(
             }
         });
     }
+}
+
+/// Whether the client opened with plain text where a TLS handshake record (0x16) belongs.
+async fn plain_http(tcp: &tokio::net::TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.peek(&mut first));
+    matches!(peeked.await, Ok(Ok(1)) if first[0].is_ascii_uppercase())
+}
+
+/// What Go's net/http (and so kube-apiserver) answers an HTTP request on a TLS port.
+async fn answer_plain_http(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tcp
+        .write_all(
+            b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n",
+        )
+        .await;
+    let _ = tcp.shutdown().await;
 }
 
 async fn serve_connection<I>(

@@ -131,7 +131,7 @@ pub async fn serve(
             Ok(s) => s,
             Err(e) => {
                 let _ = tx
-                    .send(render.line("ERROR", ApiError::from(e).status(), &mut first))
+                    .send(render.line("ERROR", ApiError::from(e).status().to_value(), &mut first))
                     .await;
                 return;
             }
@@ -173,7 +173,11 @@ pub async fn serve(
                 Ok(Event::Progress { .. }) => None,
                 Err(e) => {
                     let _ = tx
-                        .send(render.line("ERROR", ApiError::from(e).status(), &mut first))
+                        .send(render.line(
+                            "ERROR",
+                            ApiError::from(e).status().to_value(),
+                            &mut first,
+                        ))
                         .await;
                     return;
                 }

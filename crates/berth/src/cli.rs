@@ -112,7 +112,8 @@ pub struct ServerArgs {
     pub service_node_port_range: RangeInclusive<u16>,
 
     /// Serve plain HTTP with no authentication instead of HTTPS with client certificates.
-    /// Anyone who can reach the port gets full access: use only on loopback.
+    /// Anyone who can reach the port gets full access, so berth refuses to start it on an
+    /// address other than loopback (127.0.0.0/8, ::1).
     #[arg(long)]
     pub insecure_http: bool,
 
@@ -188,6 +189,7 @@ impl From<&ServerArgs> for berth_controllers::Config {
         berth_controllers::Config {
             lb_pool: berth_controllers::lb_pool::Pool::new(a.lb_pool.clone()),
             max_endpoints_per_slice: a.max_endpoints_per_slice.max(1),
+            root_ca: None,
         }
     }
 }

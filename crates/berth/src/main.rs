@@ -20,6 +20,8 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in files or `kubectl logs`.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     if let Cmd::Workload { args } = &cli.cmd {
@@ -30,6 +32,8 @@ fn main() -> std::process::ExitCode {
         // No runtime, no threads: it only sets up namespaces and execs.
         return berth_agent::init::main_for(args);
     }
+    // Keys, the store (every Secret), pod logs: nothing berth writes is for other users.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -60,7 +64,6 @@ async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match &args.store {
         StoreUrl::Embedded => {
             let dir = args.data_dir.join("store");
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let opts = berth_store::embedded::EmbeddedOptions::default();
             Arc::new(
                 berth_store::embedded::Embedded::open(&dir, opts)
@@ -106,6 +109,8 @@ fn cancel_on_signal(token: CancellationToken) {
 }
 
 async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
+    berth_apiserver::files::private_dir(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let store = open_store(&args).await?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
@@ -137,13 +142,16 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", extra.display()))?;
     }
     let client = kube_client(&l.kubeconfig).await?;
+    let controllers_config = berth_controllers::Config {
+        root_ca: Some(
+            std::fs::read_to_string(args.data_dir.join("pki/ca.crt"))
+                .context("reading the cluster CA for kube-root-ca.crt")?,
+        ),
+        ..berth_controllers::Config::from(&args)
+    };
     let controllers = tokio::spawn(
-        berth_controllers::run(
-            client,
-            berth_controllers::Config::from(&args),
-            shutdown.clone(),
-        )
-        .instrument(tracing::info_span!("controllers")),
+        berth_controllers::run(client, controllers_config, shutdown.clone())
+            .instrument(tracing::info_span!("controllers")),
     );
     let agent = match &args.node {
         Some(node) => {
@@ -163,6 +171,12 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
         "berth: use it with: export KUBECONFIG={}",
         l.kubeconfig.display()
     );
+    if l.addr.ip().is_unspecified() {
+        println!(
+            "berth: listening on {} (every address of this host)",
+            l.addr
+        );
+    }
     println!(
         "berth: ready at {} in {} ms",
         l.url,
@@ -204,7 +218,7 @@ fn agent_config(
         kubelet_port: args.kubelet_port,
         client_ca,
     };
-    std::fs::create_dir_all(&config.state_dir)
+    berth_apiserver::files::private_dir(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
     Ok(config)
 }

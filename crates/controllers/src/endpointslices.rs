@@ -109,6 +109,18 @@ pub fn desired_slices(
         }
     }
     changes.delete.extend(unsupported);
+    // Slices mirrored while the Service had no selector go once it has one, as the upstream
+    // mirroring controller removes them.
+    changes.delete.extend(
+        existing
+            .iter()
+            .filter(|s| {
+                namespace(&s.metadata) == namespace(&svc.metadata)
+                    && label(s, SERVICE_NAME_LABEL) == Some(name(&svc.metadata))
+                    && label(s, MANAGED_BY_LABEL) == Some(MIRRORING_CONTROLLER_NAME)
+            })
+            .cloned(),
+    );
     changes
 }
 
@@ -1102,6 +1114,24 @@ mod tests {
                     {"addresses": ["10.0.0.3"], "conditions": conditions(false, true, true), "nodeName": "node-1", "targetRef": target("c")},
                 ]
             })
+        );
+    }
+
+    #[test]
+    fn a_service_given_a_selector_loses_its_mirrored_slices() {
+        let endpoints: Endpoints = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "ns"},
+            "subsets": [{"addresses": [{"ip": "192.0.2.10"}], "ports": [{"port": 80}]}]
+        }))
+        .expect("test Endpoints");
+        let mirrored =
+            mirrored_slices(&endpoints, &svc(json!({"spec": {"selector": null}})), &[]).create;
+        assert_eq!(mirrored.len(), 1);
+        let changes = desired_slices(&svc(json!({})), &[], &mirrored, 100);
+        assert_eq!(changes.delete.len(), 1, "{changes:?}");
+        assert_eq!(
+            label(&changes.delete[0], MANAGED_BY_LABEL),
+            Some(MIRRORING_CONTROLLER_NAME)
         );
     }
 

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
@@ -117,8 +118,26 @@ impl Embedded {
     /// Blocking (file I/O): call it before serving, or via `spawn_blocking`. Dropping the
     /// store waits for the writer thread to finish the writes already queued.
     pub fn open(dir: &Path, opts: EmbeddedOptions) -> Result<Embedded> {
-        std::fs::create_dir_all(dir).map_err(Error::Io)?;
-        let db = Database::create(dir.join(FILE_NAME))?;
+        // Every Secret is in here: the directory 0700 and the file 0600, even when an older
+        // berth made them world-readable.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(Error::Io)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(Error::Io)?;
+        let file = dir.join(FILE_NAME);
+        if !file.exists() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&file)
+                .map_err(Error::Io)?;
+        }
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+            .map_err(Error::Io)?;
+        let db = Database::create(&file)?;
         // Create the tables on first open so readers never see them missing.
         let txn = db.begin_write()?;
         txn.open_table(KV)?;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
@@ -44,7 +45,11 @@ impl Ipam {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(state_dir).map_err(io_err)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(io_err)?;
         let state = match std::fs::read(&path) {
             Ok(bytes) => {
                 let state: State =
@@ -144,7 +149,14 @@ impl Ipam {
                 source,
             })?;
         let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(io_err)?;
+        // Pod IPs and uids are the node's business only: 0600 from creation.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err)?;
         f.write_all(&bytes).map_err(io_err)?;
         // Data on disk before the rename makes it visible: otherwise a crash could leave an
         // empty file under the real name.

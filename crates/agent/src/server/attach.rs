@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::exec::{ClientFrame, ERROR, STDIN, channel_session, close, frame};
+use super::exec::{ClientFrame, ERROR, STDIN, channel_session, close, frame, text_as_binary};
 use super::{Body, text};
 use crate::runtime::Console;
 
@@ -44,7 +44,7 @@ async fn session(ws: super::exec::ChannelSocket, console: Arc<Console>) {
     };
     loop {
         tokio::select! {
-            msg = stream.next() => match msg {
+            msg = stream.next() => match msg.map(|m| m.map(text_as_binary)) {
                 Some(Ok(Message::Binary(data))) => match ClientFrame::parse(&data) {
                     ClientFrame::Stdin(b) if stdin_open => {
                         console.write(bytes::Bytes::copy_from_slice(b));

@@ -62,9 +62,11 @@ impl ExecOptions {
     pub fn parse(q: &Query) -> Result<Self, ExecError> {
         let o = Self {
             command: q.all("command"),
-            stdin: q.flag("stdin")?,
-            stdout: q.flag("stdout")?,
-            stderr: q.flag("stderr")?,
+            // The kubelet's parameter names, which kube-apiserver sends (it renames the
+            // pods/exec query's stdin/stdout/stderr); the API names are taken too.
+            stdin: q.flag("input")? || q.flag("stdin")?,
+            stdout: q.flag("output")? || q.flag("stdout")?,
+            stderr: q.flag("error")? || q.flag("stderr")?,
             tty: q.flag("tty")?,
         };
         if o.command.is_empty() {
@@ -74,6 +76,15 @@ impl ExecOptions {
             return Err(ExecError::NoStreams);
         }
         Ok(o)
+    }
+}
+
+/// A text frame read as the same bytes in a binary one: kube-apiserver takes stdin in either
+/// (the Python client's `write_stdin(str)` sends text).
+pub(crate) fn text_as_binary(m: Message) -> Message {
+    match m {
+        Message::Text(t) => Message::Binary(t.into()),
+        other => other,
     }
 }
 
@@ -214,7 +225,7 @@ where
     };
     loop {
         tokio::select! {
-            msg = stream.next() => match msg {
+            msg = stream.next() => match msg.map(|m| m.map(text_as_binary)) {
                 Some(Ok(Message::Binary(data))) => match ClientFrame::parse(&data) {
                     ClientFrame::Stdin(b) => {
                         if let Some(s) = &proc.stdin {
@@ -427,6 +438,17 @@ mod tests {
                 stdout: true,
                 stderr: true,
                 ..Default::default()
+            })
+        );
+        // What kube-apiserver sends the kubelet.
+        assert_eq!(
+            check("command=sh&input=1&output=1&error=1&tty=1"),
+            Ok(ExecOptions {
+                command: vec!["sh".into()],
+                stdin: true,
+                stdout: true,
+                stderr: true,
+                tty: true,
             })
         );
         assert_eq!(check("stdout=1"), Err(ExecError::NoCommand));

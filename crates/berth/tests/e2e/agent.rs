@@ -62,7 +62,7 @@ fn pods_run_as_processes_with_their_own_ip() {
         "settings",
         "--from-literal=mode=fast",
     ]);
-    c.apply("apiVersion: v1\nkind: Pod\nmetadata:\n  name: shell\nspec:\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sh\", \"-c\", \"env; cat /etc/resolv.conf /etc/hosts; hostname; sleep 600\"]\n    env:\n    - name: GREETING\n      value: hello\n    - name: MODE\n      valueFrom:\n        configMapKeyRef:\n          name: settings\n          key: mode\n    - name: MY_IP\n      valueFrom:\n        fieldRef:\n          fieldPath: status.podIP\n");
+    c.apply("apiVersion: v1\nkind: Pod\nmetadata:\n  name: shell\nspec:\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sh\", \"-c\", \"env; cat /etc/resolv.conf /etc/hosts; hostname; umask; sleep 600\"]\n    env:\n    - name: GREETING\n      value: hello\n    - name: MODE\n      valueFrom:\n        configMapKeyRef:\n          name: settings\n          key: mode\n    - name: MY_IP\n      valueFrom:\n        fieldRef:\n          fieldPath: status.podIP\n");
     running_ip(&c, "shell");
     let uid = c.ok(&["get", "pod", "shell", "-o", "jsonpath={.metadata.uid}"]);
     let log = c.dir().join(format!("data/agent/pods/{uid}/c.log"));
@@ -70,6 +70,27 @@ fn pods_run_as_processes_with_their_own_ip() {
         let text = std::fs::read_to_string(&log).ok()?;
         text.contains("\nshell\n").then_some(text)
     });
+    // The agent's files are private; the container gets the usual umask.
+    assert!(out.contains("\n0022\n"), "umask in the container:\n{out}");
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    };
+    assert_eq!(mode(&log), 0o600);
+    assert_eq!(mode(log.parent().expect("pod dir")), 0o700);
+    assert_eq!(mode(&c.dir().join("data/agent")), 0o700);
+    assert_eq!(mode(&c.dir().join("data/agent/ipam.json")), 0o600);
+    // The kubelet's labels, with Go's architecture names.
+    let arch = c.ok(&[
+        "get",
+        "node",
+        "node-1",
+        "-o",
+        "jsonpath={.metadata.labels.kubernetes\\.io/arch}",
+    ]);
+    assert!(["amd64", "arm64"].contains(&arch.as_str()), "{arch}");
     for want in [
         "GREETING=hello",
         "MODE=fast",

@@ -163,6 +163,44 @@ fn selectorless_service_keeps_manual_endpoints_and_is_mirrored() {
         ]),
         "192.0.2.10"
     );
+    // Tutorial 003's order: the same Service re-applied with a selector. The mirrored slice
+    // goes, and the Endpoints follow the (absent) pods.
+    c.apply("apiVersion: v1\nkind: Service\nmetadata:\n  name: external-db\nspec:\n  selector:\n    app: db\n  ports:\n  - port: 5432\n");
+    wait_for(
+        &c,
+        &[
+            "get",
+            "endpointslices",
+            "-l",
+            "endpointslice.kubernetes.io/managed-by=endpointslicemirroring-controller.k8s.io",
+            "-o",
+            "name",
+        ],
+        "",
+    );
+    let described = c.ok(&["describe", "svc", "external-db"]);
+    assert!(!described.contains("192.0.2.10"), "{described}");
+}
+
+#[test]
+fn load_balancer_ips_go_back_to_the_pool_on_delete() {
+    // Two addresses, four Services one after another: each delete must free its address.
+    let c = cluster(Backend::Embedded);
+    for i in 0..4 {
+        let name = format!("lb-{i}");
+        c.ok(&["create", "service", "loadbalancer", &name, "--tcp=80:80"]);
+        eventually(&format!("{name} to get an address"), || {
+            let ip = c.ok(&[
+                "get",
+                "svc",
+                &name,
+                "-o",
+                "jsonpath={.status.loadBalancer.ingress[0].ip}",
+            ]);
+            ip.starts_with("10.100.10.").then_some(())
+        });
+        c.ok(&["delete", "svc", &name]);
+    }
 }
 
 #[test]
@@ -237,5 +275,53 @@ fn load_balancer_ips_come_from_the_pool() {
             "jsonpath={.status.loadBalancer.ingress}"
         ]),
         ""
+    );
+}
+
+#[test]
+fn every_namespace_has_a_default_service_account_and_the_root_ca() {
+    let c = cluster(Backend::Embedded);
+    c.ok(&["create", "namespace", "team"]);
+    let sa = ["get", "sa", "-n", "team", "-o", "name"];
+    wait_for(&c, &sa, "serviceaccount/default\n");
+    let ca = [
+        "get",
+        "cm",
+        "kube-root-ca.crt",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.data.ca\\.crt}",
+    ];
+    let pem = eventually("kube-root-ca.crt in team", || {
+        let out = c.kubectl(&ca);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("BEGIN CERTIFICATE").then_some(text)
+    });
+    let on_disk = std::fs::read_to_string(c.dir().join("data/pki/ca.crt")).expect("ca.crt");
+    assert_eq!(pem.trim(), on_disk.trim());
+    // Both come back when deleted, as kube-controller-manager makes them again.
+    c.ok(&["delete", "sa", "default", "-n", "team"]);
+    wait_for(&c, &sa, "serviceaccount/default\n");
+    c.ok(&["delete", "cm", "kube-root-ca.crt", "-n", "team"]);
+    eventually("kube-root-ca.crt to come back", || {
+        c.kubectl(&ca).status.success().then_some(())
+    });
+    wait_for(
+        &c,
+        &["get", "sa", "default", "-n", "default", "-o", "name"],
+        "serviceaccount/default\n",
+    );
+    // Pods run as the default ServiceAccount unless they name one.
+    c.apply("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: c\n    image: berth/whoami\n");
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "pod",
+            "p",
+            "-o",
+            "jsonpath={.spec.serviceAccountName} {.spec.serviceAccount}"
+        ]),
+        "default default"
     );
 }

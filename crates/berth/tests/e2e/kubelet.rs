@@ -340,3 +340,42 @@ fn run_interactive_attaches_to_the_container() {
     let err = c.fails(&["attach", "plain"]);
     assert!(err.contains("not running with stdin or a tty"), "{err}");
 }
+
+/// The Python client's interactive exec sends stdin in websocket text frames.
+const PYTHON_EXEC: &str = r#"
+import sys
+from kubernetes import client, config
+from kubernetes.stream import stream
+config.load_kube_config(sys.argv[1])
+v1 = client.CoreV1Api()
+s = stream(v1.connect_get_namespaced_pod_exec, "py", "default", command=["cat"],
+           stdin=True, stdout=True, stderr=True, tty=False, _preload_content=False)
+s.write_stdin("hello from text frames\n")
+out = ""
+for _ in range(50):
+    s.update(timeout=0.2)
+    out += s.read_stdout() or ""
+    if "\n" in out:
+        break
+s.close()
+print(out.strip())
+"#;
+
+#[test]
+fn python_exec_stdin_in_text_frames() {
+    let c = start();
+    pod(&c, "py", &[("c", "exec sleep 600")]);
+    let script = c.file("exec.py", PYTHON_EXEC);
+    let script = script.to_string_lossy().into_owned();
+    let kubeconfig = c.kubeconfig.to_string_lossy().into_owned();
+    let out = outside(&c, "python3", &[&script, &kubeconfig])
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.trim(),
+        "hello from text frames",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -202,8 +202,10 @@ fn readiness_probe_moves_the_pod_in_and_out_of_endpoints() {
     );
     let described = c.ok(&["describe", "pod", "web"]);
     for want in [
-        "Node:         node-1/",
-        "Status:       Running",
+        // Pods run as the default ServiceAccount, which widens describe's first column.
+        "Service Account:  default",
+        "Node:             node-1/",
+        "Status:           Running",
         "delay=0s timeout=1s period=1s #success=1 #failure=1",
         "Successfully assigned default/web to node-1",
         "Started container c",

@@ -9,6 +9,7 @@ mod controllers;
 mod errors;
 mod explain;
 mod gc;
+mod hardening;
 mod kubectl;
 mod kubelet;
 mod lifecycle;

@@ -105,3 +105,40 @@ fn watch_from_a_forgotten_resource_version_is_gone() {
         "{out}"
     );
 }
+
+#[test]
+fn pods_are_bound_and_evicted_through_their_subresources() {
+    let c = super::cluster(berth_testkit::Backend::Embedded);
+    c.apply("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: c\n    image: berth/whoami\n");
+    let binding = c.file(
+        "binding.json",
+        r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"p"},"target":{"kind":"Node","name":"node-9"}}"#,
+    );
+    let path = "/api/v1/namespaces/default/pods/p/binding";
+    let out = c.ok(&["create", "--raw", path, "-f", &binding.to_string_lossy()]);
+    assert!(out.contains(r#""status":"Success""#), "{out}");
+    assert_eq!(
+        c.ok(&["get", "pod", "p", "-o", "jsonpath={.spec.nodeName}"]),
+        "node-9"
+    );
+    let again = c.fails(&["create", "--raw", path, "-f", &binding.to_string_lossy()]);
+    assert!(again.contains("already assigned to node"), "{again}");
+
+    let eviction = c.file(
+        "eviction.json",
+        r#"{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"p"},"deleteOptions":{"gracePeriodSeconds":0}}"#,
+    );
+    let path = "/api/v1/namespaces/default/pods/p/eviction";
+    let out = c.ok(&["create", "--raw", path, "-f", &eviction.to_string_lossy()]);
+    assert!(out.contains(r#""code":201"#), "{out}");
+    berth_testkit::eventually("the evicted pod to go", || {
+        c.fails(&["get", "pod", "p"])
+            .contains("NotFound")
+            .then_some(())
+    });
+    let missing = c.fails(&["create", "--raw", path, "-f", &eviction.to_string_lossy()]);
+    assert!(
+        missing.contains("NotFound") || missing.contains("not found"),
+        "{missing}"
+    );
+}

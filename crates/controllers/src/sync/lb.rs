@@ -37,14 +37,16 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     // One allocation at a time, and addresses handed out but not yet visible in the cache
     // count as used, so two Services never get the same address.
     let mut pending = ctx.lb_pending.lock().await;
-    let in_cache: BTreeSet<Ipv4Addr> = ctx
-        .services
-        .state()
-        .iter()
-        .flat_map(|s| assigned(s))
+    let cached = ctx.services.state();
+    let in_cache: BTreeSet<Ipv4Addr> = cached.iter().flat_map(|s| assigned(s)).collect();
+    let live_uids: BTreeSet<String> = cached.iter().filter_map(|s| s.uid()).collect();
+    // An address stays pending only while its Service is known and does not show it yet: once
+    // the cache has it, or the Service is gone, the pending entry would only leak it.
+    pending.retain(|ip, uid| !in_cache.contains(ip) && live_uids.contains(uid));
+    let used: BTreeSet<Ipv4Addr> = in_cache
+        .union(&pending.keys().copied().collect())
+        .copied()
         .collect();
-    pending.retain(|ip| !in_cache.contains(ip));
-    let used: BTreeSet<Ipv4Addr> = in_cache.union(&pending).copied().collect();
     let requested = svc
         .spec
         .as_ref()
@@ -60,7 +62,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 &Patch::Merge(&status),
             )
             .await?;
-            pending.insert(ip);
+            pending.insert(ip, svc.uid().unwrap_or_default());
             drop(pending);
             events::record(
                 &ctx.client,

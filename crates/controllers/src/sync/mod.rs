@@ -7,6 +7,7 @@ mod endpoints;
 mod events;
 mod gc;
 mod lb;
+mod serviceaccounts;
 mod slices;
 mod workloads;
 
@@ -35,6 +36,8 @@ pub struct Config {
     pub lb_pool: Pool,
     /// Most endpoints in one EndpointSlice (`--max-endpoints-per-slice`, default 100).
     pub max_endpoints_per_slice: usize,
+    /// The cluster CA (PEM) published in every namespace as the `kube-root-ca.crt` ConfigMap.
+    pub root_ca: Option<String>,
 }
 
 impl Default for Config {
@@ -42,6 +45,7 @@ impl Default for Config {
         Self {
             lb_pool: Pool::default(),
             max_endpoints_per_slice: crate::DEFAULT_MAX_ENDPOINTS_PER_SLICE,
+            root_ca: None,
         }
     }
 }
@@ -58,8 +62,9 @@ pub(crate) struct Ctx {
     pub replicasets: Store<ReplicaSet>,
     /// Pods ReplicaSets created or deleted that the Pod cache has not shown yet.
     pub expectations: workloads::Expectations,
-    /// LoadBalancer addresses handed out but not yet seen in the Service cache.
-    pub lb_pending: tokio::sync::Mutex<BTreeSet<Ipv4Addr>>,
+    /// LoadBalancer addresses handed out but not yet seen in the Service cache, with the uid
+    /// of the Service they went to.
+    pub lb_pending: tokio::sync::Mutex<std::collections::BTreeMap<Ipv4Addr, String>>,
 }
 
 const BUFFER: usize = 1024;
@@ -295,7 +300,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         slices: slices.store.clone(),
         deployments: deployments.store.clone(),
         replicasets: replicasets.store.clone(),
-        lb_pending: tokio::sync::Mutex::new(BTreeSet::new()),
+        lb_pending: tokio::sync::Mutex::new(std::collections::BTreeMap::new()),
         expectations: workloads::Expectations::default(),
     });
 
@@ -396,6 +401,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         rs_for_deploy,
         deploy_gone,
     )));
+    tasks.spawn(log_results(serviceaccounts::controller(ctx.clone())));
     tasks.spawn(log_results(lb::controller(
         ctx.clone(),
         svc_for_lb,

@@ -1,0 +1,111 @@
+//! What an attacker or a careless start could do: private files on disk, no plain HTTP on the
+//! TLS port, no unauthenticated port off loopback, and patches that cannot crash a handler.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use berth_testkit::Backend;
+
+fn modes(dir: &Path, out: &mut Vec<(String, u32, bool)>) {
+    for entry in std::fs::read_dir(dir).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let meta = entry.metadata().expect("metadata");
+        let path = entry.path();
+        out.push((
+            path.display().to_string(),
+            meta.permissions().mode() & 0o777,
+            meta.is_dir(),
+        ));
+        if meta.is_dir() {
+            modes(&path, out);
+        }
+    }
+}
+
+#[test]
+fn data_on_disk_is_readable_by_its_owner_only() {
+    let c = super::cluster(Backend::Embedded);
+    c.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "s",
+        "--from-literal=password=hunter2",
+    ]);
+    let data = c.dir().join("data");
+    let mut found = Vec::new();
+    modes(&data, &mut found);
+    let names: Vec<&str> = found.iter().map(|(p, _, _)| p.as_str()).collect();
+    for wanted in ["pki/ca.key", "pki/ca.crt", "store/berth.redb", "kubeconfig"] {
+        assert!(
+            names.iter().any(|n| n.ends_with(wanted)),
+            "{wanted} in {names:?}"
+        );
+    }
+    let data_mode = std::fs::metadata(&data).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(data_mode, 0o700, "{}", data.display());
+    for (path, mode, is_dir) in found {
+        let want = if is_dir { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{path} is {mode:o}");
+    }
+}
+
+#[test]
+fn plain_http_to_the_tls_port_is_told_so() {
+    let c = super::cluster(Backend::Embedded);
+    let addr = c.url.trim_start_matches("https://").to_owned();
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /version HTTP/1.1\r\nHost: berth\r\n\r\n")
+        .expect("write");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.0 400 Bad Request\r\n"),
+        "{answer:?}"
+    );
+    assert!(
+        answer.ends_with("Client sent an HTTP request to an HTTPS server.\n"),
+        "{answer:?}"
+    );
+    // The port still serves TLS afterwards.
+    c.ok(&["get", "ns", "default"]);
+}
+
+#[test]
+fn insecure_http_refuses_an_address_off_loopback() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Refused before anything is bound, so nothing ever listens on the host's addresses.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["server", "--insecure-http", "--bind", "0.0.0.0:0"])
+        .arg(format!("--data-dir={}", dir.path().join("data").display()))
+        .output()
+        .expect("run berth");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--insecure-http") && err.contains("0.0.0.0:0"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+}
+
+#[test]
+fn patches_that_make_a_non_object_are_refused_and_lose_nothing() {
+    let c = super::cluster(Backend::Embedded);
+    c.ok(&["create", "configmap", "cm", "--from-literal=a=1"]);
+    for (kind, patch) in [
+        ("merge", r#""str""#),
+        ("merge", "[1]"),
+        ("json", r#"[{"op":"replace","path":"","value":"str"}]"#),
+    ] {
+        let err = c.fails(&["patch", "cm", "cm", "--type", kind, "-p", patch]);
+        assert!(
+            err.contains("couldn't get version/kind"),
+            "{kind} {patch}: {err}"
+        );
+    }
+    assert_eq!(c.ok(&["get", "cm", "cm", "-o", "jsonpath={.data.a}"]), "1");
+}

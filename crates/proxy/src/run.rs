@@ -1,0 +1,360 @@
+//! The proxy's loop: a watcher + reflector per resource (Services, EndpointSlices) wakes a
+//! debounced sync that computes the desired ruleset from the caches, diffs it against the
+//! last applied one and applies the difference as one transaction on a blocking thread.
+//! At start it reads the kernel instead of flushing, so a restart drops no traffic.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::{Apply, Netlink};
+use crate::desired::{Node, desired};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::ruleset::{Ruleset, diff};
+use crate::tracker::{self, ServiceKey, Tracker};
+
+/// How the proxy runs on one node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's name (for `internalTrafficPolicy: Local`).
+    pub node_name: String,
+    /// The packet mark bit that asks for masquerade, as kube-proxy's `--iptables-masquerade-bit`
+    /// (default 14).
+    pub masquerade_bit: u8,
+    /// Bursts of watch events within this interval are applied as one sync.
+    pub min_sync_interval: Duration,
+    /// Set `net.bridge.bridge-nf-call-iptables=1` in the proxy's own network namespace
+    /// (never in the root one).
+    pub bridge_nf_call_iptables: bool,
+    pub metrics: Metrics,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            node_name: String::new(),
+            masquerade_bit: 14,
+            min_sync_interval: Duration::from_millis(10),
+            bridge_nf_call_iptables: true,
+            metrics: Metrics::default(),
+        }
+    }
+}
+
+impl Config {
+    fn mark(&self) -> u32 {
+        1u32 << (self.masquerade_bit % 32)
+    }
+}
+
+/// Deletes everything the proxy made (the `ip berth` table) in the calling thread's network
+/// namespace. Returns whether there was anything to delete.
+pub fn cleanup() -> Result<bool> {
+    Netlink::open(0)?.delete_table()
+}
+
+/// What the blocking side owns between syncs.
+struct Kernel<A> {
+    nl: A,
+    current: Ruleset,
+    /// Per-Service parts matching `current`; `None` until a full sync (and after a failure).
+    tracker: Option<Tracker>,
+}
+
+/// What changed since the last sync: some Services (by their own or their slices' events),
+/// or possibly anything (a relist, a failure).
+#[derive(Debug, Default)]
+struct Dirty {
+    all: bool,
+    keys: BTreeSet<ServiceKey>,
+}
+
+/// Watches Services and EndpointSlices through `client` and keeps the kernel's table in step
+/// until `shutdown`. Programs the network namespace the process runs in. The table stays
+/// when the proxy stops (traffic keeps flowing); [`cleanup`] removes it.
+pub async fn run(config: Config, client: Client, shutdown: CancellationToken) -> Result<()> {
+    if config.bridge_nf_call_iptables
+        && let Err(e) = crate::sysctl::enable_bridge_netfilter()
+    {
+        tracing::warn!(error = %e, "pods reaching Services on their own bridge will fail");
+    }
+    let mark = config.mark();
+    let kernel = blocking(move || {
+        let mut nl = Netlink::open(mark)?;
+        let current = nl.read()?;
+        Ok(Kernel {
+            nl,
+            current,
+            tracker: None,
+        })
+    })
+    .await?;
+    tracing::info!(
+        chains = kernel.current.chains.len(),
+        endpoints = kernel.current.endpoints.len(),
+        "read the kernel's table"
+    );
+
+    let wake = Arc::new(Notify::new());
+    let dirty = Arc::new(Mutex::new(Dirty {
+        all: true,
+        keys: BTreeSet::new(),
+    }));
+    let (services, services_w) = reflector::store::<Service>();
+    let (slices, slices_w) = reflector::store::<EndpointSlice>();
+    let changes = Changes {
+        wake: wake.clone(),
+        dirty: dirty.clone(),
+    };
+    let watches = [
+        tokio::spawn(drive(
+            Api::all(client.clone()),
+            services_w,
+            changes.clone(),
+            tracker::service_key,
+        )),
+        tokio::spawn(drive(
+            Api::all(client),
+            slices_w,
+            changes,
+            tracker::slice_key,
+        )),
+    ];
+    let result = tokio::select! {
+        r = sync_loop(&config, kernel, &services, &slices, &wake, &dirty) => r,
+        () = shutdown.cancelled() => Ok(()),
+    };
+    for w in watches {
+        w.abort();
+    }
+    result
+}
+
+async fn sync_loop(
+    config: &Config,
+    mut kernel: Kernel<Netlink>,
+    services: &Store<Service>,
+    slices: &Store<EndpointSlice>,
+    wake: &Notify,
+    dirty: &Mutex<Dirty>,
+) -> Result<()> {
+    // As kube-proxy, nothing is programmed before both caches have listed once.
+    let gone = |resource| move |_| Error::CacheGone { resource };
+    services
+        .wait_until_ready()
+        .await
+        .map_err(gone("services"))?;
+    slices
+        .wait_until_ready()
+        .await
+        .map_err(gone("endpointslices"))?;
+    let node = Node {
+        name: config.node_name.clone(),
+    };
+    loop {
+        let changed = std::mem::take(&mut *dirty.lock().map_err(|_| Error::Thread)?);
+        let svcs = services.state();
+        let sls = slices.state();
+        let node = node.clone();
+        let metrics = config.metrics.clone();
+        let (k, outcome) =
+            blocking(move || Ok(sync_once(kernel, changed, &svcs, &sls, &node, &metrics))).await?;
+        kernel = k;
+        if let Err(e) = outcome {
+            tracing::error!(error = %e, "sync failed; re-reading the kernel and retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        wake.notified().await;
+        // Coalesce a burst of events into one sync.
+        tokio::time::sleep(config.min_sync_interval).await;
+    }
+}
+
+fn sync_once<A: Apply>(
+    mut k: Kernel<A>,
+    changed: Dirty,
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
+    node: &Node,
+    metrics: &Metrics,
+) -> (Kernel<A>, Result<()>) {
+    let start = Instant::now();
+    let services = || services.iter().map(AsRef::as_ref);
+    let slices = || slices.iter().map(AsRef::as_ref);
+    let (ops, full) = match &mut k.tracker {
+        Some(t) if !changed.all => {
+            if changed.keys.is_empty() {
+                return (k, Ok(()));
+            }
+            let by_key: HashMap<ServiceKey, &Service> = services()
+                .filter_map(|s| Some((tracker::service_key(s)?, s)))
+                .filter(|(key, _)| changed.keys.contains(key))
+                .collect();
+            let ops = t.update(&changed.keys, |key| by_key.get(key).copied(), slices());
+            (ops, None)
+        }
+        _ => {
+            let want = desired(services(), slices(), node, &k.current);
+            (diff(&k.current, &want), Some(want))
+        }
+    };
+    let applied = if ops.is_empty() {
+        Ok(())
+    } else {
+        k.nl.apply(&ops)
+    };
+    match applied {
+        Ok(()) => {
+            match full {
+                Some(want) => {
+                    k.tracker = Some(Tracker::new(services(), slices(), node, &want));
+                    k.current = want;
+                }
+                None => {
+                    if let Err(e) = k.current.apply_all(&ops) {
+                        // Our model disagrees with itself: start over from the kernel.
+                        tracing::error!(error = %e, "incremental state diverged");
+                        k.tracker = None;
+                    }
+                }
+            }
+            if !ops.is_empty() {
+                metrics.synced(start.elapsed());
+                tracing::debug!(ops = ops.len(), full = k.tracker.is_none(), took = ?start.elapsed(), "synced");
+            }
+            (k, Ok(()))
+        }
+        Err(e) => {
+            metrics.failed();
+            k.tracker = None;
+            // The batch was rolled back; learn what the kernel really holds.
+            if let Ok(current) = k.nl.read() {
+                k.current = current;
+            }
+            (k, Err(e))
+        }
+    }
+}
+
+/// Where watch events leave their mark for the sync loop.
+#[derive(Clone)]
+struct Changes {
+    wake: Arc<Notify>,
+    dirty: Arc<Mutex<Dirty>>,
+}
+
+/// Runs a reflector until aborted, noting which Service each event touches (`key`) and
+/// waking the sync. A relist may hide deletions, so it marks everything.
+async fn drive<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    changes: Changes,
+    key: fn(&K) -> Option<ServiceKey>,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    let mut stream = std::pin::pin!(stream);
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(ev) => {
+                if let Ok(mut d) = changes.dirty.lock() {
+                    match &ev {
+                        watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+                            d.keys.extend(key(o));
+                        }
+                        watcher::Event::Init
+                        | watcher::Event::InitApply(_)
+                        | watcher::Event::InitDone => d.all = true,
+                    }
+                }
+                changes.wake.notify_one();
+            }
+            Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
+        }
+    }
+}
+
+/// Runs netlink work on the blocking pool (the socket is synchronous).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Error::Thread)?
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::apply::Fake;
+
+    fn objects(eps: &[&str]) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>) {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"namespace": "ns", "name": "web"},
+            "spec": {"clusterIP": "10.96.0.50", "ports": [{"port": 80}]},
+        }))
+        .expect("service");
+        let endpoints: Vec<_> = eps.iter().map(|ip| json!({"addresses": [ip]})).collect();
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"namespace": "ns", "name": "web-1",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"port": 8080}],
+            "endpoints": endpoints,
+        }))
+        .expect("slice");
+        (vec![Arc::new(svc)], vec![Arc::new(slice)])
+    }
+
+    #[test]
+    fn each_sync_applies_only_the_change() {
+        let metrics = Metrics::default();
+        let mut k = Kernel {
+            nl: Fake::default(),
+            current: Ruleset::default(),
+            tracker: None,
+        };
+        let web = || Dirty {
+            all: false,
+            keys: BTreeSet::from([("ns".to_owned(), "web".to_owned())]),
+        };
+        for eps in [
+            &["10.244.0.2", "10.244.0.3"][..],
+            &["10.244.0.2", "10.244.0.3"][..],
+            &["10.244.0.2"][..],
+        ] {
+            let (svcs, slices) = objects(eps);
+            // The first sync is a full one (no tracker yet), the others incremental.
+            let (next, r) = sync_once(k, web(), &svcs, &slices, &Node::default(), &metrics);
+            r.expect("sync");
+            k = next;
+        }
+        // The first added the ClusterIP, its two endpoints and their hairpin elements; the
+        // unchanged second sent nothing; the third moved the ClusterIP and its endpoints from
+        // the 2-endpoint map to the 1-endpoint map and removed a hairpin element.
+        let sizes: Vec<usize> = k.nl.batches.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![5, 6]);
+        assert_eq!(k.nl.state, k.current);
+        assert!(k.tracker.is_some());
+    }
+}

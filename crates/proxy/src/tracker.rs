@@ -1,0 +1,145 @@
+//! The incremental form of [`crate::desired`]: keeps each Service's part of the ruleset and,
+//! when some Services or their EndpointSlices change, recomputes only those parts, so one
+//! endpoint change costs the same with 10 Services or 10,000 (kube-proxy's change trackers
+//! play this role).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::desired::{Ids, Node, SERVICE_NAME_LABEL, desired_with};
+use crate::ruleset::{Elem, Op, Ruleset, diff};
+
+/// A Service by namespace and name.
+pub type ServiceKey = (String, String);
+
+/// The Service an object belongs to: a Service itself, or an EndpointSlice's
+/// `kubernetes.io/service-name`.
+pub fn service_key(svc: &Service) -> Option<ServiceKey> {
+    Some((svc.metadata.namespace.clone()?, svc.metadata.name.clone()?))
+}
+
+pub fn slice_key(slice: &EndpointSlice) -> Option<ServiceKey> {
+    Some((
+        slice.metadata.namespace.clone()?,
+        slice
+            .metadata
+            .labels
+            .as_ref()?
+            .get(SERVICE_NAME_LABEL)?
+            .clone(),
+    ))
+}
+
+/// Each Service's part of the desired ruleset (hairpin elements counted, since endpoints
+/// are shared between Services).
+#[derive(Debug, Default)]
+pub struct Tracker {
+    node: Node,
+    ids: Ids,
+    parts: HashMap<ServiceKey, Ruleset>,
+    hairpin: HashMap<Ipv4Addr, u32>,
+}
+
+impl Tracker {
+    /// The parts of a ruleset `full` that [`crate::desired`] computed from the same
+    /// objects (so chain ids carry over).
+    pub fn new<'a>(
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        node: &Node,
+        full: &Ruleset,
+    ) -> Tracker {
+        let mut t = Tracker {
+            node: node.clone(),
+            ids: Ids::from_ruleset(full),
+            ..Tracker::default()
+        };
+        let mut slices_of: HashMap<ServiceKey, Vec<&EndpointSlice>> = HashMap::new();
+        for s in slices {
+            if let Some(k) = slice_key(s) {
+                slices_of.entry(k).or_default().push(s);
+            }
+        }
+        for svc in services {
+            let Some(k) = service_key(svc) else { continue };
+            let part = desired_with(
+                [svc],
+                slices_of.get(&k).into_iter().flatten().copied(),
+                &t.node,
+                &mut t.ids,
+            );
+            for ip in &part.hairpin {
+                *t.hairpin.entry(*ip).or_default() += 1;
+            }
+            t.parts.insert(k, part);
+        }
+        t
+    }
+
+    /// The operations for the Services in `changed`, given their current objects
+    /// (`service(key)`, absent if deleted) and EndpointSlices (`slices`, any superset).
+    /// Ordered as [`diff`] orders them.
+    pub fn update<'a>(
+        &mut self,
+        changed: &BTreeSet<ServiceKey>,
+        service: impl Fn(&ServiceKey) -> Option<&'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    ) -> Vec<Op> {
+        let mut slices_of: HashMap<&ServiceKey, Vec<&EndpointSlice>> = HashMap::new();
+        for s in slices {
+            if let Some(k) = slice_key(s)
+                && let Some(k) = changed.get(&k)
+            {
+                slices_of.entry(k).or_default().push(s);
+            }
+        }
+        let mut ops = Vec::new();
+        for key in changed {
+            let mut old = self.parts.remove(key).unwrap_or_default();
+            let mut new = desired_with(
+                service(key),
+                slices_of.get(key).into_iter().flatten().copied(),
+                &self.node,
+                &mut self.ids,
+            );
+            for ip in old.hairpin.difference(&new.hairpin) {
+                if let Some(n) = self.hairpin.get_mut(ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.hairpin.remove(ip);
+                        ops.push(Op::DelElem(Elem::Hairpin(*ip)));
+                    }
+                }
+            }
+            for ip in new.hairpin.difference(&old.hairpin) {
+                let n = self.hairpin.entry(*ip).or_default();
+                *n += 1;
+                if *n == 1 {
+                    ops.push(Op::AddElem(Elem::Hairpin(*ip)));
+                }
+            }
+            let hairpin = std::mem::take(&mut new.hairpin);
+            old.hairpin.clear();
+            ops.extend(diff(&old, &new));
+            new.hairpin = hairpin;
+            if new != Ruleset::default() {
+                self.parts.insert(key.clone(), new);
+            }
+        }
+        // One batch: every deletion before every addition, as `diff` orders a whole ruleset.
+        ops.sort_by_key(|op| match op {
+            Op::DelElem(_) => 0,
+            Op::DelChain(_) => 1,
+            Op::SetRule(_) => 2,
+            Op::AddChain(_) => 3,
+            Op::AddElem(_) => 4,
+        });
+        ops
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,45 @@
+//! The tracker agrees with `desired` over the whole world, whichever Services changed.
+
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::desired::tests::{arb_world, ruleset_of};
+
+proptest! {
+    #[test]
+    fn incremental_updates_reach_the_full_desired_state(a in arb_world(), b in arb_world()) {
+        let node = Node::default();
+        let full_a = ruleset_of(&a, &Ruleset::default());
+        let mut kernel = full_a.clone();
+        let mut t = Tracker::new(
+            a.iter().map(|(s, _)| s),
+            a.iter().map(|(_, e)| e),
+            &node,
+            &full_a,
+        );
+        // Only the Services whose objects differ are recomputed.
+        let keyed = |w: &[(Service, EndpointSlice)]| -> Vec<(ServiceKey, (Service, EndpointSlice))> {
+            w.iter().filter_map(|(s, e)| Some((service_key(s)?, (s.clone(), e.clone())))).collect()
+        };
+        let (ka, kb) = (keyed(&a), keyed(&b));
+        let changed: BTreeSet<ServiceKey> = ka
+            .iter()
+            .chain(&kb)
+            .filter(|(k, v)| {
+                ka.iter().find(|(x, _)| x == k).map(|(_, o)| o) != Some(v)
+                    || kb.iter().find(|(x, _)| x == k).map(|(_, o)| o) != Some(v)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let ops = t.update(
+            &changed,
+            |k| kb.iter().find(|(x, _)| x == k).map(|(_, (s, _))| s),
+            b.iter().map(|(_, e)| e),
+        );
+        kernel.apply_all(&ops).expect("kernel model refused the ops");
+        let full_b = ruleset_of(&b, &kernel);
+        prop_assert_eq!(&kernel, &full_b);
+    }
+}
