@@ -215,7 +215,7 @@ fn main() {
     rate(
         "fast path (parse, lookup, patch)",
         |q| {
-            let _ = z.fast().answer(q, true, false, &mut out);
+            let _ = z.fast_answer(q, true, false, &mut out);
         },
         &qs,
     );

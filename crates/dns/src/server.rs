@@ -92,7 +92,7 @@ impl Ctx {
         let recurse = self.may_recurse(client.ip);
         let (req, outcome) = {
             let zone = self.zone.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(qtype) = zone.fast().answer(bytes, recurse, client.tcp, out) {
+            if let Some(qtype) = zone.fast_answer(bytes, recurse, client.tcp, out) {
                 return Step::Ready {
                     qtype,
                     in_zone: true,

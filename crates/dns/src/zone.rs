@@ -11,7 +11,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::answer::{self, Outcome};
 use crate::error::{Error, Result};
-use crate::fast::FastTable;
+use crate::fast::{self, FastTable, NameKind};
 use crate::records::{self, ServiceKey, ServiceView, SliceView};
 
 /// The schema version of the Kubernetes DNS specification answered at `dns-version.<zone>`.
@@ -97,7 +97,8 @@ pub struct Zone {
     ttl: u32,
     negative_ttl: u32,
     soa: Record,
-    names: HashMap<Name, Node>,
+    /// Names by their lower-case wire form (what the fast path has in hand).
+    names: HashMap<Box<[u8]>, Node>,
     services: HashMap<ServiceKey, ServiceView>,
     /// Slices by their Service, then by slice name (slices may arrive before their Service).
     slices: HashMap<ServiceKey, BTreeMap<String, SliceView>>,
@@ -148,7 +149,12 @@ impl Zone {
         zone.insert(STATIC, version, Some((config.ttl, txt)));
         zone.insert(STATIC, label("svc")?, None);
         zone.insert(STATIC, label("pod")?, None);
-        let statics: Vec<Name> = zone.names.keys().cloned().collect();
+        let statics = [
+            zone.origin.clone(),
+            label("dns-version")?,
+            label("svc")?,
+            label("pod")?,
+        ];
         zone.compile_fast(statics.iter());
         Ok(zone)
     }
@@ -201,7 +207,21 @@ impl Zone {
     }
 
     pub(crate) fn node(&self, name: &Name) -> Option<&Node> {
-        self.names.get(name)
+        self.names.get(fast::wire(name).as_slice())
+    }
+
+    /// The compiled answer to `req` (see [`FastTable::answer`]), or `None` for the slow path.
+    pub fn fast_answer(&self, req: &[u8], ra: bool, tcp: bool, out: &mut Vec<u8>) -> Option<u16> {
+        let kind = |wire: &[u8]| {
+            self.names.get(wire).map(|n| {
+                if n.cname().is_some() {
+                    NameKind::Slow
+                } else {
+                    NameKind::Exists
+                }
+            })
+        };
+        self.fast.answer(req, ra, tcp, out, kind)
     }
 
     /// The compiled wire answers.
@@ -217,7 +237,7 @@ impl Zone {
             _ => None,
         };
         for name in names {
-            let node = self.names.get(name);
+            let node = self.names.get(fast::wire(name).as_slice());
             let exists = node.map(|n| n.cname().is_some());
             let present = |t| node.is_some_and(|n| n.has(t));
             fast.compile(name, exists, present, respond);
@@ -226,7 +246,7 @@ impl Zone {
     }
 
     fn insert(&mut self, owner: Owner, name: Name, record: Option<(u32, RData)>) {
-        let node = self.names.entry(name).or_default();
+        let node = self.names.entry(fast::wire(&name).into()).or_default();
         let data = record.map(|(ttl, rdata)| Data {
             ttl,
             rdata: Box::new(rdata),
@@ -235,6 +255,17 @@ impl Zone {
         if !node.entries.contains(&entry) {
             node.entries.reserve_exact(1);
             node.entries.push(entry);
+        }
+    }
+
+    /// Drops what `owner` put at `name`; the name goes when nobody has anything there.
+    fn disown(&mut self, owner: Owner, name: &Name) {
+        let key = fast::wire(name);
+        if let Some(node) = self.names.get_mut(key.as_slice()) {
+            node.entries.retain(|(o, _)| *o != owner);
+            if node.entries.is_empty() {
+                self.names.remove(key.as_slice());
+            }
         }
     }
 
@@ -282,12 +313,7 @@ impl Zone {
         let Some(dns_name) = self.namespace_name(name) else {
             return;
         };
-        if let Some(node) = self.names.get_mut(&dns_name) {
-            node.entries.retain(|(o, _)| *o != owner);
-            if node.entries.is_empty() {
-                self.names.remove(&dns_name);
-            }
-        }
+        self.disown(owner, &dns_name);
         self.compile_fast(std::iter::once(&dns_name));
     }
 
@@ -453,12 +479,7 @@ impl Zone {
             None => self.new_owner(),
         };
         for name in &touched {
-            if let Some(node) = self.names.get_mut(name) {
-                node.entries.retain(|(o, _)| *o != owner);
-                if node.entries.is_empty() {
-                    self.names.remove(name);
-                }
-            }
+            self.disown(owner, name);
         }
         let entries = self.entries_of(key);
         if self.services.contains_key(key) {
