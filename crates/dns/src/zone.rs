@@ -48,8 +48,42 @@ const STATIC: Owner = Owner(0);
 #[derive(Debug, PartialEq)]
 struct Data {
     ttl: u32,
-    // Boxed: an entry costs 24 bytes; `RData` alone is 184.
-    rdata: Box<RData>,
+    rdata: Compact,
+}
+
+/// Record data, addresses inline (most records are A/AAAA) and the rest boxed: `RData` alone
+/// is 184 bytes.
+#[derive(Debug, PartialEq)]
+enum Compact {
+    A(std::net::Ipv4Addr),
+    Aaaa(std::net::Ipv6Addr),
+    Other(Box<RData>),
+}
+
+impl Compact {
+    fn new(rdata: RData) -> Self {
+        match rdata {
+            RData::A(a) => Self::A(a.0),
+            RData::AAAA(a) => Self::Aaaa(a.0),
+            other => Self::Other(Box::new(other)),
+        }
+    }
+
+    fn record_type(&self) -> RecordType {
+        match self {
+            Self::A(_) => RecordType::A,
+            Self::Aaaa(_) => RecordType::AAAA,
+            Self::Other(r) => r.record_type(),
+        }
+    }
+
+    fn to_rdata(&self) -> RData {
+        match self {
+            Self::A(ip) => RData::A(hickory_proto::rr::rdata::A(*ip)),
+            Self::Aaaa(ip) => RData::AAAA(hickory_proto::rr::rdata::AAAA(*ip)),
+            Self::Other(r) => (**r).clone(),
+        }
+    }
 }
 
 /// One name of the zone: its records, and the owners that make it exist even without records.
@@ -73,7 +107,7 @@ impl Node {
         rtype: RecordType,
     ) -> impl Iterator<Item = Record> + 'a {
         self.data(rtype)
-            .map(|d| Record::from_rdata(name.clone(), d.ttl, (*d.rdata).clone()))
+            .map(|d| Record::from_rdata(name.clone(), d.ttl, d.rdata.to_rdata()))
     }
 
     /// Whether the node has records of a type.
@@ -83,8 +117,11 @@ impl Node {
 
     /// The CNAME target, if the name is an alias.
     pub(crate) fn cname(&self) -> Option<&Name> {
-        self.data(RecordType::CNAME).find_map(|d| match &*d.rdata {
-            RData::CNAME(c) => Some(&c.0),
+        self.data(RecordType::CNAME).find_map(|d| match &d.rdata {
+            Compact::Other(r) => match &**r {
+                RData::CNAME(c) => Some(&c.0),
+                _ => None,
+            },
             _ => None,
         })
     }
@@ -249,7 +286,7 @@ impl Zone {
         let node = self.names.entry(fast::wire(&name).into()).or_default();
         let data = record.map(|(ttl, rdata)| Data {
             ttl,
-            rdata: Box::new(rdata),
+            rdata: Compact::new(rdata),
         });
         let entry = (owner, data);
         if !node.entries.contains(&entry) {
