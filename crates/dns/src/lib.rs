@@ -1,11 +1,12 @@
 //! berth's cluster DNS, in place of CoreDNS for `cluster.local`: the Kubernetes DNS
-//! specification (schema 1.1.0) answered from Services and EndpointSlices watched through the
-//! API, every other name forwarded upstream with a cache.
+//! specification (schema 1.1.0) answered from Services, EndpointSlices and Namespaces watched
+//! through the API, every other name forwarded upstream with a cache.
 //!
-//! Data flow: `watch` (kube-runtime watchers) -> `Zone` (names with their records, recompiled
-//! per changed object) -> `answer::respond` (pure, per query) -> `server` (UDP/TCP listeners,
-//! `forward::Forwarder` for names outside the zone). Start from [`run`], or [`serve`] with a
-//! [`Zone`] filled by hand.
+//! Data flow: `watch` (kube-runtime watchers) -> `Zone` (names with their records and their
+//! answers as wire bytes in `fast`, recompiled per changed object) -> `server` (UDP threads in
+//! `batch`, TCP tasks): compiled bytes for plain queries, `answer::respond` (pure) for the rest,
+//! `forward::Forwarder` for names outside the zone. Start from [`run`], or [`serve`] with a
+//! [`Zone`] filled by hand (`fixtures` builds the objects).
 
 pub mod answer;
 mod batch;
