@@ -406,3 +406,47 @@ async fn servfail_when_no_upstream_answers() {
         "10.96.0.20"
     );
 }
+
+#[tokio::test]
+async fn ipv6_listener() {
+    let config = Config {
+        listen: vec!["[::1]:0".parse().expect("addr")],
+        upstream: vec![],
+        ..Config::default()
+    };
+    // A machine without IPv6 on loopback has nothing to test here.
+    let Ok(server) = Server::bind(&config.listen, 2) else {
+        eprintln!("no [::1] on this machine; skipping");
+        return;
+    };
+    let port = server.local_addrs()[0].port();
+    let shutdown = CancellationToken::new();
+    let zone = fixtures::sample_zone(&ZoneConfig::default()).expect("zone");
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        server
+            .serve(&config, Arc::new(RwLock::new(zone)), token)
+            .await
+    });
+    for transport in ["+notcp", "+tcp"] {
+        let out = tokio::process::Command::new("dig")
+            .args([
+                "@::1",
+                "-p",
+                &port.to_string(),
+                "+time=2",
+                "+tries=1",
+                "+short",
+            ])
+            .args([transport, "v6.default.svc.cluster.local", "AAAA"])
+            .output()
+            .await
+            .expect("dig runs");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "fd00::20",
+            "{transport}"
+        );
+    }
+    shutdown.cancel();
+}
