@@ -105,9 +105,10 @@ fn udp(zone: Zone, qs: &[Vec<u8>]) {
         upstream: vec![],
         ..Config::default()
     };
-    let server = runtime
-        .block_on(Server::bind(&config.listen))
-        .expect("bind");
+    let server = {
+        let _entered = runtime.enter();
+        Server::bind(&config.listen, 1).expect("bind")
+    };
     let addr = server.local_addrs()[0];
     let token = shutdown.clone();
     runtime.spawn(async move {
@@ -162,6 +163,7 @@ fn serve_for_dnsperf(args: &[String]) {
         .expect("runtime");
     let config = Config {
         listen: vec![addr],
+        udp_sockets: workers,
         upstream: vec![],
         ..Config::default()
     };
@@ -213,7 +215,7 @@ fn main() {
     rate(
         "fast path (parse, lookup, patch)",
         |q| {
-            let _ = z.fast().answer(q, true, false, &mut out);
+            let _ = z.fast_answer(q, true, false, &mut out);
         },
         &qs,
     );

@@ -191,14 +191,14 @@ fn authoritative(zone: &Zone, req: &Message, qname: &Name, qtype: RecordType) ->
         };
         if let (Some(target), false) = (node.cname(), qtype == RecordType::CNAME) {
             resp.answers
-                .extend(node.records(RecordType::CNAME).cloned().map(echo));
+                .extend(node.records(&name, RecordType::CNAME).map(echo));
             if !zone.origin().zone_of(target) {
                 return resp;
             }
             name = target.clone();
             continue;
         }
-        resp.answers.extend(node.records(qtype).cloned().map(echo));
+        resp.answers.extend(node.records(&name, qtype).map(echo));
         break;
     }
     if resp.answers.is_empty() {
@@ -223,9 +223,9 @@ fn additional_addresses(zone: &Zone, resp: &mut Message) {
         seen.push(&srv.target);
         if let Some(node) = zone.node(&srv.target) {
             resp.additionals
-                .extend(node.records(RecordType::A).cloned());
+                .extend(node.records(&srv.target, RecordType::A));
             resp.additionals
-                .extend(node.records(RecordType::AAAA).cloned());
+                .extend(node.records(&srv.target, RecordType::AAAA));
         }
     }
 }

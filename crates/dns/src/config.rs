@@ -15,6 +15,9 @@ pub struct Config {
     /// Where to answer, over both UDP and TCP (default `0.0.0.0:53`). Port 0 picks one port
     /// for UDP and uses the same for TCP.
     pub listen: Vec<SocketAddr>,
+    /// UDP sockets per listen address (`SO_REUSEPORT`, the kernel spreads clients over them),
+    /// each served by its own task so queries are answered on every core (default: CPUs).
+    pub udp_sockets: usize,
     /// The cluster domain (`--cluster-domain`, default `cluster.local`).
     pub domain: String,
     /// TTL of positive answers from the cluster zone, in seconds (default 30).
@@ -40,6 +43,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 53)],
+            udp_sockets: std::thread::available_parallelism().map_or(1, usize::from),
             domain: "cluster.local".to_owned(),
             ttl: 30,
             negative_ttl: 5,

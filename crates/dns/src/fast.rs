@@ -27,9 +27,9 @@ const MAX_COMPILED: usize = 512;
 
 const OPT_RR_LEN: usize = 11;
 
-/// What the fast path knows of a name.
+/// What the fast path needs to know of a name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum NameKind {
+pub(crate) enum NameKind {
     /// Exists; a type without a compiled answer is no data.
     Exists,
     /// Answer through the slow path (an alias).
@@ -41,7 +41,6 @@ enum NameKind {
 pub struct FastTable {
     /// lower-case wire name + type -> response bytes (ID 0, no OPT); `None`: use the slow path.
     answers: HashMap<Box<[u8]>, Option<Box<[u8]>>>,
-    names: HashMap<Box<[u8]>, NameKind>,
     /// The zone apex, lower-case wire form.
     apex: Box<[u8]>,
     /// An SOA record after its owner name (type, class, TTL, length, uncompressed rdata).
@@ -83,7 +82,6 @@ impl FastTable {
         }
         Self {
             answers: HashMap::new(),
-            names: HashMap::new(),
             apex: wire(apex).into(),
             soa_tail: soa_tail.into(),
         }
@@ -101,18 +99,11 @@ impl FastTable {
     ) {
         let key = wire(name);
         let Some(alias) = exists else {
-            self.names.remove(key.as_slice());
             for t in COMPILED_TYPES {
                 self.answers.remove(typed(&key, t).as_slice());
             }
             return;
         };
-        let kind = if alias {
-            NameKind::Slow
-        } else {
-            NameKind::Exists
-        };
-        self.names.insert(key.clone().into(), kind);
         for t in COMPILED_TYPES {
             let k = typed(&key, t);
             if alias || !present(t) {
@@ -150,8 +141,16 @@ impl FastTable {
 
     /// Writes the response to `req` into `out` and returns the query type, or `None` when the
     /// slow path must answer. `ra` is the RA bit for this client; over UDP the response fits
-    /// the client's EDNS size (512 bytes without EDNS).
-    pub fn answer(&self, req: &[u8], ra: bool, tcp: bool, out: &mut Vec<u8>) -> Option<u16> {
+    /// the client's EDNS size (512 bytes without EDNS). `kind` tells of a lower-case wire name
+    /// in the zone.
+    pub(crate) fn answer(
+        &self,
+        req: &[u8],
+        ra: bool,
+        tcp: bool,
+        out: &mut Vec<u8>,
+        kind: impl Fn(&[u8]) -> Option<NameKind>,
+    ) -> Option<u16> {
         let q = parse(req)?;
         let limit = if tcp {
             usize::from(u16::MAX)
@@ -169,7 +168,7 @@ impl FastTable {
             Some(Some(template)) => out.extend_from_slice(template),
             Some(None) => return None,
             None => {
-                if !self.negative(&key[..q.name_len], &q, out) {
+                if !self.negative(&key[..q.name_len], &q, out, kind) {
                     return None;
                 }
             }
@@ -187,13 +186,18 @@ impl FastTable {
             out.extend_from_slice(&[0, 0, 41]);
             out.extend_from_slice(&MAX_UDP_PAYLOAD.to_be_bytes());
             out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-            debug_assert_eq!(OPT_RR_LEN, 11);
         }
         (out.len() <= limit).then_some(q.qtype)
     }
 
     /// NXDOMAIN or no data with the SOA, for a name under the apex that is not compiled.
-    fn negative(&self, name: &[u8], q: &Parsed, out: &mut Vec<u8>) -> bool {
+    fn negative(
+        &self,
+        name: &[u8],
+        q: &Parsed,
+        out: &mut Vec<u8>,
+        kind: impl Fn(&[u8]) -> Option<NameKind>,
+    ) -> bool {
         if q.qtype == 0 || q.qtype > 127 || q.qtype == u16::from(RecordType::OPT) {
             return false;
         }
@@ -204,7 +208,7 @@ impl FastTable {
         if name[apex_at..] != *self.apex || !starts.iter().any(|&s| usize::from(s) == apex_at) {
             return false;
         }
-        let rcode = match self.names.get(name) {
+        let rcode = match kind(name) {
             Some(NameKind::Exists) => 0,
             Some(NameKind::Slow) => return false,
             None => {
@@ -247,6 +251,17 @@ struct Parsed {
     edns_payload: Option<u16>,
 }
 
+/// The payload size of an OPT record that is all of `rest`: root owner, type OPT, version 0,
+/// options skipped but their length must fit exactly.
+fn opt_payload(rest: &[u8]) -> Option<u16> {
+    let opt = rest.get(..OPT_RR_LEN)?;
+    if opt[..3] != [0, 0, 41] || opt[6] != 0 {
+        return None;
+    }
+    let rdlen = usize::from(u16::from_be_bytes([opt[9], opt[10]]));
+    (OPT_RR_LEN + rdlen == rest.len()).then(|| u16::from_be_bytes([opt[3], opt[4]]))
+}
+
 /// Accepts only: a query (QR 0, opcode 0), one question of class IN with an uncompressed
 /// name, no answer or authority records, and either nothing or exactly one OPT after it.
 fn parse(req: &[u8]) -> Option<Parsed> {
@@ -281,21 +296,10 @@ fn parse(req: &[u8]) -> Option<Parsed> {
     if fixed[2..4] != [0, 1] {
         return None;
     }
-    at += 4;
+    let rest = req.get(at + 4..)?;
     let edns_payload = match arcount {
-        0 if at == req.len() => None,
-        1 => {
-            let opt = req.get(at..at + OPT_RR_LEN)?;
-            // Root owner, type OPT, version 0, then options we skip but whose length must fit.
-            if opt[..3] != [0, 0, 41] || opt[6] != 0 {
-                return None;
-            }
-            let rdlen = usize::from(u16::from_be_bytes([opt[9], opt[10]]));
-            if at + OPT_RR_LEN + rdlen != req.len() {
-                return None;
-            }
-            Some(u16::from_be_bytes([opt[3], opt[4]]))
-        }
+        0 if rest.is_empty() => None,
+        1 => Some(opt_payload(rest)?),
         _ => return None,
     };
     Some(Parsed {
@@ -336,7 +340,7 @@ mod tests {
     /// The fast answer, if taken, must decode to what the slow path says.
     fn agrees(zone: &Zone, bytes: &[u8], tcp: bool) -> bool {
         let mut out = Vec::new();
-        if zone.fast().answer(bytes, false, tcp, &mut out).is_none() {
+        if zone.fast_answer(bytes, false, tcp, &mut out).is_none() {
             return false;
         }
         let fast = Message::from_vec(&out).expect("fast answer parses");

@@ -1,13 +1,15 @@
 //! berth's cluster DNS, in place of CoreDNS for `cluster.local`: the Kubernetes DNS
-//! specification (schema 1.1.0) answered from Services and EndpointSlices watched through the
-//! API, every other name forwarded upstream with a cache.
+//! specification (schema 1.1.0) answered from Services, EndpointSlices and Namespaces watched
+//! through the API, every other name forwarded upstream with a cache.
 //!
-//! Data flow: `watch` (kube-runtime watchers) -> `Zone` (names with their records, recompiled
-//! per changed object) -> `answer::respond` (pure, per query) -> `server` (UDP/TCP listeners,
-//! `forward::Forwarder` for names outside the zone). Start from [`run`], or [`serve`] with a
-//! [`Zone`] filled by hand.
+//! Data flow: `watch` (kube-runtime watchers) -> `Zone` (names with their records and their
+//! answers as wire bytes in `fast`, recompiled per changed object) -> `server` (UDP threads in
+//! `batch`, TCP tasks): compiled bytes for plain queries, `answer::respond` (pure) for the rest,
+//! `forward::Forwarder` for names outside the zone. Start from [`run`], or [`serve`] with a
+//! [`Zone`] filled by hand (`fixtures` builds the objects).
 
 pub mod answer;
+mod batch;
 pub mod config;
 pub mod error;
 pub mod fast;
@@ -47,7 +49,7 @@ impl Config {
 /// through `client`, starts answering once all three are listed, and serves until `shutdown`.
 /// Fails when a listener cannot be bound or fails, or a watch ends.
 pub async fn run(config: Config, client: kube::Client, shutdown: CancellationToken) -> Result<()> {
-    let server = Server::bind(&config.listen).await?;
+    let server = Server::bind(&config.listen, config.udp_sockets)?;
     run_on(server, config, client, shutdown).await
 }
 

@@ -9,13 +9,16 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use ipnet::IpNet;
+use std::net::UdpSocket;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::answer::{self, Outcome};
+use crate::batch;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::forward::Forwarder;
@@ -32,11 +35,11 @@ const MAX_TCP: usize = 256;
 /// A TCP connection idle this long is closed (RFC 7766 suggests seconds, not minutes).
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
-struct Ctx {
+pub(crate) struct Ctx {
     zone: SharedZone,
     forwarder: Forwarder,
     allow_recursion: Vec<IpNet>,
-    pending: Arc<Semaphore>,
+    pub(crate) pending: Arc<Semaphore>,
     metrics: Metrics,
     /// Metric `zone` labels: the cluster domain (`cluster.local.`) and `.` for the rest.
     cluster_label: Arc<String>,
@@ -44,7 +47,7 @@ struct Ctx {
 }
 
 /// Work that needs the network before the answer can be sent.
-enum Pending {
+pub(crate) enum Pending {
     /// A name outside the zone.
     Forward(Message),
     /// An ExternalName CNAME whose target is resolved upstream and appended.
@@ -52,7 +55,7 @@ enum Pending {
 }
 
 /// What one received packet leads to.
-enum Step {
+pub(crate) enum Step {
     /// The response is in `out`.
     Ready { qtype: u16, in_zone: bool },
     /// The response needs upstream answers first.
@@ -67,11 +70,11 @@ enum Step {
 
 /// Where a query came from, for the ACL and the metrics.
 #[derive(Clone)]
-struct Client {
-    ip: IpAddr,
-    tcp: bool,
-    server: Arc<String>,
-    received: Instant,
+pub(crate) struct Client {
+    pub ip: IpAddr,
+    pub tcp: bool,
+    pub server: Arc<String>,
+    pub received: Instant,
 }
 
 impl Ctx {
@@ -85,11 +88,11 @@ impl Ctx {
 
     /// Everything that can be done without waiting: the compiled answer, else parse, answer
     /// from the zone or refuse; forwarding is left to `slow`.
-    fn step(&self, bytes: &[u8], client: &Client, out: &mut Vec<u8>) -> Step {
+    pub(crate) fn step(&self, bytes: &[u8], client: &Client, out: &mut Vec<u8>) -> Step {
         let recurse = self.may_recurse(client.ip);
         let (req, outcome) = {
             let zone = self.zone.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(qtype) = zone.fast().answer(bytes, recurse, client.tcp, out) {
+            if let Some(qtype) = zone.fast_answer(bytes, recurse, client.tcp, out) {
                 return Step::Ready {
                     qtype,
                     in_zone: true,
@@ -109,8 +112,20 @@ impl Ctx {
                 }
             }
         };
+        self.decide(req, outcome, recurse, client.tcp, out)
+    }
+
+    /// The step for a parsed request: an answer or refusal now, or upstream work.
+    fn decide(
+        &self,
+        req: Message,
+        outcome: Outcome,
+        recurse: bool,
+        tcp: bool,
+        out: &mut Vec<u8>,
+    ) -> Step {
         let qtype = req.queries.first().map_or(0, |q| q.query_type().into());
-        let limit = if client.tcp {
+        let limit = if tcp {
             usize::from(u16::MAX)
         } else {
             answer::udp_limit(&req)
@@ -148,7 +163,7 @@ impl Ctx {
         }
     }
 
-    async fn slow(&self, pending: Box<Pending>) -> Message {
+    pub(crate) async fn slow(&self, pending: Box<Pending>) -> Message {
         match *pending {
             Pending::Forward(req) => self.forwarder.resolve(&req).await,
             Pending::Chase(req, mut resp, target) => {
@@ -165,8 +180,26 @@ impl Ctx {
     }
 
     /// Records one sent response.
-    fn observe(&self, client: &Client, qtype: u16, in_zone: bool, out: &[u8]) {
-        self.metrics.observe(&Observed {
+    pub(crate) fn observe(&self, client: &Client, qtype: u16, in_zone: bool, out: &[u8]) {
+        self.observe_many(
+            client,
+            qtype,
+            in_zone,
+            out.get(3).map_or(0, |b| b & 0x0f),
+            1,
+        );
+    }
+
+    /// Records `n` sent responses alike in client family, type, zone and RCODE.
+    pub(crate) fn observe_many(
+        &self,
+        client: &Client,
+        qtype: u16,
+        in_zone: bool,
+        rcode: u8,
+        n: u64,
+    ) {
+        let observed = Observed {
             server: &client.server,
             zone: if in_zone {
                 &self.cluster_label
@@ -176,10 +209,11 @@ impl Ctx {
             tcp: client.tcp,
             ipv6: client.ip.is_ipv6(),
             qtype,
-            rcode: out.get(3).map_or(0, |b| b & 0x0f),
+            rcode,
             forwarded: !in_zone,
             seconds: client.received.elapsed().as_secs_f64(),
-        });
+        };
+        self.metrics.observe_many(&observed, n);
     }
 }
 
@@ -198,7 +232,7 @@ fn external_target(zone: &SharedZone, req: &Message, resp: &Message) -> Option<N
 
 /// Bound listening sockets, one UDP and one TCP per configured address.
 pub struct Server {
-    udp: Vec<Arc<UdpSocket>>,
+    udp: Vec<UdpSocket>,
     tcp: Vec<TcpListener>,
 }
 
@@ -210,40 +244,60 @@ fn bind_error(addr: SocketAddr, transport: &'static str) -> impl FnOnce(std::io:
     }
 }
 
-/// One UDP socket and one TCP listener on the same address and port.
-async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener)> {
+/// A UDP socket with `SO_REUSEPORT`, so several can share one address.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// `count` UDP sockets and one TCP listener on the same address and port.
+fn bind_set(addr: SocketAddr, count: usize) -> Result<(Vec<UdpSocket>, TcpListener)> {
     let tries = if addr.port() == 0 { 16 } else { 1 };
     let mut last = None;
     for _ in 0..tries {
-        let u = UdpSocket::bind(addr)
-            .await
-            .map_err(bind_error(addr, "udp"))?;
-        let bound = u.local_addr().map_err(bind_error(addr, "udp"))?;
-        match TcpListener::bind(bound).await {
-            Ok(t) => return Ok((u, t)),
-            Err(e) => last = Some(bind_error(bound, "tcp")(e)),
+        let first = udp_socket(addr).map_err(bind_error(addr, "udp"))?;
+        let bound = first.local_addr().map_err(bind_error(addr, "udp"))?;
+        let tcp = std::net::TcpListener::bind(bound)
+            .and_then(|t| {
+                t.set_nonblocking(true)?;
+                TcpListener::from_std(t)
+            })
+            .map_err(bind_error(bound, "tcp"));
+        match tcp {
+            Ok(tcp) => {
+                let mut udp = vec![first];
+                for _ in 1..count.max(1) {
+                    udp.push(udp_socket(bound).map_err(bind_error(bound, "udp"))?);
+                }
+                return Ok((udp, tcp));
+            }
+            Err(e) => last = Some(e),
         }
     }
     Err(last.unwrap_or_else(|| bind_error(addr, "tcp")(std::io::ErrorKind::AddrInUse.into())))
 }
 
 impl Server {
-    /// Binds every address over UDP and TCP; port 0 takes the port UDP got for TCP too
-    /// (retrying a few ports when that one is taken over TCP).
-    pub async fn bind(listen: &[SocketAddr]) -> Result<Self> {
+    /// Binds every address over TCP and `udp_sockets` times over UDP (`SO_REUSEPORT`); port 0
+    /// takes the port UDP got for TCP too (retrying a few ports when it is taken over TCP).
+    /// Must be called inside a tokio runtime.
+    pub fn bind(listen: &[SocketAddr], udp_sockets: usize) -> Result<Self> {
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
         for &addr in listen {
-            let (u, t) = bind_pair(addr).await?;
-            udp.push(Arc::new(u));
+            let (u, t) = bind_set(addr, udp_sockets)?;
+            udp.extend(u);
             tcp.push(t);
         }
         Ok(Self { udp, tcp })
     }
 
-    /// The addresses actually bound (with the ports chosen for port 0).
+    /// The addresses actually bound (with the ports chosen for port 0), one per address.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.udp
+        self.tcp
             .iter()
             .filter_map(|s| s.local_addr().ok())
             .collect()
@@ -277,8 +331,16 @@ impl Server {
             root_label: Arc::new(".".to_owned()),
         });
         let mut tasks = JoinSet::new();
+        let runtime = tokio::runtime::Handle::current();
         for socket in self.udp {
-            tasks.spawn(udp_loop(ctx.clone(), socket, shutdown.clone()));
+            let addr = socket
+                .local_addr()
+                .map_err(bind_error(SocketAddr::from(([0; 4], 0)), "udp"))?;
+            let (ctx, runtime, shutdown) = (ctx.clone(), runtime.clone(), shutdown.clone());
+            tasks.spawn_blocking(move || {
+                batch::serve(ctx, socket, server_label(addr), runtime, shutdown)
+                    .map_err(|source| Error::Serve { addr, source })
+            });
         }
         for listener in self.tcp {
             tasks.spawn(tcp_loop(ctx.clone(), listener, shutdown.clone()));
@@ -314,8 +376,7 @@ fn without_loops(upstream: &[SocketAddr], listening: &[SocketAddr]) -> Vec<Socke
 /// Binds `config.listen` and serves `zone` until `shutdown`: the way to run the server on a
 /// fixed set of objects (tests, benchmarks).
 pub async fn serve(config: Config, zone: SharedZone, shutdown: CancellationToken) -> Result<()> {
-    Server::bind(&config.listen)
-        .await?
+    Server::bind(&config.listen, config.udp_sockets)?
         .serve(&config, zone, shutdown)
         .await
 }
@@ -323,71 +384,6 @@ pub async fn serve(config: Config, zone: SharedZone, shutdown: CancellationToken
 /// CoreDNS's `server` label: `dns://<address>`.
 fn server_label(addr: SocketAddr) -> Arc<String> {
     Arc::new(format!("dns://{addr}"))
-}
-
-async fn udp_loop(
-    ctx: Arc<Ctx>,
-    socket: Arc<UdpSocket>,
-    shutdown: CancellationToken,
-) -> Result<()> {
-    let addr = socket.local_addr().map_err(|source| Error::Serve {
-        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-        source,
-    })?;
-    // One select for the whole loop, not one per packet: the cancellation future is not free.
-    tokio::select! {
-        () = udp_packets(ctx, socket, addr) => {}
-        () = shutdown.cancelled() => {}
-    }
-    Ok(())
-}
-
-async fn udp_packets(ctx: Arc<Ctx>, socket: Arc<UdpSocket>, addr: SocketAddr) {
-    let server = server_label(addr);
-    let mut buf = vec![0u8; 65535];
-    let mut out = Vec::with_capacity(usize::from(answer::MAX_UDP_PAYLOAD));
-    loop {
-        let (n, peer) = match socket.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(%addr, error = %e, "udp receive failed");
-                continue;
-            }
-        };
-        let client = Client {
-            ip: peer.ip(),
-            tcp: false,
-            server: server.clone(),
-            received: Instant::now(),
-        };
-        let bytes = buf.get(..n).unwrap_or_default();
-        match ctx.step(bytes, &client, &mut out) {
-            Step::Ready { qtype, in_zone } => {
-                let _ = socket.send_to(&out, peer).await;
-                ctx.observe(&client, qtype, in_zone, &out);
-            }
-            Step::Later {
-                pending,
-                limit,
-                qtype,
-            } => {
-                let Ok(permit) = ctx.pending.clone().try_acquire_owned() else {
-                    continue;
-                };
-                let (ctx, socket) = (ctx.clone(), socket.clone());
-                tokio::spawn(async move {
-                    let chase = matches!(*pending, Pending::Chase(..));
-                    let resp = ctx.slow(pending).await;
-                    if let Some(out) = answer::encode(&resp, limit) {
-                        let _ = socket.send_to(&out, peer).await;
-                        ctx.observe(&client, qtype, chase, &out);
-                    }
-                    drop(permit);
-                });
-            }
-            Step::Nothing => {}
-        }
-    }
 }
 
 async fn tcp_loop(ctx: Arc<Ctx>, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {

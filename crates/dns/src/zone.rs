@@ -11,7 +11,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::answer::{self, Outcome};
 use crate::error::{Error, Result};
-use crate::fast::FastTable;
+use crate::fast::{self, FastTable, NameKind};
 use crate::records::{self, ServiceKey, ServiceView, SliceView};
 
 /// The schema version of the Kubernetes DNS specification answered at `dns-version.<zone>`.
@@ -44,29 +44,86 @@ struct Owner(u32);
 
 const STATIC: Owner = Owner(0);
 
+/// A record without its owner name (the node's key already says it).
+#[derive(Debug, PartialEq)]
+struct Data {
+    ttl: u32,
+    rdata: Compact,
+}
+
+/// Record data, addresses inline (most records are A/AAAA) and the rest boxed: `RData` alone
+/// is 184 bytes.
+#[derive(Debug, PartialEq)]
+enum Compact {
+    A(std::net::Ipv4Addr),
+    Aaaa(std::net::Ipv6Addr),
+    Other(Box<RData>),
+}
+
+impl Compact {
+    fn new(rdata: RData) -> Self {
+        match rdata {
+            RData::A(a) => Self::A(a.0),
+            RData::AAAA(a) => Self::Aaaa(a.0),
+            other => Self::Other(Box::new(other)),
+        }
+    }
+
+    fn record_type(&self) -> RecordType {
+        match self {
+            Self::A(_) => RecordType::A,
+            Self::Aaaa(_) => RecordType::AAAA,
+            Self::Other(r) => r.record_type(),
+        }
+    }
+
+    fn to_rdata(&self) -> RData {
+        match self {
+            Self::A(ip) => RData::A(hickory_proto::rr::rdata::A(*ip)),
+            Self::Aaaa(ip) => RData::AAAA(hickory_proto::rr::rdata::AAAA(*ip)),
+            Self::Other(r) => (**r).clone(),
+        }
+    }
+}
+
 /// One name of the zone: its records, and the owners that make it exist even without records.
 #[derive(Debug, Default)]
 pub(crate) struct Node {
-    entries: Vec<(Owner, Option<Record>)>,
+    entries: Vec<(Owner, Option<Data>)>,
 }
 
 impl Node {
-    /// The records of one type (every record for `ANY`).
-    pub(crate) fn records(&self, rtype: RecordType) -> impl Iterator<Item = &Record> {
+    fn data(&self, rtype: RecordType) -> impl Iterator<Item = &Data> {
         self.entries
             .iter()
-            .filter_map(|(_, r)| r.as_ref())
-            .filter(move |r| rtype == RecordType::ANY || r.record_type() == rtype)
+            .filter_map(|(_, d)| d.as_ref())
+            .filter(move |d| rtype == RecordType::ANY || d.rdata.record_type() == rtype)
+    }
+
+    /// The records of one type (every record for `ANY`), named `name` (this node's name).
+    pub(crate) fn records<'a>(
+        &'a self,
+        name: &'a Name,
+        rtype: RecordType,
+    ) -> impl Iterator<Item = Record> + 'a {
+        self.data(rtype)
+            .map(|d| Record::from_rdata(name.clone(), d.ttl, d.rdata.to_rdata()))
+    }
+
+    /// Whether the node has records of a type.
+    pub(crate) fn has(&self, rtype: RecordType) -> bool {
+        self.data(rtype).next().is_some()
     }
 
     /// The CNAME target, if the name is an alias.
     pub(crate) fn cname(&self) -> Option<&Name> {
-        self.entries
-            .iter()
-            .find_map(|(_, r)| match r.as_ref().map(|r| &r.data) {
-                Some(RData::CNAME(c)) => Some(&c.0),
+        self.data(RecordType::CNAME).find_map(|d| match &d.rdata {
+            Compact::Other(r) => match &**r {
+                RData::CNAME(c) => Some(&c.0),
                 _ => None,
-            })
+            },
+            _ => None,
+        })
     }
 }
 
@@ -77,14 +134,15 @@ pub struct Zone {
     ttl: u32,
     negative_ttl: u32,
     soa: Record,
-    names: HashMap<Name, Node>,
+    /// Names by their lower-case wire form (what the fast path has in hand).
+    names: HashMap<Box<[u8]>, Node>,
     services: HashMap<ServiceKey, ServiceView>,
     /// Slices by their Service, then by slice name (slices may arrive before their Service).
     slices: HashMap<ServiceKey, BTreeMap<String, SliceView>>,
     /// (namespace, slice name) -> the Service the slice was filed under.
     slice_service: HashMap<(String, String), ServiceKey>,
-    /// Each Service's owner number and the names its records sit at.
-    owned: HashMap<ServiceKey, (Owner, Vec<Name>)>,
+    /// Each Service's owner number (its names are recomputed from its view, not stored).
+    owned: HashMap<ServiceKey, Owner>,
     next_owner: u32,
     /// Namespaces by name, each owning its `<ns>.svc.<zone>` name.
     namespaces: HashMap<String, Owner>,
@@ -121,11 +179,30 @@ impl Zone {
             config.negative_ttl,
         );
         let soa = Record::from_rdata(origin.clone(), config.negative_ttl, RData::SOA(soa));
-        let mut zone = Self {
-            origin: origin.clone(),
+        let mut zone = Self::empty(origin.clone(), config, soa.clone());
+        zone.insert(STATIC, origin.clone(), Some((soa.ttl, soa.data)));
+        let version = label("dns-version")?;
+        let txt = RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_owned()]));
+        zone.insert(STATIC, version, Some((config.ttl, txt)));
+        zone.insert(STATIC, label("svc")?, None);
+        zone.insert(STATIC, label("pod")?, None);
+        let statics = [
+            zone.origin.clone(),
+            label("dns-version")?,
+            label("svc")?,
+            label("pod")?,
+        ];
+        zone.compile_fast(statics.iter());
+        Ok(zone)
+    }
+
+    fn empty(origin: Name, config: &ZoneConfig, soa: Record) -> Self {
+        Self {
+            fast: FastTable::new(&origin, &soa),
+            origin,
             ttl: config.ttl,
             negative_ttl: config.negative_ttl,
-            soa: soa.clone(),
+            soa,
             names: HashMap::new(),
             services: HashMap::new(),
             slices: HashMap::new(),
@@ -133,18 +210,7 @@ impl Zone {
             owned: HashMap::new(),
             next_owner: 1,
             namespaces: HashMap::new(),
-            fast: FastTable::new(&origin, &soa),
-        };
-        zone.insert(STATIC, origin.clone(), Some(soa));
-        let version = label("dns-version")?;
-        let txt = RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_owned()]));
-        let txt = Record::from_rdata(version.clone(), config.ttl, txt);
-        zone.insert(STATIC, version, Some(txt));
-        zone.insert(STATIC, label("svc")?, None);
-        zone.insert(STATIC, label("pod")?, None);
-        let statics: Vec<Name> = zone.names.keys().cloned().collect();
-        zone.compile_fast(statics.iter());
-        Ok(zone)
+        }
     }
 
     /// The cluster domain as a lower-case FQDN.
@@ -178,7 +244,21 @@ impl Zone {
     }
 
     pub(crate) fn node(&self, name: &Name) -> Option<&Node> {
-        self.names.get(name)
+        self.names.get(fast::wire(name).as_slice())
+    }
+
+    /// The compiled answer to `req` (see [`FastTable::answer`]), or `None` for the slow path.
+    pub fn fast_answer(&self, req: &[u8], ra: bool, tcp: bool, out: &mut Vec<u8>) -> Option<u16> {
+        let kind = |wire: &[u8]| {
+            self.names.get(wire).map(|n| {
+                if n.cname().is_some() {
+                    NameKind::Slow
+                } else {
+                    NameKind::Exists
+                }
+            })
+        };
+        self.fast.answer(req, ra, tcp, out, kind)
     }
 
     /// The compiled wire answers.
@@ -194,19 +274,35 @@ impl Zone {
             _ => None,
         };
         for name in names {
-            let node = self.names.get(name);
+            let node = self.names.get(fast::wire(name).as_slice());
             let exists = node.map(|n| n.cname().is_some());
-            let present = |t| node.is_some_and(|n| n.records(t).next().is_some());
+            let present = |t| node.is_some_and(|n| n.has(t));
             fast.compile(name, exists, present, respond);
         }
         self.fast = fast;
     }
 
-    fn insert(&mut self, owner: Owner, name: Name, record: Option<Record>) {
-        let node = self.names.entry(name).or_default();
-        let entry = (owner, record);
+    fn insert(&mut self, owner: Owner, name: Name, record: Option<(u32, RData)>) {
+        let node = self.names.entry(fast::wire(&name).into()).or_default();
+        let data = record.map(|(ttl, rdata)| Data {
+            ttl,
+            rdata: Compact::new(rdata),
+        });
+        let entry = (owner, data);
         if !node.entries.contains(&entry) {
+            node.entries.reserve_exact(1);
             node.entries.push(entry);
+        }
+    }
+
+    /// Drops what `owner` put at `name`; the name goes when nobody has anything there.
+    fn disown(&mut self, owner: Owner, name: &Name) {
+        let key = fast::wire(name);
+        if let Some(node) = self.names.get_mut(key.as_slice()) {
+            node.entries.retain(|(o, _)| *o != owner);
+            if node.entries.is_empty() {
+                self.names.remove(key.as_slice());
+            }
         }
     }
 
@@ -254,12 +350,7 @@ impl Zone {
         let Some(dns_name) = self.namespace_name(name) else {
             return;
         };
-        if let Some(node) = self.names.get_mut(&dns_name) {
-            node.entries.retain(|(o, _)| *o != owner);
-            if node.entries.is_empty() {
-                self.names.remove(&dns_name);
-            }
-        }
+        self.disown(owner, &dns_name);
         self.compile_fast(std::iter::once(&dns_name));
     }
 
@@ -296,15 +387,17 @@ impl Zone {
             return;
         }
         let key = view.key.clone();
-        self.services.insert(key.clone(), view);
-        self.recompile(&key);
+        self.update(&key, |zone| {
+            zone.services.insert(view.key.clone(), view);
+        });
     }
 
     /// Removes a Service and its names (its slices are kept until they are deleted).
     pub fn delete_service(&mut self, svc: &Service) {
         if let Some(key) = ServiceKey::of(&svc.metadata) {
-            self.services.remove(&key);
-            self.recompile(&key);
+            self.update(&key, |zone| {
+                zone.services.remove(&key);
+            });
         }
     }
 
@@ -327,9 +420,11 @@ impl Zone {
         if slices.get(&slice_key.1) == Some(&view) {
             return;
         }
-        slices.insert(slice_key.1.clone(), view);
-        self.slice_service.insert(slice_key, service.clone());
-        self.recompile(&service);
+        self.update(&service, |zone| {
+            let slices = zone.slices.entry(service.clone()).or_default();
+            slices.insert(slice_key.1.clone(), view);
+            zone.slice_service.insert(slice_key, service.clone());
+        });
     }
 
     /// Removes an EndpointSlice.
@@ -340,16 +435,18 @@ impl Zone {
     }
 
     fn remove_slice(&mut self, slice_key: &(String, String)) {
-        let Some(service) = self.slice_service.remove(slice_key) else {
+        let Some(service) = self.slice_service.get(slice_key).cloned() else {
             return;
         };
-        if let Some(slices) = self.slices.get_mut(&service) {
-            slices.remove(&slice_key.1);
-            if slices.is_empty() {
-                self.slices.remove(&service);
+        self.update(&service, |zone| {
+            zone.slice_service.remove(slice_key);
+            if let Some(slices) = zone.slices.get_mut(&service) {
+                slices.remove(&slice_key.1);
+                if slices.is_empty() {
+                    zone.slices.remove(&service);
+                }
             }
-        }
-        self.recompile(&service);
+        });
     }
 
     /// Makes the Services exactly `all` (after a list or relist): those missing are deleted,
@@ -367,8 +464,9 @@ impl Zone {
             .cloned()
             .collect();
         for key in gone {
-            self.services.remove(&key);
-            self.recompile(&key);
+            self.update(&key, |zone| {
+                zone.services.remove(&key);
+            });
         }
         for view in views.into_values() {
             self.put_service(view);
@@ -397,45 +495,44 @@ impl Zone {
         }
     }
 
-    /// Drops the names a Service had and compiles the ones it has now.
-    fn recompile(&mut self, key: &ServiceKey) {
-        let mut touched: Vec<Name> = Vec::new();
-        self.recompile_names(key, &mut touched);
+    /// The records one Service makes in the current state.
+    fn entries_of(&self, key: &ServiceKey) -> Vec<records::Entry> {
+        let Some(view) = self.services.get(key) else {
+            return Vec::new();
+        };
+        let empty = BTreeMap::new();
+        let slices = self.slices.get(key).unwrap_or(&empty).values();
+        records::compile(view, slices, &self.origin)
+    }
+
+    /// Changes what a Service is made of (`change`), then replaces the names it had with the
+    /// ones it has now. The old names are recompiled from the old state rather than stored:
+    /// that costs a compile per update and saves a name list per Service.
+    fn update(&mut self, key: &ServiceKey, change: impl FnOnce(&mut Self)) {
+        let mut touched: Vec<Name> = self.entries_of(key).into_iter().map(|(n, _)| n).collect();
+        change(self);
+        let owner = match self.owned.get(key) {
+            Some(owner) => *owner,
+            None => self.new_owner(),
+        };
+        for name in &touched {
+            self.disown(owner, name);
+        }
+        let entries = self.entries_of(key);
+        if self.services.contains_key(key) {
+            self.owned.insert(key.clone(), owner);
+        } else {
+            self.owned.remove(key);
+        }
+        for (name, rdata) in entries {
+            touched.push(name.clone());
+            self.insert(owner, name, rdata.map(|d| (self.ttl, d)));
+        }
         touched.sort();
         touched.dedup();
         self.compile_fast(touched.iter());
     }
-
-    fn recompile_names(&mut self, key: &ServiceKey, touched: &mut Vec<Name>) {
-        let owner = match self.owned.remove(key) {
-            Some((owner, names)) => {
-                touched.extend(names.iter().cloned());
-                for name in names {
-                    if let Some(node) = self.names.get_mut(&name) {
-                        node.entries.retain(|(o, _)| *o != owner);
-                        if node.entries.is_empty() {
-                            self.names.remove(&name);
-                        }
-                    }
-                }
-                owner
-            }
-            None => self.new_owner(),
-        };
-        let Some(view) = self.services.get(key) else {
-            return;
-        };
-        let empty = BTreeMap::new();
-        let slices = self.slices.get(key).unwrap_or(&empty).values();
-        let entries = records::compile(view, slices, &self.origin);
-        let mut names = std::collections::HashSet::with_capacity(entries.len());
-        for (name, rdata) in entries {
-            let record = rdata.map(|d| Record::from_rdata(name.clone(), self.ttl, d));
-            names.insert(name.clone());
-            self.insert(owner, name, record);
-        }
-        touched.extend(names.iter().cloned());
-        self.owned
-            .insert(key.clone(), (owner, names.into_iter().collect()));
-    }
 }
+
+#[cfg(test)]
+mod tests;

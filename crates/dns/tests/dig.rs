@@ -84,7 +84,7 @@ async fn start(allow_recursion: Vec<IpNet>) -> Harness {
         metrics: berth_dns::metrics::Metrics::register(&mut registry),
         ..Config::default()
     };
-    let server = Server::bind(&config.listen).await.expect("bind");
+    let server = Server::bind(&config.listen, config.udp_sockets).expect("bind");
     let port = server.local_addrs()[0].port();
     let zone = Arc::new(RwLock::new(zone));
     let token = shutdown.clone();
@@ -367,4 +367,86 @@ async fn no_recursion_for_outsiders() {
             .await,
         "10.96.0.20"
     );
+}
+
+#[tokio::test]
+async fn servfail_when_no_upstream_answers() {
+    // Nothing listens on the upstream port: the connected UDP socket is refused at once.
+    let dead = UdpSocket::bind("127.0.0.2:0").await.expect("bind");
+    let dead_addr = dead.local_addr().expect("addr");
+    drop(dead);
+    let shutdown = CancellationToken::new();
+    let zone = fixtures::sample_zone(&ZoneConfig::default()).expect("zone");
+    let config = Config {
+        listen: vec!["127.0.0.1:0".parse().expect("addr")],
+        upstream: vec![dead_addr],
+        upstream_timeout: std::time::Duration::from_millis(300),
+        ..Config::default()
+    };
+    let server = Server::bind(&config.listen, 1).expect("bind");
+    let port = server.local_addrs()[0].port();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        server
+            .serve(&config, Arc::new(RwLock::new(zone)), token)
+            .await
+    });
+    let h = Harness {
+        port,
+        registry: prometheus_client::registry::Registry::default(),
+        upstream_queries: Arc::new(AtomicUsize::new(0)),
+        shutdown,
+    };
+    let got = h.dig(&["+noall", "+comments", "www.example.com"]).await;
+    assert!(got.contains("status: SERVFAIL"), "{got}");
+    // Cluster names do not depend on upstreams.
+    assert_eq!(
+        h.records(&["web.default.svc.cluster.local", "+short"])
+            .await,
+        "10.96.0.20"
+    );
+}
+
+#[tokio::test]
+async fn ipv6_listener() {
+    let config = Config {
+        listen: vec!["[::1]:0".parse().expect("addr")],
+        upstream: vec![],
+        ..Config::default()
+    };
+    // A machine without IPv6 on loopback has nothing to test here.
+    let Ok(server) = Server::bind(&config.listen, 2) else {
+        eprintln!("no [::1] on this machine; skipping");
+        return;
+    };
+    let port = server.local_addrs()[0].port();
+    let shutdown = CancellationToken::new();
+    let zone = fixtures::sample_zone(&ZoneConfig::default()).expect("zone");
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        server
+            .serve(&config, Arc::new(RwLock::new(zone)), token)
+            .await
+    });
+    for transport in ["+notcp", "+tcp"] {
+        let out = tokio::process::Command::new("dig")
+            .args([
+                "@::1",
+                "-p",
+                &port.to_string(),
+                "+time=2",
+                "+tries=1",
+                "+short",
+            ])
+            .args([transport, "v6.default.svc.cluster.local", "AAAA"])
+            .output()
+            .await
+            .expect("dig runs");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "fd00::20",
+            "{transport}"
+        );
+    }
+    shutdown.cancel();
 }

@@ -106,9 +106,7 @@ async fn follows_the_api() {
     let late = fixtures::cluster_ip("default", "late", &["10.96.0.30"], &[]);
     let (tx, rx) = mpsc::unbounded_channel();
     let client = api(json!([web]), json!([]), Arc::new(Mutex::new(Some(rx))));
-    let server = Server::bind(&["127.0.0.1:0".parse().expect("addr")])
-        .await
-        .expect("bind");
+    let server = Server::bind(&["127.0.0.1:0".parse().expect("addr")], 2).expect("bind");
     let port = server.local_addrs()[0].port();
     let shutdown = CancellationToken::new();
     let config = Config {

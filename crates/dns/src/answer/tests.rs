@@ -360,6 +360,40 @@ fn deleting_a_service_removes_its_names() {
 }
 
 #[test]
+fn a_slice_that_changes_service_moves_its_endpoints() {
+    let mut zone = zone();
+    zone.apply_service(&fixtures::headless("default", "other", &[], false));
+    let moved = fixtures::slice(
+        "default",
+        "db-abcde",
+        "other",
+        &[("10.244.0.9", Some("x"), true)],
+        &[],
+    );
+    zone.apply_slice(&moved);
+    let got = render(respond(
+        &zone,
+        &query("db.default.svc.cluster.local.", RecordType::A),
+    ));
+    assert_eq!(got, format!("Non-Existent Domain aa\n{SOA}"));
+    let got = render(respond(
+        &zone,
+        &query("x.other.default.svc.cluster.local.", RecordType::A),
+    ));
+    assert_eq!(
+        got,
+        "No Error aa\nan x.other.default.svc.cluster.local. 30 A 10.244.0.9"
+    );
+    // Relisting slices without it empties `other` too.
+    zone.replace_slices([]);
+    let got = render(respond(
+        &zone,
+        &query("other.default.svc.cluster.local.", RecordType::A),
+    ));
+    assert_eq!(got, format!("Non-Existent Domain aa\n{SOA}"));
+}
+
+#[test]
 fn relist_drops_what_is_gone() {
     let mut zone = zone();
     let keep = fixtures::cluster_ip("default", "web", &["10.96.0.21"], &[]);
@@ -434,6 +468,22 @@ fn malformed_and_odd_requests() {
     assert_eq!(render(respond(&zone, &edns1)), "Bad option versions");
     let resp = Message::response(1, OpCode::Query);
     assert_eq!(render(respond(&zone, &resp)), "drop");
+    // A question name that points at itself (a compression loop), and one that points past
+    // the end: FORMERR, never a hang or a panic.
+    for name in [[0xc0, 0x0c], [0xc0, 0xff]] {
+        let mut packet = vec![0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        packet.extend(name);
+        packet.extend([0, 1, 0, 1]);
+        let Err(Some(reply)) = handle(&zone, &packet) else {
+            panic!("{name:x?} parsed");
+        };
+        let reply = Message::from_vec(&reply).expect("FORMERR parses");
+        assert_eq!(reply.metadata.id, 0x1234);
+        assert_eq!(
+            reply.metadata.response_code,
+            hickory_proto::op::ResponseCode::FormErr
+        );
+    }
     assert_eq!(formerr(&[1, 2, 3]), None);
     assert_eq!(
         formerr(&[0xab, 0xcd, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff]),
