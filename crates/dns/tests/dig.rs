@@ -122,6 +122,21 @@ impl Harness {
         text
     }
 
+    /// The metrics once they hold every line of `want`: a query is counted after its answer
+    /// is sent, so the last one may still be on its way when dig returns.
+    async fn metrics_with(&self, want: &[String]) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let text = self.metrics();
+            if want.iter().all(|w| text.contains(w.as_str()))
+                || std::time::Instant::now() > deadline
+            {
+                return text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// The answer (and any other sections asked for) only, one record a line.
     async fn records(&self, args: &[&str]) -> String {
         let mut all = vec!["+noall", "+answer"];
@@ -259,9 +274,8 @@ async fn tcp_mixed_case_and_version() {
             .await,
         "10.244.1.9"
     );
-    let metrics = h.metrics();
     let server = format!("server=\"dns://127.0.0.1:{}\"", h.port);
-    for want in [
+    let wanted: Vec<String> = vec![
         format!(
             "coredns_dns_requests_total{{{server},zone=\"cluster.local.\",proto=\"tcp\",family=\"1\",type=\"A\"}} 1"
         ),
@@ -274,7 +288,9 @@ async fn tcp_mixed_case_and_version() {
         format!(
             "coredns_dns_request_duration_seconds_count{{{server},zone=\"cluster.local.\",type=\"TXT\"}} 1"
         ),
-    ] {
+    ];
+    let metrics = h.metrics_with(&wanted).await;
+    for want in wanted {
         assert!(metrics.contains(&want), "{want} not in\n{metrics}");
     }
 }
@@ -335,9 +351,8 @@ async fn forwarding_with_cache() {
         2,
         "negative answer cached"
     );
-    let metrics = h.metrics();
     let server = format!("server=\"dns://127.0.0.1:{}\"", h.port);
-    for want in [
+    let wanted: Vec<String> = vec![
         format!(
             "coredns_dns_requests_total{{{server},zone=\".\",proto=\"udp\",family=\"1\",type=\"A\"}} 4"
         ),
@@ -347,7 +362,9 @@ async fn forwarding_with_cache() {
         "coredns_cache_hits_total{type=\"success\"} 1".to_owned(),
         "coredns_cache_hits_total{type=\"denial\"} 1".to_owned(),
         "coredns_cache_misses_total 2".to_owned(),
-    ] {
+    ];
+    let metrics = h.metrics_with(&wanted).await;
+    for want in wanted {
         assert!(metrics.contains(&want), "{want} not in\n{metrics}");
     }
 }
