@@ -122,6 +122,7 @@ fn meta_errors(r: &Resource, obj: &Value, old: Option<&Value>) -> FieldErrors {
 /// Defaults, validates and allocates for a new object.
 pub async fn create(srv: &Server, r: &'static Resource, obj: &mut Value) -> Result<Grant> {
     let mut errs = meta_errors(r, obj, None);
+    errs.extend(size_errors(r, obj));
     let grant = match (r.group, r.kind) {
         ("", "Service") => {
             let mut svc: Service = typed(r, obj)?;
@@ -168,6 +169,47 @@ pub async fn create(srv: &Server, r: &'static Resource, obj: &mut Value) -> Resu
     Ok(grant)
 }
 
+/// Most bytes of data a ConfigMap or Secret holds (kube-apiserver's `MaxConfigMapSize` and
+/// `MaxSecretSize`).
+const MAX_DATA_BYTES: usize = 1024 * 1024;
+
+/// ConfigMaps and Secrets over 1 MiB of data, counted as kube-apiserver counts them: the
+/// values' bytes (binary values decoded), reported on the whole object for a ConfigMap and on
+/// `data` for a Secret.
+fn size_errors(r: &Resource, obj: &Value) -> Vec<FieldError> {
+    let values = |field: &str| {
+        obj.get(field)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+    };
+    // base64 text is 4 characters per 3 bytes.
+    let decoded = |v: &str| v.trim_end_matches('=').len() * 3 / 4;
+    let (total, path) = match (r.group, r.kind) {
+        ("", "ConfigMap") => (
+            values("data").iter().map(|v| v.len()).sum::<usize>()
+                + values("binaryData")
+                    .iter()
+                    .map(|v| decoded(v))
+                    .sum::<usize>(),
+            "",
+        ),
+        ("", "Secret") => (
+            values("data").iter().map(|v| decoded(v)).sum::<usize>()
+                + values("stringData").iter().map(|v| v.len()).sum::<usize>(),
+            "data",
+        ),
+        _ => return Vec::new(),
+    };
+    if total > MAX_DATA_BYTES {
+        vec![FieldError::too_long(path, MAX_DATA_BYTES)]
+    } else {
+        Vec::new()
+    }
+}
+
 /// Defaults, validates and re-allocates for an update of `old` to `new`.
 pub async fn update(
     srv: &Server,
@@ -176,6 +218,7 @@ pub async fn update(
     old: &Value,
 ) -> Result<Grant> {
     let mut errs = meta_errors(r, new, Some(old));
+    errs.extend(size_errors(r, new));
     let grant = match (r.group, r.kind) {
         ("", "Service") => {
             let mut svc: Service = typed(r, new)?;

@@ -1,5 +1,6 @@
 //! What an attacker or a careless start could do: private files on disk, no plain HTTP on the
-//! TLS port, no unauthenticated port off loopback, and patches that cannot crash a handler.
+//! TLS port, no unauthenticated port off loopback, patches that cannot crash a handler, and
+//! the size limits that keep one object from filling the store.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -108,4 +109,26 @@ fn patches_that_make_a_non_object_are_refused_and_lose_nothing() {
         );
     }
     assert_eq!(c.ok(&["get", "cm", "cm", "-o", "jsonpath={.data.a}"]), "1");
+}
+
+#[test]
+fn configmaps_and_secrets_hold_at_most_one_mebibyte() {
+    let c = super::cluster(Backend::Embedded);
+    let big = c.file("big.txt", &"x".repeat(1024 * 1024 + 1));
+    let fits = c.file("fits.txt", &"x".repeat(1024 * 1024));
+    let from = |p: &std::path::Path| format!("--from-file=v={}", p.display());
+    let err = c.fails(&["create", "configmap", "big", &from(&big)]);
+    assert!(
+        err.contains("Too long: may not be more than 1048576 bytes"),
+        "{err}"
+    );
+    let err = c.fails(&["create", "secret", "generic", "big", &from(&big)]);
+    assert!(
+        err.contains("data: Too long: may not be more than 1048576 bytes"),
+        "{err}"
+    );
+    c.ok(&["create", "configmap", "fits", &from(&fits)]);
+    c.ok(&["create", "secret", "generic", "fits", &from(&fits)]);
+    let err = c.fails(&["get", "configmap", "big"]);
+    assert!(err.contains("NotFound"), "{err}");
 }
