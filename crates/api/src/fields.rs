@@ -130,11 +130,12 @@ impl FieldSelector {
     }
 
     /// Whether an object matches; `get` returns the value of a field of that object. A field
-    /// `get` does not know reads as the empty string, as upstream's `fields.Set` does.
+    /// `get` does not know reads as its Go zero value, as upstream's `fields.Set` holds it
+    /// (`false` for a boolean such as `spec.unschedulable`, `0` for a count, else "").
     pub fn matches(&self, get: impl Fn(&str) -> Option<String>) -> bool {
-        self.requirements
-            .iter()
-            .all(|r| r.matches(&get(&r.field).unwrap_or_default()))
+        self.requirements.iter().all(|r| {
+            r.matches(&get(&r.field).unwrap_or_else(|| zero_value(&r.field).to_owned()))
+        })
     }
 
     /// The terms, for callers to check each field is supported (kube-apiserver answers 400
@@ -248,6 +249,16 @@ fn split_term(term: &str) -> Option<(&str, FieldOperator, &str)> {
         }
     }
     None
+}
+
+/// The Go zero value of a selectable field that is not a string, which kube-apiserver's
+/// field sets print even when the object leaves the field out.
+fn zero_value(field: &str) -> &'static str {
+    match field {
+        "spec.unschedulable" => "false",
+        "status.replicas" | "status.successful" => "0",
+        _ => "",
+    }
 }
 
 /// Reads a dotted field path (`spec.nodeName`) out of an object as the string a field
@@ -372,11 +383,20 @@ mod tests {
             ("spec.hostname=", true),
             ("spec.hostname!=x", true),
             ("spec.hostname=x", false),
+            // Absent booleans and counts read as Go's zero values.
+            ("status.replicas=0", true),
         ];
         for (input, want) in table {
             let sel = FieldSelector::parse(input);
             assert_eq!(sel.map(|s| s.matches(get)), Ok(*want), "{input:?}");
         }
+        let node = json!({"metadata": {"name": "n"}, "spec": {}});
+        let on_node = |sel: &str| {
+            FieldSelector::parse(sel).map(|s| s.matches(|f: &str| fields_of(&node, f)))
+        };
+        assert_eq!(on_node("spec.unschedulable=false"), Ok(true));
+        assert_eq!(on_node("spec.unschedulable!=true"), Ok(true));
+        assert_eq!(on_node("spec.unschedulable=true"), Ok(false));
         assert_eq!(fields_of(&pod, "spec"), None);
         assert_eq!(fields_of(&pod, "metadata.name.x"), None);
         assert_eq!(
