@@ -133,9 +133,9 @@ impl FieldSelector {
     /// `get` does not know reads as its Go zero value, as upstream's `fields.Set` holds it
     /// (`false` for a boolean such as `spec.unschedulable`, `0` for a count, else "").
     pub fn matches(&self, get: impl Fn(&str) -> Option<String>) -> bool {
-        self.requirements.iter().all(|r| {
-            r.matches(&get(&r.field).unwrap_or_else(|| zero_value(&r.field).to_owned()))
-        })
+        self.requirements
+            .iter()
+            .all(|r| r.matches(&get(&r.field).unwrap_or_else(|| zero_value(&r.field).to_owned())))
     }
 
     /// The terms, for callers to check each field is supported (kube-apiserver answers 400
@@ -391,9 +391,8 @@ mod tests {
             assert_eq!(sel.map(|s| s.matches(get)), Ok(*want), "{input:?}");
         }
         let node = json!({"metadata": {"name": "n"}, "spec": {}});
-        let on_node = |sel: &str| {
-            FieldSelector::parse(sel).map(|s| s.matches(|f: &str| fields_of(&node, f)))
-        };
+        let on_node =
+            |sel: &str| FieldSelector::parse(sel).map(|s| s.matches(|f: &str| fields_of(&node, f)));
         assert_eq!(on_node("spec.unschedulable=false"), Ok(true));
         assert_eq!(on_node("spec.unschedulable!=true"), Ok(true));
         assert_eq!(on_node("spec.unschedulable=true"), Ok(false));

@@ -25,7 +25,17 @@ pub enum PathError {
 
 /// Parses `/api/v1/...` and `/apis/{group}/{version}/...` resource paths.
 pub fn parse(path: &str) -> Result<Option<Target>, PathError> {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // Segments are percent-decoded, as Go's router sees them (`kube%2dsystem` is kube-system).
+    let decoded: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let (group, version, rest) = match segs.as_slice() {
         ["api", version, rest @ ..] if !rest.is_empty() => ("", *version, rest),
         ["apis", group, version, rest @ ..] if !rest.is_empty() => (*group, *version, rest),
@@ -124,7 +134,8 @@ fn target(
 pub struct Params {
     pub label_selector: Option<String>,
     pub field_selector: Option<String>,
-    pub limit: Option<usize>,
+    /// Zero or less means no limit, as upstream takes it.
+    pub limit: Option<i64>,
     #[serde(rename = "continue")]
     pub continue_: Option<String>,
     pub watch: Option<String>,
@@ -152,8 +163,53 @@ pub fn flag(v: &Option<String>) -> bool {
 }
 
 impl Params {
+    /// Parses and checks the query as kube-apiserver does before acting on it: an empty
+    /// `continue` is no continue; malformed resourceVersions and unknown
+    /// `resourceVersionMatch` or `fieldValidation` values are refused.
     pub fn parse(query: Option<&str>) -> Result<Self, String> {
-        serde_urlencoded_from(query.unwrap_or(""))
+        let mut p = serde_urlencoded_from(query.unwrap_or(""))?;
+        if p.continue_.as_deref() == Some("") {
+            p.continue_ = None;
+        }
+        let rv = p.resource_version.as_deref().unwrap_or("");
+        if !rv.is_empty() && rv.parse::<u64>().is_err() {
+            return Err(format!(
+                "invalid resource version: {}",
+                berth_api::error::go_quote(rv)
+            ));
+        }
+        match p.resource_version_match.as_deref() {
+            None | Some("") => {}
+            Some("Exact" | "NotOlderThan") if rv.is_empty() => {
+                return Err(
+                    "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided".into(),
+                );
+            }
+            Some("Exact" | "NotOlderThan") => {}
+            Some(other) => {
+                return Err(format!(
+                    "resourceVersionMatch: Unsupported value: {}: supported values: \"Exact\", \"NotOlderThan\", \"\"",
+                    berth_api::error::go_quote(other)
+                ));
+            }
+        }
+        match p.field_validation.as_deref() {
+            None | Some("" | "Ignore" | "Warn" | "Strict") => {}
+            Some(other) => {
+                return Err(format!(
+                    "fieldValidation: Unsupported value: {}: supported values: \"Ignore\", \"Strict\", \"Warn\"",
+                    berth_api::error::go_quote(other)
+                ));
+            }
+        }
+        Ok(p)
+    }
+
+    /// The page size asked for; 0 for all.
+    pub fn limit(&self) -> usize {
+        self.limit
+            .and_then(|l| usize::try_from(l).ok())
+            .unwrap_or(0)
     }
 
     pub fn is_watch(&self) -> bool {
@@ -249,5 +305,20 @@ mod tests {
         assert!(p.is_watch());
         assert_eq!(p.continue_.as_deref(), Some("abc"));
         assert!(Params::parse(Some("limit=x")).is_err());
+        let p = Params::parse(Some("limit=-1&continue=")).expect("parses");
+        assert_eq!((p.limit(), p.continue_), (0, None));
+        for bad in [
+            "resourceVersion=abc",
+            "resourceVersionMatch=Exact",
+            "resourceVersion=5&resourceVersionMatch=Newest",
+            "fieldValidation=strict",
+        ] {
+            assert!(Params::parse(Some(bad)).is_err(), "{bad}");
+        }
+        assert!(Params::parse(Some("resourceVersion=5&resourceVersionMatch=Exact")).is_ok());
+        check(
+            "/api/v1/namespaces/kube%2dsystem/services/web",
+            Some(("services", Some("kube-system"), Some("web"), None)),
+        );
     }
 }

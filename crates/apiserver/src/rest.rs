@@ -250,7 +250,7 @@ async fn list(srv: &Server, t: &Target, params: &Params) -> Result<Reply> {
     let r = t.resource;
     let filter = Filter::new(r, params)?;
     let prefix = collection_key(r, t.namespace.as_deref());
-    let limit = params.limit.unwrap_or(0);
+    let limit = params.limit();
     let mut start_after = params
         .continue_
         .as_deref()

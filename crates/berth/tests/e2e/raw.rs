@@ -142,3 +142,38 @@ fn pods_are_bound_and_evicted_through_their_subresources() {
         "{missing}"
     );
 }
+
+#[test]
+fn queries_are_checked_as_kube_apiserver_checks_them() {
+    let c = super::cluster(berth_testkit::Backend::Embedded);
+    // An empty continue is no continue; a negative limit is no limit; paths are decoded.
+    let all = c.ok(&["get", "--raw", "/api/v1/namespaces?limit=-1&continue="]);
+    assert!(all.contains("kube-system"), "{all}");
+    let ns = c.ok(&["get", "--raw", "/api/v1/namespaces/kube%2dsystem"]);
+    assert!(ns.contains(r#""name":"kube-system""#), "{ns}");
+    for (query, want) in [
+        ("resourceVersion=abc", "invalid resource version"),
+        (
+            "resourceVersion=1&resourceVersionMatch=Newest",
+            "resourceVersionMatch: Unsupported value",
+        ),
+        (
+            "resourceVersionMatch=Exact",
+            "resourceVersionMatch is forbidden unless resourceVersion is provided",
+        ),
+        (
+            "fieldValidation=strict",
+            "fieldValidation: Unsupported value",
+        ),
+    ] {
+        let err = c.fails(&[
+            "get",
+            "--raw",
+            &format!("/api/v1/namespaces/default/configmaps?{query}"),
+        ]);
+        assert!(
+            err.contains("BadRequest") && err.contains(want),
+            "{query}: {err}"
+        );
+    }
+}
