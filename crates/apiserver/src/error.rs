@@ -51,8 +51,22 @@ pub enum ApiError {
     UnsupportedMediaType(&'static str),
     #[error("{0}")]
     Internal(String),
-    #[error("storage: {0}")]
+    /// Worded as kube-apiserver words a storage failure, with the causes (`No space left on
+    /// device`) so the user sees why.
+    #[error("Internal error occurred: {}", chain(.0))]
     Store(#[source] berth_store::Error),
+}
+
+/// An error and its sources, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 fn render_causes(errors: &FieldErrors) -> String {

@@ -329,6 +329,13 @@ async fn route(srv: Arc<Server>, req: Request) -> Result<Response, ApiError> {
         .unwrap_or("")
         .to_owned();
     let method = req.method().clone();
+    if method == Method::GET && matches!(path.as_str(), "/healthz" | "/readyz") {
+        let verbose = req.uri().query().is_some_and(|q| {
+            q.split('&')
+                .any(|p| p == "verbose" || p.starts_with("verbose="))
+        });
+        return Ok(health(&srv, &path[1..], verbose).await);
+    }
     if method == Method::GET
         && let Some(resp) = non_resource(&srv, &path, &accept)?
     {
@@ -350,12 +357,39 @@ async fn route(srv: Arc<Server>, req: Request) -> Result<Response, ApiError> {
     rest::handle(srv, method, target, params, parts.headers, body).await
 }
 
+/// `/healthz` and `/readyz` as kube-apiserver answers them: `ok`, or with `?verbose` one line
+/// per check; a failing check (the store cannot take writes: a full disk, etcd down) makes it
+/// 500 with `[-]store failed: reason withheld`, the reason going to the log.
+async fn health(srv: &Server, what: &str, verbose: bool) -> Response {
+    let store = srv.store.check().await;
+    if let Err(e) = &store {
+        tracing::warn!(error = %e, check = what, "store check failed");
+    }
+    let lines = format!(
+        "[+]ping ok\n{}\n",
+        if store.is_ok() {
+            "[+]store ok"
+        } else {
+            "[-]store failed: reason withheld"
+        }
+    );
+    match store {
+        Ok(()) if !verbose => (StatusCode::OK, "ok").into_response(),
+        Ok(()) => (StatusCode::OK, format!("{lines}{what} check passed\n")).into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{lines}{what} check failed\n"),
+        )
+            .into_response(),
+    }
+}
+
 fn non_resource(srv: &Server, path: &str, accept: &str) -> Result<Option<Response>, ApiError> {
     let ok = |v| Ok(Some(json_response(v, "application/json")));
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segs.as_slice() {
         ["version"] => ok(discovery::version()),
-        ["healthz" | "livez" | "readyz"] => Ok(Some((StatusCode::OK, "ok").into_response())),
+        ["livez"] => Ok(Some((StatusCode::OK, "ok").into_response())),
         ["api"] if discovery::wants_aggregated(accept) => Ok(Some(json_response(
             discovery::aggregated(true),
             discovery::AGGREGATED,

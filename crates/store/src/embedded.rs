@@ -68,6 +68,21 @@ struct Shared {
     state: RwLock<State>,
     events: broadcast::Sender<Event>,
     opts: EmbeddedOptions,
+    /// Why the last commit failed, until a commit succeeds again.
+    fault: std::sync::Mutex<Option<Arc<redb::Error>>>,
+}
+
+impl Shared {
+    fn fault(&self) -> Option<Arc<redb::Error>> {
+        self.fault
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_fault(&self, fault: Option<Arc<redb::Error>>) {
+        *self.fault.lock().unwrap_or_else(PoisonError::into_inner) = fault;
+    }
 }
 
 struct State {
@@ -167,13 +182,14 @@ impl Embedded {
             }),
             events,
             opts,
+            fault: std::sync::Mutex::new(None),
         });
         // Bounded so a flood of writers waits here (async) instead of growing memory.
         let (tx, rx) = mpsc::channel(shared.opts.max_batch.max(1) * 4);
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("berth-store-writer".into())
-            .spawn(move || writer_loop(db, writer_shared, rx))
+            .spawn(move || writer_loop(db, file, writer_shared, rx))
             .map_err(Error::Io)?;
         Ok(Embedded {
             shared,
@@ -244,10 +260,35 @@ fn decode(key: &str, raw: &[u8]) -> Result<KeyValue> {
 /// The writer thread: takes everything queued (up to `max_batch`), commits it as one redb
 /// transaction, publishes it, answers, repeat. Batching is what keeps latency low under
 /// concurrency: N writers waiting on one fsync instead of N fsyncs in a row.
-fn writer_loop(db: Database, shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
+///
+/// A failed commit (a full disk) fails its batch and marks the store faulted; redb refuses
+/// every later transaction on that handle, so the writer closes it and opens the file again,
+/// retrying each second while idle, until a probe commit succeeds: the store recovers by
+/// itself once the fault clears.
+fn writer_loop(
+    db: Database,
+    path: std::path::PathBuf,
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Request>,
+) {
     let max_batch = shared.opts.max_batch.max(1);
     let mut batch = Vec::with_capacity(max_batch);
-    while let Some(first) = rx.blocking_recv() {
+    let mut db = Some(db);
+    loop {
+        let first = if shared.fault().is_some() {
+            match rx.try_recv() {
+                Ok(req) => Some(req),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    std::thread::sleep(Duration::from_secs(1));
+                    recover(&mut db, &path, &shared);
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            }
+        } else {
+            rx.blocking_recv()
+        };
+        let Some(first) = first else { break };
         batch.push(first);
         while batch.len() < max_batch {
             match rx.try_recv() {
@@ -255,11 +296,57 @@ fn writer_loop(db: Database, shared: Arc<Shared>, mut rx: mpsc::Receiver<Request
                 Err(_) => break,
             }
         }
-        process_batch(&db, &shared, &mut batch);
+        if shared.fault().is_some() {
+            recover(&mut db, &path, &shared);
+        }
+        match (&db, shared.fault()) {
+            (Some(d), None) => {
+                if let Err(e) = process_batch(d, &shared, &mut batch) {
+                    tracing::error!(error = %e, path = %path.display(), "store write failed; retrying until it recovers");
+                    shared.set_fault(Some(e));
+                    db = None;
+                }
+            }
+            (_, fault) => {
+                let e = fault.unwrap_or_else(|| Arc::new(redb::Error::PreviousIo));
+                for Request { reply, .. } in batch.drain(..) {
+                    let _ = reply.send(Err(Error::Embedded(e.clone())));
+                }
+            }
+        }
     }
 }
 
-fn process_batch(db: &Database, shared: &Shared, batch: &mut Vec<Request>) {
+/// Reopens the database after a failed commit and proves it writable with a commit of the
+/// current revision; clears the fault on success.
+fn recover(db: &mut Option<Database>, path: &Path, shared: &Shared) {
+    // redb locks the file: the old handle must be gone before it is opened again.
+    db.take();
+    let revision = shared.read().revision;
+    let probe = Database::create(path)
+        .map_err(redb::Error::from)
+        .and_then(|d| {
+            let txn = d.begin_write()?;
+            txn.open_table(META)?.insert(REVISION, revision)?;
+            txn.commit()?;
+            Ok(d)
+        });
+    match probe {
+        Ok(d) => {
+            tracing::info!(path = %path.display(), "store writable again");
+            *db = Some(d);
+            shared.set_fault(None);
+        }
+        Err(e) => shared.set_fault(Some(Arc::new(e))),
+    }
+}
+
+/// Commits one batch; the error is the failed commit (the batch's writes have been failed).
+fn process_batch(
+    db: &Database,
+    shared: &Shared,
+    batch: &mut Vec<Request>,
+) -> Result<(), Arc<redb::Error>> {
     // Evaluate preconditions against memory plus this batch's earlier writes. Only this
     // thread mutates State, so what we read stays true until we apply the batch.
     let mut staged: HashMap<String, Option<KeyValue>> = HashMap::new();
@@ -304,7 +391,7 @@ fn process_batch(db: &Database, shared: &Shared, batch: &mut Vec<Request>) {
             let outcome = outcome.and_then(|_| Err(Error::Embedded(e.clone())));
             let _ = reply.send(outcome);
         }
-        return;
+        return Err(e);
     }
 
     if !events.is_empty() {
@@ -332,6 +419,7 @@ fn process_batch(db: &Database, shared: &Shared, batch: &mut Vec<Request>) {
     for (reply, outcome) in outcomes {
         let _ = reply.send(outcome);
     }
+    Ok(())
 }
 
 /// Checks one operation against the key's current value; on success returns the result kv
@@ -588,6 +676,13 @@ impl Store for Embedded {
 
     async fn current_revision(&self) -> Result<i64> {
         Ok(self.shared.read().revision)
+    }
+
+    async fn check(&self) -> Result<()> {
+        match self.shared.fault() {
+            Some(e) => Err(Error::Embedded(e)),
+            None => Ok(()),
+        }
     }
 }
 

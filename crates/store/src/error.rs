@@ -63,6 +63,14 @@ pub enum Error {
         /// Why it was rejected.
         reason: &'static str,
     },
+    /// The backend did not answer a health check in time.
+    #[error("{backend} did not answer within {seconds} s")]
+    Unavailable {
+        /// Which backend.
+        backend: &'static str,
+        /// How long it was given.
+        seconds: u64,
+    },
     /// The store was shut down while the request was pending.
     #[error("store is closed")]
     Closed,

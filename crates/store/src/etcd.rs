@@ -348,6 +348,17 @@ impl Store for Etcd {
         Ok(futures_util::stream::unfold(Some(watcher), |w| async move { w?.next().await }).boxed())
     }
 
+    async fn check(&self) -> Result<()> {
+        const SECONDS: u64 = 2;
+        match tokio::time::timeout(Duration::from_secs(SECONDS), self.current_revision()).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(Error::Unavailable {
+                backend: "etcd",
+                seconds: SECONDS,
+            }),
+        }
+    }
+
     async fn current_revision(&self) -> Result<i64> {
         // A count-only range of one key is the cheapest request that carries the revision.
         let get = GetOptions::new().with_count_only();

@@ -140,6 +140,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// The store's current revision.
     async fn current_revision(&self) -> Result<i64>;
+
+    /// Whether the store can take writes now: the last write failure of the embedded store
+    /// (a full disk, say) until it recovers, or etcd not answering. What `/readyz` reports.
+    async fn check(&self) -> Result<()>;
 }
 
 /// Rejects keys that no backend can store, so both backends agree.

@@ -132,3 +132,106 @@ fn configmaps_and_secrets_hold_at_most_one_mebibyte() {
     let err = c.fails(&["get", "configmap", "big"]);
     assert!(err.contains("NotFound"), "{err}");
 }
+
+/// `curl` of a public path of the server at `port` (no client certificate needed).
+fn public_get(port: u16, path: &str) -> (String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "--max-time", "5", "-w", "\n%{http_code}"])
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (body.to_owned(), code.to_owned())
+}
+
+#[test]
+fn a_full_disk_is_reported_and_survived() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let port = berth_testkit::free_port();
+    let kubeconfig = d.join("kubeconfig");
+    // berth in a mount namespace of its own whose data dir is a small tmpfs holding a ballast
+    // file: the host's mounts are untouched, and the tmpfs goes when berth does.
+    let script = format!(
+        "mkdir -p {m} && mount -t tmpfs -o size=8m tmpfs {m} && \
+         dd if=/dev/zero of={m}/ballast bs=64k count=32 2>/dev/null && \
+         exec {bin} server --bind 127.0.0.1:{port} --data-dir {m}/data --kubeconfig {k}",
+        m = d.join("mnt").display(),
+        bin = env!("CARGO_BIN_EXE_berth"),
+        k = kubeconfig.display(),
+    );
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let server = berth_testkit::Process::start("berth on a small disk", cmd, &d.join("server.log"));
+    let kubectl = |args: &[&str]| {
+        std::process::Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("KUBECACHEDIR", d.join("cache"))
+            .output()
+            .expect("kubectl")
+    };
+    berth_testkit::eventually("berth to be ready", || {
+        (public_get(port, "/readyz").1 == "200" && kubeconfig.exists()).then_some(())
+    });
+    assert_eq!(
+        public_get(port, "/readyz?verbose").0,
+        "[+]ping ok\n[+]store ok\nreadyz check passed\n"
+    );
+    // Fill the disk with ConfigMaps of 900 KB until a write fails.
+    let value = d.join("value");
+    std::fs::write(&value, "x".repeat(900 * 1024)).expect("value");
+    let mut stored = 0;
+    for i in 0..20 {
+        let out = kubectl(&[
+            "create",
+            "configmap",
+            &format!("fill-{i}"),
+            &format!("--from-file=v={}", value.display()),
+        ]);
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("Internal error occurred") && err.contains("No space left on device"),
+                "{err}"
+            );
+            break;
+        }
+        stored += 1;
+    }
+    assert!(stored < 20, "the disk never filled");
+    let (body, code) = public_get(port, "/readyz?verbose");
+    assert_eq!(code, "500", "{body}");
+    assert!(body.contains("[-]store failed"), "{body}");
+    // Space comes back: the store recovers by itself, and nothing stored was lost.
+    let pid = server.pid().expect("pid").to_string();
+    let freed = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &pid,
+            "-m",
+            "rm",
+            &d.join("mnt/ballast").to_string_lossy(),
+        ])
+        .status()
+        .expect("nsenter");
+    assert!(freed.success());
+    berth_testkit::eventually("the store to recover", || {
+        (public_get(port, "/readyz").0 == "ok").then_some(())
+    });
+    let out = kubectl(&["create", "configmap", "after", "--from-literal=a=1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names = String::from_utf8_lossy(&kubectl(&["get", "cm", "-o", "name"]).stdout).into_owned();
+    for i in 0..stored {
+        assert!(
+            names.contains(&format!("configmap/fill-{i}\n")),
+            "fill-{i} lost: {names}"
+        );
+    }
+    assert!(names.contains("configmap/after"), "{names}");
+}
