@@ -1266,18 +1266,55 @@ fn write_etc(config: &Config, sandbox: &Sandbox, pod: &Pod, ip: Ipv4Addr) -> Res
             config.cluster_dns
         ),
     )?;
-    write(
-        "hosts",
-        format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{}\n",
-            pod_hostname(pod)
-        ),
+    write("hosts", hosts_file(pod, &ns, ip))
+}
+
+/// The pod's /etc/hosts as the kubelet writes it: the loopback and IPv6 lines, then the pod's
+/// own line, `IP host.subdomain.ns.svc.cluster.local host` when it has a subdomain.
+fn hosts_file(pod: &Pod, ns: &str, ip: Ipv4Addr) -> String {
+    let host = pod_hostname(pod);
+    let subdomain = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.subdomain.as_deref())
+        .filter(|s| !s.is_empty());
+    let own = match subdomain {
+        Some(sub) => format!("{ip}\t{host}.{sub}.{ns}.svc.cluster.local\t{host}\n"),
+        None => format!("{ip}\t{host}\n"),
+    };
+    format!(
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n{own}"
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_file_names_the_pod_as_the_kubelet_does() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-0", "namespace": "shop"},
+            "spec": {"containers": []}
+        }))
+        .expect("pod");
+        let ip = Ipv4Addr::new(10, 244, 0, 5);
+        assert!(
+            hosts_file(&pod, "shop", ip)
+                .ends_with("\nfe00::2\tip6-allrouters\n10.244.0.5\tweb-0\n")
+        );
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.hostname = Some("db".into());
+            spec.subdomain = Some("backend".into());
+        }
+        assert!(
+            hosts_file(&pod, "shop", ip)
+                .ends_with("\n10.244.0.5\tdb.backend.shop.svc.cluster.local\tdb\n"),
+            "{}",
+            hosts_file(&pod, "shop", ip)
+        );
+    }
 
     #[test]
     fn phases_follow_the_kubelet() {

@@ -116,6 +116,13 @@ pub async fn handle(
         (&Method::DELETE, None, None) => delete_collection(&srv, &t, &params).await?,
         _ => return Err(ApiError::MethodNotAllowed),
     };
+    let mut reply = reply;
+    if r.group.is_empty() && r.kind == "Endpoints" {
+        // What kube-apiserver 1.33 says on every use of v1 Endpoints; kubectl prints it.
+        reply.warnings.push(
+            "v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 EndpointSlice".into(),
+        );
+    }
     let reply = if t.subresource == Some(Subresource::Scale) && reply.code.is_success() {
         Reply {
             body: admission::scale_of(&reply.body),

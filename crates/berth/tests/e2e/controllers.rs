@@ -163,6 +163,14 @@ fn selectorless_service_keeps_manual_endpoints_and_is_mirrored() {
         ]),
         "192.0.2.10"
     );
+    // kubectl prints kube-apiserver 1.33's deprecation warning for v1 Endpoints.
+    let out = c.kubectl(&["get", "ep", "external-db"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "Warning: v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 EndpointSlice"
+        ),
+        "{out:?}"
+    );
     // Tutorial 003's order: the same Service re-applied with a selector. The mirrored slice
     // goes, and the Endpoints follow the (absent) pods.
     c.apply("apiVersion: v1\nkind: Service\nmetadata:\n  name: external-db\nspec:\n  selector:\n    app: db\n  ports:\n  - port: 5432\n");
