@@ -1,6 +1,7 @@
 //! Embedded backend: a durable redb file plus an in-memory copy of all keys for reads, a
-//! bounded in-memory event history for watches, and one writer thread that group-commits
-//! concurrent writes into a single redb transaction (one fsync per batch).
+//! bounded event history for watches (kept in the file too, so watches resume across a
+//! restart), and one writer thread that group-commits concurrent writes into a single redb
+//! transaction (one fsync per batch) and recovers by itself from failed commits.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
@@ -23,6 +24,8 @@ const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 /// Store-wide metadata; holds the revision counter under [`REVISION`].
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 const REVISION: &str = "revision";
+/// The last `history` events by revision, so watches resume across a restart as with etcd.
+const HISTORY: TableDefinition<i64, &[u8]> = TableDefinition::new("history");
 const FILE_NAME: &str = "berth.redb";
 
 /// Tuning of the [`Embedded`] backend.
@@ -128,8 +131,9 @@ impl Shared {
 }
 
 impl Embedded {
-    /// Opens (or creates) the store in `dir`, loading every key into memory. The event
-    /// history starts empty, so watches from before the restart get [`Error::Compacted`].
+    /// Opens (or creates) the store in `dir`, loading every key and the recent event history
+    /// into memory, so watches from before a restart resume (older ones get
+    /// [`Error::Compacted`]).
     /// Blocking (file I/O): call it before serving, or via `spawn_blocking`. Dropping the
     /// store waits for the writer thread to finish the writes already queued.
     pub fn open(dir: &Path, opts: EmbeddedOptions) -> Result<Embedded> {
@@ -157,6 +161,7 @@ impl Embedded {
         let txn = db.begin_write()?;
         txn.open_table(KV)?;
         txn.open_table(META)?;
+        txn.open_table(HISTORY)?;
         txn.commit()?;
 
         let read = db.begin_read()?;
@@ -170,6 +175,18 @@ impl Embedded {
             let kv = decode(k.value(), v.value())?;
             data.insert(kv.key.clone(), kv);
         }
+        let mut history = VecDeque::new();
+        for entry in read.open_table(HISTORY)?.iter()? {
+            let (_, raw) = entry?;
+            history.push_back(decode_event(raw.value())?);
+        }
+        while history.len() > opts.history {
+            history.pop_front();
+        }
+        // Everything after the revision before the oldest kept event is in the history.
+        let compacted = history
+            .front()
+            .map_or(revision, |e: &Event| e.revision() - 1);
         drop(read);
 
         let (events, _) = broadcast::channel(opts.watch_buffer.max(1));
@@ -177,8 +194,8 @@ impl Embedded {
             state: RwLock::new(State {
                 data,
                 revision,
-                history: VecDeque::new(),
-                compacted: revision,
+                history,
+                compacted,
             }),
             events,
             opts,
@@ -232,6 +249,97 @@ impl Drop for Embedded {
             let _ = writer.join();
         }
     }
+}
+
+/// An event as stored in [`HISTORY`]: a tag, then length-prefixed key/value records.
+fn encode_event(event: &Event) -> Vec<u8> {
+    fn record(buf: &mut Vec<u8>, kv: &KeyValue) {
+        let key = kv.key.as_bytes();
+        let value = encode(kv);
+        buf.extend_from_slice(&(key.len() as u64).to_le_bytes());
+        buf.extend_from_slice(key);
+        buf.extend_from_slice(&(value.len() as u64).to_le_bytes());
+        buf.extend_from_slice(&value);
+    }
+    let mut buf = Vec::new();
+    match event {
+        Event::Put { kv, prev: None } => {
+            buf.push(0);
+            record(&mut buf, kv);
+        }
+        Event::Put { kv, prev: Some(p) } => {
+            buf.push(1);
+            record(&mut buf, kv);
+            record(&mut buf, p);
+        }
+        Event::Delete { prev, revision } => {
+            buf.push(2);
+            record(&mut buf, prev);
+            buf.extend_from_slice(&revision.to_le_bytes());
+        }
+        // Never stored (progress is not a change); encoded for completeness.
+        Event::Progress { revision } => {
+            buf.push(3);
+            buf.extend_from_slice(&revision.to_le_bytes());
+        }
+    }
+    buf
+}
+
+/// Reads [`encode_event`]'s records off the front of a byte slice.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn corrupt() -> Error {
+        Error::Corrupt {
+            key: "history".to_owned(),
+            reason: "truncated event record",
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let (head, tail) = self.0.split_at_checked(n).ok_or_else(Self::corrupt)?;
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        let b: [u8; 8] = self.take(8)?.try_into().map_err(|_| Self::corrupt())?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn len(&mut self) -> Result<usize> {
+        usize::try_from(self.u64()?).map_err(|_| Self::corrupt())
+    }
+
+    fn record(&mut self) -> Result<KeyValue> {
+        let n = self.len()?;
+        let key = std::str::from_utf8(self.take(n)?).map_err(|_| Self::corrupt())?;
+        let n = self.len()?;
+        decode(key, self.take(n)?)
+    }
+}
+
+fn decode_event(raw: &[u8]) -> Result<Event> {
+    let (&tag, rest) = raw.split_first().ok_or_else(Cursor::corrupt)?;
+    let mut c = Cursor(rest);
+    Ok(match tag {
+        0 => Event::Put {
+            kv: c.record()?,
+            prev: None,
+        },
+        1 => Event::Put {
+            kv: c.record()?,
+            prev: Some(c.record()?),
+        },
+        2 => Event::Delete {
+            prev: c.record()?,
+            revision: c.u64()?.cast_signed(),
+        },
+        _ => Event::Progress {
+            revision: c.u64()?.cast_signed(),
+        },
+    })
 }
 
 fn encode(kv: &KeyValue) -> Vec<u8> {
@@ -383,7 +491,7 @@ fn process_batch(
     }
 
     if !events.is_empty()
-        && let Err(e) = commit(db, shared.opts.durable, &staged, revision)
+        && let Err(e) = commit(db, &shared.opts, &staged, &events, revision)
     {
         // Nothing was applied: fail the writes of this batch, keep the precondition errors.
         let e = Arc::new(e);
@@ -483,13 +591,22 @@ fn apply(op: Op, current: Option<KeyValue>, revision: i64) -> Result<(KeyValue, 
 
 fn commit(
     db: &Database,
-    durable: bool,
+    opts: &EmbeddedOptions,
     staged: &HashMap<String, Option<KeyValue>>,
+    events: &[Event],
     revision: i64,
 ) -> Result<(), redb::Error> {
     let mut txn = db.begin_write()?;
-    if !durable {
+    if !opts.durable {
         txn.set_durability(Durability::None)?;
+    }
+    {
+        let mut history = txn.open_table(HISTORY)?;
+        for event in events {
+            history.insert(event.revision(), encode_event(event).as_slice())?;
+        }
+        let keep_from = revision.saturating_sub(i64::try_from(opts.history).unwrap_or(i64::MAX));
+        history.retain_in(..=keep_from, |_, _| false)?;
     }
     {
         let mut kv = txn.open_table(KV)?;

@@ -462,16 +462,52 @@ async fn embedded_survives_restart() {
     );
     assert_eq!(store.get("/r/a").await.expect("get"), Some(kept.clone()));
     assert_eq!(store.get("/r/b").await.expect("get"), None);
-    // History does not survive a restart: old watches must re-list.
+    // Recent history survives a restart, as with etcd: a watch resumes where it was.
+    let mut resumed = store.watch("/r/", kept.mod_revision).await.expect("resume");
     assert!(matches!(
-        store.watch("/r/", kept.mod_revision).await,
-        Err(Error::Compacted { .. })
+        next_change(&mut resumed).await,
+        Event::Put { ref kv, prev: None } if kv.key == "/r/b"
     ));
+    assert!(matches!(
+        next_change(&mut resumed).await,
+        Event::Delete { ref prev, .. } if prev.key == "/r/b"
+    ));
+    drop(resumed);
     // But watching from the current revision works, and new revisions continue upward.
     let mut w = store.watch("/r/", rev).await.expect("watch");
     let c = store.create("/r/c", b("c")).await.expect("create");
     assert_eq!(c.mod_revision, rev + 1);
     assert_eq!(next_change(&mut w).await, Event::Put { kv: c, prev: None });
+    drop(w);
+    drop(store);
+    // Only the last `history` events are kept across a restart; older watches re-list.
+    let small = EmbeddedOptions {
+        history: 2,
+        ..embedded_opts()
+    };
+    let store = Embedded::open(dir.path(), small).expect("reopen");
+    let d = store.update("/r/a", b("a2"), None).await.expect("update");
+    drop(store);
+    let store = Embedded::open(dir.path(), small_opts()).expect("reopen");
+    assert!(matches!(
+        store.watch("/r/", kept.mod_revision).await,
+        Err(Error::Compacted { .. })
+    ));
+    let mut w = store
+        .watch("/r/", d.mod_revision - 1)
+        .await
+        .expect("recent");
+    assert!(matches!(
+        next_change(&mut w).await,
+        Event::Put { ref kv, prev: Some(ref p) } if kv.value == b("a2") && p.value == b("a")
+    ));
+}
+
+fn small_opts() -> EmbeddedOptions {
+    EmbeddedOptions {
+        history: 2,
+        ..embedded_opts()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
