@@ -77,14 +77,15 @@ pub async fn handle(
         .unwrap_or("")
         .to_owned();
     let as_table = table::wanted(&accept);
+    let metadata_only = table::wants_metadata(&accept);
     let include = Include::parse(params.include_object.as_deref());
     let r = t.resource;
     let reply = match (&method, t.name.as_deref(), t.subresource) {
         (&Method::GET, None, _) if params.is_watch() || t.watch_path => {
-            return watch::serve(srv, &t, &params, as_table, include).await;
+            return watch::serve(srv, &t, &params, as_table, metadata_only, include).await;
         }
         (&Method::GET, Some(_), None) if params.is_watch() || t.watch_path => {
-            return watch::serve(srv, &t, &params, as_table, include).await;
+            return watch::serve(srv, &t, &params, as_table, metadata_only, include).await;
         }
         (&Method::GET, None, None) => list(&srv, &t, &params).await?,
         (&Method::GET, Some(name), None | Some(Subresource::Status)) => {
@@ -145,6 +146,14 @@ pub async fn handle(
         };
         return Ok(Reply {
             body: table::render(r, &objs, meta, include, true),
+            ..reply
+        }
+        .into_response());
+    }
+    if metadata_only && reply.code.is_success() && reply.body.get("kind") != Some(&json!("Status"))
+    {
+        return Ok(Reply {
+            body: table::partial_reply(&reply.body),
             ..reply
         }
         .into_response());

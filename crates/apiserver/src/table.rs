@@ -12,6 +12,44 @@ pub fn wanted(accept: &str) -> bool {
     })
 }
 
+/// Whether the `Accept` header asks for metadata only (`as=PartialObjectMetadata` or
+/// `...List`, what client-go's metadata informers and kube-rs metadata watchers send), and
+/// no Table comes first.
+pub fn wants_metadata(accept: &str) -> bool {
+    !wanted(accept)
+        && accept.split(',').any(|part| {
+            let p: Vec<&str> = part.split(';').map(str::trim).collect();
+            p.iter().any(|x| {
+                matches!(
+                    *x,
+                    "as=PartialObjectMetadata" | "as=PartialObjectMetadataList"
+                )
+            }) && p.contains(&"g=meta.k8s.io")
+        })
+}
+
+/// `obj` as a `meta.k8s.io/v1 PartialObjectMetadata`: its metadata only.
+pub fn partial(obj: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
+    })
+}
+
+/// A list or one object, metadata only (`PartialObjectMetadataList` for a list).
+pub fn partial_reply(body: &Value) -> Value {
+    match body.get("items").and_then(Value::as_array) {
+        Some(items) => json!({
+            "kind": "PartialObjectMetadataList",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": body.get("metadata").cloned().unwrap_or_else(|| json!({})),
+            "items": items.iter().map(partial).collect::<Vec<_>>(),
+        }),
+        None => partial(body),
+    }
+}
+
 /// What a row carries besides its cells (`?includeObject=`; kube-apiserver's default is
 /// `PartialObjectMetadata`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,13 +74,7 @@ fn row(r: &Resource, obj: &Value, include: Include, now: jiff::Timestamp) -> Val
     match include {
         Include::None => {}
         Include::Object => row["object"] = obj.clone(),
-        Include::Metadata => {
-            row["object"] = json!({
-                "kind": "PartialObjectMetadata",
-                "apiVersion": "meta.k8s.io/v1",
-                "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
-            })
-        }
+        Include::Metadata => row["object"] = partial(obj),
     }
     row
 }

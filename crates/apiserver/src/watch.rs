@@ -25,6 +25,8 @@ use crate::table::{self, Include};
 struct Render {
     resource: &'static berth_api::resources::Resource,
     table: bool,
+    /// PartialObjectMetadata objects instead of whole ones.
+    metadata: bool,
     include: Include,
 }
 
@@ -40,6 +42,8 @@ impl Render {
             );
             *first = false;
             t
+        } else if self.metadata && kind != "ERROR" {
+            table::partial(&obj)
         } else {
             obj
         };
@@ -63,6 +67,7 @@ pub async fn serve(
     t: &Target,
     params: &Params,
     as_table: bool,
+    metadata: bool,
     include: Include,
 ) -> Result<Response> {
     let r = t.resource;
@@ -74,6 +79,7 @@ pub async fn serve(
     let render = Render {
         resource: r,
         table: as_table,
+        metadata,
         include,
     };
 

@@ -1,5 +1,6 @@
 //! Client libraries other than kubectl: the Rust `kube` crate (the client berth's own
-//! components will use) and the Python `kubernetes` client can list and watch.
+//! components use) and the Python `kubernetes` client can list and watch, whole objects or
+//! metadata only (PartialObjectMetadata).
 
 use berth_testkit::Backend;
 use futures_util::StreamExt;
@@ -140,5 +141,79 @@ fn concurrent_creates_never_share_an_address_or_port() {
             assert!(ips.insert(ip.clone()), "{ip} handed out twice");
             assert!(ports.insert(port), "{port} handed out twice");
         }
+    });
+}
+
+#[test]
+fn metadata_only_get_list_watch_and_patch() {
+    let c = super::cluster(Backend::Embedded);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = c.kube_client().await;
+        let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+        // kube-rs asks for PartialObjectMetadata(List): only metadata comes back.
+        let list = svcs
+            .list_metadata(&ListParams::default())
+            .await
+            .expect("list_metadata");
+        assert_eq!(list.types.kind, "PartialObjectMetadataList");
+        let one = list
+            .items
+            .iter()
+            .find(|m| m.metadata.name.as_deref() == Some("kubernetes"))
+            .expect("kubernetes");
+        assert_eq!(
+            one.types.as_ref().map(|t| t.kind.as_str()),
+            Some("PartialObjectMetadata")
+        );
+        let got = svcs.get_metadata("kubernetes").await.expect("get_metadata");
+        assert_eq!(got.metadata.name.as_deref(), Some("kubernetes"));
+        let patched = svcs
+            .patch_metadata(
+                "kubernetes",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(
+                    serde_json::json!({"metadata": {"labels": {"seen": "yes"}}}),
+                ),
+            )
+            .await
+            .expect("patch_metadata");
+        assert_eq!(
+            patched
+                .metadata
+                .labels
+                .and_then(|l| l.get("seen").cloned())
+                .as_deref(),
+            Some("yes")
+        );
+        // The raw answer holds no spec.
+        let req = http::Request::get("/api/v1/namespaces/default/services/kubernetes")
+            .header(
+                "Accept",
+                "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
+            )
+            .body(Vec::new())
+            .expect("request");
+        let raw: serde_json::Value = client.request(req).await.expect("raw get");
+        assert!(raw.get("spec").is_none(), "{raw}");
+        assert_eq!(raw["kind"], "PartialObjectMetadata");
+        // A metadata watcher sees changes as metadata.
+        let mut events =
+            kube::runtime::metadata_watcher(svcs.clone(), watcher::Config::default()).boxed();
+        let seen = tokio::time::timeout(berth_testkit::patience(), async {
+            while let Some(ev) = events.next().await {
+                if let Ok(watcher::Event::InitApply(m) | watcher::Event::Apply(m)) = ev
+                    && m.metadata.name.as_deref() == Some("kubernetes")
+                {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(seen, Ok(true));
     });
 }
