@@ -201,8 +201,11 @@ fn metadata_only_get_list_watch_and_patch() {
         assert!(raw.get("spec").is_none(), "{raw}");
         assert_eq!(raw["kind"], "PartialObjectMetadata");
         // A metadata watcher sees changes as metadata.
-        let mut events =
-            kube::runtime::metadata_watcher(svcs.clone(), watcher::Config::default()).boxed();
+        let mut events = watcher(
+            Api::<kube::core::PartialObjectMeta<Service>>::namespaced(client.clone(), "default"),
+            watcher::Config::default(),
+        )
+        .boxed();
         let seen = tokio::time::timeout(berth_testkit::patience(), async {
             while let Some(ev) = events.next().await {
                 if let Ok(watcher::Event::InitApply(m) | watcher::Event::Apply(m)) = ev
