@@ -35,6 +35,7 @@ proptest! {
     #[test]
     fn bodies_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         let _ = crate::rest::parse_body(&bytes, "application/json");
+        let _ = crate::rest::parse_body(&bytes, "application/yaml");
         for kind in [PatchType::Json, PatchType::Merge, PatchType::Strategic, PatchType::Apply] {
             let mut doc = json!({"spec": {"ports": [{"port": 80}]}});
             let _ = patch::apply(kind, &mut doc, &bytes, "Service");

@@ -57,8 +57,11 @@ pub fn apply(
             Ok(())
         }
         PatchType::Strategic | PatchType::Apply => {
-            let p: Value =
-                serde_json::from_slice(patch).map_err(|e| PatchError::Decode(e.to_string()))?;
+            let p: Value = if kind == PatchType::Apply {
+                json_or_yaml(patch)?
+            } else {
+                serde_json::from_slice(patch).map_err(|e| PatchError::Decode(e.to_string()))?
+            };
             if !p.is_object() {
                 return Err(PatchError::Decode("patch must be a JSON object".into()));
             }
@@ -66,6 +69,16 @@ pub fn apply(
             Ok(())
         }
     }
+}
+
+/// A YAML document (YAML is a superset of JSON) as a JSON value.
+pub fn from_yaml(body: &[u8]) -> Result<Value, PatchError> {
+    serde_saphyr::from_slice(body).map_err(|e| PatchError::Decode(format!("yaml: {e}")))
+}
+
+/// An apply body: JSON when it parses as JSON, else YAML (`application/apply-patch+yaml`).
+pub fn json_or_yaml(body: &[u8]) -> Result<Value, PatchError> {
+    serde_json::from_slice(body).or_else(|_| from_yaml(body))
 }
 
 /// The merge key of the list at `path` (field names from the root), if it merges by key.

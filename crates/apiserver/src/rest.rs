@@ -172,16 +172,23 @@ pub fn parse_body(body: &[u8], content_type: &str) -> Result<Value> {
             ))
         });
     }
-    if !ct.is_empty() && ct != "application/json" && ct != "*/*" {
-        return Err(ApiError::UnsupportedMediaType(
-            "application/json, application/vnd.kubernetes.protobuf",
-        ));
-    }
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "the object provided is unrecognized or malformed: {e}"
-        ))
-    })?;
+    let v: Value = match ct {
+        "" | "application/json" | "*/*" => serde_json::from_slice(body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "the object provided is unrecognized or malformed: {e}"
+            ))
+        })?,
+        "application/yaml" => crate::patch::from_yaml(body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "the object provided is unrecognized or malformed: {e}"
+            ))
+        })?,
+        _ => {
+            return Err(ApiError::UnsupportedMediaType(
+                "application/json, application/yaml, application/vnd.kubernetes.protobuf",
+            ));
+        }
+    };
     if !v.is_object() {
         return Err(ApiError::BadRequest(
             "the object provided is unrecognized or malformed: not a JSON object".into(),
@@ -705,9 +712,12 @@ async fn patch(
     loop {
         let Some(cur_kv) = srv.store.get(&key).await? else {
             if kind == PatchType::Apply {
-                let obj = parse_body(body, "application/json").map_err(|_| {
-                    ApiError::UnsupportedMediaType("application/apply-patch+yaml (as JSON)")
-                })?;
+                let obj = patch::json_or_yaml(body)
+                    .map_err(|e| ApiError::BadRequest(e.to_string()))
+                    .and_then(|v| match v {
+                        Value::Object(_) => Ok(v),
+                        other => Err(ApiError::BadRequest(not_an_object(&other))),
+                    })?;
                 return create(srv, t, params, obj).await;
             }
             return Err(not_found(r, name));

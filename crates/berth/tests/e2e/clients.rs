@@ -220,3 +220,52 @@ fn metadata_only_get_list_watch_and_patch() {
         assert_eq!(seen, Ok(true));
     });
 }
+
+#[test]
+fn yaml_bodies_and_server_side_apply_in_yaml() {
+    let c = super::cluster(Backend::Embedded);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = c.kube_client().await;
+        let send = |method: &str, path: &str, ct: &str, body: &str| {
+            http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("Content-Type", ct)
+                .body(body.as_bytes().to_vec())
+                .expect("request")
+        };
+        let created: serde_json::Value = client
+            .request(send(
+                "POST",
+                "/api/v1/namespaces/default/configmaps",
+                "application/yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  a: \"1\"\n",
+            ))
+            .await
+            .expect("create from YAML");
+        assert_eq!(created["data"]["a"], "1");
+        let applied: serde_json::Value = client
+            .request(send(
+                "PATCH",
+                "/api/v1/namespaces/default/configmaps/applied?fieldManager=test",
+                "application/apply-patch+yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: applied\ndata:\n  b: \"2\"\n",
+            ))
+            .await
+            .expect("server-side apply in YAML");
+        assert_eq!(applied["data"]["b"], "2");
+        let bad = client
+            .request::<serde_json::Value>(send(
+                "POST",
+                "/api/v1/namespaces/default/configmaps",
+                "application/yaml",
+                "- just\n- a list\n",
+            ))
+            .await;
+        assert!(matches!(bad, Err(kube::Error::Api(ref s)) if s.code == 400), "{bad:?}");
+    });
+}
