@@ -59,6 +59,76 @@ pub fn v3_index() -> Bytes {
         .clone()
 }
 
+/// `/openapi/v2`: one Swagger 2.0 document for every served group-version, made from the v3
+/// documents (definitions are the v3 schemas; operations name their body and response by
+/// `$ref`), for clients that still read v2.
+pub fn v2_document() -> Bytes {
+    static DOC: OnceLock<Bytes> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut definitions = Map::new();
+        let mut paths = Map::new();
+        for doc in documents().values() {
+            let Ok(doc) = serde_json::from_slice::<Value>(doc) else {
+                continue;
+            };
+            if let Some(Value::Object(schemas)) = doc.pointer("/components/schemas") {
+                definitions.extend(schemas.clone());
+            }
+            for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+                let ops: Map<String, Value> = item
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(method, op)| (method.clone(), swagger_op(op)))
+                    .collect();
+                paths.insert(path.clone(), Value::Object(ops));
+            }
+        }
+        let doc = json!({
+            "swagger": "2.0",
+            "info": {"title": "Kubernetes", "version": format!("v1.{}.0", crate::discovery::KUBE_MINOR)},
+            "paths": paths,
+            "definitions": definitions,
+        });
+        // Same schemas, Swagger's place for them.
+        Bytes::from(doc.to_string().replace(SCHEMAS, "#/definitions/"))
+    })
+    .clone()
+}
+
+/// A v3 operation as Swagger 2.0 writes it: query parameters typed inline, the body as a
+/// `body` parameter, the response schema under `schema`.
+fn swagger_op(op: &Value) -> Value {
+    let mut out = op.clone();
+    let schema_of = |v: Option<&Value>| {
+        v.and_then(|c| c.pointer("/application~1json/schema"))
+            .cloned()
+    };
+    let body = schema_of(op.pointer("/requestBody/content"));
+    let response = schema_of(op.pointer("/responses/200/content"));
+    if let Some(o) = out.as_object_mut() {
+        o.remove("requestBody");
+        let mut params: Vec<Value> = op["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| json!({"name": p["name"], "in": p["in"], "type": "string", "uniqueItems": true}))
+            .collect();
+        if let Some(schema) = body {
+            params.push(json!({"name": "body", "in": "body", "required": true, "schema": schema}));
+        }
+        o.insert("parameters".into(), Value::Array(params));
+        let mut ok = json!({"description": "OK"});
+        if let Some(schema) = response {
+            ok["schema"] = schema;
+        }
+        o.insert("responses".into(), json!({"200": ok}));
+        o.insert("consumes".into(), json!(["application/json"]));
+        o.insert("produces".into(), json!(["application/json"]));
+    }
+    out
+}
+
 /// The document for one group-version (`api/v1`, `apis/apps/v1`), or `None`.
 pub fn v3_document(path: &str) -> Option<Bytes> {
     documents().get(path).cloned()
@@ -306,6 +376,29 @@ mod tests {
     fn schema<'a>(d: &'a Value, name: &str) -> &'a Value {
         d.pointer(&format!("/components/schemas/{name}"))
             .unwrap_or_else(|| panic!("no schema {name}"))
+    }
+
+    #[test]
+    fn v2_is_swagger_with_every_definition_resolvable() {
+        let doc: Value = serde_json::from_slice(&v2_document()).expect("json");
+        assert_eq!(doc["swagger"], "2.0");
+        let defs = doc["definitions"].as_object().expect("definitions");
+        assert!(defs.contains_key("io.k8s.api.core.v1.Service"));
+        let text = doc.to_string();
+        assert!(!text.contains("#/components/"), "v3 references left");
+        let create = &doc["paths"]["/api/v1/namespaces/{namespace}/services"]["post"];
+        let body = create["parameters"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["in"] == "body"))
+            .expect("body parameter");
+        assert_eq!(
+            body["schema"]["$ref"],
+            "#/definitions/io.k8s.api.core.v1.Service"
+        );
+        for r in text.split("\"$ref\":\"#/definitions/").skip(1) {
+            let name = r.split('"').next().unwrap_or("");
+            assert!(defs.contains_key(name), "{name} unresolved");
+        }
     }
 
     #[test]

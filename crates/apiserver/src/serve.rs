@@ -436,10 +436,15 @@ fn non_resource(srv: &Server, path: &str, accept: &str) -> Result<Option<Respons
             .ok_or(ApiError::NoRoute),
         // kubectl falls back to the v2 document (protobuf) to validate kinds the v3 documents
         // do not describe; an empty protobuf document tells it there is nothing to check, so
-        // the request proceeds to the server, as it does against kube-apiserver.
-        ["openapi", "v2"] => Ok(Some(proto_response(
+        // the request proceeds to the server, as it does against kube-apiserver. Everyone
+        // else gets the JSON Swagger document.
+        ["openapi", "v2"] if accept.contains("protobuf") => Ok(Some(proto_response(
             Vec::new(),
             "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+        ))),
+        ["openapi", "v2"] => Ok(Some(bytes_response(
+            openapi::v2_document(),
+            "application/json",
         ))),
         ["openapi", ..] => Err(ApiError::NoRoute),
         _ => Ok(None),

@@ -187,3 +187,12 @@ fn queries_are_checked_as_kube_apiserver_checks_them() {
         );
     }
 }
+
+#[test]
+fn openapi_v2_is_served_as_json() {
+    let c = super::cluster(berth_testkit::Backend::Embedded);
+    let doc: serde_json::Value =
+        serde_json::from_str(&c.ok(&["get", "--raw", "/openapi/v2"])).expect("json");
+    assert_eq!(doc["swagger"], "2.0");
+    assert!(doc["definitions"]["io.k8s.api.core.v1.Service"].is_object());
+}
