@@ -1259,14 +1259,74 @@ fn write_etc(config: &Config, sandbox: &Sandbox, pod: &Pod, ip: Ipv4Addr) -> Res
         path: dir.clone(),
         source,
     })?;
+    let node = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     write(
         "resolv.conf",
-        format!(
-            "search {ns}.svc.cluster.local svc.cluster.local cluster.local\nnameserver {}\noptions ndots:5\n",
-            config.cluster_dns
-        ),
+        resolv_conf(pod, &ns, &config.cluster_dns, &node),
     )?;
     write("hosts", hosts_file(pod, &ns, ip))
+}
+
+/// The pod's /etc/resolv.conf as the kubelet makes it from `dnsPolicy` and `dnsConfig`:
+/// `ClusterFirst` (the default, and `ClusterFirstWithHostNet`) uses the cluster DNS with the
+/// namespace's search list and `ndots:5`, then the node's search domains; `Default` is the
+/// node's file; `None` only `dnsConfig`. `dnsConfig` appends nameservers (3 at most) and
+/// search domains and overrides options by name.
+fn resolv_conf(pod: &Pod, ns: &str, cluster_dns: &str, node: &str) -> String {
+    let spec = pod.spec.as_ref();
+    let words = |key: &str| -> Vec<String> {
+        node.lines()
+            .filter_map(|l| l.trim().strip_prefix(key))
+            .filter(|rest| rest.starts_with([' ', '\t']))
+            .flat_map(|rest| rest.split_whitespace().map(str::to_owned))
+            .collect()
+    };
+    let (mut servers, mut search, mut options) = match spec
+        .and_then(|s| s.dns_policy.as_deref())
+        .unwrap_or("ClusterFirst")
+    {
+        "Default" => (words("nameserver"), words("search"), words("options")),
+        "None" => (Vec::new(), Vec::new(), Vec::new()),
+        _ => {
+            let mut search = vec![
+                format!("{ns}.svc.cluster.local"),
+                "svc.cluster.local".to_owned(),
+                "cluster.local".to_owned(),
+            ];
+            search.extend(words("search"));
+            (
+                vec![cluster_dns.to_owned()],
+                search,
+                vec!["ndots:5".to_owned()],
+            )
+        }
+    };
+    if let Some(cfg) = spec.and_then(|s| s.dns_config.as_ref()) {
+        servers.extend(cfg.nameservers.iter().flatten().cloned());
+        search.extend(cfg.searches.iter().flatten().cloned());
+        for o in cfg.options.iter().flatten() {
+            let name = o.name.clone().unwrap_or_default();
+            options.retain(|existing| existing.split(':').next() != Some(name.as_str()));
+            options.push(match &o.value {
+                Some(v) => format!("{name}:{v}"),
+                None => name,
+            });
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    search.retain(|s| seen.insert(s.clone()));
+    servers.truncate(3);
+    let mut out = String::new();
+    if !search.is_empty() {
+        out.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    for s in &servers {
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    out
 }
 
 /// The pod's /etc/hosts as the kubelet writes it: the loopback and IPv6 lines, then the pod's
@@ -1291,6 +1351,46 @@ fn hosts_file(pod: &Pod, ns: &str, ip: Ipv4Addr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolv_conf_follows_dns_policy_and_dns_config() {
+        let pod = |spec: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "spec": spec}))
+                .expect("pod")
+        };
+        let node = "# node\nsearch corp.example\nnameserver 192.0.2.53\noptions edns0\n";
+        assert_eq!(
+            resolv_conf(
+                &pod(serde_json::json!({"containers": []})),
+                "shop",
+                "10.96.0.10",
+                node
+            ),
+            "search shop.svc.cluster.local svc.cluster.local cluster.local corp.example\nnameserver 10.96.0.10\noptions ndots:5\n"
+        );
+        assert_eq!(
+            resolv_conf(
+                &pod(serde_json::json!({"containers": [], "dnsPolicy": "Default"})),
+                "shop",
+                "10.96.0.10",
+                node
+            ),
+            "search corp.example\nnameserver 192.0.2.53\noptions edns0\n"
+        );
+        let none = pod(
+            serde_json::json!({"containers": [], "dnsPolicy": "None", "dnsConfig": {
+                "nameservers": ["1.2.3.4"], "searches": ["a.example"], "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]
+            }}),
+        );
+        assert_eq!(
+            resolv_conf(&none, "shop", "10.96.0.10", node),
+            "search a.example\nnameserver 1.2.3.4\noptions ndots:2 edns0\n"
+        );
+        let merged = pod(
+            serde_json::json!({"containers": [], "dnsConfig": {"options": [{"name": "ndots", "value": "1"}]}}),
+        );
+        assert!(resolv_conf(&merged, "shop", "10.96.0.10", node).ends_with("options ndots:1\n"));
+    }
 
     #[test]
     fn hosts_file_names_the_pod_as_the_kubelet_does() {
