@@ -263,6 +263,39 @@ fn proto_response(body: Vec<u8>, content_type: &'static str) -> Response {
     r
 }
 
+/// Most bytes read (and thrown away) from a body being refused, so that the refusal is seen
+/// as a status; beyond it (or after 10 s) the connection's stream is reset.
+const DRAIN_LIMIT: usize = 32 * 1024 * 1024;
+
+/// The request body when it holds at most `limit` bytes; else 413, after reading on (up to
+/// [`DRAIN_LIMIT`], for at most 10 s) so that an HTTP/2 client gets the status before the
+/// stream ends.
+async fn read_body(mut body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let mut kept = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        if kept.len() + data.len() > limit {
+            let mut seen = kept.len() + data.len();
+            let drain = async {
+                while let Some(Ok(frame)) = body.frame().await {
+                    seen = seen.saturating_add(frame.data_ref().map_or(0, bytes::Bytes::len));
+                    if seen > DRAIN_LIMIT {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+            return Err(ApiError::TooLarge(limit));
+        }
+        kept.extend_from_slice(data);
+    }
+    Ok(kept.freeze())
+}
+
 /// Every request enters here.
 async fn dispatch(State(srv): State<Arc<Server>>, req: Request) -> Response {
     let started = std::time::Instant::now();
@@ -320,6 +353,9 @@ async fn route(srv: Arc<Server>, req: Request) -> Result<Response, ApiError> {
     );
     let authed = req.extensions().get::<Authenticated>().is_some_and(|a| a.0);
     if !authed && !public {
+        // Read what the client is still sending first, so the 401 arrives as a status
+        // rather than as a reset of an HTTP/2 stream mid-upload.
+        let _ = read_body(req.into_body(), 0).await;
         return Err(ApiError::Unauthorized);
     }
     let accept = req
@@ -351,9 +387,7 @@ async fn route(srv: Arc<Server>, req: Request) -> Result<Response, ApiError> {
     let params = Params::parse(req.uri().query()).map_err(ApiError::BadRequest)?;
     let (parts, body) = req.into_parts();
     let limit = srv.config.max_body_bytes;
-    let body = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::TooLarge(limit))?;
+    let body = read_body(body, limit).await?;
     rest::handle(srv, method, target, params, parts.headers, body).await
 }
 

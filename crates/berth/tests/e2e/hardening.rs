@@ -235,3 +235,57 @@ fn a_full_disk_is_reported_and_survived() {
     }
     assert!(names.contains("configmap/after"), "{names}");
 }
+
+#[test]
+fn refusals_mid_upload_arrive_as_statuses_over_http2() {
+    let c = super::cluster(Backend::Embedded);
+    let big = c.file("big.json", &"a".repeat(5 * 1024 * 1024));
+    // The admin client certificate and key, from the kubeconfig.
+    let kubeconfig = std::fs::read_to_string(&c.kubeconfig).expect("kubeconfig");
+    let field = |name: &str| {
+        use base64::Engine as _;
+        let b64 = kubeconfig
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")))
+            .expect("field");
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .expect("base64"),
+        )
+        .expect("pem")
+    };
+    let cert = c.file("admin.crt", &field("client-certificate-data"));
+    let key = c.file("admin.key", &field("client-key-data"));
+    let post = |auth: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sk",
+                "--http2",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+            ])
+            .args(auth)
+            .args([
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+            ])
+            .arg(format!("@{}", big.display()))
+            .arg(format!("{}/api/v1/namespaces/default/configmaps", c.url))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(post(&[]), "401 2", "no client certificate");
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    assert_eq!(
+        post(&["--cert", &cert, "--key", &key]),
+        "413 2",
+        "over 3 MiB"
+    );
+}
