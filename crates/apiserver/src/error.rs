@@ -51,6 +51,9 @@ pub enum ApiError {
     UnsupportedMediaType(&'static str),
     #[error("{0}")]
     Internal(String),
+    /// A list at a resourceVersion the store has not reached (kube-apiserver's 504).
+    #[error("Too large resource version: {requested}, current: {current}")]
+    TooLargeResourceVersion { requested: i64, current: i64 },
     /// Worded as kube-apiserver words a storage failure, with the causes (`No space left on
     /// device`) so the user sees why.
     #[error("Internal error occurred: {}", chain(.0))]
@@ -96,6 +99,7 @@ impl ApiError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Internal(_) | Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::TooLargeResourceVersion { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -113,6 +117,7 @@ impl ApiError {
             Self::TooLarge(_) => "RequestEntityTooLarge",
             Self::UnsupportedMediaType(_) => "UnsupportedMediaType",
             Self::Internal(_) | Self::Store(_) => "InternalError",
+            Self::TooLargeResourceVersion { .. } => "Timeout",
         }
     }
 
@@ -126,6 +131,18 @@ impl ApiError {
                 group: group(resource),
                 kind: resource.plural,
                 causes: Vec::new(),
+                retry_after_seconds: None,
+            }),
+            Self::TooLargeResourceVersion { .. } => Some(Details {
+                name: String::new(),
+                group: None,
+                kind: "",
+                causes: vec![Cause {
+                    reason: "ResourceVersionTooLarge",
+                    message: "Too large resource version".into(),
+                    field: String::new(),
+                }],
+                retry_after_seconds: Some(1),
             }),
             Self::Invalid {
                 resource,
@@ -144,6 +161,7 @@ impl ApiError {
                         field: e.path.clone(),
                     })
                     .collect(),
+                retry_after_seconds: None,
             }),
             _ => None,
         }
@@ -190,19 +208,25 @@ impl Status {
 struct Empty {}
 
 #[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Details {
+    #[serde(skip_serializing_if = "String::is_empty")]
     name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     group: Option<&'static str>,
+    #[serde(skip_serializing_if = "str::is_empty")]
     kind: &'static str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     causes: Vec<Cause>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_seconds: Option<u32>,
 }
 
 #[derive(Debug, serde::Serialize)]
 struct Cause {
     reason: &'static str,
     message: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     field: String,
 }
 

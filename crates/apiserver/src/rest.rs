@@ -271,6 +271,19 @@ fn decode_continue(token: &str) -> Result<String> {
 
 async fn list(srv: &Server, t: &Target, params: &Params) -> Result<Reply> {
     let r = t.resource;
+    // A list at a version the store has not reached cannot be served (kube-apiserver waits a
+    // moment for its cache, then answers 504).
+    if let Some(requested) = params
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|v| *v > 0)
+    {
+        let current = srv.store.current_revision().await?;
+        if requested > current {
+            return Err(ApiError::TooLargeResourceVersion { requested, current });
+        }
+    }
     let filter = Filter::new(r, params)?;
     let prefix = collection_key(r, t.namespace.as_deref());
     let limit = params.limit();
