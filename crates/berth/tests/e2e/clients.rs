@@ -8,13 +8,17 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
 
-fn kube_crate(backend: Backend) {
-    let c = super::cluster(backend);
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// A runtime for a test's async client code.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime");
-    rt.block_on(async {
+        .expect("runtime")
+}
+
+fn kube_crate(backend: Backend) {
+    let c = super::cluster(backend);
+    runtime().block_on(async {
         let svcs: Api<Service> = Api::namespaced(c.kube_client().await, "default");
         let list = svcs.list(&ListParams::default()).await.expect("list");
         assert!(
@@ -147,11 +151,7 @@ fn concurrent_creates_never_share_an_address_or_port() {
 #[test]
 fn metadata_only_get_list_watch_and_patch() {
     let c = super::cluster(Backend::Embedded);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    runtime().block_on(async {
         let client = c.kube_client().await;
         let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
         // kube-rs asks for PartialObjectMetadata(List): only metadata comes back.
@@ -224,11 +224,7 @@ fn metadata_only_get_list_watch_and_patch() {
 #[test]
 fn yaml_bodies_and_server_side_apply_in_yaml() {
     let c = super::cluster(Backend::Embedded);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    runtime().block_on(async {
         let client = c.kube_client().await;
         let send = |method: &str, path: &str, ct: &str, body: &str| {
             http::Request::builder()
