@@ -98,6 +98,24 @@ impl Etcd {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }
+
+    /// Freezes etcd (SIGSTOP): it keeps its connections but answers nothing, as a hung or
+    /// partitioned etcd would; [`Etcd::resume`] thaws it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {sig} etcd");
+    }
 }
 
 impl Drop for Etcd {
@@ -299,6 +317,11 @@ impl Cluster {
     }
 
     /// The etcd endpoint (`127.0.0.1:PORT`) when the cluster uses etcd.
+    /// The cluster's etcd, when it has one.
+    pub fn etcd(&self) -> Option<&Etcd> {
+        self.etcd.as_ref()
+    }
+
     pub fn etcd_endpoint(&self) -> Option<&str> {
         self.etcd.as_ref().map(|e| e.endpoint.as_str())
     }

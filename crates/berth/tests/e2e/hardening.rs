@@ -289,3 +289,24 @@ fn refusals_mid_upload_arrive_as_statuses_over_http2() {
         "over 3 MiB"
     );
 }
+
+#[test]
+fn readyz_reports_etcd_not_answering() {
+    let c = super::cluster(Backend::Etcd);
+    let port: u16 = c
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    assert_eq!(public_get(port, "/readyz").0, "ok");
+    let etcd = c.etcd().expect("etcd");
+    etcd.pause();
+    let (body, code) = public_get(port, "/readyz?verbose");
+    etcd.resume();
+    assert_eq!(code, "500", "{body}");
+    assert!(body.contains("[-]store failed"), "{body}");
+    berth_testkit::eventually("readyz to recover with etcd", || {
+        (public_get(port, "/readyz").0 == "ok").then_some(())
+    });
+}
