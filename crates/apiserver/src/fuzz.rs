@@ -95,6 +95,7 @@ fn server_with_a_configmap(dir: &std::path::Path) -> (tokio::runtime::Runtime, A
         metrics: crate::Metrics::register(&mut registry),
         registry: Arc::new(registry),
         kubelet_tls: Arc::new(crate::pki::kubelet_client_config(&pki).expect("tls")),
+        insecure_tls: Arc::new(crate::pki::proxy_client_config().expect("tls")),
     });
     let ns = rt.block_on(send(
         &srv,
