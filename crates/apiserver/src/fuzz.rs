@@ -69,7 +69,9 @@ proptest! {
 
 /// A server over a throwaway embedded store, with one ConfigMap `default/cm`, for driving the
 /// verbs directly.
-fn server_with_a_configmap(dir: &std::path::Path) -> (tokio::runtime::Runtime, Arc<Server>) {
+pub(crate) fn server_with_a_configmap(
+    dir: &std::path::Path,
+) -> (tokio::runtime::Runtime, Arc<Server>) {
     // Two workers, so that concurrent requests really race.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -117,7 +119,13 @@ fn server_with_a_configmap(dir: &std::path::Path) -> (tokio::runtime::Runtime, A
 }
 
 /// The status code the server answers `method path` with; panics only if the handler does.
-async fn send(srv: &Arc<Server>, method: Method, path: &str, ct: &str, body: &[u8]) -> StatusCode {
+pub(crate) async fn send(
+    srv: &Arc<Server>,
+    method: Method,
+    path: &str,
+    ct: &str,
+    body: &[u8],
+) -> StatusCode {
     let t = crate::request::parse(path)
         .expect("path")
         .expect("a resource path");

@@ -448,3 +448,6 @@ fn has_body(status: StatusCode) -> bool {
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED)
 }
+
+#[cfg(test)]
+mod tests;
