@@ -1,5 +1,6 @@
 //! The proxy against a backend on 127.0.0.1 reached through an ExternalName Service: redirects
-//! and HTML links come back under the `/proxy/` prefix, and other answers pass through.
+//! and HTML links come back under the `/proxy/` prefix, other answers pass through, upgraded
+//! connections are spliced.
 
 use axum::body::Body;
 use axum::http::{Method, StatusCode, header};
@@ -8,8 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::fuzz::{send, server_with_a_configmap};
 
-/// Answers each connection once: `/go` redirects, `/page` is HTML, anything else echoes the
-/// request head as text.
+/// Answers each connection once: `/go` redirects, `/page` is HTML, `Upgrade: echo` switches
+/// to echoing bytes, anything else echoes the request head as text.
 async fn backend() -> u16 {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -27,6 +28,13 @@ async fn backend() -> u16 {
                     }
                 }
                 let head = String::from_utf8_lossy(&buf).into_owned();
+                if head.to_ascii_lowercase().contains("upgrade: echo\r\n") {
+                    let switched = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n";
+                    let _ = s.write_all(switched.as_bytes()).await;
+                    let (mut r, mut w) = s.into_split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    return;
+                }
                 let (ct, extra, body) = if head.starts_with("GET /go ") {
                     ("text/plain", "Location: /login?next=1\r\n", String::new())
                 } else if head.starts_with("GET /page ") {
@@ -126,4 +134,62 @@ fn redirects_and_links_are_rewritten_under_the_prefix() {
         parts.headers[header::LOCATION],
         format!("{prefix}/").as_str()
     );
+}
+
+#[test]
+fn upgraded_connections_are_spliced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, srv) = server_with_a_configmap(dir.path());
+    rt.block_on(async {
+        let port = backend().await;
+        let svc = format!(
+            r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"ext"}},"spec":{{"type":"ExternalName","externalName":"localhost","ports":[{{"port":{port}}}]}}}}"#
+        );
+        let created = send(
+            &srv,
+            Method::POST,
+            "/api/v1/namespaces/default/services",
+            "application/json",
+            svc.as_bytes(),
+        )
+        .await;
+        assert_eq!(created, StatusCode::CREATED);
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let srv = srv.clone();
+            async move {
+                use axum::response::IntoResponse;
+                let t = crate::request::parse(req.uri().path())
+                    .expect("path")
+                    .expect("a resource path");
+                match super::handle(srv, t, req).await {
+                    Ok(r) => r,
+                    Err(e) => e.into_response(),
+                }
+            }
+        });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(l, app).await });
+        let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        c.write_all(
+            b"GET /api/v1/namespaces/default/services/ext/proxy/ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 512];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = c.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&buf));
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let head = String::from_utf8_lossy(&buf);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        c.write_all(b"ping").await.expect("write");
+        let mut echoed = [0u8; 4];
+        c.read_exact(&mut echoed).await.expect("echo");
+        assert_eq!(&echoed, b"ping");
+    });
 }
