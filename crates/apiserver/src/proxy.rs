@@ -330,6 +330,19 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+impl Backend {
+    /// `host:port` as the backend is dialed.
+    fn authority(&self) -> String {
+        match self {
+            Backend::Direct { host, port, .. } if host.contains(':') => format!("[{host}]:{port}"),
+            Backend::Direct { host, port, .. } => format!("{host}:{port}"),
+            Backend::Kubelet(addr) => addr.to_string(),
+        }
+    }
+}
+
+/// Sends `req` to `backend` at `backend_path` (the query kept) and answers with what it
+/// answers, rewritten; an upgrade the backend accepts is spliced to the client.
 async fn forward(
     srv: &Server,
     backend: Backend,
@@ -340,24 +353,10 @@ async fn forward(
     let upgrade = is_upgrade(req.headers());
     let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let method = parts.method.clone();
     let target = match parts.uri.query() {
         Some(q) => format!("{backend_path}?{q}"),
         None => backend_path.to_owned(),
     };
-    let mut headers = parts.headers.clone();
-    // The backend trusts the API server, not the user's credentials.
-    headers.remove(header::AUTHORIZATION);
-    if !upgrade {
-        strip_hop_by_hop(&mut headers);
-    }
-    let mut forwarded_uri = clean_join(&format!("{prefix}{backend_path}"));
-    if forwarded_uri.is_empty() {
-        forwarded_uri.push('/');
-    }
-    if let Ok(v) = HeaderValue::from_str(&forwarded_uri) {
-        headers.insert("x-forwarded-uri", v);
-    }
     // The host the client asked for: `Host`, or the authority of an HTTP/2 request.
     let request_host = parts
         .headers
@@ -366,33 +365,20 @@ async fn forward(
         .map(str::to_owned)
         .or_else(|| parts.uri.authority().map(|a| a.to_string()))
         .unwrap_or_default();
-    let backend_host = match &backend {
-        Backend::Direct { host, port, .. } => {
-            if host.contains(':') {
-                format!("[{host}]:{port}")
-            } else {
-                format!("{host}:{port}")
-            }
-        }
-        Backend::Kubelet(addr) => addr.to_string(),
-    };
+    let backend_host = backend.authority();
     // As Go's reverse proxy, the backend sees the host the client asked for.
     let host = if request_host.is_empty() {
         &backend_host
     } else {
         &request_host
     };
-    if !headers.contains_key(header::HOST)
-        && let Ok(v) = HeaderValue::from_str(host)
-    {
-        headers.insert(header::HOST, v);
-    }
+    let forwarded_uri = clean_join(&format!("{prefix}{backend_path}"));
     let mut out = axum::http::Request::builder()
         .method(parts.method.clone())
         .uri(target.as_str())
         .body(if upgrade { Body::empty() } else { body })
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    *out.headers_mut() = headers;
+    *out.headers_mut() = outgoing_headers(&parts.headers, upgrade, &forwarded_uri, host);
     let unreachable = |e: &dyn std::fmt::Display| {
         ApiError::ServiceUnavailable(format!("error trying to reach service: {e}"))
     };
@@ -411,25 +397,54 @@ async fn forward(
         *r.headers_mut() = parts.headers;
         return Ok(r);
     }
+    let rewrite = |url: &str| rewrite_url(url, &backend_host, &request_host, prefix);
+    answer(resp, parts.method == Method::HEAD, &rewrite).await
+}
+
+/// The client's headers as the backend gets them: no credentials, no hop-by-hop headers
+/// (unless upgrading), `Host` and `X-Forwarded-Uri` set.
+fn outgoing_headers(from: &HeaderMap, upgrade: bool, forwarded_uri: &str, host: &str) -> HeaderMap {
+    let mut headers = from.clone();
+    // The backend trusts the API server, not the user's credentials.
+    headers.remove(header::AUTHORIZATION);
+    if !upgrade {
+        strip_hop_by_hop(&mut headers);
+    }
+    if let Ok(v) = HeaderValue::from_str(forwarded_uri) {
+        headers.insert("x-forwarded-uri", v);
+    }
+    if !headers.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        headers.insert(header::HOST, v);
+    }
+    headers
+}
+
+/// The backend's answer for the client: hop-by-hop and CORS headers dropped, a redirect's
+/// `Location` or an HTML body's links rewritten, anything else streamed through.
+async fn answer(
+    resp: axum::http::Response<hyper::body::Incoming>,
+    head: bool,
+    rewrite: &(dyn Fn(&str) -> String + Sync),
+) -> Result<Response, ApiError> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     for h in CORS {
         parts.headers.remove(*h);
     }
-    let rewrite = |url: &str| rewrite_url(url, &backend_host, &request_host, prefix);
     if let Some(loc) = parts
         .headers
         .get(header::LOCATION)
         .and_then(|v| v.to_str().ok())
     {
-        let new = rewrite(loc);
-        if let Ok(v) = HeaderValue::from_str(&new) {
+        if let Ok(v) = HeaderValue::from_str(&rewrite(loc)) {
             parts.headers.insert(header::LOCATION, v);
         }
         return Ok(Response::from_parts(parts, Body::new(body)));
     }
-    if is_html(&parts.headers) && method != Method::HEAD && has_body(parts.status) {
-        return html::rewrite_response(parts, body, HTML_LIMIT, &rewrite).await;
+    if is_html(&parts.headers) && !head && has_body(parts.status) {
+        return html::rewrite_response(parts, body, HTML_LIMIT, rewrite).await;
     }
     Ok(Response::from_parts(parts, Body::new(body)))
 }
