@@ -62,11 +62,14 @@ enum Route<'a> {
         ns: &'a str,
         pod: &'a str,
     },
+    /// The kubelet's health check (`nodes/NAME/proxy/healthz` reaches it).
+    Healthz,
 }
 
 fn route(path: &str) -> Option<Route<'_>> {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segs.as_slice() {
+        ["healthz"] => Some(Route::Healthz),
         ["containerLogs", ns, pod, container] => Some(Route::Logs { ns, pod, container }),
         ["exec", ns, pod, container] => Some(Route::Exec { ns, pod, container }),
         ["attach", ns, pod, container] => Some(Route::Attach { ns, pod, container }),
@@ -80,6 +83,7 @@ fn route(path: &str) -> Option<Route<'_>> {
             ![ns, pod, container].iter().any(|s| s.is_empty())
         }
         Route::PortForward { ns, pod } => !ns.is_empty() && !pod.is_empty(),
+        Route::Healthz => true,
     })
 }
 
@@ -193,6 +197,7 @@ async fn handle(
     let query = req.uri().query().unwrap_or("").to_owned();
     let resp = match route(&path) {
         None => text(StatusCode::NOT_FOUND, "404 page not found\n".into()),
+        Some(Route::Healthz) => text(StatusCode::OK, "ok".into()),
         Some(Route::Logs { ns, pod, container }) => {
             match find(&state, ns, pod, Some(container)).await {
                 Ok(p) => logs::serve(&state.state_dir, &uid(&p), pod, container, &query).await,

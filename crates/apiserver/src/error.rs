@@ -50,6 +50,8 @@ pub enum ApiError {
     #[error("the body of the request was in an unknown format - accepted media types include: {0}")]
     UnsupportedMediaType(&'static str),
     #[error("{0}")]
+    ServiceUnavailable(String),
+    #[error("{0}")]
     Internal(String),
     /// A list at a resourceVersion the store has not reached (kube-apiserver's 504).
     #[error("Too large resource version: {requested}, current: {current}")]
@@ -98,6 +100,7 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) | Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::TooLargeResourceVersion { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -116,6 +119,7 @@ impl ApiError {
             Self::MethodNotAllowed => "MethodNotAllowed",
             Self::TooLarge(_) => "RequestEntityTooLarge",
             Self::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            Self::ServiceUnavailable(_) => "ServiceUnavailable",
             Self::Internal(_) | Self::Store(_) => "InternalError",
             Self::TooLargeResourceVersion { .. } => "Timeout",
         }

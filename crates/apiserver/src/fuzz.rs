@@ -70,7 +70,9 @@ proptest! {
 
 /// A server over a throwaway embedded store, with one ConfigMap `default/cm`, for driving the
 /// verbs directly.
-fn server_with_a_configmap(dir: &std::path::Path) -> (tokio::runtime::Runtime, Arc<Server>) {
+pub(crate) fn server_with_a_configmap(
+    dir: &std::path::Path,
+) -> (tokio::runtime::Runtime, Arc<Server>) {
     // Two workers, so that concurrent requests really race.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -96,6 +98,7 @@ fn server_with_a_configmap(dir: &std::path::Path) -> (tokio::runtime::Runtime, A
         metrics: crate::Metrics::register(&mut registry),
         registry: Arc::new(registry),
         kubelet_tls: Arc::new(crate::pki::kubelet_client_config(&pki).expect("tls")),
+        insecure_tls: Arc::new(crate::pki::proxy_client_config().expect("tls")),
     });
     let ns = rt.block_on(send(
         &srv,
@@ -117,7 +120,13 @@ fn server_with_a_configmap(dir: &std::path::Path) -> (tokio::runtime::Runtime, A
 }
 
 /// The status code the server answers `method path` with; panics only if the handler does.
-async fn send(srv: &Arc<Server>, method: Method, path: &str, ct: &str, body: &[u8]) -> StatusCode {
+pub(crate) async fn send(
+    srv: &Arc<Server>,
+    method: Method,
+    path: &str,
+    ct: &str,
+    body: &[u8],
+) -> StatusCode {
     let t = crate::request::parse(path)
         .expect("path")
         .expect("a resource path");

@@ -18,6 +18,7 @@ mod node_proxy;
 mod openapi;
 mod patch;
 pub mod pki;
+mod proxy;
 mod request;
 mod rest;
 mod serve;
@@ -81,4 +82,6 @@ pub struct Server {
     registry: Arc<prometheus_client::registry::Registry>,
     /// How the server dials node agents (logs, exec, port-forward).
     kubelet_tls: Arc<rustls::ClientConfig>,
+    /// TLS for `https:` proxying to pods and Services: no verification, as kube-apiserver.
+    insecure_tls: Arc<rustls::ClientConfig>,
 }

@@ -140,15 +140,7 @@ async fn spliced(
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Err(agent_error(resp).await);
     }
-    let agent_side = hyper::upgrade::on(&mut resp);
-    tokio::spawn(async move {
-        let (Ok(client), Ok(agent)) = (client_side.await, agent_side.await) else {
-            tracing::debug!("an exec or port-forward upgrade failed");
-            return;
-        };
-        let (mut client, mut agent) = (TokioIo::new(client), TokioIo::new(agent));
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut agent).await;
-    });
+    splice(client_side, hyper::upgrade::on(&mut resp));
     let (parts, _) = resp.into_parts();
     let mut r = Response::new(Body::empty());
     *r.status_mut() = parts.status;
@@ -195,6 +187,12 @@ async fn agent_address(srv: &Server, pod: &Value, name: &str) -> Result<SocketAd
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::BadRequest(format!("pod {name} does not have a host assigned")))?;
+    node_address(srv, node_name).await
+}
+
+/// A Node's InternalIP and agent port (`status.daemonEndpoints.kubeletEndpoint`, 10250 when
+/// unset), as kube-apiserver finds a kubelet.
+pub(crate) async fn node_address(srv: &Server, node_name: &str) -> Result<SocketAddr, ApiError> {
     let nodes = resources::by_kind("", "Node")
         .ok_or_else(|| ApiError::Internal("nodes not registered".into()))?;
     let node = rest::get(srv, nodes, None, node_name).await?;
@@ -228,25 +226,64 @@ async fn send(
     let failed = |e: &dyn std::fmt::Display| {
         ApiError::Internal(format!("error dialing the node agent at {addr}: {e}"))
     };
-    let tcp = tokio::time::timeout(DIAL_TIMEOUT, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|e| failed(&e))?
-        .map_err(|e| failed(&e))?;
-    let _ = tcp.set_nodelay(true);
+    let mut sender = dial_kubelet(srv, addr).await.map_err(|e| failed(&e))?;
+    sender.send_request(req).await.map_err(|e| failed(&e))
+}
+
+/// An HTTP/1.1 connection (upgrades allowed) to the agent at `addr`, over TLS with the kubelet
+/// client certificate.
+pub(crate) async fn dial_kubelet(
+    srv: &Server,
+    addr: SocketAddr,
+) -> std::io::Result<hyper::client::conn::http1::SendRequest<Body>> {
+    let tcp = dial_tcp(&addr.ip().to_string(), addr.port()).await?;
     let server_name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
     let tls = tokio_rustls::TlsConnector::from(srv.kubelet_tls.clone())
         .connect(server_name, tcp)
+        .await?;
+    handshake(tls).await
+}
+
+/// A TCP connection to `host:port` (a name is resolved), with the dial timeout and no delay.
+pub(crate) async fn dial_tcp(host: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let tcp = tokio::time::timeout(DIAL_TIMEOUT, tokio::net::TcpStream::connect((host, port)))
         .await
-        .map_err(|e| failed(&e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "i/o timeout"))??;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// Starts HTTP/1.1 on `io`, driving the connection (upgrades included) on its own task.
+pub(crate) async fn handshake<I>(
+    io: I,
+) -> std::io::Result<hyper::client::conn::http1::SendRequest<Body>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|e| failed(&e))?;
+        .map_err(std::io::Error::other)?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "node agent connection ended");
+            tracing::debug!(error = %e, "proxied connection ended");
         }
     });
-    sender.send_request(req).await.map_err(|e| failed(&e))
+    Ok(sender)
+}
+
+/// Joins two upgraded connections once both sides have switched protocols.
+pub(crate) fn splice(
+    client_side: hyper::upgrade::OnUpgrade,
+    backend_side: hyper::upgrade::OnUpgrade,
+) {
+    tokio::spawn(async move {
+        let (Ok(client), Ok(backend)) = (client_side.await, backend_side.await) else {
+            tracing::debug!("an upgraded connection failed");
+            return;
+        };
+        let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+    });
 }
 
 /// Streams the agent's log answer through.

@@ -244,6 +244,20 @@ pub fn kubelet_client_config(pki: &Pki) -> Result<rustls::ClientConfig, PkiError
     Ok(cfg)
 }
 
+/// The client configuration for `https:` Service and pod proxying: no client certificate and
+/// no verification of the backend, as kube-apiserver's proxy transport (`InsecureSkipVerify`).
+pub fn proxy_client_config() -> Result<rustls::ClientConfig, PkiError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyAgentCertificate(provider)))
+        .with_no_client_auth();
+    // Upgrades need HTTP/1.1.
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
 /// Accepts whatever certificate an agent serves, checking only the handshake signatures.
 #[derive(Debug)]
 struct AnyAgentCertificate(Arc<rustls::crypto::CryptoProvider>);

@@ -134,6 +134,7 @@ pub async fn run(
         metrics,
         registry,
         kubelet_tls: Arc::new(pki::kubelet_client_config(&pki)?),
+        insecure_tls: Arc::new(pki::proxy_client_config()?),
     });
     restore_allocations(&srv).await?;
     bootstrap(&srv, addr, first_ip).await?;
@@ -381,6 +382,9 @@ async fn route(srv: Arc<Server>, req: Request) -> Result<Response, ApiError> {
         Ok(Some(t)) => t,
         Ok(None) | Err(request::PathError::NotFound) => return Err(ApiError::NoRoute),
     };
+    if crate::proxy::serves(&target) {
+        return crate::proxy::handle(srv, target, req).await;
+    }
     if crate::node_proxy::serves(&target) {
         return crate::node_proxy::handle(srv, target, req).await;
     }

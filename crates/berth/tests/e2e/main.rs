@@ -3,6 +3,7 @@
 //! `berth-testkit`.
 
 mod agent;
+mod apiproxy;
 mod builtin;
 mod clients;
 mod controllers;
