@@ -25,12 +25,36 @@ pub struct Check {
     pub local_endpoints: usize,
 }
 
-/// The health check ports `services` ask for on `node`, with what each reports.
+/// The health check ports `services` ask for on `node`, with what each reports. Slices are
+/// read only when some Service asks (this runs at every sync).
 pub fn checks<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     node: &Node,
 ) -> BTreeMap<u16, Check> {
+    let mut wanted: BTreeMap<(&str, &str), u16> = BTreeMap::new();
+    for svc in services {
+        let (Some(ns), Some(name), Some(spec)) = (
+            svc.metadata.namespace.as_deref(),
+            svc.metadata.name.as_deref(),
+            svc.spec.as_ref(),
+        ) else {
+            continue;
+        };
+        let local_lb = spec.type_.as_deref() == Some("LoadBalancer")
+            && spec.external_traffic_policy.as_deref() == Some("Local");
+        if let Some(port) = spec
+            .health_check_node_port
+            .filter(|_| local_lb)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p > 0)
+        {
+            wanted.insert((ns, name), port);
+        }
+    }
+    if wanted.is_empty() {
+        return BTreeMap::new();
+    }
     let mut local: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
     for s in slices {
         let (Some(ns), Some(svc)) = (
@@ -42,6 +66,9 @@ pub fn checks<'a>(
         ) else {
             continue;
         };
+        if !wanted.contains_key(&(ns, svc.as_str())) {
+            continue;
+        }
         let here = s.endpoints.iter().filter(|e| {
             e.node_name.as_deref() == Some(node.name.as_str())
                 && e.conditions.as_ref().and_then(|c| c.ready) != Some(false)
@@ -49,33 +76,17 @@ pub fn checks<'a>(
         let entry = local.entry((ns, svc.as_str())).or_default();
         entry.extend(here.flat_map(|e| e.addresses.iter().map(String::as_str)));
     }
-    let mut out = BTreeMap::new();
-    for svc in services {
-        let (Some(ns), Some(name), Some(spec)) = (
-            svc.metadata.namespace.as_deref(),
-            svc.metadata.name.as_deref(),
-            svc.spec.as_ref(),
-        ) else {
-            continue;
-        };
-        let wanted = spec.type_.as_deref() == Some("LoadBalancer")
-            && spec.external_traffic_policy.as_deref() == Some("Local");
-        let Some(port) = spec
-            .health_check_node_port
-            .filter(|_| wanted)
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p > 0)
-        else {
-            continue;
-        };
-        let check = Check {
-            namespace: ns.to_owned(),
-            name: name.to_owned(),
-            local_endpoints: local.get(&(ns, name)).map_or(0, BTreeSet::len),
-        };
-        out.insert(port, check);
-    }
-    out
+    wanted
+        .into_iter()
+        .map(|(key, port)| {
+            let check = Check {
+                namespace: key.0.to_owned(),
+                name: key.1.to_owned(),
+                local_endpoints: local.get(&key).map_or(0, BTreeSet::len),
+            };
+            (port, check)
+        })
+        .collect()
 }
 
 /// The whole HTTP/1.1 answer for a check (kube-proxy's body and status codes).
