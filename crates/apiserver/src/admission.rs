@@ -31,6 +31,13 @@ impl Grant {
         self.ports.iter().for_each(|p| a.ports.release(*p));
     }
 
+    /// This grant and `other` as one.
+    fn with(mut self, other: Grant) -> Grant {
+        self.ips.extend(other.ips);
+        self.ports.extend(other.ports);
+        self
+    }
+
     /// The write of `new` over `old` succeeded: whatever `old` held that `new` no longer
     /// holds is free again.
     pub fn commit(self, srv: &Server, old: &Value, new: &Value) {
@@ -48,7 +55,7 @@ impl Grant {
     }
 }
 
-/// What a stored Service holds: its cluster IP and node ports.
+/// What a stored Service holds: its cluster IP and node ports (healthCheckNodePort included).
 fn held(obj: &Value) -> (Vec<Ipv4Addr>, Vec<u16>) {
     let ips = obj
         .pointer("/spec/clusterIPs")
@@ -67,7 +74,12 @@ fn held(obj: &Value) -> (Vec<Ipv4Addr>, Vec<u16>) {
         .into_iter()
         .flatten()
         .filter_map(|p| p.get("nodePort")?.as_u64())
+        .chain(
+            obj.pointer("/spec/healthCheckNodePort")
+                .and_then(Value::as_u64),
+        )
         .filter_map(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
         .collect::<std::collections::BTreeSet<u16>>()
         .into_iter()
         .collect();
@@ -127,11 +139,19 @@ pub async fn create(srv: &Server, r: &'static Resource, obj: &mut Value) -> Resu
         ("", "Service") => {
             let mut svc: Service = typed(r, obj)?;
             vsvc::default_service(&mut svc);
+            let hc = allocate_health_check(srv, &mut svc, None).map_err(|e| invalid(r, obj, e))?;
             errs.extend(vsvc::validate_service(&svc));
             if !errs.is_empty() {
+                hc.rollback(srv);
                 return Err(invalid(r, obj, errs));
             }
-            let grant = allocate(srv, &mut svc, None).map_err(|e| invalid(r, obj, e))?;
+            let grant = match allocate(srv, &mut svc, None) {
+                Ok(g) => g.with(hc),
+                Err(e) => {
+                    hc.rollback(srv);
+                    return Err(invalid(r, obj, e));
+                }
+            };
             *obj = untyped(&svc)?;
             obj["status"] = json!({"loadBalancer": {}});
             grant
@@ -224,11 +244,20 @@ pub async fn update(
             let mut svc: Service = typed(r, new)?;
             let old_svc: Service = typed(r, old)?;
             vsvc::prepare_service_update(&mut svc, &old_svc);
+            let hc = allocate_health_check(srv, &mut svc, Some(&old_svc))
+                .map_err(|e| invalid(r, new, e))?;
             errs.extend(vsvc::validate_service_update(&svc, &old_svc));
             if !errs.is_empty() {
+                hc.rollback(srv);
                 return Err(invalid(r, new, errs));
             }
-            let grant = allocate(srv, &mut svc, Some(&old_svc)).map_err(|e| invalid(r, new, e))?;
+            let grant = match allocate(srv, &mut svc, Some(&old_svc)) {
+                Ok(g) => g.with(hc),
+                Err(e) => {
+                    hc.rollback(srv);
+                    return Err(invalid(r, new, e));
+                }
+            };
             *new = untyped(&svc)?;
             grant
         }
@@ -248,6 +277,59 @@ pub async fn update(
         return Err(invalid(r, new, errs));
     }
     Ok(grant)
+}
+
+/// As kube-apiserver, before validation (which requires it): a Local LoadBalancer gets a
+/// healthCheckNodePort from the NodePort range unless it names one `old` did not hold.
+fn allocate_health_check(
+    srv: &Server,
+    svc: &mut Service,
+    old: Option<&Service>,
+) -> std::result::Result<Grant, FieldErrors> {
+    let mut a = srv.alloc.lock().unwrap_or_else(|p| p.into_inner());
+    let mut grant = Grant::default();
+    let mut errs = FieldErrors::new();
+    let old_val = old
+        .and_then(|o| serde_json::to_value(o).ok())
+        .unwrap_or(Value::Null);
+    let (_, old_ports) = held(&old_val);
+    let spec = svc.spec.get_or_insert_with(Default::default);
+    let ty = spec.type_.clone().unwrap_or_default();
+    if ty == "LoadBalancer" && spec.external_traffic_policy.as_deref() == Some("Local") {
+        let wanted = spec
+            .health_check_node_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0);
+        match wanted {
+            Some(p) if old_ports.contains(&p) => {}
+            Some(p) => match a.ports.allocate(p) {
+                Ok(()) => grant.ports.push(p),
+                Err(e) => errs.push(FieldError::invalid(
+                    "spec.healthCheckNodePort",
+                    i64::from(p),
+                    e.to_string(),
+                )),
+            },
+            None => match a.ports.allocate_next() {
+                Ok(p) => {
+                    grant.ports.push(p);
+                    spec.health_check_node_port = Some(i32::from(p));
+                }
+                Err(e) => errs.push(FieldError::invalid(
+                    "spec.healthCheckNodePort",
+                    0i64,
+                    format!("failed to allocate a healthCheckNodePort: {e}"),
+                )),
+            },
+        }
+    }
+    if errs.is_empty() {
+        Ok(grant)
+    } else {
+        drop(a);
+        grant.rollback(srv);
+        Err(errs)
+    }
 }
 
 /// Takes the cluster IP and node ports `svc` needs that `old` did not already hold.

@@ -389,6 +389,10 @@ async fn proxy(args: ProxyCmdArgs) -> anyhow::Result<()> {
                 "no nftables table ip berth to remove"
             }
         );
+        let routes = berth_proxy::cleanup_routes()
+            .await
+            .context("removing the LoadBalancer IP routes")?;
+        println!("berth: removed {routes} LoadBalancer/external IP routes");
         return Ok(());
     }
     let shutdown = CancellationToken::new();

@@ -151,6 +151,13 @@ fn bench(n: usize) {
         percentile(&mut full, 0.5),
         percentile(&mut full, 0.99),
     );
+    // One line for scripts/bench-proxy.sh.
+    println!(
+        "BENCH services={n} initial_ms={:.3} change_p50_ms={:.3} change_p99_ms={:.3}",
+        (compute + kernel).as_secs_f64() * 1e3,
+        percentile(&mut incremental, 0.5).as_secs_f64() * 1e3,
+        percentile(&mut incremental, 0.99).as_secs_f64() * 1e3,
+    );
     let t = Instant::now();
     assert!(nl.delete_table().expect("cleanup"));
     println!("cleanup (delete table): {:?}", t.elapsed());

@@ -2,11 +2,11 @@
 //! a list of [`Op`]s as one transaction. [`Netlink`] does it over nf_tables netlink in the
 //! network namespace it was opened in; [`Fake`] keeps the state in memory for tests.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddrV4;
 
 use crate::error::Result;
-use crate::nft::{RawExpr, Socket};
+use crate::nft::{Expr, Msg, RawExpr, Socket};
 use crate::render::{self, TABLE};
 use crate::ruleset::{Op, Ruleset};
 
@@ -18,9 +18,15 @@ pub trait Apply {
     fn apply(&mut self, ops: &[Op]) -> Result<()>;
     /// Deletes the UDP conntrack entries of flows DNATed to `endpoints`; returns how many.
     fn delete_udp_flows(&mut self, endpoints: &BTreeSet<SocketAddrV4>) -> Result<usize>;
-    /// Deletes the ClientIP affinity entries of the chains `ids` that point at an endpoint
-    /// `current` no longer gives them; returns how many.
-    fn prune_affinity(&mut self, ids: &BTreeSet<u32>, current: &Ruleset) -> Result<usize>;
+    /// Deletes the ClientIP affinity entries of the chains in `touched` whose slot lost its
+    /// endpoint or is gone in `current` ([`render::stale_affinity`]); returns how many.
+    fn prune_affinity(
+        &mut self,
+        touched: &BTreeMap<u32, BTreeSet<u32>>,
+        current: &Ruleset,
+    ) -> Result<usize>;
+    /// Replaces the rules of the `lb-firewall` chain with `rules` in one transaction.
+    fn set_firewall(&mut self, rules: &[Vec<Expr>]) -> Result<()>;
 }
 
 /// nf_tables over netlink. The table's fixed skeleton (sets, base chains, dispatch rules) is
@@ -43,6 +49,34 @@ impl Netlink {
             chains: None,
             skeleton_complete: false,
         })
+    }
+
+    /// Commits `msgs` in one batch, preceded by whatever of the skeleton is missing.
+    fn commit_with_skeleton(&mut self, msgs: Vec<Msg>) -> Result<()> {
+        if self.chains.is_none() {
+            self.read()?;
+        }
+        let mut batch = self.sock.batch(TABLE);
+        if !self.skeleton_complete {
+            let have = self.chains.clone().unwrap_or_default();
+            for m in render::skeleton(self.mark, &have) {
+                batch.push(m);
+            }
+        }
+        for m in msgs {
+            batch.push(m);
+        }
+        self.sock.commit(batch)?;
+        if !self.skeleton_complete {
+            self.skeleton_complete = true;
+            self.chains = Some(
+                render::chains(self.mark)
+                    .iter()
+                    .map(|c| c.name.clone())
+                    .collect(),
+            );
+        }
+        Ok(())
     }
 
     /// Deletes the whole table, if there is one.
@@ -101,41 +135,32 @@ impl Apply for Netlink {
     }
 
     fn apply(&mut self, ops: &[Op]) -> Result<()> {
-        if self.chains.is_none() {
-            self.read()?;
-        }
-        let mut batch = self.sock.batch(TABLE);
-        if !self.skeleton_complete {
-            let have = self.chains.clone().unwrap_or_default();
-            for m in render::skeleton(self.mark, &have) {
-                batch.push(m);
-            }
-        }
-        for m in render::messages(ops) {
-            batch.push(m);
-        }
-        self.sock.commit(batch)?;
-        if !self.skeleton_complete {
-            self.skeleton_complete = true;
-            self.chains = Some(
-                render::chains(self.mark)
-                    .iter()
-                    .map(|c| c.name.clone())
-                    .collect(),
-            );
-        }
-        Ok(())
+        self.commit_with_skeleton(render::messages(ops))
+    }
+
+    fn set_firewall(&mut self, rules: &[Vec<Expr>]) -> Result<()> {
+        let chain = || crate::external::FIREWALL.to_owned();
+        let mut msgs = vec![Msg::FlushChain { name: chain() }];
+        msgs.extend(rules.iter().map(|exprs| Msg::NewRule {
+            chain: chain(),
+            exprs: exprs.clone(),
+        }));
+        self.commit_with_skeleton(msgs)
     }
 
     fn delete_udp_flows(&mut self, endpoints: &BTreeSet<SocketAddrV4>) -> Result<usize> {
         crate::conntrack::delete_udp_flows(&mut self.sock, endpoints)
     }
 
-    fn prune_affinity(&mut self, ids: &BTreeSet<u32>, current: &Ruleset) -> Result<usize> {
+    fn prune_affinity(
+        &mut self,
+        touched: &BTreeMap<u32, BTreeSet<u32>>,
+        current: &Ruleset,
+    ) -> Result<usize> {
         let Some(elems) = self.sock.dump_elems(TABLE, render::AFFINITY)? else {
             return Ok(0);
         };
-        let stale = render::stale_affinity(&elems, ids, current);
+        let stale = render::stale_affinity(&elems, touched, current);
         if stale.is_empty() {
             return Ok(0);
         }
@@ -159,6 +184,8 @@ pub struct Fake {
     pub batches: Vec<Vec<Op>>,
     /// Every set of endpoints whose UDP flows were to be deleted.
     pub udp_flushes: Vec<BTreeSet<SocketAddrV4>>,
+    /// The `lb-firewall` rules last set.
+    pub firewall: Vec<Vec<Expr>>,
 }
 
 impl Apply for Fake {
@@ -179,8 +206,17 @@ impl Apply for Fake {
         Ok(0)
     }
 
-    fn prune_affinity(&mut self, _ids: &BTreeSet<u32>, _current: &Ruleset) -> Result<usize> {
+    fn prune_affinity(
+        &mut self,
+        _touched: &BTreeMap<u32, BTreeSet<u32>>,
+        _current: &Ruleset,
+    ) -> Result<usize> {
         // The packet path never runs here, so there are no affinity entries.
         Ok(0)
+    }
+
+    fn set_firewall(&mut self, rules: &[Vec<Expr>]) -> Result<()> {
+        self.firewall = rules.to_vec();
+        Ok(())
     }
 }

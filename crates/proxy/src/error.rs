@@ -27,6 +27,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("opening a netlink route socket")]
+    RouteSocket(#[source] std::io::Error),
+    #[error("rtnetlink: {op}")]
+    Route {
+        op: &'static str,
+        #[source]
+        source: rtnetlink::Error,
+    },
     #[error("the netlink thread is gone")]
     Thread,
     #[error("the {resource} cache stopped before it was ready")]

@@ -10,7 +10,7 @@
 //! `endpoints`. No anonymous sets, a fixed number of named ones each bound to few rules, and
 //! an endpoint change is element changes only.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::nft::RawExpr;
@@ -30,8 +30,9 @@ pub const NO_ENDPOINTS: &str = "no-endpoint-services";
 pub const NO_ENDPOINT_NODE_PORTS: &str = "no-endpoint-nodeports";
 pub const ENDPOINTS: &str = "endpoints";
 pub const HAIRPIN: &str = "hairpin";
-/// `saddr . id` -> endpoint, written by the packet path for ClientIP affinity.
-pub const AFFINITY: &str = "affinity";
+/// `saddr . id . slot`, written by the packet path for ClientIP affinity: this client of
+/// service port `id` sticks to the endpoint in `slot`.
+pub const AFFINITY: &str = "affinity-slots";
 
 /// The map and the chain of small service addresses with `n` endpoints.
 pub fn ip_map(n: u32) -> String {
@@ -148,12 +149,9 @@ pub fn sets() -> Vec<SetSpec> {
             dynamic: true,
             ..set(
                 AFFINITY,
-                8,
-                concat(T_IPV4, T_MARK),
-                SetData::Value {
-                    len: 8,
-                    ty: concat(T_IPV4, T_SERVICE),
-                },
+                12,
+                concat(concat(T_IPV4, T_MARK), T_MARK),
+                SetData::None,
             )
         },
     ];
@@ -304,6 +302,11 @@ pub fn chains(mark: u32) -> Vec<FixedChain> {
             rules: vec![masq_marked, masq_hairpin],
         },
         FixedChain {
+            name: crate::external::FIREWALL.into(),
+            base: base(Hook::Prerouting, -110, "filter"),
+            rules: Vec::new(),
+        },
+        FixedChain {
             name: "filter-input".into(),
             base: base(Hook::Input, 0, "filter"),
             rules: vec![jump("no-endpoints")],
@@ -379,68 +382,85 @@ fn load_proto_dport() -> Vec<Expr> {
     ]
 }
 
-/// A large or sticky service port's chain rules: `id . numgen random mod N` into r0 . r1,
-/// looked up in `endpoints` into r2 . r3, `dnat to r2:r3`. With affinity, a first rule
-/// reuses (and refreshes) the endpoint `affinity` holds for `saddr . id`, and the picking
-/// rule records its pick there. The kernel runs these as written, but `nft` 1.0.6 cannot
-/// print a `dynset` whose data came from a map lookup (it asserts in
-/// `netlink_parse_concat_expr`), so `nft list` fails while a sticky Service exists.
+/// A large or sticky service port's chain rules: `id . numgen random mod N` looked up in
+/// `endpoints`, `dnat` to the address and port found. With affinity (kube-proxy keeps a set
+/// per endpoint; here one shared set holds `saddr . id . slot`), a rule per slot first sends
+/// a client found in `affinity-slots` with that slot back to it, refreshing the entry, and
+/// the picking rule records its pick. Every key is built from a payload, an immediate or
+/// `numgen`, never from a map lookup's result, so `nft list` can print it (nft 1.0.6
+/// asserts in `netlink_parse_concat_expr` on lookup results inside concatenations).
 pub fn service_rules(c: &SvcChain) -> Vec<Vec<Expr>> {
-    let id = || Data::Value(c.id.to_ne_bytes().to_vec());
-    let dnat = Expr::Nat {
+    let imm = |reg: u32, v: u32| Expr::Immediate {
+        dreg: r(reg),
+        data: Data::Value(v.to_ne_bytes().to_vec()),
+    };
+    let dnat = || Expr::Nat {
         dnat: true,
         addr: r(2),
         port: Some(r(3)),
     };
-    let mut pick = vec![
-        Expr::Immediate {
-            dreg: r(0),
-            data: id(),
-        },
-        Expr::NumgenRandom {
-            dreg: r(1),
-            modulus: c.endpoints,
-        },
-        lookup(ENDPOINTS, Some(r(2))),
-    ];
     let Some(timeout) = c.affinity else {
-        pick.push(dnat);
-        return vec![pick];
+        return vec![vec![
+            imm(0, c.id),
+            Expr::NumgenRandom {
+                dreg: r(1),
+                modulus: c.endpoints,
+            },
+            lookup(ENDPOINTS, Some(r(2))),
+            dnat(),
+        ]];
     };
-    let client = || {
-        [
-            Expr::Payload {
-                base: Base::Network,
-                offset: 12,
-                len: 4,
-                dreg: r(4),
-            },
-            Expr::Immediate {
-                dreg: r(5),
-                data: id(),
-            },
-        ]
+    // saddr . id into r4 . r5; the slot into r6.
+    let client = || Expr::Payload {
+        base: Base::Network,
+        offset: 12,
+        len: 4,
+        dreg: r(4),
     };
     let remember = |update| Expr::Dynset {
         set: AFFINITY.into(),
         update,
         key: r(4),
-        data: Some(r(2)),
+        data: None,
         timeout_ms: u64::from(timeout) * 1000,
     };
-    let mut sticky: Vec<Expr> = client().into();
-    sticky.extend([
+    let mut rules: Vec<Vec<Expr>> = (0..c.endpoints)
+        .map(|slot| {
+            vec![
+                client(),
+                imm(5, c.id),
+                imm(6, slot),
+                Expr::Lookup {
+                    set: AFFINITY.into(),
+                    sreg: r(4),
+                    dreg: None,
+                },
+                remember(true),
+                Expr::Lookup {
+                    set: ENDPOINTS.into(),
+                    sreg: r(5),
+                    dreg: Some(r(2)),
+                },
+                dnat(),
+            ]
+        })
+        .collect();
+    rules.push(vec![
+        client(),
+        imm(5, c.id),
+        Expr::NumgenRandom {
+            dreg: r(6),
+            modulus: c.endpoints,
+        },
         Expr::Lookup {
-            set: AFFINITY.into(),
-            sreg: r(4),
+            set: ENDPOINTS.into(),
+            sreg: r(5),
             dreg: Some(r(2)),
         },
-        remember(true),
-        dnat.clone(),
+        remember(false),
+        dnat(),
     ]);
-    pick.extend(client());
-    pick.extend([remember(false), dnat]);
-    vec![sticky, pick]
+    rules
 }
 
 fn pad4(v: &mut Vec<u8>) {
@@ -695,31 +715,27 @@ pub fn read_chain(name: &str, rules: &[&[RawExpr]]) -> Option<SvcChain> {
     })
 }
 
-/// The `affinity` elements to delete: those of chains in `ids` whose endpoint `current` no
-/// longer lists for that chain (so a client does not stick to a removed endpoint).
-pub fn stale_affinity(elems: &[NftElem], ids: &BTreeSet<u32>, current: &Ruleset) -> Vec<NftElem> {
+/// The `affinity-slots` elements to delete: those of chains in `touched` (see
+/// [`crate::ruleset::affinity_touched`]) whose slot lost its endpoint, is past the chain's
+/// endpoint count, or whose chain is gone or no longer sticky (so a client does not stick
+/// to a removed endpoint, nor to whichever endpoint took its slot).
+pub fn stale_affinity(
+    elems: &[NftElem],
+    touched: &BTreeMap<u32, BTreeSet<u32>>,
+    current: &Ruleset,
+) -> Vec<NftElem> {
     elems
         .iter()
         .filter(|e| {
-            let Some(id) = u32_at(&e.key, 4) else {
+            let (Some(id), Some(slot)) = (u32_at(&e.key, 4), u32_at(&e.key, 8)) else {
                 return false;
             };
-            let Some(Data::Value(v)) = &e.data else {
+            let Some(slots) = touched.get(&id) else {
                 return false;
             };
-            let Some(ep) = addr_port_at(v) else {
-                return false;
-            };
-            ids.contains(&id)
-                && !current
-                    .chains
-                    .values()
-                    .find(|c| c.id == id)
-                    .is_some_and(|c| {
-                        c.affinity.is_some()
-                            && (0..c.endpoints)
-                                .any(|s| current.endpoints.get(&(id, s)) == Some(&ep))
-                    })
+            let chain = current.chains.values().find(|c| c.id == id);
+            slots.contains(&slot)
+                || !chain.is_some_and(|c| c.affinity.is_some() && slot < c.endpoints)
         })
         .map(|e| NftElem {
             key: e.key.clone(),
@@ -822,5 +838,90 @@ mod tests {
             .map(|i| Op::AddElem(Elem::Hairpin(Ipv4Addr::new(10, 0, 0, i))))
             .collect();
         assert_eq!(messages(&ops).len(), 1);
+    }
+
+    fn sticky(endpoints: u32) -> SvcChain {
+        SvcChain {
+            id: 7,
+            label: "ns/web/http".into(),
+            endpoints,
+            affinity: Some(60),
+        }
+    }
+
+    /// What `nft list` can print: no lookup or dynset key (or dynset data) reads a register
+    /// that a lookup wrote (nft 1.0.6 asserts on those inside concatenations).
+    #[test]
+    fn sticky_rules_never_key_on_a_lookup_result() {
+        let key_regs = |set: &str| {
+            sets()
+                .into_iter()
+                .find(|s| s.name == set)
+                .map(|s| s.key_len.div_ceil(4))
+                .expect("a declared set")
+        };
+        for c in [
+            sticky(1),
+            sticky(3),
+            SvcChain {
+                affinity: None,
+                ..sticky(20)
+            },
+        ] {
+            let rules = service_rules(&c);
+            assert_eq!(
+                rules.len(),
+                if c.affinity.is_some() {
+                    1 + c.endpoints as usize
+                } else {
+                    1
+                }
+            );
+            for rule in rules {
+                let mut from_lookup = BTreeSet::new();
+                for e in &rule {
+                    let reads: Vec<u32> = match e {
+                        Expr::Lookup { set, sreg, .. } | Expr::Dynset { set, key: sreg, .. } => {
+                            (0..key_regs(set)).map(|i| sreg.0 + i).collect()
+                        }
+                        _ => Vec::new(),
+                    };
+                    assert!(
+                        reads.iter().all(|reg| !from_lookup.contains(reg)),
+                        "{e:?} reads a lookup result in {c:?}"
+                    );
+                    if let Expr::Dynset { data, .. } = e {
+                        assert_eq!(*data, None);
+                    }
+                    if let Expr::Lookup { dreg: Some(d), .. } = e {
+                        from_lookup.extend([d.0, d.0 + 1]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stale_affinity_entries_are_those_of_lost_slots() {
+        let mut current = Ruleset::default();
+        let c = sticky(2);
+        current.chains.insert(c.name(), c);
+        let entry = |id: u32, slot: u32| {
+            let mut key = vec![10, 0, 0, 9];
+            key.extend(id.to_ne_bytes());
+            key.extend(slot.to_ne_bytes());
+            NftElem { key, data: None }
+        };
+        let elems = [
+            entry(7, 0),
+            entry(7, 1),
+            entry(7, 2),
+            entry(8, 0),
+            entry(9, 0),
+        ];
+        let touched = BTreeMap::from([(7, BTreeSet::from([1])), (8, BTreeSet::new())]);
+        let stale = stale_affinity(&elems, &touched, &current);
+        // Slot 1 lost its endpoint, slot 2 is past the count, chain 8 is gone; 9 untouched.
+        assert_eq!(stale, vec![entry(7, 1), entry(7, 2), entry(8, 0)]);
     }
 }

@@ -83,8 +83,9 @@ pub struct SvcChain {
     /// names, not `:`).
     pub label: String,
     pub endpoints: u32,
-    /// `sessionAffinity: ClientIP`'s timeout in seconds: the endpoint picked for a client
-    /// is kept in the `affinity` map (`saddr . id`) and reused while it is refreshed.
+    /// `sessionAffinity: ClientIP`'s timeout in seconds: the slot picked for a client is
+    /// kept in the `affinity-slots` set (`saddr . id . slot`) and reused while it is
+    /// refreshed; the chain then has a rule per slot before the picking one.
     pub affinity: Option<u32>,
 }
 
@@ -295,16 +296,23 @@ pub fn removed_udp_endpoints(ops: &[Op]) -> BTreeSet<SocketAddrV4> {
     removed.difference(&added).map(|(_, _, a)| *a).collect()
 }
 
-/// The chains whose ClientIP affinity entries may now be stale: those that lost an endpoint,
-/// were replaced (count or affinity changed) or deleted (their id may be reused).
-pub fn affinity_ids_touched(ops: &[Op]) -> BTreeSet<u32> {
-    ops.iter()
-        .filter_map(|op| match op {
-            Op::DelElem(Elem::Endpoint((id, _), _)) => Some(*id),
-            Op::DelChain(c) | Op::SetRule(c) => Some(c.id),
-            _ => None,
-        })
-        .collect()
+/// The chains whose ClientIP affinity entries may now be stale, each with the slots whose
+/// endpoint left: chains that lost or swapped an endpoint, were replaced (count or affinity
+/// changed) or deleted (their id may be reused).
+pub fn affinity_touched(ops: &[Op]) -> BTreeMap<u32, BTreeSet<u32>> {
+    let mut out: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+    for op in ops {
+        match op {
+            Op::DelElem(Elem::Endpoint((id, slot), _)) => {
+                out.entry(*id).or_default().insert(*slot);
+            }
+            Op::DelChain(c) | Op::SetRule(c) => {
+                out.entry(c.id).or_default();
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 fn map_diff<K: Ord, V: PartialEq>(

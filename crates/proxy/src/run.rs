@@ -19,8 +19,10 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::{Apply, Netlink};
 use crate::desired::{Node, desired};
 use crate::error::{Error, Result};
+use crate::external::{self, Exposure};
+use crate::health::{self, Health};
 use crate::metrics::Metrics;
-use crate::ruleset::{Op, Ruleset, affinity_ids_touched, diff, removed_udp_endpoints};
+use crate::ruleset::{Op, Ruleset, affinity_touched, diff, removed_udp_endpoints};
 use crate::tracker::{self, ServiceKey, Tracker};
 
 /// How the proxy runs on one node.
@@ -61,6 +63,12 @@ impl Config {
 /// namespace. Returns whether there was anything to delete.
 pub fn cleanup() -> Result<bool> {
     Netlink::open(0)?.delete_table()
+}
+
+/// Deletes the proxy's local routes (LoadBalancer and external IPs) in the calling task's
+/// network namespace. Returns how many there were.
+pub async fn cleanup_routes() -> Result<usize> {
+    external::remove_routes(&external::connect()?).await
 }
 
 /// What the blocking side owns between syncs.
@@ -161,23 +169,69 @@ async fn sync_loop(
     let node = Node {
         name: config.node_name.clone(),
     };
+    let route = external::connect()?;
+    // What `lb-firewall` and the proxy's local routes hold; `None` until written once by this process.
+    let mut exposed = Exposed::default();
+    let mut health = Health::default();
     loop {
         let changed = std::mem::take(&mut *dirty.lock().map_err(|_| Error::Thread)?);
         let svcs = services.state();
         let sls = slices.state();
+        let want = external::exposure(svcs.iter().map(AsRef::as_ref));
+        let checks = health::checks(
+            svcs.iter().map(AsRef::as_ref),
+            sls.iter().map(AsRef::as_ref),
+            &node,
+        );
+        let firewall = (exposed.firewall.as_ref() != Some(&want.firewall))
+            .then(|| external::firewall_rules(&want.firewall));
         let node = node.clone();
         let metrics = config.metrics.clone();
-        let (k, outcome) =
-            blocking(move || Ok(sync_once(kernel, changed, &svcs, &sls, &node, &metrics))).await?;
+        let (k, outcome, fw) = blocking(move || {
+            let (mut k, outcome) = sync_once(kernel, changed, &svcs, &sls, &node, &metrics);
+            let fw = match (&outcome, firewall) {
+                (Ok(()), Some(rules)) => Some(k.nl.set_firewall(&rules)),
+                _ => None,
+            };
+            Ok((k, outcome, fw))
+        })
+        .await?;
         kernel = k;
         if let Err(e) = outcome {
             tracing::error!(error = %e, "sync failed; re-reading the kernel and retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
+        exposed.update(&route, want, fw).await;
+        health.update(checks).await;
         wake.notified().await;
         // Coalesce a burst of events into one sync.
         tokio::time::sleep(config.min_sync_interval).await;
+    }
+}
+
+/// What this process last wrote of an [`Exposure`].
+#[derive(Default)]
+struct Exposed {
+    firewall: Option<std::collections::BTreeMap<crate::ruleset::IpKey, Vec<external::Prefix>>>,
+    addresses: Option<BTreeSet<std::net::Ipv4Addr>>,
+}
+
+impl Exposed {
+    /// Notes the firewall result `fw` (if it was written) and brings the proxy's local routes
+    /// to `want`'s addresses. Failures are logged and retried at the next sync.
+    async fn update(&mut self, route: &rtnetlink::Handle, want: Exposure, fw: Option<Result<()>>) {
+        match fw {
+            Some(Ok(())) => self.firewall = Some(want.firewall),
+            Some(Err(e)) => tracing::warn!(error = %e, "writing loadBalancerSourceRanges failed"),
+            None => {}
+        }
+        if self.addresses.as_ref() != Some(&want.addresses) {
+            match external::sync_addresses(route, &want.addresses).await {
+                Ok(()) => self.addresses = Some(want.addresses),
+                Err(e) => tracing::warn!(error = %e, "updating the LoadBalancer IP routes failed"),
+            }
+        }
     }
 }
 
@@ -256,7 +310,7 @@ fn sync_once<A: Apply>(
 /// which are gone. Failures are logged; the next change retries nothing (entries also
 /// time out).
 fn forget_removed<A: Apply>(k: &mut Kernel<A>, ops: &[Op]) {
-    let sticky = affinity_ids_touched(ops);
+    let sticky = affinity_touched(ops);
     if !sticky.is_empty()
         && let Err(e) = k.nl.prune_affinity(&sticky, &k.current)
     {

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use berth_proxy::ruleset::{Op, affinity_ids_touched, removed_udp_endpoints};
+use berth_proxy::ruleset::{Op, affinity_touched, removed_udp_endpoints};
 use berth_proxy::{Apply, Netlink, Node, Ruleset, desired, diff};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -86,7 +86,7 @@ fn sync_with(
         nl.apply(&ops).expect("test step");
         nl.delete_udp_flows(&removed_udp_endpoints(&ops))
             .expect("test step");
-        nl.prune_affinity(&affinity_ids_touched(&ops), &want)
+        nl.prune_affinity(&affinity_touched(&ops), &want)
             .expect("test step");
         (ops, want)
     })
@@ -185,6 +185,9 @@ fn services_through_the_kernel() {
     let stuck = answers(&pods[0], "10.96.0.54:80", 20, 2);
     assert_eq!(stuck.len(), 1, "{stuck:?}");
     assert!(!stuck.contains(&first), "{stuck:?} still has {first}");
+    // With a sticky Service and affinity entries in place, nft still prints the table.
+    let listing = nft_list(&node);
+    assert!(listing.contains("update @affinity-slots"), "{listing}");
     sync(&node, &PODS);
 
     // No endpoints: refused at once, from a pod, from the node, and on the NodePort.

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use berth_testkit::{Cluster, eventually};
+use berth_testkit::{Cluster, NODE_IP, NODE_LINK, OUTSIDE_IP, eventually};
 
 fn start() -> Cluster {
     let c = Cluster::start_on_node(std::path::Path::new(env!("CARGO_BIN_EXE_berth")), &[]);
@@ -174,4 +174,340 @@ fn services_are_found_by_name_through_the_cluster_dns() {
     // Over TCP too (through the proxy's TCP rule to the same server).
     let tcp = in_pod(&c, "dig +tcp +short web.default.svc.cluster.local");
     assert_eq!(tcp.trim(), ip);
+}
+
+/// The text of one curl from the outside netns (empty if it failed).
+fn curl_outside(c: &Cluster, url: &str) -> String {
+    let node = c.node().expect("a node cluster");
+    let out = node.outside_exec(&["curl", "-s", "--max-time", "1", url]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// whoami's `RemoteAddr:` line, without the port.
+fn remote_ip(body: &str) -> Option<String> {
+    let addr = body.lines().find_map(|l| l.strip_prefix("RemoteAddr: "))?;
+    Some(addr.rsplit_once(':')?.0.to_owned())
+}
+
+#[test]
+fn load_balancer_ips_answer_the_lan_within_their_source_ranges() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_berth"));
+    let mut c = Cluster::start_on_node(bin, &["--lb-pool=192.168.231.100-192.168.231.110"]);
+    c.wait_node_ready();
+    whoami(&c, "web", 2);
+    c.ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--name=web-lb",
+        "--type=LoadBalancer",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    let ip = eventually("an EXTERNAL-IP for web-lb", || {
+        let ip = c.ok(&[
+            "get",
+            "svc",
+            "web-lb",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ]);
+        (!ip.is_empty()).then_some(ip)
+    });
+    let node = c.node().expect("a node cluster");
+    // A LAN host in the node's layer-2 segment has the pool on-link: it ARPs for the IP.
+    let route = node.outside_exec(&["ip", "route", "add", "192.168.231.96/28", "dev", NODE_LINK]);
+    assert!(route.status.success(), "{route:?}");
+    let url = format!("http://{ip}:80/");
+    eventually("the LoadBalancer IP from outside", || {
+        curl_outside(&c, &url)
+            .contains("Hostname: web-")
+            .then_some(())
+    });
+    // The node holds the IP as a local route of the proxy's (protocol 202).
+    let local = |ip: &str| {
+        let out = node.exec(&["ip", "route", "show", "table", "local", "proto", "202"]);
+        String::from_utf8_lossy(&out.stdout).contains(&format!("local {ip} "))
+    };
+    assert!(local(&ip));
+    // Source ranges that leave the outside host out drop it; one that holds it lets it in.
+    c.ok(&[
+        "patch",
+        "svc",
+        "web-lb",
+        "-p",
+        r#"{"spec":{"loadBalancerSourceRanges":["10.0.0.0/8"]}}"#,
+    ]);
+    eventually("the outside host to be dropped", || {
+        curl_outside(&c, &url).is_empty().then_some(())
+    });
+    c.ok(&[
+        "patch",
+        "svc",
+        "web-lb",
+        "-p",
+        r#"{"spec":{"loadBalancerSourceRanges":["10.0.0.0/8","192.168.231.0/30"]}}"#,
+    ]);
+    eventually("the outside host to be let in again", || {
+        curl_outside(&c, &url)
+            .contains("Hostname: web-")
+            .then_some(())
+    });
+    // Deleting the Service takes its address off the node.
+    c.ok(&["delete", "svc", "web-lb"]);
+    eventually("the route to go", || (!local(&ip)).then_some(()));
+    c.ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--name=web-lb2",
+        "--type=LoadBalancer",
+        "--port=80",
+    ]);
+    let ip2 = eventually("another EXTERNAL-IP", || {
+        let ip = c.ok(&[
+            "get",
+            "svc",
+            "web-lb2",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ]);
+        (!ip.is_empty()).then_some(ip)
+    });
+    eventually("the route of web-lb2", || local(&ip2).then_some(()));
+    // `berth proxy --cleanup` (with the server stopped) leaves no table and no route behind.
+    c.stop();
+    let node = c.node().expect("a node cluster");
+    let bin = bin.to_str().expect("a UTF-8 path");
+    let out = node.exec(&[bin, "proxy", "--cleanup"]);
+    assert!(out.status.success(), "{out:?}");
+    let tables = node.exec(&["nft", "list", "tables"]);
+    assert!(
+        !String::from_utf8_lossy(&tables.stdout).contains("berth"),
+        "{tables:?}"
+    );
+    let routes = node.exec(&["ip", "route", "show", "table", "local", "proto", "202"]);
+    assert!(
+        String::from_utf8_lossy(&routes.stdout).trim().is_empty(),
+        "{routes:?}"
+    );
+}
+
+#[test]
+fn client_ip_affinity_sticks_and_lets_go() {
+    let c = start();
+    let ip = whoami(&c, "web", 3);
+    client_pod(&c);
+    let url = format!("http://{ip}/");
+    c.ok(&[
+        "patch",
+        "svc",
+        "web",
+        "-p",
+        r#"{"spec":{"sessionAffinity":"ClientIP"}}"#,
+    ]);
+    eventually("20 requests to stick to one pod", || {
+        let text = in_pod(&c, &curl_loop(&url, 20));
+        let answers = text.matches("Hostname: ").count();
+        (answers == 20 && hostnames(&text).len() == 1).then_some(())
+    });
+    // nft can print the table while a sticky Service and its affinity entries exist.
+    let node = c.node().expect("a node cluster");
+    let listing = node.exec(&["nft", "list", "table", "ip", "berth"]);
+    assert!(listing.status.success(), "{listing:?}");
+    assert!(
+        String::from_utf8_lossy(&listing.stdout).contains("update @affinity-slots"),
+        "{listing:?}"
+    );
+    c.ok(&[
+        "patch",
+        "svc",
+        "web",
+        "-p",
+        r#"{"spec":{"sessionAffinity":"None","sessionAffinityConfig":null}}"#,
+    ]);
+    eventually("requests to spread again", || {
+        (hostnames(&in_pod(&c, &curl_loop(&url, 20))).len() > 1).then_some(())
+    });
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_the_client_address_and_answers_health_checks() {
+    let c = start();
+    whoami(&c, "web", 1);
+    // The same pod behind a Cluster NodePort and a Local LoadBalancer.
+    let node_port = |svc: &str, policy: &str, kind: &str| {
+        c.apply(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {svc}\nspec:\n  type: {kind}\n  externalTrafficPolicy: {policy}\n  selector:\n    app: web\n  ports:\n  - port: 80\n    targetPort: 8080\n"
+        ));
+        let port = c.ok(&[
+            "get",
+            "svc",
+            svc,
+            "-o",
+            "jsonpath={.spec.ports[0].nodePort}",
+        ]);
+        format!("http://{NODE_IP}:{port}/")
+    };
+    let cluster = node_port("web-cluster", "Cluster", "NodePort");
+    let local = node_port("web-local", "Local", "LoadBalancer");
+    // Cluster: masqueraded, the pod sees the node.
+    let seen = eventually("the Cluster NodePort from outside", || {
+        remote_ip(&curl_outside(&c, &cluster))
+    });
+    assert_ne!(seen, OUTSIDE_IP);
+    eventually("whoami to see the outside client", || {
+        (remote_ip(&curl_outside(&c, &local)).as_deref() == Some(OUTSIDE_IP)).then_some(())
+    });
+    // The healthCheckNodePort says whether this node has local endpoints, as kube-proxy's.
+    let hc = c.ok(&[
+        "get",
+        "svc",
+        "web-local",
+        "-o",
+        "jsonpath={.spec.healthCheckNodePort}",
+    ]);
+    let health = format!("http://{NODE_IP}:{hc}/");
+    let node = c.node().expect("a node cluster");
+    let probe = || {
+        let out = node.outside_exec(&[
+            "curl",
+            "-s",
+            "--max-time",
+            "1",
+            "-w",
+            "\n%{http_code}",
+            &health,
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually("the health check to pass", || {
+        let text = probe();
+        (text.ends_with("\n200") && text.contains("\"localEndpoints\": 1")).then_some(())
+    });
+    c.ok(&["scale", "deployment", "web", "--replicas=0"]);
+    eventually("the health check to fail", || {
+        let text = probe();
+        (text.ends_with("\n503") && text.contains("\"localEndpoints\": 0")).then_some(())
+    });
+}
+
+#[test]
+fn a_selector_switch_moves_traffic_from_blue_to_green() {
+    let c = start();
+    whoami(&c, "blue", 2);
+    whoami(&c, "green", 2);
+    c.apply("apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: blue\n  ports:\n  - port: 80\n    targetPort: 8080\n");
+    let ip = c.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    client_pod(&c);
+    let url = format!("http://{ip}/");
+    let colours = |text: &str| -> BTreeSet<String> {
+        hostnames(text)
+            .iter()
+            .filter_map(|h| h.split('-').next().map(str::to_owned))
+            .collect()
+    };
+    eventually("blue pods behind web", || {
+        (colours(&in_pod(&c, &curl_loop(&url, 10))) == BTreeSet::from(["blue".to_owned()]))
+            .then_some(())
+    });
+    c.ok(&[
+        "patch",
+        "svc",
+        "web",
+        "-p",
+        r#"{"spec":{"selector":{"app":"green"}}}"#,
+    ]);
+    eventually("only green pods behind web", || {
+        (colours(&in_pod(&c, &curl_loop(&url, 10))) == BTreeSet::from(["green".to_owned()]))
+            .then_some(())
+    });
+}
+
+/// A UDP server on :9000 answering every datagram with its host name.
+const UDP_SERVER: &str = "import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('0.0.0.0', 9000))
+name = socket.gethostname().encode()
+while True:
+    _, peer = s.recvfrom(512)
+    s.sendto(name, peer)
+";
+
+/// Sends argv[2] datagrams to argv[1]:9000 from the fixed port 40000 (one conntrack flow),
+/// printing each answer or `timeout`.
+const UDP_CLIENT: &str = "import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('', 40000))
+s.settimeout(0.5)
+for _ in range(int(sys.argv[2])):
+    s.sendto(b'hi', (sys.argv[1], 9000))
+    try:
+        print(s.recv(512).decode())
+    except socket.timeout:
+        print('timeout')
+";
+
+fn udp_server_pod(c: &Cluster, name: &str) {
+    let script: String = UDP_SERVER.lines().map(|l| format!("      {l}\n")).collect();
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    app: udp\nspec:\n  containers:\n  - name: c\n    image: busybox\n    command:\n    - /usr/bin/python3\n    - -c\n    - |\n{script}"
+    ));
+}
+
+#[test]
+fn udp_through_a_cluster_ip_leaves_a_deleted_pod_behind() {
+    let c = start();
+    udp_server_pod(&c, "udp-a");
+    udp_server_pod(&c, "udp-b");
+    c.apply("apiVersion: v1\nkind: Service\nmetadata:\n  name: udp\nspec:\n  selector:\n    app: udp\n  ports:\n  - port: 9000\n    protocol: UDP\n");
+    let endpoints = || {
+        c.ok(&[
+            "get",
+            "endpoints",
+            "udp",
+            "-o",
+            "jsonpath={.subsets[*].addresses[*].ip}",
+        ])
+        .split_whitespace()
+        .count()
+    };
+    eventually("2 ready endpoints of udp", || {
+        (endpoints() == 2).then_some(())
+    });
+    let ip = c.ok(&["get", "svc", "udp", "-o", "jsonpath={.spec.clusterIP}"]);
+    client_pod(&c);
+    let ask = |n: &str| {
+        let out = c.kubectl(&[
+            "exec",
+            "client",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            UDP_CLIENT,
+            &ip,
+            n,
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    // One flow sticks to one pod.
+    let first = eventually("answers over UDP", || {
+        let answers = ask("3");
+        let pods: BTreeSet<&String> = answers.iter().collect();
+        (pods.len() == 1 && answers[0].starts_with("udp-")).then(|| answers[0].clone())
+    });
+    let other = if first == "udp-a" { "udp-b" } else { "udp-a" };
+    c.ok(&["delete", "pod", &first, "--grace-period=1"]);
+    eventually("one endpoint of udp", || (endpoints() == 1).then_some(()));
+    // The same flow's conntrack entry was deleted, so it reaches the other pod (without the
+    // deletion the flow would keep its DNAT to the dead pod for as long as it is used).
+    let t = Instant::now();
+    eventually("the flow to reach the other pod", || {
+        (ask("3") == vec![other.to_owned(); 3]).then_some(())
+    });
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
