@@ -511,3 +511,72 @@ fn udp_through_a_cluster_ip_leaves_a_deleted_pod_behind() {
     });
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
+
+/// `berth proxy` on its own beside a server and agent: killed with SIGKILL under a steady loop
+/// of fresh connections and started again, it drops no request, because its table stays in the
+/// kernel and the new process reads it and diffs instead of flushing.
+#[test]
+fn proxy_killed_and_restarted_under_load_drops_no_request() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_berth"));
+    let c = Cluster::start_on_node_without_agent(bin, &[]);
+    let _agent = c.start_agent(&[]);
+    c.wait_node_ready();
+    let node = c.node().expect("a node cluster");
+    let start_proxy = |n: u32| {
+        let mut cmd = node.command(bin);
+        cmd.arg("proxy")
+            .arg(format!("--kubeconfig={}", c.kubeconfig.display()))
+            .arg("--hostname-override=node-1");
+        berth_testkit::Process::start("berth proxy", cmd, &c.dir().join(format!("proxy-{n}.log")))
+    };
+    let mut proxy = start_proxy(1);
+    let ip = whoami(&c, "web", 2);
+    let url = format!("http://{ip}/");
+    eventually("the ClusterIP to answer", || {
+        let out = node.exec(&["curl", "-s", "--max-time", "2", &url]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("Hostname: web-")
+            .then_some(())
+    });
+    // Fresh connections one after another from the node, each a new conntrack entry.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looping = {
+        let (stop, ns, url) = (stop.clone(), node.name().to_owned(), url.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = std::process::Command::new("ip")
+                    .args(["netns", "exec", &ns, "curl", "-s", "--max-time", "2", &url])
+                    .output()
+                    .expect("curl");
+                let body = String::from_utf8_lossy(&out.stdout).into_owned();
+                if body.contains("Hostname: web-") {
+                    ok += 1;
+                } else {
+                    failed.push(format!("{:?} {body:?}", out.status.code()));
+                }
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = proxy.pid().expect("proxy pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    std::thread::sleep(Duration::from_millis(500));
+    proxy = start_proxy(2);
+    std::thread::sleep(Duration::from_millis(1500));
+    proxy.assert_running();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = looping.join().expect("request loop");
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {failed:?}",
+        failed.len(),
+        ok + failed.len()
+    );
+    assert!(ok >= 5, "only {ok} requests in 2.5 s");
+}
