@@ -140,23 +140,24 @@ pub(crate) fn desired_with<'a>(
     out
 }
 
+/// The namespace and name of the Service a slice belongs to (its service-name label).
+pub(crate) fn slice_service(s: &EndpointSlice) -> Option<(&str, &str)> {
+    let ns = s.metadata.namespace.as_deref()?;
+    let svc = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some((ns, svc.as_str()))
+}
+
 /// IPv4 EndpointSlices by the Service they name.
 fn slices_by_service<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
 ) -> BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSlice>> {
     let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
     for s in slices {
-        let (Some(ns), Some(svc)) = (
-            s.metadata.namespace.as_deref(),
-            s.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL)),
-        ) else {
+        let Some(key) = slice_service(s) else {
             continue;
         };
         if s.address_type == "IPv4" {
-            by_service.entry((ns, svc.as_str())).or_default().push(s);
+            by_service.entry(key).or_default().push(s);
         }
     }
     by_service

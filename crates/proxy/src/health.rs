@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::desired::{Node, SERVICE_NAME_LABEL};
+use crate::desired::{Node, slice_service};
 
 /// What one health check port reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,23 +57,17 @@ pub fn checks<'a>(
     }
     let mut local: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
     for s in slices {
-        let (Some(ns), Some(svc)) = (
-            s.metadata.namespace.as_deref(),
-            s.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL)),
-        ) else {
+        let Some((ns, svc)) = slice_service(s) else {
             continue;
         };
-        if !wanted.contains_key(&(ns, svc.as_str())) {
+        if !wanted.contains_key(&(ns, svc)) {
             continue;
         }
         let here = s.endpoints.iter().filter(|e| {
             e.node_name.as_deref() == Some(node.name.as_str())
                 && e.conditions.as_ref().and_then(|c| c.ready) != Some(false)
         });
-        let entry = local.entry((ns, svc.as_str())).or_default();
+        let entry = local.entry((ns, svc)).or_default();
         entry.extend(here.flat_map(|e| e.addresses.iter().map(String::as_str)));
     }
     wanted
