@@ -40,6 +40,9 @@ pub struct Config {
     pub kubelet_port: u16,
     /// PEM of the CA whose client certificates the agent's server accepts (the cluster CA).
     pub client_ca: String,
+    /// Set once the first the Node is registered, the bridge is up and the caches have listed; `berth server` prints "ready" and `/readyz` passes only
+    /// after every part of the node has set its own.
+    pub synced: std::sync::Arc<tokio::sync::SetOnce<()>>,
 }
 
 /// Runs the agent until `shutdown`; on the way out, every pod it started is stopped.
@@ -89,6 +92,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         r = services.wait_until_ready() => if r.is_err() { return Ok(()) },
         _ = shutdown.cancelled() => return Ok(()),
     }
+    let _ = config.synced.set(());
     let (recorder, events_task) =
         crate::events::Recorder::start(client.clone(), config.node_name.clone());
     let shared = Arc::new(Shared {

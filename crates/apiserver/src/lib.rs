@@ -48,6 +48,15 @@ pub struct Config {
     pub service_node_port_range: RangeInclusive<u16>,
     /// Largest request body accepted (kube-apiserver: 3 MiB).
     pub max_body_bytes: usize,
+    /// The address pods and nodes reach the API server at (kube-apiserver's
+    /// `--advertise-address`): the `kubernetes` Endpoints hold it and the serving certificate
+    /// names it. Default: the bind address (127.0.0.1 for an unspecified one).
+    pub advertise_address: Option<std::net::IpAddr>,
+    /// More addresses to listen on, at the port `bind` got.
+    pub also_listen: Vec<std::net::IpAddr>,
+    /// Parts of the cluster `/readyz` waits for, by name, besides the store: each is ready
+    /// once its `SetOnce` is set.
+    pub readiness: Vec<(String, std::sync::Arc<tokio::sync::SetOnce<()>>)>,
 }
 
 impl Config {
@@ -60,6 +69,9 @@ impl Config {
                 .unwrap_or_default(),
             service_node_port_range: 30000..=32767,
             max_body_bytes: 3 * 1024 * 1024,
+            advertise_address: None,
+            also_listen: Vec::new(),
+            readiness: Vec::new(),
         }
     }
 }

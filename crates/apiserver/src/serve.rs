@@ -102,6 +102,18 @@ pub async fn run(
         addr.ip().to_string()
     };
     let url = format!("{scheme}://{host}:{}", addr.port());
+    let mut extra = Vec::new();
+    for ip in &config.also_listen {
+        let at = SocketAddr::new(*ip, addr.port());
+        extra.push(
+            tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|source| ServeError::Bind { addr: at, source })?,
+        );
+    }
+    let advertised = config
+        .advertise_address
+        .map_or_else(|| host.clone(), |ip| ip.to_string());
 
     let mut names = vec![
         "localhost".to_owned(),
@@ -114,9 +126,9 @@ pub async fn run(
     ];
     let first_ip =
         std::net::Ipv4Addr::from(u32::from(config.service_cluster_ip_range.network()) + 1);
-    for extra in [host.clone(), first_ip.to_string()] {
-        if !names.contains(&extra) {
-            names.push(extra);
+    for name in [host.clone(), advertised.clone(), first_ip.to_string()] {
+        if !names.contains(&name) {
+            names.push(name);
         }
     }
     let pki = pki::ensure(&config.data_dir.join("pki"), &names)?;
@@ -137,7 +149,7 @@ pub async fn run(
         insecure_tls: Arc::new(pki::proxy_client_config()?),
     });
     restore_allocations(&srv).await?;
-    bootstrap(&srv, addr, first_ip).await?;
+    bootstrap(&srv, &advertised, addr.port(), first_ip).await?;
 
     let app = axum::Router::new()
         .fallback(dispatch)
@@ -154,9 +166,23 @@ pub async fn run(
         url,
         kubeconfig,
     });
+    for listener in extra {
+        tokio::spawn(accept_loop(listener, app.clone(), tls.clone(), shutdown.clone()));
+    }
+    accept_loop(listener, app, tls, shutdown).await;
+    Ok(())
+}
+
+/// Accepts and serves connections on `listener` until `shutdown`.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -397,28 +423,38 @@ async fn route(srv: Arc<Server>, req: Request) -> Result<Response, ApiError> {
 
 /// `/healthz` and `/readyz` as kube-apiserver answers them: `ok`, or with `?verbose` one line
 /// per check; a failing check (the store cannot take writes: a full disk, etcd down) makes it
-/// 500 with `[-]store failed: reason withheld`, the reason going to the log.
+/// 500 with `[-]store failed: reason withheld`, the reason going to the log. `/readyz` also
+/// waits for the parts in `Config::readiness` (controllers, the node's agent, proxy, DNS).
 async fn health(srv: &Server, what: &str, verbose: bool) -> Response {
     let store = srv.store.check().await;
     if let Err(e) = &store {
         tracing::warn!(error = %e, check = what, "store check failed");
     }
-    let lines = format!(
-        "[+]ping ok\n{}\n",
-        if store.is_ok() {
-            "[+]store ok"
-        } else {
-            "[-]store failed: reason withheld"
-        }
-    );
-    match store {
-        Ok(()) if !verbose => (StatusCode::OK, "ok").into_response(),
-        Ok(()) => (StatusCode::OK, format!("{lines}{what} check passed\n")).into_response(),
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{lines}{what} check failed\n"),
-        )
-            .into_response(),
+    let mut checks = vec![("ping", true), ("store", store.is_ok())];
+    if what == "readyz" {
+        checks.extend(
+            srv.config
+                .readiness
+                .iter()
+                .map(|(name, ready)| (name.as_str(), ready.initialized())),
+        );
+    }
+    let passed = checks.iter().all(|(_, ok)| *ok);
+    let mut lines: String = checks
+        .iter()
+        .map(|(name, ok)| match ok {
+            true => format!("[+]{name} ok\n"),
+            false => format!("[-]{name} failed: reason withheld\n"),
+        })
+        .collect();
+    lines.push_str(&format!(
+        "{what} check {}\n",
+        if passed { "passed" } else { "failed" }
+    ));
+    match passed {
+        true if !verbose => (StatusCode::OK, "ok").into_response(),
+        true => (StatusCode::OK, lines).into_response(),
+        false => (StatusCode::INTERNAL_SERVER_ERROR, lines).into_response(),
     }
 }
 
@@ -573,7 +609,8 @@ async fn ensure(
 /// The namespaces and the `kubernetes` Service every cluster has.
 async fn bootstrap(
     srv: &Server,
-    addr: SocketAddr,
+    ip: &str,
+    port: u16,
     first_ip: std::net::Ipv4Addr,
 ) -> Result<(), ApiError> {
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -590,35 +627,45 @@ async fn bootstrap(
     ensure(srv, "", "Service", Some("default"), json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
-        "spec": {"clusterIP": first_ip.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": addr.port()}], "sessionAffinity": "None"},
+        "spec": {"clusterIP": first_ip.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}], "sessionAffinity": "None"},
     }))
     .await?;
-    let ip = if addr.ip().is_unspecified() {
-        "127.0.0.1".to_owned()
-    } else {
-        addr.ip().to_string()
-    };
-    let subsets = json!([{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": addr.port(), "protocol": "TCP"}]}]);
+    let subsets = json!([{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]);
     ensure(srv, "", "Endpoints", Some("default"), json!({
         "apiVersion": "v1", "kind": "Endpoints",
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
         "subsets": subsets.clone(),
     }))
     .await?;
+    let endpoints = json!([{"addresses": [ip], "conditions": {"ready": true}}]);
+    let ports = json!([{"name": "https", "port": port, "protocol": "TCP"}]);
+    ensure(srv, "discovery.k8s.io", "EndpointSlice", Some("default"), json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": "IPv4", "endpoints": endpoints.clone(), "ports": ports.clone(),
+    }))
+    .await?;
     // Like kube-apiserver's endpoint reconciler: the address may change between starts.
     reconcile(srv, "Endpoints", "/subsets", subsets).await?;
+    reconcile(srv, "EndpointSlice", "/endpoints", endpoints).await?;
+    reconcile(srv, "EndpointSlice", "/ports", ports).await?;
     reconcile(
         srv,
         "Service",
         "/spec/ports/0/targetPort",
-        json!(addr.port()),
+        json!(port),
     )
     .await
 }
 
 /// Sets `pointer` of `default/kubernetes` of `kind` to `value` if it differs.
 async fn reconcile(srv: &Server, kind: &str, pointer: &str, value: Value) -> Result<(), ApiError> {
-    let r = resources::by_kind("", kind)
+    let group = if kind == "EndpointSlice" {
+        "discovery.k8s.io"
+    } else {
+        ""
+    };
+    let r = resources::by_kind(group, kind)
         .ok_or_else(|| ApiError::Internal(format!("{kind} not registered")))?;
     let key = crate::meta::object_key(r, Some("default"), "kubernetes");
     let Some(kv) = srv.store.get(&key).await? else {

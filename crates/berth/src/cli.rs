@@ -17,8 +17,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
-    /// Run the API server (with its embedded store unless --store names etcd).
+    /// Run a whole single-node cluster: the API server (with its embedded store unless
+    /// --store names etcd), the controllers, and a node (agent, service proxy, cluster DNS) in
+    /// a network namespace of its own joined to this one, with routes so this machine reaches
+    /// ClusterIPs, pod IPs, LoadBalancer IPs and node ports. Needs root for the node;
+    /// `--no-node` runs only the API server and controllers. Ctrl-C stops the pods and
+    /// removes the namespace, links, routes and nftables tables it made.
     Server(ServerArgs),
+    /// Remove what a `berth server` that was killed left on this machine: its pods' and its
+    /// node's network namespaces, the veth and the host routes to the node, and berth's
+    /// nftables table on the host. Use the same --data-dir and --node-netns as the server.
+    Cleanup(CleanupArgs),
     /// Run only the node agent, against the API server the kubeconfig names (a berth server
     /// or any Kubernetes cluster): it registers the node and runs the pods bound to it. Start
     /// it inside the node's network namespace: it makes bridge `berth0` and the pods'
@@ -125,7 +134,8 @@ pub struct ServerArgs {
     pub insecure_http: bool,
 
     /// Addresses LoadBalancer Services get their external IP from, as ranges (FIRST-LAST) or
-    /// CIDRs, comma-separated or repeated. Without a pool they stay `<pending>`.
+    /// CIDRs, comma-separated or repeated. Default: 10.201.1.0/24 when the node has its own
+    /// namespace (routed from this machine), else none; without a pool they stay `<pending>`.
     #[arg(long = "lb-pool", value_delimiter = ',')]
     pub lb_pool: Vec<berth_controllers::lb_pool::Range>,
 
@@ -133,14 +143,38 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = berth_controllers::DEFAULT_MAX_ENDPOINTS_PER_SLICE)]
     pub max_endpoints_per_slice: usize,
 
-    /// Also run this node: the node agent (pods bound to this node run as processes, each in
-    /// its own network namespace on bridge `berth0`), the service proxy (nftables table `ip
-    /// berth`) and the cluster DNS (port 53, behind Service kube-system/kube-dns at
-    /// --cluster-dns). Start berth inside a network namespace of its own when you use this:
-    /// they program the one they run in. The agent's state goes to DATA_DIR/agent. (`berth
-    /// agent`, `berth proxy` and `berth dns` run the same parts on their own.)
+    /// The node's name. The node is the node agent (pods bound to it run as processes, each
+    /// in its own network namespace on bridge `berth0`), the service proxy (nftables table
+    /// `ip berth`) and the cluster DNS (port 53, behind Service kube-system/kube-dns at
+    /// --cluster-dns); its state goes to DATA_DIR/agent. (`berth agent`, `berth proxy` and
+    /// `berth dns` run the same parts on their own.) Default: this machine's host name,
+    /// lowercased.
     #[arg(long = "node")]
     pub node: Option<String>,
+
+    /// Run no node: only the API server and the controllers (pods stay Pending until an
+    /// agent registers a node).
+    #[arg(long, conflicts_with_all = ["node", "node_netns"])]
+    pub no_node: bool,
+
+    /// The network namespace the node runs in, made at start (`/run/netns/NAME`) and removed
+    /// at stop. `current` runs the node in the namespace berth was started in instead, as
+    /// k3s does, programming that namespace's nftables and routes (for a dedicated machine,
+    /// or a namespace you made).
+    #[arg(long, default_value = "berth")]
+    pub node_netns: String,
+
+    /// The link between this namespace and the node's: the host takes the first address
+    /// (the API server also listens there, for the node and the pods) and the node the
+    /// second (its InternalIP, where node ports answer).
+    #[arg(long, default_value = "10.201.0.0/30")]
+    pub node_link: Ipv4Net,
+
+    /// Route the Service CIDR, the pod CIDR and the LoadBalancer pool from this namespace to
+    /// the node, so this machine reaches them (like `minikube tunnel`, always on). berth
+    /// refuses to start if one overlaps a route the host has; `--host-routes=false` adds none.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub host_routes: bool,
 
     #[command(flatten)]
     pub agent: AgentArgs,
@@ -148,6 +182,26 @@ pub struct ServerArgs {
     /// Also write the admin kubeconfig to this path (it is always written to DATA_DIR/kubeconfig).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+}
+
+/// `berth cleanup`'s flags: what names the server's leftovers.
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// The data directory of the server (its agent's state names the pods' namespaces).
+    #[arg(long, default_value = "/var/lib/berth")]
+    pub data_dir: PathBuf,
+
+    /// The server's --node-netns.
+    #[arg(long, default_value = "berth")]
+    pub node_netns: String,
+
+    /// The server's --node-link.
+    #[arg(long, default_value = "10.201.0.0/30")]
+    pub node_link: Ipv4Net,
+
+    /// The server's --pod-cidr.
+    #[arg(long, default_value = "10.244.0.0/24")]
+    pub pod_cidr: Ipv4Net,
 }
 
 /// The node agent's flags, shared by `berth server --node` and `berth agent`.
@@ -250,12 +304,45 @@ pub struct AgentCmdArgs {
     pub agent: AgentArgs,
 }
 
+/// Where `berth server`'s node runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeMode {
+    /// `--no-node`.
+    None,
+    /// `--node-netns=current`.
+    Current,
+    /// A namespace berth makes (the default, `berth`).
+    Own(String),
+}
+
+/// The LoadBalancer pool the node has when `--lb-pool` is not given and the node has a
+/// namespace of its own (so the host routes it there).
+pub const DEFAULT_LB_POOL: &str = "10.201.1.0/24";
+
+impl ServerArgs {
+    pub fn node_mode(&self) -> NodeMode {
+        match (self.no_node, self.node_netns.as_str()) {
+            (true, _) => NodeMode::None,
+            (false, "current") => NodeMode::Current,
+            (false, ns) => NodeMode::Own(ns.to_owned()),
+        }
+    }
+
+    /// `--lb-pool`, or [`DEFAULT_LB_POOL`] for a node in its own namespace.
+    pub fn lb_pool(&self) -> Vec<berth_controllers::lb_pool::Range> {
+        match (self.lb_pool.is_empty(), self.node_mode()) {
+            (true, NodeMode::Own(_)) => DEFAULT_LB_POOL.parse().map(|r| vec![r]).unwrap_or_default(),
+            _ => self.lb_pool.clone(),
+        }
+    }
+}
+
 impl From<&ServerArgs> for berth_controllers::Config {
     fn from(a: &ServerArgs) -> Self {
         berth_controllers::Config {
-            lb_pool: berth_controllers::lb_pool::Pool::new(a.lb_pool.clone()),
+            lb_pool: berth_controllers::lb_pool::Pool::new(a.lb_pool()),
             max_endpoints_per_slice: a.max_endpoints_per_slice.max(1),
-            root_ca: None,
+            ..Default::default()
         }
     }
 }
@@ -299,6 +386,9 @@ mod tests {
             panic!("not server")
         };
         assert_eq!(s.node.as_deref(), Some("n1"));
+        assert_eq!(s.node_mode(), NodeMode::Own("berth".into()));
+        assert_eq!(s.lb_pool().len(), 1);
+        assert!(s.host_routes);
         assert_eq!(s.agent.pod_cidr.to_string(), "10.1.0.0/24");
         assert_eq!(s.agent.kubelet_port, 10250);
         let cli = Cli::parse_from([
@@ -317,6 +407,26 @@ mod tests {
         assert_eq!(a.agent.node_ip, Some(Ipv4Addr::new(192, 168, 1, 5)));
         assert_eq!(a.agent.kubelet_port, 10251);
         assert_eq!(a.agent.pod_cidr.to_string(), "10.244.0.0/24");
+    }
+
+    #[test]
+    fn node_modes() {
+        let mode = |args: &[&str]| {
+            let Cmd::Server(s) = Cli::parse_from([&["berth", "server"], args].concat()).cmd else {
+                panic!("not server")
+            };
+            (s.node_mode(), s.lb_pool().len(), s.host_routes)
+        };
+        assert_eq!(mode(&[]), (NodeMode::Own("berth".into()), 1, true));
+        assert_eq!(mode(&["--no-node"]), (NodeMode::None, 0, true));
+        assert_eq!(
+            mode(&["--node-netns=current", "--host-routes=false"]),
+            (NodeMode::Current, 0, false)
+        );
+        assert!(
+            Cli::try_parse_from(["berth", "server", "--no-node", "--node=x"]).is_err(),
+            "--no-node with --node is a contradiction"
+        );
     }
 
     #[test]

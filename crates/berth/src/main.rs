@@ -9,7 +9,10 @@ use std::time::Instant;
 use anyhow::Context;
 use berth_store::Store;
 use clap::Parser;
-use cli::{AgentArgs, AgentCmdArgs, Cli, Cmd, DnsCmdArgs, ProxyCmdArgs, ServerArgs, StoreUrl};
+use cli::{
+    AgentArgs, AgentCmdArgs, CleanupArgs, Cli, Cmd, DnsCmdArgs, NodeMode, ProxyCmdArgs, ServerArgs,
+    StoreUrl,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -50,6 +53,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Agent(args) => agent(args).await,
             Cmd::Proxy(args) => proxy(args).await,
             Cmd::Dns(args) => dns(args).await,
+            Cmd::Cleanup(args) => cleanup(args).await,
             Cmd::Workload { .. } | Cmd::ContainerInit { .. } => Ok(()),
         }
     });
@@ -80,13 +84,17 @@ async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
     })
 }
 
-/// A client for the API server just started, as any component of berth would build one.
-async fn kube_client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
+/// A client for the API server just started, as any component of berth would build one;
+/// `url` replaces the kubeconfig's server address (the node reaches it over its link).
+async fn kube_client(kubeconfig: &std::path::Path, url: Option<&str>) -> anyhow::Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)
         .with_context(|| format!("reading {}", kubeconfig.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .with_context(|| format!("using {}", kubeconfig.display()))?;
+    if let Some(url) = url {
+        config.cluster_url = url.parse().with_context(|| format!("the API address {url}"))?;
+    }
     kube::Client::try_from(config).context("building the API client")
 }
 
@@ -113,15 +121,163 @@ fn cancel_on_signal(token: CancellationToken) {
 async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
     berth_apiserver::files::private_dir(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let store = open_store(&args).await?;
+    let _lock = lock_data_dir(&args.data_dir)?;
+    let node_net = match args.node_mode() {
+        NodeMode::Own(netns) => {
+            let plan = node_plan(&args, netns);
+            let net = berth_host::NodeNet::create(plan.clone())
+                .await
+                .with_context(|| {
+                    format!(
+                        "making the node's network namespace {} (or run without a node: --no-node)",
+                        plan.netns
+                    )
+                })?;
+            println!(
+                "berth: node namespace {} at {} (this machine is {} on link {})",
+                plan.netns,
+                plan.node_ip(),
+                plan.host_ip(),
+                plan.host_link()
+            );
+            if !plan.routes.is_empty() {
+                let routes: Vec<String> = plan.routes.iter().map(ToString::to_string).collect();
+                println!(
+                    "berth: routes to {} via the node",
+                    routes.join(", ")
+                );
+            }
+            Some(net)
+        }
+        NodeMode::Current | NodeMode::None => None,
+    };
+    let result = serve(&args, started, node_net.as_ref()).await;
+    if let Some(net) = node_net {
+        let netns = net.plan().netns.clone();
+        match net.remove().await {
+            Ok(()) => tracing::info!(netns, "removed the node's namespace, link, routes and tables"),
+            Err(e) => eprintln!(
+                "berth: removing the node's namespace {netns}: {:#} (run `berth cleanup`)",
+                anyhow::Error::from(e)
+            ),
+        }
+    }
+    result
+}
+
+/// The node's namespace, link and host routes from the flags.
+fn node_plan(args: &ServerArgs, netns: String) -> berth_host::Plan {
+    let mut routes = Vec::new();
+    if args.host_routes {
+        routes.push(args.service_cluster_ip_range);
+        routes.push(args.agent.pod_cidr);
+        for r in args.lb_pool() {
+            routes.extend(ipnet::Ipv4Subnets::new(r.first(), r.last(), 0));
+        }
+    }
+    berth_host::Plan {
+        netns,
+        link: args.node_link,
+        pod_cidr: args.agent.pod_cidr,
+        routes,
+    }
+}
+
+/// Holds DATA_DIR/lock for as long as this server runs, so a second server on the same data
+/// directory says so instead of sharing the store.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::io::Write as _;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0)?;
+            write!(lock, "{}", std::process::id())?;
+            Ok(lock)
+        }
+        Err((_, _)) => {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            anyhow::bail!(
+                "another berth server (pid {}) is running with data directory {}; stop it first, or pass another --data-dir",
+                pid.trim(),
+                dir.display()
+            )
+        }
+    }
+}
+
+/// The readiness of each part, as `/readyz` lists them.
+struct Readiness {
+    controllers: Arc<tokio::sync::SetOnce<()>>,
+    node: Option<[Arc<tokio::sync::SetOnce<()>>; 3]>,
+}
+
+impl Readiness {
+    fn checks(&self) -> Vec<(String, Arc<tokio::sync::SetOnce<()>>)> {
+        let mut out = vec![("controllers".to_owned(), self.controllers.clone())];
+        if let Some(parts) = &self.node {
+            for (name, s) in ["node-agent", "proxy", "dns"].iter().zip(parts) {
+                out.push(((*name).to_owned(), s.clone()));
+            }
+        }
+        out
+    }
+
+    /// Waits until every part has synced, saying which ones it still waits for now and then.
+    async fn wait(&self) {
+        loop {
+            let pending: Vec<String> = self
+                .checks()
+                .into_iter()
+                .filter(|(_, s)| !s.initialized())
+                .map(|(n, _)| n)
+                .collect();
+            let Some(first) = self.checks().into_iter().find(|(_, s)| !s.initialized()) else {
+                return;
+            };
+            if tokio::time::timeout(std::time::Duration::from_secs(10), first.1.wait())
+                .await
+                .is_err()
+            {
+                eprintln!("berth: still waiting for: {}", pending.join(", "));
+            }
+        }
+    }
+}
+
+/// The cluster on top of a node namespace made (or not) by [`server`].
+async fn serve(
+    args: &ServerArgs,
+    started: Instant,
+    node_net: Option<&berth_host::NodeNet>,
+) -> anyhow::Result<()> {
+    let store = open_store(args).await?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let config = berth_apiserver::Config::from(&args);
+    let mode = args.node_mode();
+    let readiness = Readiness {
+        controllers: Default::default(),
+        node: (mode != NodeMode::None).then(Default::default),
+    };
+    let mut config = berth_apiserver::Config::from(args);
+    config.readiness = readiness.checks();
+    if let Some(net) = node_net {
+        // The node and its pods reach the API server over the link.
+        let host_ip = std::net::IpAddr::V4(net.plan().host_ip());
+        config.advertise_address = Some(host_ip);
+        config.also_listen.push(host_ip);
+    }
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = berth_apiserver::Metrics::register(&mut registry);
     // The node's proxy and DNS report under kube-proxy's and CoreDNS's names at /metrics.
-    let node_metrics = args.node.is_some().then(|| {
+    let node_metrics = (mode != NodeMode::None).then(|| {
         (
             berth_proxy::Metrics::register(&mut registry),
             berth_dns::metrics::Metrics::register(&mut registry),
@@ -150,56 +306,75 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
         berth_apiserver::pki::write_private(extra, &text)
             .with_context(|| format!("writing {}", extra.display()))?;
     }
-    let client = kube_client(&l.kubeconfig).await?;
+    let client = kube_client(&l.kubeconfig, None).await?;
+    let ca = std::fs::read_to_string(args.data_dir.join("pki/ca.crt"))
+        .context("reading the cluster CA")?;
     let controllers_config = berth_controllers::Config {
-        root_ca: Some(
-            std::fs::read_to_string(args.data_dir.join("pki/ca.crt"))
-                .context("reading the cluster CA for kube-root-ca.crt")?,
-        ),
-        ..berth_controllers::Config::from(&args)
+        root_ca: Some(ca.clone()),
+        synced: readiness.controllers.clone(),
+        ..berth_controllers::Config::from(args)
     };
     let controllers = tokio::spawn(
         berth_controllers::run(client, controllers_config, shutdown.clone())
             .instrument(tracing::info_span!("controllers")),
     );
-    let mut node_parts = Vec::new();
-    let agent = match (&args.node, node_metrics) {
-        (Some(node), Some((proxy_metrics, dns_metrics))) => {
-            let ca = std::fs::read_to_string(args.data_dir.join("pki/ca.crt"))
-                .context("reading the cluster CA for the agent")?;
-            let config = agent_config(node.clone(), &args.agent, &args.data_dir, ca)?;
-            let client = kube_client(&l.kubeconfig).await?;
-            node_parts = node_services(
-                &args,
-                &config,
-                &client,
+    let node = match (&readiness.node, node_metrics) {
+        (Some(synced), Some((proxy_metrics, dns_metrics))) => {
+            let node_name = match &args.node {
+                Some(n) => n.clone(),
+                None => host_name()?,
+            };
+            let mut agent = agent_config(node_name, &args.agent, &args.data_dir, ca)?;
+            agent.synced = synced[0].clone();
+            let mut parts = NodeParts {
+                agent,
                 proxy_metrics,
                 dns_metrics,
-                &shutdown,
-            );
-            Some(tokio::spawn(
-                berth_agent::run(client, config, shutdown.clone())
-                    .instrument(tracing::info_span!("agent")),
-            ))
+                proxy_synced: synced[1].clone(),
+                dns_synced: synced[2].clone(),
+                cluster_dns: args.agent.cluster_dns,
+                extra_recursion: Vec::new(),
+            };
+            Some(match node_net {
+                Some(net) => {
+                    parts.agent.node_ip = net.plan().node_ip();
+                    parts
+                        .extra_recursion
+                        .push(ipnet::IpNet::V4(net.plan().link));
+                    let url = format!("https://{}:{}", net.plan().host_ip(), l.addr.port());
+                    let client = kube_client(&l.kubeconfig, Some(&url)).await?;
+                    spawn_node_in(net, parts, client, shutdown.clone())?
+                }
+                None => {
+                    let client = kube_client(&l.kubeconfig, None).await?;
+                    tokio::spawn(run_node(parts, client, shutdown.clone()))
+                }
+            })
         }
         _ => None,
     };
-    println!("berth: kubeconfig written to {}", l.kubeconfig.display());
-    println!(
-        "berth: use it with: export KUBECONFIG={}",
-        l.kubeconfig.display()
-    );
-    if l.addr.ip().is_unspecified() {
+    tokio::select! {
+        () = readiness.wait() => {}
+        _ = shutdown.cancelled() => {}
+    }
+    if !shutdown.is_cancelled() {
+        println!("berth: kubeconfig written to {}", l.kubeconfig.display());
         println!(
-            "berth: listening on {} (every address of this host)",
-            l.addr
+            "berth: use it with: export KUBECONFIG={}",
+            l.kubeconfig.display()
+        );
+        if l.addr.ip().is_unspecified() {
+            println!(
+                "berth: listening on {} (every address of this host)",
+                l.addr
+            );
+        }
+        println!(
+            "berth: ready at {} in {} ms",
+            l.url,
+            started.elapsed().as_millis()
         );
     }
-    println!(
-        "berth: ready at {} in {} ms",
-        l.url,
-        started.elapsed().as_millis()
-    );
     tokio::select! {
         r = controllers => {
             r.context("controllers task")?.context("controllers")?;
@@ -208,11 +383,8 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
         _ = shutdown.cancelled() => {}
     }
     // The agent stops its pods before the API server goes away.
-    if let Some(agent) = agent {
-        agent.await.context("agent task")?.context("node agent")?;
-    }
-    for part in node_parts {
-        let _ = part.await;
+    if let Some(node) = node {
+        node.await.context("node task")?.context("node agent")?;
     }
     api.await
         .context("API server task")?
@@ -220,38 +392,80 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The node's service proxy and cluster DNS inside `berth server --node`, and the
-/// `kube-system/kube-dns` Service (at `--cluster-dns`) in front of the DNS server, which
-/// answers on the pod bridge's address. A part that fails logs why; the rest of the node goes on.
-fn node_services(
-    args: &ServerArgs,
-    agent: &berth_agent::Config,
-    client: &kube::Client,
+/// What the node's agent, proxy and DNS are given.
+struct NodeParts {
+    agent: berth_agent::Config,
     proxy_metrics: berth_proxy::Metrics,
     dns_metrics: berth_dns::metrics::Metrics,
-    shutdown: &CancellationToken,
-) -> Vec<tokio::task::JoinHandle<()>> {
+    proxy_synced: Arc<tokio::sync::SetOnce<()>>,
+    dns_synced: Arc<tokio::sync::SetOnce<()>>,
+    cluster_dns: std::net::Ipv4Addr,
+    /// Clients besides pods and the node that may have outside names resolved.
+    extra_recursion: Vec<ipnet::IpNet>,
+}
+
+/// Runs the node on a thread of its own that enters the node's namespace first: its tokio
+/// runtime's threads start there too, so every socket the agent, proxy and DNS open (netlink
+/// included) and every process they start belong to the node. Finishes when they have
+/// stopped (the agent's pods with them).
+fn spawn_node_in(
+    net: &berth_host::NodeNet,
+    parts: NodeParts,
+    client: kube::Client,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    net.spawn_inside(std::thread::Builder::new().name("berth-node".into()), move || {
+        let result = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("berth-node")
+            .enable_all()
+            .build()
+            .context("starting the node's runtime")
+            .and_then(|rt| rt.block_on(run_node(parts, client, shutdown)));
+        let _ = tx.send(result);
+    })
+    .context("starting the node's thread")?;
+    Ok(tokio::spawn(async move {
+        rx.await.context("the node's thread ended without a result")?
+    }))
+}
+
+/// The node agent, service proxy and cluster DNS, and the `kube-system/kube-dns` Service (at
+/// `--cluster-dns`) in front of the DNS server, which answers on the pod bridge's address.
+/// A part that fails logs why; the rest of the node goes on. Returns the agent's result once
+/// all have stopped.
+async fn run_node(
+    parts: NodeParts,
+    client: kube::Client,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let agent = &parts.agent;
     let proxy = berth_proxy::Config {
         node_name: agent.node_name.clone(),
-        metrics: proxy_metrics,
+        metrics: parts.proxy_metrics,
+        synced: parts.proxy_synced,
         ..berth_proxy::Config::default()
     };
+    // The DNS server answers on the bridge's own address, the kube-dns endpoint: a UDP reply
+    // then leaves from the address the query was DNATed to, so conntrack undoes the DNAT (a
+    // server on 0.0.0.0 would answer from the address of the route back). Loopback is for
+    // the node itself.
+    let gateway = std::net::Ipv4Addr::from(u32::from(agent.pod_cidr.network()).saturating_add(1));
     let mut dns = berth_dns::Config {
-        listen: vec![std::net::SocketAddr::from(([0, 0, 0, 0], 53))],
-        metrics: dns_metrics,
+        listen: vec![
+            std::net::SocketAddr::from((gateway, 53)),
+            std::net::SocketAddr::from(([127, 0, 0, 1], 53)),
+        ],
+        metrics: parts.dns_metrics,
+        synced: parts.dns_synced,
         ..berth_dns::Config::default()
     };
     dns.allow_recursion.extend([
         ipnet::IpNet::V4(agent.pod_cidr),
         ipnet::IpNet::V4(ipnet::Ipv4Net::from(agent.node_ip)),
     ]);
-    // The DNS endpoint is the bridge's own address: a reply to a pod then leaves from the
-    // address the query was DNATed to (a server on 0.0.0.0 answers UDP from the address of
-    // the route back, so with the node's other address conntrack would not undo the DNAT).
-    let gateway = std::net::Ipv4Addr::from(u32::from(agent.pod_cidr.network()).saturating_add(1));
-    let cluster_dns = args.agent.cluster_dns;
-    let publish_client = client.clone();
-    vec![
+    dns.allow_recursion.extend(parts.extra_recursion);
+    let tasks = [
         tokio::spawn(
             {
                 let (client, shutdown) = (client.clone(), shutdown.clone());
@@ -275,16 +489,31 @@ fn node_services(
             .instrument(tracing::info_span!("dns")),
         ),
         tokio::spawn(
-            async move {
-                if let Err(e) =
-                    berth_dns::publish::publish_service(publish_client, cluster_dns, gateway).await
-                {
-                    tracing::error!(error = %anyhow::Error::from(e), "kube-dns Service");
+            {
+                let client = client.clone();
+                let cluster_dns = parts.cluster_dns;
+                async move {
+                    if let Err(e) =
+                        berth_dns::publish::publish_service(client, cluster_dns, gateway).await
+                    {
+                        tracing::error!(error = %anyhow::Error::from(e), "kube-dns Service");
+                    }
                 }
             }
             .instrument(tracing::info_span!("dns")),
         ),
-    ]
+    ];
+    let result = berth_agent::run(client, parts.agent, shutdown.clone())
+        .instrument(tracing::info_span!("agent"))
+        .await;
+    // The agent stops only on shutdown (or failing); the others follow the same token.
+    if result.is_err() {
+        tracing::error!("the node agent stopped; pods on this node no longer run");
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    result.context("node agent")
 }
 
 /// The agent's configuration from its flags; makes its state directory, DATA_DIR/agent.
@@ -305,6 +534,7 @@ fn agent_config(
             .unwrap_or_else(|| berth_agent::detect_ip("berth0")),
         kubelet_port: args.kubelet_port,
         client_ca,
+        synced: Default::default(),
     };
     berth_apiserver::files::private_dir(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
@@ -411,6 +641,41 @@ async fn proxy(args: ProxyCmdArgs) -> anyhow::Result<()> {
         .instrument(tracing::info_span!("proxy"))
         .await
         .context("service proxy")
+}
+
+/// `berth cleanup`: removes what a killed `berth server` left: the pods' namespaces (named
+/// in the agent's state), then the node's namespace, link, routes and host table.
+async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
+    let state_dir = args.data_dir.join("agent");
+    let mut pods = 0;
+    if state_dir.exists() {
+        let ipam = berth_agent::sandbox::Ipam::open(&state_dir, args.pod_cidr)
+            .with_context(|| format!("reading the agent's state in {}", state_dir.display()))?;
+        for (uid, _) in ipam.allocations() {
+            let there = berth_agent::sandbox::SandboxNames::for_uid(uid)
+                .is_ok_and(|n| berth_agent::sandbox::netns_exists(&n.netns));
+            if there && berth_agent::sandbox::Sandbox::destroy_pod(uid).await.is_ok() {
+                pods += 1;
+            }
+        }
+    }
+    println!("berth: removed the sandboxes of {pods} pod(s)");
+    let plan = berth_host::Plan {
+        netns: args.node_netns,
+        link: args.node_link,
+        pod_cidr: args.pod_cidr,
+        routes: Vec::new(),
+    };
+    let removed = berth_host::cleanup(&plan)
+        .await
+        .context("removing the node's namespace, link, routes and table")?;
+    if removed.is_empty() {
+        println!("berth: nothing else to remove for node namespace {}", plan.netns);
+    }
+    for r in removed {
+        println!("berth: removed {r}");
+    }
+    Ok(())
 }
 
 /// `berth dns`: the cluster DNS server alone.

@@ -73,6 +73,16 @@ impl FromStr for Range {
     }
 }
 
+impl Range {
+    pub fn first(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.first)
+    }
+
+    pub fn last(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.last)
+    }
+}
+
 impl fmt::Display for Range {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -37,6 +37,9 @@ pub struct Config {
     pub cache_max_ttl: u32,
     /// Where queries are counted; `Metrics::register` them in the binary's registry.
     pub metrics: Metrics,
+    /// Set once the first lists are in the zone and the server answers; `berth server` prints "ready" and `/readyz` passes only
+    /// after every part of the node has set its own.
+    pub synced: std::sync::Arc<tokio::sync::SetOnce<()>>,
 }
 
 impl Default for Config {
@@ -53,6 +56,7 @@ impl Default for Config {
             cache_entries: 10_000,
             cache_max_ttl: 3600,
             metrics: Metrics::default(),
+            synced: Default::default(),
         }
     }
 }

@@ -78,6 +78,7 @@ pub async fn run_on(
     }
     let names = zone.read().map_or(0, |z| z.len());
     tracing::info!(addrs = ?server.local_addrs(), names, "cluster DNS serving");
+    let _ = config.synced.set(());
     let ended = futures_util::future::select_all(watchers.iter_mut().map(|w| &mut w.task.0));
     let result = tokio::select! {
         r = server.serve(&config, zone, shutdown.clone()) => r,

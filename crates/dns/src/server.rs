@@ -249,7 +249,28 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_port(true)?;
+    free_bind(&socket, addr)?;
     socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// `IP_FREEBIND`: the address may appear after the bind (the node's DNS listens on the pod
+/// bridge's address, which the agent may not have made yet).
+fn free_bind(socket: &socket2::Socket, addr: SocketAddr) -> std::io::Result<()> {
+    match addr {
+        SocketAddr::V4(_) => socket.set_freebind_v4(true),
+        SocketAddr::V6(_) => socket.set_freebind_v6(true),
+    }
+}
+
+/// A TCP listener on `addr`, with `IP_FREEBIND` as the UDP sockets.
+fn tcp_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    free_bind(&socket, addr)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
     Ok(socket.into())
 }
 
@@ -260,7 +281,7 @@ fn bind_set(addr: SocketAddr, count: usize) -> Result<(Vec<UdpSocket>, TcpListen
     for _ in 0..tries {
         let first = udp_socket(addr).map_err(bind_error(addr, "udp"))?;
         let bound = first.local_addr().map_err(bind_error(addr, "udp"))?;
-        let tcp = std::net::TcpListener::bind(bound)
+        let tcp = tcp_listener(bound)
             .and_then(|t| {
                 t.set_nonblocking(true)?;
                 TcpListener::from_std(t)

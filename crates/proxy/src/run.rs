@@ -39,6 +39,9 @@ pub struct Config {
     /// (never in the root one).
     pub bridge_nf_call_iptables: bool,
     pub metrics: Metrics,
+    /// Set once the first full sync is in the kernel; `berth server` prints "ready" and `/readyz` passes only
+    /// after every part of the node has set its own.
+    pub synced: std::sync::Arc<tokio::sync::SetOnce<()>>,
 }
 
 impl Default for Config {
@@ -49,6 +52,7 @@ impl Default for Config {
             min_sync_interval: Duration::from_millis(10),
             bridge_nf_call_iptables: true,
             metrics: Metrics::default(),
+            synced: Default::default(),
         }
     }
 }
@@ -204,6 +208,7 @@ async fn sync_loop(
         }
         exposed.update(&route, want, fw).await;
         health.update(checks).await;
+        let _ = config.synced.set(());
         wake.notified().await;
         // Coalesce a burst of events into one sync.
         tokio::time::sleep(config.min_sync_interval).await;

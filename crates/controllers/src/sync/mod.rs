@@ -38,6 +38,9 @@ pub struct Config {
     pub max_endpoints_per_slice: usize,
     /// The cluster CA (PEM) published in every namespace as the `kube-root-ca.crt` ConfigMap.
     pub root_ca: Option<String>,
+    /// Set once the first lists of every watched resource are in the caches; `berth server` prints "ready" and `/readyz` passes only
+    /// after every part of the node has set its own.
+    pub synced: std::sync::Arc<tokio::sync::SetOnce<()>>,
 }
 
 impl Default for Config {
@@ -46,6 +49,7 @@ impl Default for Config {
             lb_pool: Pool::default(),
             max_endpoints_per_slice: crate::DEFAULT_MAX_ENDPOINTS_PER_SLICE,
             root_ca: None,
+            synced: Default::default(),
         }
     }
 }
@@ -373,6 +377,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         }
     }
     tracing::info!("caches synced; controllers running");
+    let _ = ctx.config.synced.set(());
     tasks.spawn(log_results(endpoints::controller(
         ctx.clone(),
         svc_for_ep,

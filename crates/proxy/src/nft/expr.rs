@@ -27,6 +27,8 @@ pub enum Base {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetaKey {
     Mark = 3,
+    /// The output interface's name, 16 bytes (IFNAMSIZ) padded with NULs.
+    OifName = 7,
     L4Proto = 16,
 }
 
