@@ -8,6 +8,7 @@ packages=(
   libprotobuf-dev    # ... and imports the well-known types (google/protobuf/*.proto) from it
   etcd-server        # the etcd backend's tests start a real etcd
   nftables iproute2  # node networking tests (network namespaces, nft)
+  util-linux         # nsenter: tests run `berth server` in a namespace that plays the host
   iputils-ping       # node tests ping across veths and bridges
   dnsutils           # dig, for cluster DNS tests
   curl ca-certificates

@@ -321,6 +321,24 @@ pub fn kubeconfig(pki: &Pki, server_url: &str) -> String {
     )
 }
 
+/// Writes the admin kubeconfig to `path` unless the one there still works: same server, CA
+/// and credentials. So what a user changed in it (`kubectl config set-context --namespace`)
+/// survives a restart. Returns whether it was written.
+pub fn ensure_kubeconfig(path: &Path, pki: &Pki, server_url: &str) -> Result<bool, PkiError> {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    if let Some(old) = read_present(path) {
+        let still_works = old.contains(&format!("server: {server_url}\n"))
+            && [&pki.ca_cert, &pki.admin_cert, &pki.admin_key]
+                .iter()
+                .all(|pem| old.contains(&b64(pem)));
+        if still_works {
+            return Ok(false);
+        }
+    }
+    write_private(path, &kubeconfig(pki, server_url))?;
+    Ok(true)
+}
+
 /// Writes `text` to `path` readable only by its owner, atomically. A missing parent directory
 /// is made private; an existing one (`/tmp`, `~/.kube`) is left as it is.
 pub fn write_private(path: &Path, text: &str) -> Result<(), PkiError> {
@@ -339,6 +357,27 @@ pub fn write_private(path: &Path, text: &str) -> Result<(), PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kubeconfig_is_kept_while_it_works() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = ensure(&dir.path().join("pki"), &["127.0.0.1".into()]).expect("pki");
+        let path = dir.path().join("kubeconfig");
+        assert!(ensure_kubeconfig(&path, &pki, "https://127.0.0.1:6443").expect("write"));
+        let edited = std::fs::read_to_string(&path)
+            .expect("read")
+            .replace("namespace: default", "namespace: kube-system");
+        std::fs::write(&path, &edited).expect("edit");
+        assert!(!ensure_kubeconfig(&path, &pki, "https://127.0.0.1:6443").expect("keep"));
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), edited);
+        // Another address: the old file no longer reaches the server.
+        assert!(ensure_kubeconfig(&path, &pki, "https://127.0.0.1:7443").expect("rewrite"));
+        assert!(
+            std::fs::read_to_string(&path)
+                .expect("read")
+                .contains(":7443")
+        );
+    }
 
     #[test]
     fn certificates_are_made_once_and_reissued_for_new_names() {

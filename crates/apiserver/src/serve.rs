@@ -133,7 +133,7 @@ pub async fn run(
     }
     let pki = pki::ensure(&config.data_dir.join("pki"), &names)?;
     let kubeconfig = config.data_dir.join("kubeconfig");
-    pki::write_private(&kubeconfig, &pki::kubeconfig(&pki, &url))?;
+    pki::ensure_kubeconfig(&kubeconfig, &pki, &url)?;
 
     let srv = Arc::new(Server {
         store,
@@ -167,7 +167,12 @@ pub async fn run(
         kubeconfig,
     });
     for listener in extra {
-        tokio::spawn(accept_loop(listener, app.clone(), tls.clone(), shutdown.clone()));
+        tokio::spawn(accept_loop(
+            listener,
+            app.clone(),
+            tls.clone(),
+            shutdown.clone(),
+        ));
     }
     accept_loop(listener, app, tls, shutdown).await;
     Ok(())
@@ -649,13 +654,7 @@ async fn bootstrap(
     reconcile(srv, "Endpoints", "/subsets", subsets).await?;
     reconcile(srv, "EndpointSlice", "/endpoints", endpoints).await?;
     reconcile(srv, "EndpointSlice", "/ports", ports).await?;
-    reconcile(
-        srv,
-        "Service",
-        "/spec/ports/0/targetPort",
-        json!(port),
-    )
-    .await
+    reconcile(srv, "Service", "/spec/ports/0/targetPort", json!(port)).await
 }
 
 /// Sets `pointer` of `default/kubernetes` of `kind` to `value` if it differs.

@@ -25,6 +25,7 @@ fn time_to_ready(bin: &Path, data: &Path, store: Option<&str>) -> Duration {
     let mut cmd = Command::new(bin);
     cmd.args([
         "server",
+        "--no-node",
         &format!("--bind=127.0.0.1:{}", free_port()),
         &format!("--data-dir={}", data.display()),
     ])

@@ -331,7 +331,9 @@ impl ServerArgs {
     /// `--lb-pool`, or [`DEFAULT_LB_POOL`] for a node in its own namespace.
     pub fn lb_pool(&self) -> Vec<berth_controllers::lb_pool::Range> {
         match (self.lb_pool.is_empty(), self.node_mode()) {
-            (true, NodeMode::Own(_)) => DEFAULT_LB_POOL.parse().map(|r| vec![r]).unwrap_or_default(),
+            (true, NodeMode::Own(_)) => {
+                DEFAULT_LB_POOL.parse().map(|r| vec![r]).unwrap_or_default()
+            }
             _ => self.lb_pool.clone(),
         }
     }

@@ -86,14 +86,19 @@ async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
 
 /// A client for the API server just started, as any component of berth would build one;
 /// `url` replaces the kubeconfig's server address (the node reaches it over its link).
-async fn kube_client(kubeconfig: &std::path::Path, url: Option<&str>) -> anyhow::Result<kube::Client> {
+async fn kube_client(
+    kubeconfig: &std::path::Path,
+    url: Option<&str>,
+) -> anyhow::Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)
         .with_context(|| format!("reading {}", kubeconfig.display()))?;
     let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .with_context(|| format!("using {}", kubeconfig.display()))?;
     if let Some(url) = url {
-        config.cluster_url = url.parse().with_context(|| format!("the API address {url}"))?;
+        config.cluster_url = url
+            .parse()
+            .with_context(|| format!("the API address {url}"))?;
     }
     kube::Client::try_from(config).context("building the API client")
 }
@@ -142,10 +147,7 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
             );
             if !plan.routes.is_empty() {
                 let routes: Vec<String> = plan.routes.iter().map(ToString::to_string).collect();
-                println!(
-                    "berth: routes to {} via the node",
-                    routes.join(", ")
-                );
+                println!("berth: routes to {} via the node", routes.join(", "));
             }
             Some(net)
         }
@@ -155,7 +157,10 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
     if let Some(net) = node_net {
         let netns = net.plan().netns.clone();
         match net.remove().await {
-            Ok(()) => tracing::info!(netns, "removed the node's namespace, link, routes and tables"),
+            Ok(()) => tracing::info!(
+                netns,
+                "removed the node's namespace, link, routes and tables"
+            ),
             Err(e) => eprintln!(
                 "berth: removing the node's namespace {netns}: {:#} (run `berth cleanup`)",
                 anyhow::Error::from(e)
@@ -208,6 +213,21 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std:
                 pid.trim(),
                 dir.display()
             )
+        }
+    }
+}
+
+/// Under `sudo`, hands the kubeconfig copy to the user who ran sudo, so their kubectl can read
+/// it (it stays 0600).
+fn give_to_sudo_user(path: &std::path::Path) {
+    let id = |var| std::env::var(var).ok().and_then(|v| v.parse::<u32>().ok());
+    if let (Some(uid), Some(gid)) = (id("SUDO_UID"), id("SUDO_GID")) {
+        let owner = (
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        );
+        if let Err(e) = nix::unistd::chown(path, owner.0, owner.1) {
+            tracing::warn!(path = %path.display(), error = %e, "giving the kubeconfig to the sudo user");
         }
     }
 }
@@ -305,6 +325,7 @@ async fn serve(
             .with_context(|| format!("reading {}", l.kubeconfig.display()))?;
         berth_apiserver::pki::write_private(extra, &text)
             .with_context(|| format!("writing {}", extra.display()))?;
+        give_to_sudo_user(extra);
     }
     let client = kube_client(&l.kubeconfig, None).await?;
     let ca = std::fs::read_to_string(args.data_dir.join("pki/ca.crt"))
@@ -358,10 +379,13 @@ async fn serve(
         _ = shutdown.cancelled() => {}
     }
     if !shutdown.is_cancelled() {
-        println!("berth: kubeconfig written to {}", l.kubeconfig.display());
+        let kubeconfig = args.kubeconfig.as_ref().unwrap_or(&l.kubeconfig);
+        println!("berth: kubeconfig written to {}", kubeconfig.display());
         println!(
             "berth: use it with: export KUBECONFIG={}",
-            l.kubeconfig.display()
+            std::path::absolute(kubeconfig)
+                .unwrap_or_else(|_| kubeconfig.clone())
+                .display()
         );
         if l.addr.ip().is_unspecified() {
             println!(
@@ -415,18 +439,22 @@ fn spawn_node_in(
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    net.spawn_inside(std::thread::Builder::new().name("berth-node".into()), move || {
-        let result = tokio::runtime::Builder::new_multi_thread()
-            .thread_name("berth-node")
-            .enable_all()
-            .build()
-            .context("starting the node's runtime")
-            .and_then(|rt| rt.block_on(run_node(parts, client, shutdown)));
-        let _ = tx.send(result);
-    })
+    net.spawn_inside(
+        std::thread::Builder::new().name("berth-node".into()),
+        move || {
+            let result = tokio::runtime::Builder::new_multi_thread()
+                .thread_name("berth-node")
+                .enable_all()
+                .build()
+                .context("starting the node's runtime")
+                .and_then(|rt| rt.block_on(run_node(parts, client, shutdown)));
+            let _ = tx.send(result);
+        },
+    )
     .context("starting the node's thread")?;
     Ok(tokio::spawn(async move {
-        rx.await.context("the node's thread ended without a result")?
+        rx.await
+            .context("the node's thread ended without a result")?
     }))
 }
 
@@ -654,7 +682,11 @@ async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
         for (uid, _) in ipam.allocations() {
             let there = berth_agent::sandbox::SandboxNames::for_uid(uid)
                 .is_ok_and(|n| berth_agent::sandbox::netns_exists(&n.netns));
-            if there && berth_agent::sandbox::Sandbox::destroy_pod(uid).await.is_ok() {
+            if there
+                && berth_agent::sandbox::Sandbox::destroy_pod(uid)
+                    .await
+                    .is_ok()
+            {
                 pods += 1;
             }
         }
@@ -670,7 +702,10 @@ async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
         .await
         .context("removing the node's namespace, link, routes and table")?;
     if removed.is_empty() {
-        println!("berth: nothing else to remove for node namespace {}", plan.netns);
+        println!(
+            "berth: nothing else to remove for node namespace {}",
+            plan.netns
+        );
     }
     for r in removed {
         println!("berth: removed {r}");

@@ -254,12 +254,14 @@ impl NodeNet {
         })?;
         let netns = self.plan.netns.clone();
         builder
-            .spawn(move || {
-                match nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET) {
+            .spawn(
+                move || match nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET) {
                     Ok(()) => work(),
-                    Err(e) => tracing::error!(netns, error = %e, "cannot enter the node's namespace"),
-                }
-            })
+                    Err(e) => {
+                        tracing::error!(netns, error = %e, "cannot enter the node's namespace")
+                    }
+                },
+            )
             .map_err(Error::Socket)
     }
 
@@ -306,7 +308,10 @@ impl NodeNet {
                 )
                 .execute()
                 .await
-                .map_err(netlink(format!("adding a route to {dest} via {}", p.node_ip())))?;
+                .map_err(netlink(format!(
+                    "adding a route to {dest} via {}",
+                    p.node_ip()
+                )))?;
         }
         nat::host_table(p)?;
         enable_forwarding()?;
@@ -318,12 +323,12 @@ impl NodeNet {
         })?;
         std::thread::scope(|s| {
             s.spawn(move || {
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
-                    |source| Error::Enter {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|source| {
+                    Error::Enter {
                         netns: plan.netns.clone(),
                         source,
-                    },
-                )?;
+                    }
+                })?;
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_io()
                     .build()
@@ -354,7 +359,10 @@ async fn plumb_node(p: &Plan) -> Result<()> {
         )
         .execute()
         .await
-        .map_err(netlink(format!("adding the default route via {}", p.host_ip())))
+        .map_err(netlink(format!(
+            "adding the default route via {}",
+            p.host_ip()
+        )))
 }
 
 /// Removes what a node under `plan` left on this host: the namespace (its links and
@@ -479,7 +487,13 @@ async fn require_link(handle: &Handle, name: &str) -> Result<u32> {
         .ok_or_else(|| Error::NoLink(name.to_owned()))
 }
 
-async fn add_address(handle: &Handle, index: u32, ip: Ipv4Addr, prefix: u8, link: &str) -> Result<()> {
+async fn add_address(
+    handle: &Handle,
+    index: u32,
+    ip: Ipv4Addr,
+    prefix: u8,
+    link: &str,
+) -> Result<()> {
     handle
         .address()
         .add(index, ip.into(), prefix)
@@ -520,8 +534,14 @@ mod tests {
         let long = plan("a-rather-long-namespace");
         assert!(long.host_link().len() <= 15);
         assert!(long.host_link().starts_with("bh-"));
-        assert_eq!(long.host_link(), plan("a-rather-long-namespace").host_link());
-        assert_ne!(long.host_link(), plan("a-rather-long-namespace2").host_link());
+        assert_eq!(
+            long.host_link(),
+            plan("a-rather-long-namespace").host_link()
+        );
+        assert_ne!(
+            long.host_link(),
+            plan("a-rather-long-namespace2").host_link()
+        );
     }
 
     #[test]

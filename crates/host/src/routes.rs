@@ -122,10 +122,16 @@ mod tests {
     #[test]
     fn overlapping_ranges_are_named() {
         let existing = [net("0.0.0.0/0"), net("192.168.1.0/24"), net("10.96.5.0/24")];
-        assert_eq!(overlaps(&[("a host route", net("10.244.0.0/24"))], &existing), Ok(()));
+        assert_eq!(
+            overlaps(&[("a host route", net("10.244.0.0/24"))], &existing),
+            Ok(())
+        );
         let err = overlaps(&[("a host route", net("10.96.0.0/12"))], &existing).unwrap_err();
         assert_eq!(err.existing, net("10.96.5.0/24"));
-        assert!(err.to_string().contains("10.96.0.0/12 overlaps the host's route to 10.96.5.0/24"));
+        assert!(
+            err.to_string()
+                .contains("10.96.0.0/12 overlaps the host's route to 10.96.5.0/24")
+        );
         // A wanted range inside an existing one overlaps too.
         assert!(overlaps(&[("--node-link", net("192.168.1.4/30"))], &existing).is_err());
     }

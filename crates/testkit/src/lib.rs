@@ -146,6 +146,9 @@ pub struct Cluster {
     /// Set when the server (and its node agent) runs inside a node netns; kubectl then runs
     /// in the node's "outside" netns.
     node: Option<Node>,
+    /// Set for the default single-node mode: the server runs in this "host" netns and makes
+    /// its node namespace itself; kubectl runs in the host.
+    host: Option<Host>,
 }
 
 impl Cluster {
@@ -155,10 +158,13 @@ impl Cluster {
         Cluster::start_with(bin, backend, &[])
     }
 
-    /// Like [`Cluster::start`] with extra `berth server` flags (kept across restarts).
+    /// Like [`Cluster::start`] with extra `berth server` flags (kept across restarts). The
+    /// server runs without a node (`--no-node`).
     pub fn start_with(bin: &Path, backend: Backend, flags: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let etcd = (backend == Backend::Etcd).then(Etcd::start);
+        let mut flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        flags.push("--no-node".into());
         let mut c = Cluster {
             bin: bin.to_owned(),
             child: None,
@@ -168,11 +174,55 @@ impl Cluster {
             dir,
             etcd,
             starts: 0,
-            flags: flags.iter().map(|f| f.to_string()).collect(),
+            flags,
             node: None,
+            host: None,
         };
         c.spawn();
         c
+    }
+
+    /// Starts `berth server` as a user would, with no node flags, inside a fresh [`Host`]
+    /// netns that plays the machine: berth makes its node namespace (named by the host),
+    /// the veth and the host routes itself. kubectl runs in the host.
+    pub fn start_single_node(bin: &Path, flags: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = Host::new();
+        let mut flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        flags.push(format!("--node-netns={}", host.node_netns()));
+        let mut c = Cluster {
+            bin: bin.to_owned(),
+            child: None,
+            url: String::new(),
+            kubeconfig: dir.path().join("data/kubeconfig"),
+            port: 6443,
+            dir,
+            etcd: None,
+            starts: 0,
+            flags,
+            node: None,
+            host: Some(host),
+        };
+        c.spawn();
+        c
+    }
+
+    /// The host netns, for clusters started with [`Cluster::start_single_node`].
+    pub fn host(&self) -> Option<&Host> {
+        self.host.as_ref()
+    }
+
+    /// The server's data directory (`--data-dir`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Sends SIGKILL to the server, as a crash would, leaving whatever it made in place.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Starts `berth server` with its node agent (`--node`) inside a fresh node netns
@@ -202,6 +252,9 @@ impl Cluster {
         let mut flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
         if agent {
             flags.push(format!("--node={NODE_NAME}"));
+            flags.push("--node-netns=current".into());
+        } else {
+            flags.push("--no-node".into());
         }
         let mut c = Cluster {
             bin: bin.to_owned(),
@@ -214,6 +267,7 @@ impl Cluster {
             starts: 0,
             flags,
             node: Some(Node::new()),
+            host: None,
         };
         c.spawn();
         c
@@ -265,9 +319,10 @@ impl Cluster {
         let err =
             std::fs::File::create(self.dir.path().join(format!("server.{}.log", self.starts)))
                 .expect("server log");
-        let (mut cmd, ip) = match &self.node {
-            Some(n) => (n.command(&self.bin), NODE_IP),
-            None => (Command::new(&self.bin), "127.0.0.1"),
+        let (mut cmd, ip) = match (&self.node, &self.host) {
+            (Some(n), _) => (n.command(&self.bin), NODE_IP),
+            (None, Some(h)) => (h.command(&self.bin), "127.0.0.1"),
+            (None, None) => (Command::new(&self.bin), "127.0.0.1"),
         };
         cmd.arg("server")
             .arg(format!("--bind={ip}:{}", self.port))
@@ -331,7 +386,7 @@ impl Cluster {
     /// left is deleted by name.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            if self.node.is_some() {
+            if self.node.is_some() || self.host.is_some() {
                 let _ = Command::new("kill")
                     .arg("-TERM")
                     .arg(c.id().to_string())
@@ -349,6 +404,19 @@ impl Cluster {
                 let _ = Command::new("ip").args(["netns", "del", &ns]).status();
             }
         }
+        if let Some(h) = &self.host {
+            // Whatever a server that did not stop cleanly left: berth's own cleanup.
+            let _ = self.cleanup_command(h).output();
+        }
+    }
+
+    /// `berth cleanup` for this cluster's data directory and node namespace, in the host.
+    pub fn cleanup_command(&self, host: &Host) -> Command {
+        let mut cmd = host.command(&self.bin);
+        cmd.arg("cleanup")
+            .arg(format!("--data-dir={}", self.data_dir().display()))
+            .arg(format!("--node-netns={}", host.node_netns()));
+        cmd
     }
 
     /// The pod network namespaces the agent's IPAM says it made (`berth-pod-<12 hex of uid>`).
@@ -400,9 +468,10 @@ impl Cluster {
     }
 
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Output {
-        let mut cmd = match &self.node {
-            Some(n) => n.outside_command("kubectl"),
-            None => Command::new("kubectl"),
+        let mut cmd = match (&self.node, &self.host) {
+            (Some(n), _) => n.outside_command("kubectl"),
+            (None, Some(h)) => h.command("kubectl"),
+            (None, None) => Command::new("kubectl"),
         };
         let mut child = cmd
             .args(args)
@@ -750,6 +819,94 @@ impl Drop for Node {
         // Deleting a namespace destroys the veth end inside it, and with it the peer.
         for ns in self.made.drain(..).rev() {
             let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        }
+    }
+}
+
+/// A network namespace that plays the machine `berth server` is started on (loopback up,
+/// nothing else), for the default single-node mode. Programs run in it with `nsenter --net`,
+/// which changes only the network namespace, so the node namespace berth makes is visible
+/// to the test under /run/netns. `Drop` deletes the host and, if it is still there, the
+/// node namespace named after it.
+pub struct Host {
+    name: String,
+    node: String,
+}
+
+impl Host {
+    pub fn new() -> Host {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        let host = Host {
+            name: format!("bh{pid}-{n}"),
+            node: format!("bn{pid}-{n}"),
+        };
+        for ns in [&host.name, &host.node] {
+            // Names hold our PID: a namespace of this name is left over from a dead process.
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        ip(&["netns", "add", &host.name]);
+        ip(&["-n", &host.name, "link", "set", "lo", "up"]);
+        host
+    }
+
+    /// The host netns's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The node netns berth is told to make (`--node-netns`).
+    pub fn node_netns(&self) -> &str {
+        &self.node
+    }
+
+    /// A `Command` running `program` in the host (`nsenter --net=/run/netns/HOST program`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    /// Runs `args[0]` with the rest as arguments in the host and waits for it.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        self.command(args[0])
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .output()
+            .expect("nsenter (util-linux) must be installed")
+    }
+
+    /// Like [`Host::exec`]; asserts success and returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.exec(args);
+        assert!(
+            out.status.success(),
+            "{} in host {} failed ({}):\n{}{}",
+            args.join(" "),
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Host::new()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        for ns in [&self.node, &self.name] {
+            if netns_list().contains(ns) {
+                let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            }
         }
     }
 }

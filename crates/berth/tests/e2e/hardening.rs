@@ -80,7 +80,13 @@ fn insecure_http_refuses_an_address_off_loopback() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Refused before anything is bound, so nothing ever listens on the host's addresses.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["server", "--insecure-http", "--bind", "0.0.0.0:0"])
+        .args([
+            "server",
+            "--no-node",
+            "--insecure-http",
+            "--bind",
+            "0.0.0.0:0",
+        ])
         .arg(format!("--data-dir={}", dir.path().join("data").display()))
         .output()
         .expect("run berth");
