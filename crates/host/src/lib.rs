@@ -518,9 +518,9 @@ mod tests {
     fn plan(netns: &str) -> Plan {
         Plan {
             netns: netns.into(),
-            link: "10.201.0.0/30".parse().unwrap(),
-            pod_cidr: "10.244.0.0/24".parse().unwrap(),
-            routes: vec!["10.96.0.0/12".parse().unwrap()],
+            link: "10.201.0.0/30".parse().expect("cidr"),
+            pod_cidr: "10.244.0.0/24".parse().expect("cidr"),
+            routes: vec!["10.96.0.0/12".parse().expect("cidr")],
         }
     }
 
@@ -547,7 +547,7 @@ mod tests {
     #[test]
     fn a_link_needs_two_host_addresses() {
         let mut p = plan("berth");
-        p.link = "10.201.0.0/31".parse().unwrap();
+        p.link = "10.201.0.0/31".parse().expect("cidr");
         assert!(matches!(p.check(&[]), Err(Error::LinkTooSmall(_))));
     }
 }

@@ -116,7 +116,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn net(s: &str) -> Ipv4Net {
-        s.parse().unwrap()
+        s.parse().expect("a CIDR")
     }
 
     #[test]
@@ -126,7 +126,8 @@ mod tests {
             overlaps(&[("a host route", net("10.244.0.0/24"))], &existing),
             Ok(())
         );
-        let err = overlaps(&[("a host route", net("10.96.0.0/12"))], &existing).unwrap_err();
+        let err =
+            overlaps(&[("a host route", net("10.96.0.0/12"))], &existing).expect_err("overlaps");
         assert_eq!(err.existing, net("10.96.5.0/24"));
         assert!(
             err.to_string()
@@ -140,7 +141,7 @@ mod tests {
         /// The check agrees with "some address is in both".
         #[test]
         fn overlap_is_sharing_an_address(a in any::<u32>(), la in 1u8..=32, b in any::<u32>(), lb in 1u8..=32) {
-            let (x, y) = (Ipv4Net::new(a.into(), la).unwrap().trunc(), Ipv4Net::new(b.into(), lb).unwrap().trunc());
+            let (x, y) = (Ipv4Net::new(a.into(), la).expect("prefix <= 32").trunc(), Ipv4Net::new(b.into(), lb).expect("prefix <= 32").trunc());
             let share = u32::from(x.network()) <= u32::from(y.broadcast())
                 && u32::from(y.network()) <= u32::from(x.broadcast());
             prop_assert_eq!(overlaps(&[("x", x)], &[y]).is_err(), share);

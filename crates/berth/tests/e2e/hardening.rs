@@ -162,7 +162,7 @@ fn a_full_disk_is_reported_and_survived() {
     let script = format!(
         "mkdir -p {m} && mount -t tmpfs -o size=8m tmpfs {m} && \
          dd if=/dev/zero of={m}/ballast bs=64k count=32 2>/dev/null && \
-         exec {bin} server --bind 127.0.0.1:{port} --data-dir {m}/data --kubeconfig {k}",
+         exec {bin} server --no-node --bind 127.0.0.1:{port} --data-dir {m}/data --kubeconfig {k}",
         m = d.join("mnt").display(),
         bin = env!("CARGO_BIN_EXE_berth"),
         k = kubeconfig.display(),
@@ -183,7 +183,7 @@ fn a_full_disk_is_reported_and_survived() {
     });
     assert_eq!(
         public_get(port, "/readyz?verbose").0,
-        "[+]ping ok\n[+]store ok\nreadyz check passed\n"
+        "[+]ping ok\n[+]store ok\n[+]controllers ok\nreadyz check passed\n"
     );
     // Fill the disk with ConfigMaps of 900 KB until a write fails.
     let value = d.join("value");
