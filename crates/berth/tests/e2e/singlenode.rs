@@ -279,3 +279,30 @@ fn the_readme_walk_runs_verbatim() {
     let endpoints = stdout.lines().last().unwrap_or_default();
     assert_eq!(endpoints.matches(":80").count(), 3, "{stdout}");
 }
+
+/// Without root the node cannot be made: berth says why and how to run without it.
+#[test]
+fn without_root_berth_says_how_to_run_without_a_node() {
+    let host = Host::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("data dir");
+    // nobody owns the data dir, so the failure is the node's, not the directory's.
+    std::os::unix::fs::chown(&data, Some(65534), Some(65534)).expect("chown");
+    let out = host
+        .command("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(bin())
+        .arg("server")
+        .arg(format!("--data-dir={}", data.display()))
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("need root") && err.contains("--no-node"),
+        "{err}"
+    );
+}
