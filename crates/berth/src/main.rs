@@ -90,6 +90,14 @@ async fn kube_client(
     kubeconfig: &std::path::Path,
     url: Option<&str>,
 ) -> anyhow::Result<kube::Client> {
+    kube::Client::try_from(kube_config(kubeconfig, url).await?).context("building the API client")
+}
+
+/// The settings [`kube_client`] builds its client from, for a client made on another runtime.
+async fn kube_config(
+    kubeconfig: &std::path::Path,
+    url: Option<&str>,
+) -> anyhow::Result<kube::Config> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)
         .with_context(|| format!("reading {}", kubeconfig.display()))?;
     let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
@@ -100,7 +108,7 @@ async fn kube_client(
             .parse()
             .with_context(|| format!("the API address {url}"))?;
     }
-    kube::Client::try_from(config).context("building the API client")
+    Ok(config)
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.
@@ -363,8 +371,8 @@ async fn serve(
                         .extra_recursion
                         .push(ipnet::IpNet::V4(net.plan().link));
                     let url = format!("https://{}:{}", net.plan().host_ip(), l.addr.port());
-                    let client = kube_client(&l.kubeconfig, Some(&url)).await?;
-                    spawn_node_in(net, parts, client, shutdown.clone())?
+                    let config = kube_config(&l.kubeconfig, Some(&url)).await?;
+                    spawn_node_in(net, parts, config, shutdown.clone())?
                 }
                 None => {
                     let client = kube_client(&l.kubeconfig, None).await?;
@@ -374,9 +382,25 @@ async fn serve(
         }
         _ => None,
     };
-    tokio::select! {
-        () = readiness.wait() => {}
-        _ = shutdown.cancelled() => {}
+    let mut node = node;
+    let early = tokio::select! {
+        () = readiness.wait() => None,
+        _ = shutdown.cancelled() => None,
+        r = async {
+            match node.as_mut() {
+                Some(h) => h.await,
+                None => std::future::pending().await,
+            }
+        } => Some(r),
+    };
+    if let Some(r) = early {
+        // The node stopped before it was ready (it could not enter its namespace, the
+        // agent failed): nothing will become ready, so stop with its error.
+        shutdown.cancel();
+        let _ = api.await;
+        r.context("node task")?
+            .context("the node stopped before it was ready")?;
+        anyhow::bail!("the node stopped before it was ready");
     }
     if !shutdown.is_cancelled() {
         let kubeconfig = args.kubeconfig.as_ref().unwrap_or(&l.kubeconfig);
@@ -435,7 +459,7 @@ struct NodeParts {
 fn spawn_node_in(
     net: &berth_host::NodeNet,
     parts: NodeParts,
-    client: kube::Client,
+    config: kube::Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -447,7 +471,14 @@ fn spawn_node_in(
                 .enable_all()
                 .build()
                 .context("starting the node's runtime")
-                .and_then(|rt| rt.block_on(run_node(parts, client, shutdown)));
+                .and_then(|rt| {
+                    // Built here, so its connections and tasks live in the node too.
+                    rt.block_on(async {
+                        let client =
+                            kube::Client::try_from(config).context("building the API client")?;
+                        run_node(parts, client, shutdown).await
+                    })
+                });
             let _ = tx.send(result);
         },
     )
