@@ -161,22 +161,43 @@ impl Cluster {
     /// Like [`Cluster::start`] with extra `berth server` flags (kept across restarts). The
     /// server runs without a node (`--no-node`).
     pub fn start_with(bin: &Path, backend: Backend, flags: &[&str]) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
         let etcd = (backend == Backend::Etcd).then(Etcd::start);
+        Cluster::launch(
+            bin,
+            flags,
+            &["--no-node".into()],
+            free_port(),
+            etcd,
+            None,
+            None,
+        )
+    }
+
+    /// Builds the cluster's value (a fresh directory, `flags` then `extra`) and starts it.
+    fn launch(
+        bin: &Path,
+        flags: &[&str],
+        extra: &[String],
+        port: u16,
+        etcd: Option<Etcd>,
+        node: Option<Node>,
+        host: Option<Host>,
+    ) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
         let mut flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
-        flags.push("--no-node".into());
+        flags.extend_from_slice(extra);
         let mut c = Cluster {
             bin: bin.to_owned(),
             child: None,
             url: String::new(),
             kubeconfig: dir.path().join("data/kubeconfig"),
-            port: free_port(),
+            port,
             dir,
             etcd,
             starts: 0,
             flags,
-            node: None,
-            host: None,
+            node,
+            host,
         };
         c.spawn();
         c
@@ -186,25 +207,9 @@ impl Cluster {
     /// netns that plays the machine: berth makes its node namespace (named by the host),
     /// the veth and the host routes itself. kubectl runs in the host.
     pub fn start_single_node(bin: &Path, flags: &[&str]) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
         let host = Host::new();
-        let mut flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
-        flags.push(format!("--node-netns={}", host.node_netns()));
-        let mut c = Cluster {
-            bin: bin.to_owned(),
-            child: None,
-            url: String::new(),
-            kubeconfig: dir.path().join("data/kubeconfig"),
-            port: 6443,
-            dir,
-            etcd: None,
-            starts: 0,
-            flags,
-            node: None,
-            host: Some(host),
-        };
-        c.spawn();
-        c
+        let extra = [format!("--node-netns={}", host.node_netns())];
+        Cluster::launch(bin, flags, &extra, 6443, None, None, Some(host))
     }
 
     /// The host netns, for clusters started with [`Cluster::start_single_node`].
@@ -248,29 +253,11 @@ impl Cluster {
     }
 
     fn on_node(bin: &Path, flags: &[&str], agent: bool) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
-        if agent {
-            flags.push(format!("--node={NODE_NAME}"));
-            flags.push("--node-netns=current".into());
-        } else {
-            flags.push("--no-node".into());
-        }
-        let mut c = Cluster {
-            bin: bin.to_owned(),
-            child: None,
-            url: String::new(),
-            kubeconfig: dir.path().join("data/kubeconfig"),
-            port: 6443,
-            dir,
-            etcd: None,
-            starts: 0,
-            flags,
-            node: Some(Node::new()),
-            host: None,
+        let extra = match agent {
+            true => vec![format!("--node={NODE_NAME}"), "--node-netns=current".into()],
+            false => vec!["--no-node".into()],
         };
-        c.spawn();
-        c
+        Cluster::launch(bin, flags, &extra, 6443, None, Some(Node::new()), None)
     }
 
     /// Starts `berth agent --kubeconfig=KUBECONFIG --node=node-1 --data-dir=DATA` (the
