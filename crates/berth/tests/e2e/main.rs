@@ -17,6 +17,7 @@ mod kubelet;
 mod lifecycle;
 mod raw;
 mod restart;
+mod tutorials;
 mod watch;
 mod workloads;
 
