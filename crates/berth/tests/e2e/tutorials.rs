@@ -152,6 +152,20 @@ fn endpoints(c: &Cluster, svc: &str) -> Vec<String> {
     out
 }
 
+/// The ready addresses of a Service's Endpoints.
+fn ready_ips(c: &Cluster, svc: &str) -> BTreeSet<String> {
+    c.ok(&[
+        "get",
+        "endpoints",
+        svc,
+        "-o",
+        "jsonpath={.subsets[*].addresses[*].ip}",
+    ])
+    .split_whitespace()
+    .map(str::to_owned)
+    .collect()
+}
+
 fn pod_ip(c: &Cluster, pod: &str) -> String {
     c.ok(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"])
 }
@@ -317,7 +331,7 @@ fn t001_services_introduction() {
             "--",
             "/bin/sh",
         ],
-        &format!("env | sort | grep ^NGINX_SERVICE_\nnslookup nginx\nwget -q -O- {ip}:80\nexit\n"),
+        &format!("env | sort | grep ^NGINX_\nnslookup nginx\nwget -q -O- {ip}:80\nexit\n"),
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -325,10 +339,16 @@ fn t001_services_introduction() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        text.contains(&format!("NGINX_SERVICE_HOST={ip}\nNGINX_SERVICE_PORT=80\n")),
-        "{text}"
-    );
+    // The Service's variables; NGINX_SERVICE_PORT itself is nginx-service's docker-link
+    // variable, which comes later in the kubelet's sorted order and wins.
+    for var in [
+        format!("NGINX_SERVICE_HOST={ip}"),
+        format!("NGINX_PORT=tcp://{ip}:80"),
+        format!("NGINX_PORT_80_TCP_ADDR={ip}"),
+        "NGINX_PORT_80_TCP_PORT=80".to_owned(),
+    ] {
+        assert!(text.lines().any(|l| l == var), "{var} in:\n{text}");
+    }
     assert!(
         text.contains(&format!(
             "Name:\tnginx.default.svc.cluster.local\nAddress: {ip}\n"
@@ -415,14 +435,24 @@ fn t001_services_introduction() {
         2,
         "no ENDPOINTS, only NAME and AGE: {eps}"
     );
-    assert!(endpoints(&c, "kubia").is_empty(), "{eps}");
+    assert!(ready_ips(&c, "kubia").is_empty(), "{eps}");
     for pod in &pods {
         c.ok(&["exec", pod, "-c", "kubia", "--", "touch", "/srv/ready"]);
     }
     ready_pods(&c, "app=kubia", 2);
-    eventually("4 kubia endpoints (2 pods x 2 ports)", || {
-        (endpoints(&c, "kubia").len() == 4).then_some(())
+    let ips: BTreeSet<String> = pods.iter().map(|p| pod_ip(&c, p)).collect();
+    eventually("both pods behind kubia", || {
+        (ready_ips(&c, "kubia") == ips).then_some(())
     });
+    let ports = c.ok(&[
+        "get",
+        "endpoints",
+        "kubia",
+        "-o",
+        "jsonpath={.subsets[*].ports[*].port}",
+    ]);
+    let ports: BTreeSet<&str> = ports.split_whitespace().collect();
+    assert_eq!(ports, BTreeSet::from(["8080", "8443"]), "the named ports");
     let kubia = cluster_ip(&c, "kubia");
     let both = in_pod(
         &c,
@@ -431,10 +461,10 @@ fn t001_services_introduction() {
     );
     assert_eq!(both.matches("Hostname: kubia-").count(), 2, "{both}");
     assert!(
-        both.contains(":8080\r\n") && both.contains(":443\r\n"),
+        both.contains(&format!("Host: {kubia}\r\n"))
+            && both.contains(&format!("Host: {kubia}:443\r\n")),
         "{both}"
     );
-    let ips: BTreeSet<String> = pods.iter().map(|p| pod_ip(&c, p)).collect();
     let headless = |c: &Cluster| -> BTreeSet<String> {
         in_pod(
             c,
@@ -455,11 +485,12 @@ fn t001_services_introduction() {
     c.ok(&["exec", &pods[0], "-c", "kubia", "--", "rm", "/srv/ready"]);
     let left = pod_ip(&c, &pods[1]);
     eventually("one pod left behind kubia", || {
-        (endpoints(&c, "kubia") == [format!("{left}:8080"), format!("{left}:8443")]).then_some(())
+        (ready_ips(&c, "kubia") == BTreeSet::from([left.clone()])).then_some(())
     });
     let eps = c.ok(&["get", "endpoints", "kubia"]);
+    let listed = &row(&eps, "kubia")[1];
     assert!(
-        row(&eps, "kubia")[1].contains(&format!("{left}:8080")),
+        listed.contains(&format!("{left}:8080")) && !listed.contains(&pod_ip(&c, &pods[0])),
         "{eps}"
     );
     eventually("only the ready pod to answer", || {
