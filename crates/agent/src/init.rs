@@ -2,8 +2,8 @@
 //! what `ip netns exec NS unshare --uts setpriv --pdeathsig KILL sh -c 'hostname ..; exec ..'`
 //! did in five: join the pod's network namespace, take mount and UTS namespaces of its own
 //! with the pod's /etc/resolv.conf and /etc/hosts bound over the node's (what `ip netns exec`
-//! does with /etc/netns/NS/) and a fresh /sys, set the pod's hostname, ask to die with the
-//! agent, and exec the container's command.
+//! does with /etc/netns/NS/), the container's volumes bound over their mount paths and a fresh
+//! /sys, set the pod's hostname, ask to die with the agent, and exec the container's command.
 
 use std::ffi::CString;
 use std::path::Path;
@@ -19,19 +19,41 @@ pub struct InitArgs {
     pub hostname: String,
     /// Start a session with the terminal on stdin as controlling terminal (`tty: true`).
     pub tty: bool,
+    /// Volumes to bind over paths of the node's file system, in this order.
+    pub binds: Vec<Bind>,
     pub argv: Vec<String>,
 }
 
+/// One volume mount: `source` (a directory or file the agent made) bound over `target`, which
+/// must exist on the node; only the container's mount namespace sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
+}
+
 impl InitArgs {
-    /// `--netns NS --hostname NAME [--tty] -- ARGV...`
+    /// `--netns NS --hostname NAME [--tty] [--bind|--ro-bind SOURCE TARGET]... -- ARGV...`
     pub fn parse(args: &[String]) -> Result<InitArgs, String> {
         let mut it = args.iter();
         let (mut netns, mut hostname, mut tty) = (None, None, false);
+        let mut binds = Vec::new();
         loop {
             match it.next().map(String::as_str) {
                 Some("--netns") => netns = it.next().cloned(),
                 Some("--hostname") => hostname = it.next().cloned(),
                 Some("--tty") => tty = true,
+                Some(flag @ ("--bind" | "--ro-bind")) => {
+                    let (Some(source), Some(target)) = (it.next(), it.next()) else {
+                        return Err(format!("{flag} needs a source and a target"));
+                    };
+                    binds.push(Bind {
+                        source: source.clone(),
+                        target: target.clone(),
+                        read_only: flag == "--ro-bind",
+                    });
+                }
                 Some("--") => break,
                 Some(other) => return Err(format!("unexpected argument {other:?}")),
                 None => return Err("missing -- and the command".into()),
@@ -45,6 +67,7 @@ impl InitArgs {
             netns: netns.ok_or("--netns is required")?,
             hostname: hostname.ok_or("--hostname is required")?,
             tty,
+            binds,
             argv,
         })
     }
@@ -60,6 +83,10 @@ impl InitArgs {
         ];
         if self.tty {
             v.push("--tty".into());
+        }
+        for b in &self.binds {
+            let flag = if b.read_only { "--ro-bind" } else { "--bind" };
+            v.extend([flag.to_owned(), b.source.clone(), b.target.clone()]);
         }
         v.push("--".into());
         v.extend(self.argv.iter().cloned());
@@ -130,6 +157,9 @@ fn enter(a: &InitArgs) -> Result<(), String> {
             .map_err(|e| format!("binding {} over {}: {e}", from.display(), to.display()))?;
         }
     }
+    for b in &a.binds {
+        bind(b)?;
+    }
     // A /sys that shows the pod's own network devices, as `ip netns exec` gives; best effort,
     // since nothing the pod runs depends on it.
     if umount2("/sys", MntFlags::MNT_DETACH).is_ok() {
@@ -150,6 +180,31 @@ fn enter(a: &InitArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Binds a volume over its mount path, read-only when asked (a second, remounting call: a
+/// bind mount takes MS_RDONLY only on remount).
+fn bind(b: &Bind) -> Result<(), String> {
+    let fail = |e: nix::Error| format!("binding volume {} over {}: {e}", b.source, b.target);
+    mount(
+        Some(b.source.as_str()),
+        b.target.as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(fail)?;
+    if b.read_only {
+        mount(
+            None::<&str>,
+            b.target.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(fail)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +219,18 @@ mod tests {
             netns: "berth-pod-0123456789ab".into(),
             hostname: "web".into(),
             tty: true,
+            binds: vec![
+                Bind {
+                    source: "/state/pods/u/volumes/conf".into(),
+                    target: "/etc/nginx/conf.d".into(),
+                    read_only: true,
+                },
+                Bind {
+                    source: "/state/pods/u/volumes/scratch".into(),
+                    target: "/tmp".into(),
+                    read_only: false,
+                },
+            ],
             argv: strings(&["sh", "-c", "echo --netns"]),
         };
         let line = a.command_line();
@@ -178,6 +245,16 @@ mod tests {
             &["--netns", "x", "--hostname", "h", "--"][..],
             &["--hostname", "h", "--", "sh"][..],
             &["--bogus"][..],
+            &[
+                "--netns",
+                "x",
+                "--hostname",
+                "h",
+                "--bind",
+                "/a",
+                "--",
+                "sh",
+            ][..],
         ] {
             assert!(InitArgs::parse(&strings(bad)).is_err(), "{bad:?}");
         }

@@ -24,6 +24,11 @@ pub fn pid_path(state_dir: &Path, pod_uid: &str, container: &str) -> PathBuf {
     pod_dir(state_dir, pod_uid).join(format!("{container}.pid"))
 }
 
+/// The files of one pod volume (`configMap`, `emptyDir`), bound into its containers.
+pub fn volume_dir(state_dir: &Path, pod_uid: &str, volume: &str) -> PathBuf {
+    pod_dir(state_dir, pod_uid).join("volumes").join(volume)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,5 +42,9 @@ mod tests {
             Path::new("/s/pods/u1/web.previous.log")
         );
         assert_eq!(pid_path(s, "u1", "web"), Path::new("/s/pods/u1/web.pid"));
+        assert_eq!(
+            volume_dir(s, "u1", "conf"),
+            Path::new("/s/pods/u1/volumes/conf")
+        );
     }
 }

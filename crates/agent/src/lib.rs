@@ -13,6 +13,7 @@ mod probe;
 pub mod runtime;
 pub mod sandbox;
 mod server;
+pub mod volumes;
 mod worker;
 
 pub use node::detect_ip;

@@ -36,6 +36,8 @@ pub struct StartSpec<'a> {
     pub env: Vec<(String, String)>,
     /// Where stdout and stderr go.
     pub log: &'a Path,
+    /// The container's volumes, bound over their mount paths in its mount namespace.
+    pub binds: Vec<crate::init::Bind>,
 }
 
 /// Starts container processes.
@@ -297,6 +299,7 @@ impl Runtime for Processes {
             netns: spec.netns.to_owned(),
             hostname: spec.hostname.to_owned(),
             tty,
+            binds: spec.binds.clone(),
             argv: argv.clone(),
         };
         let mut cmd = Command::new(&self.self_exe);

@@ -23,7 +23,7 @@ use crate::pods::{Config, now};
 use crate::probe::{self, Kind, Timing, Verdict};
 use crate::runtime::{self, Runtime, StartSpec};
 use crate::sandbox::{Bridge, Ipam, Sandbox};
-use crate::{Error, layout};
+use crate::{Error, layout, volumes};
 
 /// What every pod worker shares.
 pub(crate) struct Shared {
@@ -401,6 +401,51 @@ impl Worker {
         Ok(env)
     }
 
+    /// The container's volumes, made afresh under the pod's state directory (configMap
+    /// contents as they are now; an emptyDir kept across restarts), as binds over their
+    /// mount paths. Errors are the container's CreateContainerConfigError message.
+    async fn binds(&self, c: &Container) -> Result<Vec<crate::init::Bind>, String> {
+        let Some(spec) = self.pod.spec.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let ns = self.pod.namespace().unwrap_or_default();
+        let mut binds = Vec::new();
+        for (mount, volume) in volumes::needed(spec, c)? {
+            let dir = layout::volume_dir(&self.shared.config.state_dir, &self.uid, &volume.name);
+            let failed = |e: std::io::Error| format!("making volume {:?}: {e}", volume.name);
+            let read_only = if let Some(source) = &volume.config_map {
+                let data = Api::<ConfigMap>::namespaced(self.shared.client.clone(), &ns)
+                    .get_opt(&source.name)
+                    .await
+                    .map_err(|e| format!("reading configmap {:?}: {e}", source.name))?
+                    .map(|m| m.data.unwrap_or_default());
+                let files = volumes::config_map_files(source, data.as_ref())?;
+                volumes::write_files(&dir, &files).map_err(failed)?;
+                true
+            } else {
+                volumes::ensure_dir(&dir).map_err(failed)?;
+                mount.read_only == Some(true)
+            };
+            // Containers see the node's file system: the mount path must already exist there.
+            if !std::path::Path::new(&mount.mount_path).exists() {
+                return Err(format!(
+                    "mount path {:?} of volume {:?} does not exist on the node",
+                    mount.mount_path, volume.name
+                ));
+            }
+            let source = match mount.sub_path.as_deref() {
+                Some(sub) if !sub.is_empty() => dir.join(sub),
+                _ => dir,
+            };
+            binds.push(crate::init::Bind {
+                source: source.display().to_string(),
+                target: mount.mount_path.clone(),
+                read_only,
+            });
+        }
+        Ok(binds)
+    }
+
     async fn start_container(&mut self, idx: usize, restart: bool) {
         let Some(sandbox) = &self.sandbox else { return };
         let state_dir = &self.shared.config.state_dir;
@@ -409,8 +454,13 @@ impl Worker {
         if log.exists() {
             let _ = std::fs::rename(&log, layout::previous_log_path(state_dir, &self.uid, &name));
         }
-        let env = match self.env(&self.containers[idx].spec).await {
-            Ok(env) => env,
+        let c = &self.containers[idx].spec;
+        let prepared = match self.env(c).await {
+            Ok(env) => self.binds(c).await.map(|binds| (env, binds)),
+            Err(e) => Err(e),
+        };
+        let (env, binds) = match prepared {
+            Ok(prepared) => prepared,
             Err(message) => {
                 let c = &mut self.containers[idx];
                 // Tried again after a while, as the kubelet does: the object may turn up.
@@ -447,6 +497,7 @@ impl Worker {
             container: &spec,
             env,
             log: &log,
+            binds,
         });
         let image = spec.image.clone().unwrap_or_default();
         let c = &mut self.containers[idx];
