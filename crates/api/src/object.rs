@@ -51,6 +51,7 @@ pub fn decode(group: &str, kind: &str, obj: Value) -> Result<Decoded, DecodeErro
         ("", "Node") => core::Node,
         ("apps", "Deployment") => apps::Deployment,
         ("apps", "ReplicaSet") => apps::ReplicaSet,
+        ("apps", "StatefulSet") => apps::StatefulSet,
         ("discovery.k8s.io", "EndpointSlice") => discovery::EndpointSlice,
         ("networking.k8s.io", "Ingress") => net::Ingress,
         ("networking.k8s.io", "IngressClass") => net::IngressClass,

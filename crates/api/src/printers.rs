@@ -298,6 +298,14 @@ static DEPLOYMENT_COLUMNS: [Column; 8] = [
     ),
 ];
 
+static STATEFUL_SET_COLUMNS: [Column; 5] = [
+    NAME,
+    col("Ready", "string", "Number of the pod with ready state"),
+    AGE,
+    wide("Containers", "string", CONTAINERS_DESC),
+    wide("Images", "string", IMAGES_DESC),
+];
+
 static REPLICA_SET_COLUMNS: [Column; 8] = [
     NAME,
     col(
@@ -370,6 +378,7 @@ enum Printer {
     EndpointSlice,
     Deployment,
     ReplicaSet,
+    StatefulSet,
     Ingress,
     NetworkPolicy,
 }
@@ -388,6 +397,7 @@ fn printer(group: &str, kind: &str) -> Option<Printer> {
         ("discovery.k8s.io", "EndpointSlice") => Printer::EndpointSlice,
         ("apps", "Deployment") => Printer::Deployment,
         ("apps", "ReplicaSet") => Printer::ReplicaSet,
+        ("apps", "StatefulSet") => Printer::StatefulSet,
         ("networking.k8s.io", "Ingress") => Printer::Ingress,
         ("networking.k8s.io", "NetworkPolicy") => Printer::NetworkPolicy,
         _ => return None,
@@ -418,6 +428,7 @@ pub fn columns(group: &str, kind: &str) -> &'static [Column] {
         Printer::EndpointSlice => &ENDPOINT_SLICE_COLUMNS,
         Printer::Deployment => &DEPLOYMENT_COLUMNS,
         Printer::ReplicaSet => &REPLICA_SET_COLUMNS,
+        Printer::StatefulSet => &STATEFUL_SET_COLUMNS,
         Printer::Ingress => &INGRESS_COLUMNS,
         Printer::NetworkPolicy => &NETWORK_POLICY_COLUMNS,
     }
@@ -464,6 +475,7 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: Timestamp) -> Vec<Value>
         ],
         Printer::Deployment => deployment_row(obj, now),
         Printer::ReplicaSet => replica_set_row(obj, now),
+        Printer::StatefulSet => stateful_set_row(obj, now),
         Printer::Ingress => ingress_row(obj, now),
         Printer::NetworkPolicy => vec![
             name(obj),
@@ -1152,6 +1164,18 @@ fn deployment_row(d: &Value, now: Timestamp) -> Vec<Value> {
         text(containers),
         text(images),
         text(selector),
+    ]
+}
+
+fn stateful_set_row(sts: &Value, now: Timestamp) -> Vec<Value> {
+    let (containers, images) = container_cells(sts);
+    let ready = int_at(sts, &["status", "readyReplicas"]).unwrap_or(0);
+    vec![
+        name(sts),
+        text(format!("{ready}/{}", desired_replicas(sts))),
+        age(sts, now),
+        text(containers),
+        text(images),
     ]
 }
 

@@ -242,6 +242,14 @@ pub static RESOURCES: &[Resource] = &[
         ..res("apps", "v1", "ReplicaSet", "replicasets", "replicaset")
     },
     Resource {
+        categories: &["all"],
+        short_names: &["sts"],
+        subresources: &[S::Status, S::Scale],
+        has_status: true,
+        has_generation: true,
+        ..res("apps", "v1", "StatefulSet", "statefulsets", "statefulset")
+    },
+    Resource {
         ..res(
             "discovery.k8s.io",
             "v1",

@@ -174,7 +174,7 @@ pub async fn create(srv: &Server, r: &'static Resource, obj: &mut Value) -> Resu
             obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
             Grant::default()
         }
-        ("apps", "Deployment" | "ReplicaSet") => {
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet") => {
             default_workload(r.kind, obj);
             errs.extend(validate_workload(obj));
             obj["status"] = json!({});
@@ -265,7 +265,7 @@ pub async fn update(
             default_pod_spec(new.get_mut("spec"));
             Grant::default()
         }
-        ("apps", "Deployment" | "ReplicaSet") => {
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet") => {
             default_workload(r.kind, new);
             errs.extend(validate_workload(new));
             Grant::default()
@@ -657,6 +657,22 @@ fn default_workload(kind: &str, obj: &mut Value) {
                 }
             }
         }
+    }
+    if kind == "StatefulSet" {
+        spec.entry("podManagementPolicy")
+            .or_insert(json!("OrderedReady"));
+        let strategy = spec.entry("updateStrategy").or_insert(json!({}));
+        if let Value::Object(st) = strategy {
+            st.entry("type").or_insert(json!("RollingUpdate"));
+            if st.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
+                let ru = st.entry("rollingUpdate").or_insert(json!({}));
+                if let Value::Object(ru) = ru {
+                    ru.entry("partition").or_insert(json!(0));
+                }
+            }
+        }
+        spec.entry("persistentVolumeClaimRetentionPolicy")
+            .or_insert(json!({"whenDeleted": "Retain", "whenScaled": "Retain"}));
     }
     if let Some(template) = spec.get_mut("template") {
         default_pod_spec(template.get_mut("spec"));

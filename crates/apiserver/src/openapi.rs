@@ -191,6 +191,7 @@ fn register(r: &Resource, g: &mut SchemaGenerator) -> Option<String> {
         ("", "Node") => add::<core::Node>(g),
         ("apps", "Deployment") => add::<apps::Deployment>(g),
         ("apps", "ReplicaSet") => add::<apps::ReplicaSet>(g),
+        ("apps", "StatefulSet") => add::<apps::StatefulSet>(g),
         ("discovery.k8s.io", "EndpointSlice") => add::<discovery::EndpointSlice>(g),
         ("networking.k8s.io", "Ingress") => add::<net::Ingress>(g),
         ("networking.k8s.io", "IngressClass") => add::<net::IngressClass>(g),

@@ -15,6 +15,7 @@ pub mod lb_pool;
 mod owners;
 mod pods;
 pub mod replicaset;
+pub mod statefulset;
 mod sync;
 #[cfg(test)]
 mod testing;

@@ -18,6 +18,7 @@ mod lifecycle;
 mod raw;
 mod restart;
 mod singlenode;
+mod statefulsets;
 mod tutorials;
 mod watch;
 mod workloads;

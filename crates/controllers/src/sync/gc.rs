@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
@@ -27,6 +27,7 @@ fn nodes(ctx: &Ctx) -> Vec<Node> {
     }
     let mut out = all(&ctx.deployments);
     out.extend(all(&ctx.replicasets));
+    out.extend(all(&ctx.statefulsets));
     out.extend(all(&ctx.pods));
     out.extend(all(&ctx.services));
     out.extend(all(&ctx.slices));
@@ -50,6 +51,7 @@ async fn owner_gone(ctx: &Ctx, ns: Option<&str>, o: &OwnerReference) -> bool {
     let current = match (o.api_version.as_str(), o.kind.as_str()) {
         ("apps/v1", "Deployment") => uid_of(Api::<Deployment>::namespaced(c, ns), &o.name).await,
         ("apps/v1", "ReplicaSet") => uid_of(Api::<ReplicaSet>::namespaced(c, ns), &o.name).await,
+        ("apps/v1", "StatefulSet") => uid_of(Api::<StatefulSet>::namespaced(c, ns), &o.name).await,
         ("v1", "Service") => uid_of(Api::<Service>::namespaced(c, ns), &o.name).await,
         ("v1", "Pod") => uid_of(Api::<Pod>::namespaced(c, ns), &o.name).await,
         // Kinds the collector does not know are never assumed gone.
@@ -67,6 +69,7 @@ fn api_for(ctx: &Ctx, n: &Node) -> Option<Api<kube::api::DynamicObject>> {
     let plural = match n.kind.as_str() {
         "Deployment" => "deployments",
         "ReplicaSet" => "replicasets",
+        "StatefulSet" => "statefulsets",
         "Pod" => "pods",
         "Service" => "services",
         "EndpointSlice" => "endpointslices",

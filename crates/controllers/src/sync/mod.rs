@@ -9,6 +9,7 @@ mod gc;
 mod lb;
 mod serviceaccounts;
 mod slices;
+mod statefulsets;
 mod workloads;
 
 use std::collections::BTreeSet;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, Stream, StreamExt};
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
@@ -64,6 +65,7 @@ pub(crate) struct Ctx {
     pub slices: Store<EndpointSlice>,
     pub deployments: Store<Deployment>,
     pub replicasets: Store<ReplicaSet>,
+    pub statefulsets: Store<StatefulSet>,
     /// Pods ReplicaSets created or deleted that the Pod cache has not shown yet.
     pub expectations: workloads::Expectations,
     /// LoadBalancer addresses handed out but not yet seen in the Service cache, with the uid
@@ -265,6 +267,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let slices = shared::<EndpointSlice>();
     let deployments = shared::<Deployment>();
     let replicasets = shared::<ReplicaSet>();
+    let statefulsets = shared::<StatefulSet>();
     let subscribe = |w: &reflector::store::Writer<_>| w.subscribe();
     let (Some(svc_for_ep), Some(svc_for_slices), Some(svc_for_lb)) = (
         subscribe(&services.writer),
@@ -294,6 +297,11 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     ) else {
         unreachable!("shared stores always give subscribers")
     };
+    let (Some(sts_primary), Some(pods_for_sts)) =
+        (statefulsets.writer.subscribe(), pods.writer.subscribe())
+    else {
+        unreachable!("shared stores always give subscribers")
+    };
 
     let ctx = Arc::new(Ctx {
         client: client.clone(),
@@ -304,6 +312,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         slices: slices.store.clone(),
         deployments: deployments.store.clone(),
         replicasets: replicasets.store.clone(),
+        statefulsets: statefulsets.store.clone(),
         lb_pending: tokio::sync::Mutex::new(std::collections::BTreeMap::new()),
         expectations: workloads::Expectations::default(),
     });
@@ -346,6 +355,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let (gone_ep_tx, gone_ep) = refs_channel::<Service>();
     let (gone_slices_tx, gone_slices) = refs_channel::<Service>();
     let (rs_gone_tx, rs_gone) = refs_channel::<ReplicaSet>();
+    let (sts_gone_tx, sts_gone) = refs_channel::<StatefulSet>();
     let (svc_store, ep_store) = (services.store.clone(), endpoints.store.clone());
     tasks.spawn(drive(
         &client,
@@ -358,10 +368,19 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
             if let Some(r) = workloads::controller_of::<ReplicaSet>(&pod.metadata, "ReplicaSet") {
                 let _ = rs_gone_tx.send(r);
             }
+            if let Some(r) = workloads::controller_of::<StatefulSet>(&pod.metadata, "StatefulSet") {
+                let _ = sts_gone_tx.send(r);
+            }
         },
         Some(gc_wake.clone()),
     ));
     tasks.spawn(drive(&client, endpoints.writer, |_| {}, None));
+    tasks.spawn(drive(
+        &client,
+        statefulsets.writer,
+        |_| {},
+        Some(gc_wake.clone()),
+    ));
     tasks.spawn(drive(&client, slices.writer, |_| {}, Some(gc_wake.clone())));
     for (what, ready) in [
         ("pods", ctx.pods.wait_until_ready().boxed()),
@@ -370,6 +389,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         ("endpointslices", ctx.slices.wait_until_ready().boxed()),
         ("deployments", ctx.deployments.wait_until_ready().boxed()),
         ("replicasets", ctx.replicasets.wait_until_ready().boxed()),
+        ("statefulsets", ctx.statefulsets.wait_until_ready().boxed()),
     ] {
         tokio::select! {
             r = ready => if r.is_err() { tracing::warn!(what, "cache closed before it synced") },
@@ -405,6 +425,12 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         deploy_primary,
         rs_for_deploy,
         deploy_gone,
+    )));
+    tasks.spawn(log_results(statefulsets::controller(
+        ctx.clone(),
+        sts_primary,
+        pods_for_sts,
+        sts_gone,
     )));
     tasks.spawn(log_results(serviceaccounts::controller(ctx.clone())));
     tasks.spawn(log_results(lb::controller(

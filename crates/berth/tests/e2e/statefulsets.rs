@@ -1,0 +1,183 @@
+//! StatefulSets on the default single node: stable names created in order, the headless
+//! Service's per-Pod DNS names, scaling down from the top, a partitioned rolling update and
+//! `kubectl rollout status`, garbage collection of the Pods.
+
+use std::path::Path;
+
+use berth_testkit::{Cluster, eventually};
+
+const MANIFEST: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: nginx
+  labels:
+    app: nginx
+spec:
+  clusterIP: None
+  selector:
+    app: nginx
+  ports:
+  - name: web
+    port: 80
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: web
+spec:
+  serviceName: nginx
+  replicas: 3
+  selector:
+    matchLabels:
+      app: nginx
+  template:
+    metadata:
+      labels:
+        app: nginx
+    spec:
+      containers:
+      - name: web
+        image: traefik/whoami
+        ports:
+        - containerPort: 80
+          name: web
+        readinessProbe:
+          httpGet:
+            path: /
+            port: 80
+          periodSeconds: 1
+  volumeClaimTemplates:
+  - metadata:
+      name: www
+    spec:
+      accessModes: ["ReadWriteOnce"]
+      resources:
+        requests:
+          storage: 1Gi
+"#;
+
+fn pods(c: &Cluster) -> Vec<String> {
+    c.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=nginx",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ])
+    .split_whitespace()
+    .map(str::to_owned)
+    .collect()
+}
+
+fn created_at(c: &Cluster, pod: &str) -> String {
+    c.ok(&[
+        "get",
+        "pod",
+        pod,
+        "-o",
+        "jsonpath={.metadata.creationTimestamp}",
+    ])
+}
+
+#[test]
+fn a_statefulset_runs_named_pods_in_order_with_dns_names() {
+    let c = Cluster::start_single_node(Path::new(env!("CARGO_BIN_EXE_berth")), &[]);
+    c.apply(MANIFEST);
+    let status = c.ok(&["rollout", "status", "statefulset/web", "--timeout=90s"]);
+    assert!(
+        status.contains("partitioned roll out complete: 3 new pods have been updated"),
+        "{status}"
+    );
+    assert_eq!(pods(&c), ["web-0", "web-1", "web-2"]);
+    // OrderedReady: each Pod was made after its predecessor (timestamps have 1 s steps, so
+    // the check is "not before").
+    let times: Vec<String> = ["web-0", "web-1", "web-2"]
+        .iter()
+        .map(|p| created_at(&c, p))
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    let events = c.ok(&[
+        "get",
+        "events",
+        "--field-selector=involvedObject.name=web",
+        "-o",
+        "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        events.contains("create Pod web-0 in StatefulSet web successful"),
+        "{events}"
+    );
+    let get = c.ok(&["get", "statefulset", "web"]);
+    assert!(
+        get.lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().take(2).eq(["web", "3/3"])),
+        "{get}"
+    );
+    // volumeClaimTemplates stand as emptyDir volumes; each Pod has its hostname.
+    let volume = c.ok(&[
+        "get",
+        "pod",
+        "web-1",
+        "-o",
+        "jsonpath={.spec.volumes[?(@.name==\"www\")].emptyDir}",
+    ]);
+    assert_eq!(volume, "{}");
+
+    // web-0.nginx.default.svc.cluster.local is web-0's address.
+    let h = c.host().expect("single node");
+    for pod in ["web-0", "web-2"] {
+        let ip = c.ok(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"]);
+        let name = format!("{pod}.nginx.default.svc.cluster.local");
+        eventually(&format!("{name} to resolve"), || {
+            let out = h.exec(&["dig", "+short", "+time=2", "@10.96.0.10", &name]);
+            (String::from_utf8_lossy(&out.stdout).trim() == ip).then_some(())
+        });
+    }
+
+    // Scaling down removes the highest ordinals.
+    c.ok(&["scale", "statefulset", "web", "--replicas=1"]);
+    eventually("web-1 and web-2 to go", || {
+        (pods(&c) == ["web-0"]).then_some(())
+    });
+
+    // A partitioned rolling update replaces only the Pods at or above the partition.
+    c.ok(&["scale", "statefulset", "web", "--replicas=3"]);
+    c.ok(&["rollout", "status", "statefulset/web", "--timeout=90s"]);
+    let before = c.ok(&["get", "pod", "web-0", "-o", "jsonpath={.metadata.uid}"]);
+    c.ok(&[
+        "patch",
+        "statefulset",
+        "web",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":2}},"template":{"metadata":{"annotations":{"rev":"2"}}}}}"#,
+    ]);
+    let status = c.ok(&["rollout", "status", "statefulset/web", "--timeout=90s"]);
+    assert!(
+        status.contains("partitioned roll out complete: 1 new pods have been updated"),
+        "{status}"
+    );
+    let rev = |pod: &str| {
+        c.ok(&[
+            "get",
+            "pod",
+            pod,
+            "-o",
+            "jsonpath={.metadata.annotations.rev}",
+        ])
+    };
+    eventually("web-2 to run the new template", || {
+        (rev("web-2") == "2").then_some(())
+    });
+    assert_eq!(rev("web-1"), "", "web-1 is below the partition");
+    let after = c.ok(&["get", "pod", "web-0", "-o", "jsonpath={.metadata.uid}"]);
+    assert_eq!(before, after, "web-0 is below the partition");
+
+    // Deleting the set collects its Pods.
+    c.ok(&["delete", "statefulset", "web"]);
+    eventually("the Pods to be collected", || {
+        pods(&c).is_empty().then_some(())
+    });
+}
