@@ -241,7 +241,7 @@ fn t000_number_crunch_through_nginx_and_a_load_balancer() {
 
     c.ok(&["apply", "-f", &ex("number-crunch-nginx-service.yml")]);
     let ip = external_ip(&c, "number-crunch-nginx-service");
-    assert!(ip.starts_with("10.201.1."), "{ip} from the default pool");
+    assert_eq!(ip, "10.201.1.0", "the default pool's first address");
     let svcs = c.ok(&["get", "services"]);
     let r = row(&svcs, "number-crunch-nginx-service");
     assert_eq!([&r[1], &r[3]], ["LoadBalancer", &ip]);
@@ -880,6 +880,7 @@ fn t004_routing_models() {
     ready_pods(&c, "app=web01", 1);
     assert_eq!(row(&c.ok(&["get", "deploy"]), "web01")[1], "1/1");
     let lb = external_ip(&c, "lb-web01");
+    assert_eq!(lb, "10.201.1.0", "the default pool's first address");
     let r = row(&c.ok(&["get", "svc"]), "lb-web01");
     assert_eq!([&r[1], &r[3]], ["LoadBalancer", &lb]);
     host_answers(&c, &format!("http://{lb}"), "<h1>Welcome to nginx!</h1>");
@@ -919,6 +920,7 @@ fn t004_routing_models() {
     c.ok(&["apply", "-f", &ex("kubeanimals-svc.yaml")]);
     ready_pods(&c, "app=kubeanimals", 1);
     let lb = external_ip(&c, "kubeanimals");
+    assert_eq!(lb, "10.201.1.1", "the next one (lb-web01 holds the first)");
     assert_eq!(
         c.ok(&[
             "get",
