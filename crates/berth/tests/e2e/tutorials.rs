@@ -1,26 +1,25 @@
-//! The five Service tutorials (`examples/`), each walked through with the real kubectl on a
-//! one-node cluster: the same manifest files the example READMEs use, and checks of what each
-//! tutorial shows (Services by ClusterIP and by name, env vars, DNS, NodePorts and
-//! LoadBalancer IPs from outside the node, readiness, port-forward and kubectl proxy).
+//! The five Service tutorials (`examples/`), each walked through with the real kubectl on the
+//! default single node (`berth server` as `scripts/run.sh` starts it): the same manifest files
+//! the example READMEs use, and checks of what each tutorial shows (Services by ClusterIP and
+//! by name, env vars, DNS, NodePorts and LoadBalancer IPs from the user's shell, readiness,
+//! port-forward and kubectl proxy). "The user's shell" is the host netns the harness makes.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::Command;
 
-use berth_testkit::{Cluster, NODE_IP, NODE_LINK, Process, eventually, free_port};
+use berth_testkit::{Cluster, Process, eventually};
 
-/// The LoadBalancer pool the tests give berth: on the outside netns's side of the node.
-const POOL: &str = "--lb-pool=192.168.231.100-192.168.231.110";
+/// The node's InternalIP in the default single node (`--node-link 10.201.0.0/30`).
+const NODE_IP: &str = "10.201.0.2";
 
-/// A node cluster with `flags`, and a route in the outside netns that puts the pool on the
-/// node's link (a LAN host ARPs for it, as for MetalLB's layer-2 addresses).
+/// The default single node, as the README starts it, with extra `flags`.
 fn start(flags: &[&str]) -> Cluster {
-    let c = Cluster::start_on_node(std::path::Path::new(env!("CARGO_BIN_EXE_berth")), flags);
-    c.wait_node_ready();
-    let node = c.node().expect("a node cluster");
-    let route = node.outside_exec(&["ip", "route", "add", "192.168.231.96/28", "dev", NODE_LINK]);
-    assert!(route.status.success(), "{route:?}");
-    c
+    Cluster::start_single_node(std::path::Path::new(env!("CARGO_BIN_EXE_berth")), flags)
+}
+
+/// The node's name (berth's default: the machine's host name).
+fn node_name(c: &Cluster) -> String {
+    c.ok(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"])
 }
 
 /// A file of `examples/<tutorial>/`.
@@ -97,17 +96,17 @@ fn in_pod(c: &Cluster, pod: &str, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// One curl from the outside netns (empty if it failed).
-fn curl_outside(c: &Cluster, url: &str) -> String {
-    let node = c.node().expect("a node cluster");
-    let out = node.outside_exec(&["curl", "-s", "--max-time", "2", url]);
+/// One curl from the user's shell, the host (empty if it failed).
+fn curl_host(c: &Cluster, url: &str) -> String {
+    let host = c.host().expect("a single node");
+    let out = host.exec(&["curl", "-s", "--max-time", "2", url]);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Waits until `url` answers from outside with a body containing `want`; the body.
-fn outside_answers(c: &Cluster, url: &str, want: &str) -> String {
-    eventually(&format!("{url} from outside to answer {want:?}"), || {
-        let body = curl_outside(c, url);
+/// Waits until `url` answers the host with a body containing `want`; the body.
+fn host_answers(c: &Cluster, url: &str, want: &str) -> String {
+    eventually(&format!("{url} from the host to answer {want:?}"), || {
+        let body = curl_host(c, url);
         body.contains(want).then_some(body)
     })
 }
@@ -182,10 +181,10 @@ fn curl_loop(url: &str, n: usize) -> String {
     format!("for i in $(seq {n}); do curl -s --max-time 2 {url}; echo; done")
 }
 
-/// `kubectl ARGS` left running in the outside netns (port-forward, proxy), stopped by PID.
+/// `kubectl ARGS` left running in the host (port-forward, proxy), stopped by PID.
 fn kubectl_process(c: &Cluster, what: &str, args: &[&str]) -> Process {
-    let node = c.node().expect("a node cluster");
-    let mut cmd: Command = node.outside_command("kubectl");
+    let host = c.host().expect("a single node");
+    let mut cmd = host.command("kubectl");
     cmd.args(args)
         .env("KUBECONFIG", &c.kubeconfig)
         .env("KUBECACHEDIR", c.dir().join("kubecache"))
@@ -197,7 +196,7 @@ fn kubectl_process(c: &Cluster, what: &str, args: &[&str]) -> Process {
 /// reverse proxy that names it `number-crunch-service.default`, and a LoadBalancer in front.
 #[test]
 fn t000_number_crunch_through_nginx_and_a_load_balancer() {
-    let c = start(&[POOL]);
+    let c = start(&[]);
     let ex = |f| example("000-number-crunch", f);
     assert_eq!(
         c.ok(&["apply", "-f", &ex("number-crunch-deployment.yml")]),
@@ -205,10 +204,11 @@ fn t000_number_crunch_through_nginx_and_a_load_balancer() {
     );
     let pods = ready_pods(&c, "app=number-crunch", 2);
     let wide = c.ok(&["get", "pods", "-o", "wide"]);
+    let node = node_name(&c);
     for pod in &pods {
         let r = row(&wide, pod);
         assert_eq!(r[1..3], ["1/1", "Running"], "{wide}");
-        assert!(r[5].starts_with("10.244.0.") && r[6] == "node-1", "{wide}");
+        assert!(r[5].starts_with("10.244.0.") && r[6] == node, "{wide}");
     }
     assert_eq!(
         c.ok(&["apply", "-f", &ex("number-crunch-service.yml")]),
@@ -241,7 +241,7 @@ fn t000_number_crunch_through_nginx_and_a_load_balancer() {
 
     c.ok(&["apply", "-f", &ex("number-crunch-nginx-service.yml")]);
     let ip = external_ip(&c, "number-crunch-nginx-service");
-    assert!(ip.starts_with("192.168.231.10"), "{ip} from the pool");
+    assert_eq!(ip, "10.201.1.0", "the default pool's first address");
     let svcs = c.ok(&["get", "services"]);
     let r = row(&svcs, "number-crunch-nginx-service");
     assert_eq!([&r[1], &r[3]], ["LoadBalancer", &ip]);
@@ -249,8 +249,8 @@ fn t000_number_crunch_through_nginx_and_a_load_balancer() {
         r[4].starts_with("8080:") && r[4].ends_with("/TCP"),
         "{svcs}"
     );
-    // From the LAN, through nginx, which finds number-crunch by its DNS name.
-    let answer = outside_answers(&c, &format!("http://{ip}:8080/square-root/4"), "SquareRoot");
+    // From the user's shell, through nginx, which finds number-crunch by its DNS name.
+    let answer = host_answers(&c, &format!("http://{ip}:8080/square-root/4"), "SquareRoot");
     assert_eq!(answer, "{\"InputNumber\":4,\"SquareRoot\":2}\n");
 }
 
@@ -258,7 +258,7 @@ fn t000_number_crunch_through_nginx_and_a_load_balancer() {
 /// discovery by env vars and DNS, kubectl proxy, NodePort, LoadBalancer, readiness, headless.
 #[test]
 fn t001_services_introduction() {
-    let c = start(&[POOL]);
+    let c = start(&[]);
     let ex = |f| example("001-services-introduction", f);
     assert_eq!(
         c.ok(&[
@@ -357,19 +357,19 @@ fn t001_services_introduction() {
     );
     assert!(text.contains("<h1>Welcome to nginx!</h1>"), "{text}");
 
-    // kubectl proxy from outside the node, as in the tutorial (curl -L to the bare /proxy).
-    let port = free_port();
-    let _proxy = kubectl_process(&c, "kubectl proxy", &["proxy", &format!("--port={port}")]);
-    let url = format!("http://127.0.0.1:{port}/api/v1/namespaces/default/services/nginx/proxy");
-    let node = c.node().expect("a node cluster");
+    // kubectl proxy in the user's shell, as in the tutorial (its port; curl -L to the bare
+    // /proxy). The host netns is the test's own, so the port is free.
+    let _proxy = kubectl_process(&c, "kubectl proxy", &["proxy", "--port=9999"]);
+    let url = "http://localhost:9999/api/v1/namespaces/default/services/nginx/proxy";
+    let host = c.host().expect("a single node");
     eventually("nginx through kubectl proxy", || {
-        let out = node.outside_exec(&["curl", "-s", "-L", "--max-time", "5", &url]);
+        let out = host.exec(&["curl", "-s", "-L", "--max-time", "5", url]);
         String::from_utf8_lossy(&out.stdout)
             .contains("<h1>Welcome to nginx!</h1>")
             .then_some(())
     });
 
-    // Patched to a NodePort, reached on the node's InternalIP from outside.
+    // Patched to a NodePort, reached on the node's InternalIP from the user's shell.
     assert_eq!(
         c.ok(&[
             "patch",
@@ -387,10 +387,11 @@ fn t001_services_introduction() {
         .and_then(|p| p.strip_suffix("/TCP"))
         .expect("80:PORT/TCP")
         .to_owned();
-    assert_eq!(row(&c.ok(&["get", "nodes"]), "node-1")[1], "Ready");
-    let desc = c.ok(&["describe", "node", "node-1"]);
+    let node = node_name(&c);
+    assert_eq!(row(&c.ok(&["get", "nodes"]), &node)[1], "Ready");
+    let desc = c.ok(&["describe", "node", &node]);
     assert!(has_line(&desc, &["InternalIP:", NODE_IP]), "{desc}");
-    outside_answers(
+    host_answers(
         &c,
         &format!("http://{NODE_IP}:{node_port}"),
         "<h1>Welcome to nginx!</h1>",
@@ -479,7 +480,7 @@ fn t001_services_introduction() {
         (headless(&c) == ips).then_some(())
     });
     let lb = external_ip(&c, "kubia-loadbalancer");
-    outside_answers(&c, &format!("http://{lb}/"), "Hostname: kubia-");
+    host_answers(&c, &format!("http://{lb}/"), "Hostname: kubia-");
 
     // The readiness probe fails on one pod: it leaves the Service, the other serves.
     c.ok(&["exec", &pods[0], "-c", "kubia", "--", "rm", "/srv/ready"]);
@@ -512,7 +513,7 @@ fn t001_services_introduction() {
 #[test]
 fn t002_pizza() {
     // A pool of one address, so that the webapp LoadBalancer waits while another holds it.
-    let c = start(&["--lb-pool=192.168.231.100-192.168.231.100"]);
+    let c = start(&["--lb-pool=10.201.1.0/32"]);
     let ex = |f| example("002-pizza", f);
     c.ok(&["apply", "-f", &ex("hs-pizza-webapp-pod.yaml")]);
     ready_pods(&c, "hs-pizza-webapp", 1);
@@ -590,10 +591,10 @@ fn t002_pizza() {
     }
     c.ok(&["delete", "svc", "placeholder"]);
     let lb = external_ip(&c, "webapp");
-    assert_eq!(lb, "192.168.231.100");
+    assert_eq!(lb, "10.201.1.0");
     let r = row(&c.ok(&["get", "svc", "webapp"]), "webapp");
     assert_eq!([&r[2], &r[3]], [&cluster, &lb], "the ClusterIP stays");
-    outside_answers(&c, &format!("http://{lb}/"), "Hostname: hs-pizza-webapp");
+    host_answers(&c, &format!("http://{lb}/"), "Hostname: hs-pizza-webapp");
 
     // The exercise: the topping suggestion Service.
     c.ok(&[
@@ -623,29 +624,24 @@ fn t002_pizza() {
     }
 
     // kubectl port-forward, the workshop's way in before Services, to a pod and a Service.
-    let (p1, p2) = (free_port(), free_port());
     let _pf_pod = kubectl_process(
         &c,
         "port-forward pod",
-        &["port-forward", "pod/hs-pizza-webapp", &format!("{p1}:1234")],
+        &["port-forward", "pod/hs-pizza-webapp", "8080:1234"],
     );
     let _pf_svc = kubectl_process(
         &c,
         "port-forward svc",
-        &[
-            "port-forward",
-            "svc/topping-suggestion-service",
-            &format!("{p2}:80"),
-        ],
+        &["port-forward", "svc/topping-suggestion-service", "8081:80"],
     );
-    outside_answers(
+    host_answers(
         &c,
-        &format!("http://127.0.0.1:{p1}/pizza"),
+        "http://localhost:8080/pizza",
         "Hostname: hs-pizza-webapp\n",
     );
-    outside_answers(
+    host_answers(
         &c,
-        &format!("http://127.0.0.1:{p2}/topping_combo"),
+        "http://localhost:8081/topping_combo",
         "Hostname: hs-pizza-topping-suggestion\n",
     );
 }
@@ -772,11 +768,11 @@ fn t003_service_resources() {
             .then_some(())
     });
 
-    // NodePort 30007, from outside the node.
+    // NodePort 30007, from the user's shell.
     c.ok(&["apply", "-f", &ex("my-service-nodeport.yaml")]);
     let r = row(&c.ok(&["get", "svc", "my-service"]), "my-service");
     assert_eq!([&r[1], &r[4]], ["NodePort", "80:30007/TCP"]);
-    outside_answers(
+    host_answers(
         &c,
         &format!("http://{NODE_IP}:30007/"),
         "<h1>Welcome to nginx!</h1>",
@@ -797,11 +793,11 @@ fn t003_service_resources() {
 }
 
 /// 004, basic routing models: three whoami destinations behind a ClusterIP found with
-/// nslookup, a NodePort from outside, nginx behind a LoadBalancer, an ExternalName CNAME, and
+/// nslookup, a NodePort from the user's shell, nginx behind a LoadBalancer, an ExternalName CNAME, and
 /// the blue/green selector switch in its own namespace.
 #[test]
 fn t004_routing_models() {
-    let c = start(&[POOL]);
+    let c = start(&[]);
     let ex = |f| example("004-routing-models", f);
     for (f, said) in [
         (
@@ -843,7 +839,7 @@ fn t004_routing_models() {
         "service \"svc-destination\" deleted\n"
     );
 
-    // NodePort, from outside the node.
+    // NodePort, from the user's shell.
     c.ok(&["apply", "-f", &ex("svc-nodeport-destination.yaml")]);
     let r = row(
         &c.ok(&["get", "svc", "svc-nodeport-destination"]),
@@ -855,7 +851,7 @@ fn t004_routing_models() {
         .and_then(|p| p.strip_suffix("/TCP"))
         .expect("8080:PORT/TCP")
         .to_owned();
-    let body = outside_answers(
+    let body = host_answers(
         &c,
         &format!("http://{NODE_IP}:{port}"),
         "Hostname: destination-",
@@ -884,29 +880,24 @@ fn t004_routing_models() {
     ready_pods(&c, "app=web01", 1);
     assert_eq!(row(&c.ok(&["get", "deploy"]), "web01")[1], "1/1");
     let lb = external_ip(&c, "lb-web01");
+    assert_eq!(lb, "10.201.1.0", "the default pool's first address");
     let r = row(&c.ok(&["get", "svc"]), "lb-web01");
     assert_eq!([&r[1], &r[3]], ["LoadBalancer", &lb]);
-    outside_answers(&c, &format!("http://{lb}"), "<h1>Welcome to nginx!</h1>");
+    host_answers(&c, &format!("http://{lb}"), "<h1>Welcome to nginx!</h1>");
 
-    // ExternalName: the cluster DNS answers a CNAME. Asked from a pod: from the node itself,
-    // UDP queries to kube-dns get no answer today (the DNS server's reply leaves from the
-    // node's own address, not the bridge address the query was sent to), so that is left out.
+    // ExternalName: the cluster DNS answers a CNAME, asked from the user's shell.
     c.ok(&["apply", "-f", &ex("externalname.yaml")]);
-    let web01 = c.ok(&[
-        "get",
-        "pods",
-        "-l",
-        "app=web01",
-        "-o",
-        "jsonpath={.items[0].metadata.name}",
-    ]);
+    let host = c.host().expect("a single node");
     eventually("the CNAME of my-service", || {
-        let out = in_pod(
-            &c,
-            &web01,
-            "dig +short CNAME my-service.default.svc.cluster.local",
-        );
-        (out.trim() == "my.database.example.com.").then_some(())
+        let out = host.exec(&[
+            "dig",
+            "+short",
+            "+time=2",
+            "@10.96.0.10",
+            "CNAME",
+            "my-service.default.svc.cluster.local",
+        ]);
+        (String::from_utf8_lossy(&out.stdout).trim() == "my.database.example.com.").then_some(())
     });
 
     // Blue/green in namespace bluegreen, made the context's default as in the tutorial.
@@ -929,6 +920,7 @@ fn t004_routing_models() {
     c.ok(&["apply", "-f", &ex("kubeanimals-svc.yaml")]);
     ready_pods(&c, "app=kubeanimals", 1);
     let lb = external_ip(&c, "kubeanimals");
+    assert_eq!(lb, "10.201.1.1", "the next one (lb-web01 holds the first)");
     assert_eq!(
         c.ok(&[
             "get",
@@ -939,7 +931,7 @@ fn t004_routing_models() {
         ]),
         format!("{lb}\n")
     );
-    outside_answers(&c, &format!("http://{lb}"), "Hostname: phippy-");
+    host_answers(&c, &format!("http://{lb}"), "Hostname: phippy-");
     c.ok(&["apply", "-f", &ex("kubeanimals-2.yaml")]);
     ready_pods(&c, "app=kubeanimals", 2);
     let labels = |c: &Cluster| row(&c.ok(&["get", "svc", "--show-labels"]), "kubeanimals");
@@ -951,7 +943,7 @@ fn t004_routing_models() {
     let r = labels(&c);
     assert_eq!([&r[3], &r[6]], [&lb, "app=kubeanimals,version=2.0"]);
     eventually("captainkube behind the same address", || {
-        let seen = hostnames(&curl_outside(&c, &format!("http://{lb}")));
+        let seen = hostnames(&curl_host(&c, &format!("http://{lb}")));
         seen.iter()
             .all(|h| h.starts_with("captainkube-"))
             .then_some(())
