@@ -37,6 +37,11 @@ pub enum MetaKey {
 pub enum CmpOp {
     Eq = 0,
     Neq = 1,
+    /// Orderings compare the register's bytes as written (big-endian values order as numbers).
+    Lt = 2,
+    Lte = 3,
+    Gt = 4,
+    Gte = 5,
 }
 
 /// `enum nft_verdicts` plus the target chain of jump/goto.

@@ -40,6 +40,7 @@ enum MsgType {
     DelRule = 8,
     NewSet = 9,
     GetSet = 10,
+    DelSet = 11,
     NewSetElem = 12,
     GetSetElem = 13,
     DelSetElem = 14,
@@ -125,6 +126,10 @@ pub enum Msg {
         exprs: Vec<Expr>,
     },
     NewSet(SetSpec),
+    /// Deletes a set no rule refers to any more.
+    DelSet {
+        name: String,
+    },
     NewElems {
         set: String,
         elems: Vec<Elem>,
@@ -150,6 +155,7 @@ impl Msg {
             Msg::FlushChain { name } => format!("flush chain {name}"),
             Msg::NewRule { chain, .. } => format!("add rule to chain {chain}"),
             Msg::NewSet(s) => format!("add set {}", s.name),
+            Msg::DelSet { name } => format!("delete set {name}"),
             Msg::NewElems { set, elems } => format!("add {} element(s) to {set}", elems.len()),
             Msg::DelElems { set, elems } | Msg::DestroyElems { set, elems } => {
                 format!("delete {} element(s) from {set}", elems.len())
@@ -242,6 +248,7 @@ impl Batch {
             Msg::FlushChain { .. } => (MsgType::DelRule, NLM_F_REQUEST),
             Msg::NewRule { .. } => (MsgType::NewRule, create | NLM_F_APPEND),
             Msg::NewSet(_) => (MsgType::NewSet, create),
+            Msg::DelSet { .. } => (MsgType::DelSet, NLM_F_REQUEST),
             Msg::NewElems { .. } => (MsgType::NewSetElem, create),
             Msg::DelElems { .. } => (MsgType::DelSetElem, NLM_F_REQUEST),
             Msg::DestroyElems { .. } => (MsgType::DestroySetElem, NLM_F_REQUEST),
@@ -331,6 +338,10 @@ fn write_body(w: &mut Writer, table: &str, msg: &Msg, set_id: u32) {
             w.nest(4, |w| exprs.iter().for_each(|e| e.write(w)));
         }
         Msg::NewSet(s) => write_set(w, table, s, set_id),
+        Msg::DelSet { name } => {
+            w.str(1, table);
+            w.str(2, name);
+        }
         Msg::NewElems { set, elems }
         | Msg::DelElems { set, elems }
         | Msg::DestroyElems { set, elems } => {
