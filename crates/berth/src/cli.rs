@@ -40,6 +40,10 @@ pub enum Cmd {
     /// Run only the cluster DNS server (CoreDNS's job for `cluster.local`), against the API
     /// server the kubeconfig names; other names are forwarded to upstream resolvers.
     Dns(DnsCmdArgs),
+    /// Run only the NetworkPolicy enforcer, against the API server the kubeconfig names:
+    /// policies, pods and namespaces become an nftables table `ip berth-netpol` guarding the
+    /// pods of this node, in the network namespace berth runs in. `--cleanup` removes it.
+    Netpol(NetpolCmdArgs),
     /// Run a built-in workload (what an image name such as berth/whoami runs in a pod):
     /// `berth workload whoami [--port N]` or `berth workload number-crunch [--port N]`.
     #[command(hide = true)]
@@ -245,6 +249,21 @@ pub struct ProxyCmdArgs {
     pub node: Option<String>,
 
     /// Remove the `ip berth` nftables table from this network namespace and exit.
+    #[arg(long)]
+    pub cleanup: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NetpolCmdArgs {
+    #[command(flatten)]
+    pub kube: KubeconfigArg,
+
+    /// The name of this node: only its pods are isolated. Default: this machine's host
+    /// name, lowercased.
+    #[arg(long = "hostname-override", alias = "node")]
+    pub node: Option<String>,
+
+    /// Remove the `ip berth-netpol` nftables table from this network namespace and exit.
     #[arg(long)]
     pub cleanup: bool,
 }

@@ -10,8 +10,8 @@ use anyhow::Context;
 use berth_store::Store;
 use clap::Parser;
 use cli::{
-    AgentArgs, AgentCmdArgs, CleanupArgs, Cli, Cmd, DnsCmdArgs, NodeMode, ProxyCmdArgs, ServerArgs,
-    StoreUrl,
+    AgentArgs, AgentCmdArgs, CleanupArgs, Cli, Cmd, DnsCmdArgs, NetpolCmdArgs, NodeMode,
+    ProxyCmdArgs, ServerArgs, StoreUrl,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -53,6 +53,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Agent(args) => agent(args).await,
             Cmd::Proxy(args) => proxy(args).await,
             Cmd::Dns(args) => dns(args).await,
+            Cmd::Netpol(args) => netpol(args).await,
             Cmd::Cleanup(args) => cleanup(args).await,
             Cmd::Workload { .. } | Cmd::ContainerInit { .. } => Ok(()),
         }
@@ -243,14 +244,14 @@ fn give_to_sudo_user(path: &std::path::Path) {
 /// The readiness of each part, as `/readyz` lists them.
 struct Readiness {
     controllers: Arc<tokio::sync::SetOnce<()>>,
-    node: Option<[Arc<tokio::sync::SetOnce<()>>; 3]>,
+    node: Option<[Arc<tokio::sync::SetOnce<()>>; 4]>,
 }
 
 impl Readiness {
     fn checks(&self) -> Vec<(String, Arc<tokio::sync::SetOnce<()>>)> {
         let mut out = vec![("controllers".to_owned(), self.controllers.clone())];
         if let Some(parts) = &self.node {
-            for (name, s) in ["node-agent", "proxy", "dns"].iter().zip(parts) {
+            for (name, s) in ["node-agent", "proxy", "dns", "netpol"].iter().zip(parts) {
                 out.push(((*name).to_owned(), s.clone()));
             }
         }
@@ -361,6 +362,7 @@ async fn serve(
                 dns_metrics,
                 proxy_synced: synced[1].clone(),
                 dns_synced: synced[2].clone(),
+                netpol_synced: synced[3].clone(),
                 cluster_dns: args.agent.cluster_dns,
                 extra_recursion: Vec::new(),
             };
@@ -447,6 +449,7 @@ struct NodeParts {
     dns_metrics: berth_dns::metrics::Metrics,
     proxy_synced: Arc<tokio::sync::SetOnce<()>>,
     dns_synced: Arc<tokio::sync::SetOnce<()>>,
+    netpol_synced: Arc<tokio::sync::SetOnce<()>>,
     cluster_dns: std::net::Ipv4Addr,
     /// Clients besides pods and the node that may have outside names resolved.
     extra_recursion: Vec<ipnet::IpNet>,
@@ -524,6 +527,13 @@ async fn run_node(
         ipnet::IpNet::V4(ipnet::Ipv4Net::from(agent.node_ip)),
     ]);
     dns.allow_recursion.extend(parts.extra_recursion);
+    // Policies see the DNS on the bridge address as the kube-dns pod it stands for.
+    let netpol = berth_netpol::Config {
+        node_name: Some(agent.node_name.clone()),
+        node_pods: vec![berth_netpol::PodView::cluster_dns(gateway)],
+        synced: parts.netpol_synced,
+        ..berth_netpol::Config::default()
+    };
     let tasks = [
         tokio::spawn(
             {
@@ -546,6 +556,17 @@ async fn run_node(
                 }
             }
             .instrument(tracing::info_span!("dns")),
+        ),
+        tokio::spawn(
+            {
+                let (client, shutdown) = (client.clone(), shutdown.clone());
+                async move {
+                    if let Err(e) = berth_netpol::run(netpol, client, shutdown).await {
+                        tracing::error!(error = %anyhow::Error::from(e), "the NetworkPolicy enforcer stopped");
+                    }
+                }
+            }
+            .instrument(tracing::info_span!("netpol")),
         ),
         tokio::spawn(
             {
@@ -700,6 +721,36 @@ async fn proxy(args: ProxyCmdArgs) -> anyhow::Result<()> {
         .instrument(tracing::info_span!("proxy"))
         .await
         .context("service proxy")
+}
+
+/// `berth netpol`: the NetworkPolicy enforcer alone. The table stays when it stops (the
+/// policies stay enforced); `--cleanup` removes it.
+async fn netpol(args: NetpolCmdArgs) -> anyhow::Result<()> {
+    if args.cleanup {
+        let removed =
+            berth_netpol::cleanup().context("removing the nftables table ip berth-netpol")?;
+        let what = if removed { "removed" } else { "no" };
+        println!("berth: {what} nftables table ip berth-netpol");
+        return Ok(());
+    }
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let node_name = match &args.node {
+        Some(n) => n.clone(),
+        None => host_name()?,
+    };
+    let client = standalone_client(args.kube.kubeconfig.as_deref()).await?;
+    println!(
+        "berth: NetworkPolicy enforcer for node {node_name} started (nftables table ip berth-netpol)"
+    );
+    let config = berth_netpol::Config {
+        node_name: Some(node_name),
+        ..berth_netpol::Config::default()
+    };
+    berth_netpol::run(config, client, shutdown)
+        .instrument(tracing::info_span!("netpol"))
+        .await
+        .context("NetworkPolicy enforcer")
 }
 
 /// `berth cleanup`: removes what a killed `berth server` left: the pods' namespaces (named

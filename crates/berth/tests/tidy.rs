@@ -73,7 +73,7 @@ fn architecture_md_names_every_crate() {
 
 #[test]
 fn components_depend_only_on_the_api() {
-    for component in ["controllers", "agent", "proxy", "dns"] {
+    for component in ["controllers", "agent", "proxy", "dns", "netpol"] {
         let Ok(manifest) =
             std::fs::read_to_string(root().join("crates").join(component).join("Cargo.toml"))
         else {

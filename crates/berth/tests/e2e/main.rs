@@ -15,6 +15,7 @@ mod hardening;
 mod kubectl;
 mod kubelet;
 mod lifecycle;
+mod netpol;
 mod raw;
 mod restart;
 mod singlenode;
