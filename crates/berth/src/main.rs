@@ -362,6 +362,7 @@ async fn serve(
                 proxy_synced: synced[1].clone(),
                 dns_synced: synced[2].clone(),
                 ingress_synced: synced[3].clone(),
+                ingress_ip: args.lb_pool().last().map(|r| r.last()),
                 cluster_dns: args.agent.cluster_dns,
                 extra_recursion: Vec::new(),
             };
@@ -449,6 +450,8 @@ struct NodeParts {
     proxy_synced: Arc<tokio::sync::SetOnce<()>>,
     dns_synced: Arc<tokio::sync::SetOnce<()>>,
     ingress_synced: Arc<tokio::sync::SetOnce<()>>,
+    /// The pool's last address, for `kube-system/berth-ingress`.
+    ingress_ip: Option<std::net::Ipv4Addr>,
     cluster_dns: std::net::Ipv4Addr,
     /// Clients besides pods and the node that may have outside names resolved.
     extra_recursion: Vec<ipnet::IpNet>,
@@ -529,6 +532,7 @@ async fn run_node(
     dns.allow_recursion.extend(parts.extra_recursion);
     let ingress = berth_ingress::Config {
         node_ip: agent.node_ip,
+        load_balancer_ip: parts.ingress_ip,
         synced: parts.ingress_synced,
         ..berth_ingress::Config::default()
     };

@@ -60,6 +60,10 @@ pub struct Config {
     /// The node's address: the endpoint of `kube-system/berth-ingress`, and the Ingresses'
     /// address until that Service has a LoadBalancer IP.
     pub node_ip: Ipv4Addr,
+    /// The LoadBalancer IP `kube-system/berth-ingress` asks for (`spec.loadBalancerIP`), so
+    /// the ingress keeps one well-known address and other Services get the pool from its
+    /// start; `None` takes whatever the pool gives.
+    pub load_balancer_ip: Option<Ipv4Addr>,
     /// Set once the first route table is served.
     pub synced: Arc<tokio::sync::SetOnce<()>>,
 }
@@ -70,6 +74,7 @@ impl Default for Config {
             http: SocketAddr::from(([0, 0, 0, 0], 80)),
             https: SocketAddr::from(([0, 0, 0, 0], 443)),
             node_ip: Ipv4Addr::LOCALHOST,
+            load_balancer_ip: None,
             synced: Arc::default(),
         }
     }
@@ -120,7 +125,7 @@ pub async fn run(
     let certs = Arc::new(tls::Certs::new());
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(certs.clone())?));
     let shared = Arc::new(server::Shared::new(certs));
-    if let Err(e) = publish(&client, config.node_ip).await {
+    if let Err(e) = publish(&client, config.node_ip, config.load_balancer_ip).await {
         tracing::warn!(error = %e, "the ingress class or Service could not be published");
     }
     let notify = Arc::new(Notify::new());
@@ -274,7 +279,11 @@ async fn write_statuses(
 
 /// IngressClass `berth` (the default class) and the LoadBalancer Service
 /// `kube-system/berth-ingress` with Endpoints at `node_ip`, made if missing.
-async fn publish(client: &kube::Client, node_ip: Ipv4Addr) -> Result<(), Error> {
+async fn publish(
+    client: &kube::Client,
+    node_ip: Ipv4Addr,
+    lb_ip: Option<Ipv4Addr>,
+) -> Result<(), Error> {
     let created = |r: Result<(), kube::Error>, what| match r {
         Ok(()) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
@@ -294,14 +303,17 @@ async fn publish(client: &kube::Client, node_ip: Ipv4Addr) -> Result<(), Error> 
         "IngressClass berth",
     )?;
     let services: Api<Service> = Api::namespaced(client.clone(), NAMESPACE);
-    let svc = serde_json::from_value(json!({
+    let mut svc = json!({
         "metadata": {"name": SERVICE, "namespace": NAMESPACE, "labels": {"app.kubernetes.io/name": SERVICE}},
         "spec": {"type": "LoadBalancer", "ports": [
             {"name": "http", "port": 80, "targetPort": 80, "protocol": "TCP"},
             {"name": "https", "port": 443, "targetPort": 443, "protocol": "TCP"},
         ]},
-    }))
-    .unwrap_or_default();
+    });
+    if let Some(ip) = lb_ip {
+        svc["spec"]["loadBalancerIP"] = json!(ip.to_string());
+    }
+    let svc: Service = serde_json::from_value(svc).unwrap_or_default();
     created(
         services
             .create(&PostParams::default(), &svc)
