@@ -12,6 +12,7 @@ packages=(
   iputils-ping       # node tests ping across veths and bridges
   dnsutils           # dig, for cluster DNS tests
   curl ca-certificates
+  conntrack tcpdump  # what a failing data-plane e2e test prints (flows, link headers)
 )
 missing=()
 for p in "${packages[@]}"; do
