@@ -12,6 +12,7 @@ packages=(
   iputils-ping       # node tests ping across veths and bridges
   dnsutils           # dig, for cluster DNS tests
   curl ca-certificates
+  conntrack tcpdump  # what a failing data-plane e2e test prints (flows, link headers)
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -22,24 +23,7 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# nginx, which the tutorials' examples run (a pod with image nginx runs the host's nginx):
-# installed with its service kept from starting (policy-rc.d denies it, and systemd is told
-# not to start it at boot), so the node itself runs no nginx.
-if ! dpkg-query -W -f='${Status}' nginx 2>/dev/null | grep -q "install ok installed"; then
-  export DEBIAN_FRONTEND=noninteractive
-  policy=/usr/sbin/policy-rc.d
-  made_policy=
-  if [[ ! -e $policy ]]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy"
-    chmod 755 "$policy"
-    made_policy=1
-    trap 'rm -f "$policy"' EXIT
-  fi
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends nginx
-  if [[ -n $made_policy ]]; then rm -f "$policy"; trap - EXIT; fi
-  if [[ -d /run/systemd/system ]]; then systemctl disable --now nginx; fi
-fi
+bash "$(dirname "$0")/workload-programs.sh"
 if ! command -v kubectl >/dev/null; then
   echo "kubectl is required (the tests drive the real kubectl); install kubectl 1.32 or newer" >&2
   exit 1

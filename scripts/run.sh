@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's first command: installs what the build needs, builds berth (release) and runs
-# the single-node cluster: API server (embedded store, data in ./berth-data), controllers, and
+# the single-node cluster (and installs nginx and wget, which pods with those images run until
+# berth runs real images): API server (embedded store, data in ./berth-data), controllers, and
 # a node (agent, proxy, DNS) in network namespace `berth`, reachable from this shell. The node
 # needs root, so berth runs through sudo unless this is root already; the kubeconfig is
 # written to ./berth.kubeconfig for the user who ran this. Extra arguments go to
@@ -19,5 +20,6 @@ if ((${#missing[@]})); then
     "${sudo[@]}" apt-get update -qq
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+"${sudo[@]}" bash scripts/workload-programs.sh
 cargo build --release --bin berth
 exec "${sudo[@]}" target/release/berth server --data-dir ./berth-data --kubeconfig ./berth.kubeconfig "$@"

@@ -114,6 +114,86 @@ fn two_pods_inside_node() {
     assert_eq!(reopened.allocations().count(), 0);
 }
 
+/// The bridge's MAC, as `ip -br link` prints it.
+fn bridge_mac() -> String {
+    let out = Command::new("ip")
+        .args(["-br", "link", "show", "berth0"])
+        .output()
+        .expect("ip link");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A bridge made here gets a MAC of its own, and one an earlier agent made without keeps the
+/// MAC it had: either way it stays while pods (bridge ports) come and go, so the gateway
+/// MAC pods cached never goes away with a deleted pod's veth.
+#[test]
+fn the_bridge_mac_stays_while_pods_come_and_go() {
+    if inside_node().is_some() {
+        return bridge_mac_inside_node();
+    }
+    let node = Node::new();
+    let uids: Vec<String> = (0..6).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    let _pods = PodNetns::for_uids(&uids);
+    node.rerun_inside(
+        "the_bridge_mac_stays_while_pods_come_and_go",
+        &[(UIDS_ENV, &uids.join(","))],
+    );
+}
+
+fn bridge_mac_inside_node() {
+    let uids: Vec<String> = std::env::var(UIDS_ENV)
+        .expect("pod uids from the outer run")
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let _pods = PodNetns::for_uids(&uids);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let state = tempfile::tempdir().expect("state dir");
+    let mut ipam = Ipam::open(state.path(), "10.244.0.0/24".parse().expect("cidr")).expect("ipam");
+    let cycle = |uids: &[String], ipam: &mut Ipam, bridge: &Bridge, mac: &str| {
+        for (i, uid) in uids.iter().enumerate() {
+            let ip = ipam.allocate(uid).expect("pod IP");
+            let pod = rt
+                .block_on(Sandbox::create(uid, &format!("pod-{i}"), ip, bridge))
+                .expect("sandbox");
+            assert_eq!(bridge_mac(), mac, "after adding a port");
+            rt.block_on(pod.destroy()).expect("destroy");
+            ipam.release(uid).expect("release");
+            assert_eq!(bridge_mac(), mac, "after removing a port");
+        }
+    };
+    let bridge = rt
+        .block_on(Bridge::ensure("berth0", ipam.gateway()))
+        .expect("bridge");
+    assert_eq!(bridge_mac(), "02:be:0a:f4:00:01");
+    cycle(&uids[..3], &mut ipam, &bridge, "02:be:0a:f4:00:01");
+
+    // As an earlier agent left it: a bridge whose MAC the kernel picked.
+    let del = Command::new("ip")
+        .args(["link", "del", "berth0"])
+        .output()
+        .expect("ip");
+    assert_ok(del, "deleting berth0");
+    let add = Command::new("ip")
+        .args(["link", "add", "berth0", "type", "bridge"])
+        .output()
+        .expect("ip");
+    assert_ok(add, "adding berth0 as an earlier agent did");
+    let old = bridge_mac();
+    let bridge = rt
+        .block_on(Bridge::ensure("berth0", ipam.gateway()))
+        .expect("bridge");
+    assert_eq!(bridge_mac(), old, "ensure keeps the MAC pods may hold");
+    cycle(&uids[3..], &mut ipam, &bridge, &old);
+}
+
 /// Both pods serve on 0.0.0.0:8080 at once (each has its own port space) and reach each other.
 fn both_listen_on_8080(a: &Sandbox, b: &Sandbox, ips: &[Ipv4Addr]) {
     let python = python();

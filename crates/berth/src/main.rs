@@ -244,14 +244,17 @@ fn give_to_sudo_user(path: &std::path::Path) {
 /// The readiness of each part, as `/readyz` lists them.
 struct Readiness {
     controllers: Arc<tokio::sync::SetOnce<()>>,
-    node: Option<[Arc<tokio::sync::SetOnce<()>>; 4]>,
+    node: Option<[Arc<tokio::sync::SetOnce<()>>; 5]>,
 }
 
 impl Readiness {
     fn checks(&self) -> Vec<(String, Arc<tokio::sync::SetOnce<()>>)> {
         let mut out = vec![("controllers".to_owned(), self.controllers.clone())];
         if let Some(parts) = &self.node {
-            for (name, s) in ["node-agent", "proxy", "dns", "netpol"].iter().zip(parts) {
+            for (name, s) in ["node-agent", "proxy", "dns", "ingress", "netpol"]
+                .iter()
+                .zip(parts)
+            {
                 out.push(((*name).to_owned(), s.clone()));
             }
         }
@@ -362,7 +365,9 @@ async fn serve(
                 dns_metrics,
                 proxy_synced: synced[1].clone(),
                 dns_synced: synced[2].clone(),
-                netpol_synced: synced[3].clone(),
+                ingress_synced: synced[3].clone(),
+                ingress_ip: args.lb_pool().last().map(|r| r.last()),
+                netpol_synced: synced[4].clone(),
                 cluster_dns: args.agent.cluster_dns,
                 extra_recursion: Vec::new(),
             };
@@ -449,6 +454,9 @@ struct NodeParts {
     dns_metrics: berth_dns::metrics::Metrics,
     proxy_synced: Arc<tokio::sync::SetOnce<()>>,
     dns_synced: Arc<tokio::sync::SetOnce<()>>,
+    ingress_synced: Arc<tokio::sync::SetOnce<()>>,
+    /// The pool's last address, for `kube-system/berth-ingress`.
+    ingress_ip: Option<std::net::Ipv4Addr>,
     netpol_synced: Arc<tokio::sync::SetOnce<()>>,
     cluster_dns: std::net::Ipv4Addr,
     /// Clients besides pods and the node that may have outside names resolved.
@@ -492,7 +500,8 @@ fn spawn_node_in(
     }))
 }
 
-/// The node agent, service proxy and cluster DNS, and the `kube-system/kube-dns` Service (at
+/// The node agent, service proxy, cluster DNS and ingress controller, and the
+/// `kube-system/kube-dns` Service (at
 /// `--cluster-dns`) in front of the DNS server, which answers on the pod bridge's address.
 /// A part that fails logs why; the rest of the node goes on. Returns the agent's result once
 /// all have stopped.
@@ -527,6 +536,12 @@ async fn run_node(
         ipnet::IpNet::V4(ipnet::Ipv4Net::from(agent.node_ip)),
     ]);
     dns.allow_recursion.extend(parts.extra_recursion);
+    let ingress = berth_ingress::Config {
+        node_ip: agent.node_ip,
+        load_balancer_ip: parts.ingress_ip,
+        synced: parts.ingress_synced,
+        ..berth_ingress::Config::default()
+    };
     // Policies see the DNS on the bridge address as the kube-dns pod it stands for.
     let netpol = berth_netpol::Config {
         node_name: Some(agent.node_name.clone()),
@@ -535,6 +550,17 @@ async fn run_node(
         ..berth_netpol::Config::default()
     };
     let tasks = [
+        tokio::spawn(
+            {
+                let (client, shutdown) = (client.clone(), shutdown.clone());
+                async move {
+                    if let Err(e) = berth_ingress::run(ingress, client, shutdown).await {
+                        tracing::error!(error = %anyhow::Error::from(e), "the ingress controller stopped");
+                    }
+                }
+            }
+            .instrument(tracing::info_span!("ingress")),
+        ),
         tokio::spawn(
             {
                 let (client, shutdown) = (client.clone(), shutdown.clone());

@@ -109,6 +109,32 @@ fn lookup(set: &str, dreg: Option<Reg>) -> Expr {
     }
 }
 
+/// `ct state new` before `rule`: as kube-proxy, only a connection's first packet is checked
+/// against the no-endpoints sets, not every packet of established traffic.
+fn new_only(rule: Vec<Expr>) -> Vec<Expr> {
+    const CT_STATE: u32 = 0;
+    const NEW: u32 = 8;
+    let mut out = vec![
+        Expr::Ct {
+            key: CT_STATE,
+            dreg: r(0),
+        },
+        Expr::Bitwise {
+            sreg: r(0),
+            dreg: r(0),
+            mask: NEW.to_ne_bytes().to_vec(),
+            xor: 0u32.to_ne_bytes().to_vec(),
+        },
+        Expr::Cmp {
+            sreg: r(0),
+            op: CmpOp::Neq,
+            data: 0u32.to_ne_bytes().to_vec(),
+        },
+    ];
+    out.extend(rule);
+    out
+}
+
 fn jump(chain: &str) -> Vec<Expr> {
     vec![Expr::Immediate {
         dreg: Reg::VERDICT,
@@ -309,17 +335,17 @@ pub fn chains(mark: u32) -> Vec<FixedChain> {
         FixedChain {
             name: "filter-input".into(),
             base: base(Hook::Input, 0, "filter"),
-            rules: vec![jump("no-endpoints")],
+            rules: vec![new_only(jump("no-endpoints"))],
         },
         FixedChain {
             name: "filter-forward".into(),
             base: base(Hook::Forward, 0, "filter"),
-            rules: vec![jump("no-endpoints")],
+            rules: vec![new_only(jump("no-endpoints"))],
         },
         FixedChain {
             name: "filter-output".into(),
             base: base(Hook::Output, 0, "filter"),
-            rules: vec![jump("no-endpoints")],
+            rules: vec![new_only(jump("no-endpoints"))],
         },
     ]);
     out

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -21,7 +22,7 @@ use crate::desired::{Node, desired};
 use crate::error::{Error, Result};
 use crate::external::{self, Exposure};
 use crate::health::{self, Health};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, trigger_time};
 use crate::ruleset::{Op, Ruleset, affinity_touched, diff, removed_udp_endpoints};
 use crate::tracker::{self, ServiceKey, Tracker};
 
@@ -84,11 +85,38 @@ struct Kernel<A> {
 }
 
 /// What changed since the last sync: some Services (by their own or their slices' events),
-/// or possibly anything (a relist, a failure).
+/// or possibly anything (a relist, a failure), and when the changes behind the slice events
+/// were made (for `kubeproxy_network_programming_duration_seconds`).
 #[derive(Debug, Default)]
 struct Dirty {
     all: bool,
     keys: BTreeSet<ServiceKey>,
+    triggers: Vec<Timestamp>,
+}
+
+impl Dirty {
+    /// Notes one watch event of an object whose Service is `key` and whose change happened at
+    /// `trigger`. As kube-proxy: only updates count for the latency (a deletion's trigger time
+    /// is that of the slice's last update), and only changes made after `started` (the
+    /// initial list holds old ones).
+    fn note<K>(
+        &mut self,
+        ev: &watcher::Event<K>,
+        key: fn(&K) -> Option<ServiceKey>,
+        trigger: fn(&K) -> Option<Timestamp>,
+        started: Timestamp,
+    ) {
+        match ev {
+            watcher::Event::Apply(o) => {
+                self.keys.extend(key(o));
+                self.triggers.extend(trigger(o).filter(|t| *t > started));
+            }
+            watcher::Event::Delete(o) => self.keys.extend(key(o)),
+            watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::InitDone => {
+                self.all = true;
+            }
+        }
+    }
 }
 
 /// Watches Services and EndpointSlices through `client` and keeps the kernel's table in step
@@ -120,13 +148,14 @@ pub async fn run(config: Config, client: Client, shutdown: CancellationToken) ->
     let wake = Arc::new(Notify::new());
     let dirty = Arc::new(Mutex::new(Dirty {
         all: true,
-        keys: BTreeSet::new(),
+        ..Dirty::default()
     }));
     let (services, services_w) = reflector::store::<Service>();
     let (slices, slices_w) = reflector::store::<EndpointSlice>();
     let changes = Changes {
         wake: wake.clone(),
         dirty: dirty.clone(),
+        started: Timestamp::now(),
     };
     let watches = [
         tokio::spawn(drive(
@@ -134,12 +163,14 @@ pub async fn run(config: Config, client: Client, shutdown: CancellationToken) ->
             services_w,
             changes.clone(),
             tracker::service_key,
+            |_| None,
         )),
         tokio::spawn(drive(
             Api::all(client),
             slices_w,
             changes,
             tracker::slice_key,
+            trigger_time,
         )),
     ];
     let result = tokio::select! {
@@ -178,7 +209,8 @@ async fn sync_loop(
     let mut exposed = Exposed::default();
     let mut health = Health::default();
     loop {
-        let changed = std::mem::take(&mut *dirty.lock().map_err(|_| Error::Thread)?);
+        let mut changed = std::mem::take(&mut *dirty.lock().map_err(|_| Error::Thread)?);
+        let triggers = std::mem::take(&mut changed.triggers);
         let svcs = services.state();
         let sls = slices.state();
         let want = external::exposure(svcs.iter().map(AsRef::as_ref));
@@ -203,8 +235,18 @@ async fn sync_loop(
         kernel = k;
         if let Err(e) = outcome {
             tracing::error!(error = %e, "sync failed; re-reading the kernel and retrying");
+            // Those changes are not in yet: their latency runs on to the sync that succeeds.
+            dirty
+                .lock()
+                .map_err(|_| Error::Thread)?
+                .triggers
+                .extend(triggers);
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
+        }
+        let now = Timestamp::now();
+        for t in triggers {
+            config.metrics.programmed(t, now);
         }
         exposed.update(&route, want, fw).await;
         health.update(checks).await;
@@ -335,15 +377,19 @@ fn forget_removed<A: Apply>(k: &mut Kernel<A>, ops: &[Op]) {
 struct Changes {
     wake: Arc<Notify>,
     dirty: Arc<Mutex<Dirty>>,
+    /// When the proxy started watching: older trigger times are not its latency.
+    started: Timestamp,
 }
 
-/// Runs a reflector until aborted, noting which Service each event touches (`key`) and
-/// waking the sync. A relist may hide deletions, so it marks everything.
+/// Runs a reflector until aborted, noting which Service each event touches (`key`) and when
+/// its change was made (`trigger`), and waking the sync. A relist may hide deletions, so it
+/// marks everything.
 async fn drive<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
     changes: Changes,
     key: fn(&K) -> Option<ServiceKey>,
+    trigger: fn(&K) -> Option<Timestamp>,
 ) where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -361,14 +407,7 @@ async fn drive<K>(
         match ev {
             Ok(ev) => {
                 if let Ok(mut d) = changes.dirty.lock() {
-                    match &ev {
-                        watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
-                            d.keys.extend(key(o));
-                        }
-                        watcher::Event::Init
-                        | watcher::Event::InitApply(_)
-                        | watcher::Event::InitDone => d.all = true,
-                    }
+                    d.note(&ev, key, trigger, changes.started);
                 }
                 changes.wake.notify_one();
             }
@@ -418,8 +457,8 @@ mod tests {
             tracker: None,
         };
         let web = || Dirty {
-            all: false,
             keys: BTreeSet::from([("ns".to_owned(), "web".to_owned())]),
+            ..Dirty::default()
         };
         for eps in [
             &["10.244.0.2", "10.244.0.3"][..],
@@ -439,5 +478,42 @@ mod tests {
         assert_eq!(sizes, vec![5, 6]);
         assert_eq!(k.nl.state, k.current);
         assert!(k.tracker.is_some());
+    }
+
+    #[test]
+    fn slice_updates_made_after_the_start_carry_their_trigger_time() {
+        let at = |s: &str| s.parse::<Timestamp>().expect("a timestamp");
+        let started = at("2025-01-01T00:00:10Z");
+        let slice = |trigger: &str| {
+            let mut s: EndpointSlice = serde_json::from_value(json!({
+                "metadata": {"namespace": "ns", "name": "web-1",
+                             "labels": {"kubernetes.io/service-name": "web"},
+                             "annotations": {crate::metrics::TRIGGER_TIME_ANNOTATION: trigger}},
+                "addressType": "IPv4",
+                "endpoints": [],
+            }))
+            .expect("slice");
+            s.metadata.resource_version = Some("1".into());
+            s
+        };
+        let mut d = Dirty::default();
+        let note = |d: &mut Dirty, ev| d.note(&ev, tracker::slice_key, trigger_time, started);
+        note(&mut d, watcher::Event::Apply(slice("2025-01-01T00:00:11Z")));
+        // Before the start (the initial list's), a deletion's, a relist's: no latency.
+        note(&mut d, watcher::Event::Apply(slice("2025-01-01T00:00:09Z")));
+        note(
+            &mut d,
+            watcher::Event::Delete(slice("2025-01-01T00:00:12Z")),
+        );
+        note(
+            &mut d,
+            watcher::Event::InitApply(slice("2025-01-01T00:00:13Z")),
+        );
+        assert_eq!(d.triggers, vec![at("2025-01-01T00:00:11Z")]);
+        assert_eq!(
+            d.keys,
+            BTreeSet::from([("ns".to_owned(), "web".to_owned())])
+        );
+        assert!(d.all);
     }
 }

@@ -182,9 +182,15 @@ fn run_programs_watched_services_and_follows_changes() {
             .count()
     });
     assert_eq!(during, 0, "connections failed across the restart");
-    // The restarted proxy is live: a change after it still arrives, as its only batch.
+    // The restarted proxy is live: a change after it still arrives, as its only batch, and
+    // the time from the change the controller noted on the slice is its programming latency.
     let t = Instant::now();
-    api.put(1, web_slice(&PODS[..1]));
+    let mut changed = web_slice(&PODS[..1]);
+    changed["metadata"]["annotations"] = json!({
+        berth_proxy::metrics::TRIGGER_TIME_ANNOTATION:
+            k8s_openapi::jiff::Timestamp::now().to_string(),
+    });
+    api.put(1, changed);
     let one: BTreeSet<String> = PODS[..1].iter().map(|s| s.to_string()).collect();
     while reach(10) != one {
         assert!(
@@ -199,6 +205,10 @@ fn run_programs_watched_services_and_follows_changes() {
     prometheus_client::encoding::text::encode(&mut text, &registry).expect("metrics");
     assert!(
         text.contains("kubeproxy_sync_proxy_rules_duration_seconds_count 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kubeproxy_network_programming_duration_seconds_count 1"),
         "{text}"
     );
     // The table stays after a stop (traffic keeps flowing); cleanup removes it.

@@ -92,7 +92,14 @@ fn the_default_node_is_reachable_from_the_host_and_leaves_nothing() {
         &c.data_dir().join("pki/admin.key").display().to_string(),
         "https://127.0.0.1:6443/readyz?verbose",
     ]);
-    for check in ["controllers", "node-agent", "proxy", "dns", "netpol"] {
+    for check in [
+        "controllers",
+        "node-agent",
+        "proxy",
+        "dns",
+        "ingress",
+        "netpol",
+    ] {
         assert!(readyz.contains(&format!("[+]{check} ok")), "{readyz}");
     }
     let node_ip = c.ok(&[

@@ -512,8 +512,9 @@ fn t001_services_introduction() {
 /// exercise, and kubectl port-forward.
 #[test]
 fn t002_pizza() {
-    // A pool of one address, so that the webapp LoadBalancer waits while another holds it.
-    let c = start(&["--lb-pool=10.201.1.0/32"]);
+    // A pool of two addresses: the ingress controller's Service holds the last one, so one is
+    // left, and the webapp LoadBalancer waits while another Service holds it.
+    let c = start(&["--lb-pool=10.201.1.0/31"]);
     let ex = |f| example("002-pizza", f);
     c.ok(&["apply", "-f", &ex("hs-pizza-webapp-pod.yaml")]);
     ready_pods(&c, "hs-pizza-webapp", 1);
