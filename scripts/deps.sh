@@ -13,6 +13,7 @@ packages=(
   dnsutils           # dig, for cluster DNS tests
   curl ca-certificates
   conntrack tcpdump  # what a failing data-plane e2e test prints (flows, link headers)
+  python3            # the NetworkPolicy e2e probes (TCP, UDP, DNS) and UDP echo run in pods
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -73,6 +73,15 @@ pub fn desired<'a>(
     world.ruleset()
 }
 
+/// What [`World::pod_chain`] computed already.
+#[derive(Default)]
+struct Chains {
+    /// Each policy's rules in a direction, as nftables rules.
+    flat: BTreeMap<(Direction, usize), Vec<Rule>>,
+    /// The chain for a list of selecting policies.
+    by_policies: BTreeMap<(Direction, Vec<usize>), String>,
+}
+
 struct World {
     /// Sorted by namespace and name, so the output does not depend on cache order.
     policies: Vec<Policy>,
@@ -86,17 +95,36 @@ struct World {
 impl World {
     fn ruleset(&self) -> Ruleset {
         let mut out = skeleton();
+        let mut by_ns: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, p) in self.policies.iter().enumerate() {
+            by_ns.entry(&p.namespace).or_default().push(i);
+        }
+        let mut chains = Chains::default();
         let mut maps: [BTreeMap<_, String>; 2] = Default::default();
         for pod in &self.local {
             add(&mut out, SELF, Elem::Pair(pod.ip, pod.ip));
-            for (i, dir) in [Direction::Ingress, Direction::Egress]
+            let selecting: Vec<usize> = by_ns
+                .get(pod.namespace.as_str())
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|&i| self.policies[i].selects(pod))
+                .collect();
+            for (d, dir) in [Direction::Ingress, Direction::Egress]
                 .into_iter()
                 .enumerate()
             {
-                if let Some(chain) = self.pod_chain(&mut out, pod, dir) {
-                    // Two pods with one address (a reused IP): the first one named wins.
-                    maps[i].entry(pod.ip).or_insert(chain);
+                let ids: Vec<usize> = selecting
+                    .iter()
+                    .copied()
+                    .filter(|&i| self.policies[i].rules(dir).is_some())
+                    .collect();
+                if ids.is_empty() {
+                    continue;
                 }
+                let chain = self.pod_chain(&mut out, &mut chains, dir, ids);
+                // Two pods with one address (a reused IP): the first one named wins.
+                maps[d].entry(pod.ip).or_insert(chain);
             }
         }
         for (map, entries) in [INGRESS_PODS, EGRESS_PODS].into_iter().zip(maps) {
@@ -107,25 +135,35 @@ impl World {
         out
     }
 
-    /// The chain for `pod`'s `dir` side, added to `out`; `None` if no policy isolates it.
-    fn pod_chain(&self, out: &mut Ruleset, pod: &PodView, dir: Direction) -> Option<String> {
-        let mut rules = Vec::new();
-        let mut isolated = false;
-        for policy in &self.policies {
-            let Some(list) = policy.rules(dir).filter(|_| policy.selects(pod)) else {
-                continue;
-            };
-            isolated = true;
-            for (i, rule) in list.iter().enumerate() {
-                for r in self.flatten(out, policy, dir, i, rule) {
-                    if !rules.contains(&r) {
-                        rules.push(r);
-                    }
+    /// The chain of a pod isolated in direction `dir` by the policies `ids` (indices into
+    /// `policies`): their rules, then drop. Added to `out` the first time.
+    fn pod_chain(
+        &self,
+        out: &mut Ruleset,
+        chains: &mut Chains,
+        dir: Direction,
+        ids: Vec<usize>,
+    ) -> String {
+        if let Some(name) = chains.by_policies.get(&(dir, ids.clone())) {
+            return name.clone();
+        }
+        let mut rules: Vec<Rule> = Vec::new();
+        for &i in &ids {
+            let flat = chains.flat.entry((dir, i)).or_insert_with(|| {
+                let policy = &self.policies[i];
+                policy
+                    .rules(dir)
+                    .unwrap_or_default()
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(n, rule)| self.flatten(out, policy, dir, n, rule))
+                    .collect()
+            });
+            for r in flat.iter() {
+                if !rules.contains(r) {
+                    rules.push(r.clone());
                 }
             }
-        }
-        if !isolated {
-            return None;
         }
         rules.push(Rule {
             matches: Vec::new(),
@@ -137,7 +175,8 @@ impl World {
         out.chains
             .entry(name.clone())
             .or_insert(Chain { hook: None, rules });
-        Some(name)
+        chains.by_policies.insert((dir, ids), name.clone());
+        name
     }
 
     /// One policy rule as nftables rules (peers x ports, each accepting), adding the sets

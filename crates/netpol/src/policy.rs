@@ -138,7 +138,7 @@ impl PodView {
     }
 }
 
-/// Namespace labels by name. A namespace not (yet) in the cache has only its name label.
+/// Namespace labels by name, each with its name label even when the object lacks it.
 #[derive(Debug, Clone, Default)]
 pub struct NamespaceLabels(BTreeMap<String, BTreeMap<String, String>>);
 
@@ -149,19 +149,25 @@ impl NamespaceLabels {
                 .into_iter()
                 .filter_map(|n| {
                     let name = n.metadata.name.clone()?;
-                    Some((name, n.metadata.labels.clone().unwrap_or_default()))
+                    let mut labels = n.metadata.labels.clone().unwrap_or_default();
+                    labels
+                        .entry(NAMESPACE_NAME_LABEL.to_owned())
+                        .or_insert_with(|| name.clone());
+                    Some((name, labels))
                 })
                 .collect(),
         )
     }
 
-    /// The labels of namespace `ns`, with its name label even when the object lacks it.
-    pub fn get(&self, ns: &str) -> BTreeMap<String, String> {
-        let mut labels = self.0.get(ns).cloned().unwrap_or_default();
-        labels
-            .entry(NAMESPACE_NAME_LABEL.to_owned())
-            .or_insert_with(|| ns.to_owned());
-        labels
+    /// The labels of namespace `ns`; one not (yet) in the cache has only its name label.
+    pub fn get(&self, ns: &str) -> std::borrow::Cow<'_, BTreeMap<String, String>> {
+        match self.0.get(ns) {
+            Some(l) => std::borrow::Cow::Borrowed(l),
+            None => std::borrow::Cow::Owned(BTreeMap::from([(
+                NAMESPACE_NAME_LABEL.to_owned(),
+                ns.to_owned(),
+            )])),
+        }
     }
 }
 

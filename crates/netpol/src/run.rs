@@ -114,18 +114,36 @@ async fn sync_loop(config: &Config, caches: &Caches, wake: &Notify) -> Result<()
     };
     // What the kernel holds, as far as this process knows; `None`: replace it whole.
     let mut current: Option<Ruleset> = None;
+    // One socket for every sync (closing one after a transaction costs milliseconds);
+    // opened again after a failure.
+    let mut socket: Option<Netlink> = None;
     loop {
         let start = Instant::now();
-        let want = desired(
-            caches.policies.state().iter().map(AsRef::as_ref),
-            caches.pods.state().iter().map(AsRef::as_ref),
-            caches.namespaces.state().iter().map(AsRef::as_ref),
-            &scope,
+        let (policies, pods, namespaces) = (
+            caches.policies.state(),
+            caches.pods.state(),
+            caches.namespaces.state(),
         );
+        let scope = scope.clone();
         let before = current.take();
-        let (want, outcome) = blocking(move || {
-            let outcome = write(before.as_ref(), &want);
-            Ok((want, outcome))
+        let nl = socket.take();
+        // Computing the table takes milliseconds at a thousand pods: off the async workers.
+        let (want, nl, outcome) = blocking(move || {
+            let want = desired(
+                policies.iter().map(AsRef::as_ref),
+                pods.iter().map(AsRef::as_ref),
+                namespaces.iter().map(AsRef::as_ref),
+                &scope,
+            );
+            let mut nl = match nl {
+                Some(nl) => nl,
+                None => match Netlink::open() {
+                    Ok(nl) => nl,
+                    Err(e) => return Ok((want, None, Err(e))),
+                },
+            };
+            let outcome = write(&mut nl, before.as_ref(), &want);
+            Ok((want, Some(nl), outcome))
         })
         .await?;
         match outcome {
@@ -140,6 +158,7 @@ async fn sync_loop(config: &Config, caches: &Caches, wake: &Notify) -> Result<()
                     );
                 }
                 current = Some(want);
+                socket = nl;
                 if config.synced.set(()).is_ok() {
                     tracing::info!(took = ?start.elapsed(), "table ip berth-netpol written");
                 }
@@ -158,15 +177,15 @@ async fn sync_loop(config: &Config, caches: &Caches, wake: &Notify) -> Result<()
 
 /// Brings the kernel from `before` (unknown if `None`) to `want`; returns how many
 /// operations that took (a replacement counts as one).
-fn write(before: Option<&Ruleset>, want: &Ruleset) -> Result<usize> {
+fn write(nl: &mut Netlink, before: Option<&Ruleset>, want: &Ruleset) -> Result<usize> {
     match before.and_then(|b| diff(b, want)) {
         Some(ops) if ops.is_empty() => Ok(0),
         Some(ops) => {
-            Netlink::open()?.update(&ops)?;
+            nl.update(&ops)?;
             Ok(ops.len())
         }
         None => {
-            Netlink::open()?.replace(want)?;
+            nl.replace(want)?;
             Ok(1)
         }
     }

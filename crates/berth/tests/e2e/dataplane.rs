@@ -275,12 +275,15 @@ fn load_balancer_ips_answer_the_lan_within_their_source_ranges() {
         (!ip.is_empty()).then_some(ip)
     });
     eventually("the route of web-lb2", || local(&ip2).then_some(()));
-    // `berth proxy --cleanup` (with the server stopped) leaves no table and no route behind.
+    // `berth proxy --cleanup` and `berth netpol --cleanup` (with the server stopped) leave
+    // no table and no route behind.
     c.stop();
     let node = c.node().expect("a node cluster");
     let bin = bin.to_str().expect("a UTF-8 path");
-    let out = node.exec(&[bin, "proxy", "--cleanup"]);
-    assert!(out.status.success(), "{out:?}");
+    for part in ["proxy", "netpol"] {
+        let out = node.exec(&[bin, part, "--cleanup"]);
+        assert!(out.status.success(), "{out:?}");
+    }
     let tables = node.exec(&["nft", "list", "tables"]);
     assert!(
         !String::from_utf8_lossy(&tables.stdout).contains("berth"),
