@@ -281,6 +281,26 @@ impl Matrix {
         }
     }
 
+    /// Service `x/web` in front of x/a; its ClusterIP as a TCP probe target.
+    fn web(&self) -> String {
+        self.c.apply(
+            &json!({"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"namespace": "x", "name": "web"},
+                    "spec": {"selector": {"pod": "a"}, "ports": [{"port": 80}]}})
+            .to_string(),
+        );
+        let ip = self.c.ok(&[
+            "get",
+            "svc",
+            "-n",
+            "x",
+            "web",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ]);
+        format!("tcp:{ip}:80")
+    }
+
     fn apply(&self, ns: &str, name: &str, spec: serde_json::Value) {
         self.c.apply(
             &json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -356,10 +376,12 @@ fn no_extra(_: &Pod, _: &str) -> bool {
 fn ingress_policies_follow_the_truth_table() {
     let m = Matrix::start();
     let h = m.c.host().expect("single node");
-    m.expect("no policies", all, &[], no_extra);
+    let web = m.web();
+    m.expect("no policies", all, std::slice::from_ref(&web), |_, _| true);
 
     // Default deny ingress in x: nothing gets into x's pods, but they still reach y (the
-    // replies come back) and the node still reaches them (their readiness probes pass).
+    // replies come back), x/a still reaches itself through its ClusterIP, and the node still
+    // reaches them (their readiness probes pass).
     let x_a = format!("http://{}/", m.ip("x", "a"));
     h.ok(&["curl", "-s", "-o", "/dev/null", "--max-time", "2", &x_a]);
     m.apply("x", "deny", json!({"podSelector": {}}));
@@ -375,8 +397,8 @@ fn ingress_policies_follow_the_truth_table() {
     m.expect(
         "default deny ingress in x",
         |_, to, _| to.ns != "x",
-        &[],
-        no_extra,
+        std::slice::from_ref(&web),
+        |from, _| from.ns == "x" && from.name == "a",
     );
     let node = h.node_netns();
     let out = std::process::Command::new("ip")
@@ -527,22 +549,7 @@ fn ingress_policies_follow_the_truth_table() {
 fn egress_policies_follow_the_truth_table() {
     let m = Matrix::start();
     // A Service in front of x/a: filtered on x/a's address, after the proxy's DNAT.
-    m.c.apply(
-        &json!({"apiVersion": "v1", "kind": "Service",
-                "metadata": {"namespace": "x", "name": "web"},
-                "spec": {"selector": {"pod": "a"}, "ports": [{"port": 80}]}})
-        .to_string(),
-    );
-    let cluster_ip = m.c.ok(&[
-        "get",
-        "svc",
-        "-n",
-        "x",
-        "web",
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ]);
-    let web = format!("tcp:{cluster_ip}:80");
+    let web = m.web();
     let dns = "dns:10.96.0.10:53".to_owned();
     let extra = [web.clone(), dns.clone()];
     m.expect("no policies", all, &extra, |_, _| true);
