@@ -516,11 +516,21 @@ async fn run_node(
     // server on 0.0.0.0 would answer from the address of the route back). Loopback is for
     // the node itself.
     let gateway = std::net::Ipv4Addr::from(u32::from(agent.pod_cidr.network()).saturating_add(1));
+    // UDP queries to the kube-dns address skip conntrack and the proxy: the node holds the
+    // address and the DNS server answers on it (berth_host::dns).
+    let mut listen = vec![
+        std::net::SocketAddr::from((gateway, 53)),
+        std::net::SocketAddr::from(([127, 0, 0, 1], 53)),
+    ];
+    match berth_host::dns::local_dns(parts.cluster_dns).await {
+        Ok(()) => listen.push(std::net::SocketAddr::from((parts.cluster_dns, 53))),
+        Err(e) => tracing::warn!(
+            error = %anyhow::Error::from(e),
+            "DNS queries will go through conntrack and the Service's DNAT"
+        ),
+    }
     let mut dns = berth_dns::Config {
-        listen: vec![
-            std::net::SocketAddr::from((gateway, 53)),
-            std::net::SocketAddr::from(([127, 0, 0, 1], 53)),
-        ],
+        listen,
         metrics: parts.dns_metrics,
         synced: parts.dns_synced,
         ..berth_dns::Config::default()
@@ -585,6 +595,7 @@ async fn run_node(
             .instrument(tracing::info_span!("dns")),
         ),
     ];
+    let parts_cluster_dns = parts.cluster_dns;
     let result = berth_agent::run(client, parts.agent, shutdown.clone())
         .instrument(tracing::info_span!("agent"))
         .await;
@@ -594,6 +605,9 @@ async fn run_node(
     }
     for t in tasks {
         let _ = t.await;
+    }
+    if let Err(e) = berth_host::dns::remove_local_dns(parts_cluster_dns).await {
+        tracing::warn!(error = %anyhow::Error::from(e), "removing the DNS address");
     }
     result.context("node agent")
 }
