@@ -10,8 +10,8 @@ use anyhow::Context;
 use berth_store::Store;
 use clap::Parser;
 use cli::{
-    AgentArgs, AgentCmdArgs, CleanupArgs, Cli, Cmd, DnsCmdArgs, NodeMode, ProxyCmdArgs, ServerArgs,
-    StoreUrl,
+    AgentArgs, AgentCmdArgs, CleanupArgs, Cli, Cmd, DnsCmdArgs, IngressCmdArgs, NodeMode,
+    ProxyCmdArgs, ServerArgs, StoreUrl,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -54,6 +54,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Proxy(args) => proxy(args).await,
             Cmd::Dns(args) => dns(args).await,
             Cmd::Cleanup(args) => cleanup(args).await,
+            Cmd::Ingress(args) => ingress(args).await,
             Cmd::Workload { .. } | Cmd::ContainerInit { .. } => Ok(()),
         }
     });
@@ -779,6 +780,27 @@ async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
         println!("berth: removed {r}");
     }
     Ok(())
+}
+
+/// `berth ingress`: the Ingress controller alone.
+async fn ingress(args: IngressCmdArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let client = standalone_client(args.kube.kubeconfig.as_deref()).await?;
+    println!(
+        "berth: ingress controller on {} and {} (class berth)",
+        args.http, args.https
+    );
+    let config = berth_ingress::Config {
+        http: args.http,
+        https: args.https,
+        node_ip: args.node_ip,
+        ..berth_ingress::Config::default()
+    };
+    berth_ingress::run(config, client, shutdown)
+        .instrument(tracing::info_span!("ingress"))
+        .await
+        .context("ingress controller")
 }
 
 /// `berth dns`: the cluster DNS server alone.
