@@ -618,43 +618,52 @@ async fn bootstrap(
     port: u16,
     first_ip: std::net::Ipv4Addr,
 ) -> Result<(), ApiError> {
-    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        ensure(
-            srv,
-            "",
-            "Namespace",
-            None,
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
-        )
-        .await?;
-    }
+    // Each step's writes go out together, so a fresh store commits them in one group (a
+    // first start waits for a handful of disk syncs instead of one per object).
+    use futures_util::future::try_join_all;
+    try_join_all(
+        ["default", "kube-system", "kube-public", "kube-node-lease"].map(|ns| {
+            ensure(
+                srv,
+                "",
+                "Namespace",
+                None,
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+            )
+        }),
+    )
+    .await?;
     let labels = json!({"component": "apiserver", "provider": "kubernetes"});
-    ensure(srv, "", "Service", Some("default"), json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
-        "spec": {"clusterIP": first_ip.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}], "sessionAffinity": "None"},
-    }))
-    .await?;
     let subsets = json!([{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]);
-    ensure(srv, "", "Endpoints", Some("default"), json!({
-        "apiVersion": "v1", "kind": "Endpoints",
-        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-        "subsets": subsets.clone(),
-    }))
-    .await?;
     let endpoints = json!([{"addresses": [ip], "conditions": {"ready": true}}]);
     let ports = json!([{"name": "https", "port": port, "protocol": "TCP"}]);
-    ensure(srv, "discovery.k8s.io", "EndpointSlice", Some("default"), json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
-        "addressType": "IPv4", "endpoints": endpoints.clone(), "ports": ports.clone(),
-    }))
+    try_join_all([
+        ensure(srv, "", "Service", Some("default"), json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
+            "spec": {"clusterIP": first_ip.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}], "sessionAffinity": "None"},
+        })),
+        ensure(srv, "", "Endpoints", Some("default"), json!({
+            "apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+            "subsets": subsets.clone(),
+        })),
+        ensure(srv, "discovery.k8s.io", "EndpointSlice", Some("default"), json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "addressType": "IPv4", "endpoints": endpoints.clone(), "ports": ports.clone(),
+        })),
+    ])
     .await?;
     // Like kube-apiserver's endpoint reconciler: the address may change between starts.
-    reconcile(srv, "Endpoints", "/subsets", subsets).await?;
-    reconcile(srv, "EndpointSlice", "/endpoints", endpoints).await?;
-    reconcile(srv, "EndpointSlice", "/ports", ports).await?;
-    reconcile(srv, "Service", "/spec/ports/0/targetPort", json!(port)).await
+    try_join_all([
+        reconcile(srv, "Endpoints", "/subsets", subsets),
+        reconcile(srv, "EndpointSlice", "/endpoints", endpoints),
+        reconcile(srv, "Service", "/spec/ports/0/targetPort", json!(port)),
+    ])
+    .await?;
+    // The slice's ports after its endpoints: both rewrite the same object.
+    reconcile(srv, "EndpointSlice", "/ports", ports).await
 }
 
 /// Sets `pointer` of `default/kubernetes` of `kind` to `value` if it differs.

@@ -40,6 +40,10 @@ pub enum Cmd {
     /// Run only the cluster DNS server (CoreDNS's job for `cluster.local`), against the API
     /// server the kubeconfig names; other names are forwarded to upstream resolvers.
     Dns(DnsCmdArgs),
+    /// Run only the Ingress controller, against the API server the kubeconfig names: serves
+    /// the Ingresses of class `berth` (the default class) as a reverse proxy on this machine,
+    /// and publishes itself as the LoadBalancer Service kube-system/berth-ingress.
+    Ingress(IngressCmdArgs),
     /// Run only the NetworkPolicy enforcer, against the API server the kubeconfig names:
     /// policies, pods and namespaces become an nftables table `ip berth-netpol` guarding the
     /// pods of this node, in the network namespace berth runs in. `--cleanup` removes it.
@@ -290,6 +294,25 @@ pub struct DnsCmdArgs {
     /// and node ranges); everyone else gets REFUSED for them. Loopback is always allowed.
     #[arg(long, value_delimiter = ',')]
     pub allow_recursion: Vec<Ipv4Net>,
+}
+
+#[derive(Debug, Args)]
+pub struct IngressCmdArgs {
+    #[command(flatten)]
+    pub kube: KubeconfigArg,
+
+    /// Where HTTP is served.
+    #[arg(long, default_value = "0.0.0.0:80")]
+    pub http: SocketAddr,
+
+    /// Where HTTPS is served (certificates from the Ingresses' TLS Secrets, by SNI).
+    #[arg(long, default_value = "0.0.0.0:443")]
+    pub https: SocketAddr,
+
+    /// This machine's address: the endpoint of kube-system/berth-ingress, and the Ingresses'
+    /// address until that Service has a LoadBalancer IP.
+    #[arg(long)]
+    pub node_ip: Ipv4Addr,
 }
 
 fn parse_upstream(s: &str) -> Result<SocketAddr, String> {

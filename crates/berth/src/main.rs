@@ -10,8 +10,8 @@ use anyhow::Context;
 use berth_store::Store;
 use clap::Parser;
 use cli::{
-    AgentArgs, AgentCmdArgs, CleanupArgs, Cli, Cmd, DnsCmdArgs, NetpolCmdArgs, NodeMode,
-    ProxyCmdArgs, ServerArgs, StoreUrl,
+    AgentArgs, AgentCmdArgs, CleanupArgs, Cli, Cmd, DnsCmdArgs, IngressCmdArgs, NetpolCmdArgs,
+    NodeMode, ProxyCmdArgs, ServerArgs, StoreUrl,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -55,6 +55,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Dns(args) => dns(args).await,
             Cmd::Netpol(args) => netpol(args).await,
             Cmd::Cleanup(args) => cleanup(args).await,
+            Cmd::Ingress(args) => ingress(args).await,
             Cmd::Workload { .. } | Cmd::ContainerInit { .. } => Ok(()),
         }
     });
@@ -522,11 +523,21 @@ async fn run_node(
     // server on 0.0.0.0 would answer from the address of the route back). Loopback is for
     // the node itself.
     let gateway = std::net::Ipv4Addr::from(u32::from(agent.pod_cidr.network()).saturating_add(1));
+    // UDP queries to the kube-dns address skip conntrack and the proxy: the node holds the
+    // address and the DNS server answers on it (berth_host::dns).
+    let mut listen = vec![
+        std::net::SocketAddr::from((gateway, 53)),
+        std::net::SocketAddr::from(([127, 0, 0, 1], 53)),
+    ];
+    match berth_host::dns::local_dns(parts.cluster_dns).await {
+        Ok(()) => listen.push(std::net::SocketAddr::from((parts.cluster_dns, 53))),
+        Err(e) => tracing::warn!(
+            error = %anyhow::Error::from(e),
+            "DNS queries will go through conntrack and the Service's DNAT"
+        ),
+    }
     let mut dns = berth_dns::Config {
-        listen: vec![
-            std::net::SocketAddr::from((gateway, 53)),
-            std::net::SocketAddr::from(([127, 0, 0, 1], 53)),
-        ],
+        listen,
         metrics: parts.dns_metrics,
         synced: parts.dns_synced,
         ..berth_dns::Config::default()
@@ -542,10 +553,15 @@ async fn run_node(
         synced: parts.ingress_synced,
         ..berth_ingress::Config::default()
     };
-    // Policies see the DNS on the bridge address as the kube-dns pod it stands for.
+    // Policies see the DNS as the kube-dns pod it stands for, at the addresses it answers on
+    // for pods: the kube-dns ClusterIP the node holds, and the bridge's (what it is DNATed to
+    // when the node could not take the ClusterIP, and for TCP).
     let netpol = berth_netpol::Config {
         node_name: Some(agent.node_name.clone()),
-        node_pods: vec![berth_netpol::PodView::cluster_dns(gateway)],
+        node_pods: vec![
+            berth_netpol::PodView::cluster_dns(parts.cluster_dns),
+            berth_netpol::PodView::cluster_dns(gateway),
+        ],
         synced: parts.netpol_synced,
         ..berth_netpol::Config::default()
     };
@@ -609,6 +625,7 @@ async fn run_node(
             .instrument(tracing::info_span!("dns")),
         ),
     ];
+    let parts_cluster_dns = parts.cluster_dns;
     let result = berth_agent::run(client, parts.agent, shutdown.clone())
         .instrument(tracing::info_span!("agent"))
         .await;
@@ -618,6 +635,9 @@ async fn run_node(
     }
     for t in tasks {
         let _ = t.await;
+    }
+    if let Err(e) = berth_host::dns::remove_local_dns(parts_cluster_dns).await {
+        tracing::warn!(error = %anyhow::Error::from(e), "removing the DNS address");
     }
     result.context("node agent")
 }
@@ -819,6 +839,27 @@ async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
         println!("berth: removed {r}");
     }
     Ok(())
+}
+
+/// `berth ingress`: the Ingress controller alone.
+async fn ingress(args: IngressCmdArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let client = standalone_client(args.kube.kubeconfig.as_deref()).await?;
+    println!(
+        "berth: ingress controller on {} and {} (class berth)",
+        args.http, args.https
+    );
+    let config = berth_ingress::Config {
+        http: args.http,
+        https: args.https,
+        node_ip: args.node_ip,
+        ..berth_ingress::Config::default()
+    };
+    berth_ingress::run(config, client, shutdown)
+        .instrument(tracing::info_span!("ingress"))
+        .await
+        .context("ingress controller")
 }
 
 /// `berth dns`: the cluster DNS server alone.

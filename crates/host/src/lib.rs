@@ -9,6 +9,7 @@
 //! [`NodeNet::create`] builds it all, [`NodeNet::remove`] takes it down, [`cleanup`] removes
 //! what a killed berth left. [`Plan`] is the pure part: names, addresses, overlap checks.
 
+pub mod dns;
 mod nat;
 mod routes;
 

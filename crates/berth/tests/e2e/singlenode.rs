@@ -159,6 +159,23 @@ fn the_default_node_is_reachable_from_the_host_and_leaves_nothing() {
         "web.default.svc.cluster.local",
     ]);
     assert_eq!(dig.trim(), cluster_ip);
+    // The node holds the kube-dns address itself: UDP queries leave no conntrack entry.
+    let flows = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            h.node_netns(),
+            "conntrack",
+            "-L",
+            "-p",
+            "udp",
+            "--dport",
+            "53",
+        ])
+        .output()
+        .expect("conntrack");
+    let flows = String::from_utf8_lossy(&flows.stdout);
+    assert!(!flows.contains("10.96.0.10"), "{flows}");
     // Pods reach the API server through the `kubernetes` Service.
     c.apply("apiVersion: v1\nkind: Pod\nmetadata:\n  name: client\nspec:\n  containers:\n  - name: c\n    image: curlimages/curl\n    command: [\"sleep\", \"600\"]\n");
     c.ok(&[

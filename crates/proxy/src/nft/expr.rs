@@ -173,6 +173,8 @@ pub enum Expr {
     },
     Masquerade,
     Counter,
+    /// `notrack`: the packet skips connection tracking (and so NAT).
+    Notrack,
     /// `fib daddr type` into `dreg` (a u32 `RTN_*`).
     FibDaddrType {
         dreg: Reg,
@@ -203,6 +205,7 @@ impl Expr {
             Expr::Nat { .. } => "nat",
             Expr::Masquerade => "masq",
             Expr::Counter => "counter",
+            Expr::Notrack => "notrack",
             Expr::FibDaddrType { .. } => "fib",
             Expr::Reject(_) => "reject",
             Expr::Dynset { .. } => "dynset",
@@ -286,7 +289,7 @@ impl Expr {
                     w.u32(6, p.0);
                 }
             }
-            Expr::Masquerade | Expr::Counter => {}
+            Expr::Masquerade | Expr::Counter | Expr::Notrack => {}
             Expr::FibDaddrType { dreg } => {
                 w.u32(1, dreg.0);
                 // NFT_FIB_RESULT_ADDRTYPE, NFTA_FIB_F_DADDR
