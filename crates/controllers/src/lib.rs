@@ -11,6 +11,7 @@ pub mod endpoints;
 pub mod endpointslices;
 mod error;
 pub mod gc;
+mod index;
 pub mod lb_pool;
 mod owners;
 mod pods;

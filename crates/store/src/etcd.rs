@@ -183,9 +183,12 @@ impl Store for Etcd {
         if let Some(rev) = requested {
             get = get.with_revision(rev);
         }
+        // A whole list can pass gRPC's default 4 MiB; kube-apiserver's etcd client takes up to
+        // MaxInt32 bytes too.
         let resp = match self
             .client
             .kv_client()
+            .max_decoding_message_size(i32::MAX as usize)
             .get(non_empty(start), Some(get))
             .await
         {

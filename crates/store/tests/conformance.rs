@@ -411,6 +411,20 @@ where
     assert!(matches!(next_change(&mut w).await, Event::Put { kv, .. } if kv.value == b("z2")));
 }
 
+/// A list bigger than gRPC's default 4 MiB message comes back whole (etcd: kube-apiserver
+/// lifts the client's receive limit the same way).
+async fn large_list(s: &dyn Store, p: &str) {
+    let value = Bytes::from(vec![b'x'; 64 * 1024]);
+    for i in 0..80 {
+        s.create(&format!("{p}{i:03}"), value.clone())
+            .await
+            .expect("create");
+    }
+    let all = s.list(p, ListOptions::default()).await.expect("list");
+    assert_eq!(all.items.len(), 80);
+    assert!(!all.more);
+}
+
 /// The backend-independent part, each case in its own key space.
 async fn suite<F, Fut>(s: &dyn Store, compact: F)
 where
@@ -422,6 +436,7 @@ where
     watch_from_revision(s, "/t/watch/").await;
     concurrent_creates(s, "/t/conc/").await;
     progress(s, "/t/progress/").await;
+    large_list(s, "/t/large/").await;
     // Last: on etcd a compaction affects the whole keyspace.
     compaction(s, "/t/compaction/", compact).await;
 }

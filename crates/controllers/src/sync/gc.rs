@@ -12,26 +12,40 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
 use super::Ctx;
-use crate::gc::{Action, Node, plan};
+use crate::gc::{Action, Node, Objects, plan_over};
+use crate::index::Indexed;
 
-/// Every object the collector looks at, from the caches.
-fn nodes(ctx: &Ctx) -> Vec<Node> {
-    fn all<K: Resource<DynamicType = ()> + Clone>(
-        store: &kube::runtime::reflector::Store<K>,
-    ) -> Vec<Node> {
-        store
-            .state()
-            .iter()
-            .map(|o| Node::new(&K::api_version(&()), &K::kind(&()), o.meta()))
-            .collect()
+/// The collector's graph: one [`Objects`] per kind it watches, each kept by the task that
+/// drives that kind's watch.
+#[derive(Clone, Default)]
+pub(crate) struct Graph {
+    pub deployments: Indexed<Objects>,
+    pub replicasets: Indexed<Objects>,
+    pub statefulsets: Indexed<Objects>,
+    pub pods: Indexed<Objects>,
+    pub services: Indexed<Objects>,
+    pub slices: Indexed<Objects>,
+}
+
+impl Graph {
+    /// The number of changes so far and, when it differs from `seen` (or `always`), the plan.
+    fn plan(&self, seen: Option<u64>, always: bool) -> (u64, Option<Vec<Action>>) {
+        let kinds = [
+            self.deployments.read(),
+            self.replicasets.read(),
+            self.statefulsets.read(),
+            self.pods.read(),
+            self.services.read(),
+            self.slices.read(),
+        ];
+        let changes = kinds.iter().map(|k| k.changes()).sum();
+        if !always && seen == Some(changes) {
+            return (changes, None);
+        }
+        let nodes: Vec<&Node> = kinds.iter().flat_map(|k| k.candidates()).collect();
+        let actions = plan_over(&nodes, |uid| kinds.iter().find_map(|k| k.get(uid)));
+        (changes, Some(actions))
     }
-    let mut out = all(&ctx.deployments);
-    out.extend(all(&ctx.replicasets));
-    out.extend(all(&ctx.statefulsets));
-    out.extend(all(&ctx.pods));
-    out.extend(all(&ctx.services));
-    out.extend(all(&ctx.slices));
-    out
 }
 
 /// Whether the owner is really gone (or replaced by a namesake with another uid): a live read,
@@ -132,13 +146,23 @@ async fn act(ctx: &Ctx, action: Action) -> Result<(), kube::Error> {
     Ok(())
 }
 
-/// Runs the collector until the task is dropped.
+/// Runs the collector until the task is dropped. A wake-up plans only when the graph changed
+/// since the last plan or that plan had steps (which may have failed or found an owner not
+/// yet gone): planning again over the same graph would give the same empty plan.
 pub(crate) async fn run(ctx: Arc<Ctx>, wake: Arc<tokio::sync::Notify>) {
+    let mut seen = None;
+    let mut pending = false;
     loop {
         let _ = tokio::time::timeout(Duration::from_secs(5), wake.notified()).await;
         // Let a burst of changes land before planning once over all of them.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        for action in plan(&nodes(&ctx)) {
+        let (changes, actions) = ctx.graph.plan(seen, pending);
+        seen = Some(changes);
+        let Some(actions) = actions else {
+            continue;
+        };
+        pending = !actions.is_empty();
+        for action in actions {
             if let Err(e) = act(&ctx, action).await {
                 tracing::warn!(error = %e, "garbage collection step failed; will retry");
             }

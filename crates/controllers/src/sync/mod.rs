@@ -12,7 +12,6 @@ mod slices;
 mod statefulsets;
 mod workloads;
 
-use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +27,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+use crate::endpointslices::SERVICE_NAME_LABEL;
+use crate::index::{Indexed, LabelIndex, Labels, ServiceIndex, TargetIndex, map_selects};
 use crate::lb_pool::Pool;
 
 /// How the controllers are set up.
@@ -66,6 +67,14 @@ pub(crate) struct Ctx {
     pub deployments: Store<Deployment>,
     pub replicasets: Store<ReplicaSet>,
     pub statefulsets: Store<StatefulSet>,
+    /// Pods by namespace and label, Services by selector, Endpoints by the Pods they list,
+    /// EndpointSlices by their Service: kept from the same watches as the caches.
+    pub pod_index: Indexed<LabelIndex>,
+    pub service_index: Indexed<ServiceIndex>,
+    pub endpoints_index: Indexed<TargetIndex>,
+    pub slice_index: Indexed<LabelIndex>,
+    /// The garbage collector's graph, kept from the same watches.
+    pub graph: gc::Graph,
     /// Pods ReplicaSets created or deleted that the Pod cache has not shown yet.
     pub expectations: workloads::Expectations,
     /// LoadBalancer addresses handed out but not yet seen in the Service cache, with the uid
@@ -93,11 +102,14 @@ where
     Shared { store, writer }
 }
 
-/// Drives a shared reflector until the stream ends; `on_delete` sees deleted objects and
-/// `on_change` is told of deletions and of objects being deleted (the garbage collector).
+/// Drives a shared reflector until the stream ends; `index` sees every event before the
+/// reflector applies it (so a controller woken by the dispatch finds the indexes at least as
+/// new as the cache), `on_delete` sees deleted objects and `on_change` is told of deletions
+/// and of objects being deleted (the garbage collector).
 fn drive<K>(
     client: &Client,
     writer: reflector::store::Writer<K>,
+    index: impl Fn(&watcher::Event<K>) + Send + 'static,
     on_delete: impl Fn(K) + Send + 'static,
     on_change: Option<Arc<tokio::sync::Notify>>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static
@@ -113,6 +125,12 @@ where
     let api: Api<K> = Api::all(client.clone());
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
+        .map(move |ev| {
+            if let Ok(ev) = &ev {
+                index(ev);
+            }
+            ev
+        })
         .reflect_shared(writer);
     async move {
         let mut stream = std::pin::pin!(stream);
@@ -153,48 +171,22 @@ fn refs_channel<K: kube::Resource<DynamicType = ()> + 'static>() -> (
 }
 
 /// Every Service in the Pod's namespace whose selector matches it, plus the Service whose
-/// Endpoints list it (so a Pod that stops matching leaves them).
+/// Endpoints list it (so a Pod that stops matching leaves them): two index lookups.
 fn services_for_pod(
-    services: &Store<Service>,
-    endpoints: &Store<Endpoints>,
+    services: &Indexed<ServiceIndex>,
+    endpoints: &Indexed<TargetIndex>,
     pod: &Pod,
 ) -> Vec<ObjectRef<Service>> {
-    let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let labels = pod.metadata.labels.clone().unwrap_or_default();
-    let mut out: BTreeSet<String> = BTreeSet::new();
-    for svc in services.state() {
-        if svc.metadata.namespace.as_deref() != Some(ns.as_str()) {
-            continue;
-        }
-        let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref());
-        if let Some(sel) = selector.filter(|s| !s.is_empty())
-            && berth_api::selector::Selector::from_map(sel).matches(&labels)
-            && let Some(n) = &svc.metadata.name
-        {
-            out.insert(n.clone());
-        }
-    }
-    for ep in endpoints.state() {
-        if ep.metadata.namespace.as_deref() != Some(ns.as_str()) {
-            continue;
-        }
-        let lists = ep.subsets.iter().flatten().flat_map(|s| {
-            s.addresses
-                .iter()
-                .flatten()
-                .chain(s.not_ready_addresses.iter().flatten())
-        });
-        if lists
-            .filter_map(|a| a.target_ref.as_ref())
-            .any(|r| r.name.as_deref() == Some(name.as_str()))
-            && let Some(n) = &ep.metadata.name
-        {
-            out.insert(n.clone());
-        }
+    let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let empty = Labels::new();
+    let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+    let mut out = services.read().selecting(ns, labels);
+    if let Some(listing) = endpoints.read().listing(ns, name) {
+        out.extend(listing.iter().cloned());
     }
     out.into_iter()
-        .map(|n| ObjectRef::new(&n).within(&ns))
+        .map(|n| ObjectRef::new(&n).within(ns))
         .collect()
 }
 
@@ -207,10 +199,10 @@ pub(crate) fn service_controller(
     endpoints: impl Stream<Item = Arc<Endpoints>> + Send + 'static,
     pods_gone: impl Stream<Item = ObjectRef<Service>> + Send + 'static,
 ) -> kube::runtime::Controller<Service> {
-    let (svc_store, ep_store) = (ctx.services.clone(), ctx.endpoints.clone());
+    let (svc_index, ep_index) = (ctx.service_index.clone(), ctx.endpoints_index.clone());
     kube::runtime::Controller::for_shared_stream(services, ctx.services.clone())
         .watches_shared_stream(pods, move |pod: Arc<Pod>| {
-            services_for_pod(&svc_store, &ep_store, &pod)
+            services_for_pod(&svc_index, &ep_index, &pod)
         })
         .watches_shared_stream(endpoints, |ep: Arc<Endpoints>| {
             use kube::ResourceExt;
@@ -219,9 +211,10 @@ pub(crate) fn service_controller(
         .reconcile_on(pods_gone)
 }
 
-/// The Pods of `svc`'s namespace that its selector picks, cloned for the pure functions.
+/// The Pods of `svc`'s namespace that its selector picks, cloned for the pure functions:
+/// found through the label index, checked against the cache.
 pub(crate) fn selected_pods(ctx: &Ctx, svc: &Service) -> Vec<Pod> {
-    let ns = svc.metadata.namespace.as_deref();
+    let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
     let Some(sel) = svc
         .spec
         .as_ref()
@@ -230,13 +223,31 @@ pub(crate) fn selected_pods(ctx: &Ctx, svc: &Service) -> Vec<Pod> {
     else {
         return Vec::new();
     };
-    let sel = berth_api::selector::Selector::from_map(sel);
-    ctx.pods
-        .state()
+    let names = ctx.pod_index.read().selected(ns, sel);
+    let empty = Labels::new();
+    names
         .iter()
-        .filter(|p| p.metadata.namespace.as_deref() == ns)
-        .filter(|p| sel.matches(&p.metadata.labels.clone().unwrap_or_default()))
-        .map(|p| (**p).clone())
+        .filter_map(|n| ctx.pods.get(&ObjectRef::new(n).within(ns)))
+        .filter(|p| map_selects(sel, p.metadata.labels.as_ref().unwrap_or(&empty)))
+        .map(|p| (*p).clone())
+        .collect()
+}
+
+/// The EndpointSlices of the Service `ns/name` (labelled with its name), from the cache.
+pub(crate) fn slices_of(ctx: &Ctx, ns: &str, name: &str) -> Vec<EndpointSlice> {
+    let sel: Labels = [(SERVICE_NAME_LABEL.to_owned(), name.to_owned())].into();
+    let names = ctx.slice_index.read().selected(ns, &sel);
+    names
+        .iter()
+        .filter_map(|n| ctx.slices.get(&ObjectRef::new(n).within(ns)))
+        .filter(|s| {
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                == Some(&name.to_owned())
+        })
+        .map(|s| (*s).clone())
         .collect()
 }
 
@@ -313,9 +324,15 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         deployments: deployments.store.clone(),
         replicasets: replicasets.store.clone(),
         statefulsets: statefulsets.store.clone(),
+        pod_index: Indexed::default(),
+        service_index: Indexed::default(),
+        endpoints_index: Indexed::default(),
+        slice_index: Indexed::new(LabelIndex::only(SERVICE_NAME_LABEL)),
+        graph: gc::Graph::default(),
         lb_pending: tokio::sync::Mutex::new(std::collections::BTreeMap::new()),
         expectations: workloads::Expectations::default(),
     });
+    let (index, graph) = (ctx.clone(), ctx.graph.clone());
 
     let mut tasks = tokio::task::JoinSet::new();
     let cleanup_client = client.clone();
@@ -325,6 +342,13 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     tasks.spawn(drive(
         &client,
         services.writer,
+        {
+            let (i, g) = (index.service_index.clone(), graph.services.clone());
+            move |ev| {
+                i.event(ev);
+                g.event(ev);
+            }
+        },
         move |svc: Service| {
             if !crate::lb_pool::assigned(&svc).is_empty() {
                 let _ = released_tx.send(());
@@ -336,6 +360,10 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     tasks.spawn(drive(
         &client,
         deployments.writer,
+        {
+            let g = graph.deployments.clone();
+            move |ev| g.event(ev)
+        },
         |_| {},
         Some(gc_wake.clone()),
     ));
@@ -343,6 +371,10 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     tasks.spawn(drive(
         &client,
         replicasets.writer,
+        {
+            let g = graph.replicasets.clone();
+            move |ev| g.event(ev)
+        },
         move |rs: ReplicaSet| {
             if let Some(r) = workloads::controller_of::<Deployment>(&rs.metadata, "Deployment") {
                 let _ = deploy_gone_tx.send(r);
@@ -356,12 +388,19 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let (gone_slices_tx, gone_slices) = refs_channel::<Service>();
     let (rs_gone_tx, rs_gone) = refs_channel::<ReplicaSet>();
     let (sts_gone_tx, sts_gone) = refs_channel::<StatefulSet>();
-    let (svc_store, ep_store) = (services.store.clone(), endpoints.store.clone());
+    let (svc_index, ep_index) = (ctx.service_index.clone(), ctx.endpoints_index.clone());
     tasks.spawn(drive(
         &client,
         pods.writer,
+        {
+            let (i, g) = (index.pod_index.clone(), graph.pods.clone());
+            move |ev| {
+                i.event(ev);
+                g.event(ev);
+            }
+        },
         move |pod: Pod| {
-            for r in services_for_pod(&svc_store, &ep_store, &pod) {
+            for r in services_for_pod(&svc_index, &ep_index, &pod) {
                 let _ = gone_ep_tx.send(r.clone());
                 let _ = gone_slices_tx.send(r);
             }
@@ -374,14 +413,33 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         },
         Some(gc_wake.clone()),
     ));
-    tasks.spawn(drive(&client, endpoints.writer, |_| {}, None));
+    let i = index.endpoints_index.clone();
+    tasks.spawn(drive(
+        &client,
+        endpoints.writer,
+        move |ev| i.event(ev),
+        |_| {},
+        None,
+    ));
+    let g = graph.statefulsets.clone();
     tasks.spawn(drive(
         &client,
         statefulsets.writer,
+        move |ev| g.event(ev),
         |_| {},
         Some(gc_wake.clone()),
     ));
-    tasks.spawn(drive(&client, slices.writer, |_| {}, Some(gc_wake.clone())));
+    let (i, g) = (index.slice_index.clone(), graph.slices.clone());
+    tasks.spawn(drive(
+        &client,
+        slices.writer,
+        move |ev| {
+            i.event(ev);
+            g.event(ev);
+        },
+        |_| {},
+        Some(gc_wake.clone()),
+    ));
     for (what, ready) in [
         ("pods", ctx.pods.wait_until_ready().boxed()),
         ("services", ctx.services.wait_until_ready().boxed()),

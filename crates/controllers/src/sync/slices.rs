@@ -11,7 +11,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 
-use super::{Ctx, requeue_on_error, selected_pods, service_controller};
+use super::{Ctx, requeue_on_error, selected_pods, service_controller, slices_of};
 use crate::endpointslices::SERVICE_NAME_LABEL;
 use crate::{Error, desired_slices, mirrored_slices};
 
@@ -34,14 +34,7 @@ pub(crate) fn controller(
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
-    let existing: Vec<EndpointSlice> = ctx
-        .slices
-        .state()
-        .iter()
-        .filter(|s| s.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|s| s.labels().get(SERVICE_NAME_LABEL) == Some(&name))
-        .map(|s| (**s).clone())
-        .collect();
+    let existing = slices_of(&ctx, &ns, &name);
     let has_selector = svc
         .spec
         .as_ref()
