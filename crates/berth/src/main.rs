@@ -566,63 +566,30 @@ async fn run_node(
         ..berth_netpol::Config::default()
     };
     let tasks = [
-        tokio::spawn(
-            {
-                let (client, shutdown) = (client.clone(), shutdown.clone());
-                async move {
-                    if let Err(e) = berth_ingress::run(ingress, client, shutdown).await {
-                        tracing::error!(error = %anyhow::Error::from(e), "the ingress controller stopped");
-                    }
-                }
-            }
-            .instrument(tracing::info_span!("ingress")),
+        spawn_part(
+            tracing::info_span!("ingress"),
+            "the ingress controller stopped",
+            berth_ingress::run(ingress, client.clone(), shutdown.clone()),
         ),
-        tokio::spawn(
-            {
-                let (client, shutdown) = (client.clone(), shutdown.clone());
-                async move {
-                    if let Err(e) = berth_proxy::run(proxy, client, shutdown).await {
-                        tracing::error!(error = %anyhow::Error::from(e), "the service proxy stopped");
-                    }
-                }
-            }
-            .instrument(tracing::info_span!("proxy")),
+        spawn_part(
+            tracing::info_span!("proxy"),
+            "the service proxy stopped",
+            berth_proxy::run(proxy, client.clone(), shutdown.clone()),
         ),
-        tokio::spawn(
-            {
-                let (client, shutdown) = (client.clone(), shutdown.clone());
-                async move {
-                    if let Err(e) = berth_dns::run(dns, client, shutdown).await {
-                        tracing::error!(error = %anyhow::Error::from(e), "the cluster DNS stopped");
-                    }
-                }
-            }
-            .instrument(tracing::info_span!("dns")),
+        spawn_part(
+            tracing::info_span!("dns"),
+            "the cluster DNS stopped",
+            berth_dns::run(dns, client.clone(), shutdown.clone()),
         ),
-        tokio::spawn(
-            {
-                let (client, shutdown) = (client.clone(), shutdown.clone());
-                async move {
-                    if let Err(e) = berth_netpol::run(netpol, client, shutdown).await {
-                        tracing::error!(error = %anyhow::Error::from(e), "the NetworkPolicy enforcer stopped");
-                    }
-                }
-            }
-            .instrument(tracing::info_span!("netpol")),
+        spawn_part(
+            tracing::info_span!("netpol"),
+            "the NetworkPolicy enforcer stopped",
+            berth_netpol::run(netpol, client.clone(), shutdown.clone()),
         ),
-        tokio::spawn(
-            {
-                let client = client.clone();
-                let cluster_dns = parts.cluster_dns;
-                async move {
-                    if let Err(e) =
-                        berth_dns::publish::publish_service(client, cluster_dns, gateway).await
-                    {
-                        tracing::error!(error = %anyhow::Error::from(e), "kube-dns Service");
-                    }
-                }
-            }
-            .instrument(tracing::info_span!("dns")),
+        spawn_part(
+            tracing::info_span!("dns"),
+            "kube-dns Service",
+            berth_dns::publish::publish_service(client.clone(), parts.cluster_dns, gateway),
         ),
     ];
     let parts_cluster_dns = parts.cluster_dns;
@@ -640,6 +607,26 @@ async fn run_node(
         tracing::warn!(error = %anyhow::Error::from(e), "removing the DNS address");
     }
     result.context("node agent")
+}
+
+/// Runs one part of the node in its own task and span; a failure is logged as `what`, and the
+/// rest of the node goes on.
+fn spawn_part<E>(
+    span: tracing::Span,
+    what: &'static str,
+    part: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+) -> tokio::task::JoinHandle<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    tokio::spawn(
+        async move {
+            if let Err(e) = part.await {
+                tracing::error!(error = %anyhow::Error::from(e), "{what}");
+            }
+        }
+        .instrument(span),
+    )
 }
 
 /// The agent's configuration from its flags; makes its state directory, DATA_DIR/agent.
