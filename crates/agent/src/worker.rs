@@ -426,13 +426,6 @@ impl Worker {
                 volumes::ensure_dir(&dir).map_err(failed)?;
                 mount.read_only == Some(true)
             };
-            // Containers see the node's file system: the mount path must already exist there.
-            if !std::path::Path::new(&mount.mount_path).exists() {
-                return Err(format!(
-                    "mount path {:?} of volume {:?} does not exist on the node",
-                    mount.mount_path, volume.name
-                ));
-            }
             let source = match mount.sub_path.as_deref() {
                 Some(sub) if !sub.is_empty() => dir.join(sub),
                 _ => dir,
