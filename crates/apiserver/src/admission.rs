@@ -170,6 +170,7 @@ pub async fn create(srv: &Server, r: &'static Resource, obj: &mut Value) -> Resu
         ("", "Pod") => {
             default_pod_spec(obj.get_mut("spec"));
             default_service_account(obj.get_mut("spec"));
+            mount_service_account_token(obj.get_mut("spec"));
             errs.extend(validate_pod_spec(obj.get("spec"), "spec"));
             obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
             Grant::default()
@@ -532,6 +533,65 @@ fn default_service_account(spec: Option<&mut Value>) {
     };
     s.insert("serviceAccountName".into(), json!(name));
     s.insert("serviceAccount".into(), json!(name));
+}
+
+/// Where pods find their ServiceAccount's token, CA and namespace.
+const SERVICE_ACCOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The ServiceAccount admission plugin's `kube-api-access-XXXXX` volume: a projected token
+/// (the kubelet asks for 3607 s), the cluster CA from `kube-root-ca.crt` and the namespace,
+/// mounted read-only in every container that mounts nothing there, unless the pod sets
+/// `automountServiceAccountToken: false` (the ServiceAccount's own field is not read here).
+fn mount_service_account_token(spec: Option<&mut Value>) {
+    let Some(Value::Object(s)) = spec else { return };
+    if s.get("automountServiceAccountToken") == Some(&json!(false)) {
+        return;
+    }
+    // The alphabet of Go's utilrand.String, which names the volume upstream.
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let suffix: String = uuid::Uuid::new_v4().as_bytes()[..5]
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect();
+    let name = format!("kube-api-access-{suffix}");
+    let mut used = false;
+    for list in ["initContainers", "containers"] {
+        for c in s
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let Value::Object(c) = c else { continue };
+            let mounts = c.entry("volumeMounts").or_insert_with(|| json!([]));
+            let Some(mounts) = mounts.as_array_mut() else {
+                continue;
+            };
+            if mounts
+                .iter()
+                .any(|m| m.get("mountPath").and_then(Value::as_str) == Some(SERVICE_ACCOUNT_PATH))
+            {
+                continue;
+            }
+            mounts.push(json!({"name": name, "readOnly": true, "mountPath": SERVICE_ACCOUNT_PATH}));
+            used = true;
+        }
+    }
+    if !used {
+        return;
+    }
+    let volume = json!({"name": name, "projected": {"defaultMode": 420, "sources": [
+        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+    ]}});
+    if let Some(volumes) = s
+        .entry("volumes")
+        .or_insert_with(|| json!([]))
+        .as_array_mut()
+    {
+        volumes.push(volume);
+    }
 }
 
 fn default_pod_spec(spec: Option<&mut Value>) {
