@@ -49,6 +49,7 @@ pub fn decode(group: &str, kind: &str, obj: Value) -> Result<Decoded, DecodeErro
         ("", "Secret") => core::Secret,
         ("", "ServiceAccount") => core::ServiceAccount,
         ("", "Node") => core::Node,
+        ("", "ReplicationController") => core::ReplicationController,
         ("apps", "Deployment") => apps::Deployment,
         ("apps", "ReplicaSet") => apps::ReplicaSet,
         ("apps", "StatefulSet") => apps::StatefulSet,

@@ -396,7 +396,7 @@ fn printer(group: &str, kind: &str) -> Option<Printer> {
         ("", "Node") => Printer::Node,
         ("discovery.k8s.io", "EndpointSlice") => Printer::EndpointSlice,
         ("apps", "Deployment") => Printer::Deployment,
-        ("apps", "ReplicaSet") => Printer::ReplicaSet,
+        ("apps", "ReplicaSet") | ("", "ReplicationController") => Printer::ReplicaSet,
         ("apps", "StatefulSet") => Printer::StatefulSet,
         ("networking.k8s.io", "Ingress") => Printer::Ingress,
         ("networking.k8s.io", "NetworkPolicy") => Printer::NetworkPolicy,
@@ -1179,8 +1179,11 @@ fn stateful_set_row(sts: &Value, now: Timestamp) -> Vec<Value> {
     ]
 }
 
+/// A ReplicaSet's row; a ReplicationController's too, whose selector is a plain map.
 fn replica_set_row(rs: &Value, now: Timestamp) -> Vec<Value> {
     let (containers, images) = container_cells(rs);
+    let selector = (str_at(rs, &["kind"]) == "ReplicationController")
+        .then(|| serde_json::json!({"matchLabels": at(rs, &["spec", "selector"])}));
     vec![
         name(rs),
         Value::from(desired_replicas(rs)),
@@ -1189,7 +1192,9 @@ fn replica_set_row(rs: &Value, now: Timestamp) -> Vec<Value> {
         age(rs, now),
         text(containers),
         text(images),
-        text(format_label_selector(at(rs, &["spec", "selector"]))),
+        text(format_label_selector(
+            selector.as_ref().or(at(rs, &["spec", "selector"])),
+        )),
     ]
 }
 

@@ -231,6 +231,21 @@ pub static RESOURCES: &[Resource] = &[
     },
     Resource {
         categories: &["all"],
+        short_names: &["rc"],
+        subresources: &[S::Status, S::Scale],
+        selectable_fields: &["status.replicas"],
+        has_status: true,
+        has_generation: true,
+        ..res(
+            "",
+            "v1",
+            "ReplicationController",
+            "replicationcontrollers",
+            "replicationcontroller",
+        )
+    },
+    Resource {
+        categories: &["all"],
         short_names: &["deploy"],
         subresources: &[S::Status, S::Scale],
         has_status: true,

@@ -181,6 +181,12 @@ pub async fn create(srv: &Server, r: &'static Resource, obj: &mut Value) -> Resu
             obj["status"] = json!({});
             Grant::default()
         }
+        ("", "ReplicationController") => {
+            default_replication_controller(obj);
+            errs.extend(validate_replication_controller(obj));
+            obj["status"] = json!({"replicas": 0});
+            Grant::default()
+        }
         _ => Grant::default(),
     };
     if !errs.is_empty() {
@@ -269,6 +275,11 @@ pub async fn update(
         ("apps", "Deployment" | "ReplicaSet" | "StatefulSet") => {
             default_workload(r.kind, new);
             errs.extend(validate_workload(new));
+            Grant::default()
+        }
+        ("", "ReplicationController") => {
+            default_replication_controller(new);
+            errs.extend(validate_replication_controller(new));
             Grant::default()
         }
         _ => Grant::default(),
@@ -739,6 +750,78 @@ fn default_workload(kind: &str, obj: &mut Value) {
     }
 }
 
+/// kube-apiserver's ReplicationController defaults: one replica, the selector (and the
+/// object's own labels) taken from the template's labels when empty.
+fn default_replication_controller(obj: &mut Value) {
+    let template_labels = obj
+        .pointer("/spec/template/metadata/labels")
+        .filter(|l| l.as_object().is_some_and(|m| !m.is_empty()))
+        .cloned();
+    if let Some(labels) = &template_labels {
+        let meta = obj.meta_mut();
+        if meta
+            .get("labels")
+            .and_then(Value::as_object)
+            .is_none_or(|m| m.is_empty())
+        {
+            meta.insert("labels".into(), labels.clone());
+        }
+    }
+    let Some(Value::Object(spec)) = obj.get_mut("spec") else {
+        return;
+    };
+    spec.entry("replicas").or_insert(json!(1));
+    if let Some(labels) = template_labels
+        && spec
+            .get("selector")
+            .and_then(Value::as_object)
+            .is_none_or(|m| m.is_empty())
+    {
+        spec.insert("selector".into(), labels);
+    }
+    if let Some(template) = spec.get_mut("template") {
+        default_pod_spec(template.get_mut("spec"));
+    }
+}
+
+/// A ReplicationController needs a non-empty selector matching its template's labels.
+fn validate_replication_controller(obj: &Value) -> FieldErrors {
+    let mut errs = FieldErrors::new();
+    let spec = obj.get("spec");
+    let map = |v: Option<&Value>| -> std::collections::BTreeMap<String, String> {
+        v.and_then(|l| serde_json::from_value(l.clone()).ok())
+            .unwrap_or_default()
+    };
+    let selector = map(spec.and_then(|s| s.get("selector")));
+    let labels = map(spec.and_then(|s| s.pointer("/template/metadata/labels")));
+    if selector.is_empty() {
+        errs.push(FieldError::required("spec.selector", ""));
+    } else if spec.and_then(|s| s.get("template")).is_none() {
+        errs.push(FieldError::required("spec.template", ""));
+    } else if !berth_api::selector::Selector::from_map(&selector).matches(&labels) {
+        let rendered = labels
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":\"{v}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        errs.push(FieldError::invalid(
+            "spec.template.metadata.labels",
+            BadValue::Raw(format!("map[string]string{{{rendered}}}")),
+            "`selector` does not match template `labels`",
+        ));
+    }
+    if let Some(r) = spec.and_then(|s| s.get("replicas")).and_then(Value::as_i64)
+        && r < 0
+    {
+        errs.push(FieldError::invalid(
+            "spec.replicas",
+            r,
+            "must be greater than or equal to 0",
+        ));
+    }
+    errs
+}
+
 fn validate_workload(obj: &Value) -> FieldErrors {
     let mut errs = FieldErrors::new();
     let spec = obj.get("spec");
@@ -795,11 +878,20 @@ fn validate_workload(obj: &Value) -> FieldErrors {
     errs
 }
 
-/// The `autoscaling/v1 Scale` view of a Deployment or ReplicaSet.
+/// The `autoscaling/v1 Scale` view of a Deployment, ReplicaSet or ReplicationController
+/// (whose selector is a plain map).
 pub fn scale_of(obj: &Value) -> Value {
     let meta = obj.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    let plain = obj.get("kind").and_then(Value::as_str) == Some("ReplicationController");
     let selector = obj
         .pointer("/spec/selector")
+        .map(|s| {
+            if plain {
+                json!({ "matchLabels": s })
+            } else {
+                s.clone()
+            }
+        })
         .and_then(|s| {
             serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>(
                 s.clone(),

@@ -189,6 +189,7 @@ fn register(r: &Resource, g: &mut SchemaGenerator) -> Option<String> {
         ("", "Secret") => add::<core::Secret>(g),
         ("", "ServiceAccount") => add::<core::ServiceAccount>(g),
         ("", "Node") => add::<core::Node>(g),
+        ("", "ReplicationController") => add::<core::ReplicationController>(g),
         ("apps", "Deployment") => add::<apps::Deployment>(g),
         ("apps", "ReplicaSet") => add::<apps::ReplicaSet>(g),
         ("apps", "StatefulSet") => add::<apps::StatefulSet>(g),

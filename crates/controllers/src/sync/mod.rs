@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, ReplicationController, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::api::Api;
@@ -66,6 +66,7 @@ pub(crate) struct Ctx {
     pub slices: Store<EndpointSlice>,
     pub deployments: Store<Deployment>,
     pub replicasets: Store<ReplicaSet>,
+    pub replication_controllers: Store<ReplicationController>,
     pub statefulsets: Store<StatefulSet>,
     /// Pods by namespace and label, Services by selector, Endpoints by the Pods they list,
     /// EndpointSlices by their Service: kept from the same watches as the caches.
@@ -278,6 +279,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let slices = shared::<EndpointSlice>();
     let deployments = shared::<Deployment>();
     let replicasets = shared::<ReplicaSet>();
+    let rcs = shared::<ReplicationController>();
     let statefulsets = shared::<StatefulSet>();
     let subscribe = |w: &reflector::store::Writer<_>| w.subscribe();
     let (Some(svc_for_ep), Some(svc_for_slices), Some(svc_for_lb)) = (
@@ -308,6 +310,10 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     ) else {
         unreachable!("shared stores always give subscribers")
     };
+    let (Some(rc_primary), Some(pods_for_rc)) = (rcs.writer.subscribe(), pods.writer.subscribe())
+    else {
+        unreachable!("shared stores always give subscribers")
+    };
     let (Some(sts_primary), Some(pods_for_sts)) =
         (statefulsets.writer.subscribe(), pods.writer.subscribe())
     else {
@@ -323,6 +329,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         slices: slices.store.clone(),
         deployments: deployments.store.clone(),
         replicasets: replicasets.store.clone(),
+        replication_controllers: rcs.store.clone(),
         statefulsets: statefulsets.store.clone(),
         pod_index: Indexed::default(),
         service_index: Indexed::default(),
@@ -387,6 +394,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let (gone_ep_tx, gone_ep) = refs_channel::<Service>();
     let (gone_slices_tx, gone_slices) = refs_channel::<Service>();
     let (rs_gone_tx, rs_gone) = refs_channel::<ReplicaSet>();
+    let (rc_gone_tx, rc_gone) = refs_channel::<ReplicationController>();
     let (sts_gone_tx, sts_gone) = refs_channel::<StatefulSet>();
     let (svc_index, ep_index) = (ctx.service_index.clone(), ctx.endpoints_index.clone());
     tasks.spawn(drive(
@@ -410,6 +418,12 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
             if let Some(r) = workloads::controller_of::<StatefulSet>(&pod.metadata, "StatefulSet") {
                 let _ = sts_gone_tx.send(r);
             }
+            if let Some(r) = workloads::controller_of::<ReplicationController>(
+                &pod.metadata,
+                "ReplicationController",
+            ) {
+                let _ = rc_gone_tx.send(r);
+            }
         },
         Some(gc_wake.clone()),
     ));
@@ -420,6 +434,14 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         move |ev| i.event(ev),
         |_| {},
         None,
+    ));
+    let g = graph.replication_controllers.clone();
+    tasks.spawn(drive(
+        &client,
+        rcs.writer,
+        move |ev| g.event(ev),
+        |_| {},
+        Some(gc_wake.clone()),
     ));
     let g = graph.statefulsets.clone();
     tasks.spawn(drive(
@@ -447,6 +469,10 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         ("endpointslices", ctx.slices.wait_until_ready().boxed()),
         ("deployments", ctx.deployments.wait_until_ready().boxed()),
         ("replicasets", ctx.replicasets.wait_until_ready().boxed()),
+        (
+            "replicationcontrollers",
+            ctx.replication_controllers.wait_until_ready().boxed(),
+        ),
         ("statefulsets", ctx.statefulsets.wait_until_ready().boxed()),
     ] {
         tokio::select! {
@@ -477,6 +503,12 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         rs_primary,
         pods_for_rs,
         rs_gone,
+    )));
+    tasks.spawn(log_results(workloads::replication_controller_controller(
+        ctx.clone(),
+        rc_primary,
+        pods_for_rc,
+        rc_gone,
     )));
     tasks.spawn(log_results(workloads::deployment_controller(
         ctx.clone(),
