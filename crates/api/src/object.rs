@@ -53,6 +53,7 @@ pub fn decode(group: &str, kind: &str, obj: Value) -> Result<Decoded, DecodeErro
         ("apps", "Deployment") => apps::Deployment,
         ("apps", "ReplicaSet") => apps::ReplicaSet,
         ("apps", "StatefulSet") => apps::StatefulSet,
+        ("apps", "DaemonSet") => apps::DaemonSet,
         ("discovery.k8s.io", "EndpointSlice") => discovery::EndpointSlice,
         ("networking.k8s.io", "Ingress") => net::Ingress,
         ("networking.k8s.io", "IngressClass") => net::IngressClass,

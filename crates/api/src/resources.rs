@@ -246,6 +246,14 @@ pub static RESOURCES: &[Resource] = &[
     },
     Resource {
         categories: &["all"],
+        short_names: &["ds"],
+        subresources: &[S::Status],
+        has_status: true,
+        has_generation: true,
+        ..res("apps", "v1", "DaemonSet", "daemonsets", "daemonset")
+    },
+    Resource {
+        categories: &["all"],
         short_names: &["deploy"],
         subresources: &[S::Status, S::Scale],
         has_status: true,

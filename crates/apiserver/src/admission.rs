@@ -175,7 +175,7 @@ pub async fn create(srv: &Server, r: &'static Resource, obj: &mut Value) -> Resu
             obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
             Grant::default()
         }
-        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet") => {
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
             default_workload(r.kind, obj);
             errs.extend(validate_workload(obj));
             obj["status"] = json!({});
@@ -272,7 +272,7 @@ pub async fn update(
             default_pod_spec(new.get_mut("spec"));
             Grant::default()
         }
-        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet") => {
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
             default_workload(r.kind, new);
             errs.extend(validate_workload(new));
             Grant::default()
@@ -713,8 +713,23 @@ fn default_workload(kind: &str, obj: &mut Value) {
     let Some(Value::Object(spec)) = obj.get_mut("spec") else {
         return;
     };
-    spec.entry("replicas").or_insert(json!(1));
+    if kind != "DaemonSet" {
+        spec.entry("replicas").or_insert(json!(1));
+    }
     spec.entry("revisionHistoryLimit").or_insert(json!(10));
+    if kind == "DaemonSet" {
+        let strategy = spec.entry("updateStrategy").or_insert(json!({}));
+        if let Value::Object(st) = strategy {
+            st.entry("type").or_insert(json!("RollingUpdate"));
+            if st.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
+                let ru = st.entry("rollingUpdate").or_insert(json!({}));
+                if let Value::Object(ru) = ru {
+                    ru.entry("maxUnavailable").or_insert(json!(1));
+                    ru.entry("maxSurge").or_insert(json!(0));
+                }
+            }
+        }
+    }
     if kind == "Deployment" {
         spec.entry("progressDeadlineSeconds").or_insert(json!(600));
         let strategy = spec.entry("strategy").or_insert(json!({}));

@@ -185,3 +185,51 @@ fn replication_controllers_keep_their_pods() {
         (pods(&c) == 0).then_some(())
     });
 }
+
+/// DaemonSets on the node: one Pod per Node, bound at creation and run by the agent, the
+/// `kubectl get ds` columns, `kubectl rollout status` through a template change, and the
+/// Pods gone with their DaemonSet.
+#[test]
+fn daemonsets_run_a_pod_on_the_node_and_roll() {
+    let c = Cluster::start_on_node(std::path::Path::new(env!("CARGO_BIN_EXE_berth")), &[]);
+    c.wait_node_ready();
+    c.apply("apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: agent\nspec:\n  selector:\n    matchLabels:\n      app: agent\n  template:\n    metadata:\n      labels:\n        app: agent\n    spec:\n      containers:\n      - name: c\n        image: berth/whoami\n");
+    let row = || {
+        let out = c.ok(&["get", "ds", "agent"]);
+        out.lines()
+            .nth(1)
+            .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    eventually("the daemon to be ready on node-1", || {
+        (row()[..7] == ["agent", "1", "1", "1", "1", "1", "<none>"]).then_some(())
+    });
+    let node_of = || {
+        c.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=agent",
+            "-o",
+            "jsonpath={.items[*].spec.nodeName} {.items[*].metadata.name}",
+        ])
+    };
+    let first = node_of();
+    assert!(first.starts_with("node-1 agent-"), "{first}");
+    assert!(
+        c.ok(&["rollout", "status", "ds/agent", "--timeout=30s"])
+            .contains("daemon set \"agent\" successfully rolled out")
+    );
+    c.ok(&["set", "env", "ds/agent", "ROUND=2"]);
+    let out = c.ok(&["rollout", "status", "ds/agent", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    eventually("the pod replaced", || {
+        let now = node_of();
+        (now.starts_with("node-1 agent-") && now != first && now.split(' ').count() == 2)
+            .then_some(())
+    });
+    c.ok(&["delete", "ds", "agent"]);
+    eventually("the daemon's pod to go", || {
+        node_of().trim().is_empty().then_some(())
+    });
+}

@@ -30,13 +30,13 @@ pub(crate) struct Expectations {
 type Pending = (BTreeSet<String>, BTreeSet<String>, Instant);
 
 impl Expectations {
-    fn set(&self, rs_uid: &str, created: BTreeSet<String>, deleted: BTreeSet<String>) {
+    pub(crate) fn set(&self, rs_uid: &str, created: BTreeSet<String>, deleted: BTreeSet<String>) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.insert(rs_uid.to_owned(), (created, deleted, Instant::now()));
     }
 
     /// Whether the cache reflects everything this ReplicaSet did (or it waited long enough).
-    fn satisfied(&self, rs_uid: &str, pods: &[Arc<Pod>]) -> bool {
+    pub(crate) fn satisfied(&self, rs_uid: &str, pods: &[Arc<Pod>]) -> bool {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let Some((created, deleted, since)) = p.get(rs_uid) else {
             return true;
@@ -108,7 +108,7 @@ fn owners_patch(
 
 /// Makes `owner` the controller of `adopt` and drops it from `release`, as upstream's
 /// ControllerRefManager does, so objects follow selector changes.
-async fn claim<K, O>(
+pub(crate) async fn claim<K, O>(
     api: &Api<K>,
     owner: &O,
     adopt: &[&K],
@@ -137,7 +137,7 @@ where
     Ok(())
 }
 
-fn ignore_404<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
+pub(crate) fn ignore_404<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
     match r {
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e),
