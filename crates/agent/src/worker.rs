@@ -442,66 +442,41 @@ impl Worker {
         let mut files = Vec::new();
         if let Some(s) = &volume.config_map {
             let mode = s.default_mode.unwrap_or(FILE_MODE);
-            let data = self.keyed(Keyed::ConfigMap, &s.name).await?;
-            let optional = s.optional == Some(true);
-            files = volumes::keyed_files(
-                Keyed::ConfigMap,
-                &s.name,
-                s.items.as_deref(),
-                optional,
-                mode,
-                data.as_ref(),
-            )?;
+            let (items, optional) = (s.items.as_deref(), s.optional == Some(true));
+            files = self
+                .keyed_files(Keyed::ConfigMap, &s.name, items, optional, mode)
+                .await?;
         } else if let Some(s) = &volume.secret {
             let name = s.secret_name.clone().unwrap_or_default();
             let mode = s.default_mode.unwrap_or(FILE_MODE);
-            let data = self.keyed(Keyed::Secret, &name).await?;
-            let optional = s.optional == Some(true);
-            files = volumes::keyed_files(
-                Keyed::Secret,
-                &name,
-                s.items.as_deref(),
-                optional,
-                mode,
-                data.as_ref(),
-            )?;
+            let (items, optional) = (s.items.as_deref(), s.optional == Some(true));
+            files = self
+                .keyed_files(Keyed::Secret, &name, items, optional, mode)
+                .await?;
         } else if let Some(d) = &volume.downward_api {
             let mode = d.default_mode.unwrap_or(FILE_MODE);
-            files =
-                volumes::downward_files(&self.pod, d.items.as_deref().unwrap_or_default(), mode)?;
+            let items = d.items.as_deref().unwrap_or_default();
+            files = volumes::downward_files(&self.pod, items, mode)?;
         } else if let Some(p) = &volume.projected {
             let mode = p.default_mode.unwrap_or(FILE_MODE);
             for source in p.sources.iter().flatten() {
                 if let Some(s) = &source.config_map {
-                    let data = self.keyed(Keyed::ConfigMap, &s.name).await?;
-                    let optional = s.optional == Some(true);
-                    files.extend(volumes::keyed_files(
-                        Keyed::ConfigMap,
-                        &s.name,
-                        s.items.as_deref(),
-                        optional,
-                        mode,
-                        data.as_ref(),
-                    )?);
+                    let (items, optional) = (s.items.as_deref(), s.optional == Some(true));
+                    files.extend(
+                        self.keyed_files(Keyed::ConfigMap, &s.name, items, optional, mode)
+                            .await?,
+                    );
                 }
                 if let Some(s) = &source.secret {
-                    let data = self.keyed(Keyed::Secret, &s.name).await?;
-                    let optional = s.optional == Some(true);
-                    files.extend(volumes::keyed_files(
-                        Keyed::Secret,
-                        &s.name,
-                        s.items.as_deref(),
-                        optional,
-                        mode,
-                        data.as_ref(),
-                    )?);
+                    let (items, optional) = (s.items.as_deref(), s.optional == Some(true));
+                    files.extend(
+                        self.keyed_files(Keyed::Secret, &s.name, items, optional, mode)
+                            .await?,
+                    );
                 }
                 if let Some(d) = &source.downward_api {
-                    files.extend(volumes::downward_files(
-                        &self.pod,
-                        d.items.as_deref().unwrap_or_default(),
-                        mode,
-                    )?);
+                    let items = d.items.as_deref().unwrap_or_default();
+                    files.extend(volumes::downward_files(&self.pod, items, mode)?);
                 }
                 if let Some(t) = &source.service_account_token {
                     files.push(volumes::File {
@@ -513,6 +488,19 @@ impl Worker {
             }
         }
         Ok(files)
+    }
+
+    /// The files of a configMap or secret source, read now.
+    async fn keyed_files(
+        &self,
+        what: volumes::Keyed,
+        name: &str,
+        items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
+        optional: bool,
+        mode: i32,
+    ) -> Result<Vec<volumes::File>, String> {
+        let data = self.keyed(what, name).await?;
+        volumes::keyed_files(what, name, items, optional, mode, data.as_ref())
     }
 
     /// The data of a ConfigMap (`data` and `binaryData`) or Secret in the pod's namespace;

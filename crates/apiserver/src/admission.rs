@@ -814,16 +814,7 @@ fn validate_replication_controller(obj: &Value) -> FieldErrors {
     } else if spec.and_then(|s| s.get("template")).is_none() {
         errs.push(FieldError::required("spec.template", ""));
     } else if !berth_api::selector::Selector::from_map(&selector).matches(&labels) {
-        let rendered = labels
-            .iter()
-            .map(|(k, v)| format!("\"{k}\":\"{v}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        errs.push(FieldError::invalid(
-            "spec.template.metadata.labels",
-            BadValue::Raw(format!("map[string]string{{{rendered}}}")),
-            "`selector` does not match template `labels`",
-        ));
+        errs.push(selector_mismatch(&labels));
     }
     if let Some(r) = spec.and_then(|s| s.get("replicas")).and_then(Value::as_i64)
         && r < 0
@@ -835,6 +826,21 @@ fn validate_replication_controller(obj: &Value) -> FieldErrors {
         ));
     }
     errs
+}
+
+/// kube-apiserver's error for a template whose labels its selector does not match, the
+/// labels printed as Go prints the map.
+fn selector_mismatch(labels: &std::collections::BTreeMap<String, String>) -> FieldError {
+    let rendered = labels
+        .iter()
+        .map(|(k, v)| format!("\"{k}\":\"{v}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    FieldError::invalid(
+        "spec.template.metadata.labels",
+        BadValue::Raw(format!("map[string]string{{{rendered}}}")),
+        "`selector` does not match template `labels`",
+    )
 }
 
 fn validate_workload(obj: &Value) -> FieldErrors {
@@ -862,16 +868,7 @@ fn validate_workload(obj: &Value) -> FieldErrors {
                 } else if let Ok(s) = berth_api::selector::Selector::from_label_selector(&sel)
                     && !s.matches(&template_labels)
                 {
-                    let rendered = template_labels
-                        .iter()
-                        .map(|(k, v)| format!("\"{k}\":\"{v}\""))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    errs.push(FieldError::invalid(
-                        "spec.template.metadata.labels",
-                        BadValue::Raw(format!("map[string]string{{{rendered}}}")),
-                        "`selector` does not match template `labels`",
-                    ));
+                    errs.push(selector_mismatch(&template_labels));
                 }
             }
             errs.extend(sel_errs);

@@ -14,7 +14,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 
-use super::workloads::{claim, controller_of, ignore_404};
+use super::workloads::{claim, ignore_404, owner_or_adopters, pods_in};
 use super::{Ctx, events, requeue_on_error};
 use crate::{Error, daemonset};
 
@@ -28,15 +28,7 @@ pub(crate) fn controller(
     let (by_ns, all) = (ctx.daemonsets.clone(), ctx.daemonsets.clone());
     Controller::for_shared_stream(daemonsets, ctx.daemonsets.clone())
         .watches_shared_stream(pods, move |pod: Arc<Pod>| {
-            match controller_of::<DaemonSet>(&pod.metadata, "DaemonSet") {
-                Some(r) => vec![r],
-                None => by_ns
-                    .state()
-                    .iter()
-                    .filter(|d| d.namespace() == pod.namespace())
-                    .map(|d| ObjectRef::from_obj(&**d))
-                    .collect(),
-            }
+            owner_or_adopters(&by_ns, &pod, "DaemonSet")
         })
         .watches_shared_stream(nodes, move |_node: Arc<Node>| {
             all.state()
@@ -51,12 +43,7 @@ pub(crate) fn controller(
 async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = ds.namespace().unwrap_or_default();
     let uid = ds.uid().unwrap_or_default();
-    let all: Vec<Arc<Pod>> = ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
-        .collect();
+    let all = pods_in(&ctx, &ns);
     if !ctx.expectations.satisfied(&uid, &all) {
         return Ok(Action::requeue(Duration::from_millis(100)));
     }

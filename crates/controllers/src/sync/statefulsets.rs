@@ -32,12 +32,7 @@ pub(crate) fn controller(
 
 async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = sts.namespace().unwrap_or_default();
-    let all: Vec<Arc<Pod>> = ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
-        .collect();
+    let all = super::workloads::pods_in(&ctx, &ns);
     let owned = statefulset::owned_pods(&sts, all.iter().map(|p| &**p));
     let plan = statefulset::plan(&sts, &owned);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);

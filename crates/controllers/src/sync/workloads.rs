@@ -74,6 +74,36 @@ pub(crate) fn controller_of<K: Resource<DynamicType = ()>>(
     Some(ObjectRef::new(&owner.name).within(meta.namespace.as_deref().unwrap_or_default()))
 }
 
+/// The Pods of namespace `ns` in the cache.
+pub(crate) fn pods_in(ctx: &Ctx, ns: &str) -> Vec<Arc<Pod>> {
+    ctx.pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns))
+        .collect()
+}
+
+/// Which `K`s a Pod change concerns: its controller of kind `kind`, or, for an orphan,
+/// every `K` of its namespace that might adopt it.
+pub(crate) fn owner_or_adopters<K>(
+    store: &kube::runtime::reflector::Store<K>,
+    pod: &Pod,
+    kind: &str,
+) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    match controller_of::<K>(&pod.metadata, kind) {
+        Some(r) => vec![r],
+        None => store
+            .state()
+            .iter()
+            .filter(|o| o.namespace() == pod.namespace())
+            .map(|o| ObjectRef::from_obj(&**o))
+            .collect(),
+    }
+}
+
 fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
     OwnerReference {
         api_version: K::api_version(&()).into_owned(),
@@ -158,16 +188,7 @@ pub(crate) fn replicaset_controller(
     let rs_store = ctx.replicasets.clone();
     Controller::for_shared_stream(replicasets, ctx.replicasets.clone())
         .watches_shared_stream(pods, move |pod: Arc<Pod>| {
-            // The owner, or (for an orphan) every ReplicaSet of its namespace that might adopt it.
-            match controller_of::<ReplicaSet>(&pod.metadata, "ReplicaSet") {
-                Some(r) => vec![r],
-                None => rs_store
-                    .state()
-                    .iter()
-                    .filter(|rs| rs.namespace() == pod.namespace())
-                    .map(|rs| ObjectRef::from_obj(&**rs))
-                    .collect(),
-            }
+            owner_or_adopters(&rs_store, &pod, "ReplicaSet")
         })
         .reconcile_on(pods_gone)
         .run(reconcile_replicaset, requeue_on_error, ctx)
@@ -201,12 +222,7 @@ where
 {
     let ns = rs.namespace().unwrap_or_default();
     let uid = rs.uid().unwrap_or_default();
-    let all: Vec<Arc<Pod>> = ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
-        .collect();
+    let all = pods_in(ctx, &ns);
     if !ctx.expectations.satisfied(&uid, &all) {
         return Ok(None);
     }
@@ -279,15 +295,7 @@ pub(crate) fn replication_controller_controller(
     let store = ctx.replication_controllers.clone();
     Controller::for_shared_stream(rcs, ctx.replication_controllers.clone())
         .watches_shared_stream(pods, move |pod: Arc<Pod>| {
-            match controller_of::<ReplicationController>(&pod.metadata, "ReplicationController") {
-                Some(r) => vec![r],
-                None => store
-                    .state()
-                    .iter()
-                    .filter(|rc| rc.namespace() == pod.namespace())
-                    .map(|rc| ObjectRef::from_obj(&**rc))
-                    .collect(),
-            }
+            owner_or_adopters(&store, &pod, "ReplicationController")
         })
         .reconcile_on(pods_gone)
         .run(reconcile_replication_controller, requeue_on_error, ctx)
