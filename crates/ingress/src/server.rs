@@ -11,7 +11,8 @@
 //! connections are spliced both ways.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -39,13 +40,22 @@ const GRACE: Duration = Duration::from_secs(10);
 /// What every worker shares: the current route table and the certificates.
 pub struct Shared {
     table: RwLock<Arc<Table>>,
+    /// Bumped after each new table, so workers notice it with one load.
+    generation: AtomicU64,
     pub(crate) certs: Arc<Certs>,
+}
+
+thread_local! {
+    /// A worker's copy of the table: (the `Shared` it came from, its generation, the table).
+    /// Requests read it without touching any counter another thread writes.
+    static LOCAL_TABLE: RefCell<(usize, u64, Arc<Table>)> = RefCell::default();
 }
 
 impl Shared {
     pub fn new(certs: Arc<Certs>) -> Shared {
         Shared {
             table: RwLock::new(Arc::new(Table::default())),
+            generation: AtomicU64::new(1),
             certs,
         }
     }
@@ -56,10 +66,25 @@ impl Shared {
         if let Ok(mut t) = self.table.write() {
             *t = Arc::new(table);
         }
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     fn table(&self) -> Arc<Table> {
         self.table.read().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Runs `f` on the current table through this thread's copy, refreshed when a newer
+    /// table was set (a table read after the generation is at least that new).
+    fn with_table<R>(&self, f: impl FnOnce(&Table) -> R) -> R {
+        let me = std::ptr::from_ref(self) as usize;
+        LOCAL_TABLE.with(|local| {
+            let mut local = local.borrow_mut();
+            let generation = self.generation.load(Ordering::Acquire);
+            if local.0 != me || local.1 != generation {
+                *local = (me, generation, self.table());
+            }
+            f(&local.2)
+        })
     }
 }
 
@@ -149,9 +174,8 @@ fn add_forwarded(
     headers: &mut http::HeaderMap,
     host: Option<HeaderValue>,
     scheme: &'static str,
-    peer: SocketAddr,
+    client_ip: &HeaderValue,
 ) {
-    let client_ip = peer.ip().to_string();
     let forwarded_for = match headers.get("x-forwarded-for").map(HeaderValue::as_bytes) {
         Some(prior) => {
             let mut v = Vec::with_capacity(prior.len() + 2 + client_ip.len());
@@ -160,14 +184,12 @@ fn add_forwarded(
             v.extend_from_slice(client_ip.as_bytes());
             HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
         }
-        None => HeaderValue::from_str(&client_ip).ok(),
+        None => Some(client_ip.clone()),
     };
     if let Some(v) = forwarded_for {
         headers.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
-    if let Ok(v) = HeaderValue::from_str(&client_ip) {
-        headers.insert(HeaderName::from_static("x-real-ip"), v);
-    }
+    headers.insert(HeaderName::from_static("x-real-ip"), client_ip.clone());
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static(scheme),
@@ -183,20 +205,24 @@ async fn handle(
     worker: &Worker,
     mut req: Request<Incoming>,
     scheme: &'static str,
-    peer: SocketAddr,
+    client_ip: &HeaderValue,
 ) -> Response<Body> {
     let host = host_of(&req);
-    let table = worker.shared.table();
     let host_str = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
-    let backend = match table.route(host_str, req.uri().path()) {
-        Route::NotFound => return page(StatusCode::NOT_FOUND, "berth"),
-        Route::To(b) => b,
+    let routed = worker.shared.with_table(|table| {
+        match table.route(host_str, req.uri().path()) {
+            Route::NotFound => Err(StatusCode::NOT_FOUND),
+            Route::To(b) if b.endpoints.is_empty() => Err(StatusCode::SERVICE_UNAVAILABLE),
+            Route::To(b) => {
+                let n = worker.next.fetch_add(1, Ordering::Relaxed);
+                Ok(b.endpoints[n % b.endpoints.len()])
+            }
+        }
+    });
+    let endpoint = match routed {
+        Ok(endpoint) => endpoint,
+        Err(status) => return page(status, "berth"),
     };
-    if backend.endpoints.is_empty() {
-        return page(StatusCode::SERVICE_UNAVAILABLE, "berth");
-    }
-    let n = worker.next.fetch_add(1, Ordering::Relaxed);
-    let endpoint = backend.endpoints[n % backend.endpoints.len()];
     let path = req
         .uri()
         .path_and_query()
@@ -222,11 +248,11 @@ async fn handle(
     if let Some(proto) = upgrade.clone() {
         keep_upgrade(headers, proto);
     }
-    add_forwarded(headers, host, scheme, peer);
+    add_forwarded(headers, host, scheme, client_ip);
     let mut resp = match worker.client.request(req).await {
         Ok(resp) => resp,
         Err(e) => {
-            tracing::debug!(backend = %backend.name, %endpoint, error = %e, "upstream failed");
+            tracing::debug!(%endpoint, error = %e, "upstream failed");
             return page(StatusCode::BAD_GATEWAY, "berth");
         }
     };
@@ -276,10 +302,13 @@ async fn serve_connection<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    // The client's address as a header value, once per connection.
+    let client_ip = HeaderValue::from_str(&peer.ip().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
     let svc = hyper::service::service_fn(move |req| {
-        let worker = worker.clone();
+        let (worker, client_ip) = (worker.clone(), client_ip.clone());
         async move {
-            let resp = handle(&worker, req, scheme, peer).await;
+            let resp = handle(&worker, req, scheme, &client_ip).await;
             Ok::<_, std::convert::Infallible>(resp)
         }
     });

@@ -177,7 +177,7 @@ fn ingress_routes_by_host_and_path_with_tls() {
     let mut lines = BufReader::new(held.stdout.take().expect("stdout")).lines();
     let mut next = || lines.next().and_then(Result::ok).unwrap_or_default();
     let before = [next(), next(), next()];
-    assert!(before[0].starts_with("first HTTP/1.1 200 Hostname: web-"), "{before:?}");
+    assert!(before[0].starts_with("first HTTP/1.1 200 OK Hostname: web-"), "{before:?}");
     assert!(before[1].starts_with("upgrade HTTP/1.1 101"), "{before:?}");
     assert_eq!(before[2], "echo ping-1", "{before:?}");
 
@@ -203,7 +203,7 @@ fn ingress_routes_by_host_and_path_with_tls() {
     let after = [next(), next()];
     let out = held.wait_with_output().expect("python3");
     assert!(
-        after[0].starts_with("second HTTP/1.1 200 Hostname: api-") && after[1] == "echo ping-2",
+        after[0].starts_with("second HTTP/1.1 200 OK Hostname: api-") && after[1] == "echo ping-2",
         "{after:?} {}",
         String::from_utf8_lossy(&out.stderr)
     );
