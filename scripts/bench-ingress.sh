@@ -10,14 +10,16 @@
 # nginx: worker_processes = WORKERS, proxy_pass to the pod's IP with an upstream keepalive
 # pool, HTTP/1.1 upstream, the same Host routing (server_name bench.example.com, 404 for other
 # hosts) and the same X-Forwarded-* headers berth adds; its own config, pid file, temp and log
-# paths in the run's temp dir (never the system service). berth: the node's tokio runtime has
-# one worker per CPU; WORKERS defaults to nproc so both proxies get the same worker count.
+# paths in the run's temp dir (never the system service). berth's ingress runs one worker
+# thread per CPU (berth_ingress::Config::workers, each its own runtime, sockets and upstream
+# pool, as nginx's worker processes); WORKERS (nginx's) defaults to nproc, the same count.
 # Neither proxy is pinned: on a 2-core machine wrk, the proxy and whoami share the cores
 # either way, and each round measures berth and nginx back to back (order alternating), so
 # both see the same machine load. Figures are medians over ROUNDS rounds.
 # wrk: -t1 -c$CONNS -d${DUR}s --latency; "close" adds -H 'Connection: close' (a new TCP
 # connection per request, client side; both proxies still reuse their upstream connections).
-# Goal: berth >= 1.0x nginx's requests/s, p99 <= 1.2x nginx's.
+# Also the proxy's CPU time per request (user + system, from /proc): the figure least moved by
+# other load on the machine. Goal: berth >= 1.0x nginx's requests/s, p99 <= 1.2x nginx's.
 # Env: ROUNDS=5 DUR=5 CONNS=32 WORKERS=$(nproc) BERTH_BIN=<built here> CARGO_TARGET_DIR.
 # Needs (Debian): iproute2 nftables wrk nginx-light curl kubectl (scripts/deps.sh).
 set -euo pipefail
@@ -140,12 +142,19 @@ check() { # url: both must answer through to the pod, and 404 other hosts
 check "$berth_url"
 check "$nginx_url"
 
-# CPU time (clock ticks, user + system) the proxy used: berth's whole process (its ingress
-# workers, and the API server, controllers and node beside them), nginx's workers.
+# CPU time (clock ticks, user + system) the proxy used: nginx's worker processes; berth's
+# ingress worker threads (berth-ingress-N, where all its proxying runs), or its whole process
+# (API server, controllers and node too) for a berth without them.
 proxy_ticks() { # proxy
-    local pids=$berth_pid
-    [ "$1" = nginx ] && pids=$(pgrep -P "$nginx_pid" | tr '\n' ' ')
-    for p in $pids; do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s + 0}'
+    local stats
+    if [ "$1" = nginx ]; then
+        stats=$(pgrep -P "$nginx_pid" | sed 's|.*|/proc/&/stat|')
+    else
+        stats=$(grep -l '^berth-ingress' /proc/"$berth_pid"/task/*/comm 2>/dev/null | sed 's|comm$|stat|')
+        [ -n "$stats" ] || stats=/proc/$berth_pid/stat
+    fi
+    # The name field has no spaces here, so fields 14 and 15 are utime and stime.
+    for f in $stats; do awk '{print $14 + $15}' "$f"; done | awk '{s += $1} END {print s + 0}'
 }
 TCK=$(getconf CLK_TCK)
 
@@ -197,7 +206,8 @@ for line in open(path):
         s.setdefault((p, mode), []).append((float(rps), float(p99), float(cpu)))
 med = lambda xs: statistics.median(xs) if xs else float("nan")
 print(f"through the ingress to one whoami pod; wrk -t1 -c{conns}, {rounds} rounds of {dur} s; "
-      f"medians; {workers} workers each; CPU = the proxy's user+system time per request")
+      f"medians; {workers} workers each; CPU = the proxy's user+system time per request "
+      f"(berth: its ingress threads)")
 print("%-10s %11s %11s %6s %10s %10s %6s %10s %10s" % ("mode", "berth rps", "nginx rps", "ratio",
       "berth p99", "nginx p99", "ratio", "berth CPU", "nginx CPU"))
 met = True

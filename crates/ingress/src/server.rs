@@ -10,8 +10,8 @@
 //! are proxied: the upstream's `101 Switching Protocols` goes back to the client and the two
 //! connections are spliced both ways.
 
-use std::net::SocketAddr;
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -209,16 +209,16 @@ async fn handle(
 ) -> Response<Body> {
     let host = host_of(&req);
     let host_str = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
-    let routed = worker.shared.with_table(|table| {
-        match table.route(host_str, req.uri().path()) {
+    let routed = worker
+        .shared
+        .with_table(|table| match table.route(host_str, req.uri().path()) {
             Route::NotFound => Err(StatusCode::NOT_FOUND),
             Route::To(b) if b.endpoints.is_empty() => Err(StatusCode::SERVICE_UNAVAILABLE),
             Route::To(b) => {
                 let n = worker.next.fetch_add(1, Ordering::Relaxed);
                 Ok(b.endpoints[n % b.endpoints.len()])
             }
-        }
-    });
+        });
     let endpoint = match routed {
         Ok(endpoint) => endpoint,
         Err(status) => return page(status, "berth"),
@@ -313,8 +313,8 @@ async fn serve_connection<I>(
         }
     });
     let result = if http2 {
-        let conn =
-            hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, svc);
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, svc);
         tokio::pin!(conn);
         tokio::select! {
             r = conn.as_mut() => r,
@@ -371,19 +371,20 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Accepts on `listener` until `shutdown`, each connection a task in `conns`.
+/// Accepts on `listener` until `shutdown`, each connection a task on this worker's runtime;
+/// then waits for them to finish, at most [`GRACE`] (the runtime drops the rest).
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     worker: Arc<Worker>,
     shutdown: CancellationToken,
 ) {
-    let mut conns = JoinSet::new();
+    let live = Arc::new(AtomicUsize::new(0));
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            // Reap finished connections so the set does not grow with every client.
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            () = &mut cancelled => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -396,7 +397,9 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let (worker, tls, shutdown) = (worker.clone(), tls.clone(), shutdown.clone());
-        conns.spawn(async move {
+        let guard = Live::enter(&live);
+        tokio::spawn(async move {
+            let _guard = guard;
             match tls {
                 None => {
                     let io = TokioIo::new(tcp);
@@ -414,9 +417,27 @@ async fn accept_loop(
         });
     }
     drop(listener);
-    let drained = tokio::time::timeout(GRACE, async { while conns.join_next().await.is_some() {} });
-    if drained.await.is_err() {
-        conns.abort_all();
+    let drained = async {
+        while live.load(Ordering::Acquire) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let _ = tokio::time::timeout(GRACE, drained).await;
+}
+
+/// Counts a connection as live until dropped (cheaper per connection than a `JoinSet`).
+struct Live(Arc<AtomicUsize>);
+
+impl Live {
+    fn enter(count: &Arc<AtomicUsize>) -> Live {
+        count.fetch_add(1, Ordering::AcqRel);
+        Live(count.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -495,6 +516,8 @@ async fn worker(
         client: upstream_client(),
         next: AtomicUsize::new(0),
     });
+    // This worker's own token: its connections register with it, not with one all share.
+    let shutdown = shutdown.child_token();
     let mut loops = JoinSet::new();
     for (socket, tls) in listeners {
         socket.set_nonblocking(true)?;
@@ -503,4 +526,95 @@ async fn worker(
     }
     while loops.join_next().await.is_some() {}
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(version: http::Version, headers: &[(&str, &str)], expected: Option<&str>) {
+        let mut req = Request::builder().version(version).uri("/");
+        for (n, v) in headers {
+            req = req.header(*n, *v);
+        }
+        let req = req.body(()).expect("test request");
+        assert_eq!(
+            upgrade_of(&req).as_ref().map(|v| v.to_str().unwrap_or("?")),
+            expected,
+            "{headers:?}"
+        );
+    }
+
+    #[test]
+    fn upgrades_are_recognised_as_rfc_9110_has_them() {
+        use http::Version;
+        let ws = Some("websocket");
+        check(
+            Version::HTTP_11,
+            &[("connection", "Upgrade"), ("upgrade", "websocket")],
+            ws,
+        );
+        check(
+            Version::HTTP_11,
+            &[
+                ("connection", "keep-alive, upgrade"),
+                ("upgrade", "websocket"),
+            ],
+            ws,
+        );
+        check(
+            Version::HTTP_11,
+            &[
+                ("connection", "keep-alive"),
+                ("connection", "UPGRADE"),
+                ("upgrade", "websocket"),
+            ],
+            ws,
+        );
+        // Upgrade without the Connection token, or the token without a protocol: ordinary.
+        check(Version::HTTP_11, &[("upgrade", "websocket")], None);
+        check(Version::HTTP_11, &[("connection", "upgrade")], None);
+        check(
+            Version::HTTP_11,
+            &[("connection", "upgraded"), ("upgrade", "websocket")],
+            None,
+        );
+        // HTTP/1.0 and HTTP/2 have no Upgrade.
+        check(
+            Version::HTTP_10,
+            &[("connection", "upgrade"), ("upgrade", "websocket")],
+            None,
+        );
+        check(
+            Version::HTTP_2,
+            &[("connection", "upgrade"), ("upgrade", "websocket")],
+            None,
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_the_upgrade_is_put_back() {
+        let mut h = http::HeaderMap::new();
+        for (n, v) in [
+            ("connection", "upgrade, x-private"),
+            ("upgrade", "websocket"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+            ("x-kept", "2"),
+        ] {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept"]);
+        keep_upgrade(&mut h, HeaderValue::from_static("websocket"));
+        assert_eq!(
+            h.get(header::CONNECTION),
+            Some(&HeaderValue::from_static("upgrade"))
+        );
+        assert_eq!(
+            h.get(header::UPGRADE),
+            Some(&HeaderValue::from_static("websocket"))
+        );
+    }
 }

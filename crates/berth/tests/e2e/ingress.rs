@@ -177,7 +177,10 @@ fn ingress_routes_by_host_and_path_with_tls() {
     let mut lines = BufReader::new(held.stdout.take().expect("stdout")).lines();
     let mut next = || lines.next().and_then(Result::ok).unwrap_or_default();
     let before = [next(), next(), next()];
-    assert!(before[0].starts_with("first HTTP/1.1 200 OK Hostname: web-"), "{before:?}");
+    assert!(
+        before[0].starts_with("first HTTP/1.1 200 OK Hostname: web-"),
+        "{before:?}"
+    );
     assert!(before[1].starts_with("upgrade HTTP/1.1 101"), "{before:?}");
     assert_eq!(before[2], "echo ping-1", "{before:?}");
 
@@ -198,7 +201,9 @@ fn ingress_routes_by_host_and_path_with_tls() {
     // Both survived: the keep-alive connection's next request follows the new table, and
     // the upgraded connection still echoes.
     let mut stdin = held.stdin.take().expect("stdin");
-    stdin.write_all(b"go\n").expect("signal the held connections");
+    stdin
+        .write_all(b"go\n")
+        .expect("signal the held connections");
     drop(stdin);
     let after = [next(), next()];
     let out = held.wait_with_output().expect("python3");
