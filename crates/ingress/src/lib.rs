@@ -40,6 +40,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("starting the proxy's workers")]
+    Workers(#[source] std::io::Error),
     #[error("TLS settings")]
     Tls(#[from] rustls::Error),
     #[error("publishing {what}")]
@@ -66,6 +68,9 @@ pub struct Config {
     pub load_balancer_ip: Option<Ipv4Addr>,
     /// Set once the first route table is served.
     pub synced: Arc<tokio::sync::SetOnce<()>>,
+    /// Proxy worker threads, each with its own runtime and upstream pool, as nginx's
+    /// `worker_processes` (default: one per CPU).
+    pub workers: usize,
 }
 
 impl Default for Config {
@@ -76,6 +81,7 @@ impl Default for Config {
             node_ip: Ipv4Addr::LOCALHOST,
             load_balancer_ip: None,
             synced: Arc::default(),
+            workers: std::thread::available_parallelism().map_or(1, usize::from),
         }
     }
 }
@@ -115,13 +121,10 @@ pub async fn run(
     client: kube::Client,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let bind = |addr: SocketAddr| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { addr, source })
-    };
-    let http = bind(config.http).await?;
-    let https = bind(config.https).await?;
+    // Bound here once so a taken port fails the start; each worker binds its own beside it.
+    let bind = |addr: SocketAddr| server::bind(addr).map_err(|source| Error::Bind { addr, source });
+    let http = bind(config.http)?;
+    let https = bind(config.https)?;
     let certs = Arc::new(tls::Certs::new());
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(certs.clone())?));
     let shared = Arc::new(server::Shared::new(certs));
@@ -150,16 +153,22 @@ pub async fn run(
         notify.clone(),
     );
     let watches = [t1, t2, t3, t4];
-    tokio::spawn(server::accept_loop(
-        http,
+    let listeners = vec![
+        server::Listener {
+            addr: config.http,
+            tls: None,
+            socket: Some(http),
+        },
+        server::Listener {
+            addr: config.https,
+            tls: Some(acceptor),
+            socket: Some(https),
+        },
+    ];
+    let workers = tokio::spawn(server::run_workers(
+        listeners,
         shared.clone(),
-        None,
-        shutdown.clone(),
-    ));
-    tokio::spawn(server::accept_loop(
-        https,
-        shared.clone(),
-        Some(acceptor),
+        config.workers,
         shutdown.clone(),
     ));
     let wait = async {
@@ -231,7 +240,11 @@ pub async fn run(
     for w in watches {
         w.abort();
     }
-    Ok(())
+    match workers.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => Err(Error::Workers(source)),
+        Err(e) => Err(Error::Workers(std::io::Error::other(e))),
+    }
 }
 
 /// Writes `status.loadBalancer.ingress` of berth's Ingresses that do not show `address` yet.

@@ -2,10 +2,19 @@
 //! certificates, a self-signed fallback otherwise), each request routed through the current
 //! table and sent to one of its backend's endpoints over pooled keep-alive connections
 //! (hyper's client). The table is swapped whole on changes; requests in flight keep theirs.
+//!
+//! Workers as nginx's: [`run_workers`] starts one thread per worker, each with its own
+//! single-threaded runtime, its own upstream connection pool and its own `SO_REUSEPORT`
+//! listening sockets, so a connection, its upstream exchange and its
+//! response stay on one thread with no cross-thread wake-ups. HTTP/1.1 upgrades (WebSocket)
+//! are proxied: the upstream's `101 Switching Protocols` goes back to the client and the two
+//! connections are spliced both ways.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -16,31 +25,38 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::routes::{Route, Table};
 use crate::tls::Certs;
 
 type Body = BoxBody<Bytes, hyper::Error>;
+type Upstream = Client<HttpConnector, Incoming>;
 
-/// What every connection shares: the current table, the certificates, the upstream client.
+/// How long connections may take to finish after shutdown before they are cut.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// What every worker shares: the current route table and the certificates.
 pub struct Shared {
     table: RwLock<Arc<Table>>,
+    /// Bumped after each new table, so workers notice it with one load.
+    generation: AtomicU64,
     pub(crate) certs: Arc<Certs>,
-    client: Client<HttpConnector, Incoming>,
-    next: AtomicUsize,
+}
+
+thread_local! {
+    /// A worker's copy of the table: (the `Shared` it came from, its generation, the table).
+    /// Requests read it without touching any counter another thread writes.
+    static LOCAL_TABLE: RefCell<(usize, u64, Arc<Table>)> = RefCell::default();
 }
 
 impl Shared {
     pub fn new(certs: Arc<Certs>) -> Shared {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
         Shared {
             table: RwLock::new(Arc::new(Table::default())),
+            generation: AtomicU64::new(1),
             certs,
-            client: Client::builder(TokioExecutor::new()).build(connector),
-            next: AtomicUsize::new(0),
         }
     }
 
@@ -50,11 +66,37 @@ impl Shared {
         if let Ok(mut t) = self.table.write() {
             *t = Arc::new(table);
         }
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     fn table(&self) -> Arc<Table> {
         self.table.read().map(|t| t.clone()).unwrap_or_default()
     }
+
+    /// Runs `f` on the current table through this thread's copy, refreshed when a newer
+    /// table was set (a table read after the generation is at least that new).
+    fn with_table<R>(&self, f: impl FnOnce(&Table) -> R) -> R {
+        let me = std::ptr::from_ref(self) as usize;
+        LOCAL_TABLE.with(|local| {
+            let mut local = local.borrow_mut();
+            let generation = self.generation.load(Ordering::Acquire);
+            if local.0 != me || local.1 != generation {
+                *local = (me, generation, self.table());
+            }
+            f(&local.2)
+        })
+    }
+}
+
+/// One worker's upstream client: keep-alive connections pooled per endpoint, on the
+/// worker's own runtime.
+fn upstream_client() -> Upstream {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
 }
 
 fn page(status: StatusCode, text: &str) -> Response<Body> {
@@ -97,96 +139,201 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     }
 }
 
+/// The protocol an HTTP/1.1 request asks to switch to (`Upgrade`, with `upgrade` among the
+/// `Connection` tokens), as RFC 9110 7.8 has it; `None` for ordinary requests.
+fn upgrade_of<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != http::Version::HTTP_11 {
+        return None;
+    }
+    let asked = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asked.then(|| req.headers().get(header::UPGRADE).cloned())?
+}
+
+/// Sets `Connection: upgrade` and `Upgrade: proto` (after the hop-by-hop headers went).
+fn keep_upgrade(headers: &mut http::HeaderMap, proto: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, proto);
+}
+
+/// The Host a request names: its Host header, else an absolute-form target's authority.
+fn host_of<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if let Some(h) = req.headers().get(header::HOST) {
+        return Some(h.clone());
+    }
+    HeaderValue::from_str(req.uri().authority()?.as_str()).ok()
+}
+
+/// Adds the X-Forwarded-* and X-Real-IP headers (and Host if the request had none).
+fn add_forwarded(
+    headers: &mut http::HeaderMap,
+    host: Option<HeaderValue>,
+    scheme: &'static str,
+    client_ip: &HeaderValue,
+) {
+    let forwarded_for = match headers.get("x-forwarded-for").map(HeaderValue::as_bytes) {
+        Some(prior) => {
+            let mut v = Vec::with_capacity(prior.len() + 2 + client_ip.len());
+            v.extend_from_slice(prior);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
+        }
+        None => Some(client_ip.clone()),
+    };
+    if let Some(v) = forwarded_for {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    headers.insert(HeaderName::from_static("x-real-ip"), client_ip.clone());
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(scheme),
+    );
+    if let Some(host) = host {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+        headers.entry(header::HOST).or_insert(host);
+    }
+}
+
 /// Routes and forwards one request.
 async fn handle(
-    shared: Arc<Shared>,
+    worker: &Worker,
     mut req: Request<Incoming>,
     scheme: &'static str,
-    peer: SocketAddr,
+    client_ip: &HeaderValue,
 ) -> Response<Body> {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_default();
-    let table = shared.table();
-    let backend = match table.route(&host, req.uri().path()) {
-        Route::NotFound => return page(StatusCode::NOT_FOUND, "berth"),
-        Route::To(b) => b,
+    let host = host_of(&req);
+    let host_str = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+    let routed = worker
+        .shared
+        .with_table(|table| match table.route(host_str, req.uri().path()) {
+            Route::NotFound => Err(StatusCode::NOT_FOUND),
+            Route::To(b) if b.endpoints.is_empty() => Err(StatusCode::SERVICE_UNAVAILABLE),
+            Route::To(b) => {
+                let n = worker.next.fetch_add(1, Ordering::Relaxed);
+                Ok(b.endpoints[n % b.endpoints.len()])
+            }
+        });
+    let endpoint = match routed {
+        Ok(endpoint) => endpoint,
+        Err(status) => return page(status, "berth"),
     };
-    if backend.endpoints.is_empty() {
-        return page(StatusCode::SERVICE_UNAVAILABLE, "berth");
-    }
-    let n = shared.next.fetch_add(1, Ordering::Relaxed);
-    let endpoint = backend.endpoints[n % backend.endpoints.len()];
     let path = req
         .uri()
         .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str);
-    let Ok(uri) = format!("http://{endpoint}{path}").parse::<http::Uri>() else {
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let Ok(authority) = http::uri::Authority::try_from(endpoint.to_string()) else {
         return page(StatusCode::BAD_REQUEST, "berth");
     };
+    let Ok(uri) = http::Uri::builder()
+        .scheme(http::uri::Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+    else {
+        return page(StatusCode::BAD_REQUEST, "berth");
+    };
+    let upgrade = upgrade_of(&req);
+    let downstream = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     *req.uri_mut() = uri;
     *req.version_mut() = http::Version::HTTP_11;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    let client_ip = peer.ip().to_string();
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {client_ip}"),
-        None => client_ip.clone(),
-    };
-    for (name, value) in [
-        ("x-forwarded-for", forwarded_for),
-        ("x-real-ip", client_ip),
-        ("x-forwarded-host", host.clone()),
-        ("x-forwarded-proto", scheme.to_owned()),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(name, v);
-        }
+    if let Some(proto) = upgrade.clone() {
+        keep_upgrade(headers, proto);
     }
-    if !headers.contains_key(header::HOST)
-        && let Ok(v) = HeaderValue::from_str(&host)
-    {
-        headers.insert(header::HOST, v);
-    }
-    match shared.client.request(req).await {
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body.boxed())
-        }
+    add_forwarded(headers, host, scheme, client_ip);
+    let mut resp = match worker.client.request(req).await {
+        Ok(resp) => resp,
         Err(e) => {
-            tracing::debug!(backend = %backend.name, %endpoint, error = %e, "upstream failed");
-            page(StatusCode::BAD_GATEWAY, "berth")
+            tracing::debug!(%endpoint, error = %e, "upstream failed");
+            return page(StatusCode::BAD_GATEWAY, "berth");
         }
+    };
+    let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let upstream = switched.then(|| hyper::upgrade::on(&mut resp));
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    match (downstream, upstream, upgrade) {
+        (Some(down), Some(up), Some(asked)) => {
+            let proto = parts.headers.get(header::UPGRADE).cloned();
+            keep_upgrade(&mut parts.headers, proto.unwrap_or(asked));
+            tokio::spawn(splice(down, up));
+        }
+        // A 101 nobody asked for cannot be passed on.
+        (_, Some(_), _) => return page(StatusCode::BAD_GATEWAY, "berth"),
+        _ => {}
+    }
+    Response::from_parts(parts, body.boxed())
+}
+
+/// Copies bytes both ways between the client's and the upstream's upgraded connections until
+/// both sides are done.
+async fn splice(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    let (down, up) = match tokio::try_join!(down, up) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(error = %e, "upgraded connection ended");
     }
 }
 
-/// Serves one accepted connection (HTTP/1.1 or HTTP/2) until it ends or `shutdown`.
+/// Serves one accepted connection until it ends or `shutdown`: HTTP/2 when TLS negotiated
+/// `h2` (ALPN), else HTTP/1.1 with upgrades (the plain listener speaks HTTP/1.x only, as
+/// nginx's default one does, so no read is spent sniffing for an HTTP/2 preface).
 async fn serve_connection<I>(
     io: I,
-    shared: Arc<Shared>,
+    http2: bool,
+    worker: Arc<Worker>,
     scheme: &'static str,
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    // The client's address as a header value, once per connection.
+    let client_ip = HeaderValue::from_str(&peer.ip().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
     let svc = hyper::service::service_fn(move |req| {
-        let shared = shared.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(shared, req, scheme, peer).await) }
+        let (worker, client_ip) = (worker.clone(), client_ip.clone());
+        async move {
+            let resp = handle(&worker, req, scheme, &client_ip).await;
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(io, svc);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let result = if http2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, svc)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
         }
     };
     if let Err(e) = result {
@@ -194,37 +341,280 @@ async fn serve_connection<I>(
     }
 }
 
-/// Accepts on `listener` until `shutdown`; with `tls`, connections are TLS first.
-pub async fn accept_loop(
-    listener: tokio::net::TcpListener,
+/// What one worker's connections share.
+struct Worker {
     shared: Arc<Shared>,
+    client: Upstream,
+    /// Round-robin over a backend's endpoints (per worker: no shared cache line).
+    next: AtomicUsize,
+}
+
+/// One address the proxy serves; `tls` makes its connections TLS first.
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// A socket [`bind`] made already on `addr`: the first worker's (the others bind beside
+    /// it, on its port if `addr` asked for port 0).
+    pub socket: Option<std::net::TcpListener>,
+}
+
+/// A listening socket on `addr` with `SO_REUSEPORT`, so every worker has its own and the
+/// kernel spreads new connections over them (no worker woken for a connection another takes).
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Accepts on `listener` until `shutdown`, each connection a task on this worker's runtime;
+/// then waits for them to finish, at most [`GRACE`] (the runtime drops the rest).
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    worker: Arc<Worker>,
     shutdown: CancellationToken,
 ) {
+    let live = Arc::new(AtomicUsize::new(0));
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            () = &mut cancelled => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
+                    // EMFILE and the like clear only as connections close: do not spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
         let _ = tcp.set_nodelay(true);
-        let (shared, tls, shutdown) = (shared.clone(), tls.clone(), shutdown.clone());
+        let (worker, tls, shutdown) = (worker.clone(), tls.clone(), shutdown.clone());
+        let guard = Live::enter(&live);
         tokio::spawn(async move {
+            let _guard = guard;
             match tls {
-                None => serve_connection(TokioIo::new(tcp), shared, "http", peer, shutdown).await,
+                None => {
+                    let io = TokioIo::new(tcp);
+                    serve_connection(io, false, worker, "http", peer, shutdown).await;
+                }
                 Some(acceptor) => match acceptor.accept(tcp).await {
                     Ok(stream) => {
-                        serve_connection(TokioIo::new(stream), shared, "https", peer, shutdown)
-                            .await;
+                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                        let io = TokioIo::new(stream);
+                        serve_connection(io, h2, worker, "https", peer, shutdown).await;
                     }
                     Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 },
             }
         });
+    }
+    drop(listener);
+    let drained = async {
+        while live.load(Ordering::Acquire) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let _ = tokio::time::timeout(GRACE, drained).await;
+}
+
+/// Counts a connection as live until dropped (cheaper per connection than a `JoinSet`).
+struct Live(Arc<AtomicUsize>);
+
+impl Live {
+    fn enter(count: &Arc<AtomicUsize>) -> Live {
+        count.fetch_add(1, Ordering::AcqRel);
+        Live(count.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Starts `workers` threads (at least one), each with a single-threaded runtime and its own
+/// `SO_REUSEPORT` socket on every listener's address, accepting until `shutdown`. The threads inherit the caller's network namespace.
+/// Resolves once every worker has stopped (connections drained, or cut after a grace period).
+///
+/// Errors: a worker thread or its runtime could not be started (the others are stopped).
+pub async fn run_workers(
+    mut listeners: Vec<Listener>,
+    shared: Arc<Shared>,
+    workers: usize,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    // Every socket first, so a failed bind starts no thread.
+    let mut sockets = Vec::new();
+    for _ in 0..workers.max(1) {
+        let mut own = Vec::new();
+        for l in &mut listeners {
+            let socket = match l.socket.take() {
+                Some(s) => {
+                    l.addr = s.local_addr()?;
+                    s
+                }
+                None => bind(l.addr)?,
+            };
+            own.push((socket, l.tls.clone()));
+        }
+        sockets.push(own);
+    }
+    let stop = shutdown.child_token();
+    let mut done = Vec::new();
+    for (n, own) in sockets.into_iter().enumerate() {
+        let (shared, stop_worker) = (shared.clone(), stop.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
+        let spawned = std::thread::Builder::new()
+            .name(format!("berth-ingress-{n}"))
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|rt| rt.block_on(worker(own, shared, stop_worker)));
+                let _ = tx.send(result);
+            });
+        match spawned {
+            Ok(_) => done.push(rx),
+            Err(e) => {
+                stop.cancel();
+                for rx in done {
+                    let _ = rx.await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    let mut first_error = Ok(());
+    for rx in done {
+        if let Err(e) = rx.await.unwrap_or(Ok(())) {
+            stop.cancel();
+            if first_error.is_ok() {
+                first_error = Err(e);
+            }
+        }
+    }
+    first_error
+}
+
+/// One worker: its upstream client and an accept loop per listener, until `shutdown`.
+async fn worker(
+    listeners: Vec<(std::net::TcpListener, Option<tokio_rustls::TlsAcceptor>)>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let worker = Arc::new(Worker {
+        shared,
+        client: upstream_client(),
+        next: AtomicUsize::new(0),
+    });
+    // This worker's own token: its connections register with it, not with one all share.
+    let shutdown = shutdown.child_token();
+    let mut loops = JoinSet::new();
+    for (socket, tls) in listeners {
+        socket.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(socket)?;
+        loops.spawn(accept_loop(listener, tls, worker.clone(), shutdown.clone()));
+    }
+    while loops.join_next().await.is_some() {}
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(version: http::Version, headers: &[(&str, &str)], expected: Option<&str>) {
+        let mut req = Request::builder().version(version).uri("/");
+        for (n, v) in headers {
+            req = req.header(*n, *v);
+        }
+        let req = req.body(()).expect("test request");
+        assert_eq!(
+            upgrade_of(&req).as_ref().map(|v| v.to_str().unwrap_or("?")),
+            expected,
+            "{headers:?}"
+        );
+    }
+
+    #[test]
+    fn upgrades_are_recognised_as_rfc_9110_has_them() {
+        use http::Version;
+        let ws = Some("websocket");
+        check(
+            Version::HTTP_11,
+            &[("connection", "Upgrade"), ("upgrade", "websocket")],
+            ws,
+        );
+        check(
+            Version::HTTP_11,
+            &[
+                ("connection", "keep-alive, upgrade"),
+                ("upgrade", "websocket"),
+            ],
+            ws,
+        );
+        check(
+            Version::HTTP_11,
+            &[
+                ("connection", "keep-alive"),
+                ("connection", "UPGRADE"),
+                ("upgrade", "websocket"),
+            ],
+            ws,
+        );
+        // Upgrade without the Connection token, or the token without a protocol: ordinary.
+        check(Version::HTTP_11, &[("upgrade", "websocket")], None);
+        check(Version::HTTP_11, &[("connection", "upgrade")], None);
+        check(
+            Version::HTTP_11,
+            &[("connection", "upgraded"), ("upgrade", "websocket")],
+            None,
+        );
+        // HTTP/1.0 and HTTP/2 have no Upgrade.
+        check(
+            Version::HTTP_10,
+            &[("connection", "upgrade"), ("upgrade", "websocket")],
+            None,
+        );
+        check(
+            Version::HTTP_2,
+            &[("connection", "upgrade"), ("upgrade", "websocket")],
+            None,
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_the_upgrade_is_put_back() {
+        let mut h = http::HeaderMap::new();
+        for (n, v) in [
+            ("connection", "upgrade, x-private"),
+            ("upgrade", "websocket"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+            ("x-kept", "2"),
+        ] {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept"]);
+        keep_upgrade(&mut h, HeaderValue::from_static("websocket"));
+        assert_eq!(
+            h.get(header::CONNECTION),
+            Some(&HeaderValue::from_static("upgrade"))
+        );
+        assert_eq!(
+            h.get(header::UPGRADE),
+            Some(&HeaderValue::from_static("websocket"))
+        );
     }
 }

@@ -3,6 +3,23 @@
 //! this node ([`desired`], pure), the difference to what it last wrote ([`diff`]), and
 //! applies it as one netlink transaction ([`Netlink`]) through the proxy's nf_tables layer.
 //! Start from [`run`]; [`cleanup`] removes the table.
+//!
+//! Two behaviours Kubernetes leaves to the implementation, decided here:
+//! - **Established flows are kept when a policy tightens.** The documentation of
+//!   NetworkPolicy defines which new connections are allowed, not what happens to open ones.
+//!   The base chains accept `ct state established,related` before any pod's chain (as
+//!   Calico's iptables and nftables data planes do), so replies pass and a connection opened
+//!   while allowed keeps flowing until it ends or its conntrack entry expires; new
+//!   connections see the new rules at once. To cut open flows, delete their conntrack entries
+//!   in the node (`conntrack -D -d POD_IP`) or restart the pod.
+//! - **A new pod's first moments.** The rules key pods by address, and the address is learnt
+//!   from the Pod's status, which the agent writes once the pod's network namespace is set up
+//!   and its containers started. Until the next sync after that (the watch event plus one
+//!   transaction, milliseconds), traffic to and from a new pod that a policy isolates passes
+//!   unfiltered: its address is in no verdict map yet. The upstream documentation asks that a
+//!   pod created after a policy is in force be filtered from its first instant; closing this
+//!   needs the agent to wait, before starting containers, until the enforcer has written the
+//!   pod's chain (as CNI plugins with policy do), which berth does not do yet.
 
 pub mod apply;
 pub mod desired;

@@ -102,7 +102,9 @@ async fn serve_connection(
 ) {
     let service =
         service_fn(move |req| async move { Ok::<_, Infallible>(handle(b, req, peer).await) });
-    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    let conn = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,

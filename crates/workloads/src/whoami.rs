@@ -3,6 +3,9 @@
 //! request itself back as text.
 //!
 //! Not implemented: `/data`, `/echo` (WebSocket), `/bench`, `?wait=`, `?env=`, `--name`, TLS.
+//! berth's own addition: a request on any path with `Upgrade: echo` (and `Connection: upgrade`)
+//! switches protocols and gets every byte it sends back, so tests can check that a proxy
+//! splices upgraded connections (as a WebSocket would need) without a WebSocket library.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -28,7 +31,10 @@ const WRITTEN_APART: [header::HeaderName; 5] = [
     header::TRAILER,
 ];
 
-pub(crate) async fn handle(req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub(crate) async fn handle(mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if wants_echo(&req) {
+        return echo(&mut req);
+    }
     match req.uri().path() {
         // GET only: upstream's POST (which changes the status later GETs get) is not offered.
         "/health" => text(StatusCode::OK, ""),
@@ -47,6 +53,43 @@ pub(crate) async fn handle(req: Request<Incoming>, peer: SocketAddr) -> Response
             }
         }
     }
+}
+
+/// Whether `req` asks to switch to berth's `echo` protocol (RFC 9110 7.8 upgrade).
+fn wants_echo<B>(req: &Request<B>) -> bool {
+    let upgrade = req.headers().get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    let echo = req
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"echo"));
+    upgrade && echo && req.version() == hyper::Version::HTTP_11
+}
+
+/// `101 Switching Protocols` to `echo`; once hyper hands over the connection, a task copies
+/// what it reads back until the client closes.
+fn echo(req: &mut Request<Incoming>) -> Response<Body> {
+    let upgraded = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        match upgraded.await {
+            Ok(io) => {
+                let (mut r, mut w) = tokio::io::split(hyper_util::rt::TokioIo::new(io));
+                if let Err(error) = tokio::io::copy(&mut r, &mut w).await {
+                    tracing::debug!(%error, "echo connection ended");
+                }
+            }
+            Err(error) => tracing::debug!(%error, "upgrade failed"),
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("echo"));
+    response
 }
 
 /// The text answer: `Hostname:`, `IP:` lines and `RemoteAddr:` end in `\n`; the request is
@@ -207,6 +250,41 @@ mod tests {
             GET /a?b=c HTTP/1.1\r\nHost: svc:8080\r\nUser-Agent: curl/8\r\nAccept: */*\r\n\
             X-B: 2\r\nX-B: 1\r\n\r\n";
         assert_eq!(String::from_utf8_lossy(&out), expected);
+    }
+
+    #[tokio::test]
+    async fn echoes_after_an_upgrade_to_echo() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let server = Server::start(Builtin::Whoami).await;
+        let mut s = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        s.write_all(b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+            .await
+            .expect("send");
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            assert_eq!(s.read(&mut b).await.expect("read"), 1, "closed: {head:?}");
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(head.contains("upgrade: echo"), "{head}");
+        for msg in [&b"hello"[..], b"\x00\xffbinary"] {
+            s.write_all(msg).await.expect("send");
+            let mut got = vec![0u8; msg.len()];
+            s.read_exact(&mut got).await.expect("echo");
+            assert_eq!(got, msg);
+        }
+        // Without the upgrade, the same path is the usual report.
+        let reply = request(
+            server.addr,
+            "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: echo\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        server.stop().await;
     }
 
     #[tokio::test]

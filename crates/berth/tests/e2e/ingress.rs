@@ -1,8 +1,11 @@
 //! The built-in Ingress controller on the default single node: routing by host and path to
 //! whoami Deployments through the address `kube-system/berth-ingress` gets from the pool,
-//! 404 and 503 pages, TLS by SNI from a Secret, the Ingress status, the default class.
+//! 404 and 503 pages, TLS by SNI from a Secret, the Ingress status, the default class, an
+//! HTTP upgrade spliced through, and connections held across an Ingress change.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
+use std::process::Stdio;
 
 use berth_testkit::{Cluster, eventually};
 
@@ -162,6 +165,25 @@ fn ingress_routes_by_host_and_path_with_tls() {
     );
     assert!(text.contains("X-Forwarded-Proto: https"), "{text}");
 
+    // Connections made before a change: a keep-alive one and one upgraded to whoami's echo.
+    let mut held = h
+        .command("python3")
+        .args(["-c", HELD_CONNECTIONS, &lb])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut lines = BufReader::new(held.stdout.take().expect("stdout")).lines();
+    let mut next = || lines.next().and_then(Result::ok).unwrap_or_default();
+    let before = [next(), next(), next()];
+    assert!(
+        before[0].starts_with("first HTTP/1.1 200 OK Hostname: web-"),
+        "{before:?}"
+    );
+    assert!(before[1].starts_with("upgrade HTTP/1.1 101"), "{before:?}");
+    assert_eq!(before[2], "echo ping-1", "{before:?}");
+
     // A change applies: the Ingress now sends web.example.com to api.
     c.ok(&[
         "patch",
@@ -176,4 +198,59 @@ fn ingress_routes_by_host_and_path_with_tls() {
             .contains("Hostname: api-")
             .then_some(())
     });
+    // Both survived: the keep-alive connection's next request follows the new table, and
+    // the upgraded connection still echoes.
+    let mut stdin = held.stdin.take().expect("stdin");
+    stdin
+        .write_all(b"go\n")
+        .expect("signal the held connections");
+    drop(stdin);
+    let after = [next(), next()];
+    let out = held.wait_with_output().expect("python3");
+    assert!(
+        after[0].starts_with("second HTTP/1.1 200 OK Hostname: api-") && after[1] == "echo ping-2",
+        "{after:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
+
+/// Opens a keep-alive connection and one upgraded to `Upgrade: echo` to the ingress at
+/// argv[1] for web.example.com, uses both, then waits for a line on stdin and uses both again
+/// (a request, an echo), printing what it got; it fails if either was closed meanwhile.
+const HELD_CONNECTIONS: &str = r#"
+import socket, sys
+lb = sys.argv[1]
+def head(s, buf=b""):
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(65536)
+        if not d: sys.exit("connection closed: %r" % buf)
+        buf += d
+    return buf.split(b"\r\n\r\n", 1)
+def get(s):
+    s.sendall(b"GET / HTTP/1.1\r\nHost: web.example.com\r\n\r\n")
+    h, body = head(s)
+    lines = h.split(b"\r\n")
+    n = int([l.split(b":")[1] for l in lines if l.lower().startswith(b"content-length:")][0])
+    while len(body) < n:
+        d = s.recv(65536)
+        if not d: sys.exit("closed in the body")
+        body += d
+    return lines[0].decode() + " " + body.decode().split("\n")[0]
+def echo(s, msg, got=b""):
+    s.sendall(msg)
+    while len(got) < len(msg):
+        d = s.recv(100)
+        if not d: sys.exit("upgraded connection closed")
+        got += d
+    return got.decode()
+ka = socket.create_connection((lb, 80), timeout=5)
+print("first", get(ka), flush=True)
+up = socket.create_connection((lb, 80), timeout=5)
+up.sendall(b"GET /ws HTTP/1.1\r\nHost: web.example.com\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+h, rest = head(up)
+print("upgrade", h.split(b"\r\n")[0].decode(), flush=True)
+print("echo", echo(up, b"ping-1", rest), flush=True)
+sys.stdin.readline()
+print("second", get(ka), flush=True)
+print("echo", echo(up, b"ping-2"), flush=True)
+"#;
