@@ -8,6 +8,7 @@ mod events;
 pub mod init;
 pub mod layout;
 mod node;
+pub mod oci;
 mod pods;
 mod probe;
 pub mod runtime;

@@ -46,6 +46,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// group of its own (so a signal reaches everything it started). Containers with `stdin`
     /// or `tty` come with their [`Console`], which `kubectl attach` connects to.
     fn start(&self, spec: &StartSpec<'_>) -> Result<(Child, Option<Arc<Console>>), StartError>;
+
+    /// Signals the container whose main process (the child [`Runtime::start`] gave) is
+    /// `pid`, and what it started.
+    fn signal(&self, pid: u32, sig: nix::sys::signal::Signal) {
+        signal(pid, sig);
+    }
 }
 
 /// Where attached clients' output comes from: the pty (stdout and stderr merged) or stdout.
@@ -117,6 +123,9 @@ pub fn process_env(pid: u32) -> Vec<(String, String)> {
 /// network, UTS and mount namespaces (where the pod's resolv.conf and hosts are mounted) and
 /// with its environment. What exec probes and `kubectl exec` run.
 pub fn in_container(pid: u32, argv: &[String]) -> std::process::Command {
+    if let Some(init) = crate::oci::container_init(pid) {
+        return crate::oci::in_container(init, argv);
+    }
     let mut cmd = std::process::Command::new("nsenter");
     cmd.arg("-t")
         .arg(pid.to_string())
@@ -229,6 +238,14 @@ const HOST_IMAGES: &[(&str, &[&str], &[&str])] = &[
 ];
 
 impl Processes {
+    /// Whether `image` means something without a store: a built-in workload or a host image.
+    pub fn knows(&self, image: &str) -> bool {
+        berth_workloads::Builtin::from_image(image).is_some()
+            || HOST_IMAGES
+                .iter()
+                .any(|(n, _, _)| *n == berth_workloads::repository(image))
+    }
+
     /// The argv a container runs: its command and args; for a built-in image the `berth`
     /// binary's workload on the container's first port; for a host image its default command.
     pub fn argv(&self, c: &Container) -> Result<Vec<String>, StartError> {

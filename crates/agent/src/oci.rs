@@ -1,0 +1,642 @@
+//! Image pods: containers whose image is in the node's image store (`berth image import`)
+//! run from that image's root filesystem under Debian's `runc`, as containerd's runc shim
+//! would run them. [`Select`] is the agent's runtime: the store decides per container
+//! between [`Oci`] and the host-process runtime ([`Processes`]).
+//!
+//! A container gets `POD_DIR/oci/<name>/`: `config.json` (an OCI runtime spec: the pod's
+//! network namespace, its own PID, mount, IPC and UTS namespaces, hostname = the pod's, the
+//! pod's resolv.conf and hosts and the volume binds), `rootfs/`, and overlayfs's `upper/`
+//! and `work/` over the image's unpacked root (a copy where overlayfs is not available).
+//! The overlay is mounted inside a private mount namespace that `unshare` makes for the
+//! runc process, so nothing is left mounted on the node when the container is gone.
+//! `runc run` stays in the foreground: it is the child the pod worker waits for, and its
+//! exit status is the container's. Signals go through `runc kill` (the container's init is
+//! in its own session and PID namespace, out of reach of a process-group signal).
+
+use std::collections::HashMap;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use berth_image::{Image, Store};
+use k8s_openapi::api::core::v1::Container;
+use nix::sys::signal::Signal;
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+};
+use tokio::process::{Child, Command};
+
+use crate::runtime::{Console, Processes, Runtime, StartError, StartSpec};
+
+/// The capabilities containerd gives a container by default (its `oci.defaultUnixCaps`).
+const DEFAULT_CAPS: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Mounts the container's root (overlayfs, else a copy) in the private mount namespace
+/// `unshare` made, clears a stale container of the same id, then becomes `runc run`.
+/// Positional: lower upper work rootfs runc runc-root id bundle. An agent started through
+/// `ip netns exec` sees a fresh sysfs without the cgroup mounts runc needs: they are mounted
+/// again here (same hierarchies, as the first mount namespace has them), in this namespace only.
+const LAUNCH: &str = r#"if ! grep -q ' - cgroup' /proc/self/mountinfo; then
+  mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup
+  awk '/ - cgroup2? / { split($0, a, " - "); split(a[2], b, " "); print $5, b[1], b[3] }' /proc/1/mountinfo |
+  while read -r mp fs opts; do
+    case "$mp" in /sys/fs/cgroup/*) mkdir -p "$mp" && mount -t "$fs" -o "$opts" "$fs" "$mp" ;; esac
+  done
+fi
+mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4" 2>/dev/null || cp -a "$1/." "$4/" || exit 125
+[ -e "$6/$7" ] && "$5" --root "$6" delete --force "$7" >/dev/null 2>&1
+exec "$5" --root "$6" run --bundle "$8" "$7""#;
+
+/// Runs containers from imported images with runc.
+#[derive(Debug)]
+pub struct Oci {
+    store: Store,
+    runc: PathBuf,
+    /// runc's `--root`: its state of the containers this agent runs.
+    root: PathBuf,
+    /// runc run's PID -> container id, for signals.
+    runs: Mutex<HashMap<u32, String>>,
+}
+
+impl Oci {
+    /// The runtime over the store of `data_dir`, with runc state in `state_dir/runc`; `None`
+    /// (image pods unavailable) when runc is not installed. Containers a previous agent left
+    /// are removed.
+    pub fn new(data_dir: &Path, state_dir: &Path) -> Option<Oci> {
+        let runc = ["/usr/sbin/runc", "/usr/bin/runc", "/usr/local/sbin/runc"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())?;
+        let store = match Store::open(data_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "the image store cannot be opened; no image pods");
+                return None;
+            }
+        };
+        let root = state_dir.join("runc");
+        let oci = Oci {
+            store,
+            runc,
+            root,
+            runs: Mutex::default(),
+        };
+        oci.sweep();
+        Some(oci)
+    }
+
+    /// Deletes every container in our runc root: what an agent that died left running.
+    fn sweep(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            let _ = std::process::Command::new(&self.runc)
+                .arg("--root")
+                .arg(&self.root)
+                .args(["delete", "--force", &id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
+    /// The image `c` runs, if the store has it.
+    pub fn image(&self, c: &Container) -> Option<Image> {
+        let name = c.image.as_deref()?;
+        match self.store.resolve(name) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::debug!(image = name, error = %e, "not an image of the store");
+                None
+            }
+        }
+    }
+
+    fn start_image(&self, spec: &StartSpec<'_>, image: &Image) -> Result<Child, StartError> {
+        let c = spec.container;
+        let run_error = |message: String| StartError {
+            reason: "RunContainerError",
+            message,
+        };
+        let lower = self
+            .store
+            .rootfs(image)
+            .map_err(|e| run_error(format!("unpacking {}: {e}", image.reference)))?;
+        let pod_dir = spec.log.parent().unwrap_or(Path::new("/"));
+        let bundle = pod_dir.join("oci").join(&c.name);
+        if bundle.exists() {
+            std::fs::remove_dir_all(&bundle)
+                .map_err(|e| run_error(format!("clearing {}: {e}", bundle.display())))?;
+        }
+        for d in ["rootfs", "upper", "work"] {
+            let p = bundle.join(d);
+            std::fs::create_dir_all(&p)
+                .and_then(|()| std::fs::set_permissions(&p, PermissionsExt::from_mode(0o755)))
+                .map_err(|e| run_error(format!("making {}: {e}", p.display())))?;
+        }
+        let hostname = bundle.join("hostname");
+        std::fs::write(&hostname, format!("{}\n", spec.hostname))
+            .and_then(|()| std::fs::set_permissions(&hostname, PermissionsExt::from_mode(0o644)))
+            .map_err(|e| run_error(format!("writing {}: {e}", hostname.display())))?;
+        let config = runtime_spec(spec, image, &lower, &bundle)?;
+        let body = serde_json::to_vec_pretty(&config)
+            .map_err(|e| run_error(format!("encoding config.json: {e}")))?;
+        std::fs::write(bundle.join("config.json"), body)
+            .map_err(|e| run_error(format!("writing config.json: {e}")))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(spec.log)
+            .map_err(|e| run_error(format!("opening {}: {e}", spec.log.display())))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| run_error(format!("opening the log: {e}")))?;
+        let id = container_id(pod_dir, &c.name);
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            LAUNCH,
+            "sh",
+        ])
+        .arg(&lower)
+        .arg(bundle.join("upper"))
+        .arg(bundle.join("work"))
+        .arg(bundle.join("rootfs"))
+        .arg(&self.runc)
+        .arg(&self.root)
+        .arg(&id)
+        .arg(&bundle)
+        .env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .process_group(0)
+        .kill_on_drop(false);
+        let child = cmd
+            .spawn()
+            .map_err(|e| run_error(format!("starting runc: {e}")))?;
+        if let Some(pid) = child.id() {
+            let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+            runs.insert(pid, id);
+        }
+        Ok(child)
+    }
+
+    /// Signals the container runc `pid` runs, through `runc kill`; falls back to the
+    /// process group while runc has not made the container yet.
+    fn signal(&self, pid: u32, sig: Signal) -> bool {
+        let id = {
+            let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+            match runs.get(&pid) {
+                Some(id) => id.clone(),
+                None => return false,
+            }
+        };
+        let (runc, root) = (self.runc.clone(), self.root.clone());
+        let gone = !Path::new(&format!("/proc/{pid}")).exists();
+        if gone {
+            let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+            runs.remove(&pid);
+            return true;
+        }
+        // runc takes some milliseconds: not on the caller's (async) thread.
+        std::thread::spawn(move || {
+            let killed = std::process::Command::new(&runc)
+                .arg("--root")
+                .arg(&root)
+                .args(["kill", &id, sig.as_str()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !killed {
+                crate::runtime::signal(pid, sig);
+            }
+        });
+        true
+    }
+}
+
+/// runc's container id: the pod's uid (its directory) and the container's name.
+fn container_id(pod_dir: &Path, name: &str) -> String {
+    let uid = pod_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{uid}-{name}")
+}
+
+/// The argv Kubernetes runs: `command` replaces the image's ENTRYPOINT (and drops its
+/// CMD), `args` replace CMD.
+pub fn argv(c: &Container, entrypoint: &[String], cmd: &[String]) -> Vec<String> {
+    let command = c.command.clone().unwrap_or_default();
+    let args = c.args.clone().unwrap_or_default();
+    if !command.is_empty() {
+        return command.into_iter().chain(args).collect();
+    }
+    let tail = if args.is_empty() { cmd.to_vec() } else { args };
+    entrypoint.iter().cloned().chain(tail).collect()
+}
+
+/// The environment: the image's, overlaid by the container's (`spec.env`), then HOSTNAME
+/// and, when neither sets it, HOME.
+pub fn environment(
+    image_env: &[String],
+    spec_env: &[(String, String)],
+    hostname: &str,
+    home: &str,
+) -> Vec<String> {
+    fn set(env: &mut Vec<(String, String)>, k: &str, v: &str) {
+        match env.iter_mut().find(|(ek, _)| ek == k) {
+            Some(e) => e.1 = v.to_owned(),
+            None => env.push((k.to_owned(), v.to_owned())),
+        }
+    }
+    let mut env: Vec<(String, String)> = Vec::new();
+    set(&mut env, "PATH", DEFAULT_PATH);
+    for kv in image_env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        set(&mut env, k, v);
+    }
+    set(&mut env, "HOSTNAME", hostname);
+    for (k, v) in spec_env {
+        set(&mut env, k, v);
+    }
+    if !env.iter().any(|(k, _)| k == "HOME") {
+        set(&mut env, "HOME", home);
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// The image's `User` (`uid[:gid]` or names from the image's /etc/passwd and /etc/group),
+/// overridden by the container's securityContext; with the user's home directory.
+fn user(c: &Container, image_user: &str, rootfs: &Path) -> Result<(u32, u32, String), String> {
+    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+    let group = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+    let lookup = |file: &str, name: &str| -> Option<Vec<String>> {
+        file.lines()
+            .map(|l| l.split(':').map(str::to_owned).collect::<Vec<_>>())
+            .find(|f| f.first().is_some_and(|n| n == name) || f.get(2).is_some_and(|u| u == name))
+    };
+    let (u, g) = match image_user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (image_user, None),
+    };
+    let (mut uid, mut gid, mut home) = (0u32, 0u32, "/root".to_owned());
+    if !u.is_empty() {
+        match (u.parse::<u32>(), lookup(&passwd, u)) {
+            (_, Some(f)) => {
+                uid = f.get(2).and_then(|s| s.parse().ok()).unwrap_or(0);
+                gid = f.get(3).and_then(|s| s.parse().ok()).unwrap_or(0);
+                home = f.get(5).cloned().unwrap_or(home);
+            }
+            (Ok(n), None) => {
+                uid = n;
+                home = "/".into();
+            }
+            (Err(_), None) => {
+                return Err(format!(
+                    "unable to find user {u}: no matching entries in passwd file"
+                ));
+            }
+        }
+    }
+    if let Some(g) = g {
+        gid = match (g.parse::<u32>(), lookup(&group, g)) {
+            (Ok(n), _) => n,
+            (_, Some(f)) => f.get(2).and_then(|s| s.parse().ok()).unwrap_or(0),
+            _ => {
+                return Err(format!(
+                    "unable to find group {g}: no matching entries in group file"
+                ));
+            }
+        };
+    }
+    let sc = c.security_context.as_ref();
+    if let Some(ru) = sc
+        .and_then(|s| s.run_as_user)
+        .and_then(|v| u32::try_from(v).ok())
+    {
+        uid = ru;
+    }
+    if let Some(rg) = sc
+        .and_then(|s| s.run_as_group)
+        .and_then(|v| u32::try_from(v).ok())
+    {
+        gid = rg;
+    }
+    Ok((uid, gid, home))
+}
+
+fn bind(source: impl AsRef<Path>, target: &str, read_only: bool) -> Result<Mount, StartError> {
+    let mut options = vec!["rbind".to_owned(), "rprivate".to_owned()];
+    if read_only {
+        options.push("ro".into());
+    }
+    MountBuilder::default()
+        .destination(target)
+        .typ("bind")
+        .source(source.as_ref())
+        .options(options)
+        .build()
+        .map_err(|e| StartError {
+            reason: "CreateContainerError",
+            message: format!("mount {target}: {e}"),
+        })
+}
+
+/// The OCI runtime spec (config.json) of one container.
+fn runtime_spec(
+    spec: &StartSpec<'_>,
+    image: &Image,
+    lower: &Path,
+    bundle: &Path,
+) -> Result<Spec, StartError> {
+    let c = spec.container;
+    let create_error = |message: String| StartError {
+        reason: "CreateContainerError",
+        message,
+    };
+    let ic = image.config.config().clone().unwrap_or_default();
+    let args = argv(
+        c,
+        &ic.entrypoint().clone().unwrap_or_default(),
+        &ic.cmd().clone().unwrap_or_default(),
+    );
+    if args.is_empty() {
+        return Err(create_error(
+            "failed to generate container spec: no command specified".into(),
+        ));
+    }
+    let (uid, gid, home) =
+        user(c, ic.user().as_deref().unwrap_or(""), lower).map_err(create_error)?;
+    let env = environment(
+        &ic.env().clone().unwrap_or_default(),
+        &spec.env,
+        spec.hostname,
+        &home,
+    );
+    let cwd = c
+        .working_dir
+        .clone()
+        .or_else(|| ic.working_dir().clone())
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    let caps: std::collections::HashSet<Capability> = DEFAULT_CAPS.iter().copied().collect();
+    let mut process = ProcessBuilder::default()
+        .args(args)
+        .env(env)
+        .cwd(cwd)
+        .no_new_privileges(false)
+        .user(
+            UserBuilder::default()
+                .uid(uid)
+                .gid(gid)
+                .build()
+                .map_err(|e| create_error(e.to_string()))?,
+        )
+        .build()
+        .map_err(|e| create_error(e.to_string()))?;
+    if let Some(mut capabilities) = process.capabilities().clone() {
+        capabilities.set_bounding(Some(caps.clone()));
+        capabilities.set_effective(Some(caps.clone()));
+        capabilities.set_permitted(Some(caps));
+        capabilities.set_inheritable(None);
+        capabilities.set_ambient(None);
+        process.set_capabilities(Some(capabilities));
+    }
+    let ns = |typ, path: Option<PathBuf>| -> Result<LinuxNamespace, StartError> {
+        let mut b = LinuxNamespaceBuilder::default().typ(typ);
+        if let Some(p) = path {
+            b = b.path(p);
+        }
+        b.build().map_err(|e| create_error(e.to_string()))
+    };
+    let namespaces = vec![
+        ns(LinuxNamespaceType::Pid, None)?,
+        ns(
+            LinuxNamespaceType::Network,
+            Some(PathBuf::from("/run/netns").join(spec.netns)),
+        )?,
+        ns(LinuxNamespaceType::Ipc, None)?,
+        ns(LinuxNamespaceType::Uts, None)?,
+        ns(LinuxNamespaceType::Mount, None)?,
+    ];
+    let defaults = Spec::default();
+    let mut linux = defaults.linux().clone().unwrap_or_default();
+    linux.set_namespaces(Some(namespaces));
+    let linux = LinuxBuilder::default()
+        .namespaces(linux.namespaces().clone().unwrap_or_default())
+        .masked_paths(linux.masked_paths().clone().unwrap_or_default())
+        .readonly_paths(linux.readonly_paths().clone().unwrap_or_default())
+        .build()
+        .map_err(|e| create_error(e.to_string()))?;
+    let etc = PathBuf::from("/etc/netns").join(spec.netns);
+    let mut mounts = defaults.mounts().clone().unwrap_or_default();
+    mounts.push(bind(etc.join("resolv.conf"), "/etc/resolv.conf", false)?);
+    mounts.push(bind(etc.join("hosts"), "/etc/hosts", false)?);
+    mounts.push(bind(bundle.join("hostname"), "/etc/hostname", false)?);
+    for b in &spec.binds {
+        mounts.push(bind(&b.source, &b.target, b.read_only)?);
+    }
+    let mut config = Spec::default();
+    config.set_hostname(Some(spec.hostname.to_owned()));
+    config.set_process(Some(process));
+    config.set_root(Some(
+        RootBuilder::default()
+            .path(bundle.join("rootfs"))
+            .readonly(false)
+            .build()
+            .map_err(|e| create_error(e.to_string()))?,
+    ));
+    config.set_mounts(Some(mounts));
+    config.set_linux(Some(linux));
+    Ok(config)
+}
+
+/// The agent's runtime: image pods under runc when the store has the container's image,
+/// host processes otherwise.
+#[derive(Debug)]
+pub struct Select {
+    pub oci: Option<Arc<Oci>>,
+    pub processes: Processes,
+}
+
+impl Runtime for Select {
+    fn start(&self, spec: &StartSpec<'_>) -> Result<(Child, Option<Arc<Console>>), StartError> {
+        let c = spec.container;
+        if let Some(oci) = &self.oci
+            && let Some(image) = oci.image(c)
+        {
+            return oci.start_image(spec, &image).map(|child| (child, None));
+        }
+        let name = c.image.clone().unwrap_or_default();
+        if c.image_pull_policy.as_deref() == Some("Never") && !self.processes.knows(&name) {
+            return Err(StartError {
+                reason: "ErrImageNeverPull",
+                message: format!(
+                    "Container image \"{name}\" is not present with pull policy of Never"
+                ),
+            });
+        }
+        self.processes.start(spec)
+    }
+
+    fn signal(&self, pid: u32, sig: Signal) {
+        if !self.oci.as_ref().is_some_and(|o| o.signal(pid, sig)) {
+            crate::runtime::signal(pid, sig);
+        }
+    }
+}
+
+/// The container's init process when `pid` is a `runc run` (an image pod's main process,
+/// as the pod worker knows it): its child, in the container's namespaces.
+pub fn container_init(pid: u32) -> Option<u32> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    if comm.trim() != "runc" {
+        return None;
+    }
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks.flatten().find_map(|t| {
+        let children = std::fs::read_to_string(t.path().join("children")).ok()?;
+        children.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// A command running `argv` in an image container whose init is `init`: all its
+/// namespaces (so its root, its processes only), its environment.
+pub fn in_container(init: u32, argv: &[String]) -> std::process::Command {
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.arg("-t")
+        .arg(init.to_string())
+        .args(["--net", "--uts", "--ipc", "--pid", "--mount", "--"])
+        .args(argv)
+        .env_clear()
+        .envs(crate::runtime::process_env(init));
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(command: Option<&[&str]>, args: Option<&[&str]>) -> Container {
+        let v = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect();
+        Container {
+            name: "c".into(),
+            command: command.map(v),
+            args: args.map(v),
+            ..Default::default()
+        }
+    }
+
+    fn check(command: Option<&[&str]>, args: Option<&[&str]>, expected: &[&str]) {
+        let ep = vec!["/entry".to_owned()];
+        let cmd = vec!["default".to_owned()];
+        assert_eq!(
+            argv(&container(command, args), &ep, &cmd),
+            expected,
+            "{command:?} {args:?}"
+        );
+    }
+
+    #[test]
+    fn command_and_args_merge_as_kubernetes_documents() {
+        check(None, None, &["/entry", "default"]);
+        check(Some(&["sh"]), None, &["sh"]);
+        check(None, Some(&["-x"]), &["/entry", "-x"]);
+        check(Some(&["sh"]), Some(&["-c", "true"]), &["sh", "-c", "true"]);
+        check(Some(&[]), Some(&[]), &["/entry", "default"]);
+    }
+
+    #[test]
+    fn environment_overlays_and_home() {
+        let env = environment(
+            &[
+                "PATH=/bin".into(),
+                "A=image".into(),
+                "HOME=/home/app".into(),
+            ],
+            &[("A".into(), "pod".into()), ("B".into(), "b".into())],
+            "web",
+            "/root",
+        );
+        assert_eq!(
+            env,
+            [
+                "PATH=/bin",
+                "A=pod",
+                "HOME=/home/app",
+                "HOSTNAME=web",
+                "B=b"
+            ]
+        );
+        let env = environment(&[], &[], "web", "/root");
+        assert!(env.contains(&"HOME=/root".to_owned()), "{env:?}");
+        assert!(env.iter().any(|e| e.starts_with("PATH=")), "{env:?}");
+    }
+
+    #[test]
+    fn users_from_the_image_and_the_security_context() {
+        let t = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(t.path().join("etc")).expect("etc");
+        std::fs::write(
+            t.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+        )
+        .expect("passwd");
+        std::fs::write(t.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").expect("group");
+        let c = Container::default();
+        assert_eq!(
+            user(&c, "", t.path()).expect("root"),
+            (0, 0, "/root".into())
+        );
+        assert_eq!(
+            user(&c, "app", t.path()).expect("app"),
+            (1000, 1001, "/home/app".into())
+        );
+        assert_eq!(
+            user(&c, "app:staff", t.path()).expect("app"),
+            (1000, 50, "/home/app".into())
+        );
+        assert_eq!(
+            user(&c, "65534:65534", t.path()).expect("nobody"),
+            (65534, 65534, "/".into())
+        );
+        assert!(user(&c, "ghost", t.path()).is_err());
+        let mut c = Container::default();
+        c.security_context = Some(k8s_openapi::api::core::v1::SecurityContext {
+            run_as_user: Some(7),
+            ..Default::default()
+        });
+        assert_eq!(user(&c, "app", t.path()).expect("override").0, 7);
+    }
+}

@@ -1,0 +1,152 @@
+//! Image pods (issue 17): a busybox image made by the test from Debian's busybox-static,
+//! imported with `berth image import` as a docker-save tar and as an OCI archive, run under
+//! runc with `imagePullPolicy: Never`: logs, exec into the image's own files and processes,
+//! graceful deletion that leaves no runc container or bundle behind.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use berth_testkit::{Cluster, eventually, images};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_berth"))
+}
+
+fn berth_image(c: &Cluster, args: &[&str], stdin: Option<&[u8]>) -> String {
+    let mut cmd = Command::new(bin());
+    cmd.arg("image")
+        .args(args)
+        .arg(format!("--data-dir={}", c.data_dir().display()))
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("berth image");
+    if let Some(data) = stdin {
+        let mut si = child.stdin.take().expect("stdin");
+        si.write_all(data).expect("write the archive");
+    }
+    let out = child.wait_with_output().expect("berth image");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "berth image {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+fn pod(name: &str, image: &str, args: Option<&str>) -> String {
+    let args = args.map(|a| format!("    args: {a}\n")).unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: main\n    image: {image}\n    imagePullPolicy: Never\n{args}"
+    )
+}
+
+fn running(c: &Cluster, name: &str) {
+    eventually(&format!("{name} to run"), || {
+        let phase = c.ok(&["get", "pod", name, "-o", "jsonpath={.status.phase}"]);
+        (phase == "Running").then_some(())
+    });
+}
+
+#[test]
+fn imported_busybox_runs_under_runc() {
+    let c = Cluster::start_on_node(bin(), &[]);
+    c.wait_node_ready();
+    let image = images::busybox(&["sh", "-c", "echo started from the image; exec sleep 3600"]);
+    let docker = c.dir().join("bb.tar");
+    std::fs::write(
+        &docker,
+        image.docker_save(&["bbtest:1"]).expect("docker save"),
+    )
+    .expect("write");
+    let out = berth_image(&c, &["import", &docker.display().to_string()], None);
+    assert!(out.contains("imported docker.io/library/bbtest:1"), "{out}");
+    let oci = image
+        .oci_archive("docker.io/library/bbtest:oci")
+        .expect("oci archive");
+    let out = berth_image(&c, &["import", "-"], Some(&oci));
+    assert!(
+        out.contains("imported docker.io/library/bbtest:oci"),
+        "{out}"
+    );
+    let ls = berth_image(&c, &["ls"], None);
+    assert!(
+        ls.contains("docker.io/library/bbtest:1") && ls.contains("docker.io/library/bbtest:oci"),
+        "{ls}"
+    );
+
+    c.apply(&pod("bb", "bbtest:1", None));
+    c.apply(&pod(
+        "bb-oci",
+        "docker.io/library/bbtest:oci",
+        Some("[sh, -c, 'echo oci $HOME; exec sleep 3600']"),
+    ));
+    c.apply(&pod("absent", "absent:1", None));
+    running(&c, "bb");
+    running(&c, "bb-oci");
+    eventually("the image's CMD in the log", || {
+        c.ok(&["logs", "bb"])
+            .contains("started from the image")
+            .then_some(())
+    });
+    eventually("args replacing CMD, HOME from /root", || {
+        c.ok(&["logs", "bb-oci"])
+            .contains("oci /root")
+            .then_some(())
+    });
+    // The image's own files, not the host's.
+    assert_eq!(
+        c.ok(&["exec", "bb", "--", "cat", "/etc/berth-image"])
+            .trim(),
+        images::MARKER
+    );
+    c.fails(&["exec", "bb", "--", "cat", "/etc/os-release"]);
+    assert_eq!(c.ok(&["exec", "bb", "--", "hostname"]).trim(), "bb");
+    // Its own PID namespace: the sleep as PID 1 and ps itself.
+    let ps = c.ok(&["exec", "bb", "--", "ps", "-o", "pid,comm"]);
+    let procs: Vec<&str> = ps.lines().skip(1).collect();
+    assert!(
+        procs.len() <= 3
+            && procs
+                .iter()
+                .any(|l| l.split_whitespace().eq(["1", "sleep"])),
+        "{ps}"
+    );
+    let waiting = c.ok(&[
+        "get",
+        "pod",
+        "absent",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
+    ]);
+    assert_eq!(waiting, "ErrImageNeverPull");
+
+    // Deletion: SIGTERM (PID 1 ignores it), SIGKILL after the grace period, nothing left.
+    let started = std::time::Instant::now();
+    c.ok(&["delete", "pod", "bb", "bb-oci"]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    let runc_root = c.data_dir().join("agent/runc");
+    eventually("no runc containers left", || {
+        let left = std::fs::read_dir(&runc_root)
+            .map(|d| d.count())
+            .unwrap_or(0);
+        (left == 0).then_some(())
+    });
+    let pods = c.data_dir().join("agent/pods");
+    let bundles = std::fs::read_dir(&pods)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().join("oci").exists())
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(bundles, 0, "bundles left in {}", pods.display());
+    let rm = berth_image(&c, &["rm", "bbtest:1"], None);
+    assert!(rm.contains("removed docker.io/library/bbtest:1"), "{rm}");
+}
