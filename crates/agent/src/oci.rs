@@ -632,11 +632,13 @@ mod tests {
             (65534, 65534, "/".into())
         );
         assert!(user(&c, "ghost", t.path()).is_err());
-        let mut c = Container::default();
-        c.security_context = Some(k8s_openapi::api::core::v1::SecurityContext {
-            run_as_user: Some(7),
+        let c = Container {
+            security_context: Some(k8s_openapi::api::core::v1::SecurityContext {
+                run_as_user: Some(7),
+                ..Default::default()
+            }),
             ..Default::default()
-        });
+        };
         assert_eq!(user(&c, "app", t.path()).expect("override").0, 7);
     }
 }

@@ -192,7 +192,7 @@ fn oci(store: &Store, index: &[u8]) -> Result<Vec<Imported>> {
             .or_else(|| annotations.get("org.opencontainers.image.ref.name"))
             .and_then(|n| Store::key(n).ok());
         let md = match d.media_type() {
-            MediaType::ImageIndex => pick_platform(store, &d.digest().to_string())?,
+            MediaType::ImageIndex => pick_platform(store, d.digest().as_ref())?,
             _ => d.digest().to_string(),
         };
         // The manifest must be whole: its config and layers present.

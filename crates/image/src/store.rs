@@ -277,9 +277,9 @@ impl Store {
             keep.insert(hex_of(d));
             roots.insert(hex_of(d));
             if let Ok(img) = self.load(d, d) {
-                keep.insert(hex_of(&img.manifest.config().digest().to_string()));
+                keep.insert(hex_of(img.manifest.config().digest().as_ref()));
                 for l in img.manifest.layers() {
-                    keep.insert(hex_of(&l.digest().to_string()));
+                    keep.insert(hex_of(l.digest().as_ref()));
                 }
             }
         }

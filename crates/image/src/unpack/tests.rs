@@ -1,3 +1,6 @@
+//! Layer application: whiteouts, opaque directories, links, modes, and hostile layers
+//! (`..`, absolute paths, symlink and hard-link escapes) that must never write outside.
+
 use std::os::unix::fs::MetadataExt;
 
 use proptest::prelude::*;
