@@ -150,3 +150,55 @@ fn imported_busybox_runs_under_runc() {
     let rm = berth_image(&c, &["rm", "bbtest:1"], None);
     assert!(rm.contains("removed docker.io/library/bbtest:1"), "{rm}");
 }
+
+/// Restarts, `--previous` logs, an exec readiness probe and SIGTERM reaching a container's
+/// own handler (deletion then takes less than the grace period), all for an image pod.
+#[test]
+fn image_pods_restart_probe_and_stop_gracefully() {
+    let c = Cluster::start_on_node(bin(), &[]);
+    c.wait_node_ready();
+    let image = images::busybox(&["sh", "-c", "echo run; sleep 1; exit 3"]);
+    let tar = c.dir().join("bb.tar");
+    std::fs::write(&tar, image.docker_save(&["bbtest:2"]).expect("docker save")).expect("write");
+    berth_image(&c, &["import", &tar.display().to_string()], None);
+    c.apply(&pod("crash", "bbtest:2", None));
+    c.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: term\nspec:\n  terminationGracePeriodSeconds: 30\n  containers:\n  - name: main\n    image: bbtest:2\n    imagePullPolicy: Never\n    command: [sh, -c, \"trap 'echo bye; exit 0' TERM; echo up; while true; do sleep 0.2; done\"]\n    readinessProbe:\n      exec:\n        command: [cat, /etc/berth-image]\n      periodSeconds: 1\n",
+    );
+    eventually("crash to restart", || {
+        let n = c.ok(&[
+            "get",
+            "pod",
+            "crash",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}",
+        ]);
+        (n.parse::<u32>().unwrap_or(0) >= 1).then_some(())
+    });
+    let last = c.ok(&[
+        "get",
+        "pod",
+        "crash",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].lastState.terminated.exitCode}",
+    ]);
+    assert_eq!(last, "3");
+    assert!(c.ok(&["logs", "crash", "--previous"]).contains("run"));
+    eventually("term to be Ready through its exec probe", || {
+        let ready = c.ok(&[
+            "get",
+            "pod",
+            "term",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].ready}",
+        ]);
+        (ready == "true").then_some(())
+    });
+    let started = std::time::Instant::now();
+    c.ok(&["delete", "pod", "term"]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "SIGTERM reached the trap: {:?}",
+        started.elapsed()
+    );
+}
