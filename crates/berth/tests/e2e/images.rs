@@ -202,3 +202,72 @@ fn image_pods_restart_probe_and_stop_gracefully() {
         started.elapsed()
     );
 }
+
+/// Seed 000's flow with a real image: `docker save` format -> `berth image import` -> the
+/// tutorial's own Deployment (`number-crunch:local`, `imagePullPolicy: Never`) and Service;
+/// the image (busybox httpd on 8080, a second layer with its page) answers through the
+/// Service's DNS name from inside one of its pods.
+#[test]
+fn seed_000_imported_number_crunch_behind_its_service() {
+    let c = Cluster::start_on_node(bin(), &[]);
+    c.wait_node_ready();
+    let mut image = images::busybox(&[]);
+    image.layers.push(
+        berth_image::archive::LayerBuilder::default()
+            .dir("www")
+            .file("www/index.html", b"number-crunch from an image\n", 0o644)
+            .build(),
+    );
+    image.entrypoint = Some(vec![
+        "httpd".into(),
+        "-f".into(),
+        "-p".into(),
+        "8080".into(),
+        "-h".into(),
+        "/www".into(),
+    ]);
+    let tar = c.dir().join("number-crunch.tar");
+    std::fs::write(
+        &tar,
+        image
+            .docker_save(&["number-crunch:local"])
+            .expect("docker save"),
+    )
+    .expect("write");
+    berth_image(&c, &["import", &tar.display().to_string()], None);
+    let example = |f: &str| {
+        format!(
+            "{}/../../examples/000-number-crunch/{f}",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    };
+    c.ok(&["apply", "-f", &example("number-crunch-deployment.yml")]);
+    c.ok(&["apply", "-f", &example("number-crunch-service.yml")]);
+    c.ok(&[
+        "rollout",
+        "status",
+        "deployment/number-crunch-app",
+        "--timeout=60s",
+    ]);
+    let pod = c.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=number-crunch",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    eventually("the Service to answer from the image", || {
+        let out = c.kubectl(&[
+            "exec",
+            &pod,
+            "--",
+            "wget",
+            "-qO-",
+            "http://number-crunch-service:8080/",
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("number-crunch from an image")
+            .then_some(())
+    });
+}
