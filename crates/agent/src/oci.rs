@@ -52,19 +52,21 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// Mounts the container's root (overlayfs, else a copy) in the private mount namespace
 /// `unshare` made, clears a stale container of the same id, then becomes `runc run`.
-/// Positional: lower upper work rootfs runc runc-root id bundle. An agent started through
-/// `ip netns exec` sees a fresh sysfs without the cgroup mounts runc needs: they are mounted
-/// again here (same hierarchies, as the first mount namespace has them), in this namespace only.
-const LAUNCH: &str = r#"if ! grep -q ' - cgroup' /proc/self/mountinfo; then
-  mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup
-  awk '/ - cgroup2? / { split($0, a, " - "); split(a[2], b, " "); print $5, b[1], b[3] }' /proc/1/mountinfo |
-  while read -r mp fs opts; do
-    case "$mp" in /sys/fs/cgroup/*) mkdir -p "$mp" && mount -t "$fs" -o "$opts" "$fs" "$mp" ;; esac
-  done
-fi
-mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4" 2>/dev/null || cp -a "$1/." "$4/" || exit 125
+/// Positional: lower upper work rootfs runc runc-root id bundle.
+const LAUNCH: &str = r#"mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4" 2>/dev/null || cp -a "$1/." "$4/" || exit 125
 [ -e "$6/$7" ] && "$5" --root "$6" delete --force "$7" >/dev/null 2>&1
-exec "$5" --root "$6" run --bundle "$8" "$7""#;
+exec "$5" --root "$6" run --pid-file "$8/init.pid" --bundle "$8" "$7""#;
+
+/// An agent started through `ip netns exec` has a mount namespace of its own with a fresh
+/// sysfs, without the cgroup mounts runc needs: they are mounted again (the same hierarchies
+/// the first mount namespace has), once, in that namespace only.
+const CGROUPS: &str = r#"grep -q ' - cgroup' /proc/self/mountinfo && exit 0
+[ "$(readlink /proc/self/ns/mnt)" = "$(readlink /proc/1/ns/mnt)" ] && exit 0
+mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup
+awk '/ - cgroup2? / { split($0, a, " - "); split(a[2], b, " "); print $5, b[1], b[3] }' /proc/1/mountinfo |
+while read -r mp fs opts; do
+  case "$mp" in /sys/fs/cgroup/*) mkdir -p "$mp" && mount -t "$fs" -o "$opts" "$fs" "$mp" ;; esac
+done"#;
 
 /// Runs containers from imported images with runc.
 #[derive(Debug)]
@@ -101,6 +103,13 @@ impl Oci {
             runs: Mutex::default(),
         };
         oci.sweep();
+        let cgroups = std::process::Command::new("sh")
+            .args(["-c", CGROUPS])
+            .stdin(Stdio::null())
+            .status();
+        if !cgroups.is_ok_and(|s| s.success()) {
+            tracing::warn!("could not mount the cgroup hierarchies runc needs");
+        }
         Some(oci)
     }
 
@@ -139,9 +148,7 @@ impl Oci {
             reason: "RunContainerError",
             message,
         };
-        let lower = self
-            .store
-            .rootfs(image)
+        let lower = blocking(|| self.store.rootfs(image))
             .map_err(|e| run_error(format!("unpacking {}: {e}", image.reference)))?;
         let pod_dir = spec.log.parent().unwrap_or(Path::new("/"));
         let bundle = pod_dir.join("oci").join(&c.name);
@@ -200,13 +207,14 @@ impl Oci {
         .stderr(err)
         .process_group(0)
         .kill_on_drop(false);
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .map_err(|e| run_error(format!("starting runc: {e}")))?;
         if let Some(pid) = child.id() {
             let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
             runs.insert(pid, id);
         }
+        wait_started(&mut child, &bundle.join("init.pid"));
         Ok(child)
     }
 
@@ -242,6 +250,32 @@ impl Oci {
             }
         });
         true
+    }
+}
+
+/// Waits (up to 10 s) until runc has started the container's process (it writes the
+/// `--pid-file` just before), or runc has exited: the container is Running only then, as
+/// the kubelet reports it once the runtime's StartContainer returns. Off the async workers'
+/// cooperative scheduling when it can ([`blocking`]).
+fn wait_started(child: &mut Child, pid_file: &Path) {
+    let mut wait = || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !pid_file.exists() && std::time::Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    };
+    blocking(wait);
+}
+
+/// Runs `f`, which blocks (unpacking, waiting for runc), telling a multi-threaded tokio
+/// runtime first so its other tasks move to other workers.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
