@@ -258,7 +258,7 @@ impl Oci {
 /// the kubelet reports it once the runtime's StartContainer returns. Off the async workers'
 /// cooperative scheduling when it can ([`blocking`]).
 fn wait_started(child: &mut Child, pid_file: &Path) {
-    let mut wait = || {
+    let wait = || {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !pid_file.exists() && std::time::Instant::now() < deadline {
             if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
