@@ -142,7 +142,11 @@ impl Oci {
         }
     }
 
-    fn start_image(&self, spec: &StartSpec<'_>, image: &Image) -> Result<Child, StartError> {
+    fn start_image(
+        &self,
+        spec: &StartSpec<'_>,
+        image: &Image,
+    ) -> Result<(Child, Option<Arc<Console>>), StartError> {
         let c = spec.container;
         let run_error = |message: String| StartError {
             reason: "RunContainerError",
@@ -177,45 +181,36 @@ impl Oci {
             .mode(0o600)
             .open(spec.log)
             .map_err(|e| run_error(format!("opening {}: {e}", spec.log.display())))?;
-        let err = log
-            .try_clone()
-            .map_err(|e| run_error(format!("opening the log: {e}")))?;
         let id = container_id(pod_dir, &c.name);
+        let tty = c.tty == Some(true);
         let mut cmd = Command::new("unshare");
-        cmd.args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-            LAUNCH,
-            "sh",
-        ])
-        .arg(&lower)
-        .arg(bundle.join("upper"))
-        .arg(bundle.join("work"))
-        .arg(bundle.join("rootfs"))
-        .arg(&self.runc)
-        .arg(&self.root)
-        .arg(&id)
-        .arg(&bundle)
-        .env_clear()
-        .env("PATH", DEFAULT_PATH)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(err)
-        .process_group(0)
-        .kill_on_drop(false);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| run_error(format!("starting runc: {e}")))?;
+        cmd.args(["--mount", "--propagation", "private", "--"]);
+        if tty {
+            // runc's stdin becomes its controlling terminal, so a resize (SIGWINCH) reaches it
+            // and it resizes the container's; setsid keeps the PID, it is no group leader.
+            cmd.args(["setsid", "-c"]);
+        } else {
+            cmd.process_group(0);
+        }
+        cmd.args(["sh", "-c", LAUNCH, "sh"])
+            .arg(&lower)
+            .arg(bundle.join("upper"))
+            .arg(bundle.join("work"))
+            .arg(bundle.join("rootfs"))
+            .arg(&self.runc)
+            .arg(&self.root)
+            .arg(&id)
+            .arg(&bundle)
+            .env_clear()
+            .env("PATH", DEFAULT_PATH)
+            .kill_on_drop(false);
+        let (mut child, console) = stdio(cmd, c, log)?;
         if let Some(pid) = child.id() {
             let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
             runs.insert(pid, id);
         }
         wait_started(&mut child, &bundle.join("init.pid"));
-        Ok(child)
+        Ok((child, console))
     }
 
     /// Signals the container runc `pid` runs, through `runc kill`; falls back to the
@@ -277,6 +272,95 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
     }
+}
+
+/// Spawns runc with the container's stdio: the log; with `stdin`, pipes that a [`Console`]
+/// feeds and reads (runc passes them through); with `tty`, a terminal whose other side the
+/// console holds (runc, in the foreground, proxies it to the container's own terminal).
+fn stdio(
+    mut cmd: Command,
+    c: &Container,
+    log: std::fs::File,
+) -> Result<(Child, Option<Arc<Console>>), StartError> {
+    use crate::runtime::{STDERR, STDOUT, feed, pump};
+    use tokio::sync::{broadcast, mpsc};
+    use tokio_util::sync::CancellationToken;
+    let run_error = |message: String| StartError {
+        reason: "RunContainerError",
+        message,
+    };
+    let io_error = |what: &str, e: std::io::Error| run_error(format!("{what}: {e}"));
+    let spawn_error = |e: std::io::Error| run_error(format!("starting runc: {e}"));
+    let (tty, stdin) = (c.tty == Some(true), c.stdin == Some(true));
+    if !tty && !stdin {
+        let err = log
+            .try_clone()
+            .map_err(|e| io_error("opening the log", e))?;
+        cmd.stdin(Stdio::null()).stdout(log).stderr(err);
+        return Ok((cmd.spawn().map_err(spawn_error)?, None));
+    }
+    let (output, _) = broadcast::channel(256);
+    let (input_tx, input_rx) = mpsc::unbounded_channel();
+    let done = CancellationToken::new();
+    let console = |tty_path| Console {
+        tty,
+        stdin_once: c.stdin_once == Some(true),
+        input: Mutex::new(stdin.then_some(input_tx)),
+        output: output.clone(),
+        tty_path,
+        done: done.clone(),
+    };
+    if tty {
+        let pty = nix::pty::openpty(None, None)
+            .map_err(|e| run_error(format!("allocating a terminal: {e}")))?;
+        let tty_path = nix::unistd::ttyname(&pty.slave).ok();
+        let slave = std::fs::File::from(pty.slave);
+        let dup = |f: &std::fs::File| {
+            f.try_clone()
+                .map_err(|e| io_error("duplicating the terminal", e))
+        };
+        cmd.stdin(dup(&slave)?).stdout(dup(&slave)?).stderr(slave);
+        let child = cmd.spawn().map_err(spawn_error)?;
+        drop(cmd);
+        let master = std::fs::File::from(pty.master);
+        let writer = master
+            .try_clone()
+            .map_err(|e| io_error("duplicating the terminal", e))?;
+        pump(master, STDOUT, log, output.clone(), Some(done.clone()));
+        feed(writer, input_rx);
+        return Ok((child, Some(Arc::new(console(tty_path)))));
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(spawn_error)?;
+    let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let (Some(child_in), Some(child_out), Some(child_err)) = pipes else {
+        return Err(run_error("the container's pipes are missing".into()));
+    };
+    let blocking = |r: std::io::Result<std::os::fd::OwnedFd>| {
+        r.map(std::fs::File::from)
+            .map_err(|e| io_error("taking the container's pipes", e))
+    };
+    let err_log = log
+        .try_clone()
+        .map_err(|e| io_error("opening the log", e))?;
+    pump(
+        blocking(child_out.into_owned_fd())?,
+        STDOUT,
+        log,
+        output.clone(),
+        Some(done.clone()),
+    );
+    pump(
+        blocking(child_err.into_owned_fd())?,
+        STDERR,
+        err_log,
+        output.clone(),
+        None,
+    );
+    feed(blocking(child_in.into_owned_fd())?, input_rx);
+    Ok((child, Some(Arc::new(console(None)))))
 }
 
 /// runc's container id: the pod's uid (its directory) and the container's name.
@@ -432,12 +516,15 @@ fn runtime_spec(
     }
     let (uid, gid, home) =
         user(c, ic.user().as_deref().unwrap_or(""), lower).map_err(create_error)?;
-    let env = environment(
+    let mut env = environment(
         &ic.env().clone().unwrap_or_default(),
         &spec.env,
         spec.hostname,
         &home,
     );
+    if c.tty == Some(true) && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
     let cwd = c
         .working_dir
         .clone()
@@ -446,6 +533,7 @@ fn runtime_spec(
         .unwrap_or_else(|| "/".into());
     let caps: std::collections::HashSet<Capability> = DEFAULT_CAPS.iter().copied().collect();
     let mut process = ProcessBuilder::default()
+        .terminal(c.tty == Some(true))
         .args(args)
         .env(env)
         .cwd(cwd)
@@ -530,7 +618,7 @@ impl Runtime for Select {
         if let Some(oci) = &self.oci
             && let Some(image) = oci.image(c)
         {
-            return oci.start_image(spec, &image).map(|child| (child, None));
+            return oci.start_image(spec, &image);
         }
         let name = c.image.clone().unwrap_or_default();
         if c.image_pull_policy.as_deref() == Some("Never") && !self.processes.knows(&name) {

@@ -66,12 +66,12 @@ pub struct Console {
     pub tty: bool,
     /// `stdinOnce`: the first attached client closing its stdin closes the container's.
     pub stdin_once: bool,
-    input: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
-    output: broadcast::Sender<(u8, Bytes)>,
+    pub(crate) input: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
+    pub(crate) output: broadcast::Sender<(u8, Bytes)>,
     /// The terminal's device (`/dev/pts/N`), for resizing.
-    tty_path: Option<PathBuf>,
+    pub(crate) tty_path: Option<PathBuf>,
     /// Cancelled when the container's output ends (it exited).
-    done: CancellationToken,
+    pub(crate) done: CancellationToken,
 }
 
 impl Console {
@@ -173,7 +173,7 @@ impl Consoles {
 }
 
 /// Copies a container's output to its log and to attached clients until it closes.
-fn pump(
+pub(crate) fn pump(
     mut from: impl Read + Send + 'static,
     stream: u8,
     mut log: std::fs::File,
@@ -195,7 +195,7 @@ fn pump(
 }
 
 /// Feeds attached clients' input to a container until its stdin is closed.
-fn feed(mut to: impl Write + Send + 'static, mut input: mpsc::UnboundedReceiver<Bytes>) {
+pub(crate) fn feed(mut to: impl Write + Send + 'static, mut input: mpsc::UnboundedReceiver<Bytes>) {
     std::thread::spawn(move || {
         while let Some(data) = input.blocking_recv() {
             if to.write_all(&data).and_then(|()| to.flush()).is_err() {

@@ -271,3 +271,43 @@ fn seed_000_imported_number_crunch_behind_its_service() {
             .then_some(())
     });
 }
+
+/// The first try, with busybox imported: `kubectl run -it` gets the image's shell on
+/// a terminal (runc's console proxied to the agent's), not the host's.
+#[test]
+fn run_interactive_in_an_imported_busybox() {
+    use crate::kubelet::{in_terminal, seen};
+    let c = Cluster::start_on_node(bin(), &[]);
+    c.wait_node_ready();
+    let tar = c.dir().join("bb.tar");
+    std::fs::write(
+        &tar,
+        images::busybox(&["sh"])
+            .docker_save(&["busybox"])
+            .expect("archive"),
+    )
+    .expect("write");
+    berth_image(&c, &["import", &tar.display().to_string()], None);
+    let (mut tty, out, mut stdin) = in_terminal(
+        &c,
+        "kubectl run bb --image=busybox --restart=Never -it --rm -- sh",
+    );
+    eventually("kubectl to attach", || seen(&out, "pressing enter"));
+    stdin
+        .write_all(b"cat /etc/berth-image; echo $((6*7)) $HOME $TERM; exit\n")
+        .expect("typing into the terminal");
+    let text = eventually("42 from the attached shell", || {
+        seen(&out, "42 /root xterm")
+    });
+    assert!(text.contains(images::MARKER), "the image's shell: {text}");
+    eventually("kubectl run to end", || {
+        matches!(tty.0.try_wait(), Ok(Some(_))).then_some(())
+    });
+    drop(stdin);
+    eventually("--rm to delete the pod", || {
+        c.ok(&["get", "pods", "-o", "name"])
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+}
