@@ -10,8 +10,8 @@
 //! The overlay is mounted inside a private mount namespace that `unshare` makes for the
 //! runc process, so nothing is left mounted on the node when the container is gone.
 //! `runc run` stays in the foreground: it is the child the pod worker waits for, and its
-//! exit status is the container's. Signals go through `runc kill` (the container's init is
-//! in its own session and PID namespace, out of reach of a process-group signal).
+//! exit status is the container's. Signals go to the container's init directly (it is in
+//! its own session and PID namespace, out of reach of a process-group signal).
 
 use std::collections::HashMap;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -84,10 +84,7 @@ impl Oci {
     /// (image pods unavailable) when runc is not installed. Containers a previous agent left
     /// are removed.
     pub fn new(data_dir: &Path, state_dir: &Path) -> Option<Oci> {
-        let runc = ["/usr/sbin/runc", "/usr/bin/runc", "/usr/local/sbin/runc"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())?;
+        let runc = find_runc()?;
         let store = match Store::open(data_dir) {
             Ok(s) => s,
             Err(e) => {
@@ -115,19 +112,7 @@ impl Oci {
 
     /// Deletes every container in our runc root: what an agent that died left running.
     fn sweep(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.root) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let id = e.file_name().to_string_lossy().into_owned();
-            let _ = std::process::Command::new(&self.runc)
-                .arg("--root")
-                .arg(&self.root)
-                .args(["delete", "--force", &id])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
+        sweep(&self.runc, &self.root);
     }
 
     /// The image `c` runs, if the store has it.
@@ -213,39 +198,63 @@ impl Oci {
         Ok((child, console))
     }
 
-    /// Signals the container runc `pid` runs, through `runc kill`; falls back to the
-    /// process group while runc has not made the container yet.
+    /// Signals the container runc `pid` runs: its init, the child runc made in the
+    /// container's PID namespace (what `runc kill` would do, without a runc process, so a
+    /// SIGKILL on the agent's way out lands before it exits); the process group while runc
+    /// has not made the container yet. False when `pid` is no runc of ours.
     fn signal(&self, pid: u32, sig: Signal) -> bool {
-        let id = {
-            let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
-            match runs.get(&pid) {
-                Some(id) => id.clone(),
-                None => return false,
-            }
-        };
-        let (runc, root) = (self.runc.clone(), self.root.clone());
-        let gone = !Path::new(&format!("/proc/{pid}")).exists();
-        if gone {
-            let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        if !runs.contains_key(&pid) {
+            return false;
+        }
+        if !Path::new(&format!("/proc/{pid}")).exists() {
             runs.remove(&pid);
             return true;
         }
-        // runc takes some milliseconds: not on the caller's (async) thread.
-        std::thread::spawn(move || {
-            let killed = std::process::Command::new(&runc)
-                .arg("--root")
-                .arg(&root)
-                .args(["kill", &id, sig.as_str()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !killed {
-                crate::runtime::signal(pid, sig);
+        match container_init(pid).and_then(|p| i32::try_from(p).ok()) {
+            Some(init) => {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(init), sig);
             }
-        });
+            None => crate::runtime::signal(pid, sig),
+        }
         true
     }
+}
+
+/// `runc delete --force` for every container in `root`; how many there were.
+fn sweep(runc: &Path, root: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        let deleted = std::process::Command::new(runc)
+            .arg("--root")
+            .arg(root)
+            .args(["delete", "--force", &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        n += usize::from(deleted);
+    }
+    n
+}
+
+/// Removes the image containers an agent with state in `state_dir` left (`berth cleanup`).
+pub fn remove_containers(state_dir: &Path) -> usize {
+    match find_runc() {
+        Some(runc) => sweep(&runc, &state_dir.join("runc")),
+        None => 0,
+    }
+}
+
+fn find_runc() -> Option<PathBuf> {
+    ["/usr/sbin/runc", "/usr/bin/runc", "/usr/local/sbin/runc"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
 }
 
 /// Waits (up to 10 s) until runc has started the container's process (it writes the

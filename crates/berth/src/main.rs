@@ -867,6 +867,10 @@ async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
     let state_dir = args.data_dir.join("agent");
     let mut pods = 0;
     if state_dir.exists() {
+        let containers = berth_agent::oci::remove_containers(&state_dir);
+        if containers > 0 {
+            println!("berth: removed {containers} image container(s)");
+        }
         let ipam = berth_agent::sandbox::Ipam::open(&state_dir, args.pod_cidr)
             .with_context(|| format!("reading the agent's state in {}", state_dir.display()))?;
         for (uid, _) in ipam.allocations() {

@@ -311,3 +311,36 @@ fn run_interactive_in_an_imported_busybox() {
             .then_some(())
     });
 }
+
+/// A server stopping stops its image containers too (they are not its children's children
+/// by process group: each is signalled at its init), and leaves no runc state behind.
+#[test]
+fn stopping_the_server_stops_image_containers() {
+    let mut c = Cluster::start_on_node(bin(), &[]);
+    c.wait_node_ready();
+    let tar = c.dir().join("bb.tar");
+    let image = images::busybox(&["sh", "-c", "exec sleep 3600"]);
+    std::fs::write(&tar, image.docker_save(&["bbtest:3"]).expect("archive")).expect("write");
+    berth_image(&c, &["import", &tar.display().to_string()], None);
+    c.apply(&pod("lingers", "bbtest:3", None));
+    running(&c, "lingers");
+    let pods = c.data_dir().join("agent/pods");
+    let init: u32 = eventually("the container's init.pid", || {
+        std::fs::read_dir(&pods).ok()?.flatten().find_map(|e| {
+            std::fs::read_to_string(e.path().join("oci/main/init.pid"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        })
+    });
+    assert!(Path::new(&format!("/proc/{init}")).exists());
+    c.stop();
+    eventually("the container's init to be gone", || {
+        (!Path::new(&format!("/proc/{init}")).exists()).then_some(())
+    });
+    let left = std::fs::read_dir(c.data_dir().join("agent/runc"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "runc state left");
+}
