@@ -663,12 +663,25 @@ pub fn container_init(pid: u32) -> Option<u32> {
 }
 
 /// A command running `argv` in an image container whose init is `init`: all its
-/// namespaces (so its root, its processes only), its environment.
+/// namespaces (so its root, its processes only), its environment, user and working
+/// directory, as runc's exec would.
 pub fn in_container(init: u32, argv: &[String]) -> std::process::Command {
+    let status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap_or_default();
+    let id = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
     let mut cmd = std::process::Command::new("nsenter");
     cmd.arg("-t")
         .arg(init.to_string())
-        .args(["--net", "--uts", "--ipc", "--pid", "--mount", "--"])
+        .args(["--net", "--uts", "--ipc", "--pid", "--mount", "--wd"])
+        .arg(format!("--setuid={}", id("Uid:")))
+        .arg(format!("--setgid={}", id("Gid:")))
+        .arg("--")
         .args(argv)
         .env_clear()
         .envs(crate::runtime::process_env(init));

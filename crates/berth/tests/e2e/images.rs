@@ -88,6 +88,10 @@ fn imported_busybox_runs_under_runc() {
         Some("[sh, -c, 'echo oci $HOME; exec sleep 3600']"),
     ));
     c.apply(&pod("absent", "absent:1", None));
+    c.apply(&format!(
+        "{}    workingDir: /tmp\n    securityContext:\n      runAsUser: 1000\n      runAsGroup: 1000\n",
+        pod("bb-user", "bbtest:1", None)
+    ));
     running(&c, "bb");
     running(&c, "bb-oci");
     eventually("the image's CMD in the log", || {
@@ -118,6 +122,10 @@ fn imported_busybox_runs_under_runc() {
                 .any(|l| l.split_whitespace().eq(["1", "sleep"])),
         "{ps}"
     );
+    // The container's user and working directory, for its process and for exec.
+    running(&c, "bb-user");
+    assert_eq!(c.ok(&["exec", "bb-user", "--", "id", "-u"]).trim(), "1000");
+    assert_eq!(c.ok(&["exec", "bb-user", "--", "pwd"]).trim(), "/tmp");
     let waiting = c.ok(&[
         "get",
         "pod",
@@ -129,7 +137,7 @@ fn imported_busybox_runs_under_runc() {
 
     // Deletion: SIGTERM (PID 1 ignores it), SIGKILL after the grace period, nothing left.
     let started = std::time::Instant::now();
-    c.ok(&["delete", "pod", "bb", "bb-oci"]);
+    c.ok(&["delete", "pod", "bb", "bb-oci", "bb-user"]);
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
     let runc_root = c.data_dir().join("agent/runc");
     eventually("no runc containers left", || {
