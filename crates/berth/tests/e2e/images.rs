@@ -352,3 +352,26 @@ fn stopping_the_server_stops_image_containers() {
         .unwrap_or(0);
     assert_eq!(left, 0, "runc state left");
 }
+
+/// The default single node (the agent in the machine's mount namespace, not under `ip netns
+/// exec`): an image pod runs, and its overlay is mounted only in runc's private namespace,
+/// never in the machine's.
+#[test]
+fn single_node_runs_an_image_pod_without_host_mounts() {
+    let c = Cluster::start_single_node(bin(), &[]);
+    let tar = c.dir().join("bb.tar");
+    let image = images::busybox(&["sh", "-c", "echo single; exec sleep 3600"]);
+    std::fs::write(&tar, image.docker_save(&["bbtest:4"]).expect("archive")).expect("write");
+    berth_image(&c, &["import", &tar.display().to_string()], None);
+    c.apply(&pod("single", "bbtest:4", None));
+    running(&c, "single");
+    eventually("its output", || c.ok(&["logs", "single"]).contains("single").then_some(()));
+    assert_eq!(c.ok(&["exec", "single", "--", "cat", "/etc/berth-image"]).trim(), images::MARKER);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let data = c.data_dir().display().to_string();
+    assert!(
+        !mounts.lines().any(|l| l.contains(&data)),
+        "mounts under {data} in the machine's namespace:\n{mounts}"
+    );
+    c.ok(&["delete", "pod", "single", "--grace-period=1"]);
+}
