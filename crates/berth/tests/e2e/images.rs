@@ -365,8 +365,14 @@ fn single_node_runs_an_image_pod_without_host_mounts() {
     berth_image(&c, &["import", &tar.display().to_string()], None);
     c.apply(&pod("single", "bbtest:4", None));
     running(&c, "single");
-    eventually("its output", || c.ok(&["logs", "single"]).contains("single").then_some(()));
-    assert_eq!(c.ok(&["exec", "single", "--", "cat", "/etc/berth-image"]).trim(), images::MARKER);
+    eventually("its output", || {
+        c.ok(&["logs", "single"]).contains("single").then_some(())
+    });
+    assert_eq!(
+        c.ok(&["exec", "single", "--", "cat", "/etc/berth-image"])
+            .trim(),
+        images::MARKER
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     let data = c.data_dir().display().to_string();
     assert!(
