@@ -84,7 +84,12 @@ impl Oci {
     /// (image pods unavailable) when runc is not installed. Containers a previous agent left
     /// are removed.
     pub fn new(data_dir: &Path, state_dir: &Path) -> Option<Oci> {
-        let runc = find_runc()?;
+        let Some(runc) = find_runc() else {
+            tracing::warn!(
+                "runc is not installed: images in the store are not run (scripts/deps.sh installs it)"
+            );
+            return None;
+        };
         let store = match Store::open(data_dir) {
             Ok(s) => s,
             Err(e) => {
