@@ -377,4 +377,44 @@ mod tests {
             Err(Error::NotAnImage)
         ));
     }
+
+    fn entry(name: &str, data: &[u8]) -> (String, Vec<u8>) {
+        (name.to_owned(), data.to_vec())
+    }
+
+    fn tar_raw(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            let old = h.as_old_mut();
+            let n = name.len().min(old.name.len());
+            old.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+            h.set_cksum();
+            b.append(&h, data.as_slice()).expect("tar");
+        }
+        b.into_inner().expect("tar")
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Arbitrary bytes, or tars of hostile names and arbitrary JSON, never panic and
+        /// never write outside the store.
+        #[test]
+        fn arbitrary_archives_fail_cleanly(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+            names in proptest::collection::vec("(\\.\\./|/)?(manifest\\.json|index\\.json|blobs/sha256/[a-f0-9]{2}|x/\\.\\./\\.\\./y)", 1..5),
+            json in "(\\[\\{\"Config\":\"[a-z./]{0,8}\",\"Layers\":\\[\"[a-z./]{0,8}\"\\]\\}\\]|\\{\"manifests\":\\[\\]\\}|[\\[\\]{}\":,a-z0-9]{0,40})",
+        ) {
+            let t = tempfile::tempdir().expect("tempdir");
+            let store = Store::open(&t.path().join("data")).expect("store");
+            let _ = import(&store, bytes.as_slice());
+            let files: Vec<_> = names.iter().map(|n| entry(n, json.as_bytes())).collect();
+            let _ = import(&store, tar_raw(&files).as_slice());
+            let top: Vec<_> = std::fs::read_dir(t.path()).expect("ls").flatten().map(|e| e.file_name()).collect();
+            proptest::prop_assert_eq!(top, [std::ffi::OsString::from("data")]);
+        }
+    }
 }
