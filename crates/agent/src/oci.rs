@@ -646,6 +646,19 @@ impl Runtime for Select {
         self.processes.start(spec)
     }
 
+    fn image_id(&self, image: &str) -> String {
+        let Some(oci) = &self.oci else {
+            return String::new();
+        };
+        match (
+            oci.store.resolve(image),
+            berth_image::Reference::parse(image),
+        ) {
+            (Ok(Some(i)), Ok(r)) => format!("{}@{}", r.repository(), i.digest),
+            _ => String::new(),
+        }
+    }
+
     fn signal(&self, pid: u32, sig: Signal) {
         if !self.oci.as_ref().is_some_and(|o| o.signal(pid, sig)) {
             crate::runtime::signal(pid, sig);

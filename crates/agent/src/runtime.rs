@@ -52,6 +52,12 @@ pub trait Runtime: Send + Sync + 'static {
     fn signal(&self, pid: u32, sig: nix::sys::signal::Signal) {
         signal(pid, sig);
     }
+
+    /// The container status's `imageID` for `image` (`repository@sha256:...` for an image
+    /// the node has); empty when it has none.
+    fn image_id(&self, _image: &str) -> String {
+        String::new()
+    }
 }
 
 /// Where attached clients' output comes from: the pty (stdout and stderr merged) or stdout.

@@ -1018,7 +1018,7 @@ impl Worker {
         let mut s = json!({
             "name": c.spec.name,
             "image": c.spec.image.clone().unwrap_or_default(),
-            "imageID": "",
+            "imageID": self.shared.runtime.image_id(c.spec.image.as_deref().unwrap_or_default()),
             "ready": c.ready(),
             "started": c.started(),
             "restartCount": c.restarts,

@@ -104,6 +104,14 @@ fn imported_busybox_runs_under_runc() {
             .contains("oci /root")
             .then_some(())
     });
+    let id = c.ok(&[
+        "get",
+        "pod",
+        "bb",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].imageID}",
+    ]);
+    assert!(id.starts_with("docker.io/library/bbtest@sha256:"), "{id}");
     // The image's own files, not the host's.
     assert_eq!(
         c.ok(&["exec", "bb", "--", "cat", "/etc/berth-image"])
