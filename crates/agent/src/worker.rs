@@ -427,7 +427,13 @@ impl Worker {
                 mount.read_only == Some(true)
             };
             // Containers see the node's file system: the mount path must already exist there.
-            if !std::path::Path::new(&mount.mount_path).exists() {
+            // (Not so for an image the node has: its container has its own root.)
+            let own_root = !self
+                .shared
+                .runtime
+                .image_id(c.image.as_deref().unwrap_or_default())
+                .is_empty();
+            if !own_root && !std::path::Path::new(&mount.mount_path).exists() {
                 return Err(format!(
                     "mount path {:?} of volume {:?} does not exist on the node",
                     mount.mount_path, volume.name

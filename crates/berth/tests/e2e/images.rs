@@ -210,6 +210,23 @@ fn image_pods_restart_probe_and_stop_gracefully() {
         ]);
         (ready == "true").then_some(())
     });
+    // Volumes are bound into the image's root: a ConfigMap read-only, an emptyDir writable.
+    c.ok(&[
+        "create",
+        "configmap",
+        "app",
+        "--from-literal=greeting=hello from a configmap",
+    ]);
+    c.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: vols\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: bbtest:2\n    imagePullPolicy: Never\n    command: [sleep, \"3600\"]\n    volumeMounts:\n    - {name: conf, mountPath: /etc/app}\n    - {name: scratch, mountPath: /data}\n  volumes:\n  - name: conf\n    configMap: {name: app}\n  - name: scratch\n    emptyDir: {}\n",
+    );
+    running(&c, "vols");
+    assert_eq!(
+        c.ok(&["exec", "vols", "--", "cat", "/etc/app/greeting"]),
+        "hello from a configmap"
+    );
+    c.ok(&["exec", "vols", "--", "touch", "/data/written"]);
+    c.fails(&["exec", "vols", "--", "touch", "/etc/app/nope"]);
     let started = std::time::Instant::now();
     c.ok(&["delete", "pod", "term"]);
     assert!(
