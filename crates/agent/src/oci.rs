@@ -93,7 +93,7 @@ impl Oci {
         let store = match Store::open(data_dir) {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "the image store cannot be opened; no image pods");
+                tracing::warn!(error = %chain(&e), "the image store cannot be opened; no image pods");
                 return None;
             }
         };
@@ -126,7 +126,7 @@ impl Oci {
         match self.store.resolve(name) {
             Ok(i) => i,
             Err(e) => {
-                tracing::debug!(image = name, error = %e, "not an image of the store");
+                tracing::debug!(image = name, error = %chain(&e), "not an image of the store");
                 None
             }
         }
@@ -143,7 +143,7 @@ impl Oci {
             message,
         };
         let lower = blocking(|| self.store.rootfs(image))
-            .map_err(|e| run_error(format!("unpacking {}: {e}", image.reference)))?;
+            .map_err(|e| run_error(format!("unpacking {}: {}", image.reference, chain(&e))))?;
         let pod_dir = spec.log.parent().unwrap_or(Path::new("/"));
         let bundle = pod_dir.join("oci").join(&c.name);
         if bundle.exists() {
@@ -375,6 +375,17 @@ fn stdio(
     );
     feed(blocking(child_in.into_owned_fd())?, input_rx);
     Ok((child, Some(Arc::new(console(None)))))
+}
+
+/// An error with its causes, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    out
 }
 
 /// runc's container id: the pod's uid (its directory) and the container's name.

@@ -1,6 +1,6 @@
 //! The container runtime seen from the pod workers: start one container's process inside
 //! a pod sandbox, signal it, and resolve what its image means. Today's runtime runs host
-//! processes ([`Processes`]); an OCI runtime later implements the same [`Runtime`] trait.
+//! processes ([`Processes`]); [`crate::oci`] implements the same [`Runtime`] trait with runc.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

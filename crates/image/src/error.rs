@@ -5,15 +5,15 @@ use std::path::PathBuf;
 /// An image store error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("reading the archive: {0}")]
+    #[error("reading the archive")]
     Archive(#[source] std::io::Error),
-    #[error("{what} is not valid JSON: {source}")]
+    #[error("{what} is not valid JSON")]
     Json {
         what: String,
         #[source]
@@ -40,13 +40,13 @@ pub enum Error {
     NoImage(String),
     #[error("layer media type {0} is not supported")]
     UnsupportedLayer(String),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Sys {
         path: String,
         #[source]
         source: nix::errno::Errno,
     },
-    #[error("building an OCI document: {0}")]
+    #[error("building an OCI document")]
     Spec(#[from] oci_spec::OciSpecError),
 }
 
