@@ -378,6 +378,67 @@ mod tests {
         ));
     }
 
+    /// An OCI archive whose index.json names a manifest list: this machine's platform is
+    /// picked, whatever the order.
+    #[test]
+    fn a_manifest_list_picks_this_platform() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(t.path()).expect("store");
+        let single = spec().oci_archive("x").expect("archive");
+        // Take the single-platform archive apart: its files by name.
+        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut a = tar::Archive::new(single.as_slice());
+        for e in a.entries().expect("entries") {
+            let mut e = e.expect("entry");
+            let name = e.path().expect("path").display().to_string();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).expect("read");
+            files.push((name, data));
+        }
+        let index: serde_json::Value = serde_json::from_slice(
+            &files
+                .iter()
+                .find(|(n, _)| n == "index.json")
+                .expect("index")
+                .1,
+        )
+        .expect("json");
+        let ours = index["manifests"][0].clone();
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        let other = if arch == "amd64" { "arm64" } else { "amd64" };
+        let mut theirs = ours.clone();
+        theirs["digest"] = serde_json::json!(format!("sha256:{}", "0".repeat(64)));
+        theirs["platform"] = serde_json::json!({"os": "linux", "architecture": other});
+        let mut mine = ours.clone();
+        mine["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+        let list = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [theirs, mine],
+        });
+        let list = serde_json::to_vec(&list).expect("json");
+        let digest = format!(
+            "sha256:{}",
+            crate::store::hex(ring::digest::digest(&ring::digest::SHA256, &list).as_ref())
+        );
+        files.retain(|(n, _)| n != "index.json");
+        files.push((format!("blobs/sha256/{}", &digest[7..]), list.clone()));
+        let top = serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json", "size": list.len(),
+            "digest": digest,
+            "annotations": {"io.containerd.image.name": "docker.io/library/multi:1"},
+        }]});
+        files.push(("index.json".into(), serde_json::to_vec(&top).expect("json")));
+        let got = import(&store, tar_raw(&files).as_slice()).expect("import");
+        assert_eq!(got[0].reference, "docker.io/library/multi:1");
+        assert_eq!(got[0].digest, ours["digest"].as_str().expect("digest"));
+        assert!(store.resolve("multi:1").expect("resolve").is_some());
+    }
+
     fn entry(name: &str, data: &[u8]) -> (String, Vec<u8>) {
         (name.to_owned(), data.to_vec())
     }
