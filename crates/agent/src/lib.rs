@@ -5,6 +5,7 @@
 pub mod env;
 pub mod error;
 mod events;
+mod hostfiles;
 pub mod init;
 pub mod layout;
 mod node;

@@ -32,6 +32,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The `berth` binary, which runs built-in workloads (`berth workload ...`).
     pub self_exe: PathBuf,
+    /// Directories pods must not see: berth's data directory, with the cluster's keys.
+    pub hide: Vec<PathBuf>,
     /// The cluster DNS server pods are pointed at.
     pub cluster_dns: String,
     /// The node's InternalIP, which the API server dials for logs and exec.
@@ -104,6 +106,8 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
             .map(Arc::new),
             processes: Processes {
                 self_exe: config.self_exe.clone(),
+                state_dir: config.state_dir.clone(),
+                hide: config.hide.clone(),
             },
         }),
         client: client.clone(),

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -125,8 +125,9 @@ pub fn process_env(pid: u32) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A command that runs `argv` inside the container whose main process is `pid`: in its
-/// network, UTS and mount namespaces (where the pod's resolv.conf and hosts are mounted) and
+/// A command that runs `argv` inside the container whose `berth container-init` is `pid`:
+/// in its network, UTS and mount namespaces (its root, where the pod's resolv.conf and hosts
+/// are mounted), in the PID namespace its command runs in, in its working directory and
 /// with its environment. What exec probes and `kubectl exec` run.
 pub fn in_container(pid: u32, argv: &[String]) -> std::process::Command {
     if let Some(init) = crate::oci::container_init(pid) {
@@ -135,7 +136,9 @@ pub fn in_container(pid: u32, argv: &[String]) -> std::process::Command {
     let mut cmd = std::process::Command::new("nsenter");
     cmd.arg("-t")
         .arg(pid.to_string())
-        .args(["--net", "--uts", "--mount", "--"])
+        .args(["--net", "--uts", "--mount", "--root", "--wd"])
+        .arg(format!("--pid=/proc/{pid}/ns/pid_for_children"))
+        .arg("--")
         .args(argv)
         .env_clear()
         .envs(process_env(pid));
@@ -218,12 +221,17 @@ pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
 }
 
 /// Runs containers as host processes, started through `berth container-init` (see
-/// [`crate::init`]): in the pod's network namespace, with its resolv.conf, hosts and hostname,
+/// [`crate::init`]): in the pod's network namespace, with their own PID and mount namespaces
+/// over a private overlay of the node's files, the pod's resolv.conf, hosts and hostname,
 /// dying with the agent.
 #[derive(Debug, Clone)]
 pub struct Processes {
     /// The `berth` binary, which runs the built-in workloads (`berth workload ...`).
     pub self_exe: PathBuf,
+    /// The agent's state directory, where the files host images need are made.
+    pub state_dir: PathBuf,
+    /// Directories containers must not see (berth's data directory).
+    pub hide: Vec<PathBuf>,
 }
 
 /// Images that stand for programs of the host when the container gives no command: the
@@ -318,34 +326,52 @@ impl Runtime for Processes {
         let c = spec.container;
         let tty = c.tty == Some(true);
         let stdin = c.stdin == Some(true);
+        // Beside the log: an empty directory the container's root is assembled on.
+        let stage = spec.log.with_extension("root");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&stage)
+            .map_err(|e| io_error(&format!("making {}", stage.display()), e))?;
+        let repository = berth_workloads::repository(c.image.as_deref().unwrap_or_default());
+        let copies = crate::hostfiles::for_image(&self.state_dir, repository)
+            .map_err(|e| io_error("making the image's files", e))?;
+        // The berth binary itself, for built-in workloads and the container's init, wherever
+        // it lies (a hidden or private directory, say).
+        let exe = self.self_exe.display().to_string();
+        let mut binds = vec![crate::init::Bind {
+            source: exe.clone(),
+            target: exe,
+            read_only: true,
+        }];
+        binds.extend(spec.binds.iter().cloned());
         let init = crate::init::InitArgs {
             netns: spec.netns.to_owned(),
             hostname: spec.hostname.to_owned(),
             tty,
-            binds: spec.binds.clone(),
+            workdir: c.working_dir.clone().filter(|d| !d.is_empty()),
+            copies,
+            binds,
+            hide: self.hide.iter().map(|p| p.display().to_string()).collect(),
+            stage: Some(stage.display().to_string()),
             argv: argv.clone(),
         };
         let mut cmd = Command::new(&self.self_exe);
-        cmd.args(init.command_line());
-        if !tty {
-            // With a tty, setsid makes the container a session (and group) leader instead;
-            // it must not be a group leader already, or setsid would fork.
-            cmd.process_group(0);
-        }
+        // A group of its own, which the agent signals; container-init passes signals on.
+        cmd.args(init.command_line()).process_group(0);
         cmd.env_clear()
             .env(
                 "PATH",
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             )
-            .env("HOSTNAME", spec.hostname);
+            .env("HOSTNAME", spec.hostname)
+            // What a container runtime gives root when the image says nothing.
+            .env("HOME", "/root");
         if tty {
             cmd.env("TERM", "xterm");
         }
         cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
             .kill_on_drop(false);
-        if let Some(dir) = c.working_dir.as_deref() {
-            cmd.current_dir(dir);
-        }
         let (output, _) = broadcast::channel(256);
         let (input_tx, input_rx) = mpsc::unbounded_channel();
         let done = CancellationToken::new();
@@ -437,6 +463,8 @@ mod tests {
     fn images_resolve_to_builtins_host_programs_or_a_clear_error() {
         let p = Processes {
             self_exe: "/bin/berth".into(),
+            state_dir: "/s".into(),
+            hide: Vec::new(),
         };
         assert_eq!(
             p.argv(&container("busybox:1.36", None, &[]))

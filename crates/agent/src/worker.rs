@@ -401,44 +401,25 @@ impl Worker {
         Ok(env)
     }
 
-    /// The container's volumes, made afresh under the pod's state directory (configMap
-    /// contents as they are now; an emptyDir kept across restarts), as binds over their
-    /// mount paths. Errors are the container's CreateContainerConfigError message.
+    /// The container's volumes, made afresh under the pod's state directory (objects as they
+    /// are now; an emptyDir kept across restarts), as binds over their mount paths. Errors are
+    /// the container's CreateContainerConfigError message.
     async fn binds(&self, c: &Container) -> Result<Vec<crate::init::Bind>, String> {
         let Some(spec) = self.pod.spec.as_ref() else {
             return Ok(Vec::new());
         };
-        let ns = self.pod.namespace().unwrap_or_default();
         let mut binds = Vec::new();
         for (mount, volume) in volumes::needed(spec, c)? {
             let dir = layout::volume_dir(&self.shared.config.state_dir, &self.uid, &volume.name);
             let failed = |e: std::io::Error| format!("making volume {:?}: {e}", volume.name);
-            let read_only = if let Some(source) = &volume.config_map {
-                let data = Api::<ConfigMap>::namespaced(self.shared.client.clone(), &ns)
-                    .get_opt(&source.name)
-                    .await
-                    .map_err(|e| format!("reading configmap {:?}: {e}", source.name))?
-                    .map(|m| m.data.unwrap_or_default());
-                let files = volumes::config_map_files(source, data.as_ref())?;
-                volumes::write_files(&dir, &files).map_err(failed)?;
-                true
-            } else {
+            let read_only = if volume.empty_dir.is_some() {
                 volumes::ensure_dir(&dir).map_err(failed)?;
                 mount.read_only == Some(true)
+            } else {
+                let files = self.volume_files(volume).await?;
+                volumes::write_files(&dir, &files).map_err(failed)?;
+                true
             };
-            // Containers see the node's file system: the mount path must already exist there.
-            // (Not so for an image the node has: its container has its own root.)
-            let own_root = !self
-                .shared
-                .runtime
-                .image_id(c.image.as_deref().unwrap_or_default())
-                .is_empty();
-            if !own_root && !std::path::Path::new(&mount.mount_path).exists() {
-                return Err(format!(
-                    "mount path {:?} of volume {:?} does not exist on the node",
-                    mount.mount_path, volume.name
-                ));
-            }
             let source = match mount.sub_path.as_deref() {
                 Some(sub) if !sub.is_empty() => dir.join(sub),
                 _ => dir,
@@ -450,6 +431,163 @@ impl Worker {
             });
         }
         Ok(binds)
+    }
+
+    /// The files of a configMap, secret, downwardAPI or projected volume.
+    async fn volume_files(
+        &self,
+        volume: &k8s_openapi::api::core::v1::Volume,
+    ) -> Result<Vec<volumes::File>, String> {
+        use volumes::{FILE_MODE, Keyed};
+        let mut files = Vec::new();
+        if let Some(s) = &volume.config_map {
+            let mode = s.default_mode.unwrap_or(FILE_MODE);
+            let data = self.keyed(Keyed::ConfigMap, &s.name).await?;
+            let optional = s.optional == Some(true);
+            files = volumes::keyed_files(
+                Keyed::ConfigMap,
+                &s.name,
+                s.items.as_deref(),
+                optional,
+                mode,
+                data.as_ref(),
+            )?;
+        } else if let Some(s) = &volume.secret {
+            let name = s.secret_name.clone().unwrap_or_default();
+            let mode = s.default_mode.unwrap_or(FILE_MODE);
+            let data = self.keyed(Keyed::Secret, &name).await?;
+            let optional = s.optional == Some(true);
+            files = volumes::keyed_files(
+                Keyed::Secret,
+                &name,
+                s.items.as_deref(),
+                optional,
+                mode,
+                data.as_ref(),
+            )?;
+        } else if let Some(d) = &volume.downward_api {
+            let mode = d.default_mode.unwrap_or(FILE_MODE);
+            files =
+                volumes::downward_files(&self.pod, d.items.as_deref().unwrap_or_default(), mode)?;
+        } else if let Some(p) = &volume.projected {
+            let mode = p.default_mode.unwrap_or(FILE_MODE);
+            for source in p.sources.iter().flatten() {
+                if let Some(s) = &source.config_map {
+                    let data = self.keyed(Keyed::ConfigMap, &s.name).await?;
+                    let optional = s.optional == Some(true);
+                    files.extend(volumes::keyed_files(
+                        Keyed::ConfigMap,
+                        &s.name,
+                        s.items.as_deref(),
+                        optional,
+                        mode,
+                        data.as_ref(),
+                    )?);
+                }
+                if let Some(s) = &source.secret {
+                    let data = self.keyed(Keyed::Secret, &s.name).await?;
+                    let optional = s.optional == Some(true);
+                    files.extend(volumes::keyed_files(
+                        Keyed::Secret,
+                        &s.name,
+                        s.items.as_deref(),
+                        optional,
+                        mode,
+                        data.as_ref(),
+                    )?);
+                }
+                if let Some(d) = &source.downward_api {
+                    files.extend(volumes::downward_files(
+                        &self.pod,
+                        d.items.as_deref().unwrap_or_default(),
+                        mode,
+                    )?);
+                }
+                if let Some(t) = &source.service_account_token {
+                    files.push(volumes::File {
+                        path: t.path.clone(),
+                        content: self.token(t).await?.into_bytes(),
+                        mode,
+                    });
+                }
+            }
+        }
+        Ok(files)
+    }
+
+    /// The data of a ConfigMap (`data` and `binaryData`) or Secret in the pod's namespace;
+    /// `None` when it does not exist.
+    async fn keyed(
+        &self,
+        what: volumes::Keyed,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
+        let ns = self.pod.namespace().unwrap_or_default();
+        let client = self.shared.client.clone();
+        match what {
+            volumes::Keyed::ConfigMap => Ok(Api::<ConfigMap>::namespaced(client, &ns)
+                .get_opt(name)
+                .await
+                .map_err(|e| format!("reading configmap {name:?}: {e}"))?
+                .map(|m| {
+                    let text = m.data.unwrap_or_default().into_iter();
+                    let binary = m.binary_data.unwrap_or_default().into_iter();
+                    text.map(|(k, v)| (k, v.into_bytes()))
+                        .chain(binary.map(|(k, v)| (k, v.0)))
+                        .collect()
+                })),
+            volumes::Keyed::Secret => Ok(Api::<Secret>::namespaced(client, &ns)
+                .get_opt(name)
+                .await
+                .map_err(|e| format!("reading secret {name:?}: {e}"))?
+                .map(|s| {
+                    let mut data: BTreeMap<String, Vec<u8>> = s
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0))
+                        .collect();
+                    for (k, v) in s.string_data.unwrap_or_default() {
+                        data.insert(k, v.into_bytes());
+                    }
+                    data
+                })),
+        }
+    }
+
+    /// A token for the pod's ServiceAccount, bound to the pod, as the kubelet asks for one.
+    async fn token(
+        &self,
+        t: &k8s_openapi::api::core::v1::ServiceAccountTokenProjection,
+    ) -> Result<String, String> {
+        let ns = self.pod.namespace().unwrap_or_default();
+        let sa = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into());
+        let mut spec = json!({
+            "expirationSeconds": t.expiration_seconds.unwrap_or(3600),
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": self.pod.name_any(), "uid": self.uid},
+        });
+        if let Some(aud) = &t.audience {
+            spec["audiences"] = json!([aud]);
+        }
+        let request =
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
+        let answer: Value = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
+            self.shared.client.clone(),
+            &ns,
+        )
+        .create_subresource("token", &sa, &kube::api::PostParams::default(), &request)
+        .await
+        .map_err(|e| format!("requesting a token for serviceaccount {sa:?}: {e}"))?;
+        answer
+            .pointer("/status/token")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no token in the answer for serviceaccount {sa:?}"))
     }
 
     async fn start_container(&mut self, idx: usize, restart: bool) {

@@ -298,6 +298,48 @@ static DEPLOYMENT_COLUMNS: [Column; 8] = [
     ),
 ];
 
+static DAEMON_SET_COLUMNS: [Column; 11] = [
+    NAME,
+    col(
+        "Desired",
+        "integer",
+        "The total number of nodes that should be running the daemon pod (including nodes correctly running the daemon pod).",
+    ),
+    col(
+        "Current",
+        "integer",
+        "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod.",
+    ),
+    col(
+        "Ready",
+        "integer",
+        "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running with a Ready Condition.",
+    ),
+    col(
+        "Up-to-date",
+        "integer",
+        "The total number of nodes that are running updated daemon pod",
+    ),
+    col(
+        "Available",
+        "integer",
+        "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available (ready for at least spec.minReadySeconds)",
+    ),
+    col(
+        "Node Selector",
+        "string",
+        "NodeSelector is a selector which must be true for the pod to fit on a node. Selector which must match a node's labels for the pod to be scheduled on that node.",
+    ),
+    AGE,
+    wide("Containers", "string", CONTAINERS_DESC),
+    wide("Images", "string", IMAGES_DESC),
+    wide(
+        "Selector",
+        "string",
+        "A label query over pods that are managed by the daemon set. Must match in order to be controlled. It must match the pod template's labels.",
+    ),
+];
+
 static STATEFUL_SET_COLUMNS: [Column; 5] = [
     NAME,
     col("Ready", "string", "Number of the pod with ready state"),
@@ -379,6 +421,7 @@ enum Printer {
     Deployment,
     ReplicaSet,
     StatefulSet,
+    DaemonSet,
     Ingress,
     NetworkPolicy,
 }
@@ -396,8 +439,9 @@ fn printer(group: &str, kind: &str) -> Option<Printer> {
         ("", "Node") => Printer::Node,
         ("discovery.k8s.io", "EndpointSlice") => Printer::EndpointSlice,
         ("apps", "Deployment") => Printer::Deployment,
-        ("apps", "ReplicaSet") => Printer::ReplicaSet,
+        ("apps", "ReplicaSet") | ("", "ReplicationController") => Printer::ReplicaSet,
         ("apps", "StatefulSet") => Printer::StatefulSet,
+        ("apps", "DaemonSet") => Printer::DaemonSet,
         ("networking.k8s.io", "Ingress") => Printer::Ingress,
         ("networking.k8s.io", "NetworkPolicy") => Printer::NetworkPolicy,
         _ => return None,
@@ -429,6 +473,7 @@ pub fn columns(group: &str, kind: &str) -> &'static [Column] {
         Printer::Deployment => &DEPLOYMENT_COLUMNS,
         Printer::ReplicaSet => &REPLICA_SET_COLUMNS,
         Printer::StatefulSet => &STATEFUL_SET_COLUMNS,
+        Printer::DaemonSet => &DAEMON_SET_COLUMNS,
         Printer::Ingress => &INGRESS_COLUMNS,
         Printer::NetworkPolicy => &NETWORK_POLICY_COLUMNS,
     }
@@ -476,6 +521,7 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: Timestamp) -> Vec<Value>
         Printer::Deployment => deployment_row(obj, now),
         Printer::ReplicaSet => replica_set_row(obj, now),
         Printer::StatefulSet => stateful_set_row(obj, now),
+        Printer::DaemonSet => daemon_set_row(obj, now),
         Printer::Ingress => ingress_row(obj, now),
         Printer::NetworkPolicy => vec![
             name(obj),
@@ -1167,6 +1213,33 @@ fn deployment_row(d: &Value, now: Timestamp) -> Vec<Value> {
     ]
 }
 
+fn daemon_set_row(ds: &Value, now: Timestamp) -> Vec<Value> {
+    let (containers, images) = container_cells(ds);
+    let count = |f: &str| Value::from(int_at(ds, &["status", f]).unwrap_or(0));
+    let node_selector = at(ds, &["spec", "template", "spec", "nodeSelector"])
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    vec![
+        name(ds),
+        count("desiredNumberScheduled"),
+        count("currentNumberScheduled"),
+        count("numberReady"),
+        count("updatedNumberScheduled"),
+        count("numberAvailable"),
+        text(or_none(&node_selector)),
+        age(ds, now),
+        text(containers),
+        text(images),
+        text(format_label_selector(at(ds, &["spec", "selector"]))),
+    ]
+}
+
 fn stateful_set_row(sts: &Value, now: Timestamp) -> Vec<Value> {
     let (containers, images) = container_cells(sts);
     let ready = int_at(sts, &["status", "readyReplicas"]).unwrap_or(0);
@@ -1179,8 +1252,11 @@ fn stateful_set_row(sts: &Value, now: Timestamp) -> Vec<Value> {
     ]
 }
 
+/// A ReplicaSet's row; a ReplicationController's too, whose selector is a plain map.
 fn replica_set_row(rs: &Value, now: Timestamp) -> Vec<Value> {
     let (containers, images) = container_cells(rs);
+    let selector = (str_at(rs, &["kind"]) == "ReplicationController")
+        .then(|| serde_json::json!({"matchLabels": at(rs, &["spec", "selector"])}));
     vec![
         name(rs),
         Value::from(desired_replicas(rs)),
@@ -1189,7 +1265,9 @@ fn replica_set_row(rs: &Value, now: Timestamp) -> Vec<Value> {
         age(rs, now),
         text(containers),
         text(images),
-        text(format_label_selector(at(rs, &["spec", "selector"]))),
+        text(format_label_selector(
+            selector.as_ref().or(at(rs, &["spec", "selector"])),
+        )),
     ]
 }
 

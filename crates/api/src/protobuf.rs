@@ -188,6 +188,7 @@ fn root_schema(api_version: &str, kind: &str) -> Option<&'static Message> {
         ("v1", "ConfigMap") => &CONFIG_MAP,
         ("v1", "Secret") => &SECRET,
         ("v1", "ServiceAccount") => &SERVICE_ACCOUNT,
+        ("authentication.k8s.io/v1", "TokenRequest") => &TOKEN_REQUEST,
         ("v1", "Pod") => &POD,
         ("apps/v1", "Deployment") => &DEPLOYMENT,
         ("apps/v1", "ReplicaSet") => &REPLICA_SET,
@@ -528,6 +529,26 @@ message!(SERVICE_ACCOUNT, "core.v1.ServiceAccount", [
     r(2, "secrets", Msg(&OBJECT_REFERENCE)),
     r(3, "imagePullSecrets", Msg(&LOCAL_OBJECT_REFERENCE)),
     p(4, "automountServiceAccountToken", Bool),
+]);
+message!(TOKEN_REQUEST, "authentication.v1.TokenRequest", [
+    p(1, "metadata", Msg(&OBJECT_META)),
+    p(2, "spec", Msg(&TOKEN_REQUEST_SPEC)),
+    p(3, "status", Msg(&TOKEN_REQUEST_STATUS)),
+]);
+message!(TOKEN_REQUEST_SPEC, "authentication.v1.TokenRequestSpec", [
+    r(1, "audiences", Str),
+    p(3, "boundObjectRef", Msg(&BOUND_OBJECT_REFERENCE)),
+    p(4, "expirationSeconds", I64),
+]);
+message!(BOUND_OBJECT_REFERENCE, "authentication.v1.BoundObjectReference", [
+    z(1, "kind", Str),
+    z(2, "apiVersion", Str),
+    z(3, "name", Str),
+    z(4, "uid", Str),
+]);
+message!(TOKEN_REQUEST_STATUS, "authentication.v1.TokenRequestStatus", [
+    p(1, "token", Str),
+    p(2, "expirationTimestamp", Time),
 ]);
 message!(OBJECT_REFERENCE, "core.v1.ObjectReference", [
     z(1, "kind", Str),
@@ -1314,6 +1335,10 @@ pub fn decode_message(name: &str, bytes: &[u8]) -> Option<Result<Value>> {
 /// Every message schema, for `decode_message` and the schema self-checks.
 static ALL_MESSAGES: &[&Message] = &[
     &RUNTIME_TYPE_META,
+    &TOKEN_REQUEST,
+    &TOKEN_REQUEST_SPEC,
+    &BOUND_OBJECT_REFERENCE,
+    &TOKEN_REQUEST_STATUS,
     &INT_OR_STRING,
     &QUANTITY,
     &TIME,

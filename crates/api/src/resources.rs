@@ -38,6 +38,7 @@ pub enum Subresource {
     Binding,
     Eviction,
     Finalize,
+    Token,
 }
 
 impl Subresource {
@@ -53,6 +54,7 @@ impl Subresource {
             Self::Binding => "binding",
             Self::Eviction => "eviction",
             Self::Finalize => "finalize",
+            Self::Token => "token",
         }
     }
 
@@ -66,6 +68,7 @@ impl Subresource {
             Self::Scale => ("autoscaling", "v1", "Scale"),
             Self::Binding => ("", "v1", "Binding"),
             Self::Eviction => ("policy", "v1", "Eviction"),
+            Self::Token => ("authentication.k8s.io", "v1", "TokenRequest"),
             Self::Exec | Self::Attach | Self::PortForward | Self::Proxy => ("", "v1", "Status"),
             Self::Log => ("", "v1", "Pod"),
             Self::Status | Self::Finalize => (parent.group, parent.version, parent.kind),
@@ -78,7 +81,7 @@ impl Subresource {
             Self::Log => &["get"],
             Self::Exec | Self::Attach | Self::PortForward => &["create", "get"],
             Self::Proxy => &["create", "delete", "get", "patch", "update"],
-            Self::Binding | Self::Eviction => &["create"],
+            Self::Binding | Self::Eviction | Self::Token => &["create"],
             Self::Finalize => &["update"],
         }
     }
@@ -95,6 +98,7 @@ const ALL_SUBRESOURCES: &[Subresource] = &[
     Subresource::Binding,
     Subresource::Eviction,
     Subresource::Finalize,
+    Subresource::Token,
 ];
 
 /// The verbs every berth resource supports.
@@ -208,6 +212,7 @@ pub static RESOURCES: &[Resource] = &[
     },
     Resource {
         short_names: &["sa"],
+        subresources: &[S::Token],
         ..res(
             "",
             "v1",
@@ -223,6 +228,29 @@ pub static RESOURCES: &[Resource] = &[
         selectable_fields: &["spec.unschedulable"],
         has_status: true,
         ..res("", "v1", "Node", "nodes", "node")
+    },
+    Resource {
+        categories: &["all"],
+        short_names: &["rc"],
+        subresources: &[S::Status, S::Scale],
+        selectable_fields: &["status.replicas"],
+        has_status: true,
+        has_generation: true,
+        ..res(
+            "",
+            "v1",
+            "ReplicationController",
+            "replicationcontrollers",
+            "replicationcontroller",
+        )
+    },
+    Resource {
+        categories: &["all"],
+        short_names: &["ds"],
+        subresources: &[S::Status],
+        has_status: true,
+        has_generation: true,
+        ..res("apps", "v1", "DaemonSet", "daemonsets", "daemonset")
     },
     Resource {
         categories: &["all"],

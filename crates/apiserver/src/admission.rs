@@ -170,14 +170,21 @@ pub async fn create(srv: &Server, r: &'static Resource, obj: &mut Value) -> Resu
         ("", "Pod") => {
             default_pod_spec(obj.get_mut("spec"));
             default_service_account(obj.get_mut("spec"));
+            mount_service_account_token(obj.get_mut("spec"));
             errs.extend(validate_pod_spec(obj.get("spec"), "spec"));
             obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
             Grant::default()
         }
-        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet") => {
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
             default_workload(r.kind, obj);
             errs.extend(validate_workload(obj));
             obj["status"] = json!({});
+            Grant::default()
+        }
+        ("", "ReplicationController") => {
+            default_replication_controller(obj);
+            errs.extend(validate_replication_controller(obj));
+            obj["status"] = json!({"replicas": 0});
             Grant::default()
         }
         _ => Grant::default(),
@@ -265,9 +272,14 @@ pub async fn update(
             default_pod_spec(new.get_mut("spec"));
             Grant::default()
         }
-        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet") => {
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
             default_workload(r.kind, new);
             errs.extend(validate_workload(new));
+            Grant::default()
+        }
+        ("", "ReplicationController") => {
+            default_replication_controller(new);
+            errs.extend(validate_replication_controller(new));
             Grant::default()
         }
         _ => Grant::default(),
@@ -534,6 +546,65 @@ fn default_service_account(spec: Option<&mut Value>) {
     s.insert("serviceAccount".into(), json!(name));
 }
 
+/// Where pods find their ServiceAccount's token, CA and namespace.
+const SERVICE_ACCOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The ServiceAccount admission plugin's `kube-api-access-XXXXX` volume: a projected token
+/// (the kubelet asks for 3607 s), the cluster CA from `kube-root-ca.crt` and the namespace,
+/// mounted read-only in every container that mounts nothing there, unless the pod sets
+/// `automountServiceAccountToken: false` (the ServiceAccount's own field is not read here).
+fn mount_service_account_token(spec: Option<&mut Value>) {
+    let Some(Value::Object(s)) = spec else { return };
+    if s.get("automountServiceAccountToken") == Some(&json!(false)) {
+        return;
+    }
+    // The alphabet of Go's utilrand.String, which names the volume upstream.
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let suffix: String = uuid::Uuid::new_v4().as_bytes()[..5]
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect();
+    let name = format!("kube-api-access-{suffix}");
+    let mut used = false;
+    for list in ["initContainers", "containers"] {
+        for c in s
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let Value::Object(c) = c else { continue };
+            let mounts = c.entry("volumeMounts").or_insert_with(|| json!([]));
+            let Some(mounts) = mounts.as_array_mut() else {
+                continue;
+            };
+            if mounts
+                .iter()
+                .any(|m| m.get("mountPath").and_then(Value::as_str) == Some(SERVICE_ACCOUNT_PATH))
+            {
+                continue;
+            }
+            mounts.push(json!({"name": name, "readOnly": true, "mountPath": SERVICE_ACCOUNT_PATH}));
+            used = true;
+        }
+    }
+    if !used {
+        return;
+    }
+    let volume = json!({"name": name, "projected": {"defaultMode": 420, "sources": [
+        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+    ]}});
+    if let Some(volumes) = s
+        .entry("volumes")
+        .or_insert_with(|| json!([]))
+        .as_array_mut()
+    {
+        volumes.push(volume);
+    }
+}
+
 fn default_pod_spec(spec: Option<&mut Value>) {
     let Some(Value::Object(s)) = spec else { return };
     for (k, v) in [
@@ -642,8 +713,23 @@ fn default_workload(kind: &str, obj: &mut Value) {
     let Some(Value::Object(spec)) = obj.get_mut("spec") else {
         return;
     };
-    spec.entry("replicas").or_insert(json!(1));
+    if kind != "DaemonSet" {
+        spec.entry("replicas").or_insert(json!(1));
+    }
     spec.entry("revisionHistoryLimit").or_insert(json!(10));
+    if kind == "DaemonSet" {
+        let strategy = spec.entry("updateStrategy").or_insert(json!({}));
+        if let Value::Object(st) = strategy {
+            st.entry("type").or_insert(json!("RollingUpdate"));
+            if st.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
+                let ru = st.entry("rollingUpdate").or_insert(json!({}));
+                if let Value::Object(ru) = ru {
+                    ru.entry("maxUnavailable").or_insert(json!(1));
+                    ru.entry("maxSurge").or_insert(json!(0));
+                }
+            }
+        }
+    }
     if kind == "Deployment" {
         spec.entry("progressDeadlineSeconds").or_insert(json!(600));
         let strategy = spec.entry("strategy").or_insert(json!({}));
@@ -677,6 +763,78 @@ fn default_workload(kind: &str, obj: &mut Value) {
     if let Some(template) = spec.get_mut("template") {
         default_pod_spec(template.get_mut("spec"));
     }
+}
+
+/// kube-apiserver's ReplicationController defaults: one replica, the selector (and the
+/// object's own labels) taken from the template's labels when empty.
+fn default_replication_controller(obj: &mut Value) {
+    let template_labels = obj
+        .pointer("/spec/template/metadata/labels")
+        .filter(|l| l.as_object().is_some_and(|m| !m.is_empty()))
+        .cloned();
+    if let Some(labels) = &template_labels {
+        let meta = obj.meta_mut();
+        if meta
+            .get("labels")
+            .and_then(Value::as_object)
+            .is_none_or(|m| m.is_empty())
+        {
+            meta.insert("labels".into(), labels.clone());
+        }
+    }
+    let Some(Value::Object(spec)) = obj.get_mut("spec") else {
+        return;
+    };
+    spec.entry("replicas").or_insert(json!(1));
+    if let Some(labels) = template_labels
+        && spec
+            .get("selector")
+            .and_then(Value::as_object)
+            .is_none_or(|m| m.is_empty())
+    {
+        spec.insert("selector".into(), labels);
+    }
+    if let Some(template) = spec.get_mut("template") {
+        default_pod_spec(template.get_mut("spec"));
+    }
+}
+
+/// A ReplicationController needs a non-empty selector matching its template's labels.
+fn validate_replication_controller(obj: &Value) -> FieldErrors {
+    let mut errs = FieldErrors::new();
+    let spec = obj.get("spec");
+    let map = |v: Option<&Value>| -> std::collections::BTreeMap<String, String> {
+        v.and_then(|l| serde_json::from_value(l.clone()).ok())
+            .unwrap_or_default()
+    };
+    let selector = map(spec.and_then(|s| s.get("selector")));
+    let labels = map(spec.and_then(|s| s.pointer("/template/metadata/labels")));
+    if selector.is_empty() {
+        errs.push(FieldError::required("spec.selector", ""));
+    } else if spec.and_then(|s| s.get("template")).is_none() {
+        errs.push(FieldError::required("spec.template", ""));
+    } else if !berth_api::selector::Selector::from_map(&selector).matches(&labels) {
+        let rendered = labels
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":\"{v}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        errs.push(FieldError::invalid(
+            "spec.template.metadata.labels",
+            BadValue::Raw(format!("map[string]string{{{rendered}}}")),
+            "`selector` does not match template `labels`",
+        ));
+    }
+    if let Some(r) = spec.and_then(|s| s.get("replicas")).and_then(Value::as_i64)
+        && r < 0
+    {
+        errs.push(FieldError::invalid(
+            "spec.replicas",
+            r,
+            "must be greater than or equal to 0",
+        ));
+    }
+    errs
 }
 
 fn validate_workload(obj: &Value) -> FieldErrors {
@@ -735,11 +893,20 @@ fn validate_workload(obj: &Value) -> FieldErrors {
     errs
 }
 
-/// The `autoscaling/v1 Scale` view of a Deployment or ReplicaSet.
+/// The `autoscaling/v1 Scale` view of a Deployment, ReplicaSet or ReplicationController
+/// (whose selector is a plain map).
 pub fn scale_of(obj: &Value) -> Value {
     let meta = obj.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    let plain = obj.get("kind").and_then(Value::as_str) == Some("ReplicationController");
     let selector = obj
         .pointer("/spec/selector")
+        .map(|s| {
+            if plain {
+                json!({ "matchLabels": s })
+            } else {
+                s.clone()
+            }
+        })
         .and_then(|s| {
             serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>(
                 s.clone(),

@@ -99,6 +99,7 @@ pub(crate) fn server_with_a_configmap(
         registry: Arc::new(registry),
         kubelet_tls: Arc::new(crate::pki::kubelet_client_config(&pki).expect("tls")),
         insecure_tls: Arc::new(crate::pki::proxy_client_config().expect("tls")),
+        tokens: crate::token::Tokens::from_pem(&pki.sa_key).expect("tokens"),
     });
     let ns = rt.block_on(send(
         &srv,

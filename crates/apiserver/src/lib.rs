@@ -23,6 +23,7 @@ mod request;
 mod rest;
 mod serve;
 mod table;
+pub mod token;
 mod watch;
 
 use std::net::SocketAddr;
@@ -96,4 +97,6 @@ pub struct Server {
     kubelet_tls: Arc<rustls::ClientConfig>,
     /// TLS for `https:` proxying to pods and Services: no verification, as kube-apiserver.
     insecure_tls: Arc<rustls::ClientConfig>,
+    /// Signs and checks ServiceAccount tokens.
+    tokens: token::Tokens,
 }

@@ -43,6 +43,9 @@ pub struct Pki {
     /// `--kubelet-client-certificate`).
     pub kubelet_client_cert: String,
     pub kubelet_client_key: String,
+    /// The key ServiceAccount tokens are signed with (kube-apiserver's
+    /// `--service-account-signing-key-file`).
+    pub sa_key: String,
 }
 
 /// The CA's subject; rebuilt identically on every start so that the stored CA key can sign a
@@ -179,7 +182,18 @@ pub fn ensure(dir: &Path, names: &[String]) -> Result<Pki, PkiError> {
     let (admin_cert, admin_key) = client("admin", "kubernetes-admin")?;
     let (kubelet_client_cert, kubelet_client_key) =
         client("apiserver-kubelet-client", "kube-apiserver-kubelet-client")?;
+    let sa_path = dir.join("sa.key");
+    let sa_key = match read_present(&sa_path).filter(|pem| KeyPair::from_pem(pem).is_ok()) {
+        Some(pem) => pem,
+        None => {
+            let pem = KeyPair::generate()?.serialize_pem();
+            write(&sa_path, &pem)?;
+            made(&sa_path, "generated the ServiceAccount token signing key");
+            pem
+        }
+    };
     Ok(Pki {
+        sa_key,
         ca_cert: read(&ca_cert_path)?,
         server_cert: read(&server_cert_path)?,
         server_key: read(&server_key_path)?,

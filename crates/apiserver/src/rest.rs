@@ -111,6 +111,9 @@ pub async fn handle(
         (&Method::POST, Some(name), Some(Subresource::Eviction)) if r.kind == "Pod" => {
             evict(&srv, &t, &params, name, &body).await?
         }
+        (&Method::POST, Some(name), Some(Subresource::Token)) if r.kind == "ServiceAccount" => {
+            token_request(&srv, &t, name, parse_body(&body, &content_type)?).await?
+        }
         (&Method::POST, Some(name), Some(Subresource::Binding)) if r.kind == "Pod" => {
             bind(&srv, &t, &params, name, &body).await?
         }
@@ -821,6 +824,114 @@ async fn evict(
     };
     delete(srv, &pod, params, name, options.as_bytes()).await?;
     Ok(created_status())
+}
+
+/// `serviceaccounts/NAME/token` (TokenRequest): a signed token for the ServiceAccount, bound
+/// to a pod when `spec.boundObjectRef` names one, answered 201 as kube-apiserver does.
+async fn token_request(srv: &Server, t: &Target, name: &str, request: Value) -> Result<Reply> {
+    use crate::token::{Claims, ISSUER, MIN_EXPIRATION_SECONDS, Ref};
+    let ns = t.namespace.as_deref().unwrap_or("default");
+    let sa = get(srv, t.resource, Some(ns), name).await?;
+    let uid_of = |o: &Value| {
+        o.pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let spec = request.get("spec").cloned().unwrap_or_else(|| json!({}));
+    let seconds = spec
+        .get("expirationSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(3600);
+    let invalid = |detail: &str| ApiError::Invalid {
+        resource: t.resource,
+        kind: "TokenRequest",
+        name: name.to_owned(),
+        errors: vec![berth_api::FieldError::invalid(
+            "spec.expirationSeconds",
+            seconds,
+            detail,
+        )],
+    };
+    if seconds < MIN_EXPIRATION_SECONDS {
+        return Err(invalid("may not specify a duration less than 10 minutes"));
+    }
+    if seconds > 1 << 32 {
+        return Err(invalid(
+            "may not specify a duration larger than 2^32 seconds",
+        ));
+    }
+    let audiences: Vec<String> = spec
+        .get("audiences")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .filter(|a: &Vec<String>| !a.is_empty())
+        .unwrap_or_else(|| vec![ISSUER.to_owned()]);
+    let bound = spec.get("boundObjectRef").filter(|b| !b.is_null()).cloned();
+    let pod = match &bound {
+        None => None,
+        Some(b) => {
+            let kind = b.get("kind").and_then(Value::as_str).unwrap_or_default();
+            if kind != "Pod" {
+                return Err(ApiError::BadRequest(format!(
+                    "cannot bind token for serviceaccount \"{name}\" to object of type {kind:?}: berth binds tokens to Pods only"
+                )));
+            }
+            let pod_name = b.get("name").and_then(Value::as_str).unwrap_or_default();
+            let pods = berth_api::resources::by_kind("", "Pod").ok_or(ApiError::NoRoute)?;
+            let found = get(srv, pods, Some(ns), pod_name).await?;
+            let uid = uid_of(&found);
+            if let Some(want) = b
+                .get("uid")
+                .and_then(Value::as_str)
+                .filter(|u| !u.is_empty())
+                && want != uid
+            {
+                return Err(ApiError::Conflict {
+                    resource: pods,
+                    name: pod_name.to_owned(),
+                    detail: format!(
+                        "the UID in the bound object reference ({want}) does not match the UID in record. The object might have been deleted and then recreated"
+                    ),
+                });
+            }
+            Some(Ref {
+                name: pod_name.to_owned(),
+                uid,
+            })
+        }
+    };
+    let now = jiff::Timestamp::now().as_second();
+    let sa_ref = Ref {
+        name: name.to_owned(),
+        uid: uid_of(&sa),
+    };
+    let claims = Claims::new(ns, sa_ref, pod, audiences.clone(), seconds, now);
+    let token = srv
+        .tokens
+        .issue(&claims)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let expires = jiff::Timestamp::from_second(claims.exp)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default();
+    let mut spec_out = json!({"audiences": audiences, "expirationSeconds": seconds});
+    spec_out["boundObjectRef"] = bound.unwrap_or(Value::Null);
+    Ok(Reply {
+        code: StatusCode::CREATED,
+        body: json!({
+            "kind": "TokenRequest",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": name, "namespace": ns, "creationTimestamp": null},
+            "spec": spec_out,
+            "status": {"token": token, "expirationTimestamp": expires},
+        }),
+        warnings: Vec::new(),
+    })
 }
 
 /// `pods/NAME/binding`: sets `spec.nodeName` of a pod not yet bound, as the scheduler asks.

@@ -46,6 +46,8 @@ pub enum ServeError {
     InsecureNotLoopback { addr: SocketAddr },
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
+    #[error(transparent)]
+    Token(#[from] crate::token::TokenError),
     #[error("bootstrapping cluster objects: {0}")]
     Bootstrap(#[from] ApiError),
 }
@@ -147,6 +149,7 @@ pub async fn run(
         registry,
         kubelet_tls: Arc::new(pki::kubelet_client_config(&pki)?),
         insecure_tls: Arc::new(pki::proxy_client_config()?),
+        tokens: crate::token::Tokens::from_pem(&pki.sa_key)?,
     });
     restore_allocations(&srv).await?;
     bootstrap(&srv, &advertised, addr.port(), first_ip).await?;
@@ -383,7 +386,8 @@ async fn route(srv: Arc<Server>, req: Request) -> Result<Response, ApiError> {
         path.as_str(),
         "/version" | "/healthz" | "/livez" | "/readyz"
     );
-    let authed = req.extensions().get::<Authenticated>().is_some_and(|a| a.0);
+    let authed = req.extensions().get::<Authenticated>().is_some_and(|a| a.0)
+        || bearer_ok(&srv, req.headers()).await;
     if !authed && !public {
         // Read what the client is still sending first, so the 401 arrives as a status
         // rather than as a reset of an HTTP/2 stream mid-upload.
@@ -424,6 +428,41 @@ async fn route(srv: Arc<Server>, req: Request) -> Result<Response, ApiError> {
     let limit = srv.config.max_body_bytes;
     let body = read_body(body, limit).await?;
     rest::handle(srv, method, target, params, parts.headers, body).await
+}
+
+/// Whether the request carries a ServiceAccount token this server issued, unexpired, whose
+/// ServiceAccount (and pod, for a pod-bound token) still exists with the same uid. Such a
+/// client may do what any authenticated client may: berth has no RBAC yet.
+async fn bearer_ok(srv: &Server, headers: &axum::http::HeaderMap) -> bool {
+    let Some(token) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let now = jiff::Timestamp::now().as_second();
+    let Some(claims) = srv.tokens.verify(token.trim(), now) else {
+        return false;
+    };
+    let k = &claims.kube;
+    let exists = |kind: &str, name: &str, uid: &str| {
+        let (kind, name, uid) = (kind.to_owned(), name.to_owned(), uid.to_owned());
+        async move {
+            let Some(r) = berth_api::resources::by_kind("", &kind) else {
+                return false;
+            };
+            crate::rest::get(srv, r, Some(&k.namespace), &name)
+                .await
+                .is_ok_and(|o| o.pointer("/metadata/uid").and_then(Value::as_str) == Some(&uid))
+        }
+    };
+    let sa = &k.serviceaccount;
+    exists("ServiceAccount", &sa.name, &sa.uid).await
+        && match &k.pod {
+            Some(pod) => exists("Pod", &pod.name, &pod.uid).await,
+            None => true,
+        }
 }
 
 /// `/healthz` and `/readyz` as kube-apiserver answers them: `ok`, or with `?verbose` one line

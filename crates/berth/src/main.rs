@@ -716,6 +716,7 @@ fn agent_config(
         pod_cidr: args.pod_cidr,
         state_dir: data_dir.join("agent"),
         self_exe: std::env::current_exe().context("finding the berth binary")?,
+        hide: vec![std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf())],
         cluster_dns: args.cluster_dns.to_string(),
         node_ip: args
             .node_ip

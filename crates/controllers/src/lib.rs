@@ -1,11 +1,12 @@
 //! berth's controllers, as kube-controller-manager runs them: Endpoints, EndpointSlices (and
-//! their mirroring for selector-less Services), Deployments, ReplicaSets, LoadBalancer IPs and
-//! garbage collection. They learn about the world only by watching the API and write only
+//! their mirroring for selector-less Services), Deployments, ReplicaSets (and
+//! ReplicationControllers), StatefulSets, DaemonSets, LoadBalancer IPs and garbage collection. They learn about the world only by watching the API and write only
 //! through it, so they run against any cluster.
 //!
 //! The pure "what should exist" functions are the modules named after their objects; `sync`
 //! holds the watch-and-write loops. Start from [`run`].
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslices;

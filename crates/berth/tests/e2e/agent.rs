@@ -200,3 +200,89 @@ fn standalone_agent_runs_pods_and_stops_them_on_sigterm() {
         "the workload is stopped"
     );
 }
+
+/// Every pod is isolated from the node and from other pods, host programs or not: its own
+/// PID namespace (its init and its command), a private overlay of the node's files (writes
+/// stay in the container), empty /root and /tmp, berth's data directory hidden, `HOME`,
+/// `workingDir` and /etc/hostname as a container runtime gives them.
+#[test]
+fn pods_are_isolated_from_the_node_and_each_other() {
+    let c = Cluster::start_on_node(std::path::Path::new(env!("CARGO_BIN_EXE_berth")), &[]);
+    c.wait_node_ready();
+    let spec = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    workingDir: /srv/app\n    command: [sh, -c, 'echo home=$HOME; exec sleep 3600']\n"
+        )
+    };
+    c.apply(&spec("iso"));
+    c.apply(&spec("other"));
+    running_ip(&c, "iso");
+    running_ip(&c, "other");
+    let sh = |pod: &str, script: &str| c.ok(&["exec", pod, "--", "sh", "-c", script]);
+    // PID 1 is the container's init, PID 2 its command; nothing of the node shows.
+    assert!(
+        sh("iso", "tr '\\0' ' ' < /proc/1/cmdline").contains("container-init --reap"),
+        "{}",
+        sh("iso", "cat /proc/1/cmdline")
+    );
+    assert_eq!(sh("iso", "cat /proc/2/comm"), "sleep\n");
+    let pids = sh("iso", "ls -d /proc/[0-9]* | wc -l");
+    assert!(
+        pids.trim().parse::<u32>().is_ok_and(|n| n <= 5),
+        "processes seen in the pod: {pids}"
+    );
+    // Writes to the node's files stay in the container.
+    let marker = format!("/etc/berth-isolation-{}", std::process::id());
+    assert_eq!(
+        sh("iso", &format!("echo pod > {marker} && cat {marker}")),
+        "pod\n"
+    );
+    assert!(
+        !std::path::Path::new(&marker).exists(),
+        "{marker} on the node"
+    );
+    assert!(!sh("other", &format!("cat {marker} 2>&1 || true")).contains("pod"));
+    // Private, empty directories; berth's data directory (the cluster's keys) is hidden.
+    assert_eq!(
+        sh("iso", "ls -A /root /tmp | grep -v :$ | grep . || true"),
+        ""
+    );
+    let data = c.dir().join("data");
+    assert!(data.join("pki/ca.key").exists());
+    assert_eq!(sh("iso", &format!("ls -A {} || true", data.display())), "");
+    // What a container runtime gives a container.
+    assert_eq!(sh("iso", "pwd"), "/srv/app\n");
+    assert_eq!(sh("iso", "cat /etc/hostname"), "iso\n");
+    let logs = eventually("iso's output", || {
+        let out = c.ok(&["logs", "iso"]);
+        (!out.is_empty()).then_some(out)
+    });
+    assert_eq!(logs, "home=/root\n");
+}
+
+/// The `nginx` image behaves as the official one: its own configuration (server blocks in
+/// /etc/nginx/conf.d), its welcome page, and its access log on stdout for `kubectl logs`.
+#[test]
+fn nginx_runs_as_its_image_does() {
+    let c = Cluster::start_on_node(std::path::Path::new(env!("CARGO_BIN_EXE_berth")), &[]);
+    c.wait_node_ready();
+    c.ok(&["run", "nginx", "--image=nginx", "--port=80"]);
+    let ip = running_ip(&c, "nginx");
+    let node = c.node().expect("a node cluster");
+    let body = eventually("nginx to answer", || {
+        let out = node.exec(&["curl", "-s", "--max-time", "2", &format!("http://{ip}/")]);
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        out.status.success().then_some(body)
+    });
+    assert!(body.contains("<title>Welcome to nginx!</title>"), "{body}");
+    let logs = eventually("the access log line", || {
+        let out = c.ok(&["logs", "nginx"]);
+        out.contains("\"GET / HTTP/1.1\" 200").then_some(out)
+    });
+    assert!(logs.contains("curl/"), "{logs}");
+    // The node's nginx files are untouched and unseen.
+    assert!(
+        !c.ok(&["exec", "nginx", "--", "ls", "/etc/nginx"])
+            .contains("sites-enabled")
+    );
+}

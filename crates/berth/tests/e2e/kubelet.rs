@@ -161,16 +161,12 @@ fn logs() {
     );
 
     // -f: a line written after kubectl started arrives; kubectl is then stopped by PID.
-    let go = c.dir().join("go");
     pod(
         &c,
         "ticker",
         &[(
             "c",
-            &format!(
-                "echo first; while [ ! -e {} ]; do sleep 0.1; done; echo later; exec sleep 3600",
-                go.display()
-            ),
+            "echo first; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo later; exec sleep 3600",
         )],
     );
     let mut follow = Reaped(
@@ -183,7 +179,7 @@ fn logs() {
     );
     let out = collect(&mut follow.0);
     eventually("the first line", || seen(&out, "first\n"));
-    std::fs::write(&go, "").expect("writing the go file");
+    c.ok(&["exec", "ticker", "--", "touch", "/tmp/go"]);
     eventually("the later line", || seen(&out, "first\nlater\n"));
     assert!(
         matches!(follow.0.try_wait(), Ok(None)),

@@ -139,14 +139,14 @@ fn restart_policies_back_off_and_liveness() {
 #[test]
 fn readiness_probe_moves_the_pod_in_and_out_of_endpoints() {
     let c = node_cluster();
-    let flag = c.dir().join("ready-flag");
+    // The flag lives in the container's own /tmp: `kubectl exec` sets and clears it.
+    let flag = "/tmp/ready-flag";
     c.apply("apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    tier: front\n  ports:\n  - port: 80\n    targetPort: http\n");
     c.apply(&pod(
         "web",
         "",
         &format!(
-            "    image: berth/whoami\n    ports:\n    - name: http\n      containerPort: 8080\n    readinessProbe:\n      exec:\n        command: [test, -f, {}]\n      periodSeconds: 1\n      failureThreshold: 1\n",
-            flag.display()
+            "    image: berth/whoami\n    ports:\n    - name: http\n      containerPort: 8080\n    readinessProbe:\n      exec:\n        command: [test, -f, {flag}]\n      periodSeconds: 1\n      failureThreshold: 1\n",
         ),
     ));
     c.apply(&pod(
@@ -179,7 +179,7 @@ fn readiness_probe_moves_the_pod_in_and_out_of_endpoints() {
         "False"
     );
     assert!(!addresses().contains(&ip), "{}", addresses());
-    std::fs::write(&flag, "").expect("writing the flag");
+    c.ok(&["exec", "web", "--", "touch", flag]);
     eventually("web to turn ready", || {
         addresses().contains(&ip).then_some(())
     });
@@ -191,7 +191,7 @@ fn readiness_probe_moves_the_pod_in_and_out_of_endpoints() {
         ),
         "True"
     );
-    std::fs::remove_file(&flag).expect("removing the flag");
+    c.ok(&["exec", "web", "--", "rm", flag]);
     eventually("web to leave the endpoints", || {
         (!addresses().contains(&ip)).then_some(())
     });
@@ -238,14 +238,10 @@ fn readiness_probe_moves_the_pod_in_and_out_of_endpoints() {
 #[test]
 fn deletion_sends_sigterm_then_sigkill_after_the_grace_period() {
     let c = node_cluster();
-    let marker = c.dir().join("got-term");
     c.apply(&pod(
         "polite",
         "",
-        &format!(
-            "    image: busybox\n    command: [sh, -c, 'trap \"echo bye > {}; exit 0\" TERM; while true; do sleep 0.2; done']\n",
-            marker.display()
-        ),
+        "    image: busybox\n    command: [sh, -c, 'trap \"echo bye; exit 0\" TERM; echo hi; while true; do sleep 0.2; done']\n",
     ));
     c.apply(&pod(
         "stubborn",
@@ -254,12 +250,28 @@ fn deletion_sends_sigterm_then_sigkill_after_the_grace_period() {
     ));
     wait_for(&c, "polite", "{.status.phase}", "Running");
     wait_for(&c, "stubborn", "{.status.phase}", "Running");
+    // The container's log, followed from before the deletion to its end, shows the trap ran.
+    let node = c.node().expect("a node cluster");
+    let mut follow = node.outside_command("kubectl");
+    follow
+        .args(["logs", "-f", "polite"])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("KUBECACHEDIR", c.dir().join("kubecache"))
+        .env("HOME", c.dir())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut follow = follow.spawn().expect("kubectl logs -f");
+    let mut stdout = std::io::BufReader::new(follow.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).expect("the first line");
+    assert_eq!(first, "hi\n");
     let t = Instant::now();
     c.ok(&["delete", "pod", "polite"]);
-    assert!(
-        marker.exists(),
-        "the container got SIGTERM and ran its trap"
-    );
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("the rest of the log");
+    let _ = follow.wait();
+    assert_eq!(rest, "bye\n", "the container got SIGTERM and ran its trap");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     let t = Instant::now();
     let stubborn = std::thread::scope(|s| {
@@ -329,10 +341,10 @@ fn an_agent_restart_starts_its_pods_again_with_the_same_ip() {
 #[test]
 fn init_containers_run_in_order_before_the_app() {
     let c = node_cluster();
-    let flag = c.dir().join("init-order");
+    // The containers share an emptyDir, as init containers hand files to the app.
+    let m = "    volumeMounts:\n    - name: work\n      mountPath: /shared\n";
     c.apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: staged\nspec:\n  initContainers:\n  - name: first\n    image: busybox\n    command: [sh, -c, 'sleep 1; echo first >> {f}']\n  - name: second\n    image: busybox\n    command: [sh, -c, 'echo second >> {f}']\n  containers:\n  - name: app\n    image: busybox\n    command: [sh, -c, 'echo app >> {f}; exec sleep 600']\n",
-        f = flag.display()
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: staged\nspec:\n  volumes:\n  - name: work\n    emptyDir: {{}}\n  initContainers:\n  - name: first\n    image: busybox\n    command: [sh, -c, 'sleep 1; echo first >> /shared/order']\n{m}  - name: second\n    image: busybox\n    command: [sh, -c, 'echo second >> /shared/order']\n{m}  containers:\n  - name: app\n    image: busybox\n    command: [sh, -c, 'echo app >> /shared/order; exec sleep 600']\n{m}",
     ));
     eventually("staged to show its init progress", || {
         let t = c.ok(&["get", "pod", "staged"]);
@@ -349,7 +361,7 @@ fn init_containers_run_in_order_before_the_app() {
         "Completed Completed"
     );
     let order = eventually("the app to start", || {
-        let text = std::fs::read_to_string(&flag).ok()?;
+        let text = c.ok(&["exec", "staged", "--", "cat", "/shared/order"]);
         text.contains("app").then_some(text)
     });
     assert_eq!(order, "first\nsecond\napp\n");

@@ -20,6 +20,7 @@ mod lifecycle;
 mod netpol;
 mod raw;
 mod restart;
+mod serviceaccounts;
 mod singlenode;
 mod statefulsets;
 mod tutorials;

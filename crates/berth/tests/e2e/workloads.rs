@@ -129,3 +129,107 @@ fn deployments_scale_roll_out_and_clean_up() {
         (c.ok(&["get", "rs,pods", "-o", "name"]).trim().is_empty()).then_some(())
     });
 }
+
+/// ReplicationControllers (v1), as the Kubernetes e2e framework and older manifests use them:
+/// the selector and labels defaulted from the template, pods created, scaled, counted Ready
+/// in `kubectl get rc`, and removed with their controller.
+#[test]
+fn replication_controllers_keep_their_pods() {
+    let c = super::cluster(berth_testkit::Backend::Embedded);
+    c.apply("apiVersion: v1\nkind: ReplicationController\nmetadata:\n  name: web\nspec:\n  replicas: 2\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      containers:\n      - name: c\n        image: berth/whoami\n");
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "rc",
+            "web",
+            "-o",
+            "jsonpath={.spec.selector.app} {.metadata.labels.app}"
+        ]),
+        "web web"
+    );
+    eventually("2 pods", || (pods(&c) == 2).then_some(()));
+    let owner = c.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[0].metadata.ownerReferences[0].kind}",
+    ]);
+    assert_eq!(owner, "ReplicationController");
+    c.ok(&["scale", "rc", "web", "--replicas=3"]);
+    eventually("3 pods ready in kubectl get rc", || {
+        kubelet(&c);
+        let out = c.ok(&["get", "rc", "web"]);
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().take(4).eq(["web", "3", "3", "3"]))
+            .then_some(())
+    });
+    let wide = c.ok(&["get", "rc", "web", "-o", "wide"]);
+    assert!(
+        wide.contains("berth/whoami") && wide.contains("app=web"),
+        "{wide}"
+    );
+    let out = c.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ReplicationController\nmetadata:\n  name: bad\nspec:\n  selector:\n    app: other\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      containers:\n      - name: c\n        image: x\n",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("`selector` does not match template `labels`"),
+        "{err}"
+    );
+    c.ok(&["delete", "rc", "web"]);
+    eventually("the pods to go with their controller", || {
+        (pods(&c) == 0).then_some(())
+    });
+}
+
+/// DaemonSets on the node: one Pod per Node, bound at creation and run by the agent, the
+/// `kubectl get ds` columns, `kubectl rollout status` through a template change, and the
+/// Pods gone with their DaemonSet.
+#[test]
+fn daemonsets_run_a_pod_on_the_node_and_roll() {
+    let c = Cluster::start_on_node(std::path::Path::new(env!("CARGO_BIN_EXE_berth")), &[]);
+    c.wait_node_ready();
+    c.apply("apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: agent\nspec:\n  selector:\n    matchLabels:\n      app: agent\n  template:\n    metadata:\n      labels:\n        app: agent\n    spec:\n      containers:\n      - name: c\n        image: berth/whoami\n");
+    let row = || {
+        let out = c.ok(&["get", "ds", "agent"]);
+        out.lines()
+            .nth(1)
+            .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    eventually("the daemon to be ready on node-1", || {
+        (row()[..7] == ["agent", "1", "1", "1", "1", "1", "<none>"]).then_some(())
+    });
+    let node_of = || {
+        c.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=agent",
+            "-o",
+            "jsonpath={.items[*].spec.nodeName} {.items[*].metadata.name}",
+        ])
+    };
+    let first = node_of();
+    assert!(first.starts_with("node-1 agent-"), "{first}");
+    assert!(
+        c.ok(&["rollout", "status", "ds/agent", "--timeout=30s"])
+            .contains("daemon set \"agent\" successfully rolled out")
+    );
+    c.ok(&["set", "env", "ds/agent", "ROUND=2"]);
+    let out = c.ok(&["rollout", "status", "ds/agent", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    eventually("the pod replaced", || {
+        let now = node_of();
+        (now.starts_with("node-1 agent-") && now != first && now.split(' ').count() == 2)
+            .then_some(())
+    });
+    c.ok(&["delete", "ds", "agent"]);
+    eventually("the daemon's pod to go", || {
+        node_of().trim().is_empty().then_some(())
+    });
+}

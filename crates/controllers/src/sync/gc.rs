@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, ReplicationController, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -21,6 +21,8 @@ use crate::index::Indexed;
 pub(crate) struct Graph {
     pub deployments: Indexed<Objects>,
     pub replicasets: Indexed<Objects>,
+    pub replication_controllers: Indexed<Objects>,
+    pub daemonsets: Indexed<Objects>,
     pub statefulsets: Indexed<Objects>,
     pub pods: Indexed<Objects>,
     pub services: Indexed<Objects>,
@@ -33,6 +35,8 @@ impl Graph {
         let kinds = [
             self.deployments.read(),
             self.replicasets.read(),
+            self.replication_controllers.read(),
+            self.daemonsets.read(),
             self.statefulsets.read(),
             self.pods.read(),
             self.services.read(),
@@ -66,7 +70,11 @@ async fn owner_gone(ctx: &Ctx, ns: Option<&str>, o: &OwnerReference) -> bool {
         ("apps/v1", "Deployment") => uid_of(Api::<Deployment>::namespaced(c, ns), &o.name).await,
         ("apps/v1", "ReplicaSet") => uid_of(Api::<ReplicaSet>::namespaced(c, ns), &o.name).await,
         ("apps/v1", "StatefulSet") => uid_of(Api::<StatefulSet>::namespaced(c, ns), &o.name).await,
+        ("apps/v1", "DaemonSet") => uid_of(Api::<DaemonSet>::namespaced(c, ns), &o.name).await,
         ("v1", "Service") => uid_of(Api::<Service>::namespaced(c, ns), &o.name).await,
+        ("v1", "ReplicationController") => {
+            uid_of(Api::<ReplicationController>::namespaced(c, ns), &o.name).await
+        }
         ("v1", "Pod") => uid_of(Api::<Pod>::namespaced(c, ns), &o.name).await,
         // Kinds the collector does not know are never assumed gone.
         _ => return false,
@@ -83,7 +91,9 @@ fn api_for(ctx: &Ctx, n: &Node) -> Option<Api<kube::api::DynamicObject>> {
     let plural = match n.kind.as_str() {
         "Deployment" => "deployments",
         "ReplicaSet" => "replicasets",
+        "ReplicationController" => "replicationcontrollers",
         "StatefulSet" => "statefulsets",
+        "DaemonSet" => "daemonsets",
         "Pod" => "pods",
         "Service" => "services",
         "EndpointSlice" => "endpointslices",

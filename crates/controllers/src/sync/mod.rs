@@ -3,6 +3,7 @@
 //! `Controller` whose reconcile calls the pure functions of this crate and writes the result
 //! through the API.
 
+mod daemonsets;
 mod endpoints;
 mod events;
 mod gc;
@@ -17,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, Stream, StreamExt};
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, ReplicationController, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::api::Api;
@@ -66,6 +67,9 @@ pub(crate) struct Ctx {
     pub slices: Store<EndpointSlice>,
     pub deployments: Store<Deployment>,
     pub replicasets: Store<ReplicaSet>,
+    pub replication_controllers: Store<ReplicationController>,
+    pub daemonsets: Store<DaemonSet>,
+    pub nodes: Store<Node>,
     pub statefulsets: Store<StatefulSet>,
     /// Pods by namespace and label, Services by selector, Endpoints by the Pods they list,
     /// EndpointSlices by their Service: kept from the same watches as the caches.
@@ -278,6 +282,9 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let slices = shared::<EndpointSlice>();
     let deployments = shared::<Deployment>();
     let replicasets = shared::<ReplicaSet>();
+    let rcs = shared::<ReplicationController>();
+    let daemonsets = shared::<DaemonSet>();
+    let nodes = shared::<Node>();
     let statefulsets = shared::<StatefulSet>();
     let subscribe = |w: &reflector::store::Writer<_>| w.subscribe();
     let (Some(svc_for_ep), Some(svc_for_slices), Some(svc_for_lb)) = (
@@ -308,6 +315,17 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     ) else {
         unreachable!("shared stores always give subscribers")
     };
+    let (Some(rc_primary), Some(pods_for_rc)) = (rcs.writer.subscribe(), pods.writer.subscribe())
+    else {
+        unreachable!("shared stores always give subscribers")
+    };
+    let (Some(ds_primary), Some(pods_for_ds), Some(nodes_for_ds)) = (
+        daemonsets.writer.subscribe(),
+        pods.writer.subscribe(),
+        nodes.writer.subscribe(),
+    ) else {
+        unreachable!("shared stores always give subscribers")
+    };
     let (Some(sts_primary), Some(pods_for_sts)) =
         (statefulsets.writer.subscribe(), pods.writer.subscribe())
     else {
@@ -323,6 +341,9 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         slices: slices.store.clone(),
         deployments: deployments.store.clone(),
         replicasets: replicasets.store.clone(),
+        replication_controllers: rcs.store.clone(),
+        daemonsets: daemonsets.store.clone(),
+        nodes: nodes.store.clone(),
         statefulsets: statefulsets.store.clone(),
         pod_index: Indexed::default(),
         service_index: Indexed::default(),
@@ -387,6 +408,8 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let (gone_ep_tx, gone_ep) = refs_channel::<Service>();
     let (gone_slices_tx, gone_slices) = refs_channel::<Service>();
     let (rs_gone_tx, rs_gone) = refs_channel::<ReplicaSet>();
+    let (rc_gone_tx, rc_gone) = refs_channel::<ReplicationController>();
+    let (ds_gone_tx, ds_gone) = refs_channel::<DaemonSet>();
     let (sts_gone_tx, sts_gone) = refs_channel::<StatefulSet>();
     let (svc_index, ep_index) = (ctx.service_index.clone(), ctx.endpoints_index.clone());
     tasks.spawn(drive(
@@ -410,6 +433,15 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
             if let Some(r) = workloads::controller_of::<StatefulSet>(&pod.metadata, "StatefulSet") {
                 let _ = sts_gone_tx.send(r);
             }
+            if let Some(r) = workloads::controller_of::<ReplicationController>(
+                &pod.metadata,
+                "ReplicationController",
+            ) {
+                let _ = rc_gone_tx.send(r);
+            }
+            if let Some(r) = workloads::controller_of::<DaemonSet>(&pod.metadata, "DaemonSet") {
+                let _ = ds_gone_tx.send(r);
+            }
         },
         Some(gc_wake.clone()),
     ));
@@ -421,6 +453,23 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         |_| {},
         None,
     ));
+    let g = graph.replication_controllers.clone();
+    tasks.spawn(drive(
+        &client,
+        rcs.writer,
+        move |ev| g.event(ev),
+        |_| {},
+        Some(gc_wake.clone()),
+    ));
+    let g = graph.daemonsets.clone();
+    tasks.spawn(drive(
+        &client,
+        daemonsets.writer,
+        move |ev| g.event(ev),
+        |_| {},
+        Some(gc_wake.clone()),
+    ));
+    tasks.spawn(drive(&client, nodes.writer, |_| {}, |_| {}, None));
     let g = graph.statefulsets.clone();
     tasks.spawn(drive(
         &client,
@@ -447,7 +496,13 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         ("endpointslices", ctx.slices.wait_until_ready().boxed()),
         ("deployments", ctx.deployments.wait_until_ready().boxed()),
         ("replicasets", ctx.replicasets.wait_until_ready().boxed()),
+        (
+            "replicationcontrollers",
+            ctx.replication_controllers.wait_until_ready().boxed(),
+        ),
         ("statefulsets", ctx.statefulsets.wait_until_ready().boxed()),
+        ("daemonsets", ctx.daemonsets.wait_until_ready().boxed()),
+        ("nodes", ctx.nodes.wait_until_ready().boxed()),
     ] {
         tokio::select! {
             r = ready => if r.is_err() { tracing::warn!(what, "cache closed before it synced") },
@@ -478,6 +533,12 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         pods_for_rs,
         rs_gone,
     )));
+    tasks.spawn(log_results(workloads::replication_controller_controller(
+        ctx.clone(),
+        rc_primary,
+        pods_for_rc,
+        rc_gone,
+    )));
     tasks.spawn(log_results(workloads::deployment_controller(
         ctx.clone(),
         deploy_primary,
@@ -489,6 +550,13 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         sts_primary,
         pods_for_sts,
         sts_gone,
+    )));
+    tasks.spawn(log_results(daemonsets::controller(
+        ctx.clone(),
+        ds_primary,
+        pods_for_ds,
+        nodes_for_ds,
+        ds_gone,
     )));
     tasks.spawn(log_results(serviceaccounts::controller(ctx.clone())));
     tasks.spawn(log_results(lb::controller(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::Stream;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, ReplicationController, ReplicationControllerStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -30,13 +30,13 @@ pub(crate) struct Expectations {
 type Pending = (BTreeSet<String>, BTreeSet<String>, Instant);
 
 impl Expectations {
-    fn set(&self, rs_uid: &str, created: BTreeSet<String>, deleted: BTreeSet<String>) {
+    pub(crate) fn set(&self, rs_uid: &str, created: BTreeSet<String>, deleted: BTreeSet<String>) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.insert(rs_uid.to_owned(), (created, deleted, Instant::now()));
     }
 
     /// Whether the cache reflects everything this ReplicaSet did (or it waited long enough).
-    fn satisfied(&self, rs_uid: &str, pods: &[Arc<Pod>]) -> bool {
+    pub(crate) fn satisfied(&self, rs_uid: &str, pods: &[Arc<Pod>]) -> bool {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let Some((created, deleted, since)) = p.get(rs_uid) else {
             return true;
@@ -108,7 +108,7 @@ fn owners_patch(
 
 /// Makes `owner` the controller of `adopt` and drops it from `release`, as upstream's
 /// ControllerRefManager does, so objects follow selector changes.
-async fn claim<K, O>(
+pub(crate) async fn claim<K, O>(
     api: &Api<K>,
     owner: &O,
     adopt: &[&K],
@@ -137,7 +137,7 @@ where
     Ok(())
 }
 
-fn ignore_404<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
+pub(crate) fn ignore_404<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
     match r {
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e),
@@ -174,6 +174,31 @@ pub(crate) fn replicaset_controller(
 }
 
 async fn reconcile_replicaset(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let Some(plan) = sync_pods(&*rs, &rs, &ctx).await? else {
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    };
+    if rs.status.as_ref() != Some(&plan.status) {
+        let mut next = (*rs).clone();
+        next.status = Some(plan.status.clone());
+        let api: Api<ReplicaSet> =
+            Api::namespaced(ctx.client.clone(), &rs.namespace().unwrap_or_default());
+        api.replace_status(&rs.name_any(), &PostParams::default(), &next)
+            .await?;
+    }
+    Ok(requeue(plan.requeue_after))
+}
+
+/// One sync of the Pods of `owner` (a ReplicaSet, or a ReplicationController seen as the
+/// ReplicaSet `rs`): claims, creates and deletes as planned and returns the plan, whose status
+/// the caller writes; `None` while the Pod cache has not yet shown the last sync's work.
+async fn sync_pods<O>(
+    owner: &O,
+    rs: &ReplicaSet,
+    ctx: &Ctx,
+) -> Result<Option<replicaset::ReplicaSetPlan>, Error>
+where
+    O: Resource<DynamicType = ()>,
+{
     let ns = rs.namespace().unwrap_or_default();
     let uid = rs.uid().unwrap_or_default();
     let all: Vec<Arc<Pod>> = ctx
@@ -183,45 +208,108 @@ async fn reconcile_replicaset(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Acti
         .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
         .collect();
     if !ctx.expectations.satisfied(&uid, &all) {
-        return Ok(Action::requeue(Duration::from_millis(100)));
+        return Ok(None);
     }
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let owned = replicaset::owned_pods(&rs, all.iter().map(|p| &**p));
-    // A ReplicaSet being deleted adopts nothing.
+    let owned = replicaset::owned_pods(rs, all.iter().map(|p| &**p));
+    // An owner being deleted adopts nothing.
     let adopt: &[&Pod] = if rs.metadata.deletion_timestamp.is_none() {
         &owned.adopt
     } else {
         &[]
     };
-    claim(&pods_api, &*rs, adopt, &owned.release).await?;
+    claim(&pods_api, owner, adopt, &owned.release).await?;
     let claimed = owned.claimed();
-    let plan = replicaset::plan(&rs, &claimed, jiff::Timestamp::now());
+    let plan = replicaset::plan(rs, &claimed, jiff::Timestamp::now());
     let mut created = BTreeSet::new();
     let mut deleted = BTreeSet::new();
     if rs.metadata.deletion_timestamp.is_none() {
         for _ in 0..plan.create {
-            let pod = pods_api
-                .create(&PostParams::default(), &replicaset::pod_from_template(&rs))
-                .await?;
+            let mut pod = replicaset::pod_from_template(rs);
+            pod.metadata.owner_references = Some(vec![controller_ref(owner)]);
+            let pod = pods_api.create(&PostParams::default(), &pod).await?;
             let msg = format!("Created pod: {}", pod.name_any());
-            events::record(&ctx.client, &*rs, "Normal", "SuccessfulCreate", &msg).await;
+            events::record(&ctx.client, owner, "Normal", "SuccessfulCreate", &msg).await;
             created.insert(pod.name_any());
         }
         for name in &plan.delete {
             ignore_404(pods_api.delete(name, &DeleteParams::default()).await)?;
             let msg = format!("Deleted pod: {name}");
-            events::record(&ctx.client, &*rs, "Normal", "SuccessfulDelete", &msg).await;
+            events::record(&ctx.client, owner, "Normal", "SuccessfulDelete", &msg).await;
             deleted.insert(name.clone());
         }
     }
     if !created.is_empty() || !deleted.is_empty() {
         ctx.expectations.set(&uid, created, deleted);
     }
-    if rs.status.as_ref() != Some(&plan.status) {
-        let mut next = (*rs).clone();
-        next.status = Some(plan.status.clone());
-        let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
-        api.replace_status(&rs.name_any(), &PostParams::default(), &next)
+    Ok(Some(plan))
+}
+
+/// A ReplicationController as the ReplicaSet it amounts to (its selector as `matchLabels`),
+/// so both share one plan, as upstream's controller wraps the ReplicaSet one.
+fn as_replicaset(rc: &ReplicationController) -> ReplicaSet {
+    let spec = rc.spec.clone().unwrap_or_default();
+    let status = rc
+        .status
+        .as_ref()
+        .and_then(|s| serde_json::to_value(s).ok())
+        .and_then(|v| serde_json::from_value(v).ok());
+    ReplicaSet {
+        metadata: rc.metadata.clone(),
+        spec: Some(k8s_openapi::api::apps::v1::ReplicaSetSpec {
+            replicas: spec.replicas,
+            min_ready_seconds: spec.min_ready_seconds,
+            selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                match_labels: spec.selector,
+                match_expressions: None,
+            },
+            template: spec.template,
+        }),
+        status,
+    }
+}
+
+pub(crate) fn replication_controller_controller(
+    ctx: Arc<Ctx>,
+    rcs: impl Stream<Item = Arc<ReplicationController>> + Send + 'static,
+    pods: impl Stream<Item = Arc<Pod>> + Send + 'static,
+    pods_gone: impl Stream<Item = ObjectRef<ReplicationController>> + Send + 'static,
+) -> impl Stream<Item = Result<(ObjectRef<ReplicationController>, Action), impl std::fmt::Display>>
+{
+    let store = ctx.replication_controllers.clone();
+    Controller::for_shared_stream(rcs, ctx.replication_controllers.clone())
+        .watches_shared_stream(pods, move |pod: Arc<Pod>| {
+            match controller_of::<ReplicationController>(&pod.metadata, "ReplicationController") {
+                Some(r) => vec![r],
+                None => store
+                    .state()
+                    .iter()
+                    .filter(|rc| rc.namespace() == pod.namespace())
+                    .map(|rc| ObjectRef::from_obj(&**rc))
+                    .collect(),
+            }
+        })
+        .reconcile_on(pods_gone)
+        .run(reconcile_replication_controller, requeue_on_error, ctx)
+}
+
+async fn reconcile_replication_controller(
+    rc: Arc<ReplicationController>,
+    ctx: Arc<Ctx>,
+) -> Result<Action, Error> {
+    let rs = as_replicaset(&rc);
+    let Some(plan) = sync_pods(&*rc, &rs, &ctx).await? else {
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    };
+    let status: Option<ReplicationControllerStatus> = serde_json::to_value(&plan.status)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok());
+    if status.is_some() && rc.status != status {
+        let mut next = (*rc).clone();
+        next.status = status;
+        let api: Api<ReplicationController> =
+            Api::namespaced(ctx.client.clone(), &rc.namespace().unwrap_or_default());
+        api.replace_status(&rc.name_any(), &PostParams::default(), &next)
             .await?;
     }
     Ok(requeue(plan.requeue_after))
