@@ -9,6 +9,7 @@ mod hostfiles;
 pub mod init;
 pub mod layout;
 mod node;
+pub mod oci;
 mod pods;
 mod probe;
 pub mod runtime;

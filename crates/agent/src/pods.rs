@@ -98,10 +98,17 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let (recorder, events_task) =
         crate::events::Recorder::start(client.clone(), config.node_name.clone());
     let shared = Arc::new(Shared {
-        runtime: Arc::new(Processes {
-            self_exe: config.self_exe.clone(),
-            state_dir: config.state_dir.clone(),
-            hide: config.hide.clone(),
+        runtime: Arc::new(crate::oci::Select {
+            oci: crate::oci::Oci::new(
+                config.state_dir.parent().unwrap_or(&config.state_dir),
+                &config.state_dir,
+            )
+            .map(Arc::new),
+            processes: Processes {
+                self_exe: config.self_exe.clone(),
+                state_dir: config.state_dir.clone(),
+                hide: config.hide.clone(),
+            },
         }),
         client: client.clone(),
         config,

@@ -1,6 +1,6 @@
 //! The container runtime seen from the pod workers: start one container's process inside
 //! a pod sandbox, signal it, and resolve what its image means. Today's runtime runs host
-//! processes ([`Processes`]); an OCI runtime later implements the same [`Runtime`] trait.
+//! processes ([`Processes`]); [`crate::oci`] implements the same [`Runtime`] trait with runc.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -46,6 +46,18 @@ pub trait Runtime: Send + Sync + 'static {
     /// group of its own (so a signal reaches everything it started). Containers with `stdin`
     /// or `tty` come with their [`Console`], which `kubectl attach` connects to.
     fn start(&self, spec: &StartSpec<'_>) -> Result<(Child, Option<Arc<Console>>), StartError>;
+
+    /// Signals the container whose main process (the child [`Runtime::start`] gave) is
+    /// `pid`, and what it started.
+    fn signal(&self, pid: u32, sig: nix::sys::signal::Signal) {
+        signal(pid, sig);
+    }
+
+    /// The container status's `imageID` for `image` (`repository@sha256:...` for an image
+    /// the node has); empty when it has none.
+    fn image_id(&self, _image: &str) -> String {
+        String::new()
+    }
 }
 
 /// Where attached clients' output comes from: the pty (stdout and stderr merged) or stdout.
@@ -60,12 +72,12 @@ pub struct Console {
     pub tty: bool,
     /// `stdinOnce`: the first attached client closing its stdin closes the container's.
     pub stdin_once: bool,
-    input: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
-    output: broadcast::Sender<(u8, Bytes)>,
+    pub(crate) input: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
+    pub(crate) output: broadcast::Sender<(u8, Bytes)>,
     /// The terminal's device (`/dev/pts/N`), for resizing.
-    tty_path: Option<PathBuf>,
+    pub(crate) tty_path: Option<PathBuf>,
     /// Cancelled when the container's output ends (it exited).
-    done: CancellationToken,
+    pub(crate) done: CancellationToken,
 }
 
 impl Console {
@@ -118,6 +130,9 @@ pub fn process_env(pid: u32) -> Vec<(String, String)> {
 /// are mounted), in the PID namespace its command runs in, in its working directory and
 /// with its environment. What exec probes and `kubectl exec` run.
 pub fn in_container(pid: u32, argv: &[String]) -> std::process::Command {
+    if let Some(init) = crate::oci::container_init(pid) {
+        return crate::oci::in_container(init, argv);
+    }
     let mut cmd = std::process::Command::new("nsenter");
     cmd.arg("-t")
         .arg(pid.to_string())
@@ -167,7 +182,7 @@ impl Consoles {
 }
 
 /// Copies a container's output to its log and to attached clients until it closes.
-fn pump(
+pub(crate) fn pump(
     mut from: impl Read + Send + 'static,
     stream: u8,
     mut log: std::fs::File,
@@ -189,7 +204,7 @@ fn pump(
 }
 
 /// Feeds attached clients' input to a container until its stdin is closed.
-fn feed(mut to: impl Write + Send + 'static, mut input: mpsc::UnboundedReceiver<Bytes>) {
+pub(crate) fn feed(mut to: impl Write + Send + 'static, mut input: mpsc::UnboundedReceiver<Bytes>) {
     std::thread::spawn(move || {
         while let Some(data) = input.blocking_recv() {
             if to.write_all(&data).and_then(|()| to.flush()).is_err() {
@@ -237,6 +252,14 @@ const HOST_IMAGES: &[(&str, &[&str], &[&str])] = &[
 ];
 
 impl Processes {
+    /// Whether `image` means something without a store: a built-in workload or a host image.
+    pub fn knows(&self, image: &str) -> bool {
+        berth_workloads::Builtin::from_image(image).is_some()
+            || HOST_IMAGES
+                .iter()
+                .any(|(n, _, _)| *n == berth_workloads::repository(image))
+    }
+
     /// The argv a container runs: its command and args; for a built-in image the `berth`
     /// binary's workload on the container's first port; for a host image its default command.
     pub fn argv(&self, c: &Container) -> Result<Vec<String>, StartError> {

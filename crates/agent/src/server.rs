@@ -330,7 +330,9 @@ fn container_pid(state_dir: &std::path::Path, uid: &str, container: &str) -> Opt
     let pid = running_pid(&crate::layout::pid_path(state_dir, uid, container))?;
     let netns = crate::sandbox::SandboxNames::for_uid(uid).ok()?.netns;
     let pod = std::fs::metadata(std::path::Path::new("/run/netns").join(netns)).ok()?;
-    let its = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+    // An image pod's main process is `runc run`, in the node; its container's init is in the pod.
+    let inside = crate::oci::container_init(pid).unwrap_or(pid);
+    let its = std::fs::metadata(format!("/proc/{inside}/ns/net")).ok()?;
     (pod.dev() == its.dev() && pod.ino() == its.ino()).then_some(pid)
 }
 

@@ -739,7 +739,7 @@ impl Worker {
         // The container is over when its main process is: whatever it started goes too, as
         // the kubelet stops the whole container (and a restart then finds its ports free).
         if let Some(pid) = c.pid.take() {
-            runtime::signal(pid, Signal::SIGKILL);
+            self.shared.runtime.signal(pid, Signal::SIGKILL);
         }
         c.kill_at = None;
         c.killing = false;
@@ -841,7 +841,7 @@ impl Worker {
                 .unwrap_or(grace)
                 .max(0);
             if let Some(pid) = c.pid {
-                runtime::signal(pid, Signal::SIGTERM);
+                self.shared.runtime.signal(pid, Signal::SIGTERM);
             }
             c.kill_at = Some(Instant::now() + Duration::from_secs(cap(grace)));
             c.killing = true;
@@ -871,7 +871,7 @@ impl Worker {
             self.killed = true;
             for c in &self.containers {
                 if let Some(pid) = c.pid {
-                    runtime::signal(pid, Signal::SIGKILL);
+                    self.shared.runtime.signal(pid, Signal::SIGKILL);
                 }
             }
         }
@@ -882,7 +882,7 @@ impl Worker {
             {
                 c.kill_at = None;
                 if let Some(pid) = c.pid {
-                    runtime::signal(pid, Signal::SIGKILL);
+                    self.shared.runtime.signal(pid, Signal::SIGKILL);
                 }
             }
             if let State::Waiting {
@@ -972,7 +972,7 @@ impl Worker {
         for c in &mut self.containers {
             c.next_probe.clear();
             match c.pid {
-                Some(pid) => runtime::signal(pid, Signal::SIGTERM),
+                Some(pid) => self.shared.runtime.signal(pid, Signal::SIGTERM),
                 None => {
                     if let State::Waiting { retry_at, .. } = &mut c.state {
                         *retry_at = None;
@@ -1007,7 +1007,7 @@ impl Worker {
         let state_dir = &self.shared.config.state_dir;
         for c in &mut self.containers {
             if let Some(pid) = c.pid.take() {
-                runtime::signal(pid, Signal::SIGKILL);
+                self.shared.runtime.signal(pid, Signal::SIGKILL);
                 let _ = std::fs::remove_file(layout::pid_path(state_dir, &self.uid, &c.spec.name));
             }
             self.shared.consoles.set(&self.uid, &c.spec.name, None);
@@ -1150,7 +1150,7 @@ impl Worker {
         let mut s = json!({
             "name": c.spec.name,
             "image": c.spec.image.clone().unwrap_or_default(),
-            "imageID": "",
+            "imageID": self.shared.runtime.image_id(c.spec.image.as_deref().unwrap_or_default()),
             "ready": c.ready(),
             "started": c.started(),
             "restartCount": c.restarts,

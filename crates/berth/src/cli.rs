@@ -48,6 +48,10 @@ pub enum Cmd {
     /// policies, pods and namespaces become an nftables table `ip berth-netpol` guarding the
     /// pods of this node, in the network namespace berth runs in. `--cleanup` removes it.
     Netpol(NetpolCmdArgs),
+    /// Manage the node's container images (the store in DATA_DIR/images that the agent runs
+    /// image pods from): `import` docker-save or OCI archives, `ls`, `rm`.
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// Run a built-in workload (what an image name such as berth/whoami runs in a pod):
     /// `berth workload whoami [--port N]` or `berth workload number-crunch [--port N]`.
     #[command(hide = true)]
@@ -64,6 +68,42 @@ pub enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+/// `berth image ...`, as `ctr images` and `crictl images`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Import the images of an archive: `docker save` output (manifest.json, layers as tar
+    /// or tar.gz) or an OCI image layout tar (index.json); `-` reads standard input. Safe
+    /// while a server runs on the same data directory.
+    Import {
+        /// The archive, or `-` for standard input.
+        file: PathBuf,
+        #[command(flatten)]
+        store: ImageStoreArgs,
+    },
+    /// List the images: reference, digest, size.
+    Ls {
+        #[command(flatten)]
+        store: ImageStoreArgs,
+    },
+    /// Remove an image reference (`nginx`, `docker.io/library/nginx:1.27`, a digest) and
+    /// whatever blobs no other image needs.
+    Rm {
+        /// The references to remove.
+        #[arg(required = true)]
+        references: Vec<String>,
+        #[command(flatten)]
+        store: ImageStoreArgs,
+    },
+}
+
+/// Which image store a `berth image` command works on.
+#[derive(Debug, Args)]
+pub struct ImageStoreArgs {
+    /// The data directory of the server or agent whose images these are (DATA_DIR/images).
+    #[arg(long, default_value = "/var/lib/berth")]
+    pub data_dir: PathBuf,
 }
 
 /// Where objects are kept.

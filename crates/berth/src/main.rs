@@ -37,6 +37,9 @@ fn main() -> std::process::ExitCode {
     }
     // Keys, the store (every Secret), pod logs: nothing berth writes is for other users.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    if let Cmd::Image(cmd) = &cli.cmd {
+        return report(image(cmd));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -56,15 +59,87 @@ fn main() -> std::process::ExitCode {
             Cmd::Netpol(args) => netpol(args).await,
             Cmd::Cleanup(args) => cleanup(args).await,
             Cmd::Ingress(args) => ingress(args).await,
-            Cmd::Workload { .. } | Cmd::ContainerInit { .. } => Ok(()),
+            Cmd::Workload { .. } | Cmd::ContainerInit { .. } | Cmd::Image(_) => Ok(()),
         }
     });
+    report(result)
+}
+
+fn report(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("berth: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// `berth image import|ls|rm`: no runtime needed, the store is files under a lock.
+fn image(cmd: &cli::ImageCmd) -> anyhow::Result<()> {
+    use cli::ImageCmd;
+    let open = |args: &cli::ImageStoreArgs| {
+        berth_image::Store::open(&args.data_dir)
+            .with_context(|| format!("opening the image store in {}", args.data_dir.display()))
+    };
+    match cmd {
+        ImageCmd::Import { file, store } => {
+            let store = open(store)?;
+            let started = Instant::now();
+            let imported = if file.as_os_str() == "-" {
+                berth_image::import(&store, std::io::stdin().lock())
+            } else {
+                let f = std::fs::File::open(file)
+                    .with_context(|| format!("opening {}", file.display()))?;
+                berth_image::import(&store, std::io::BufReader::new(f))
+            }
+            .with_context(|| format!("importing {}", file.display()))?;
+            for i in &imported {
+                println!("imported {} ({})", i.reference, i.digest);
+            }
+            println!(
+                "{} image(s) in {} ms",
+                imported.len(),
+                started.elapsed().as_millis()
+            );
+        }
+        ImageCmd::Ls { store } => {
+            let images = open(store)?.list().context("listing the images")?;
+            println!("{:<60} {:<20} {:>10}", "REF", "DIGEST", "SIZE");
+            for i in images {
+                println!(
+                    "{:<60} {:<20} {:>10}",
+                    i.reference,
+                    i.digest.get(..19).unwrap_or(&i.digest),
+                    human_size(i.size())
+                );
+            }
+        }
+        ImageCmd::Rm { references, store } => {
+            let store = open(store)?;
+            for r in references {
+                for gone in store.remove(r).with_context(|| format!("removing {r}"))? {
+                    println!("removed {gone}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `1.2 MiB`, as crictl prints sizes.
+fn human_size(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[u])
     }
 }
 
@@ -793,6 +868,10 @@ async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
     let state_dir = args.data_dir.join("agent");
     let mut pods = 0;
     if state_dir.exists() {
+        let containers = berth_agent::oci::remove_containers(&state_dir);
+        if containers > 0 {
+            println!("berth: removed {containers} image container(s)");
+        }
         let ipam = berth_agent::sandbox::Ipam::open(&state_dir, args.pod_cidr)
             .with_context(|| format!("reading the agent's state in {}", state_dir.display()))?;
         for (uid, _) in ipam.allocations() {

@@ -1045,3 +1045,44 @@ pub mod measure {
             .unwrap_or(0)
     }
 }
+
+/// Test images made from this machine's files, without a registry: a busybox image from
+/// Debian's `busybox-static` (`/bin/busybox` and its applets as symlinks, plus
+/// `/etc/berth-image`, a file only the image has), written by `berth_image::archive`.
+pub mod images {
+    use berth_image::archive::{ImageSpec, LayerBuilder};
+
+    /// The applets the tests use, as symlinks to /bin/busybox.
+    const APPLETS: &[&str] = &[
+        "sh", "cat", "echo", "ls", "ps", "sleep", "hostname", "env", "id", "printenv", "touch",
+        "mkdir", "rm", "true", "false", "wget", "nc", "httpd", "test", "[", "kill", "pwd",
+    ];
+
+    /// What `/etc/berth-image` holds.
+    pub const MARKER: &str = "made by berth-testkit";
+
+    /// A busybox image whose CMD is `cmd` (ENTRYPOINT unset).
+    pub fn busybox(cmd: &[&str]) -> ImageSpec {
+        let busybox = std::fs::read("/bin/busybox")
+            .or_else(|_| std::fs::read("/usr/bin/busybox"))
+            .expect("busybox-static is installed (scripts/deps.sh)");
+        let mut layer = LayerBuilder::default()
+            .dir("bin")
+            .file("bin/busybox", &busybox, 0o755);
+        for a in APPLETS {
+            layer = layer.symlink(&format!("bin/{a}"), "busybox");
+        }
+        let layer = layer
+            .dir("etc")
+            .file("etc/berth-image", format!("{MARKER}\n").as_bytes(), 0o644)
+            .file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644)
+            .dir("root")
+            .dir("tmp");
+        ImageSpec {
+            layers: vec![layer.build()],
+            cmd: Some(cmd.iter().map(|s| (*s).to_owned()).collect()),
+            env: vec!["PATH=/bin".into()],
+            ..Default::default()
+        }
+    }
+}

@@ -297,21 +297,24 @@ fn exit_code(s: std::process::ExitStatus) -> i32 {
 /// namespace `ip netns exec` made, where the pod's resolv.conf and hosts are mounted), with
 /// that process's environment.
 fn command(pid: u32, opts: &ExecOptions) -> std::process::Command {
+    let inner = crate::runtime::in_container(pid, &opts.command);
     if !opts.tty {
-        return crate::runtime::in_container(pid, &opts.command);
+        return inner;
     }
-    // A new session whose controlling terminal is the pty on stdin; `-w` returns the
-    // command's exit status should setsid have to fork.
-    let argv: Vec<String> = ["setsid", "-w", "-c"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .chain(opts.command.iter().cloned())
-        .collect();
-    let mut cmd = crate::runtime::in_container(pid, &argv);
-    if !crate::runtime::process_env(pid)
-        .iter()
-        .any(|(k, _)| k == "TERM")
-    {
+    // A new session whose controlling terminal is the pty on stdin, made before entering the
+    // container (an image may have no setsid); `-w` returns the command's exit status should
+    // setsid have to fork.
+    let mut cmd = std::process::Command::new("setsid");
+    cmd.args(["-w", "-c"])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .env_clear();
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    if !inner.get_envs().any(|(k, _)| k == "TERM") {
         cmd.env("TERM", "xterm");
     }
     cmd

@@ -43,7 +43,7 @@ fn outside(c: &Cluster, program: &str, args: &[&str]) -> Command {
 
 /// Runs `command` (a kubectl command line) in the outside netns with a terminal of its own
 /// (`script`), for `-it`: the running child, what it has printed so far, and its input.
-fn in_terminal(
+pub(crate) fn in_terminal(
     c: &Cluster,
     command: &str,
 ) -> (Reaped, Arc<Mutex<String>>, std::process::ChildStdin) {
@@ -80,13 +80,13 @@ fn collect(child: &mut Child) -> Arc<Mutex<String>> {
     out
 }
 
-fn seen(out: &Arc<Mutex<String>>, want: &str) -> Option<String> {
+pub(crate) fn seen(out: &Arc<Mutex<String>>, want: &str) -> Option<String> {
     let o = out.lock().ok()?;
     o.contains(want).then(|| o.clone())
 }
 
 /// Kills a child by PID on drop, so a failing test leaves no kubectl behind.
-struct Reaped(Child);
+pub(crate) struct Reaped(pub(crate) Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {

@@ -12,6 +12,7 @@ mod errors;
 mod explain;
 mod gc;
 mod hardening;
+mod images;
 mod ingress;
 mod kubectl;
 mod kubelet;
