@@ -1056,6 +1056,7 @@ pub mod images {
     const APPLETS: &[&str] = &[
         "sh", "cat", "echo", "ls", "ps", "sleep", "hostname", "env", "id", "printenv", "touch",
         "mkdir", "rm", "true", "false", "wget", "nc", "httpd", "test", "[", "kill", "pwd",
+        "nslookup",
     ];
 
     /// What `/etc/berth-image` holds.

@@ -406,3 +406,49 @@ fn single_node_runs_an_image_pod_without_host_mounts() {
     );
     c.ok(&["delete", "pod", "single", "--grace-period=1"]);
 }
+
+/// Busybox's own resolver, as tutorial 004 runs `nslookup svc-destination` in a busybox pod:
+/// a Service by its short name (the pod's search list) and by its full name, answered by
+/// the cluster DNS.
+#[test]
+fn busybox_nslookup_finds_services_by_name() {
+    let c = Cluster::start_on_node(bin(), &[]);
+    c.wait_node_ready();
+    let image = images::busybox(&["sleep", "3600"]);
+    let tar = image.docker_save(&["busybox:dns"]).expect("docker save");
+    berth_image(&c, &["import", "-"], Some(&tar));
+    c.apply(&pod("bb", "busybox:dns", None));
+    running(&c, "bb");
+    c.ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "svc-destination",
+        "--tcp=80:80",
+    ]);
+    let ip = c.ok(&[
+        "get",
+        "svc",
+        "svc-destination",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    for name in [
+        "svc-destination",
+        "svc-destination.default.svc.cluster.local",
+    ] {
+        let out = eventually(&format!("nslookup {name}"), || {
+            let out = c.kubectl(&["exec", "bb", "--", "nslookup", name]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains(&ip).then_some(text)
+        });
+        assert!(
+            out.contains("10.96.0.10"),
+            "the cluster DNS answered: {out}"
+        );
+        assert!(
+            out.contains("svc-destination.default.svc.cluster.local"),
+            "{out}"
+        );
+    }
+}
