@@ -296,7 +296,7 @@ fn stdio(
     c: &Container,
     log: std::fs::File,
 ) -> Result<(Child, Option<Arc<Console>>), StartError> {
-    use crate::runtime::{STDERR, STDOUT, feed, pump};
+    use crate::runtime::{STDOUT, feed, pump};
     use tokio::sync::{broadcast, mpsc};
     use tokio_util::sync::CancellationToken;
     let run_error = |message: String| StartError {
@@ -344,36 +344,7 @@ fn stdio(
         feed(writer, input_rx);
         return Ok((child, Some(Arc::new(console(tty_path)))));
     }
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(spawn_error)?;
-    let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
-    let (Some(child_in), Some(child_out), Some(child_err)) = pipes else {
-        return Err(run_error("the container's pipes are missing".into()));
-    };
-    let blocking = |r: std::io::Result<std::os::fd::OwnedFd>| {
-        r.map(std::fs::File::from)
-            .map_err(|e| io_error("taking the container's pipes", e))
-    };
-    let err_log = log
-        .try_clone()
-        .map_err(|e| io_error("opening the log", e))?;
-    pump(
-        blocking(child_out.into_owned_fd())?,
-        STDOUT,
-        log,
-        output.clone(),
-        Some(done.clone()),
-    );
-    pump(
-        blocking(child_err.into_owned_fd())?,
-        STDERR,
-        err_log,
-        output.clone(),
-        None,
-    );
-    feed(blocking(child_in.into_owned_fd())?, input_rx);
+    let child = crate::runtime::spawn_piped(&mut cmd, log, &output, &done, input_rx, spawn_error)?;
     Ok((child, Some(Arc::new(console(None)))))
 }
 

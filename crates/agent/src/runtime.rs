@@ -411,38 +411,57 @@ impl Runtime for Processes {
             cmd.stdin(Stdio::null()).stdout(log).stderr(err);
             return Ok((cmd.spawn().map_err(spawn_error)?, None));
         }
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(spawn_error)?;
-        let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        let (Some(child_in), Some(child_out), Some(child_err)) = pipes else {
-            return Err(run_error("the container's pipes are missing".into()));
-        };
-        let blocking = |r: std::io::Result<std::os::fd::OwnedFd>| {
-            r.map(std::fs::File::from)
-                .map_err(|e| io_error("taking the container's pipes", e))
-        };
-        let err_log = log
-            .try_clone()
-            .map_err(|e| io_error("opening the log", e))?;
-        pump(
-            blocking(child_out.into_owned_fd())?,
-            STDOUT,
-            log,
-            output.clone(),
-            Some(done.clone()),
-        );
-        pump(
-            blocking(child_err.into_owned_fd())?,
-            STDERR,
-            err_log,
-            output.clone(),
-            None,
-        );
-        feed(blocking(child_in.into_owned_fd())?, input_rx);
+        let child = spawn_piped(&mut cmd, log, &output, &done, input_rx, spawn_error)?;
         Ok((child, Some(Arc::new(console(None)))))
     }
+}
+
+/// Spawns a container whose stdin stays open: its stdout and stderr go to `log` and to
+/// attached clients (the end of stdout cancels `done`), attached clients' input to its stdin.
+pub(crate) fn spawn_piped(
+    cmd: &mut Command,
+    log: std::fs::File,
+    output: &broadcast::Sender<(u8, Bytes)>,
+    done: &CancellationToken,
+    input: mpsc::UnboundedReceiver<Bytes>,
+    spawn_error: impl Fn(std::io::Error) -> StartError,
+) -> Result<Child, StartError> {
+    let run_error = |message: String| StartError {
+        reason: "RunContainerError",
+        message,
+    };
+    let io_error = |what: &str, e: std::io::Error| run_error(format!("{what}: {e}"));
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(spawn_error)?;
+    let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let (Some(child_in), Some(child_out), Some(child_err)) = pipes else {
+        return Err(run_error("the container's pipes are missing".into()));
+    };
+    let blocking = |r: std::io::Result<std::os::fd::OwnedFd>| {
+        r.map(std::fs::File::from)
+            .map_err(|e| io_error("taking the container's pipes", e))
+    };
+    let err_log = log
+        .try_clone()
+        .map_err(|e| io_error("opening the log", e))?;
+    pump(
+        blocking(child_out.into_owned_fd())?,
+        STDOUT,
+        log,
+        output.clone(),
+        Some(done.clone()),
+    );
+    pump(
+        blocking(child_err.into_owned_fd())?,
+        STDERR,
+        err_log,
+        output.clone(),
+        None,
+    );
+    feed(blocking(child_in.into_owned_fd())?, input);
+    Ok(child)
 }
 
 #[cfg(test)]
