@@ -19,6 +19,6 @@ pub mod volumes;
 mod worker;
 
 pub use node::detect_ip;
-pub use pods::{Config, run};
+pub use pods::{Config, NetworkGate, PodNetworkGate, run};
 
 pub use error::{Error, Result};
