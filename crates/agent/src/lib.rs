@@ -10,6 +10,7 @@ pub mod init;
 pub mod layout;
 mod node;
 pub mod oci;
+mod oom;
 mod pods;
 mod probe;
 pub mod runtime;

@@ -673,15 +673,18 @@ impl Worker {
         match started {
             Ok((mut child, console)) => {
                 self.shared.consoles.set(&self.uid, &name, console);
-                let pid = child.id().unwrap_or_default();
-                let _ = std::fs::write(
-                    layout::pid_path(state_dir, &self.uid, &name),
-                    pid.to_string(),
-                );
+                // None only when the child was reaped already; its exit still comes below.
+                let pid = child.id();
+                if let Some(pid) = pid {
+                    let _ = std::fs::write(
+                        layout::pid_path(state_dir, &self.uid, &name),
+                        pid.to_string(),
+                    );
+                }
                 if restart {
                     c.restarts += 1;
                 }
-                c.pid = Some(pid);
+                c.pid = pid;
                 c.state = State::Running {
                     started_at: now(),
                     since: Instant::now(),
@@ -771,8 +774,10 @@ impl Worker {
         self.shared.consoles.set(&self.uid, &c.spec.name, None);
         // The container is over when its main process is: whatever it started goes too, as
         // the kubelet stops the whole container (and a restart then finds its ports free).
+        let mut oom = false;
         if let Some(pid) = c.pid.take() {
             self.shared.runtime.signal(pid, Signal::SIGKILL);
+            oom = self.shared.runtime.oom_killed(pid);
         }
         c.kill_at = None;
         c.killing = false;
@@ -783,7 +788,11 @@ impl Worker {
         };
         let mut terminated = json!({
             "exitCode": exit_code,
-            "reason": if exit_code == 0 { "Completed" } else { "Error" },
+            "reason": match (oom, exit_code) {
+                (true, _) => "OOMKilled",
+                (false, 0) => "Completed",
+                (false, _) => "Error",
+            },
             "startedAt": started_at,
             "finishedAt": now(),
             "containerID": format!("berth://{}-{}-{}", self.uid, c.spec.name, c.run),
