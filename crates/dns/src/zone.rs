@@ -127,6 +127,25 @@ impl Node {
     }
 }
 
+/// What the zone keeps of one EndpointSlice: its namespace and name, and its Service and
+/// view (`None` when it names no Service).
+#[derive(Debug, Clone)]
+pub struct SliceEntry {
+    pub key: (String, String),
+    pub view: Option<(ServiceKey, SliceView)>,
+}
+
+impl SliceEntry {
+    /// The entry of `slice`; `None` without a name.
+    pub fn of(slice: &EndpointSlice) -> Option<SliceEntry> {
+        let key = ServiceKey::of(&slice.metadata)?;
+        Some(SliceEntry {
+            key: (key.namespace, key.name),
+            view: SliceView::from_slice(slice),
+        })
+    }
+}
+
 /// The in-memory cluster zone, built from Services and EndpointSlices.
 #[derive(Debug)]
 pub struct Zone {
@@ -321,9 +340,12 @@ impl Zone {
 
     /// Adds a Namespace: `<ns>.svc.<zone>` exists (NOERROR, no data) even without Services.
     pub fn apply_namespace(&mut self, ns: &Namespace) {
-        let Some(name) = ns.metadata.name.clone() else {
-            return;
-        };
+        if let Some(name) = ns.metadata.name.clone() {
+            self.put_namespace(name);
+        }
+    }
+
+    fn put_namespace(&mut self, name: String) {
         if self.namespaces.contains_key(&name) {
             return;
         }
@@ -356,11 +378,13 @@ impl Zone {
 
     /// Makes the Namespaces exactly `all` (after a list or relist).
     pub fn replace_namespaces<'a>(&mut self, all: impl IntoIterator<Item = &'a Namespace>) {
-        let all: Vec<&Namespace> = all.into_iter().collect();
-        let present: std::collections::HashSet<&str> = all
-            .iter()
-            .filter_map(|n| n.metadata.name.as_deref())
-            .collect();
+        self.replace_namespace_names(all.into_iter().filter_map(|n| n.metadata.name.clone()));
+    }
+
+    /// [`Zone::replace_namespaces`] by name.
+    pub fn replace_namespace_names(&mut self, all: impl IntoIterator<Item = String>) {
+        let all: Vec<String> = all.into_iter().collect();
+        let present: std::collections::HashSet<&str> = all.iter().map(String::as_str).collect();
         let gone: Vec<String> = self
             .namespaces
             .keys()
@@ -371,7 +395,7 @@ impl Zone {
             self.remove_namespace(&name);
         }
         for ns in all {
-            self.apply_namespace(ns);
+            self.put_namespace(ns);
         }
     }
 
@@ -403,11 +427,17 @@ impl Zone {
 
     /// Adds or replaces an EndpointSlice.
     pub fn apply_slice(&mut self, slice: &EndpointSlice) {
-        let Some(slice_key) = ServiceKey::of(&slice.metadata) else {
-            return;
-        };
-        let slice_key = (slice_key.namespace, slice_key.name);
-        let Some((service, view)) = SliceView::from_slice(slice) else {
+        if let Some(entry) = SliceEntry::of(slice) {
+            self.put_slice(entry);
+        }
+    }
+
+    fn put_slice(&mut self, entry: SliceEntry) {
+        let SliceEntry {
+            key: slice_key,
+            view,
+        } = entry;
+        let Some((service, view)) = view else {
             self.remove_slice(&slice_key);
             return;
         };
@@ -452,11 +482,14 @@ impl Zone {
     /// Makes the Services exactly `all` (after a list or relist): those missing are deleted,
     /// changed ones recompiled, unchanged ones left alone.
     pub fn replace_services<'a>(&mut self, all: impl IntoIterator<Item = &'a Service>) {
-        let views: HashMap<ServiceKey, ServiceView> = all
-            .into_iter()
-            .filter_map(ServiceView::from_service)
-            .map(|v| (v.key.clone(), v))
-            .collect();
+        self.replace_service_views(all.into_iter().filter_map(ServiceView::from_service));
+    }
+
+    /// [`Zone::replace_services`] from views (what the watcher keeps while it lists, so the
+    /// whole objects of a list are never held at once).
+    pub fn replace_service_views(&mut self, all: impl IntoIterator<Item = ServiceView>) {
+        let views: HashMap<ServiceKey, ServiceView> =
+            all.into_iter().map(|v| (v.key.clone(), v)).collect();
         let gone: Vec<ServiceKey> = self
             .services
             .keys()
@@ -475,12 +508,14 @@ impl Zone {
 
     /// Makes the EndpointSlices exactly `all` (after a list or relist).
     pub fn replace_slices<'a>(&mut self, all: impl IntoIterator<Item = &'a EndpointSlice>) {
-        let all: Vec<&EndpointSlice> = all.into_iter().collect();
-        let present: std::collections::HashSet<(String, String)> = all
-            .iter()
-            .filter_map(|s| ServiceKey::of(&s.metadata))
-            .map(|k| (k.namespace, k.name))
-            .collect();
+        self.replace_slice_entries(all.into_iter().filter_map(SliceEntry::of));
+    }
+
+    /// [`Zone::replace_slices`] from entries.
+    pub fn replace_slice_entries(&mut self, all: impl IntoIterator<Item = SliceEntry>) {
+        let all: Vec<SliceEntry> = all.into_iter().collect();
+        let present: std::collections::HashSet<(String, String)> =
+            all.iter().map(|e| e.key.clone()).collect();
         let gone: Vec<(String, String)> = self
             .slice_service
             .keys()
@@ -490,8 +525,8 @@ impl Zone {
         for key in gone {
             self.remove_slice(&key);
         }
-        for slice in all {
-            self.apply_slice(slice);
+        for entry in all {
+            self.put_slice(entry);
         }
     }
 

@@ -273,9 +273,14 @@ fn sync_once<A: Apply>(
             if changed.keys.is_empty() {
                 return (k, Ok(()));
             }
+            let wanted: BTreeSet<(&str, &str)> = changed
+                .keys
+                .iter()
+                .map(|(ns, name)| (ns.as_str(), name.as_str()))
+                .collect();
             let by_key: HashMap<ServiceKey, &ServiceView> = services()
+                .filter(|s| wanted.contains(&s.key()))
                 .map(|s| (tracker::service_key(s), s))
-                .filter(|(key, _)| changed.keys.contains(key))
                 .collect();
             let ops = t.update(&changed.keys, |key| by_key.get(key).copied(), slices());
             (ops, None)

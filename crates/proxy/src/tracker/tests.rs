@@ -21,6 +21,12 @@ fn views(w: &[(Service, EndpointSlice)]) -> (Vec<ServiceView>, Vec<SliceView>) {
 
 proptest! {
     #[test]
+    fn kept_parts_rebuild_the_ruleset_they_keep(a in arb_world()) {
+        let r = ruleset_of(&a, &Ruleset::default());
+        prop_assert_eq!(Part::new(&r).ruleset(), r);
+    }
+
+    #[test]
     fn incremental_updates_reach_the_full_desired_state(a in arb_world(), b in arb_world()) {
         let full_a = ruleset_of(&a, &Ruleset::default());
         let mut kernel = full_a.clone();
