@@ -58,14 +58,17 @@ wait_log() { # file pattern seconds pid
 kib() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
 pss() { awk '$1 == "Pss:" {print $2}' "/proc/$1/smaps_rollup"; }
 mem() { # name pid goal_mb -> one line; also into $run/results
-    local rss hwm p
+    local rss hwm p anon file
     rss=$(kib "$2" VmRSS); hwm=$(kib "$2" VmHWM); p=$(pss "$2")
-    python3 - "$1" "$rss" "$hwm" "$p" "$3" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'EOF' | tee -a "$run/results"
+    anon=$(kib "$2" RssAnon); file=$(kib "$2" RssFile)
+    python3 - "$1" "$rss" "$hwm" "$p" "$anon" "$file" "$3" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'EOF' | tee -a "$run/results"
 import sys
-name, rss, hwm, pss, goal, load = sys.argv[1], *map(int, sys.argv[2:5]), float(sys.argv[5]), sys.argv[6]
+name, rss, hwm, pss, anon, file = sys.argv[1], *map(int, sys.argv[2:7])
+goal, load = float(sys.argv[7]), sys.argv[8]
 mb = lambda k: k * 1024 / 1e6
-print(f"{name:6} RSS {mb(rss):6.1f} MB ({rss / 1024:.1f} MiB)  peak (VmHWM) {mb(hwm):6.1f} MB"
-      f"  PSS {mb(pss):6.1f} MB  goal < {goal:.0f} MB  ratio {mb(rss) / goal:.2f}  load {load}")
+print(f"{name:6} RSS {mb(rss):6.1f} MB ({rss / 1024:.1f} MiB; heap and stacks {mb(anon):.1f}, binary"
+      f" and libraries {mb(file):.1f})  peak (VmHWM) {mb(hwm):6.1f} MB  PSS {mb(pss):6.1f} MB"
+      f"  goal < {goal:.0f} MB  ratio {mb(rss) / goal:.2f}  load {load}")
 EOF
 }
 

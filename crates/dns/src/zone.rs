@@ -2,7 +2,7 @@
 //! already built. Updated per object (only the touched Service's names are recompiled); read by
 //! `answer` without building anything but the response.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use hickory_proto::rr::rdata::{SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -146,6 +146,52 @@ impl SliceEntry {
     }
 }
 
+/// The slices of one Service by name, sorted: one or two is the common case, and a
+/// `BTreeMap`'s first node alone takes ~800 bytes (10,000 Services have 10,000 of these).
+#[derive(Debug, Default)]
+struct Slices(Vec<(String, SliceView)>);
+
+impl Slices {
+    fn find(&self, name: &str) -> std::result::Result<usize, usize> {
+        self.0.binary_search_by(|(n, _)| n.as_str().cmp(name))
+    }
+
+    fn get(&self, name: &str) -> Option<&SliceView> {
+        self.find(name)
+            .ok()
+            .and_then(|i| self.0.get(i))
+            .map(|(_, v)| v)
+    }
+
+    fn insert(&mut self, name: String, view: SliceView) {
+        match self.find(&name) {
+            Ok(i) => {
+                if let Some(slot) = self.0.get_mut(i) {
+                    slot.1 = view;
+                }
+            }
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, (name, view));
+            }
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.find(name) {
+            self.0.remove(i);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &SliceView> {
+        self.0.iter().map(|(_, v)| v)
+    }
+}
+
 /// The in-memory cluster zone, built from Services and EndpointSlices.
 #[derive(Debug)]
 pub struct Zone {
@@ -157,7 +203,7 @@ pub struct Zone {
     names: HashMap<Box<[u8]>, Node>,
     services: HashMap<ServiceKey, ServiceView>,
     /// Slices by their Service, then by slice name (slices may arrive before their Service).
-    slices: HashMap<ServiceKey, BTreeMap<String, SliceView>>,
+    slices: HashMap<ServiceKey, Slices>,
     /// (namespace, slice name) -> the Service the slice was filed under.
     slice_service: HashMap<(String, String), ServiceKey>,
     /// Each Service's owner number (its names are recomputed from its view, not stored).
@@ -535,8 +581,7 @@ impl Zone {
         let Some(view) = self.services.get(key) else {
             return Vec::new();
         };
-        let empty = BTreeMap::new();
-        let slices = self.slices.get(key).unwrap_or(&empty).values();
+        let slices = self.slices.get(key).into_iter().flat_map(Slices::values);
         records::compile(view, slices, &self.origin)
     }
 
