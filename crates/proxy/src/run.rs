@@ -361,10 +361,13 @@ struct Changes {
     started: Timestamp,
 }
 
+/// Views by their object's namespace and name.
+type Views<V> = HashMap<(String, String), Arc<V>>;
+
 /// The views of one resource type, by namespace and name, and whether they have been
 /// listed once. Shared between the watch task that writes and the sync that reads.
 struct Cache<V> {
-    views: Arc<Mutex<HashMap<(String, String), Arc<V>>>>,
+    views: Arc<Mutex<Views<V>>>,
     listed: Arc<tokio::sync::SetOnce<()>>,
 }
 
@@ -460,7 +463,7 @@ async fn drive<K, V>(
 }
 
 /// The views of a (re)list in progress.
-type Listing<V> = Option<HashMap<(String, String), Arc<V>>>;
+type Listing<V> = Option<Views<V>>;
 
 /// How [`drive`] turns watch events into views and dirty marks.
 struct On<'a, K, V> {
@@ -476,7 +479,7 @@ impl<K: kube::Resource, V: ServiceOf> On<'_, K, V> {
     fn event(
         &self,
         ev: watcher::Event<K>,
-        views: &mut HashMap<(String, String), Arc<V>>,
+        views: &mut Views<V>,
         listing: &mut Listing<V>,
         d: &mut Dirty,
     ) -> bool {
