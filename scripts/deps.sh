@@ -14,6 +14,7 @@ packages=(
   curl ca-certificates
   conntrack tcpdump  # what a failing data-plane e2e test prints (flows, link headers)
   python3            # the NetworkPolicy e2e probes (TCP, UDP, DNS) and UDP echo run in pods
+  python3-yaml       # scripts/bench-footprint.py reads the kubeconfig
   runc               # the OCI runtime image pods run under
   busybox-static     # the e2e tests build their busybox image from it
 )

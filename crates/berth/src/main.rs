@@ -847,6 +847,7 @@ async fn proxy(args: ProxyCmdArgs) -> anyhow::Result<()> {
         node_name,
         ..berth_proxy::Config::default()
     };
+    say_when_synced("service proxy", &config.synced);
     berth_proxy::run(config, client, shutdown)
         .instrument(tracing::info_span!("proxy"))
         .await
@@ -971,10 +972,21 @@ async fn dns(args: DnsCmdArgs) -> anyhow::Result<()> {
         config.domain,
         listen_list(&config.listen)
     );
+    say_when_synced("cluster DNS", &config.synced);
     berth_dns::run(config, client, shutdown)
         .instrument(tracing::info_span!("dns"))
         .await
         .context("cluster DNS")
+}
+
+/// Prints "berth: WHAT synced" once a component run alone has its first full state in (the
+/// line scripts wait for, as `berth server`'s "ready").
+fn say_when_synced(what: &'static str, synced: &Arc<tokio::sync::SetOnce<()>>) {
+    let synced = synced.clone();
+    tokio::spawn(async move {
+        synced.wait().await;
+        println!("berth: {what} synced");
+    });
 }
 
 fn listen_list(addrs: &[std::net::SocketAddr]) -> String {

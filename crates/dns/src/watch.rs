@@ -12,8 +12,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+use crate::records::ServiceView;
 use crate::server::SharedZone;
-use crate::zone::Zone;
+use crate::zone::{SliceEntry, Zone};
 
 /// A resource type the zone is built from.
 pub trait Indexed:
@@ -21,68 +22,85 @@ pub trait Indexed:
 {
     /// The resource's plural name, for logs.
     const PLURAL: &'static str;
+    /// What a (re)list keeps of each object until it is complete: never the whole objects,
+    /// which would hold every one of them at once (tens of MB at 10,000 Services).
+    type View: Send;
+    /// The view of one object (`None`: it has nothing for the zone).
+    fn view(obj: &Self) -> Option<Self::View>;
     /// Adds or replaces one object.
     fn apply(zone: &mut Zone, obj: &Self);
     /// Removes one object.
     fn delete(zone: &mut Zone, obj: &Self);
-    /// Makes the objects of this type exactly `all`.
-    fn replace(zone: &mut Zone, all: &[Self]);
+    /// Makes the objects of this type exactly those `all` are the views of.
+    fn replace(zone: &mut Zone, all: Vec<Self::View>);
 }
 
 impl Indexed for Service {
     const PLURAL: &'static str = "services";
+    type View = ServiceView;
+    fn view(obj: &Self) -> Option<ServiceView> {
+        ServiceView::from_service(obj)
+    }
     fn apply(zone: &mut Zone, obj: &Self) {
         zone.apply_service(obj);
     }
     fn delete(zone: &mut Zone, obj: &Self) {
         zone.delete_service(obj);
     }
-    fn replace(zone: &mut Zone, all: &[Self]) {
-        zone.replace_services(all);
+    fn replace(zone: &mut Zone, all: Vec<ServiceView>) {
+        zone.replace_service_views(all);
     }
 }
 
 impl Indexed for Namespace {
     const PLURAL: &'static str = "namespaces";
+    type View = String;
+    fn view(obj: &Self) -> Option<String> {
+        obj.metadata.name.clone()
+    }
     fn apply(zone: &mut Zone, obj: &Self) {
         zone.apply_namespace(obj);
     }
     fn delete(zone: &mut Zone, obj: &Self) {
         zone.delete_namespace(obj);
     }
-    fn replace(zone: &mut Zone, all: &[Self]) {
-        zone.replace_namespaces(all);
+    fn replace(zone: &mut Zone, all: Vec<String>) {
+        zone.replace_namespace_names(all);
     }
 }
 
 impl Indexed for EndpointSlice {
     const PLURAL: &'static str = "endpointslices";
+    type View = SliceEntry;
+    fn view(obj: &Self) -> Option<SliceEntry> {
+        SliceEntry::of(obj)
+    }
     fn apply(zone: &mut Zone, obj: &Self) {
         zone.apply_slice(obj);
     }
     fn delete(zone: &mut Zone, obj: &Self) {
         zone.delete_slice(obj);
     }
-    fn replace(zone: &mut Zone, all: &[Self]) {
-        zone.replace_slices(all);
+    fn replace(zone: &mut Zone, all: Vec<SliceEntry>) {
+        zone.replace_slice_entries(all);
     }
 }
 
-/// Applies one watcher event; `listing` gathers the objects of a (re)list until it is done.
-/// Returns true when a (re)list has just been applied.
+/// Applies one watcher event; `listing` gathers the views of a (re)list's objects until it
+/// is done. Returns true when a (re)list has just been applied.
 pub fn apply_event<K: Indexed>(
     zone: &SharedZone,
-    listing: &mut Vec<K>,
+    listing: &mut Vec<K::View>,
     event: watcher::Event<K>,
 ) -> bool {
     let write = || zone.write().unwrap_or_else(|e| e.into_inner());
     match event {
         watcher::Event::Init => listing.clear(),
-        watcher::Event::InitApply(obj) => listing.push(obj),
+        watcher::Event::InitApply(obj) => listing.extend(K::view(&obj)),
         watcher::Event::InitDone => {
-            K::replace(&mut write(), listing);
-            tracing::debug!(resource = K::PLURAL, objects = listing.len(), "listed");
-            listing.clear();
+            let all = std::mem::take(listing);
+            tracing::debug!(resource = K::PLURAL, objects = all.len(), "listed");
+            K::replace(&mut write(), all);
             return true;
         }
         watcher::Event::Apply(obj) => K::apply(&mut write(), &obj),
@@ -148,7 +166,11 @@ mod tests {
         }
         // Nothing is visible until the list is complete.
         assert!(!resolves(&zone, "a.default.svc.cluster.local."));
-        assert!(apply_event(&zone, &mut listing, watcher::Event::InitDone));
+        assert!(apply_event(
+            &zone,
+            &mut listing,
+            watcher::Event::<Service>::InitDone
+        ));
         assert!(resolves(&zone, "a.default.svc.cluster.local."));
         assert!(resolves(&zone, "b.default.svc.cluster.local."));
         apply_event(&zone, &mut listing, watcher::Event::Delete(a.clone()));

@@ -2,7 +2,7 @@
 //! already built. Updated per object (only the touched Service's names are recompiled); read by
 //! `answer` without building anything but the response.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use hickory_proto::rr::rdata::{SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -127,6 +127,71 @@ impl Node {
     }
 }
 
+/// What the zone keeps of one EndpointSlice: its namespace and name, and its Service and
+/// view (`None` when it names no Service).
+#[derive(Debug, Clone)]
+pub struct SliceEntry {
+    pub key: (String, String),
+    pub view: Option<(ServiceKey, SliceView)>,
+}
+
+impl SliceEntry {
+    /// The entry of `slice`; `None` without a name.
+    pub fn of(slice: &EndpointSlice) -> Option<SliceEntry> {
+        let key = ServiceKey::of(&slice.metadata)?;
+        Some(SliceEntry {
+            key: (key.namespace, key.name),
+            view: SliceView::from_slice(slice),
+        })
+    }
+}
+
+/// The slices of one Service by name, sorted: one or two is the common case, and a
+/// `BTreeMap`'s first node alone takes ~800 bytes (10,000 Services have 10,000 of these).
+#[derive(Debug, Default)]
+struct Slices(Vec<(String, SliceView)>);
+
+impl Slices {
+    fn find(&self, name: &str) -> std::result::Result<usize, usize> {
+        self.0.binary_search_by(|(n, _)| n.as_str().cmp(name))
+    }
+
+    fn get(&self, name: &str) -> Option<&SliceView> {
+        self.find(name)
+            .ok()
+            .and_then(|i| self.0.get(i))
+            .map(|(_, v)| v)
+    }
+
+    fn insert(&mut self, name: String, view: SliceView) {
+        match self.find(&name) {
+            Ok(i) => {
+                if let Some(slot) = self.0.get_mut(i) {
+                    slot.1 = view;
+                }
+            }
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, (name, view));
+            }
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.find(name) {
+            self.0.remove(i);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &SliceView> {
+        self.0.iter().map(|(_, v)| v)
+    }
+}
+
 /// The in-memory cluster zone, built from Services and EndpointSlices.
 #[derive(Debug)]
 pub struct Zone {
@@ -138,7 +203,7 @@ pub struct Zone {
     names: HashMap<Box<[u8]>, Node>,
     services: HashMap<ServiceKey, ServiceView>,
     /// Slices by their Service, then by slice name (slices may arrive before their Service).
-    slices: HashMap<ServiceKey, BTreeMap<String, SliceView>>,
+    slices: HashMap<ServiceKey, Slices>,
     /// (namespace, slice name) -> the Service the slice was filed under.
     slice_service: HashMap<(String, String), ServiceKey>,
     /// Each Service's owner number (its names are recomputed from its view, not stored).
@@ -321,9 +386,12 @@ impl Zone {
 
     /// Adds a Namespace: `<ns>.svc.<zone>` exists (NOERROR, no data) even without Services.
     pub fn apply_namespace(&mut self, ns: &Namespace) {
-        let Some(name) = ns.metadata.name.clone() else {
-            return;
-        };
+        if let Some(name) = ns.metadata.name.clone() {
+            self.put_namespace(name);
+        }
+    }
+
+    fn put_namespace(&mut self, name: String) {
         if self.namespaces.contains_key(&name) {
             return;
         }
@@ -356,11 +424,13 @@ impl Zone {
 
     /// Makes the Namespaces exactly `all` (after a list or relist).
     pub fn replace_namespaces<'a>(&mut self, all: impl IntoIterator<Item = &'a Namespace>) {
-        let all: Vec<&Namespace> = all.into_iter().collect();
-        let present: std::collections::HashSet<&str> = all
-            .iter()
-            .filter_map(|n| n.metadata.name.as_deref())
-            .collect();
+        self.replace_namespace_names(all.into_iter().filter_map(|n| n.metadata.name.clone()));
+    }
+
+    /// [`Zone::replace_namespaces`] by name.
+    pub fn replace_namespace_names(&mut self, all: impl IntoIterator<Item = String>) {
+        let all: Vec<String> = all.into_iter().collect();
+        let present: std::collections::HashSet<&str> = all.iter().map(String::as_str).collect();
         let gone: Vec<String> = self
             .namespaces
             .keys()
@@ -371,7 +441,7 @@ impl Zone {
             self.remove_namespace(&name);
         }
         for ns in all {
-            self.apply_namespace(ns);
+            self.put_namespace(ns);
         }
     }
 
@@ -403,11 +473,17 @@ impl Zone {
 
     /// Adds or replaces an EndpointSlice.
     pub fn apply_slice(&mut self, slice: &EndpointSlice) {
-        let Some(slice_key) = ServiceKey::of(&slice.metadata) else {
-            return;
-        };
-        let slice_key = (slice_key.namespace, slice_key.name);
-        let Some((service, view)) = SliceView::from_slice(slice) else {
+        if let Some(entry) = SliceEntry::of(slice) {
+            self.put_slice(entry);
+        }
+    }
+
+    fn put_slice(&mut self, entry: SliceEntry) {
+        let SliceEntry {
+            key: slice_key,
+            view,
+        } = entry;
+        let Some((service, view)) = view else {
             self.remove_slice(&slice_key);
             return;
         };
@@ -452,11 +528,14 @@ impl Zone {
     /// Makes the Services exactly `all` (after a list or relist): those missing are deleted,
     /// changed ones recompiled, unchanged ones left alone.
     pub fn replace_services<'a>(&mut self, all: impl IntoIterator<Item = &'a Service>) {
-        let views: HashMap<ServiceKey, ServiceView> = all
-            .into_iter()
-            .filter_map(ServiceView::from_service)
-            .map(|v| (v.key.clone(), v))
-            .collect();
+        self.replace_service_views(all.into_iter().filter_map(ServiceView::from_service));
+    }
+
+    /// [`Zone::replace_services`] from views (what the watcher keeps while it lists, so the
+    /// whole objects of a list are never held at once).
+    pub fn replace_service_views(&mut self, all: impl IntoIterator<Item = ServiceView>) {
+        let views: HashMap<ServiceKey, ServiceView> =
+            all.into_iter().map(|v| (v.key.clone(), v)).collect();
         let gone: Vec<ServiceKey> = self
             .services
             .keys()
@@ -475,12 +554,14 @@ impl Zone {
 
     /// Makes the EndpointSlices exactly `all` (after a list or relist).
     pub fn replace_slices<'a>(&mut self, all: impl IntoIterator<Item = &'a EndpointSlice>) {
-        let all: Vec<&EndpointSlice> = all.into_iter().collect();
-        let present: std::collections::HashSet<(String, String)> = all
-            .iter()
-            .filter_map(|s| ServiceKey::of(&s.metadata))
-            .map(|k| (k.namespace, k.name))
-            .collect();
+        self.replace_slice_entries(all.into_iter().filter_map(SliceEntry::of));
+    }
+
+    /// [`Zone::replace_slices`] from entries.
+    pub fn replace_slice_entries(&mut self, all: impl IntoIterator<Item = SliceEntry>) {
+        let all: Vec<SliceEntry> = all.into_iter().collect();
+        let present: std::collections::HashSet<(String, String)> =
+            all.iter().map(|e| e.key.clone()).collect();
         let gone: Vec<(String, String)> = self
             .slice_service
             .keys()
@@ -490,8 +571,8 @@ impl Zone {
         for key in gone {
             self.remove_slice(&key);
         }
-        for slice in all {
-            self.apply_slice(slice);
+        for entry in all {
+            self.put_slice(entry);
         }
     }
 
@@ -500,8 +581,7 @@ impl Zone {
         let Some(view) = self.services.get(key) else {
             return Vec::new();
         };
-        let empty = BTreeMap::new();
-        let slices = self.slices.get(key).unwrap_or(&empty).values();
+        let slices = self.slices.get(key).into_iter().flat_map(Slices::values);
         records::compile(view, slices, &self.origin)
     }
 

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use std::collections::BTreeSet;
 
-use berth_proxy::{Apply, Netlink, Node, Ruleset, Tracker, desired, diff};
+use berth_proxy::{
+    Apply, Netlink, Ruleset, ServiceView, SliceView, Tracker, desired_from, diff, view,
+};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use nix::sched::{CloneFlags, setns};
@@ -85,13 +87,14 @@ fn main() {
 }
 
 fn bench(n: usize) {
-    let services: Vec<Service> = (0..n).map(service).collect();
-    let mut slices: Vec<EndpointSlice> = (0..n).map(|i| slice(i, 0)).collect();
-    let node = Node::default();
+    // What the proxy keeps of the objects (it drops each object once projected).
+    let services: Vec<ServiceView> = view::services(&(0..n).map(service).collect::<Vec<_>>());
+    let mut slices: Vec<SliceView> =
+        view::slices(&(0..n).map(|i| slice(i, 0)).collect::<Vec<_>>(), "");
     let mut nl = Netlink::open(1 << 14).expect("netlink");
 
     let t = Instant::now();
-    let want = desired(&services, &slices, &node, &Ruleset::default());
+    let want = desired_from(&services, &slices, &Ruleset::default());
     let ops = diff(&Ruleset::default(), &want);
     let compute = t.elapsed();
     let t = Instant::now();
@@ -112,15 +115,15 @@ fn bench(n: usize) {
 
     let mut current = want;
     let t = Instant::now();
-    let mut tracker = Tracker::new(&services, &slices, &node, &current);
+    let mut tracker = Tracker::new(&services, &slices, &current);
     println!("building the incremental tracker: {:?}", t.elapsed());
     let (mut full, mut incremental, mut apply) = (Vec::new(), Vec::new(), Vec::new());
     for c in 0..200 {
         let i = (c * 7919) % n;
-        slices[i] = slice(i, c + 1);
+        slices[i] = SliceView::new(&slice(i, c + 1), "").expect("a view");
         // What a full recompute would take (not applied).
         let t = Instant::now();
-        let want = desired(&services, &slices, &node, &current);
+        let want = desired_from(&services, &slices, &current);
         let _ = diff(&current, &want);
         full.push(t.elapsed());
         // What the proxy does: recompute the one Service, apply its ops.

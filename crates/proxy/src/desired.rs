@@ -4,13 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::ruleset::{IpKey, PortKey, Proto, Ruleset, SMALL_MAX, SvcChain, Target};
-
-/// The label an EndpointSlice names its Service with.
-pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+use crate::view::{self, PortView, ServiceType, ServiceView, SliceView};
 
 /// What the proxy knows about the node it programs.
 #[derive(Debug, Clone, Default)]
@@ -38,7 +36,18 @@ pub fn desired<'a>(
     node: &Node,
     previous: &Ruleset,
 ) -> Ruleset {
-    desired_with(services, slices, node, &mut Ids::from_ruleset(previous))
+    let services = view::services(services);
+    let slices = view::slices(slices, &node.name);
+    desired_from(&services, &slices, previous)
+}
+
+/// [`desired`] from the proxy's views of the objects (made for the same node).
+pub fn desired_from<'a>(
+    services: impl IntoIterator<Item = &'a ServiceView>,
+    slices: impl IntoIterator<Item = &'a SliceView>,
+    previous: &Ruleset,
+) -> Ruleset {
+    desired_with(services, slices, &mut Ids::from_ruleset(previous))
 }
 
 /// Chain ids of large service ports by label, and which are taken.
@@ -78,44 +87,31 @@ impl Ids {
 
 /// [`desired`] with ids from (and added to) `ids`.
 pub(crate) fn desired_with<'a>(
-    services: impl IntoIterator<Item = &'a Service>,
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
-    node: &Node,
+    services: impl IntoIterator<Item = &'a ServiceView>,
+    slices: impl IntoIterator<Item = &'a SliceView>,
     ids: &mut Ids,
 ) -> Ruleset {
     let by_service = slices_by_service(slices);
-    let mut services: Vec<&Service> = services.into_iter().collect();
-    services.sort_by(|a, b| {
-        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
-    });
+    let mut services: Vec<&ServiceView> = services.into_iter().collect();
+    services.sort_by(|a, b| a.key().cmp(&b.key()));
     let mut out = Ruleset::default();
     for svc in services {
-        let (Some(ns), Some(name), Some(spec)) = (
-            svc.metadata.namespace.as_deref(),
-            svc.metadata.name.as_deref(),
-            svc.spec.as_ref(),
-        ) else {
-            continue;
-        };
+        let (ns, name) = svc.key();
         let ips = service_ips(svc);
-        if spec.type_.as_deref() == Some("ExternalName") || ips.is_empty() {
+        if svc.type_ == ServiceType::ExternalName || ips.is_empty() {
             continue;
         }
-        let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
         let slices = by_service
             .get(&(ns, name))
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        let node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
-        for port in spec.ports.iter().flatten() {
-            let (Some(proto), Ok(svc_port)) = (
-                Proto::from_k8s(port.protocol.as_deref()),
-                u16::try_from(port.port),
-            ) else {
+        let node_ports = matches!(svc.type_, ServiceType::NodePort | ServiceType::LoadBalancer);
+        for port in &svc.ports {
+            let (Some(proto), Ok(svc_port)) = (port.proto, u16::try_from(port.port)) else {
                 continue;
             };
             let plan = PortPlan {
-                label: format!("{ns}/{name}/{}", port.name.as_deref().unwrap_or("")),
+                label: format!("{ns}/{name}/{}", port.name),
                 ip_keys: ips
                     .iter()
                     .map(|ip| IpKey {
@@ -129,10 +125,11 @@ pub(crate) fn desired_with<'a>(
                     .filter(|_| node_ports)
                     .and_then(|p| u16::try_from(p).ok())
                     .map(|port| PortKey { proto, port }),
-                eps: endpoints(slices, port, proto, local_only.then_some(node)),
-                node_port_local_eps: (spec.external_traffic_policy.as_deref() == Some("Local"))
-                    .then(|| endpoints(slices, port, proto, Some(node))),
-                affinity: affinity_timeout(spec),
+                eps: endpoints(slices, port, proto, svc.internal_local),
+                node_port_local_eps: svc
+                    .external_local
+                    .then(|| endpoints(slices, port, proto, true)),
+                affinity: svc.affinity,
             };
             add_port(&mut out, plan, ids);
         }
@@ -140,40 +137,20 @@ pub(crate) fn desired_with<'a>(
     out
 }
 
-/// The namespace and name of the Service a slice belongs to (its service-name label).
-pub(crate) fn slice_service(s: &EndpointSlice) -> Option<(&str, &str)> {
-    let ns = s.metadata.namespace.as_deref()?;
-    let svc = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    Some((ns, svc.as_str()))
-}
-
-/// IPv4 EndpointSlices by the Service they name.
+/// The IPv4 slices of each Service, by namespace and name.
 fn slices_by_service<'a>(
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
-) -> BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSlice>> {
-    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    slices: impl IntoIterator<Item = &'a SliceView>,
+) -> BTreeMap<(&'a str, &'a str), Vec<&'a SliceView>> {
+    let mut by_service: BTreeMap<(&str, &str), Vec<&SliceView>> = BTreeMap::new();
     for s in slices {
-        let Some(key) = slice_service(s) else {
+        let Some(key) = s.service_key() else {
             continue;
         };
-        if s.address_type == "IPv4" {
+        if s.ipv4 {
             by_service.entry(key).or_default().push(s);
         }
     }
     by_service
-}
-
-/// `sessionAffinity: ClientIP`'s timeout; kube-proxy's default is three hours.
-fn affinity_timeout(spec: &ServiceSpec) -> Option<u32> {
-    (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-        spec.session_affinity_config
-            .as_ref()
-            .and_then(|c| c.client_ip.as_ref())
-            .and_then(|c| c.timeout_seconds)
-            .and_then(|t| u32::try_from(t).ok())
-            .filter(|t| *t > 0)
-            .unwrap_or(10_800)
-    })
 }
 
 /// One service port's addresses and endpoints, before they are written into a ruleset.
@@ -200,7 +177,7 @@ fn add_port(out: &mut Ruleset, mut p: PortPlan, ids: &mut Ids) {
                 out.no_endpoint_node_ports.insert(k);
             } else {
                 out.node_ports_local.insert(k, n);
-                out.hairpin.extend(local.iter().map(|ep| *ep.ip()));
+                out.hairpin.extend(hairpin(local));
                 for (slot, ep) in local.iter().enumerate() {
                     out.port_endpoints.insert((k, slot as u32), (n, *ep));
                 }
@@ -212,7 +189,7 @@ fn add_port(out: &mut Ruleset, mut p: PortPlan, ids: &mut Ids) {
         out.no_endpoint_node_ports.extend(p.node_port);
         return;
     }
-    out.hairpin.extend(p.eps.iter().map(|ep| *ep.ip()));
+    out.hairpin.extend(hairpin(&p.eps));
     let n = p.eps.len() as u32;
     if n <= SMALL_MAX && p.affinity.is_none() {
         for k in p.ip_keys {
@@ -249,76 +226,53 @@ fn add_port(out: &mut Ruleset, mut p: PortPlan, ids: &mut Ids) {
 }
 
 /// ClusterIPs, external IPs and LoadBalancer ingress IPs (IPv4 only); none if headless.
-fn service_ips(svc: &Service) -> BTreeSet<Ipv4Addr> {
-    let mut out = BTreeSet::new();
-    let Some(spec) = svc.spec.as_ref() else {
-        return out;
-    };
-    let cluster: Vec<&String> = match &spec.cluster_ips {
-        Some(ips) if !ips.is_empty() => ips.iter().collect(),
-        _ => spec.cluster_ip.iter().collect(),
-    };
-    if cluster
-        .iter()
-        .all(|ip| ip.as_str() == "None" || ip.is_empty())
-    {
-        return out;
+/// The endpoint IPs that need a hairpin element. Not loopback ones (the `kubernetes`
+/// Service of an API server bound to 127.0.0.1): `ip saddr . ip daddr @hairpin masquerade`
+/// would then catch every plain 127.0.0.1 -> 127.0.0.1 connection, and the kernel drops a
+/// masquerade on `lo` ("lo ate my IP address").
+fn hairpin(eps: &[SocketAddrV4]) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    eps.iter().map(|ep| *ep.ip()).filter(|ip| !ip.is_loopback())
+}
+
+fn service_ips(svc: &ServiceView) -> BTreeSet<Ipv4Addr> {
+    if svc.headless {
+        return BTreeSet::new();
     }
-    let lb = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|l| l.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.as_ref());
-    out.extend(
-        cluster
-            .into_iter()
-            .chain(spec.external_ips.iter().flatten())
-            .chain(lb)
-            .filter_map(|ip| ip.parse::<Ipv4Addr>().ok()),
-    );
-    out
+    svc.cluster_ips
+        .iter()
+        .chain(&svc.external_ips)
+        .chain(&svc.lb_ips)
+        .copied()
+        .collect()
 }
 
 /// The endpoints of one Service port: the slice port of the same name and protocol gives
 /// the (already resolved) target port, so a named targetPort may differ per endpoint.
 fn endpoints(
-    slices: &[&EndpointSlice],
-    port: &ServicePort,
+    slices: &[&SliceView],
+    port: &PortView,
     proto: Proto,
-    only_on: Option<&Node>,
+    only_on_node: bool,
 ) -> Vec<SocketAddrV4> {
     let mut c = Candidates::default();
-    let want = port.name.as_deref().unwrap_or("");
     for slice in slices {
-        for sp in slice.ports.iter().flatten() {
-            if sp.name.as_deref().unwrap_or("") != want
-                || Proto::from_k8s(sp.protocol.as_deref()) != Some(proto)
-            {
+        for sp in &slice.ports {
+            if sp.name != port.name || sp.proto != Some(proto) {
                 continue;
             }
-            let Some(target) = sp.port.and_then(|p| u16::try_from(p).ok()) else {
+            let Some(target) = sp.port else {
                 continue;
             };
             for ep in &slice.endpoints {
-                if let Some(node) = only_on
-                    && ep.node_name.as_deref() != Some(node.name.as_str())
-                {
+                if only_on_node && !ep.on_node {
                     continue;
                 }
-                let Some(ip) = ep
-                    .addresses
-                    .first()
-                    .and_then(|a| a.parse::<Ipv4Addr>().ok())
-                else {
+                let Some(ip) = ep.ip else {
                     continue;
                 };
-                let cond = ep.conditions.as_ref();
-                let ready = cond.and_then(|c| c.ready).unwrap_or(true);
-                let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
-                let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+                let ready = ep.ready.unwrap_or(true);
+                let serving = ep.serving.unwrap_or(ready);
+                let terminating = ep.terminating.unwrap_or(false);
                 let addr = SocketAddrV4::new(ip, target);
                 if ready {
                     c.ready.insert(addr);

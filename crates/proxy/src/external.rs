@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use futures_util::TryStreamExt;
-use k8s_openapi::api::core::v1::Service;
 use nix::errno::Errno;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -18,7 +17,8 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 use crate::error::{Error, Result};
 use crate::nft::expr::{Base, CmpOp, MetaKey};
 use crate::nft::{Data, Expr, Reg, Verdict};
-use crate::ruleset::{IpKey, Proto};
+use crate::ruleset::IpKey;
+use crate::view::{ServiceType, ServiceView};
 
 /// The `rtm_protocol` of the proxy's routes: how it tells its own from everyone else's.
 pub const ROUTE_PROTOCOL: u8 = 202;
@@ -44,52 +44,28 @@ pub struct Exposure {
 /// The addresses and source-range rules `services` call for. As kube-proxy: headless and
 /// ExternalName Services get nothing, source ranges apply to LoadBalancer IPs only, and a
 /// range that does not parse is skipped (the API server validates them).
-pub fn exposure<'a>(services: impl IntoIterator<Item = &'a Service>) -> Exposure {
+pub fn exposure<'a>(services: impl IntoIterator<Item = &'a ServiceView>) -> Exposure {
     let mut out = Exposure::default();
     for svc in services {
-        let Some(spec) = svc.spec.as_ref() else {
-            continue;
-        };
-        let headless = spec.cluster_ip.as_deref().is_none_or(|ip| ip == "None");
-        if headless || spec.type_.as_deref() == Some("ExternalName") {
+        if svc.no_cluster_ip || svc.type_ == ServiceType::ExternalName {
             continue;
         }
-        let lb: BTreeSet<Ipv4Addr> = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|l| l.ingress.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i.ip.as_ref()?.parse().ok())
-            .collect();
-        let external = spec.external_ips.iter().flatten();
         out.addresses
-            .extend(external.filter_map(|ip| ip.parse::<Ipv4Addr>().ok()));
-        out.addresses.extend(&lb);
-        let ranges: Vec<Prefix> = spec
-            .load_balancer_source_ranges
-            .iter()
-            .flatten()
-            .filter_map(|r| parse_prefix(r.trim()))
-            .collect();
-        if ranges.is_empty() {
+            .extend(svc.external_ips.iter().chain(&svc.lb_ips));
+        if svc.source_ranges.is_empty() {
             continue;
         }
-        for port in spec.ports.iter().flatten() {
-            let (Some(proto), Ok(port)) = (
-                Proto::from_k8s(port.protocol.as_deref()),
-                u16::try_from(port.port),
-            ) else {
+        for port in &svc.ports {
+            let (Some(proto), Ok(port)) = (port.proto, u16::try_from(port.port)) else {
                 continue;
             };
-            for ip in &lb {
+            for ip in &svc.lb_ips {
                 let key = IpKey {
                     ip: *ip,
                     proto,
                     port,
                 };
-                out.firewall.insert(key, ranges.clone());
+                out.firewall.insert(key, svc.source_ranges.to_vec());
             }
         }
     }
@@ -97,7 +73,7 @@ pub fn exposure<'a>(services: impl IntoIterator<Item = &'a Service>) -> Exposure
 }
 
 /// `a.b.c.d/len` (or a bare address, as /32).
-fn parse_prefix(s: &str) -> Option<Prefix> {
+pub(crate) fn parse_prefix(s: &str) -> Option<Prefix> {
     let (ip, len) = match s.split_once('/') {
         Some((ip, len)) => (ip, len.parse().ok()?),
         None => (s, 32),
@@ -290,16 +266,19 @@ pub async fn remove_routes(handle: &Handle) -> Result<usize> {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::Service;
     use serde_json::json;
 
     use super::*;
+    use crate::ruleset::Proto;
 
-    fn svc(v: serde_json::Value) -> Service {
+    fn svc(mut v: serde_json::Value) -> Service {
+        v["metadata"] = serde_json::json!({"namespace": "ns", "name": "s"});
         serde_json::from_value(v).expect("service")
     }
 
     fn check(services: &[Service], addresses: &[&str], firewall: &[(&str, u16, &[Prefix])]) {
-        let got = exposure(services);
+        let got = exposure(&crate::view::services(services));
         let want_addrs: BTreeSet<Ipv4Addr> =
             addresses.iter().map(|a| a.parse().expect("ip")).collect();
         assert_eq!(got.addresses, want_addrs);

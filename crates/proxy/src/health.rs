@@ -8,13 +8,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::desired::{Node, slice_service};
+use crate::view::{ServiceType, ServiceView, SliceView};
 
 /// What one health check port reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,50 +23,39 @@ pub struct Check {
     pub local_endpoints: usize,
 }
 
-/// The health check ports `services` ask for on `node`, with what each reports. Slices are
+/// The health check ports `services` ask for, with what each reports (from `slices` as
+/// seen by this node). Slices are
 /// read only when some Service asks (this runs at every sync).
 pub fn checks<'a>(
-    services: impl IntoIterator<Item = &'a Service>,
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
-    node: &Node,
+    services: impl IntoIterator<Item = &'a ServiceView>,
+    slices: impl IntoIterator<Item = &'a SliceView>,
 ) -> BTreeMap<u16, Check> {
     let mut wanted: BTreeMap<(&str, &str), u16> = BTreeMap::new();
     for svc in services {
-        let (Some(ns), Some(name), Some(spec)) = (
-            svc.metadata.namespace.as_deref(),
-            svc.metadata.name.as_deref(),
-            svc.spec.as_ref(),
-        ) else {
-            continue;
-        };
-        let local_lb = spec.type_.as_deref() == Some("LoadBalancer")
-            && spec.external_traffic_policy.as_deref() == Some("Local");
-        if let Some(port) = spec
-            .health_check_node_port
-            .filter(|_| local_lb)
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p > 0)
-        {
-            wanted.insert((ns, name), port);
+        let local_lb = svc.type_ == ServiceType::LoadBalancer && svc.external_local;
+        if let Some(port) = svc.health_check_node_port.filter(|_| local_lb) {
+            wanted.insert(svc.key(), port);
         }
     }
     if wanted.is_empty() {
         return BTreeMap::new();
     }
-    let mut local: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
+    let mut local: BTreeMap<(&str, &str), BTreeSet<Ipv4Addr>> = BTreeMap::new();
     for s in slices {
-        let Some((ns, svc)) = slice_service(s) else {
+        let Some(key) = s.service_key() else {
             continue;
         };
-        if !wanted.contains_key(&(ns, svc)) {
+        if !wanted.contains_key(&key) {
             continue;
         }
-        let here = s.endpoints.iter().filter(|e| {
-            e.node_name.as_deref() == Some(node.name.as_str())
-                && e.conditions.as_ref().and_then(|c| c.ready) != Some(false)
-        });
-        let entry = local.entry((ns, svc)).or_default();
-        entry.extend(here.flat_map(|e| e.addresses.iter().map(String::as_str)));
+        let here = s
+            .endpoints
+            .iter()
+            .filter(|e| e.on_node && e.ready != Some(false));
+        local
+            .entry(key)
+            .or_default()
+            .extend(here.filter_map(|e| e.ip));
     }
     wanted
         .into_iter()
@@ -183,6 +170,8 @@ async fn serve(listener: TcpListener, port: u16, state: Arc<Mutex<BTreeMap<u16, 
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
     use serde_json::json;
 
     use super::*;
@@ -209,8 +198,9 @@ mod tests {
             "addressType": "IPv4", "endpoints": endpoints,
         }))
         .expect("slice");
-        let node = Node { name: "n1".into() };
-        let got = checks([&svc], [&slice], &node);
+        let svc = ServiceView::new(&svc).expect("a view");
+        let slice = SliceView::new(&slice, "n1").expect("a view");
+        let got = checks([&svc], [&slice]);
         assert_eq!(
             got.get(&32000).map(|c| c.local_endpoints),
             expected,

@@ -16,11 +16,13 @@ pub mod ruleset;
 mod run;
 pub mod sysctl;
 pub mod tracker;
+pub mod view;
 
 pub use apply::{Apply, Fake, Netlink};
-pub use desired::{Node, desired};
+pub use desired::{Node, desired, desired_from};
 pub use error::{Error, Result};
 pub use metrics::Metrics;
 pub use ruleset::{Op, Ruleset, diff};
 pub use run::{Config, cleanup, cleanup_routes, run};
 pub use tracker::Tracker;
+pub use view::{ServiceView, SliceView};

@@ -1,6 +1,7 @@
-//! The proxy's loop: a watcher + reflector per resource (Services, EndpointSlices) wakes a
-//! debounced sync that computes the desired ruleset from the caches, diffs it against the
-//! last applied one and applies the difference as one transaction on a blocking thread.
+//! The proxy's loop: a watcher per resource (Services, EndpointSlices) keeps a cache of the
+//! proxy's compact views of the objects (`view`) and wakes a debounced sync that computes
+//! the desired ruleset from the caches, diffs it against the last applied one and applies
+//! the difference as one transaction on a blocking thread.
 //! At start it reads the kernel instead of flushing, so a restart drops no traffic.
 
 use std::collections::{BTreeSet, HashMap};
@@ -11,20 +12,20 @@ use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{Apply, Netlink};
-use crate::desired::{Node, desired};
+use crate::desired::desired_from;
 use crate::error::{Error, Result};
 use crate::external::{self, Exposure};
 use crate::health::{self, Health};
 use crate::metrics::{Metrics, trigger_time};
 use crate::ruleset::{Op, Ruleset, affinity_touched, diff, removed_udp_endpoints};
 use crate::tracker::{self, ServiceKey, Tracker};
+use crate::view::{ServiceView, SliceView};
 
 /// How the proxy runs on one node.
 #[derive(Debug, Clone)]
@@ -95,27 +96,13 @@ struct Dirty {
 }
 
 impl Dirty {
-    /// Notes one watch event of an object whose Service is `key` and whose change happened at
-    /// `trigger`. As kube-proxy: only updates count for the latency (a deletion's trigger time
-    /// is that of the slice's last update), and only changes made after `started` (the
-    /// initial list holds old ones).
-    fn note<K>(
-        &mut self,
-        ev: &watcher::Event<K>,
-        key: fn(&K) -> Option<ServiceKey>,
-        trigger: fn(&K) -> Option<Timestamp>,
-        started: Timestamp,
-    ) {
-        match ev {
-            watcher::Event::Apply(o) => {
-                self.keys.extend(key(o));
-                self.triggers.extend(trigger(o).filter(|t| *t > started));
-            }
-            watcher::Event::Delete(o) => self.keys.extend(key(o)),
-            watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::InitDone => {
-                self.all = true;
-            }
-        }
+    /// Notes a change to an object of Service `key` (if any) made at `trigger`. As
+    /// kube-proxy: only updates count for the latency (a deletion's trigger time is that of
+    /// the slice's last update), and only changes made after `started` (the initial list
+    /// holds old ones).
+    fn note(&mut self, key: Option<ServiceKey>, trigger: Option<Timestamp>, started: Timestamp) {
+        self.keys.extend(key);
+        self.triggers.extend(trigger.filter(|t| *t > started));
     }
 }
 
@@ -150,26 +137,27 @@ pub async fn run(config: Config, client: Client, shutdown: CancellationToken) ->
         all: true,
         ..Dirty::default()
     }));
-    let (services, services_w) = reflector::store::<Service>();
-    let (slices, slices_w) = reflector::store::<EndpointSlice>();
+    let services = Cache::<ServiceView>::default();
+    let slices = Cache::<SliceView>::default();
     let changes = Changes {
         wake: wake.clone(),
         dirty: dirty.clone(),
         started: Timestamp::now(),
     };
+    let node = config.node_name.clone();
     let watches = [
         tokio::spawn(drive(
-            Api::all(client.clone()),
-            services_w,
+            Api::<Service>::all(client.clone()),
+            services.clone(),
             changes.clone(),
-            tracker::service_key,
+            |svc: &Service| ServiceView::new(svc),
             |_| None,
         )),
         tokio::spawn(drive(
-            Api::all(client),
-            slices_w,
+            Api::<EndpointSlice>::all(client),
+            slices.clone(),
             changes,
-            tracker::slice_key,
+            move |slice: &EndpointSlice| SliceView::new(slice, &node),
             trigger_time,
         )),
     ];
@@ -186,24 +174,14 @@ pub async fn run(config: Config, client: Client, shutdown: CancellationToken) ->
 async fn sync_loop(
     config: &Config,
     mut kernel: Kernel<Netlink>,
-    services: &Store<Service>,
-    slices: &Store<EndpointSlice>,
+    services: &Cache<ServiceView>,
+    slices: &Cache<SliceView>,
     wake: &Notify,
     dirty: &Mutex<Dirty>,
 ) -> Result<()> {
     // As kube-proxy, nothing is programmed before both caches have listed once.
-    let gone = |resource| move |_| Error::CacheGone { resource };
-    services
-        .wait_until_ready()
-        .await
-        .map_err(gone("services"))?;
-    slices
-        .wait_until_ready()
-        .await
-        .map_err(gone("endpointslices"))?;
-    let node = Node {
-        name: config.node_name.clone(),
-    };
+    services.listed.wait().await;
+    slices.listed.wait().await;
     let route = external::connect()?;
     // What `lb-firewall` and the proxy's local routes hold; `None` until written once by this process.
     let mut exposed = Exposed::default();
@@ -211,20 +189,18 @@ async fn sync_loop(
     loop {
         let mut changed = std::mem::take(&mut *dirty.lock().map_err(|_| Error::Thread)?);
         let triggers = std::mem::take(&mut changed.triggers);
-        let svcs = services.state();
-        let sls = slices.state();
+        let svcs = services.state()?;
+        let sls = slices.state()?;
         let want = external::exposure(svcs.iter().map(AsRef::as_ref));
         let checks = health::checks(
             svcs.iter().map(AsRef::as_ref),
             sls.iter().map(AsRef::as_ref),
-            &node,
         );
         let firewall = (exposed.firewall.as_ref() != Some(&want.firewall))
             .then(|| external::firewall_rules(&want.firewall));
-        let node = node.clone();
         let metrics = config.metrics.clone();
         let (k, outcome, fw) = blocking(move || {
-            let (mut k, outcome) = sync_once(kernel, changed, &svcs, &sls, &node, &metrics);
+            let (mut k, outcome) = sync_once(kernel, changed, &svcs, &sls, &metrics);
             let fw = match (&outcome, firewall) {
                 (Ok(()), Some(rules)) => Some(k.nl.set_firewall(&rules)),
                 _ => None,
@@ -285,9 +261,8 @@ impl Exposed {
 fn sync_once<A: Apply>(
     mut k: Kernel<A>,
     changed: Dirty,
-    services: &[Arc<Service>],
-    slices: &[Arc<EndpointSlice>],
-    node: &Node,
+    services: &[Arc<ServiceView>],
+    slices: &[Arc<SliceView>],
     metrics: &Metrics,
 ) -> (Kernel<A>, Result<()>) {
     let start = Instant::now();
@@ -298,15 +273,20 @@ fn sync_once<A: Apply>(
             if changed.keys.is_empty() {
                 return (k, Ok(()));
             }
-            let by_key: HashMap<ServiceKey, &Service> = services()
-                .filter_map(|s| Some((tracker::service_key(s)?, s)))
-                .filter(|(key, _)| changed.keys.contains(key))
+            let wanted: BTreeSet<(&str, &str)> = changed
+                .keys
+                .iter()
+                .map(|(ns, name)| (ns.as_str(), name.as_str()))
+                .collect();
+            let by_key: HashMap<ServiceKey, &ServiceView> = services()
+                .filter(|s| wanted.contains(&s.key()))
+                .map(|s| (tracker::service_key(s), s))
                 .collect();
             let ops = t.update(&changed.keys, |key| by_key.get(key).copied(), slices());
             (ops, None)
         }
         _ => {
-            let want = desired(services(), slices(), node, &k.current);
+            let want = desired_from(services(), slices(), &k.current);
             (diff(&k.current, &want), Some(want))
         }
     };
@@ -320,7 +300,7 @@ fn sync_once<A: Apply>(
         Ok(()) => {
             match full {
                 Some(want) => {
-                    k.tracker = Some(Tracker::new(services(), slices(), node, &want));
+                    k.tracker = Some(Tracker::new(services(), slices(), &want));
                     k.current = want;
                 }
                 None => {
@@ -381,14 +361,68 @@ struct Changes {
     started: Timestamp,
 }
 
-/// Runs a reflector until aborted, noting which Service each event touches (`key`) and when
-/// its change was made (`trigger`), and waking the sync. A relist may hide deletions, so it
-/// marks everything.
-async fn drive<K>(
+/// Views by their object's namespace and name.
+type Views<V> = HashMap<(String, String), Arc<V>>;
+
+/// The views of one resource type, by namespace and name, and whether they have been
+/// listed once. Shared between the watch task that writes and the sync that reads.
+struct Cache<V> {
+    views: Arc<Mutex<Views<V>>>,
+    listed: Arc<tokio::sync::SetOnce<()>>,
+}
+
+impl<V> Clone for Cache<V> {
+    fn clone(&self) -> Self {
+        Cache {
+            views: self.views.clone(),
+            listed: self.listed.clone(),
+        }
+    }
+}
+
+impl<V> Default for Cache<V> {
+    fn default() -> Self {
+        Cache {
+            views: Default::default(),
+            listed: Default::default(),
+        }
+    }
+}
+
+impl<V> Cache<V> {
+    /// A snapshot of every view.
+    fn state(&self) -> Result<Vec<Arc<V>>> {
+        let views = self.views.lock().map_err(|_| Error::Thread)?;
+        Ok(views.values().cloned().collect())
+    }
+}
+
+/// The Service a view belongs to (for the dirty set).
+trait ServiceOf {
+    fn service(&self) -> Option<ServiceKey>;
+}
+
+impl ServiceOf for ServiceView {
+    fn service(&self) -> Option<ServiceKey> {
+        Some(tracker::service_key(self))
+    }
+}
+
+impl ServiceOf for SliceView {
+    fn service(&self) -> Option<ServiceKey> {
+        tracker::slice_key(self)
+    }
+}
+
+/// Runs a watcher until aborted, keeping `cache` as the `project`ions of the objects (the
+/// whole objects are dropped as soon as they are projected), noting which Service each
+/// event touches and when its change was made (`trigger`), and waking the sync. A relist
+/// replaces the cache whole when it is done and may hide deletions, so it marks everything.
+async fn drive<K, V>(
     api: Api<K>,
-    writer: reflector::store::Writer<K>,
+    cache: Cache<V>,
     changes: Changes,
-    key: fn(&K) -> Option<ServiceKey>,
+    project: impl Fn(&K) -> Option<V> + Send + 'static,
     trigger: fn(&K) -> Option<Timestamp>,
 ) where
     K: kube::Resource<DynamicType = ()>
@@ -398,21 +432,97 @@ async fn drive<K>(
         + Send
         + Sync
         + 'static,
+    V: ServiceOf + Send + Sync + 'static,
 {
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
     let mut stream = std::pin::pin!(stream);
+    let mut state = Listing::default();
     while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(ev) => {
-                if let Ok(mut d) = changes.dirty.lock() {
-                    d.note(&ev, key, trigger, changes.started);
-                }
-                changes.wake.notify_one();
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::warn!(error = %e, "watch failed; retrying");
+                continue;
             }
-            Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
+        };
+        let (Ok(mut views), Ok(mut d)) = (cache.views.lock(), changes.dirty.lock()) else {
+            return;
+        };
+        let on = On {
+            project: &project,
+            trigger,
+            started: changes.started,
+        };
+        if on.event(ev, &mut views, &mut state, &mut d) {
+            let _ = cache.listed.set(());
         }
+        drop(d);
+        drop(views);
+        changes.wake.notify_one();
+    }
+}
+
+/// The views of a (re)list in progress.
+type Listing<V> = Option<Views<V>>;
+
+/// How [`drive`] turns watch events into views and dirty marks.
+struct On<'a, K, V> {
+    project: &'a dyn Fn(&K) -> Option<V>,
+    trigger: fn(&K) -> Option<Timestamp>,
+    started: Timestamp,
+}
+
+impl<K: kube::Resource, V: ServiceOf> On<'_, K, V> {
+    /// Applies one event to `views` (a relist gathers into `listing` and replaces `views`
+    /// whole when done) and notes the Services it touches in `d`. Returns true when a
+    /// (re)list has just completed.
+    fn event(
+        &self,
+        ev: watcher::Event<K>,
+        views: &mut Views<V>,
+        listing: &mut Listing<V>,
+        d: &mut Dirty,
+    ) -> bool {
+        let key = |o: &K| {
+            let m = o.meta();
+            Some((m.namespace.clone().unwrap_or_default(), m.name.clone()?))
+        };
+        match ev {
+            watcher::Event::Apply(o) => {
+                let Some(k) = key(&o) else { return false };
+                let old = match (self.project)(&o).map(Arc::new) {
+                    Some(v) => {
+                        d.note(v.service(), (self.trigger)(&o), self.started);
+                        views.insert(k, v)
+                    }
+                    None => views.remove(&k),
+                };
+                // A slice moved to another Service: the old one changes too.
+                d.note(old.and_then(|v| v.service()), None, self.started);
+            }
+            watcher::Event::Delete(o) => {
+                let old = key(&o).and_then(|k| views.remove(&k));
+                d.note(old.and_then(|v| v.service()), None, self.started);
+            }
+            watcher::Event::Init => {
+                *listing = Some(HashMap::new());
+                d.all = true;
+            }
+            watcher::Event::InitApply(o) => {
+                if let (Some(l), Some(k), Some(v)) = (listing.as_mut(), key(&o), (self.project)(&o))
+                {
+                    l.insert(k, Arc::new(v));
+                }
+                d.all = true;
+            }
+            watcher::Event::InitDone => {
+                *views = listing.take().unwrap_or_default();
+                views.shrink_to_fit();
+                d.all = true;
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -430,7 +540,7 @@ mod tests {
     use super::*;
     use crate::apply::Fake;
 
-    fn objects(eps: &[&str]) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>) {
+    fn objects(eps: &[&str]) -> (Vec<Arc<ServiceView>>, Vec<Arc<SliceView>>) {
         let svc: Service = serde_json::from_value(json!({
             "metadata": {"namespace": "ns", "name": "web"},
             "spec": {"clusterIP": "10.96.0.50", "ports": [{"port": 80}]},
@@ -445,6 +555,8 @@ mod tests {
             "endpoints": endpoints,
         }))
         .expect("slice");
+        let svc = ServiceView::new(&svc).expect("a view");
+        let slice = SliceView::new(&slice, "").expect("a view");
         (vec![Arc::new(svc)], vec![Arc::new(slice)])
     }
 
@@ -467,7 +579,7 @@ mod tests {
         ] {
             let (svcs, slices) = objects(eps);
             // The first sync is a full one (no tracker yet), the others incremental.
-            let (next, r) = sync_once(k, web(), &svcs, &slices, &Node::default(), &metrics);
+            let (next, r) = sync_once(k, web(), &svcs, &slices, &metrics);
             r.expect("sync");
             k = next;
         }
@@ -497,7 +609,15 @@ mod tests {
             s
         };
         let mut d = Dirty::default();
-        let note = |d: &mut Dirty, ev| d.note(&ev, tracker::slice_key, trigger_time, started);
+        let project = |s: &EndpointSlice| SliceView::new(s, "");
+        let on = On {
+            project: &project,
+            trigger: trigger_time,
+            started,
+        };
+        let mut views = HashMap::new();
+        let mut listing = None;
+        let mut note = |d: &mut Dirty, ev| on.event(ev, &mut views, &mut listing, d);
         note(&mut d, watcher::Event::Apply(slice("2025-01-01T00:00:11Z")));
         // Before the start (the initial list's), a deletion's, a relist's: no latency.
         note(&mut d, watcher::Event::Apply(slice("2025-01-01T00:00:09Z")));
@@ -505,10 +625,13 @@ mod tests {
             &mut d,
             watcher::Event::Delete(slice("2025-01-01T00:00:12Z")),
         );
+        note(&mut d, watcher::Event::Init);
         note(
             &mut d,
             watcher::Event::InitApply(slice("2025-01-01T00:00:13Z")),
         );
+        assert!(note(&mut d, watcher::Event::InitDone));
+        assert_eq!(views.len(), 1);
         assert_eq!(d.triggers, vec![at("2025-01-01T00:00:11Z")]);
         assert_eq!(
             d.keys,

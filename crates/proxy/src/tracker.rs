@@ -6,40 +6,30 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-
-use crate::desired::{Ids, Node, SERVICE_NAME_LABEL, desired_with};
+use crate::desired::{Ids, desired_with};
 use crate::ruleset::{Elem, Op, Ruleset, diff};
+use crate::view::{ServiceView, SliceView};
 
 /// A Service by namespace and name.
 pub type ServiceKey = (String, String);
 
-/// The Service an object belongs to: a Service itself, or an EndpointSlice's
+/// The Service a view belongs to: a Service itself, or an EndpointSlice's
 /// `kubernetes.io/service-name`.
-pub fn service_key(svc: &Service) -> Option<ServiceKey> {
-    Some((svc.metadata.namespace.clone()?, svc.metadata.name.clone()?))
+pub fn service_key(svc: &ServiceView) -> ServiceKey {
+    (svc.namespace.to_string(), svc.name.to_string())
 }
 
-pub fn slice_key(slice: &EndpointSlice) -> Option<ServiceKey> {
-    Some((
-        slice.metadata.namespace.clone()?,
-        slice
-            .metadata
-            .labels
-            .as_ref()?
-            .get(SERVICE_NAME_LABEL)?
-            .clone(),
-    ))
+pub fn slice_key(slice: &SliceView) -> Option<ServiceKey> {
+    let (ns, name) = slice.service_key()?;
+    Some((ns.to_owned(), name.to_owned()))
 }
 
 /// Each Service's part of the desired ruleset (hairpin elements counted, since endpoints
 /// are shared between Services).
 #[derive(Debug, Default)]
 pub struct Tracker {
-    node: Node,
     ids: Ids,
-    parts: HashMap<ServiceKey, Ruleset>,
+    parts: HashMap<ServiceKey, Part>,
     hairpin: HashMap<Ipv4Addr, u32>,
 }
 
@@ -47,34 +37,32 @@ impl Tracker {
     /// The parts of a ruleset `full` that [`crate::desired`] computed from the same
     /// objects (so chain ids carry over).
     pub fn new<'a>(
-        services: impl IntoIterator<Item = &'a Service>,
-        slices: impl IntoIterator<Item = &'a EndpointSlice>,
-        node: &Node,
+        services: impl IntoIterator<Item = &'a ServiceView>,
+        slices: impl IntoIterator<Item = &'a SliceView>,
         full: &Ruleset,
     ) -> Tracker {
         let mut t = Tracker {
-            node: node.clone(),
             ids: Ids::from_ruleset(full),
             ..Tracker::default()
         };
-        let mut slices_of: HashMap<ServiceKey, Vec<&EndpointSlice>> = HashMap::new();
+        let mut slices_of: HashMap<(&str, &str), Vec<&SliceView>> = HashMap::new();
         for s in slices {
-            if let Some(k) = slice_key(s) {
+            if let Some(k) = s.service_key() {
                 slices_of.entry(k).or_default().push(s);
             }
         }
         for svc in services {
-            let Some(k) = service_key(svc) else { continue };
             let part = desired_with(
                 [svc],
-                slices_of.get(&k).into_iter().flatten().copied(),
-                &t.node,
+                slices_of.get(&svc.key()).into_iter().flatten().copied(),
                 &mut t.ids,
             );
             for ip in &part.hairpin {
                 *t.hairpin.entry(*ip).or_default() += 1;
             }
-            t.parts.insert(k, part);
+            if part != Ruleset::default() {
+                t.parts.insert(service_key(svc), Part::new(&part));
+            }
         }
         t
     }
@@ -85,24 +73,30 @@ impl Tracker {
     pub fn update<'a>(
         &mut self,
         changed: &BTreeSet<ServiceKey>,
-        service: impl Fn(&ServiceKey) -> Option<&'a Service>,
-        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        service: impl Fn(&ServiceKey) -> Option<&'a ServiceView>,
+        slices: impl IntoIterator<Item = &'a SliceView>,
     ) -> Vec<Op> {
-        let mut slices_of: HashMap<&ServiceKey, Vec<&EndpointSlice>> = HashMap::new();
+        // Borrowed keys: this scans every slice, so it must not allocate per slice.
+        let wanted: HashMap<(&str, &str), &ServiceKey> = changed
+            .iter()
+            .map(|k| ((k.0.as_str(), k.1.as_str()), k))
+            .collect();
+        let mut slices_of: HashMap<&ServiceKey, Vec<&SliceView>> = HashMap::new();
         for s in slices {
-            if let Some(k) = slice_key(s)
-                && let Some(k) = changed.get(&k)
-            {
-                slices_of.entry(k).or_default().push(s);
+            if let Some(k) = s.service_key().and_then(|k| wanted.get(&k)) {
+                slices_of.entry(*k).or_default().push(s);
             }
         }
         let mut ops = Vec::new();
         for key in changed {
-            let mut old = self.parts.remove(key).unwrap_or_default();
+            let mut old = self
+                .parts
+                .remove(key)
+                .map(|p| p.ruleset())
+                .unwrap_or_default();
             let mut new = desired_with(
                 service(key),
                 slices_of.get(key).into_iter().flatten().copied(),
-                &self.node,
                 &mut self.ids,
             );
             for ip in old.hairpin.difference(&new.hairpin) {
@@ -126,7 +120,7 @@ impl Tracker {
             ops.extend(diff(&old, &new));
             new.hairpin = hairpin;
             if new != Ruleset::default() {
-                self.parts.insert(key.clone(), new);
+                self.parts.insert(key.clone(), Part::new(&new));
             }
         }
         // One batch: every deletion before every addition, as `diff` orders a whole ruleset.
@@ -138,6 +132,28 @@ impl Tracker {
             Op::AddElem(_) => 4,
         });
         ops
+    }
+}
+
+/// One Service's part of the ruleset, kept as the operations that build it from nothing: a
+/// flat list takes about half the memory of a `Ruleset`'s ten maps (10,000 of them are kept),
+/// and only the parts of changed Services are rebuilt.
+#[derive(Debug)]
+struct Part(Box<[Op]>);
+
+impl Part {
+    fn new(part: &Ruleset) -> Part {
+        Part(diff(&Ruleset::default(), part).into_boxed_slice())
+    }
+
+    fn ruleset(&self) -> Ruleset {
+        let mut r = Ruleset::default();
+        // Additions to an empty ruleset cannot conflict; if the model ever refused one, the
+        // part would be recomputed whole by the next full sync.
+        if let Err(e) = r.apply_all(&self.0) {
+            tracing::error!(error = %e, "a kept part of the ruleset does not rebuild");
+        }
+        r
     }
 }
 

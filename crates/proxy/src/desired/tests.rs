@@ -11,6 +11,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::ruleset::{Target, diff};
+use crate::view::SERVICE_NAME_LABEL;
 
 /// (name, protocol, port, nodePort)
 type Port<'a> = (&'a str, &'a str, i32, Option<i32>);
@@ -254,6 +255,28 @@ fn client_ip_affinity_gets_a_chain_with_its_timeout() {
     let c = r.chains.values().next().expect("one chain");
     assert_eq!((c.endpoints, c.affinity), (1, Some(10_800)));
     assert!(r.ip_endpoints.is_empty());
+}
+
+#[test]
+fn loopback_endpoints_get_no_hairpin_element() {
+    // The `kubernetes` Service of a server bound to 127.0.0.1: its endpoint is served, but a
+    // hairpin element would masquerade every 127.0.0.1 -> 127.0.0.1 connection.
+    let svc = service("kubernetes", "ClusterIP", "10.96.0.1", &[WEB]);
+    let eps = [slice(
+        "kubernetes",
+        0,
+        &[("http", "TCP", 6443)],
+        &[
+            ("127.0.0.1", true, true, false),
+            ("10.244.0.2", true, true, false),
+        ],
+    )];
+    let r = desired(&[svc], &eps, &Node::default(), &Ruleset::default());
+    assert_eq!(r.ip_endpoints.len(), 2);
+    assert_eq!(
+        r.hairpin.into_iter().collect::<Vec<_>>(),
+        vec![Ipv4Addr::new(10, 244, 0, 2)]
+    );
 }
 
 #[test]
