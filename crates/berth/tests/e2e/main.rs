@@ -21,6 +21,7 @@ mod netpol;
 mod raw;
 mod restart;
 mod serviceaccounts;
+mod ssa;
 mod singlenode;
 mod statefulsets;
 mod tutorials;
