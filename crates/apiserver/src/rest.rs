@@ -211,9 +211,27 @@ pub fn decode_kv(kv: &KeyValue) -> Result<Value> {
     Ok(v)
 }
 
-fn encode(obj: &Value) -> Bytes {
+/// Reads a stored object as `r` serves it: events.k8s.io Events are kept in core's form.
+pub fn decode_as(r: &Resource, kv: &KeyValue) -> Result<Value> {
+    let v = decode_kv(kv)?;
+    Ok(if is_events_v1(r) {
+        berth_api::events::to_events_v1(v)
+    } else {
+        v
+    })
+}
+
+fn is_events_v1(r: &Resource) -> bool {
+    r.group == "events.k8s.io"
+}
+
+/// The stored form of an object of `r`, without its resourceVersion.
+fn encode(r: &Resource, obj: &Value) -> Bytes {
     let mut o = obj.clone();
     o.remove_meta("resourceVersion");
+    if is_events_v1(r) {
+        o = berth_api::events::to_core_v1(o);
+    }
     Bytes::from(o.to_string())
 }
 
@@ -249,7 +267,7 @@ pub async fn get(
         .get(&object_key(r, ns, name))
         .await?
         .ok_or_else(|| not_found(r, name))?;
-    decode_kv(&kv)
+    decode_as(r, &kv)
 }
 
 /// The continue token: the last key returned and the list's revision, opaque to clients.
@@ -316,7 +334,7 @@ async fn list(srv: &Server, t: &Target, params: &Params) -> Result<Reply> {
         let mut stopped_early = false;
         for kv in &page.items {
             start_after = Some(kv.key.clone());
-            let obj = decode_kv(kv)?;
+            let obj = decode_as(r, kv)?;
             if filter.matches(&obj) {
                 items.push(obj);
                 if limit > 0 && items.len() == limit {
@@ -586,7 +604,7 @@ async fn create_with(
     }
     match srv
         .store
-        .create(&object_key(r, ns.as_deref(), &name), encode(&obj))
+        .create(&object_key(r, ns.as_deref(), &name), encode(r, &obj))
         .await
     {
         Ok(kv) => {
@@ -616,7 +634,7 @@ async fn update(srv: &Server, t: &Target, params: &Params, body: Value) -> Resul
     let cur_kv = get_kv(srv, r, &key, name).await?;
     let mut warnings = Vec::new();
     if t.subresource == Some(Subresource::Scale) {
-        let cur = decode_kv(&cur_kv)?;
+        let cur = decode_as(r, &cur_kv)?;
         let new = admission::apply_scale(&cur, &body)?;
         return write_update(srv, t, params, new, &cur_kv, warnings, Fields::Update).await;
     }
@@ -643,7 +661,7 @@ async fn write_update(
 ) -> Result<Reply> {
     let r = t.resource;
     let name = t.name.as_deref().unwrap_or("");
-    let cur = decode_kv(cur_kv)?;
+    let cur = decode_as(r, cur_kv)?;
     if let Some(rv) = new.resource_version().filter(|v| !v.is_empty())
         && rv != cur_kv.mod_revision.to_string()
     {
@@ -752,12 +770,12 @@ async fn write_update(
             .delete(&key, Some(cur_kv.mod_revision))
             .await
             .map(|kv| KeyValue {
-                value: encode(&new),
+                value: encode(r, &new),
                 ..kv
             })
     } else {
         srv.store
-            .update(&key, encode(&new), Some(cur_kv.mod_revision))
+            .update(&key, encode(r, &new), Some(cur_kv.mod_revision))
             .await
     };
     match result {
@@ -839,7 +857,7 @@ async fn patch(
         let Some(cur_kv) = srv.store.get(&key).await? else {
             return Err(not_found(r, name));
         };
-        let mut doc = decode_kv(&cur_kv)?;
+        let mut doc = decode_as(r, &cur_kv)?;
         if t.subresource == Some(Subresource::Scale) {
             doc = admission::scale_of(&doc);
         }
@@ -856,7 +874,7 @@ async fn patch(
             .resource_version()
             .is_some_and(|v| v != cur_kv.mod_revision.to_string());
         let result = if t.subresource == Some(Subresource::Scale) {
-            let cur = decode_kv(&cur_kv)?;
+            let cur = decode_as(r, &cur_kv)?;
             let new = admission::apply_scale(&cur, &doc)?;
             write_update(srv, t, params, new, &cur_kv, Vec::new(), Fields::Update).await
         } else {
@@ -912,7 +930,7 @@ async fn apply(srv: &Server, t: &Target, params: &Params, body: &[u8]) -> Result
     loop {
         let cur_kv = srv.store.get(&key).await?;
         let live = match &cur_kv {
-            Some(kv) => decode_kv(kv)?,
+            Some(kv) => decode_as(r, kv)?,
             None => json!({}),
         };
         let now = now_rfc3339();
@@ -1209,7 +1227,7 @@ async fn delete(
     let opts = delete_options(body)?;
     let key = object_key(r, t.namespace.as_deref(), name);
     let cur_kv = get_kv(srv, r, &key, name).await?;
-    let cur = decode_kv(&cur_kv)?;
+    let cur = decode_as(r, &cur_kv)?;
     if let Some(uid) = &opts.precondition_uid {
         let have = cur.meta_str("uid").unwrap_or("");
         if uid != have {
@@ -1285,7 +1303,7 @@ async fn delete(
         marked.set_meta("deletionGracePeriodSeconds", json!(0));
         let kv = srv
             .store
-            .update(&key, encode(&marked), Some(cur_kv.mod_revision))
+            .update(&key, encode(r, &marked), Some(cur_kv.mod_revision))
             .await?;
         marked.set_meta("resourceVersion", json!(kv.mod_revision.to_string()));
         return Ok(Reply::ok(marked));
@@ -1341,7 +1359,7 @@ async fn graceful_delete(
     marked.remove_meta("resourceVersion");
     match srv
         .store
-        .update(key, encode(&marked), Some(cur_kv.mod_revision))
+        .update(key, encode(t.resource, &marked), Some(cur_kv.mod_revision))
         .await
     {
         Ok(kv) => {

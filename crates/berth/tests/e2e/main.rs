@@ -9,6 +9,7 @@ mod clients;
 mod controllers;
 mod dataplane;
 mod errors;
+mod events;
 mod explain;
 mod gc;
 mod hardening;
