@@ -60,9 +60,6 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("Request entity too large: limit is {0}")]
     TooLarge(usize),
-    /// No representation the client accepts (`Accept`) is served.
-    #[error("{0}")]
-    NotAcceptable(&'static str),
     #[error("the body of the request was in an unknown format - accepted media types include: {0}")]
     UnsupportedMediaType(&'static str),
     #[error("{0}")]
@@ -118,7 +115,6 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             Self::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) | Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::TooLargeResourceVersion { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -138,7 +134,6 @@ impl ApiError {
             Self::MethodNotAllowed => "MethodNotAllowed",
             Self::TooLarge(_) => "RequestEntityTooLarge",
             Self::UnsupportedMediaType(_) => "UnsupportedMediaType",
-            Self::NotAcceptable(_) => "NotAcceptable",
             Self::ServiceUnavailable(_) => "ServiceUnavailable",
             Self::Internal(_) | Self::Store(_) => "InternalError",
             Self::TooLargeResourceVersion { .. } => "Timeout",

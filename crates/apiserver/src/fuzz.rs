@@ -300,19 +300,3 @@ fn apply_names_its_manager_and_conflicts_with_other_owners() {
         ]
     );
 }
-
-#[test]
-fn openapi_v2_is_json_and_protobuf_alone_is_not_acceptable() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_rt, srv) = server_with_a_configmap(dir.path());
-    let proto = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
-    let err = crate::serve::non_resource(&srv, "/openapi/v2", proto).expect_err("406");
-    assert_eq!(err.code(), StatusCode::NOT_ACCEPTABLE);
-    assert_eq!(err.status().to_value()["reason"], "NotAcceptable");
-    for accept in ["", "application/json", &format!("{proto}, application/json")] {
-        let ok = crate::serve::non_resource(&srv, "/openapi/v2", accept)
-            .expect("served")
-            .expect("a response");
-        assert_eq!(ok.status(), StatusCode::OK, "{accept}");
-    }
-}
