@@ -58,10 +58,21 @@ impl Element {
     }
 
     /// The element of a keyed list item, or `None` when the item lacks its key.
-    fn key(item: &Value, key: &str) -> Option<Self> {
+    fn key(item: &Value, key: &str, also: Option<(&str, Option<&str>)>) -> Option<Self> {
         let id = item.get(key)?;
         let mut m = Map::new();
         m.insert(key.to_owned(), id.clone());
+        if let Some((field, default)) = also {
+            match (item.get(field), default) {
+                (Some(v), _) => {
+                    m.insert(field.to_owned(), v.clone());
+                }
+                (None, Some(d)) => {
+                    m.insert(field.to_owned(), json!(d));
+                }
+                (None, None) => {}
+            }
+        }
         Some(Self {
             kind: ElementKind::Key,
             text: Value::Object(m).to_string(),
@@ -75,12 +86,11 @@ impl Element {
         }
     }
 
-    /// The element of an item of a list whose list type is `key` (`""`: a set).
-    fn item(v: &Value, key: &str) -> Option<Self> {
-        if key.is_empty() {
-            Some(Self::value(v))
-        } else {
-            Self::key(v, key)
+    /// The element of an item of a list of type `lt`.
+    fn item(v: &Value, lt: ListType) -> Option<Self> {
+        match lt {
+            ListType::Set => Some(Self::value(v)),
+            ListType::Keyed { key, also } => Self::key(v, key, also),
         }
     }
 
@@ -124,8 +134,8 @@ impl Element {
     }
 
     /// Whether `v` (an object field's name, or a list item) is what this element names.
-    fn names_item(&self, item: &Value, key: &str) -> bool {
-        Self::item(item, key).is_some_and(|e| e == *self)
+    fn names_item(&self, item: &Value, lt: ListType) -> bool {
+        Self::item(item, lt).is_some_and(|e| e == *self)
     }
 }
 
@@ -315,9 +325,31 @@ pub fn path_string(path: &[Element]) -> String {
     path.iter().map(ToString::to_string).collect()
 }
 
-/// The list type at `names`: `Some(key)` keyed, `Some("")` a set, `None` atomic.
-fn list_key(obj_kind: &str, names: &[String]) -> Option<&'static str> {
-    merge_key(obj_kind, names)
+/// How the items of a non-atomic list are told apart.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ListType {
+    /// By value (`v:"x"`).
+    Set,
+    /// By the value of `key` and, where structured-merge-diff keys the list by two fields,
+    /// of `also` (its field and the schema's default for an item without it).
+    Keyed {
+        key: &'static str,
+        also: Option<(&'static str, Option<&'static str>)>,
+    },
+}
+
+/// The list type at `names` (`None`: atomic), from the strategic merge key, widened to the
+/// list-map keys the built-in types declare for server-side apply (ports by number and
+/// protocol, so TCP and UDP 53 are two items).
+fn list_key(obj_kind: &str, names: &[String]) -> Option<ListType> {
+    let key = merge_key(obj_kind, names)?;
+    let also = match key {
+        "" => return Some(ListType::Set),
+        "port" | "containerPort" => Some(("protocol", Some("TCP"))),
+        "topologyKey" => Some(("whenUnsatisfiable", None)),
+        _ => None,
+    };
+    Some(ListType::Keyed { key, also })
 }
 
 /// Every field an applied configuration sets (structured-merge-diff's `ToFieldSet`): leaves,
@@ -353,7 +385,7 @@ fn collect(
                     };
                     path.push(e);
                     out.insert(path);
-                    if !key.is_empty() {
+                    if key != ListType::Set {
                         collect(item, obj_kind, path, names, out);
                     }
                     path.pop();
@@ -434,7 +466,7 @@ fn diff(
                         ia.get(e).and_then(|i| a.get(*i)),
                         ib.get(e).and_then(|i| b.get(*i)),
                     );
-                    if key.is_empty() {
+                    if key == ListType::Set {
                         match (x, y) {
                             (Some(_), None) => c.removed.insert(path),
                             (None, Some(_)) => c.changed.insert(path),
@@ -485,7 +517,7 @@ fn added(
                         continue;
                     };
                     path.push(e);
-                    if key.is_empty() {
+                    if key == ListType::Set {
                         c.changed.insert(path);
                     } else {
                         added(item, obj_kind, path, names, c);
@@ -660,6 +692,50 @@ impl Managed {
     }
 }
 
+/// How many Update entries an object keeps; older ones are merged per apiVersion into one
+/// `ancient-changes` entry, as kube-apiserver caps them.
+const MAX_UPDATE_ENTRIES: usize = 10;
+
+impl Managed {
+    fn cap_updates(&mut self) {
+        let mut updates: Vec<usize> = (0..self.0.len())
+            .filter(|i| self.0[*i].operation == Operation::Update)
+            .collect();
+        if updates.len() <= MAX_UPDATE_ENTRIES {
+            return;
+        }
+        updates.sort_by(|a, b| self.0[*a].time.cmp(&self.0[*b].time));
+        let mut excess = updates.len() - MAX_UPDATE_ENTRIES;
+        let mut first_of_version: BTreeMap<String, usize> = BTreeMap::new();
+        let mut merged_away = Vec::new();
+        for i in updates {
+            if excess == 0 {
+                break;
+            }
+            let version = self.0[i].api_version.clone();
+            match first_of_version.get(&version) {
+                Some(&bucket) => {
+                    let (set, time) = (self.0[i].set.clone(), self.0[i].time.clone());
+                    let b = &mut self.0[bucket];
+                    b.manager = "ancient-changes".into();
+                    b.subresource.clear();
+                    b.set.union(&set);
+                    b.time = time;
+                    merged_away.push(i);
+                    excess -= 1;
+                }
+                None => {
+                    first_of_version.insert(version, i);
+                }
+            }
+        }
+        merged_away.sort_unstable();
+        for i in merged_away.into_iter().rev() {
+            self.0.remove(i);
+        }
+    }
+}
+
 /// Who writes: the manager, the subresource written (`""` for the object itself) and the
 /// apiVersion of the endpoint.
 #[derive(Debug, Clone)]
@@ -734,6 +810,7 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, w: &Writer<'_>) {
             }),
         }
     }
+    managed.cap_updates();
     managed.write(new);
 }
 
@@ -878,11 +955,20 @@ fn prune(
                     continue;
                 }
                 if let Some(item) = items.iter_mut().find(|i| e.names_item(i, key)) {
-                    // An item that stays keeps its key, whoever owned it.
-                    let id = item.get(key).cloned();
+                    // An item that stays keeps its key fields, whoever owned them.
+                    let ids: Vec<(&str, Value)> = match key {
+                        ListType::Keyed { key, also } => [Some(key), also.map(|a| a.0)]
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|f| item.get(f).map(|v| (f, v.clone())))
+                            .collect(),
+                        ListType::Set => Vec::new(),
+                    };
                     prune(item, g, o, obj_kind, names);
-                    if let (Some(id), Value::Object(m)) = (id, item) {
-                        m.entry(key).or_insert(id);
+                    if let Value::Object(m) = item {
+                        for (f, v) in ids {
+                            m.entry(f).or_insert(v);
+                        }
                     }
                 }
             }

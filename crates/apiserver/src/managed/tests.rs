@@ -261,6 +261,53 @@ fn keyed_items_are_pruned_but_fields_others_own_stay() {
     );
 }
 
+#[test]
+fn ports_are_keyed_by_number_and_protocol() {
+    let w = Writer {
+        api_version: "v1".into(),
+        obj_kind: "Service",
+        has_status: true,
+        ..writer("kubectl", "")
+    };
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "dns"},
+        "spec": {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53}]}});
+    let applied = apply(&json!({}), &svc, &w, false).expect("applies");
+    let ports = &fields(&applied, 0)["f:spec"]["f:ports"];
+    assert!(ports["k:{\"port\":53,\"protocol\":\"UDP\"}"]["."].is_object(), "{ports}");
+    assert!(ports["k:{\"port\":53,\"protocol\":\"TCP\"}"]["f:port"].is_object(), "{ports}");
+    // Dropping the UDP port removes that item only.
+    let mut tcp_only = svc.clone();
+    tcp_only["spec"]["ports"] = json!([{"port": 53}]);
+    let pruned = apply(&applied, &tcp_only, &w, false).expect("applies");
+    assert_eq!(pruned["spec"]["ports"], json!([{"port": 53}]));
+}
+
+#[test]
+fn update_entries_are_capped_into_ancient_changes() {
+    let mut obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {}});
+    for i in 0..13 {
+        let mut next = obj.clone();
+        next["data"][format!("k{i}")] = json!("v");
+        let now = format!("2026-01-01T00:00:{i:02}Z");
+        let manager = format!("m{i:02}");
+        let w = Writer {
+            api_version: "v1".into(),
+            obj_kind: "ConfigMap",
+            has_status: false,
+            now: &now,
+            ..writer(&manager, "")
+        };
+        record_update(Some(&obj), &mut next, &w);
+        obj = next;
+    }
+    let mf = obj["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
+    assert_eq!(mf.len(), 10);
+    let ancient = mf.iter().find(|e| e["manager"] == "ancient-changes").expect("bucket");
+    let keys = ancient["fieldsV1"]["f:data"].as_object().map(|m| m.len()).unwrap_or(0);
+    assert_eq!(keys, 4, "{ancient}");
+    assert_eq!(ancient["time"], "2026-01-01T00:00:03Z");
+}
+
 fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),

@@ -87,11 +87,11 @@ fn every_write_records_its_manager() {
     let all = entries(&c, &["deploy", "web"]);
     let labelled = entry(&all, "kubectl-label", "").expect("kubectl-label entry");
     assert!(labelled["fieldsV1"]["f:metadata"]["f:labels"]["f:team"].is_object());
-    // The controllers' status writes are recorded against the status subresource.
+    // The controllers' status writes are recorded against the status subresource, under
+    // the name their User-Agent gives, as kube-controller-manager's are.
     berth_testkit::eventually("a status entry", || {
         let all = entries(&c, &["deploy", "web"]);
-        all.iter()
-            .find(|e| e["subresource"] == "status")
+        entry(&all, "kube-controller-manager", "status")
             .map(|e| assert!(e["fieldsV1"]["f:status"].is_object(), "{e}"))
     });
 }
