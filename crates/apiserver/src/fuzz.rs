@@ -257,7 +257,9 @@ fn apply_names_its_manager_and_conflicts_with_other_owners() {
         .block_on(crate::rest::handle(
             srv.clone(),
             Method::PATCH,
-            crate::request::parse(path).expect("path").expect("resource"),
+            crate::request::parse(path)
+                .expect("path")
+                .expect("resource"),
             crate::request::Params::parse(Some("fieldManager=ssa")).expect("params"),
             [(axum::http::header::CONTENT_TYPE, apply.parse().expect("ct"))]
                 .into_iter()
@@ -290,7 +292,12 @@ fn apply_names_its_manager_and_conflicts_with_other_owners() {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|e| (e["manager"].as_str().unwrap_or("?").to_owned(), e["fieldsV1"].clone()))
+        .map(|e| {
+            (
+                e["manager"].as_str().unwrap_or("?").to_owned(),
+                e["fieldsV1"].clone(),
+            )
+        })
         .collect();
     assert_eq!(
         fields,

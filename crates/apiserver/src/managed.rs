@@ -437,6 +437,9 @@ fn diff(
         (Some(Value::Object(a)), Some(Value::Object(b))) => {
             let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
             for k in keys {
+                if is_bookkeeping(path, k) {
+                    continue;
+                }
                 path.push(Element::field(k));
                 names.push(k.clone());
                 diff(a.get(k), b.get(k), obj_kind, path, names, c);
@@ -488,6 +491,12 @@ fn diff(
             c.changed.insert(path);
         }
     }
+}
+
+/// `metadata.managedFields` and `metadata.resourceVersion`, which no comparison looks at.
+fn is_bookkeeping(path: &[Element], key: &str) -> bool {
+    matches!(path, [e] if e.kind == ElementKind::Field && e.text == "metadata")
+        && matches!(key, "managedFields" | "resourceVersion")
 }
 
 /// A value new at `path`: the path itself, and for non-empty maps and keyed lists what is
@@ -670,13 +679,20 @@ impl Managed {
     pub fn write(mut self, obj: &mut Value) {
         self.0.retain(|e| !e.set.is_empty());
         self.0.sort_by(|p, q| {
-            (p.operation, &p.time, &p.manager, &p.api_version, &p.subresource).cmp(&(
-                q.operation,
-                &q.time,
-                &q.manager,
-                &q.api_version,
-                &q.subresource,
-            ))
+            (
+                p.operation,
+                &p.time,
+                &p.manager,
+                &p.api_version,
+                &p.subresource,
+            )
+                .cmp(&(
+                    q.operation,
+                    &q.time,
+                    &q.manager,
+                    &q.api_version,
+                    &q.subresource,
+                ))
         });
         let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
             return;
@@ -771,20 +787,17 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, w: &Writer<'_>) {
         Some(o) if !asks_reset(new) => Managed::read(o),
         _ => Managed::default(),
     };
-    let strip = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove("managedFields");
-            m.remove("resourceVersion");
-        }
-        v
-    };
-    let after = strip(new);
+    // Compared in place (no copies: this runs on every write, large objects included);
+    // `diff` passes over managedFields and resourceVersion.
+    let zero;
     let before = match old {
-        Some(o) => strip(o),
-        None => zero_of(&after),
+        Some(o) => o,
+        None => {
+            zero = zero_of(new);
+            &zero
+        }
     };
-    let mut cmp = compare(&before, &after, w.obj_kind);
+    let mut cmp = compare(before, new, w.obj_kind);
     w.strip(&mut cmp.changed);
     w.strip(&mut cmp.removed);
     let me = |e: &Entry| e.same_owner(w.manager, Operation::Update, &w.api_version, w.subresource);
@@ -868,11 +881,7 @@ pub fn apply(
     let mut set = field_set(config, w.obj_kind);
     w.strip(&mut set);
     let mine = |e: &Entry| e.same_owner(w.manager, Operation::Apply, &w.api_version, w.subresource);
-    let last = managed
-        .0
-        .iter()
-        .position(mine)
-        .map(|i| managed.0.remove(i));
+    let last = managed.0.iter().position(mine).map(|i| managed.0.remove(i));
     if let Some(last) = &last {
         let mut owned = set.clone();
         for e in &managed.0 {
@@ -880,7 +889,13 @@ pub fn apply(
         }
         let mut gone = last.set.clone();
         gone.difference(&owned);
-        prune(&mut merged, &gone, Some(&owned), w.obj_kind, &mut Vec::new());
+        prune(
+            &mut merged,
+            &gone,
+            Some(&owned),
+            w.obj_kind,
+            &mut Vec::new(),
+        );
     }
     let mut cmp = compare(&base, &merged, w.obj_kind);
     w.strip(&mut cmp.changed);

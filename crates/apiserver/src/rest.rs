@@ -679,7 +679,10 @@ async fn write_update(
             ),
         });
     }
-    let managed_fields = new.get("metadata").and_then(|m| m.get("managedFields")).cloned();
+    let managed_fields = new
+        .get("metadata")
+        .and_then(|m| m.get("managedFields"))
+        .cloned();
     if t.subresource == Some(Subresource::Status) {
         let status = new.get("status").cloned();
         new = cur.clone();
@@ -934,11 +937,12 @@ async fn apply(srv: &Server, t: &Target, params: &Params, body: &[u8]) -> Result
             None => json!({}),
         };
         let now = now_rfc3339();
-        let merged = managed::apply(&live, &config, &writer(t, params, &now), force)
-            .map_err(|conflicts| ApiError::ApplyConflict {
+        let merged = managed::apply(&live, &config, &writer(t, params, &now), force).map_err(
+            |conflicts| ApiError::ApplyConflict {
                 message: managed::conflict_message(&conflicts),
                 conflicts: conflicts.into_iter().map(|c| (c.owner, c.path)).collect(),
-            })?;
+            },
+        )?;
         let Some(cur_kv) = cur_kv else {
             return create_with(srv, t, params, merged, Fields::Applied).await;
         };

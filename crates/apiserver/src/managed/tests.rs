@@ -44,7 +44,11 @@ fn manager_names_come_from_the_user_agent() {
         assert_eq!(manager_or_user_agent(fm, ua), want, "{fm:?} {ua:?}");
     };
     check(Some("mine"), "kubectl/v1.33.0", "mine");
-    check(None, "kubectl/v1.33.0 (linux/amd64) kubernetes/abc", "kubectl");
+    check(
+        None,
+        "kubectl/v1.33.0 (linux/amd64) kubernetes/abc",
+        "kubectl",
+    );
     check(
         Some(""),
         "kube-controller-manager/v1.33.0 (linux/amd64) kubernetes/abc/system:serviceaccount:kube-system:deployment-controller",
@@ -131,7 +135,10 @@ fn updates_move_ownership_and_merge_per_manager() {
         .iter()
         .find(|e| e["subresource"] == "status")
         .expect("status entry");
-    assert_eq!(e["fieldsV1"], json!({"f:status": {".": {}, "f:replicas": {}}}));
+    assert_eq!(
+        e["fieldsV1"],
+        json!({"f:status": {".": {}, "f:replicas": {}}})
+    );
 }
 
 #[test]
@@ -146,10 +153,17 @@ fn reset_with_one_empty_entry() {
 
 #[test]
 fn fields_v1_round_trips_and_rejects_garbage() {
-    let v = json!({"f:a": {".": {}, "f:b": {}}, "k:{\"name\":\"x\"}": {}, "v:\"fin\"": {}, "i:3": {}});
+    let v =
+        json!({"f:a": {".": {}, "f:b": {}}, "k:{\"name\":\"x\"}": {}, "v:\"fin\"": {}, "i:3": {}});
     let set = FieldSet::from_fields_v1(&v).expect("reads");
     assert_eq!(set.to_fields_v1(), v);
-    for bad in [json!("x"), json!({"q:a": {}}), json!({"k:[1]": {}}), json!({"i:x": {}}), json!({"f:a": 1})] {
+    for bad in [
+        json!("x"),
+        json!({"q:a": {}}),
+        json!({"k:[1]": {}}),
+        json!({"i:x": {}}),
+        json!({"f:a": 1}),
+    ] {
         assert!(FieldSet::from_fields_v1(&bad).is_err(), "{bad}");
     }
 }
@@ -195,8 +209,13 @@ fn apply_prunes_what_this_manager_dropped() {
 fn apply_conflicts_with_other_owners_unless_forced() {
     let mut live = deploy(2, json!({"app": "web"}));
     record_update(None, &mut live, &writer("kubectl-client-side-apply", ""));
-    let err = apply(&live, &deploy(3, json!({"app": "web"})), &writer("kubectl", ""), false)
-        .expect_err("conflicts");
+    let err = apply(
+        &live,
+        &deploy(3, json!({"app": "web"})),
+        &writer("kubectl", ""),
+        false,
+    )
+    .expect_err("conflicts");
     assert_eq!(
         err,
         vec![Conflict {
@@ -209,21 +228,42 @@ fn apply_conflicts_with_other_owners_unless_forced() {
         "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using apps/v1: .spec.replicas"
     );
     // The same values are no conflict: the field is shared.
-    let shared = apply(&live, &deploy(2, json!({"app": "web"})), &writer("kubectl", ""), false)
-        .expect("shares");
-    let mf = shared["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
+    let shared = apply(
+        &live,
+        &deploy(2, json!({"app": "web"})),
+        &writer("kubectl", ""),
+        false,
+    )
+    .expect("shares");
+    let mf = shared["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(mf.len(), 2);
-    assert!(mf.iter().all(|e| e["fieldsV1"]["f:spec"].get("f:replicas").is_some()));
+    assert!(
+        mf.iter()
+            .all(|e| e["fieldsV1"]["f:spec"].get("f:replicas").is_some())
+    );
     // Dropping a shared field keeps it: the other manager still owns it.
     let mut dropped = deploy(2, json!({"app": "web"}));
-    dropped["spec"].as_object_mut().map(|s| s.remove("replicas"));
+    dropped["spec"]
+        .as_object_mut()
+        .map(|s| s.remove("replicas"));
     let kept = apply(&shared, &dropped, &writer("kubectl", ""), false).expect("applies");
     assert_eq!(kept["spec"]["replicas"], 2);
     // Forced: the applier takes the field over.
-    let forced = apply(&live, &deploy(3, json!({"app": "web"})), &writer("kubectl", ""), true)
-        .expect("forced");
+    let forced = apply(
+        &live,
+        &deploy(3, json!({"app": "web"})),
+        &writer("kubectl", ""),
+        true,
+    )
+    .expect("forced");
     assert_eq!(forced["spec"]["replicas"], 3);
-    let mf = forced["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
+    let mf = forced["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let csa = mf
         .iter()
         .find(|e| e["manager"] == "kubectl-client-side-apply")
@@ -231,8 +271,14 @@ fn apply_conflicts_with_other_owners_unless_forced() {
     assert!(csa["fieldsV1"]["f:spec"].get("f:replicas").is_none());
     // Several conflicts are listed by owner.
     let many = vec![
-        Conflict { owner: "\"b\"".into(), path: ".x".into() },
-        Conflict { owner: "\"a\"".into(), path: ".y".into() },
+        Conflict {
+            owner: "\"b\"".into(),
+            path: ".x".into(),
+        },
+        Conflict {
+            owner: "\"a\"".into(),
+            path: ".y".into(),
+        },
     ];
     assert_eq!(
         conflict_message(&many),
@@ -250,13 +296,22 @@ fn keyed_items_are_pruned_but_fields_others_own_stay() {
     let mut edited = first.clone();
     edited["spec"]["template"]["spec"]["containers"][1]["args"] = json!(["sleep"]);
     record_update(Some(&first), &mut edited, &writer("kubectl-edit", ""));
-    let second = apply(&edited, &deploy(1, json!({"app": "web"})), &writer("kubectl", ""), false)
-        .expect("applies");
+    let second = apply(
+        &edited,
+        &deploy(1, json!({"app": "web"})),
+        &writer("kubectl", ""),
+        false,
+    )
+    .expect("applies");
     let containers = &second["spec"]["template"]["spec"]["containers"];
     assert_eq!(containers[0]["name"], "web");
     assert_eq!(containers[1], json!({"args": ["sleep"], "name": "side"}));
     assert_eq!(
-        path_string(&FieldSet::from_fields_v1(&json!({"f:spec": {"k:{\"name\":\"x\"}": {"f:image": {}}}})).expect("reads").paths()[0]),
+        path_string(
+            &FieldSet::from_fields_v1(&json!({"f:spec": {"k:{\"name\":\"x\"}": {"f:image": {}}}}))
+                .expect("reads")
+                .paths()[0]
+        ),
         ".spec[name=\"x\"].image"
     );
 }
@@ -273,8 +328,14 @@ fn ports_are_keyed_by_number_and_protocol() {
         "spec": {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53}]}});
     let applied = apply(&json!({}), &svc, &w, false).expect("applies");
     let ports = &fields(&applied, 0)["f:spec"]["f:ports"];
-    assert!(ports["k:{\"port\":53,\"protocol\":\"UDP\"}"]["."].is_object(), "{ports}");
-    assert!(ports["k:{\"port\":53,\"protocol\":\"TCP\"}"]["f:port"].is_object(), "{ports}");
+    assert!(
+        ports["k:{\"port\":53,\"protocol\":\"UDP\"}"]["."].is_object(),
+        "{ports}"
+    );
+    assert!(
+        ports["k:{\"port\":53,\"protocol\":\"TCP\"}"]["f:port"].is_object(),
+        "{ports}"
+    );
     // Dropping the UDP port removes that item only.
     let mut tcp_only = svc.clone();
     tcp_only["spec"]["ports"] = json!([{"port": 53}]);
@@ -284,7 +345,8 @@ fn ports_are_keyed_by_number_and_protocol() {
 
 #[test]
 fn update_entries_are_capped_into_ancient_changes() {
-    let mut obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {}});
+    let mut obj =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {}});
     for i in 0..13 {
         let mut next = obj.clone();
         next["data"][format!("k{i}")] = json!("v");
@@ -300,10 +362,19 @@ fn update_entries_are_capped_into_ancient_changes() {
         record_update(Some(&obj), &mut next, &w);
         obj = next;
     }
-    let mf = obj["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
+    let mf = obj["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(mf.len(), 10);
-    let ancient = mf.iter().find(|e| e["manager"] == "ancient-changes").expect("bucket");
-    let keys = ancient["fieldsV1"]["f:data"].as_object().map(|m| m.len()).unwrap_or(0);
+    let ancient = mf
+        .iter()
+        .find(|e| e["manager"] == "ancient-changes")
+        .expect("bucket");
+    let keys = ancient["fieldsV1"]["f:data"]
+        .as_object()
+        .map(|m| m.len())
+        .unwrap_or(0);
     assert_eq!(keys, 4, "{ancient}");
     assert_eq!(ancient["time"], "2026-01-01T00:00:03Z");
 }

@@ -27,25 +27,50 @@ fn events_k8s_io_and_core_events_are_one_object() {
     let c = crate::cluster(Backend::Embedded);
     let res = c.ok(&["api-resources", "--api-group=events.k8s.io"]);
     assert!(
-        res.lines().any(|l| l
-            .split_whitespace()
-            .eq(["events", "ev", "events.k8s.io/v1", "true", "Event"])),
+        res.lines().any(|l| l.split_whitespace().eq([
+            "events",
+            "ev",
+            "events.k8s.io/v1",
+            "true",
+            "Event"
+        ])),
         "{res}"
     );
     let out = c.kubectl_stdin(&["create", "-f", "-"], EVENT);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "event.events.k8s.io/hello.1 created\n"
     );
     let v1 = |path: &str| {
-        c.ok(&["get", "events.events.k8s.io", "hello.1", "-o", &format!("jsonpath={path}")])
+        c.ok(&[
+            "get",
+            "events.events.k8s.io",
+            "hello.1",
+            "-o",
+            &format!("jsonpath={path}"),
+        ])
     };
-    let core = |path: &str| c.ok(&["get", "events.v1.", "hello.1", "-o", &format!("jsonpath={path}")]);
+    let core = |path: &str| {
+        c.ok(&[
+            "get",
+            "events.v1.",
+            "hello.1",
+            "-o",
+            &format!("jsonpath={path}"),
+        ])
+    };
     assert_eq!(v1("{.note}"), "it works");
     assert_eq!(v1("{.regarding.name}"), "cm");
     assert_eq!(core("{.message}"), "it works");
-    assert_eq!(core("{.involvedObject.kind}/{.involvedObject.name}"), "ConfigMap/cm");
+    assert_eq!(
+        core("{.involvedObject.kind}/{.involvedObject.name}"),
+        "ConfigMap/cm"
+    );
     assert_eq!(core("{.reportingComponent}"), "example.com/tester");
     assert_eq!(core("{.apiVersion}"), "v1");
     // Tables for both versions, and `kubectl events`.
@@ -55,7 +80,10 @@ fn events_k8s_io_and_core_events_are_one_object() {
         "{table}"
     );
     let events = c.ok(&["events"]);
-    assert!(events.contains("Tested") && events.contains("it works"), "{events}");
+    assert!(
+        events.contains("Tested") && events.contains("it works"),
+        "{events}"
+    );
     // Field selectors in events.k8s.io's names.
     let by_regarding = c.ok(&[
         "get",
@@ -95,5 +123,8 @@ fn events_k8s_io_and_core_events_are_one_object() {
     // Deleted through either version, it is gone from both.
     c.ok(&["delete", "events.events.k8s.io", "hello.1"]);
     let err = c.fails(&["get", "events.v1.", "hello.1"]);
-    assert!(err.contains("NotFound") || err.contains("not found"), "{err}");
+    assert!(
+        err.contains("NotFound") || err.contains("not found"),
+        "{err}"
+    );
 }

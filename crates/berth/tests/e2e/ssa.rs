@@ -40,9 +40,8 @@ fn entries(c: &Cluster, what: &[&str]) -> Vec<Value> {
 }
 
 fn entry<'a>(all: &'a [Value], manager: &str, subresource: &str) -> Option<&'a Value> {
-    all.iter().find(|e| {
-        e["manager"] == manager && e["subresource"].as_str().unwrap_or("") == subresource
-    })
+    all.iter()
+        .find(|e| e["manager"] == manager && e["subresource"].as_str().unwrap_or("") == subresource)
 }
 
 fn apply_ssa(c: &Cluster, manifest: &str, extra: &[&str]) -> std::process::Output {
@@ -79,7 +78,10 @@ fn every_write_records_its_manager() {
     c.ok(&["scale", "deploy", "web", "--replicas=3"]);
     let all = entries(&c, &["deploy", "web"]);
     let scaled = entry(&all, "kubectl", "scale").expect("scale entry");
-    assert_eq!(scaled["fieldsV1"], serde_json::json!({"f:spec": {"f:replicas": {}}}));
+    assert_eq!(
+        scaled["fieldsV1"],
+        serde_json::json!({"f:spec": {"f:replicas": {}}})
+    );
     let created = entry(&all, "kubectl-create", "").expect("kubectl-create entry");
     assert!(created["fieldsV1"]["f:spec"].get("f:replicas").is_none());
     // A label set with kubectl label is that command's.
@@ -100,7 +102,11 @@ fn every_write_records_its_manager() {
 fn server_side_apply_prunes_conflicts_and_shares() {
     let c = crate::cluster(Backend::Embedded);
     let out = apply_ssa(&c, DEPLOY, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "deployment.apps/web serverside-applied\n"
@@ -112,7 +118,11 @@ fn server_side_apply_prunes_conflicts_and_shares() {
     // Dropped from the manifest, owned by nobody else: the label goes.
     let fewer = DEPLOY.replace("    tier: front\n", "");
     let out = apply_ssa(&c, &fewer, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let labels = c.ok(&["get", "deploy", "web", "-o", "jsonpath={.metadata.labels}"]);
     assert_eq!(labels, r#"{"app":"web"}"#);
     // Strict field validation, as kubectl asks for it.
@@ -135,20 +145,36 @@ fn server_side_apply_prunes_conflicts_and_shares() {
     assert_eq!(replicas(&c), "5");
     // Forced, the applier takes the field over.
     let out = apply_ssa(&c, &three, &["--force-conflicts"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(replicas(&c), "3");
     let all = entries(&c, &["deploy", "web"]);
     assert!(entry(&all, "kubectl", "scale").is_none(), "{all:?}");
     // A second manager applying the same value shares it: no conflict.
     let out = apply_ssa(&c, &three, &["--field-manager=second"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Dropped by the first, the field stays: the second still owns it.
     let no_replicas = three.replace("  replicas: 3\n", "");
     let out = apply_ssa(&c, &no_replicas, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(replicas(&c), "3");
     // Dropped by both, it is gone (and defaulted again).
     let out = apply_ssa(&c, &no_replicas, &["--field-manager=second"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(replicas(&c), "1");
 }
