@@ -10,6 +10,7 @@ pub mod init;
 pub mod layout;
 mod node;
 pub mod oci;
+mod oom;
 mod pods;
 mod probe;
 pub mod runtime;
@@ -19,6 +20,6 @@ pub mod volumes;
 mod worker;
 
 pub use node::detect_ip;
-pub use pods::{Config, run};
+pub use pods::{Config, NetworkGate, PodNetworkGate, run};
 
 pub use error::{Error, Result};

@@ -23,8 +23,9 @@ use berth_image::{Image, Store};
 use k8s_openapi::api::core::v1::Container;
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Mount,
-    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    Capability, LinuxBuilder, LinuxCpu, LinuxMemory, LinuxNamespace, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxResources, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec,
+    UserBuilder,
 };
 use tokio::process::{Child, Command};
 
@@ -77,6 +78,8 @@ pub struct Oci {
     root: PathBuf,
     /// runc run's PID -> container id, for signals.
     runs: Mutex<HashMap<u32, String>>,
+    /// runc run's PID -> the watch on its container's memory cgroup.
+    ooms: Mutex<HashMap<u32, crate::oom::Watch>>,
 }
 
 impl Oci {
@@ -103,6 +106,7 @@ impl Oci {
             runc,
             root,
             runs: Mutex::default(),
+            ooms: Mutex::default(),
         };
         oci.sweep();
         let cgroups = std::process::Command::new("sh")
@@ -160,7 +164,12 @@ impl Oci {
         std::fs::write(&hostname, format!("{}\n", spec.hostname))
             .and_then(|()| std::fs::set_permissions(&hostname, PermissionsExt::from_mode(0o644)))
             .map_err(|e| run_error(format!("writing {}: {e}", hostname.display())))?;
-        let config = runtime_spec(spec, image, &lower, &bundle)?;
+        let id = container_id(pod_dir, &c.name);
+        let mut config = runtime_spec(spec, image, &lower, &bundle)?;
+        if let Some(linux) = config.linux_mut() {
+            linux.set_cgroups_path(Some(cgroup_path(&id)));
+            linux.set_resources(Some(resources(c)));
+        }
         let body = serde_json::to_vec_pretty(&config)
             .map_err(|e| run_error(format!("encoding config.json: {e}")))?;
         std::fs::write(bundle.join("config.json"), body)
@@ -171,7 +180,6 @@ impl Oci {
             .mode(0o600)
             .open(spec.log)
             .map_err(|e| run_error(format!("opening {}: {e}", spec.log.display())))?;
-        let id = container_id(pod_dir, &c.name);
         let tty = c.tty == Some(true);
         let mut cmd = Command::new("unshare");
         cmd.args(["--mount", "--propagation", "private", "--"]);
@@ -194,12 +202,18 @@ impl Oci {
             .env_clear()
             .env("PATH", DEFAULT_PATH)
             .kill_on_drop(false);
-        let (mut child, console) = stdio(cmd, c, log)?;
+        // Watched from before the container runs, so no OOM comes before the watch.
+        let oom = crate::oom::watch(&cgroup_path(&id));
+        let (child, console) = stdio(cmd, c, log)?;
         if let Some(pid) = child.id() {
             let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
-            runs.insert(pid, id);
+            runs.insert(pid, id.clone());
+            if let Some(watch) = oom {
+                let mut ooms = self.ooms.lock().unwrap_or_else(|p| p.into_inner());
+                ooms.insert(pid, watch);
+            }
         }
-        wait_started(&mut child, &bundle.join("init.pid"));
+        wait_started(&child, &bundle.join("init.pid"));
         Ok((child, console))
     }
 
@@ -266,13 +280,18 @@ fn find_runc() -> Option<PathBuf> {
 /// `--pid-file` just before), or runc has exited: the container is Running only then, as
 /// the kubelet reports it once the runtime's StartContainer returns. Off the async workers'
 /// cooperative scheduling when it can ([`blocking`]).
-fn wait_started(child: &mut Child, pid_file: &Path) {
+fn wait_started(child: &Child, pid_file: &Path) {
+    // Not `try_wait`: reaping here would leave the worker a child without a PID.
+    let Some(pid) = child.id() else { return };
+    let exited = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+    };
     let wait = || {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !pid_file.exists() && std::time::Instant::now() < deadline {
-            if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
-                return;
-            }
+        while !pid_file.exists() && std::time::Instant::now() < deadline && !exited() {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
     };
@@ -646,6 +665,61 @@ impl Runtime for Select {
             crate::runtime::signal(pid, sig);
         }
     }
+
+    fn oom_killed(&self, pid: u32) -> bool {
+        let Some(oci) = &self.oci else { return false };
+        let watch = oci
+            .ooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pid);
+        // The watcher has its verdict once runc removed the cgroup, which it does before it
+        // exits: a short wait covers the thread's scheduling.
+        watch.is_some_and(|w| w.killed(std::time::Duration::from_millis(200)))
+    }
+}
+
+/// The container's cgroup (`cgroupsPath`), under `berth/` in every hierarchy.
+fn cgroup_path(id: &str) -> PathBuf {
+    Path::new("/berth").join(id)
+}
+
+/// The cgroup limits of a container's `resources`, as the kubelet sets them: CPU shares
+/// from the request (2 without one), a CFS quota per 100 ms period from the limit, the
+/// memory limit in bytes. Unparsable quantities (the API server validates them) are ignored.
+pub fn resources(c: &Container) -> LinuxResources {
+    use berth_api::quantity::Quantity;
+    const PERIOD: u64 = 100_000;
+    let r = c.resources.clone().unwrap_or_default();
+    let get = |map: &Option<
+        std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >,
+               key: &str| {
+        map.as_ref()
+            .and_then(|m| m.get(key))
+            .and_then(|q| Quantity::parse(&q.0).ok())
+    };
+    let cpu_request = get(&r.requests, "cpu").or_else(|| get(&r.limits, "cpu"));
+    let shares = cpu_request.map_or(2, |q| {
+        u64::try_from(q.ceil_millis().saturating_mul(1024) / 1000)
+            .unwrap_or(0)
+            .clamp(2, 262_144)
+    });
+    let mut cpu = LinuxCpu::default();
+    cpu.set_shares(Some(shares));
+    if let Some(limit) = get(&r.limits, "cpu") {
+        let quota = limit.ceil_millis().saturating_mul(i128::from(PERIOD)) / 1000;
+        cpu.set_quota(Some(i64::try_from(quota.max(1000)).unwrap_or(i64::MAX)));
+        cpu.set_period(Some(PERIOD));
+    }
+    let mut out = LinuxResources::default();
+    out.set_cpu(Some(cpu));
+    if let Some(limit) = get(&r.limits, "memory") {
+        let mut memory = LinuxMemory::default();
+        memory.set_limit(Some(i64::try_from(limit.ceil_units()).unwrap_or(i64::MAX)));
+        out.set_memory(Some(memory));
+    }
+    out
 }
 
 /// The container's init process when `pid` is a `runc run` (an image pod's main process,

@@ -45,6 +45,37 @@ pub struct Config {
     /// Set once the first the Node is registered, the bridge is up and the caches have listed; `berth server` prints "ready" and `/readyz` passes only
     /// after every part of the node has set its own.
     pub synced: std::sync::Arc<tokio::sync::SetOnce<()>>,
+    /// What must have seen a new pod's address before its containers start (the node's
+    /// NetworkPolicy enforcer in `berth server`); none: start at once.
+    pub network_gate: NetworkGate,
+}
+
+/// Something that must account for a new pod's address before its containers start, so a
+/// pod that a NetworkPolicy isolates is filtered from its first packet (as CNI plugins with
+/// policy hold a pod until its rules are in place).
+pub trait PodNetworkGate: Send + Sync {
+    /// Whether a new pod in `namespace` must wait.
+    fn applies(&self, namespace: &str) -> bool;
+    /// Resolves once pod `uid` at `ip` is accounted for.
+    fn ready<'a>(
+        &'a self,
+        uid: &'a str,
+        ip: std::net::Ipv4Addr,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+}
+
+/// An optional [`PodNetworkGate`].
+#[derive(Clone, Default)]
+pub struct NetworkGate(pub Option<Arc<dyn PodNetworkGate>>);
+
+impl std::fmt::Debug for NetworkGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "NetworkGate(set)"
+        } else {
+            "NetworkGate(none)"
+        })
+    }
 }
 
 /// Runs the agent until `shutdown`; on the way out, every pod it started is stopped.

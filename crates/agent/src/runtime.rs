@@ -53,6 +53,12 @@ pub trait Runtime: Send + Sync + 'static {
         signal(pid, sig);
     }
 
+    /// Whether the container whose main process was `pid` (now exited) was killed by the
+    /// kernel's OOM killer; asked once, when it has exited.
+    fn oom_killed(&self, _pid: u32) -> bool {
+        false
+    }
+
     /// The container status's `imageID` for `image` (`repository@sha256:...` for an image
     /// the node has); empty when it has none.
     fn image_id(&self, _image: &str) -> String {
@@ -216,7 +222,13 @@ pub(crate) fn feed(mut to: impl Write + Send + 'static, mut input: mpsc::Unbound
 
 /// Signals the process group of a container's main process; a group already gone is fine.
 pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
-    let Ok(pid) = i32::try_from(pid) else { return };
+    // Group 0 is the caller's own (and 1 would be init's): never a container's.
+    let Ok(pid) = i32::try_from(pid)
+        .map_err(drop)
+        .and_then(|p| if p > 1 { Ok(p) } else { Err(()) })
+    else {
+        return;
+    };
     let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), sig);
 }
 

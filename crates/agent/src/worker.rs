@@ -39,6 +39,8 @@ pub(crate) struct Shared {
 
 /// The kubelet's crash-loop back-off: the first restart is immediate, then 10 s, doubling
 /// to 5 minutes; a container that ran for 10 minutes starts over.
+/// The longest a new pod waits for the NetworkPolicy enforcer.
+const NETWORK_GATE_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
@@ -281,6 +283,7 @@ impl Worker {
                 return;
             }
         }
+        self.await_network_gate().await;
         self.start_next().await;
         tracing::debug!(
             pod = %self.pod.name_any(),
@@ -288,6 +291,36 @@ impl Worker {
             containers_ms = t0.elapsed().as_secs_f64() * 1e3 - sandbox_ms,
             "pod started"
         );
+    }
+
+    /// When a NetworkPolicy may select the pod: publishes its address (the status) and waits,
+    /// boundedly, until the enforcer's table accounts for it.
+    async fn await_network_gate(&mut self) {
+        let (Some(gate), Some(ip)) = (self.shared.config.network_gate.0.clone(), self.ip) else {
+            return;
+        };
+        let ns = self.pod.namespace().unwrap_or_default();
+        if !gate.applies(&ns) {
+            return;
+        }
+        self.report().await;
+        let t0 = std::time::Instant::now();
+        if tokio::time::timeout(NETWORK_GATE_TIMEOUT, gate.ready(&self.uid, ip))
+            .await
+            .is_err()
+        {
+            tracing::warn!(pod = %self.pod.name_any(), "the NetworkPolicy enforcer has not taken the pod's address; starting it anyway");
+            self.events(vec![(
+                "Warning",
+                "NetworkNotReady",
+                format!(
+                    "NetworkPolicy rules for {ip} were not in place after {}s; starting the containers anyway",
+                    NETWORK_GATE_TIMEOUT.as_secs()
+                ),
+                None,
+            )]);
+        }
+        tracing::debug!(pod = %self.pod.name_any(), waited = ?t0.elapsed(), "network policy in place");
     }
 
     /// Starts what is due: the first init container that has not completed (one at a time,
@@ -640,15 +673,18 @@ impl Worker {
         match started {
             Ok((mut child, console)) => {
                 self.shared.consoles.set(&self.uid, &name, console);
-                let pid = child.id().unwrap_or_default();
-                let _ = std::fs::write(
-                    layout::pid_path(state_dir, &self.uid, &name),
-                    pid.to_string(),
-                );
+                // None only when the child was reaped already; its exit still comes below.
+                let pid = child.id();
+                if let Some(pid) = pid {
+                    let _ = std::fs::write(
+                        layout::pid_path(state_dir, &self.uid, &name),
+                        pid.to_string(),
+                    );
+                }
                 if restart {
                     c.restarts += 1;
                 }
-                c.pid = Some(pid);
+                c.pid = pid;
                 c.state = State::Running {
                     started_at: now(),
                     since: Instant::now(),
@@ -738,8 +774,10 @@ impl Worker {
         self.shared.consoles.set(&self.uid, &c.spec.name, None);
         // The container is over when its main process is: whatever it started goes too, as
         // the kubelet stops the whole container (and a restart then finds its ports free).
+        let mut oom = false;
         if let Some(pid) = c.pid.take() {
             self.shared.runtime.signal(pid, Signal::SIGKILL);
+            oom = self.shared.runtime.oom_killed(pid);
         }
         c.kill_at = None;
         c.killing = false;
@@ -750,7 +788,11 @@ impl Worker {
         };
         let mut terminated = json!({
             "exitCode": exit_code,
-            "reason": if exit_code == 0 { "Completed" } else { "Error" },
+            "reason": match (oom, exit_code) {
+                (true, _) => "OOMKilled",
+                (false, 0) => "Completed",
+                (false, _) => "Error",
+            },
             "startedAt": started_at,
             "finishedAt": now(),
             "containerID": format!("berth://{}-{}-{}", self.uid, c.spec.name, c.run),

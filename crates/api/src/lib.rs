@@ -12,6 +12,7 @@ pub mod names;
 pub mod object;
 pub mod printers;
 pub mod protobuf;
+pub mod quantity;
 pub mod resources;
 pub mod selector;
 pub mod service;

@@ -54,6 +54,7 @@ pub fn decode(group: &str, kind: &str, obj: Value) -> Result<Decoded, DecodeErro
         ("apps", "ReplicaSet") => apps::ReplicaSet,
         ("apps", "StatefulSet") => apps::StatefulSet,
         ("apps", "DaemonSet") => apps::DaemonSet,
+        ("apps", "ControllerRevision") => apps::ControllerRevision,
         ("discovery.k8s.io", "EndpointSlice") => discovery::EndpointSlice,
         ("networking.k8s.io", "Ingress") => net::Ingress,
         ("networking.k8s.io", "IngressClass") => net::IngressClass,

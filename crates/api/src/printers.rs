@@ -340,6 +340,17 @@ static DAEMON_SET_COLUMNS: [Column; 11] = [
     ),
 ];
 
+static CONTROLLER_REVISION_COLUMNS: [Column; 4] = [
+    NAME,
+    col("Controller", "string", "Controller of the object"),
+    col(
+        "Revision",
+        "string",
+        "Revision indicates the revision of the state represented by Data.",
+    ),
+    AGE,
+];
+
 static STATEFUL_SET_COLUMNS: [Column; 5] = [
     NAME,
     col("Ready", "string", "Number of the pod with ready state"),
@@ -422,6 +433,7 @@ enum Printer {
     ReplicaSet,
     StatefulSet,
     DaemonSet,
+    ControllerRevision,
     Ingress,
     NetworkPolicy,
 }
@@ -442,6 +454,7 @@ fn printer(group: &str, kind: &str) -> Option<Printer> {
         ("apps", "ReplicaSet") | ("", "ReplicationController") => Printer::ReplicaSet,
         ("apps", "StatefulSet") => Printer::StatefulSet,
         ("apps", "DaemonSet") => Printer::DaemonSet,
+        ("apps", "ControllerRevision") => Printer::ControllerRevision,
         ("networking.k8s.io", "Ingress") => Printer::Ingress,
         ("networking.k8s.io", "NetworkPolicy") => Printer::NetworkPolicy,
         _ => return None,
@@ -474,6 +487,7 @@ pub fn columns(group: &str, kind: &str) -> &'static [Column] {
         Printer::ReplicaSet => &REPLICA_SET_COLUMNS,
         Printer::StatefulSet => &STATEFUL_SET_COLUMNS,
         Printer::DaemonSet => &DAEMON_SET_COLUMNS,
+        Printer::ControllerRevision => &CONTROLLER_REVISION_COLUMNS,
         Printer::Ingress => &INGRESS_COLUMNS,
         Printer::NetworkPolicy => &NETWORK_POLICY_COLUMNS,
     }
@@ -526,6 +540,12 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: Timestamp) -> Vec<Value>
         Printer::ReplicaSet => replica_set_row(obj, now),
         Printer::StatefulSet => stateful_set_row(obj, now),
         Printer::DaemonSet => daemon_set_row(obj, now),
+        Printer::ControllerRevision => vec![
+            name(obj),
+            text(controller_of(obj)),
+            Value::from(int_at(obj, &["revision"]).unwrap_or(0)),
+            age(obj, now),
+        ],
         Printer::Ingress => ingress_row(obj, now),
         Printer::NetworkPolicy => vec![
             name(obj),
@@ -1242,6 +1262,28 @@ fn daemon_set_row(ds: &Value, now: Timestamp) -> Vec<Value> {
         text(images),
         text(format_label_selector(at(ds, &["spec", "selector"]))),
     ]
+}
+
+/// The controlling owner as `kind.group/name` (`statefulset.apps/web`), or `<none>`.
+fn controller_of(obj: &Value) -> String {
+    list_at(obj, &["metadata", "ownerReferences"])
+        .iter()
+        .find(|o| o.get("controller").and_then(Value::as_bool) == Some(true))
+        .map_or_else(
+            || "<none>".to_owned(),
+            |o| {
+                let kind = o.get("kind").and_then(Value::as_str).unwrap_or_default();
+                let api = o
+                    .get("apiVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let name = o.get("name").and_then(Value::as_str).unwrap_or_default();
+                match api.split_once('/') {
+                    Some((group, _)) => format!("{}.{group}/{name}", kind.to_lowercase()),
+                    None => format!("{}/{name}", kind.to_lowercase()),
+                }
+            },
+        )
 }
 
 fn stateful_set_row(sts: &Value, now: Timestamp) -> Vec<Value> {

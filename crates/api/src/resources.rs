@@ -253,6 +253,15 @@ pub static RESOURCES: &[Resource] = &[
         ..res("apps", "v1", "DaemonSet", "daemonsets", "daemonset")
     },
     Resource {
+        ..res(
+            "apps",
+            "v1",
+            "ControllerRevision",
+            "controllerrevisions",
+            "controllerrevision",
+        )
+    },
+    Resource {
         categories: &["all"],
         short_names: &["deploy"],
         subresources: &[S::Status, S::Scale],

@@ -194,6 +194,7 @@ fn register(r: &Resource, g: &mut SchemaGenerator) -> Option<String> {
         ("apps", "ReplicaSet") => add::<apps::ReplicaSet>(g),
         ("apps", "StatefulSet") => add::<apps::StatefulSet>(g),
         ("apps", "DaemonSet") => add::<apps::DaemonSet>(g),
+        ("apps", "ControllerRevision") => add::<apps::ControllerRevision>(g),
         ("discovery.k8s.io", "EndpointSlice") => add::<discovery::EndpointSlice>(g),
         ("networking.k8s.io", "Ingress") => add::<net::Ingress>(g),
         ("networking.k8s.io", "IngressClass") => add::<net::IngressClass>(g),

@@ -657,6 +657,9 @@ async fn run_node(
         synced: parts.netpol_synced,
         ..berth_netpol::Config::default()
     };
+    let mut agent_config = parts.agent.clone();
+    agent_config.network_gate =
+        berth_agent::NetworkGate(Some(Arc::new(PolicyGate(netpol.programmed.clone()))));
     let tasks = [
         spawn_part(
             tracing::info_span!("ingress"),
@@ -685,7 +688,7 @@ async fn run_node(
         ),
     ];
     let parts_cluster_dns = parts.cluster_dns;
-    let result = berth_agent::run(client, parts.agent, shutdown.clone())
+    let result = berth_agent::run(client, agent_config, shutdown.clone())
         .instrument(tracing::info_span!("agent"))
         .await;
     // The agent stops only on shutdown (or failing); the others follow the same token.
@@ -721,6 +724,23 @@ where
     )
 }
 
+/// The node's NetworkPolicy enforcer as the agent's gate for new pods.
+struct PolicyGate(berth_netpol::Programmed);
+
+impl berth_agent::PodNetworkGate for PolicyGate {
+    fn applies(&self, namespace: &str) -> bool {
+        self.0.isolating(namespace)
+    }
+
+    fn ready<'a>(
+        &'a self,
+        uid: &'a str,
+        ip: std::net::Ipv4Addr,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(self.0.programmed(uid, ip))
+    }
+}
+
 /// The agent's configuration from its flags; makes its state directory, DATA_DIR/agent.
 fn agent_config(
     node_name: String,
@@ -741,6 +761,7 @@ fn agent_config(
         kubelet_port: args.kubelet_port,
         client_ca,
         synced: Default::default(),
+        network_gate: berth_agent::NetworkGate::default(),
     };
     berth_apiserver::files::private_dir(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;

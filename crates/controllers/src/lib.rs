@@ -12,6 +12,7 @@ pub mod endpoints;
 pub mod endpointslices;
 mod error;
 pub mod gc;
+pub mod history;
 mod index;
 pub mod lb_pool;
 mod owners;

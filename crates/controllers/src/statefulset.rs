@@ -5,15 +5,15 @@
 //! changes, and the status `kubectl rollout status` reads (upstream
 //! `pkg/controller/statefulset/stateful_set_control.go`).
 //!
-//! berth keeps no ControllerRevisions: a Pod is always made from the current template, so a
-//! Pod below the partition that is deleted during a partitioned rollout comes back at the new
-//! revision (upstream rebuilds it from the old one). `volumeClaimTemplates` become `emptyDir`
+//! Each template is recorded as a ControllerRevision ([`crate::history`]); a Pod below the
+//! partition that is deleted during a partitioned rollout comes back from the current
+//! revision's template, as upstream rebuilds it. `volumeClaimTemplates` become `emptyDir`
 //! volumes of the same name until berth has persistent volumes.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
-use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, Pod, Volume};
+use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, Pod, PodTemplateSpec, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::deployment::pod_template_hash;
@@ -38,18 +38,19 @@ pub struct StatefulSetPlan {
     pub status: StatefulSetStatus,
 }
 
-/// `<set>-<hash of the template>`, the update revision's name.
-pub fn update_revision(sts: &StatefulSet) -> String {
+/// The hash of the set's template, as its revision's name and label carry it.
+pub fn template_hash(sts: &StatefulSet) -> String {
     let template = sts
         .spec
         .as_ref()
         .map(|s| s.template.clone())
         .unwrap_or_default();
-    format!(
-        "{}-{}",
-        name(&sts.metadata),
-        pod_template_hash(&template, None)
-    )
+    pod_template_hash(&template, None)
+}
+
+/// `<set>-<hash of the template>`, the update revision's name.
+pub fn update_revision(sts: &StatefulSet) -> String {
+    crate::history::revision_name(&sts.metadata, &template_hash(sts))
 }
 
 /// The ordinal of a Pod named `<set>-<n>`.
@@ -85,14 +86,29 @@ pub fn owned_pods<'a>(
 /// Pod `ordinal` of `sts` at `revision`: the template, a stable name, hostname and subdomain
 /// (so `<pod>.<serviceName>` resolves), the identity labels and the set as controller.
 pub fn pod_for(sts: &StatefulSet, ordinal: usize, revision: &str) -> Pod {
+    let template = sts
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    pod_from(sts, template, ordinal, revision)
+}
+
+/// Pod `ordinal` of `sts` made from `template` (the one `revision` recorded).
+pub fn pod_from(
+    sts: &StatefulSet,
+    template: PodTemplateSpec,
+    ordinal: usize,
+    revision: &str,
+) -> Pod {
     let spec = sts.spec.clone().unwrap_or_default();
-    let template_meta = spec.template.metadata.unwrap_or_default();
+    let template_meta = template.metadata.unwrap_or_default();
     let pod_name = format!("{}-{ordinal}", name(&sts.metadata));
     let mut labels = template_meta.labels.unwrap_or_default();
     labels.insert(POD_NAME_LABEL.into(), pod_name.clone());
     labels.insert(POD_INDEX_LABEL.into(), ordinal.to_string());
     labels.insert(REVISION_LABEL.into(), revision.to_owned());
-    let mut pod_spec = spec.template.spec.unwrap_or_default();
+    let mut pod_spec = template.spec.unwrap_or_default();
     pod_spec.hostname = Some(pod_name.clone());
     pod_spec.subdomain = spec.service_name.filter(|s| !s.is_empty());
     let volumes = pod_spec.volumes.get_or_insert_with(Vec::new);
@@ -145,8 +161,14 @@ fn running_and_ready(pod: &Pod) -> bool {
     running && is_ready(pod) && !is_terminating(pod)
 }
 
-/// One sync of `sts` given the Pods it controls (as from [`owned_pods`]).
-pub fn plan(sts: &StatefulSet, pods: &BTreeMap<usize, &Pod>) -> StatefulSetPlan {
+/// One sync of `sts` given the Pods it controls (as from [`owned_pods`]) and the current
+/// revision's name and template, when it is still recorded: Pods below the partition are
+/// made from it.
+pub fn plan(
+    sts: &StatefulSet,
+    pods: &BTreeMap<usize, &Pod>,
+    current: Option<(&str, &PodTemplateSpec)>,
+) -> StatefulSetPlan {
     let spec = sts.spec.as_ref();
     let replicas = usize::try_from(spec.and_then(|s| s.replicas).unwrap_or(1)).unwrap_or(0);
     let parallel = spec.and_then(|s| s.pod_management_policy.as_deref()) == Some("Parallel");
@@ -180,11 +202,19 @@ pub fn plan(sts: &StatefulSet, pods: &BTreeMap<usize, &Pod>) -> StatefulSetPlan 
     if !out.delete.is_empty() {
         return out;
     }
+    // Upstream `newVersionedStatefulSetPod`: below a rolling update's partition, a Pod is
+    // made at the current revision.
+    let make = |ordinal: usize| match current {
+        Some((rev, template)) if rolling && ordinal < partition && rev != update => {
+            pod_from(sts, template.clone(), ordinal, rev)
+        }
+        _ => pod_for(sts, ordinal, &update),
+    };
     // Create the missing ones, in order; an OrderedReady set waits for each to be ready.
     for ordinal in 0..replicas {
         match pods.get(&ordinal) {
             None => {
-                out.create.push(pod_for(sts, ordinal, &update));
+                out.create.push(make(ordinal));
                 if monotonic {
                     return out;
                 }
@@ -346,16 +376,16 @@ mod tests {
     #[test]
     fn ordered_ready_creates_one_pod_at_a_time() {
         let s = sts(json!({}));
-        assert_eq!(created(&plan(&s, &BTreeMap::new())), ["web-0"]);
+        assert_eq!(created(&plan(&s, &BTreeMap::new(), None)), ["web-0"]);
         let pods = [pod(&s, 0, false)];
         assert!(
-            plan(&s, &owned(&pods)).create.is_empty(),
+            plan(&s, &owned(&pods), None).create.is_empty(),
             "web-0 is not ready yet"
         );
         let pods = [pod(&s, 0, true)];
-        assert_eq!(created(&plan(&s, &owned(&pods))), ["web-1"]);
+        assert_eq!(created(&plan(&s, &owned(&pods), None)), ["web-1"]);
         let pods = [pod(&s, 0, true), pod(&s, 1, true), pod(&s, 2, true)];
-        let p = plan(&s, &owned(&pods));
+        let p = plan(&s, &owned(&pods), None);
         assert!(p.create.is_empty() && p.delete.is_empty());
         assert_eq!(p.status.ready_replicas, Some(3));
         assert_eq!(p.status.updated_replicas, Some(3));
@@ -366,25 +396,28 @@ mod tests {
     fn parallel_creates_and_deletes_at_once() {
         let s = sts(json!({"spec": {"podManagementPolicy": "Parallel"}}));
         assert_eq!(
-            created(&plan(&s, &BTreeMap::new())),
+            created(&plan(&s, &BTreeMap::new(), None)),
             ["web-0", "web-1", "web-2"]
         );
         let s = sts(json!({"spec": {"podManagementPolicy": "Parallel", "replicas": 1}}));
         let pods = [pod(&s, 0, true), pod(&s, 1, true), pod(&s, 2, false)];
-        assert_eq!(plan(&s, &owned(&pods)).delete, ["web-2", "web-1"]);
+        assert_eq!(plan(&s, &owned(&pods), None).delete, ["web-2", "web-1"]);
     }
 
     #[test]
     fn scaling_down_removes_the_highest_ordinal_first() {
         let s = sts(json!({"spec": {"replicas": 1}}));
         let pods = [pod(&s, 0, true), pod(&s, 1, true), pod(&s, 2, true)];
-        assert_eq!(plan(&s, &owned(&pods)).delete, ["web-2"]);
+        assert_eq!(plan(&s, &owned(&pods), None).delete, ["web-2"]);
         let mut going = pod(&s, 2, true);
         going.metadata.deletion_timestamp = Some(
             k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
         );
         let pods = [pod(&s, 0, true), pod(&s, 1, true), going];
-        assert!(plan(&s, &owned(&pods)).delete.is_empty(), "web-2 first");
+        assert!(
+            plan(&s, &owned(&pods), None).delete.is_empty(),
+            "web-2 first"
+        );
     }
 
     #[test]
@@ -396,20 +429,56 @@ mod tests {
                              "status": {"currentRevision": update_revision(&old)}}),
         );
         let pods = [pod(&old, 0, true), pod(&old, 1, true), pod(&old, 2, true)];
-        let p = plan(&new, &owned(&pods));
+        let p = plan(&new, &owned(&pods), None);
         assert_eq!(p.delete, ["web-2"]);
         assert_eq!(p.status.updated_replicas, None);
         assert_eq!(p.status.current_revision, Some(update_revision(&old)));
         // web-2 back at the new revision: web-1 next; web-0 is below the partition.
         let pods = [pod(&old, 0, true), pod(&old, 1, true), pod(&new, 2, true)];
-        assert_eq!(plan(&new, &owned(&pods)).delete, ["web-1"]);
+        assert_eq!(plan(&new, &owned(&pods), None).delete, ["web-1"]);
         let pods = [pod(&old, 0, true), pod(&new, 1, true), pod(&new, 2, true)];
-        let p = plan(&new, &owned(&pods));
+        let p = plan(&new, &owned(&pods), None);
         assert!(p.delete.is_empty());
         assert_eq!(p.status.updated_replicas, Some(2));
         // While a replaced Pod is not ready, nothing else is touched.
         let pods = [pod(&old, 0, true), pod(&old, 1, true), pod(&new, 2, false)];
-        assert!(plan(&new, &owned(&pods)).delete.is_empty());
+        assert!(plan(&new, &owned(&pods), None).delete.is_empty());
+    }
+
+    #[test]
+    fn a_pod_below_the_partition_comes_back_at_the_current_revision() {
+        let old = sts(json!({}));
+        let new = sts(
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "nginx", "image": "nginx:2"}]}},
+                                      "updateStrategy": {"rollingUpdate": {"partition": 2}}},
+                             "status": {"currentRevision": update_revision(&old)}}),
+        );
+        let old_template = old.spec.as_ref().expect("spec").template.clone();
+        let current = Some((update_revision(&old), old_template));
+        let current = current.as_ref().map(|(n, t)| (n.as_str(), t));
+        // web-0 (below the partition) was deleted mid-rollout.
+        let pods = [pod(&new, 2, true), pod(&old, 1, true)];
+        let p = plan(&new, &owned(&pods), current);
+        let made = &p.create[0];
+        assert_eq!(name(&made.metadata), "web-0");
+        assert_eq!(revision_of(made), Some(update_revision(&old).as_str()));
+        let image = made.spec.as_ref().expect("spec").containers[0]
+            .image
+            .clone();
+        assert_eq!(image.as_deref(), Some("nginx"));
+        // At or above the partition, and with no revision recorded, the update template.
+        let pods = [pod(&old, 0, true), pod(&old, 1, true)];
+        let p = plan(&new, &owned(&pods), current);
+        assert_eq!(
+            revision_of(&p.create[0]),
+            Some(update_revision(&new).as_str())
+        );
+        let pods = [pod(&new, 2, true), pod(&old, 1, true)];
+        let p = plan(&new, &owned(&pods), None);
+        assert_eq!(
+            revision_of(&p.create[0]),
+            Some(update_revision(&new).as_str())
+        );
     }
 
     #[test]

@@ -12,18 +12,19 @@
 //!   while allowed keeps flowing until it ends or its conntrack entry expires; new
 //!   connections see the new rules at once. To cut open flows, delete their conntrack entries
 //!   in the node (`conntrack -D -d POD_IP`) or restart the pod.
-//! - **A new pod's first moments.** The rules key pods by address, and the address is learnt
-//!   from the Pod's status, which the agent writes once the pod's network namespace is set up
-//!   and its containers started. Until the next sync after that (the watch event plus one
-//!   transaction, milliseconds), traffic to and from a new pod that a policy isolates passes
-//!   unfiltered: its address is in no verdict map yet. The upstream documentation asks that a
-//!   pod created after a policy is in force be filtered from its first instant; closing this
-//!   needs the agent to wait, before starting containers, until the enforcer has written the
-//!   pod's chain (as CNI plugins with policy do), which berth does not do yet.
+//! - **A new pod's first moments.** The rules key pods by address, learnt from the Pod's
+//!   status. The upstream documentation asks that a pod created after a policy is in force be
+//!   filtered from its first instant, so in `berth server` the agent, once it has given a
+//!   pod in a namespace with policies its address, reports it and waits for [`Programmed`]
+//!   (a table that accounts for the pod is in the kernel) before starting its containers, as
+//!   CNI plugins with policy do. The wait is bounded (a few seconds, then the agent starts
+//!   the pod and says so in an event): an enforcer that is down does not stop pods running.
+//!   `berth agent` alone beside another enforcer has no such gate.
 
 pub mod apply;
 pub mod desired;
 pub mod error;
+mod gate;
 pub mod policy;
 pub mod render;
 pub mod ruleset;
@@ -32,6 +33,7 @@ mod run;
 pub use apply::Netlink;
 pub use desired::{Scope, TABLE, desired};
 pub use error::{Error, Result};
+pub use gate::Programmed;
 pub use policy::PodView;
 pub use ruleset::{Op, Ruleset, diff};
 pub use run::{Config, cleanup, run};

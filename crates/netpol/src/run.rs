@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::Netlink;
 use crate::desired::{Scope, desired};
 use crate::error::{Error, Result};
+use crate::gate::Programmed;
 use crate::policy::PodView;
 use crate::ruleset::{Ruleset, diff};
 
@@ -35,6 +36,8 @@ pub struct Config {
     pub bridge_nf_call_iptables: bool,
     /// Set once the first sync is in the kernel.
     pub synced: Arc<tokio::sync::SetOnce<()>>,
+    /// Told of the pods each sync in the kernel accounts for (what the agent waits on).
+    pub programmed: Programmed,
 }
 
 impl Default for Config {
@@ -45,6 +48,7 @@ impl Default for Config {
             min_sync_interval: Duration::from_millis(10),
             bridge_nf_call_iptables: true,
             synced: Default::default(),
+            programmed: Programmed::default(),
         }
     }
 }
@@ -74,6 +78,7 @@ pub async fn run(config: Config, client: Client, shutdown: CancellationToken) ->
         tokio::spawn(drive(Api::all(client.clone()), pods_w, wake.clone())),
         tokio::spawn(drive(Api::all(client), namespaces_w, wake.clone())),
     ];
+    config.programmed.set_policies(policies.clone());
     let caches = Caches {
         policies,
         pods,
@@ -128,7 +133,8 @@ async fn sync_loop(config: &Config, caches: &Caches, wake: &Notify) -> Result<()
         let before = current.take();
         let nl = socket.take();
         // Computing the table takes milliseconds at a thousand pods: off the async workers.
-        let (want, nl, outcome) = blocking(move || {
+        let (want, accounted, nl, outcome) = blocking(move || {
+            let accounted = Programmed::accounted(pods.iter().map(AsRef::as_ref));
             let want = desired(
                 policies.iter().map(AsRef::as_ref),
                 pods.iter().map(AsRef::as_ref),
@@ -139,11 +145,11 @@ async fn sync_loop(config: &Config, caches: &Caches, wake: &Notify) -> Result<()
                 Some(nl) => nl,
                 None => match Netlink::open() {
                     Ok(nl) => nl,
-                    Err(e) => return Ok((want, None, Err(e))),
+                    Err(e) => return Ok((want, accounted, None, Err(e))),
                 },
             };
             let outcome = write(&mut nl, before.as_ref(), &want);
-            Ok((want, Some(nl), outcome))
+            Ok((want, accounted, Some(nl), outcome))
         })
         .await?;
         match outcome {
@@ -159,6 +165,7 @@ async fn sync_loop(config: &Config, caches: &Caches, wake: &Notify) -> Result<()
                 }
                 current = Some(want);
                 socket = nl;
+                config.programmed.publish(accounted);
                 if config.synced.set(()).is_ok() {
                     tracing::info!(took = ?start.elapsed(), "table ip berth-netpol written");
                 }

@@ -1056,7 +1056,7 @@ pub mod images {
     const APPLETS: &[&str] = &[
         "sh", "cat", "echo", "ls", "ps", "sleep", "hostname", "env", "id", "printenv", "touch",
         "mkdir", "rm", "true", "false", "wget", "nc", "httpd", "test", "[", "kill", "pwd",
-        "nslookup",
+        "nslookup", "dd",
     ];
 
     /// What `/etc/berth-image` holds.

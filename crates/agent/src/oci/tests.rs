@@ -185,3 +185,27 @@ fn the_runtime_spec_joins_the_pod_and_binds_its_files() {
         "{caps:?}"
     );
 }
+
+#[test]
+fn resources_become_cgroup_limits_as_the_kubelet_sets_them() {
+    let with = |res: serde_json::Value| {
+        let mut c = container(None, None);
+        c.resources = Some(serde_json::from_value(res).expect("resources"));
+        resources(&c)
+    };
+    let r = with(serde_json::json!({"limits": {"cpu": "250m", "memory": "16Mi"}}));
+    let cpu = r.cpu().clone().expect("cpu");
+    assert_eq!(cpu.shares(), Some(256), "the request defaults to the limit");
+    assert_eq!((cpu.quota(), cpu.period()), (Some(25_000), Some(100_000)));
+    assert_eq!(r.memory().clone().expect("memory").limit(), Some(16 << 20));
+    let r = with(serde_json::json!({"requests": {"cpu": "2"}}));
+    let cpu = r.cpu().clone().expect("cpu");
+    assert_eq!((cpu.shares(), cpu.quota()), (Some(2048), None));
+    assert!(r.memory().is_none());
+    // BestEffort: the kubelet's minimum shares; no limits.
+    let r = resources(&container(None, None));
+    assert_eq!(r.cpu().clone().expect("cpu").shares(), Some(2));
+    // A tiny limit still gets the kubelet's minimum quota.
+    let r = with(serde_json::json!({"limits": {"cpu": "1m"}}));
+    assert_eq!(r.cpu().clone().expect("cpu").quota(), Some(1000));
+}

@@ -227,6 +227,40 @@ fn image_pods_restart_probe_and_stop_gracefully() {
     );
     c.ok(&["exec", "vols", "--", "touch", "/data/written"]);
     c.fails(&["exec", "vols", "--", "touch", "/etc/app/nope"]);
+    // resources become the container's cgroup limits; going over the memory limit is an
+    // OOM kill the status reports as the kubelet does.
+    c.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: limited\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: bbtest:2\n    imagePullPolicy: Never\n    command: [sleep, \"3600\"]\n    resources:\n      limits: {memory: 16Mi, cpu: 250m}\n",
+    );
+    c.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hog\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: bbtest:2\n    imagePullPolicy: Never\n    command: [dd, if=/dev/zero, of=/dev/null, bs=64M, count=1]\n    resources:\n      limits: {memory: 16Mi}\n",
+    );
+    running(&c, "limited");
+    let limits = c.ok(&[
+        "exec",
+        "limited",
+        "--",
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max",
+    ]);
+    let limits: Vec<&str> = limits.split_whitespace().collect();
+    assert!(
+        limits == ["16777216", "25000"] || limits == ["16777216", "25000", "100000"],
+        "{limits:?}"
+    );
+    let terminated = eventually("the hog to be OOM-killed", || {
+        let t = c.ok(&[
+            "get",
+            "pod",
+            "hog",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.terminated.reason} {.status.containerStatuses[0].state.terminated.exitCode}",
+        ]);
+        (!t.trim().is_empty()).then_some(t)
+    });
+    assert_eq!(terminated, "OOMKilled 137", "{}", c.ok(&["logs", "hog"]));
+
     let started = std::time::Instant::now();
     c.ok(&["delete", "pod", "term"]);
     assert!(

@@ -624,4 +624,26 @@ fn egress_policies_follow_the_truth_table() {
         // not in the block.
         |from, t| dns_ok(from, t),
     );
+
+    // A pod created while the policies are in force is filtered from its first packet: its
+    // very first connection (to x/a on TCP 80, which y may not reach) is dropped, and the
+    // one after (TCP 81, allowed) passes.
+    let script = format!(
+        "for p in 80 81; do if timeout 1 bash -c \"exec 3<>/dev/tcp/{}/$p\"; then echo first-$p=ok; else echo first-$p=no; fi; done; sleep 3600",
+        m.ip("x", "a")
+    );
+    let late = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"namespace": "y", "name": "late", "labels": {"pod": "late"}},
+        "spec": {"terminationGracePeriodSeconds": 0,
+                 "containers": [{"name": "c", "image": "busybox", "command": ["/bin/bash", "-c", script]}]}});
+    m.c.apply(&late.to_string());
+    let logs = eventually("the new pod's first connections", || {
+        let out = m.c.kubectl(&["logs", "-n", "y", "late"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("first-81=").then_some(text)
+    });
+    assert!(
+        logs.contains("first-80=no") && logs.contains("first-81=ok"),
+        "{logs}"
+    );
 }

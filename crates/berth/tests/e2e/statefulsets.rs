@@ -1,6 +1,7 @@
 //! StatefulSets on the default single node: stable names created in order, the headless
 //! Service's per-Pod DNS names, scaling down from the top, a partitioned rolling update and
-//! `kubectl rollout status`, garbage collection of the Pods.
+//! `kubectl rollout status`, ControllerRevisions with `kubectl rollout history` and `undo`,
+//! garbage collection of the Pods and revisions.
 
 use std::path::Path;
 
@@ -175,9 +176,70 @@ fn a_statefulset_runs_named_pods_in_order_with_dns_names() {
     let after = c.ok(&["get", "pod", "web-0", "-o", "jsonpath={.metadata.uid}"]);
     assert_eq!(before, after, "web-0 is below the partition");
 
-    // Deleting the set collects its Pods.
+    // Each template is a ControllerRevision: a Pod below the partition deleted mid-rollout
+    // comes back at the revision it had, and `kubectl rollout` lists and restores them.
+    let revisions = c.ok(&["get", "controllerrevisions"]);
+    assert!(
+        revisions
+            .lines()
+            .next()
+            .is_some_and(|l| l
+                .split_whitespace()
+                .eq(["NAME", "CONTROLLER", "REVISION", "AGE"])),
+        "{revisions}"
+    );
+    assert_eq!(
+        revisions.matches("statefulset.apps/web").count(),
+        2,
+        "{revisions}"
+    );
+    let old_uid = c.ok(&["get", "pod", "web-1", "-o", "jsonpath={.metadata.uid}"]);
+    c.ok(&["delete", "pod", "web-1"]);
+    eventually("web-1 to come back", || {
+        let uid = c.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "statefulset.kubernetes.io/pod-name=web-1",
+            "-o",
+            "jsonpath={.items[*].metadata.uid}",
+        ]);
+        (!uid.is_empty() && uid != old_uid).then_some(())
+    });
+    assert_eq!(rev("web-1"), "", "web-1 is rebuilt at the current revision");
+    let history = c.ok(&["rollout", "history", "statefulset/web"]);
+    let numbers: Vec<&str> = history
+        .lines()
+        .skip_while(|l| !l.starts_with("REVISION"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(numbers, ["1", "2"], "{history}");
+    let second = c.ok(&["rollout", "history", "statefulset/web", "--revision=2"]);
+    assert!(
+        second.contains("Annotations:\trev: 2"),
+        "revision 2's template: {second}"
+    );
+    let undo = c.ok(&["rollout", "undo", "statefulset/web"]);
+    assert!(undo.contains("rolled back"), "{undo}");
+    eventually("web-2 to go back to the first template", || {
+        (rev("web-2").is_empty()).then_some(())
+    });
+    let history = c.ok(&["rollout", "history", "statefulset/web"]);
+    let numbers: Vec<&str> = history
+        .lines()
+        .skip_while(|l| !l.starts_with("REVISION"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(numbers, ["2", "3"], "revision 1 came back as 3: {history}");
+
+    // Deleting the set collects its Pods and its history.
     c.ok(&["delete", "statefulset", "web"]);
-    eventually("the Pods to be collected", || {
-        pods(&c).is_empty().then_some(())
+    eventually("the Pods and revisions to be collected", || {
+        (pods(&c).is_empty()
+            && c.ok(&["get", "controllerrevisions", "-o", "name"])
+                .is_empty())
+        .then_some(())
     });
 }

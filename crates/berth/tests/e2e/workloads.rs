@@ -228,6 +228,23 @@ fn daemonsets_run_a_pod_on_the_node_and_roll() {
         (now.starts_with("node-1 agent-") && now != first && now.split(' ').count() == 2)
             .then_some(())
     });
+    // Both templates are ControllerRevisions; `rollout undo` brings the first one back.
+    let history = c.ok(&["rollout", "history", "ds/agent"]);
+    assert!(
+        history.contains("REVISION") && history.contains("\n1 ") && history.contains("\n2 "),
+        "{history}"
+    );
+    c.ok(&["rollout", "undo", "ds/agent"]);
+    eventually("the first template back", || {
+        let env = c.ok(&[
+            "get",
+            "ds",
+            "agent",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].env}",
+        ]);
+        env.is_empty().then_some(())
+    });
     c.ok(&["delete", "ds", "agent"]);
     eventually("the daemon's pod to go", || {
         node_of().trim().is_empty().then_some(())

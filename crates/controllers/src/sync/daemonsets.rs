@@ -16,7 +16,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::workloads::{claim, ignore_404, owner_or_adopters, pods_in};
 use super::{Ctx, events, requeue_on_error};
-use crate::{Error, daemonset};
+use crate::{Error, daemonset, history};
 
 pub(crate) fn controller(
     ctx: Arc<Ctx>,
@@ -57,10 +57,26 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if ds.metadata.deletion_timestamp.is_none() {
         claim(&pods_api, &*ds, &orphans, &[]).await?;
     }
+    let hash = daemonset::revision(&ds);
+    let in_use: BTreeSet<String> = owned
+        .iter()
+        .filter_map(|p| p.labels().get(daemonset::REVISION_LABEL))
+        .map(|h| history::revision_name(&ds.metadata, h))
+        .collect();
+    let spec = ds.spec.clone().unwrap_or_default();
+    let owner = history::Owner {
+        kind: "DaemonSet",
+        meta: &ds.metadata,
+        template: &spec.template,
+        limit: spec.revision_history_limit.unwrap_or(10),
+        hash_label: daemonset::REVISION_LABEL,
+        hash: &hash,
+    };
+    super::history::sync(&ctx, owner, &in_use, None).await?;
     let nodes = ctx.nodes.state();
     let nodes: Vec<&Node> = nodes.iter().map(|n| &**n).collect();
     let plan = daemonset::plan(&ds, &nodes, &owned, jiff::Timestamp::now());
-    let revision = daemonset::revision(&ds);
+    let revision = hash;
     let (mut created, mut deleted) = (BTreeSet::new(), BTreeSet::new());
     for node in &plan.create_on {
         let pod = pods_api

@@ -27,6 +27,7 @@ pub(crate) struct Graph {
     pub pods: Indexed<Objects>,
     pub services: Indexed<Objects>,
     pub slices: Indexed<Objects>,
+    pub revisions: Indexed<Objects>,
 }
 
 impl Graph {
@@ -41,6 +42,7 @@ impl Graph {
             self.pods.read(),
             self.services.read(),
             self.slices.read(),
+            self.revisions.read(),
         ];
         let changes = kinds.iter().map(|k| k.changes()).sum();
         if !always && seen == Some(changes) {
@@ -97,6 +99,7 @@ fn api_for(ctx: &Ctx, n: &Node) -> Option<Api<kube::api::DynamicObject>> {
         "Pod" => "pods",
         "Service" => "services",
         "EndpointSlice" => "endpointslices",
+        "ControllerRevision" => "controllerrevisions",
         _ => return None,
     };
     let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, plural);

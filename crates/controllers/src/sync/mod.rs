@@ -7,6 +7,7 @@ mod daemonsets;
 mod endpoints;
 mod events;
 mod gc;
+mod history;
 mod lb;
 mod serviceaccounts;
 mod slices;
@@ -18,7 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, Stream, StreamExt};
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, ReplicationController, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
@@ -71,6 +74,8 @@ pub(crate) struct Ctx {
     pub daemonsets: Store<DaemonSet>,
     pub nodes: Store<Node>,
     pub statefulsets: Store<StatefulSet>,
+    /// The history of StatefulSets and DaemonSets.
+    pub revisions: Store<ControllerRevision>,
     /// Pods by namespace and label, Services by selector, Endpoints by the Pods they list,
     /// EndpointSlices by their Service: kept from the same watches as the caches.
     pub pod_index: Indexed<LabelIndex>,
@@ -286,6 +291,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let daemonsets = shared::<DaemonSet>();
     let nodes = shared::<Node>();
     let statefulsets = shared::<StatefulSet>();
+    let revisions = shared::<ControllerRevision>();
     let subscribe = |w: &reflector::store::Writer<_>| w.subscribe();
     let (Some(svc_for_ep), Some(svc_for_slices), Some(svc_for_lb)) = (
         subscribe(&services.writer),
@@ -345,6 +351,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         daemonsets: daemonsets.store.clone(),
         nodes: nodes.store.clone(),
         statefulsets: statefulsets.store.clone(),
+        revisions: revisions.store.clone(),
         pod_index: Indexed::default(),
         service_index: Indexed::default(),
         endpoints_index: Indexed::default(),
@@ -478,6 +485,14 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         |_| {},
         Some(gc_wake.clone()),
     ));
+    let g = graph.revisions.clone();
+    tasks.spawn(drive(
+        &client,
+        revisions.writer,
+        move |ev| g.event(ev),
+        |_| {},
+        Some(gc_wake.clone()),
+    ));
     let (i, g) = (index.slice_index.clone(), graph.slices.clone());
     tasks.spawn(drive(
         &client,
@@ -502,6 +517,10 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         ),
         ("statefulsets", ctx.statefulsets.wait_until_ready().boxed()),
         ("daemonsets", ctx.daemonsets.wait_until_ready().boxed()),
+        (
+            "controllerrevisions",
+            ctx.revisions.wait_until_ready().boxed(),
+        ),
         ("nodes", ctx.nodes.wait_until_ready().boxed()),
     ] {
         tokio::select! {

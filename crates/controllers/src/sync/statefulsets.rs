@@ -1,6 +1,7 @@
 //! The StatefulSet controller loop: Pods for each StatefulSet as `statefulset::plan` orders
-//! them, and its status, written through the API.
+//! them, its ControllerRevisions and its status, written through the API.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::workloads::controller_of;
 use super::{Ctx, events, requeue_on_error};
-use crate::{Error, statefulset};
+use crate::{Error, history, statefulset};
 
 pub(crate) fn controller(
     ctx: Arc<Ctx>,
@@ -34,7 +35,33 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
     let ns = sts.namespace().unwrap_or_default();
     let all = super::workloads::pods_in(&ctx, &ns);
     let owned = statefulset::owned_pods(&sts, all.iter().map(|p| &**p));
-    let plan = statefulset::plan(&sts, &owned);
+    let update = statefulset::update_revision(&sts);
+    let current = sts
+        .status
+        .as_ref()
+        .and_then(|s| s.current_revision.clone())
+        .filter(|c| !c.is_empty());
+    let mut in_use: BTreeSet<String> = owned
+        .values()
+        .filter_map(|p| p.labels().get(statefulset::REVISION_LABEL).cloned())
+        .collect();
+    in_use.extend(current.iter().cloned());
+    let spec = sts.spec.clone().unwrap_or_default();
+    let hash = statefulset::template_hash(&sts);
+    let owner = history::Owner {
+        kind: "StatefulSet",
+        meta: &sts.metadata,
+        template: &spec.template,
+        limit: spec.revision_history_limit.unwrap_or(10),
+        hash_label: history::HASH_LABEL,
+        hash: &hash,
+    };
+    let current_template = super::history::sync(&ctx, owner, &in_use, current.as_deref()).await?;
+    let current = current
+        .as_deref()
+        .filter(|c| *c != update)
+        .zip(current_template.as_ref());
+    let plan = statefulset::plan(&sts, &owned, current);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let set = sts.name_any();
     for pod in &plan.create {
