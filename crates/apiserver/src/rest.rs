@@ -924,10 +924,11 @@ async fn apply(srv: &Server, t: &Target, params: &Params, body: &[u8]) -> Result
         ));
     }
     // The object's writers never set its status, nor a status writer anything else.
-    if let Some(m) = config.as_object_mut() {
-        if t.subresource.is_none() && r.has_status {
-            m.remove("status");
-        }
+    if let Some(m) = config.as_object_mut()
+        && t.subresource.is_none()
+        && r.has_status
+    {
+        m.remove("status");
     }
     let force = crate::request::flag(&params.force);
     loop {
