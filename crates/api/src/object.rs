@@ -59,6 +59,7 @@ pub fn decode(group: &str, kind: &str, obj: Value) -> Result<Decoded, DecodeErro
         ("networking.k8s.io", "Ingress") => net::Ingress,
         ("networking.k8s.io", "IngressClass") => net::IngressClass,
         ("networking.k8s.io", "NetworkPolicy") => net::NetworkPolicy,
+        ("events.k8s.io", "Event") => k8s_openapi::api::events::v1::Event,
     );
     match convert(group, kind) {
         None => Ok(Decoded {

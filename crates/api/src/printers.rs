@@ -444,7 +444,7 @@ fn printer(group: &str, kind: &str) -> Option<Printer> {
         ("", "Pod") => Printer::Pod,
         ("", "Service") => Printer::Service,
         ("", "Endpoints") => Printer::Endpoints,
-        ("", "Event") => Printer::Event,
+        ("", "Event") | ("events.k8s.io", "Event") => Printer::Event,
         ("", "ConfigMap") => Printer::ConfigMap,
         ("", "Secret") => Printer::Secret,
         ("", "ServiceAccount") => Printer::ServiceAccount,
@@ -508,6 +508,10 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: Timestamp) -> Vec<Value>
         Printer::Pod => pod_row(obj, now),
         Printer::Service => service_row(obj, now),
         Printer::Endpoints => vec![name(obj), text(format_endpoints(obj)), age(obj, now)],
+        // One table for both versions, as upstream prints them, read in core's field names.
+        Printer::Event if group == "events.k8s.io" => {
+            event_row(&crate::events::to_core_v1(obj.clone()), now)
+        }
         Printer::Event => event_row(obj, now),
         Printer::ConfigMap => {
             let n = map_len(obj, &["data"]) + map_len(obj, &["binaryData"]);

@@ -324,6 +324,24 @@ pub static RESOURCES: &[Resource] = &[
             "networkpolicy",
         )
     },
+    // Kept in core Events' storage, converted on the way (`events::to_events_v1`); field
+    // selectors name its fields (`regarding.kind`), as upstream's label conversion allows.
+    Resource {
+        short_names: &["ev"],
+        selectable_fields: &[
+            "reason",
+            "regarding.kind",
+            "regarding.namespace",
+            "regarding.name",
+            "regarding.uid",
+            "regarding.apiVersion",
+            "regarding.resourceVersion",
+            "regarding.fieldPath",
+            "reportingController",
+            "type",
+        ],
+        ..res("events.k8s.io", "v1", "Event", "events", "event")
+    },
 ];
 
 impl Resource {

@@ -35,6 +35,19 @@ pub enum ApiError {
         name: String,
         errors: FieldErrors,
     },
+    /// Invalid request options (`PatchOptions`, ...), as `meta.k8s.io` objects.
+    #[error("{kind}.meta.k8s.io \"\" is invalid: {}", render_causes(errors))]
+    InvalidOptions {
+        kind: &'static str,
+        errors: FieldErrors,
+    },
+    /// Server-side apply would change fields other managers own: the message and, per
+    /// conflict, the owner (`"kubectl" using apps/v1`) and the field path (`.spec.replicas`).
+    #[error("{message}")]
+    ApplyConflict {
+        message: String,
+        conflicts: Vec<(String, String)>,
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -91,8 +104,10 @@ impl ApiError {
     pub fn code(&self) -> StatusCode {
         match self {
             Self::NotFound { .. } | Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::AlreadyExists { .. } | Self::Conflict { .. } => StatusCode::CONFLICT,
-            Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::AlreadyExists { .. } | Self::Conflict { .. } | Self::ApplyConflict { .. } => {
+                StatusCode::CONFLICT
+            }
+            Self::Invalid { .. } | Self::InvalidOptions { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Gone(_) => StatusCode::GONE,
@@ -110,8 +125,8 @@ impl ApiError {
         match self {
             Self::NotFound { .. } | Self::NoRoute => "NotFound",
             Self::AlreadyExists { .. } => "AlreadyExists",
-            Self::Conflict { .. } => "Conflict",
-            Self::Invalid { .. } => "Invalid",
+            Self::Conflict { .. } | Self::ApplyConflict { .. } => "Conflict",
+            Self::Invalid { .. } | Self::InvalidOptions { .. } => "Invalid",
             Self::BadRequest(_) => "BadRequest",
             Self::Forbidden(_) => "Forbidden",
             Self::Gone(_) => "Expired",
@@ -147,6 +162,34 @@ impl ApiError {
                     field: String::new(),
                 }],
                 retry_after_seconds: Some(1),
+            }),
+            Self::ApplyConflict { conflicts, .. } => Some(Details {
+                name: String::new(),
+                group: None,
+                kind: "",
+                causes: conflicts
+                    .iter()
+                    .map(|(owner, path)| Cause {
+                        reason: "FieldManagerConflict",
+                        message: format!("conflict with {owner}"),
+                        field: path.clone(),
+                    })
+                    .collect(),
+                retry_after_seconds: None,
+            }),
+            Self::InvalidOptions { kind, errors } => Some(Details {
+                name: String::new(),
+                group: Some("meta.k8s.io"),
+                kind,
+                causes: errors
+                    .iter()
+                    .map(|e| Cause {
+                        reason: e.kind.cause_type(),
+                        message: e.message(),
+                        field: e.path.clone(),
+                    })
+                    .collect(),
+                retry_after_seconds: None,
             }),
             Self::Invalid {
                 resource,

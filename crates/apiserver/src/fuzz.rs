@@ -128,10 +128,14 @@ pub(crate) async fn send(
     ct: &str,
     body: &[u8],
 ) -> StatusCode {
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
     let t = crate::request::parse(path)
         .expect("path")
         .expect("a resource path");
-    let params = crate::request::Params::parse(None).expect("params");
+    let params = crate::request::Params::parse(query).expect("params");
     let mut headers = axum::http::HeaderMap::new();
     headers.insert(
         axum::http::header::CONTENT_TYPE,
@@ -183,7 +187,7 @@ proptest! {
     fn any_patch_gets_a_status_never_a_panic(p in json_value()) {
         let dir = tempfile::tempdir().expect("tempdir");
         let (rt, srv) = server_with_a_configmap(dir.path());
-        let path = "/api/v1/namespaces/default/configmaps/cm";
+        let path = "/api/v1/namespaces/default/configmaps/cm?fieldManager=fuzz";
         let text = p.to_string();
         let wrapped = json!([{"op": "replace", "path": "", "value": p}]).to_string();
         for ct in PATCH_TYPES {
@@ -229,4 +233,77 @@ fn concurrent_patches_without_a_resource_version_all_apply() {
         .expect("get");
     let keys = stored["data"].as_object().map_or(0, serde_json::Map::len);
     assert_eq!(keys, writers * each + 1, "every patch's key is there");
+}
+
+#[test]
+fn apply_names_its_manager_and_conflicts_with_other_owners() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, srv) = server_with_a_configmap(dir.path());
+    let path = "/api/v1/namespaces/default/configmaps/cm";
+    let apply = "application/apply-patch+yaml";
+    let merge = "application/merge-patch+json";
+    let cfg = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\ndata:\n  a: \"2\"\n";
+    let send = |p: &str, ct: &str, body: &str| {
+        rt.block_on(send(&srv, Method::PATCH, p, ct, body.as_bytes()))
+    };
+    // No manager: 422, as kube-apiserver's PatchOptions validation answers; force is for apply only.
+    assert_eq!(send(path, apply, cfg), StatusCode::UNPROCESSABLE_ENTITY);
+    let forced = format!("{path}?force=true");
+    assert_eq!(send(&forced, merge, "{}"), StatusCode::UNPROCESSABLE_ENTITY);
+    // `data.a` belongs to the creator: changing it conflicts, unless forced.
+    let by_ssa = format!("{path}?fieldManager=ssa");
+    assert_eq!(send(&by_ssa, apply, cfg), StatusCode::CONFLICT);
+    let err = rt
+        .block_on(crate::rest::handle(
+            srv.clone(),
+            Method::PATCH,
+            crate::request::parse(path)
+                .expect("path")
+                .expect("resource"),
+            crate::request::Params::parse(Some("fieldManager=ssa")).expect("params"),
+            [(axum::http::header::CONTENT_TYPE, apply.parse().expect("ct"))]
+                .into_iter()
+                .collect(),
+            bytes::Bytes::from(cfg),
+        ))
+        .expect_err("conflict");
+    let status = err.status().to_value();
+    assert_eq!(
+        status["message"],
+        "Apply failed with 1 conflict: conflict with \"\" using v1: .data.a"
+    );
+    assert_eq!(
+        status["details"]["causes"],
+        json!([{"reason": "FieldManagerConflict", "message": "conflict with \"\" using v1", "field": ".data.a"}])
+    );
+    let by_ssa_forced = format!("{path}?fieldManager=ssa&force=true");
+    assert_eq!(send(&by_ssa_forced, apply, cfg), StatusCode::OK);
+    let stored = rt
+        .block_on(crate::rest::get(
+            &srv,
+            berth_api::resources::by_kind("", "ConfigMap").expect("configmaps"),
+            Some("default"),
+            "cm",
+        ))
+        .expect("get");
+    assert_eq!(stored["data"]["a"], "2");
+    // The applier owns `data.a` now; the creator (no User-Agent: manager "") keeps `data`.
+    let fields: Vec<(String, Value)> = stored["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["manager"].as_str().unwrap_or("?").to_owned(),
+                e["fieldsV1"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            ("ssa".to_owned(), json!({"f:data": {"f:a": {}}})),
+            (String::new(), json!({"f:data": {}})),
+        ]
+    );
 }

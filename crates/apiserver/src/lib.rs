@@ -12,6 +12,7 @@ pub mod files;
 mod filter;
 #[cfg(test)]
 mod fuzz;
+mod managed;
 mod meta;
 mod metrics;
 mod node_proxy;

@@ -66,7 +66,11 @@ pub fn labels(obj: &Value) -> std::collections::BTreeMap<String, String> {
 
 /// Storage key of a collection: `/{group or core}/{plural}/` and, for one namespace, `.../{ns}/`.
 pub fn collection_key(r: &Resource, namespace: Option<&str>) -> String {
-    let group = if r.group.is_empty() { "core" } else { r.group };
+    // events.k8s.io Events live where core Events do, as kube-apiserver stores them.
+    let group = match r.group {
+        "" | "events.k8s.io" => "core",
+        g => g,
+    };
     match namespace {
         Some(ns) if r.namespaced => format!("/{group}/{}/{ns}/", r.plural),
         _ => format!("/{group}/{}/", r.plural),

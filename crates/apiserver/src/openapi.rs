@@ -199,6 +199,7 @@ fn register(r: &Resource, g: &mut SchemaGenerator) -> Option<String> {
         ("networking.k8s.io", "Ingress") => add::<net::Ingress>(g),
         ("networking.k8s.io", "IngressClass") => add::<net::IngressClass>(g),
         ("networking.k8s.io", "NetworkPolicy") => add::<net::NetworkPolicy>(g),
+        ("events.k8s.io", "Event") => add::<k8s_openapi::api::events::v1::Event>(g),
         _ => return None,
     })
 }
@@ -228,7 +229,7 @@ fn build_document(path: &str) -> Value {
             // k8s-openapi lists `metadata` as required because its Rust field is not an
             // `Option`; Kubernetes' definitions do so only where the Go field lacks
             // `omitempty`, which among the served kinds is core Event alone.
-            if r.kind != "Event" {
+            if (r.group, r.kind) != ("", "Event") {
                 unrequire(s, "metadata");
             }
         }
@@ -438,7 +439,7 @@ mod tests {
             let required = found[0]["required"].as_array().cloned().unwrap_or_default();
             assert_eq!(
                 required.contains(&json!("metadata")),
-                r.kind == "Event",
+                (r.group, r.kind) == ("", "Event"),
                 "{}",
                 r.kind
             );

@@ -118,6 +118,12 @@ pub(crate) fn merge_key(obj_kind: &str, path: &[String]) -> Option<&'static str>
     }
 }
 
+/// Merges an applied configuration into `doc` (server-side apply's structured merge): maps
+/// by key, keyed lists by their key, sets as sets, other lists and scalars replaced.
+pub(crate) fn merge_applied(doc: &mut Value, config: &Value, obj_kind: &str) {
+    strategic(doc, config, obj_kind, &mut Vec::new());
+}
+
 fn strategic(doc: &mut Value, patch: &Value, obj_kind: &str, path: &mut Vec<String>) {
     let Value::Object(p) = patch else {
         *doc = patch.clone();

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use crate::admission;
 use crate::error::{ApiError, Result};
 use crate::filter::Filter;
+use crate::managed::{self, Writer};
 use crate::meta::{ObjectMeta, collection_key, now_rfc3339, object_key};
 use crate::patch::{self, PatchType};
 use crate::request::{Params, Target};
@@ -80,6 +81,7 @@ pub async fn handle(
     let metadata_only = table::wants_metadata(&accept);
     let include = Include::parse(params.include_object.as_deref());
     let r = t.resource;
+    let params = with_manager(params, &method, &content_type, &headers)?;
     let reply = match (&method, t.name.as_deref(), t.subresource) {
         (&Method::GET, None, _) if params.is_watch() || t.watch_path => {
             return watch::serve(srv, &t, &params, as_table, metadata_only, include).await;
@@ -209,9 +211,27 @@ pub fn decode_kv(kv: &KeyValue) -> Result<Value> {
     Ok(v)
 }
 
-fn encode(obj: &Value) -> Bytes {
+/// Reads a stored object as `r` serves it: events.k8s.io Events are kept in core's form.
+pub fn decode_as(r: &Resource, kv: &KeyValue) -> Result<Value> {
+    let v = decode_kv(kv)?;
+    Ok(if is_events_v1(r) {
+        berth_api::events::to_events_v1(v)
+    } else {
+        v
+    })
+}
+
+fn is_events_v1(r: &Resource) -> bool {
+    r.group == "events.k8s.io"
+}
+
+/// The stored form of an object of `r`, without its resourceVersion.
+fn encode(r: &Resource, obj: &Value) -> Bytes {
     let mut o = obj.clone();
     o.remove_meta("resourceVersion");
+    if is_events_v1(r) {
+        o = berth_api::events::to_core_v1(o);
+    }
     Bytes::from(o.to_string())
 }
 
@@ -247,7 +267,7 @@ pub async fn get(
         .get(&object_key(r, ns, name))
         .await?
         .ok_or_else(|| not_found(r, name))?;
-    decode_kv(&kv)
+    decode_as(r, &kv)
 }
 
 /// The continue token: the last key returned and the list's revision, opaque to clients.
@@ -314,7 +334,7 @@ async fn list(srv: &Server, t: &Target, params: &Params) -> Result<Reply> {
         let mut stopped_early = false;
         for kv in &page.items {
             start_after = Some(kv.key.clone());
-            let obj = decode_kv(kv)?;
+            let obj = decode_as(r, kv)?;
             if filter.matches(&obj) {
                 items.push(obj);
                 if limit > 0 && items.len() == limit {
@@ -431,7 +451,90 @@ fn random_suffix() -> String {
         .collect()
 }
 
+/// Checks the options of a write as kube-apiserver validates `PatchOptions` (an apply names
+/// its manager; `force` is for apply only) and settles the manager's name: `fieldManager`,
+/// else the User-Agent's product.
+fn with_manager(
+    mut params: Params,
+    method: &Method,
+    content_type: &str,
+    headers: &HeaderMap,
+) -> Result<Params> {
+    let apply = *method == Method::PATCH
+        && PatchType::from_content_type(content_type) == Some(PatchType::Apply);
+    let mut errors = Vec::new();
+    let given = params.field_manager.as_deref().unwrap_or("");
+    if *method == Method::PATCH && !apply && params.force.is_some() {
+        errors.push(berth_api::FieldError::forbidden(
+            "force",
+            "may not be specified for non-apply patch",
+        ));
+    }
+    if apply && given.is_empty() {
+        errors.push(berth_api::FieldError::required(
+            "fieldManager",
+            "is required for apply patch",
+        ));
+    }
+    if given.len() > managed::MAX_MANAGER_LEN {
+        errors.push(berth_api::FieldError::too_long(
+            "fieldManager",
+            managed::MAX_MANAGER_LEN,
+        ));
+    }
+    if !errors.is_empty() {
+        let kind = if *method == Method::PATCH {
+            "PatchOptions"
+        } else if *method == Method::PUT {
+            "UpdateOptions"
+        } else {
+            "CreateOptions"
+        };
+        return Err(ApiError::InvalidOptions { kind, errors });
+    }
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    params.field_manager = Some(managed::manager_or_user_agent(
+        params.field_manager.as_deref(),
+        agent,
+    ));
+    Ok(params)
+}
+
+/// How a write's managedFields come about.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fields {
+    /// Recorded as an Update by the request's manager.
+    Update,
+    /// Already set by server-side apply.
+    Applied,
+}
+
+/// The writer of a request: its manager (`kube-apiserver` for the server's own writes).
+fn writer<'a>(t: &'a Target, params: &'a Params, now: &'a str) -> Writer<'a> {
+    Writer {
+        manager: params.field_manager.as_deref().unwrap_or("kube-apiserver"),
+        subresource: t.subresource.map(Subresource::name).unwrap_or(""),
+        api_version: t.resource.api_version(),
+        obj_kind: t.resource.kind,
+        has_status: t.resource.has_status,
+        now,
+    }
+}
+
 pub async fn create(srv: &Server, t: &Target, params: &Params, body: Value) -> Result<Reply> {
+    create_with(srv, t, params, body, Fields::Update).await
+}
+
+async fn create_with(
+    srv: &Server,
+    t: &Target,
+    params: &Params,
+    body: Value,
+    fields: Fields,
+) -> Result<Reply> {
     let r = t.resource;
     let mut warnings = Vec::new();
     let mut obj = decode_for(r, params, body, &mut warnings)?;
@@ -463,10 +566,10 @@ pub async fn create(srv: &Server, t: &Target, params: &Params, body: Value) -> R
         "deletionTimestamp",
         "deletionGracePeriodSeconds",
         "selfLink",
-        "managedFields",
     ] {
         obj.remove_meta(f);
     }
+    let managed_fields = obj.remove_meta("managedFields");
     obj.set_meta("uid", json!(uuid::Uuid::new_v4().to_string()));
     obj.set_meta("creationTimestamp", json!(now_rfc3339()));
     if r.has_generation {
@@ -484,6 +587,13 @@ pub async fn create(srv: &Server, t: &Target, params: &Params, body: Value) -> R
         admission::check_namespace_open(srv, ns).await?;
     }
     let grant = admission::create(srv, r, &mut obj).await?;
+    match (fields, managed_fields) {
+        (Fields::Applied, Some(mf)) => obj.set_meta("managedFields", mf),
+        _ => {
+            let now = now_rfc3339();
+            managed::record_update(None, &mut obj, &writer(t, params, &now));
+        }
+    }
     if params.dry_run() {
         grant.rollback(srv);
         return Ok(Reply {
@@ -494,7 +604,7 @@ pub async fn create(srv: &Server, t: &Target, params: &Params, body: Value) -> R
     }
     match srv
         .store
-        .create(&object_key(r, ns.as_deref(), &name), encode(&obj))
+        .create(&object_key(r, ns.as_deref(), &name), encode(r, &obj))
         .await
     {
         Ok(kv) => {
@@ -524,9 +634,9 @@ async fn update(srv: &Server, t: &Target, params: &Params, body: Value) -> Resul
     let cur_kv = get_kv(srv, r, &key, name).await?;
     let mut warnings = Vec::new();
     if t.subresource == Some(Subresource::Scale) {
-        let cur = decode_kv(&cur_kv)?;
+        let cur = decode_as(r, &cur_kv)?;
         let new = admission::apply_scale(&cur, &body)?;
-        return write_update(srv, t, params, new, &cur_kv, warnings).await;
+        return write_update(srv, t, params, new, &cur_kv, warnings, Fields::Update).await;
     }
     let new = decode_for(r, params, body, &mut warnings)?;
     if new.name() != Some(name) {
@@ -535,7 +645,7 @@ async fn update(srv: &Server, t: &Target, params: &Params, body: Value) -> Resul
             new.name().unwrap_or("")
         )));
     }
-    write_update(srv, t, params, new, &cur_kv, warnings).await
+    write_update(srv, t, params, new, &cur_kv, warnings, Fields::Update).await
 }
 
 /// The shared tail of update and patch: carries server-owned fields over from the stored
@@ -547,10 +657,11 @@ async fn write_update(
     mut new: Value,
     cur_kv: &KeyValue,
     warnings: Vec<String>,
+    fields: Fields,
 ) -> Result<Reply> {
     let r = t.resource;
     let name = t.name.as_deref().unwrap_or("");
-    let cur = decode_kv(cur_kv)?;
+    let cur = decode_as(r, cur_kv)?;
     if let Some(rv) = new.resource_version().filter(|v| !v.is_empty())
         && rv != cur_kv.mod_revision.to_string()
     {
@@ -568,10 +679,15 @@ async fn write_update(
             ),
         });
     }
+    let managed_fields = new
+        .get("metadata")
+        .and_then(|m| m.get("managedFields"))
+        .cloned();
     if t.subresource == Some(Subresource::Status) {
         let status = new.get("status").cloned();
         new = cur.clone();
         set_or_remove(&mut new, "status", status);
+        set_or_remove_meta(&mut new, "managedFields", managed_fields.clone());
     } else if r.has_status {
         set_or_remove(&mut new, "status", cur.get("status").cloned());
     }
@@ -582,7 +698,6 @@ async fn write_update(
         "deletionGracePeriodSeconds",
         "namespace",
         "generation",
-        "managedFields",
     ] {
         match cur
             .meta_str(f)
@@ -614,6 +729,10 @@ async fn write_update(
     } else {
         admission::update(srv, r, &mut new, &cur).await?
     };
+    if fields == Fields::Update {
+        let now = now_rfc3339();
+        managed::record_update(Some(&cur), &mut new, &writer(t, params, &now));
+    }
     let mut unchanged = cur.clone();
     unchanged.remove_meta("resourceVersion");
     if unchanged == new {
@@ -654,12 +773,12 @@ async fn write_update(
             .delete(&key, Some(cur_kv.mod_revision))
             .await
             .map(|kv| KeyValue {
-                value: encode(&new),
+                value: encode(r, &new),
                 ..kv
             })
     } else {
         srv.store
-            .update(&key, encode(&new), Some(cur_kv.mod_revision))
+            .update(&key, encode(r, &new), Some(cur_kv.mod_revision))
             .await
     };
     match result {
@@ -682,6 +801,15 @@ async fn write_update(
                 berth_store::Error::NotFound { .. } => not_found(r, name),
                 e => e.into(),
             })
+        }
+    }
+}
+
+fn set_or_remove_meta(obj: &mut Value, field: &str, v: Option<Value>) {
+    match v {
+        Some(v) => obj.set_meta(field, v),
+        None => {
+            obj.remove_meta(field);
         }
     }
 }
@@ -722,23 +850,17 @@ async fn patch(
     let r = t.resource;
     let name = t.name.as_deref().unwrap_or("");
     let key = object_key(r, t.namespace.as_deref(), name);
+    if kind == PatchType::Apply && t.subresource != Some(Subresource::Scale) {
+        return apply(srv, t, params, body).await;
+    }
     // Retried on conflict until it applies, as kube-apiserver's GuaranteedUpdate does, unless
     // the patch itself names a resourceVersion: each try reads the latest version, so some
     // writer always makes progress.
     loop {
         let Some(cur_kv) = srv.store.get(&key).await? else {
-            if kind == PatchType::Apply {
-                let obj = patch::json_or_yaml(body)
-                    .map_err(|e| ApiError::BadRequest(e.to_string()))
-                    .and_then(|v| match v {
-                        Value::Object(_) => Ok(v),
-                        other => Err(ApiError::BadRequest(not_an_object(&other))),
-                    })?;
-                return create(srv, t, params, obj).await;
-            }
             return Err(not_found(r, name));
         };
-        let mut doc = decode_kv(&cur_kv)?;
+        let mut doc = decode_as(r, &cur_kv)?;
         if t.subresource == Some(Subresource::Scale) {
             doc = admission::scale_of(&doc);
         }
@@ -755,19 +877,85 @@ async fn patch(
             .resource_version()
             .is_some_and(|v| v != cur_kv.mod_revision.to_string());
         let result = if t.subresource == Some(Subresource::Scale) {
-            let cur = decode_kv(&cur_kv)?;
+            let cur = decode_as(r, &cur_kv)?;
             let new = admission::apply_scale(&cur, &doc)?;
-            write_update(srv, t, params, new, &cur_kv, Vec::new()).await
+            write_update(srv, t, params, new, &cur_kv, Vec::new(), Fields::Update).await
         } else {
             let mut warnings = Vec::new();
             let new = decode_for(r, params, doc, &mut warnings)?;
             if new.name() != Some(name) {
                 return Err(ApiError::BadRequest("metadata.name: Invalid value: the name of the object may not be changed by a patch".into()));
             }
-            write_update(srv, t, params, new, &cur_kv, warnings).await
+            write_update(srv, t, params, new, &cur_kv, warnings, Fields::Update).await
         };
         match result {
             // A lost race is tried again on the new version; a failed precondition is final.
+            Err(ApiError::Conflict { ref detail, .. })
+                if !explicit_rv && !detail.starts_with("Precondition failed") =>
+            {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Server-side apply (`application/apply-patch+yaml`): the configuration merged into the live
+/// object (or a new one) with managedFields, pruning and conflicts as `managed::apply` does;
+/// retried on a lost race as other patches are.
+async fn apply(srv: &Server, t: &Target, params: &Params, body: &[u8]) -> Result<Reply> {
+    let r = t.resource;
+    let name = t.name.as_deref().unwrap_or("");
+    let key = object_key(r, t.namespace.as_deref(), name);
+    let mut config = patch::json_or_yaml(body)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
+        .and_then(|v| match v {
+            Value::Object(_) => Ok(v),
+            other => Err(ApiError::BadRequest(not_an_object(&other))),
+        })?;
+    if config
+        .get("metadata")
+        .and_then(|m| m.get("managedFields"))
+        .is_some_and(|m| !m.is_null())
+    {
+        return Err(ApiError::BadRequest(
+            "metadata.managedFields must be nil".into(),
+        ));
+    }
+    // The object's writers never set its status, nor a status writer anything else.
+    if let Some(m) = config.as_object_mut()
+        && t.subresource.is_none()
+        && r.has_status
+    {
+        m.remove("status");
+    }
+    let force = crate::request::flag(&params.force);
+    loop {
+        let cur_kv = srv.store.get(&key).await?;
+        let live = match &cur_kv {
+            Some(kv) => decode_as(r, kv)?,
+            None => json!({}),
+        };
+        let now = now_rfc3339();
+        let merged = managed::apply(&live, &config, &writer(t, params, &now), force).map_err(
+            |conflicts| ApiError::ApplyConflict {
+                message: managed::conflict_message(&conflicts),
+                conflicts: conflicts.into_iter().map(|c| (c.owner, c.path)).collect(),
+            },
+        )?;
+        let Some(cur_kv) = cur_kv else {
+            return create_with(srv, t, params, merged, Fields::Applied).await;
+        };
+        let explicit_rv = merged
+            .resource_version()
+            .is_some_and(|v| v != cur_kv.mod_revision.to_string());
+        let mut warnings = Vec::new();
+        let new = decode_for(r, params, merged, &mut warnings)?;
+        if new.name() != Some(name) {
+            return Err(ApiError::BadRequest("metadata.name: Invalid value: the name of the object may not be changed by a patch".into()));
+        }
+        match write_update(srv, t, params, new, &cur_kv, warnings, Fields::Applied).await {
             Err(ApiError::Conflict { ref detail, .. })
                 if !explicit_rv && !detail.starts_with("Precondition failed") =>
             {
@@ -1044,7 +1232,7 @@ async fn delete(
     let opts = delete_options(body)?;
     let key = object_key(r, t.namespace.as_deref(), name);
     let cur_kv = get_kv(srv, r, &key, name).await?;
-    let cur = decode_kv(&cur_kv)?;
+    let cur = decode_as(r, &cur_kv)?;
     if let Some(uid) = &opts.precondition_uid {
         let have = cur.meta_str("uid").unwrap_or("");
         if uid != have {
@@ -1120,7 +1308,7 @@ async fn delete(
         marked.set_meta("deletionGracePeriodSeconds", json!(0));
         let kv = srv
             .store
-            .update(&key, encode(&marked), Some(cur_kv.mod_revision))
+            .update(&key, encode(r, &marked), Some(cur_kv.mod_revision))
             .await?;
         marked.set_meta("resourceVersion", json!(kv.mod_revision.to_string()));
         return Ok(Reply::ok(marked));
@@ -1176,7 +1364,7 @@ async fn graceful_delete(
     marked.remove_meta("resourceVersion");
     match srv
         .store
-        .update(key, encode(&marked), Some(cur_kv.mod_revision))
+        .update(key, encode(t.resource, &marked), Some(cur_kv.mod_revision))
         .await
     {
         Ok(kv) => {

@@ -17,7 +17,7 @@ use crate::error::{ApiError, Result};
 use crate::filter::Filter;
 use crate::meta::{ObjectMeta, collection_key};
 use crate::request::{Params, Target, flag};
-use crate::rest::decode_kv;
+use crate::rest::decode_as;
 use crate::table::{self, Include};
 
 /// How a watch renders objects: raw, or as one-row Tables.
@@ -98,7 +98,7 @@ pub async fn serve(
             )
             .await?;
         for kv in &listed.items {
-            let obj = decode_kv(kv)?;
+            let obj = decode_as(r, kv)?;
             if filter.matches(&obj) {
                 initial.push(obj);
             }
@@ -153,11 +153,11 @@ pub async fn serve(
             let Some(ev) = ev else { return };
             let line = match ev {
                 Ok(Event::Put { kv, prev }) => {
-                    let Ok(obj) = decode_kv(&kv) else { continue };
+                    let Ok(obj) = decode_as(r, &kv) else { continue };
                     let now = filter.matches(&obj);
                     let before = prev
                         .as_ref()
-                        .and_then(|p| decode_kv(p).ok())
+                        .and_then(|p| decode_as(r, p).ok())
                         .map(|o| filter.matches(&o));
                     match (before, now) {
                         (None | Some(false), true) => Some(render.line("ADDED", obj, &mut first)),
@@ -166,7 +166,7 @@ pub async fn serve(
                         _ => None,
                     }
                 }
-                Ok(Event::Delete { prev, revision }) => match decode_kv(&prev) {
+                Ok(Event::Delete { prev, revision }) => match decode_as(r, &prev) {
                     Ok(mut obj) if filter.matches(&obj) => {
                         obj.set_meta("resourceVersion", json!(revision.to_string()));
                         Some(render.line("DELETED", obj, &mut first))

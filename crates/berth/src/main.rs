@@ -161,19 +161,32 @@ async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
     })
 }
 
+/// The User-Agents of berth's own clients, named after the upstream component whose job
+/// they do: the API server records writes under the User-Agent's first word when no
+/// fieldManager is given, so managedFields name them as a cluster would.
+const CONTROLLERS_AGENT: &str = concat!(
+    "kube-controller-manager/v",
+    env!("CARGO_PKG_VERSION"),
+    " berth"
+);
+const NODE_AGENT: &str = concat!("kubelet/v", env!("CARGO_PKG_VERSION"), " berth");
+
 /// A client for the API server just started, as any component of berth would build one;
 /// `url` replaces the kubeconfig's server address (the node reaches it over its link).
 async fn kube_client(
     kubeconfig: &std::path::Path,
     url: Option<&str>,
+    agent: &'static str,
 ) -> anyhow::Result<kube::Client> {
-    kube::Client::try_from(kube_config(kubeconfig, url).await?).context("building the API client")
+    kube::Client::try_from(kube_config(kubeconfig, url, agent).await?)
+        .context("building the API client")
 }
 
 /// The settings [`kube_client`] builds its client from, for a client made on another runtime.
 async fn kube_config(
     kubeconfig: &std::path::Path,
     url: Option<&str>,
+    agent: &'static str,
 ) -> anyhow::Result<kube::Config> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)
         .with_context(|| format!("reading {}", kubeconfig.display()))?;
@@ -185,6 +198,10 @@ async fn kube_config(
             .parse()
             .with_context(|| format!("the API address {url}"))?;
     }
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(agent),
+    ));
     Ok(config)
 }
 
@@ -415,7 +432,7 @@ async fn serve(
             .with_context(|| format!("writing {}", extra.display()))?;
         give_to_sudo_user(extra);
     }
-    let client = kube_client(&l.kubeconfig, None).await?;
+    let client = kube_client(&l.kubeconfig, None, CONTROLLERS_AGENT).await?;
     let ca = std::fs::read_to_string(args.data_dir.join("pki/ca.crt"))
         .context("reading the cluster CA")?;
     let controllers_config = berth_controllers::Config {
@@ -454,11 +471,11 @@ async fn serve(
                         .extra_recursion
                         .push(ipnet::IpNet::V4(net.plan().link));
                     let url = format!("https://{}:{}", net.plan().host_ip(), l.addr.port());
-                    let config = kube_config(&l.kubeconfig, Some(&url)).await?;
+                    let config = kube_config(&l.kubeconfig, Some(&url), NODE_AGENT).await?;
                     spawn_node_in(net, parts, config, shutdown.clone())?
                 }
                 None => {
-                    let client = kube_client(&l.kubeconfig, None).await?;
+                    let client = kube_client(&l.kubeconfig, None, NODE_AGENT).await?;
                     tokio::spawn(run_node(parts, client, shutdown.clone()))
                 }
             })

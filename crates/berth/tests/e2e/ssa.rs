@@ -1,0 +1,180 @@
+//! managedFields and server-side apply through the real kubectl: who owns which field after
+//! create, scale and apply, fields dropped from an applied manifest, conflicts and
+//! `--force-conflicts`, and a field two managers share.
+
+use berth_testkit::{Backend, Cluster};
+use serde_json::Value;
+
+const DEPLOY: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels:
+    app: web
+    tier: front
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: web
+        image: traefik/whoami
+";
+
+/// The object's managedFields entries as `kubectl get --show-managed-fields` prints them.
+fn entries(c: &Cluster, what: &[&str]) -> Vec<Value> {
+    let mut args = vec!["get"];
+    args.extend_from_slice(what);
+    args.extend_from_slice(&["-o", "json", "--show-managed-fields"]);
+    let obj: Value = serde_json::from_str(&c.ok(&args)).expect("json");
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn entry<'a>(all: &'a [Value], manager: &str, subresource: &str) -> Option<&'a Value> {
+    all.iter()
+        .find(|e| e["manager"] == manager && e["subresource"].as_str().unwrap_or("") == subresource)
+}
+
+fn apply_ssa(c: &Cluster, manifest: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["apply", "--server-side", "-f", "-"];
+    args.extend_from_slice(extra);
+    c.kubectl_stdin(&args, manifest)
+}
+
+fn replicas(c: &Cluster) -> String {
+    c.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"])
+}
+
+#[test]
+fn every_write_records_its_manager() {
+    let c = crate::cluster(Backend::Embedded);
+    c.ok(&["create", "deployment", "web", "--image=traefik/whoami"]);
+    let all = entries(&c, &["deploy", "web"]);
+    let created = entry(&all, "kubectl-create", "").expect("kubectl-create entry");
+    assert_eq!(created["operation"], "Update");
+    assert_eq!(created["apiVersion"], "apps/v1");
+    assert_eq!(created["fieldsType"], "FieldsV1");
+    let f = &created["fieldsV1"];
+    assert!(f["f:spec"]["f:replicas"].is_object(), "{f}");
+    assert!(
+        f["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"whoami\"}"]["f:image"]
+            .is_object(),
+        "{f}"
+    );
+    assert!(f["f:metadata"]["f:labels"]["."].is_object(), "{f}");
+    // Plain `kubectl get -o yaml` hides them, as against any cluster.
+    let plain = c.ok(&["get", "deploy", "web", "-o", "yaml"]);
+    assert!(!plain.contains("managedFields"), "{plain}");
+    // Scaling moves spec.replicas to kubectl's scale entry.
+    c.ok(&["scale", "deploy", "web", "--replicas=3"]);
+    let all = entries(&c, &["deploy", "web"]);
+    let scaled = entry(&all, "kubectl", "scale").expect("scale entry");
+    assert_eq!(
+        scaled["fieldsV1"],
+        serde_json::json!({"f:spec": {"f:replicas": {}}})
+    );
+    let created = entry(&all, "kubectl-create", "").expect("kubectl-create entry");
+    assert!(created["fieldsV1"]["f:spec"].get("f:replicas").is_none());
+    // A label set with kubectl label is that command's.
+    c.ok(&["label", "deploy", "web", "team=blue"]);
+    let all = entries(&c, &["deploy", "web"]);
+    let labelled = entry(&all, "kubectl-label", "").expect("kubectl-label entry");
+    assert!(labelled["fieldsV1"]["f:metadata"]["f:labels"]["f:team"].is_object());
+    // The controllers' status writes are recorded against the status subresource, under
+    // the name their User-Agent gives, as kube-controller-manager's are.
+    berth_testkit::eventually("a status entry", || {
+        let all = entries(&c, &["deploy", "web"]);
+        entry(&all, "kube-controller-manager", "status")
+            .map(|e| assert!(e["fieldsV1"]["f:status"].is_object(), "{e}"))
+    });
+}
+
+#[test]
+fn server_side_apply_prunes_conflicts_and_shares() {
+    let c = crate::cluster(Backend::Embedded);
+    let out = apply_ssa(&c, DEPLOY, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "deployment.apps/web serverside-applied\n"
+    );
+    let all = entries(&c, &["deploy", "web"]);
+    let applied = entry(&all, "kubectl", "").expect("kubectl entry");
+    assert_eq!(applied["operation"], "Apply");
+    assert!(applied["fieldsV1"]["f:metadata"]["f:labels"]["f:tier"].is_object());
+    // Dropped from the manifest, owned by nobody else: the label goes.
+    let fewer = DEPLOY.replace("    tier: front\n", "");
+    let out = apply_ssa(&c, &fewer, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let labels = c.ok(&["get", "deploy", "web", "-o", "jsonpath={.metadata.labels}"]);
+    assert_eq!(labels, r#"{"app":"web"}"#);
+    // Strict field validation, as kubectl asks for it.
+    let bad = fewer.replace("  replicas: 2\n", "  replicas: 2\n  replicaz: 2\n");
+    let out = apply_ssa(&c, &bad, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field \"spec.replicaz\""), "{err}");
+    // Someone scales: applying another replica count conflicts with them.
+    c.ok(&["scale", "deploy", "web", "--replicas=5"]);
+    let three = fewer.replace("replicas: 2", "replicas: 3");
+    let out = apply_ssa(&c, &three, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(
+            "error: Apply failed with 1 conflict: conflict with \"kubectl\" with subresource \"scale\" using apps/v1: .spec.replicas\n"
+        ),
+        "{err}"
+    );
+    assert_eq!(replicas(&c), "5");
+    // Forced, the applier takes the field over.
+    let out = apply_ssa(&c, &three, &["--force-conflicts"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(replicas(&c), "3");
+    let all = entries(&c, &["deploy", "web"]);
+    assert!(entry(&all, "kubectl", "scale").is_none(), "{all:?}");
+    // A second manager applying the same value shares it: no conflict.
+    let out = apply_ssa(&c, &three, &["--field-manager=second"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Dropped by the first, the field stays: the second still owns it.
+    let no_replicas = three.replace("  replicas: 3\n", "");
+    let out = apply_ssa(&c, &no_replicas, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(replicas(&c), "3");
+    // Dropped by both, it is gone (and defaulted again).
+    let out = apply_ssa(&c, &no_replicas, &["--field-manager=second"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(replicas(&c), "1");
+}
