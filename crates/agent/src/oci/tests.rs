@@ -197,7 +197,7 @@ fn resources_become_cgroup_limits_as_the_kubelet_sets_them() {
     let cpu = r.cpu().clone().expect("cpu");
     assert_eq!(cpu.shares(), Some(256), "the request defaults to the limit");
     assert_eq!((cpu.quota(), cpu.period()), (Some(25_000), Some(100_000)));
-    assert_eq!(r.memory().clone().expect("memory").limit(), Some(16 << 20));
+    assert_eq!((*r.memory()).expect("memory").limit(), Some(16 << 20));
     let r = with(serde_json::json!({"requests": {"cpu": "2"}}));
     let cpu = r.cpu().clone().expect("cpu");
     assert_eq!((cpu.shares(), cpu.quota()), (Some(2048), None));
