@@ -114,7 +114,8 @@ fn unknown_fields(orig: &Value, pruned: &Value, path: &str, out: &mut Vec<String
     }
 }
 
-fn is_empty_container(v: &Value) -> bool {
+/// An empty JSON object or array (what Go's `omitempty` drops).
+pub fn is_empty_container(v: &Value) -> bool {
     match v {
         Value::Object(m) => m.is_empty(),
         Value::Array(a) => a.is_empty(),

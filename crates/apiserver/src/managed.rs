@@ -957,7 +957,7 @@ fn prune(
                 names.push(e.text.clone());
                 prune(child, g, o, obj_kind, names);
                 names.pop();
-                if o.is_none() && is_empty_container(child) {
+                if o.is_none() && berth_api::object::is_empty_container(child) {
                     m.remove(&e.text);
                 }
             }
@@ -989,14 +989,6 @@ fn prune(
             }
             _ => {}
         }
-    }
-}
-
-fn is_empty_container(v: &Value) -> bool {
-    match v {
-        Value::Object(m) => m.is_empty(),
-        Value::Array(a) => a.is_empty(),
-        _ => false,
     }
 }
 

@@ -82,6 +82,16 @@ fn created_at(c: &Cluster, pod: &str) -> String {
     ])
 }
 
+/// The REVISION column of `kubectl rollout history statefulset/web`.
+fn revisions_listed(c: &Cluster) -> Vec<String> {
+    c.ok(&["rollout", "history", "statefulset/web"])
+        .lines()
+        .skip_while(|l| !l.starts_with("REVISION"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
 #[test]
 fn a_statefulset_runs_named_pods_in_order_with_dns_names() {
     let c = Cluster::start_single_node(Path::new(env!("CARGO_BIN_EXE_berth")), &[]);
@@ -207,14 +217,7 @@ fn a_statefulset_runs_named_pods_in_order_with_dns_names() {
         (!uid.is_empty() && uid != old_uid).then_some(())
     });
     assert_eq!(rev("web-1"), "", "web-1 is rebuilt at the current revision");
-    let history = c.ok(&["rollout", "history", "statefulset/web"]);
-    let numbers: Vec<&str> = history
-        .lines()
-        .skip_while(|l| !l.starts_with("REVISION"))
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
-    assert_eq!(numbers, ["1", "2"], "{history}");
+    assert_eq!(revisions_listed(&c), ["1", "2"]);
     let second = c.ok(&["rollout", "history", "statefulset/web", "--revision=2"]);
     assert!(
         second.contains("Annotations:\trev: 2"),
@@ -225,14 +228,11 @@ fn a_statefulset_runs_named_pods_in_order_with_dns_names() {
     eventually("web-2 to go back to the first template", || {
         (rev("web-2").is_empty()).then_some(())
     });
-    let history = c.ok(&["rollout", "history", "statefulset/web"]);
-    let numbers: Vec<&str> = history
-        .lines()
-        .skip_while(|l| !l.starts_with("REVISION"))
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
-    assert_eq!(numbers, ["2", "3"], "revision 1 came back as 3: {history}");
+    assert_eq!(
+        revisions_listed(&c),
+        ["2", "3"],
+        "revision 1 came back as 3"
+    );
 
     // Deleting the set collects its Pods and its history.
     c.ok(&["delete", "statefulset", "web"]);
