@@ -12,13 +12,11 @@ use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::deployment::pod_template_hash;
 use crate::owners::{Claim, claim, controller_ref, nonzero};
 use crate::pods::{is_terminal, is_terminating, name, namespace, node_name};
 use crate::replicaset::is_available;
 
-/// The label holding the template revision a Pod was made from.
-pub const REVISION_LABEL: &str = "controller-revision-hash";
+pub use crate::history::REVISION_LABEL;
 
 /// What one sync of a DaemonSet should do.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,12 +31,7 @@ pub struct DaemonSetPlan {
 
 /// The template's revision hash, as the `controller-revision-hash` label carries it.
 pub fn revision(ds: &DaemonSet) -> String {
-    let template = ds
-        .spec
-        .as_ref()
-        .map(|s| s.template.clone())
-        .unwrap_or_default();
-    pod_template_hash(&template, None)
+    crate::history::template_hash(ds.spec.as_ref().map(|s| &s.template))
 }
 
 /// The active Pods of the namespace the DaemonSet owns, or should adopt (the caller sets

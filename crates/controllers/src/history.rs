@@ -15,11 +15,25 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use serde_json::{Value, json};
 
+use crate::deployment::pod_template_hash;
 use crate::owners::{controller_of, controller_ref};
 
 /// The label a StatefulSet's revisions carry their hash in (DaemonSets use
-/// `controller-revision-hash`, as their Pods do).
+/// [`REVISION_LABEL`], as their Pods do).
 pub const HASH_LABEL: &str = "controller.kubernetes.io/hash";
+
+/// The Pod label naming the revision a Pod was made from: the revision's name for a
+/// StatefulSet's Pods, its hash for a DaemonSet's.
+pub const REVISION_LABEL: &str = "controller-revision-hash";
+
+/// The hash of an owner's Pod template (`spec.template`; none hashes as an empty one): what
+/// its revision is named and labelled by.
+pub fn template_hash(template: Option<&PodTemplateSpec>) -> String {
+    match template {
+        Some(t) => pod_template_hash(t, None),
+        None => pod_template_hash(&PodTemplateSpec::default(), None),
+    }
+}
 
 /// What one sync does to an owner's history.
 #[derive(Debug, Clone, PartialEq, Default)]

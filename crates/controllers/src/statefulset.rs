@@ -16,12 +16,10 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, Pod, PodTemplateSpec, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::deployment::pod_template_hash;
 use crate::owners::{controller_ref, nonzero};
 use crate::pods::{is_ready, is_terminal, is_terminating, name, namespace};
 
-/// The Pod label naming the revision a Pod was made from.
-pub const REVISION_LABEL: &str = "controller-revision-hash";
+pub use crate::history::REVISION_LABEL;
 /// The Pod label holding the Pod's own name (so a Service can select one Pod).
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 /// The Pod label holding its ordinal.
@@ -40,12 +38,7 @@ pub struct StatefulSetPlan {
 
 /// The hash of the set's template, as its revision's name and label carry it.
 pub fn template_hash(sts: &StatefulSet) -> String {
-    let template = sts
-        .spec
-        .as_ref()
-        .map(|s| s.template.clone())
-        .unwrap_or_default();
-    pod_template_hash(&template, None)
+    crate::history::template_hash(sts.spec.as_ref().map(|s| &s.template))
 }
 
 /// `<set>-<hash of the template>`, the update revision's name.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, PodTemplateSpec};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -63,12 +63,13 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .filter_map(|p| p.labels().get(daemonset::REVISION_LABEL))
         .map(|h| history::revision_name(&ds.metadata, h))
         .collect();
-    let spec = ds.spec.clone().unwrap_or_default();
+    let no_template = PodTemplateSpec::default();
+    let spec = ds.spec.as_ref();
     let owner = history::Owner {
         kind: "DaemonSet",
         meta: &ds.metadata,
-        template: &spec.template,
-        limit: spec.revision_history_limit.unwrap_or(10),
+        template: spec.map_or(&no_template, |s| &s.template),
+        limit: spec.and_then(|s| s.revision_history_limit).unwrap_or(10),
         hash_label: daemonset::REVISION_LABEL,
         hash: &hash,
     };

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -35,7 +35,8 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
     let ns = sts.namespace().unwrap_or_default();
     let all = super::workloads::pods_in(&ctx, &ns);
     let owned = statefulset::owned_pods(&sts, all.iter().map(|p| &**p));
-    let update = statefulset::update_revision(&sts);
+    let hash = statefulset::template_hash(&sts);
+    let update = history::revision_name(&sts.metadata, &hash);
     let current = sts
         .status
         .as_ref()
@@ -46,13 +47,13 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
         .filter_map(|p| p.labels().get(statefulset::REVISION_LABEL).cloned())
         .collect();
     in_use.extend(current.iter().cloned());
-    let spec = sts.spec.clone().unwrap_or_default();
-    let hash = statefulset::template_hash(&sts);
+    let no_template = PodTemplateSpec::default();
+    let spec = sts.spec.as_ref();
     let owner = history::Owner {
         kind: "StatefulSet",
         meta: &sts.metadata,
-        template: &spec.template,
-        limit: spec.revision_history_limit.unwrap_or(10),
+        template: spec.map_or(&no_template, |s| &s.template),
+        limit: spec.and_then(|s| s.revision_history_limit).unwrap_or(10),
         hash_label: history::HASH_LABEL,
         hash: &hash,
     };
