@@ -1,5 +1,5 @@
 //! Queries per second of the answer core and of the UDP server on loopback, on the zone shape of
-//! `shared/bench/gen_dns_zone.py` (Services with an A and an `_http._tcp` SRV; mix A 50, SRV 20,
+//! `shared/bench/gen_dns_zone.py` (Services with an A and an `_http._tcp` SRV, and a slice of 5 endpoints each; mix A 50, SRV 20,
 //! AAAA 10, NXDOMAIN 20). `cargo bench -p berth-dns --bench answers`; bounded in time, loopback only.
 
 use std::net::UdpSocket;
@@ -22,6 +22,19 @@ fn zone(services: usize) -> Zone {
             &[("http", "TCP", 80)],
         );
         zone.apply_service(&svc);
+        // One slice of 5 endpoints each, as scripts/bench-footprint.sh loads.
+        let eps: Vec<String> = (0..5)
+            .map(|e| format!("10.{}.{}.{e}", 1 + i / 250, i % 250))
+            .collect();
+        let eps: Vec<fixtures::Ep<'_>> = eps.iter().map(|ip| (ip.as_str(), None, true)).collect();
+        let slice = fixtures::slice(
+            &format!("ns-{}", i % 10),
+            &format!("svc-{i}-abcde"),
+            &format!("svc-{i}"),
+            &eps,
+            &[("http", "TCP", 8080)],
+        );
+        zone.apply_slice(&slice);
     }
     zone
 }
@@ -191,7 +204,7 @@ fn main() {
              RSS +{} KiB (process RSS {} KiB)",
             start.elapsed().as_secs_f64() * 1e3,
             z.len(),
-            z.fast().len(),
+            z.compiled_answers(),
             rss_kib().saturating_sub(rss_before),
             rss_kib(),
         );

@@ -104,13 +104,13 @@ pub fn respond(zone: &Zone, req: &Message) -> Outcome {
 }
 
 /// What the zone knows of a name.
-enum Found<'a> {
-    Node(&'a crate::zone::Node),
+enum Found {
+    Node(crate::zone::Node),
     Synthesized(Box<Record>),
     Empty,
 }
 
-fn find<'a>(zone: &'a Zone, name: &Name, qtype: RecordType) -> Option<Found<'a>> {
+fn find(zone: &Zone, name: &Name, qtype: RecordType) -> Option<Found> {
     if let Some(found) = pod_name(zone, name, qtype) {
         return found;
     }
@@ -119,7 +119,7 @@ fn find<'a>(zone: &'a Zone, name: &Name, qtype: RecordType) -> Option<Found<'a>>
 
 /// `<a-b-c-d>.<ns>.pod.<zone>`: the address read from the name, as CoreDNS's `pods insecure`.
 /// `None` when the name is not under `pod.<zone>`; `Some(None)` for NXDOMAIN.
-fn pod_name<'a>(zone: &'a Zone, name: &Name, qtype: RecordType) -> Option<Option<Found<'a>>> {
+fn pod_name(zone: &Zone, name: &Name, qtype: RecordType) -> Option<Option<Found>> {
     let depth = usize::from(name.num_labels()).checked_sub(zone.origin().num_labels().into())?;
     if depth < 2 {
         return None;

@@ -1,10 +1,8 @@
-//! The fast path: answers for the cluster zone kept as wire bytes, keyed by lower-cased wire
-//! name and type, so a plain query costs a header parse, one hash lookup and a copy with the
-//! ID, flags and question (the client's case) patched in. Anything unusual (EDNS options we
+//! The fast path: answers for the cluster zone kept as wire bytes next to each lower-cased wire
+//! name, so a plain query costs a header parse, one hash lookup, a short scan and a copy with
+//! the ID, flags and question (the client's case) patched in. Anything unusual (EDNS options we
 //! do not expect, several questions, ANY, pod names, CNAMEs, big answers) is left to the slow
 //! path in `answer`, which is also what built these bytes.
-
-use std::collections::HashMap;
 
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
@@ -27,24 +25,13 @@ const MAX_COMPILED: usize = 512;
 
 const OPT_RR_LEN: usize = 11;
 
-/// What the fast path needs to know of a name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum NameKind {
-    /// Exists; a type without a compiled answer is no data.
-    Exists,
-    /// Answer through the slow path (an alias).
-    Slow,
-}
-
-/// Compiled answers of one zone.
-#[derive(Debug, Default)]
-pub struct FastTable {
-    /// lower-case wire name + type -> response bytes (ID 0, no OPT); `None`: use the slow path.
-    answers: HashMap<Box<[u8]>, Option<Box<[u8]>>>,
-    /// The zone apex, lower-case wire form.
-    apex: Box<[u8]>,
-    /// An SOA record after its owner name (type, class, TTL, length, uncompressed rdata).
-    soa_tail: Box<[u8]>,
+/// What the fast path knows of a name of the zone.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Known<'a> {
+    /// An alias: every type goes to the slow path.
+    pub alias: bool,
+    /// The compiled answers (see [`compile`]).
+    pub answers: &'a [u8],
 }
 
 /// The wire form of a name, lower case.
@@ -58,8 +45,77 @@ pub(crate) fn wire(name: &Name) -> Vec<u8> {
     out
 }
 
+/// Appends the compiled answers of one name to `out`: for each type with records, its type
+/// (2 bytes), length (2 bytes) and response (ID 0, no OPT); an empty response means the slow
+/// path answers that type (too big to keep). `present(type)` says whether the name has
+/// records of a type, `answer(query)` is the slow path's response to a lower-case query.
+pub(crate) fn compile(
+    name: &Name,
+    present: impl Fn(RecordType) -> bool,
+    answer: impl Fn(&Message) -> Option<Message>,
+    out: &mut Vec<u8>,
+) {
+    for t in COMPILED_TYPES {
+        if !present(t) {
+            continue;
+        }
+        let mut req = Message::query();
+        req.metadata.id = 0;
+        req.add_query(Query::query(name.clone(), t));
+        let bytes =
+            answer(&req).and_then(|resp| (!resp.answers.is_empty()).then(|| resp.to_vec().ok())?);
+        let Some(bytes) = bytes else {
+            continue;
+        };
+        let bytes = if bytes.len() <= MAX_COMPILED {
+            bytes.as_slice()
+        } else {
+            &[]
+        };
+        out.extend(u16::from(t).to_be_bytes());
+        out.extend(u16::try_from(bytes.len()).unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+}
+
+/// The compiled response of one type: `Some(empty)` for "ask the slow path".
+fn compiled(mut answers: &[u8], qtype: u16) -> Option<&[u8]> {
+    while let [t0, t1, l0, l1, rest @ ..] = answers {
+        let len = usize::from(u16::from_be_bytes([*l0, *l1]));
+        let (resp, next) = rest.split_at_checked(len)?;
+        if u16::from_be_bytes([*t0, *t1]) == qtype {
+            return Some(resp);
+        }
+        answers = next;
+    }
+    None
+}
+
+/// How many responses `answers` holds.
+pub(crate) fn count(mut answers: &[u8]) -> usize {
+    let mut n = 0;
+    while let [_, _, l0, l1, rest @ ..] = answers {
+        let len = usize::from(u16::from_be_bytes([*l0, *l1]));
+        let Some((_, next)) = rest.split_at_checked(len) else {
+            break;
+        };
+        n += 1;
+        answers = next;
+    }
+    n
+}
+
+/// The zone-wide part of the fast path: the apex and the SOA of negative answers.
+#[derive(Debug, Default)]
+pub struct FastTable {
+    /// The zone apex, lower-case wire form.
+    apex: Box<[u8]>,
+    /// An SOA record after its owner name (type, class, TTL, length, uncompressed rdata).
+    soa_tail: Box<[u8]>,
+}
+
 impl FastTable {
-    /// An empty table for the zone `apex` whose negative answers carry `soa`.
+    /// The table of the zone `apex` whose negative answers carry `soa`.
     pub(crate) fn new(apex: &Name, soa: &hickory_proto::rr::Record) -> Self {
         let mut soa_tail = Vec::new();
         if let RData::SOA(s) = &soa.data {
@@ -81,75 +137,22 @@ impl FastTable {
             soa_tail.extend(rdata);
         }
         Self {
-            answers: HashMap::new(),
             apex: wire(apex).into(),
             soa_tail: soa_tail.into(),
         }
     }
 
-    /// Recompiles one name: `answer(query)` is the slow path's response to a lower-case query
-    /// of that name and type; `exists` says whether the name exists and is an alias;
-    /// `present(type)` whether it has records of a type.
-    pub(crate) fn compile(
-        &mut self,
-        name: &Name,
-        exists: Option<bool>,
-        present: impl Fn(RecordType) -> bool,
-        answer: impl Fn(&Message) -> Option<Message>,
-    ) {
-        let key = wire(name);
-        let Some(alias) = exists else {
-            for t in COMPILED_TYPES {
-                self.answers.remove(typed(&key, t).as_slice());
-            }
-            return;
-        };
-        for t in COMPILED_TYPES {
-            let k = typed(&key, t);
-            if alias || !present(t) {
-                self.answers.remove(k.as_slice());
-                continue;
-            }
-            let mut req = Message::query();
-            req.metadata.id = 0;
-            req.add_query(Query::query(name.clone(), t));
-            let bytes = answer(&req)
-                .and_then(|resp| (!resp.answers.is_empty()).then(|| resp.to_vec().ok())?);
-            match bytes {
-                Some(b) if b.len() <= MAX_COMPILED => {
-                    self.answers.insert(k.into(), Some(b.into()));
-                }
-                Some(_) => {
-                    self.answers.insert(k.into(), None);
-                }
-                None => {
-                    self.answers.remove(k.as_slice());
-                }
-            }
-        }
-    }
-
-    /// How many compiled answers the table holds.
-    pub fn len(&self) -> usize {
-        self.answers.len()
-    }
-
-    /// Whether nothing is compiled.
-    pub fn is_empty(&self) -> bool {
-        self.answers.is_empty()
-    }
-
     /// Writes the response to `req` into `out` and returns the query type, or `None` when the
     /// slow path must answer. `ra` is the RA bit for this client; over UDP the response fits
-    /// the client's EDNS size (512 bytes without EDNS). `kind` tells of a lower-case wire name
+    /// the client's EDNS size (512 bytes without EDNS). `lookup` finds a lower-case wire name
     /// in the zone.
-    pub(crate) fn answer(
+    pub(crate) fn answer<'a>(
         &self,
         req: &[u8],
         ra: bool,
         tcp: bool,
         out: &mut Vec<u8>,
-        kind: impl Fn(&[u8]) -> Option<NameKind>,
+        lookup: impl Fn(&[u8]) -> Option<Known<'a>>,
     ) -> Option<u16> {
         let q = parse(req)?;
         let limit = if tcp {
@@ -158,17 +161,23 @@ impl FastTable {
             q.edns_payload
                 .map_or(512, |p| usize::from(p.clamp(512, MAX_UDP_PAYLOAD)))
         };
-        let mut key = [0u8; 257];
+        let mut key = [0u8; 256];
         let name = &mut key[..q.name_len];
         name.copy_from_slice(&req[12..12 + q.name_len]);
         name.make_ascii_lowercase();
-        key[q.name_len..q.name_len + 2].copy_from_slice(&q.qtype.to_be_bytes());
+        let name = &key[..q.name_len];
         out.clear();
-        match self.answers.get(&key[..q.name_len + 2]) {
-            Some(Some(template)) => out.extend_from_slice(template),
-            Some(None) => return None,
+        let known = lookup(name);
+        match known.map(|k| (k.alias, compiled(k.answers, q.qtype))) {
+            Some((_, Some([]))) | Some((true, _)) => return None,
+            Some((false, Some(template))) => out.extend_from_slice(template),
+            Some((false, None)) => {
+                if !self.negative(name, &q, out, true) {
+                    return None;
+                }
+            }
             None => {
-                if !self.negative(&key[..q.name_len], &q, out, kind) {
+                if !self.negative(name, &q, out, false) {
                     return None;
                 }
             }
@@ -190,14 +199,9 @@ impl FastTable {
         (out.len() <= limit).then_some(q.qtype)
     }
 
-    /// NXDOMAIN or no data with the SOA, for a name under the apex that is not compiled.
-    fn negative(
-        &self,
-        name: &[u8],
-        q: &Parsed,
-        out: &mut Vec<u8>,
-        kind: impl Fn(&[u8]) -> Option<NameKind>,
-    ) -> bool {
+    /// NXDOMAIN (`exists` false) or no data with the SOA, for a name under the apex that has
+    /// no compiled answer of the type.
+    fn negative(&self, name: &[u8], q: &Parsed, out: &mut Vec<u8>, exists: bool) -> bool {
         if q.qtype == 0 || q.qtype > 127 || q.qtype == u16::from(RecordType::OPT) {
             return false;
         }
@@ -208,19 +212,17 @@ impl FastTable {
         if name[apex_at..] != *self.apex || !starts.iter().any(|&s| usize::from(s) == apex_at) {
             return false;
         }
-        let rcode = match kind(name) {
-            Some(NameKind::Exists) => 0,
-            Some(NameKind::Slow) => return false,
-            None => {
-                // `<x>.<ns>.pod.<zone>` is answered from the name by the slow path.
-                let before_apex = starts.iter().rev().find(|&&s| usize::from(s) < apex_at);
-                if let Some(&s) = before_apex
-                    && name[usize::from(s)..apex_at].eq_ignore_ascii_case(b"\x03pod")
-                {
-                    return false;
-                }
-                3
+        let rcode = if exists {
+            0
+        } else {
+            // `<x>.<ns>.pod.<zone>` is answered from the name by the slow path.
+            let before_apex = starts.iter().rev().find(|&&s| usize::from(s) < apex_at);
+            if let Some(&s) = before_apex
+                && name[usize::from(s)..apex_at].eq_ignore_ascii_case(b"\x03pod")
+            {
+                return false;
             }
+            3
         };
         out.extend_from_slice(&[0, 0, 0x84, rcode, 0, 1, 0, 0, 0, 1, 0, 0]);
         out.extend_from_slice(name);
@@ -231,12 +233,6 @@ impl FastTable {
         out.extend_from_slice(&self.soa_tail);
         true
     }
-}
-
-fn typed(name: &[u8], t: RecordType) -> Vec<u8> {
-    let mut k = name.to_vec();
-    k.extend(u16::from(t).to_be_bytes());
-    k
 }
 
 /// A plain query as the fast path takes it.

@@ -20,12 +20,18 @@ pub struct ServiceKey {
     pub name: String,
 }
 
-/// What DNS needs of a Service.
+/// What DNS needs of a Service (boxed slices rather than `Vec`s: 10,000 of these are kept).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceView {
     pub key: ServiceKey,
+    pub spec: ServiceSpec,
+}
+
+/// The part of a [`ServiceView`] its records are made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
     pub kind: ServiceKind,
-    pub ports: Vec<PortView>,
+    pub ports: Box<[PortView]>,
     /// `spec.publishNotReadyAddresses`: not-ready endpoints are published too.
     pub publish_not_ready: bool,
 }
@@ -34,34 +40,65 @@ pub struct ServiceView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServiceKind {
     /// A virtual IP per family (`spec.clusterIPs`); empty while none is allocated yet.
-    ClusterIp(Vec<IpAddr>),
+    ClusterIp(Box<[IpAddr]>),
     /// `clusterIP: None`: the names resolve to the endpoints.
     Headless,
     /// `type: ExternalName`: a CNAME to `spec.externalName`.
-    ExternalName(String),
+    ExternalName(Box<str>),
 }
 
 /// A port with a name (unnamed ports have no SRV record).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortView {
-    pub name: String,
-    /// `tcp`, `udp` or `sctp`.
-    pub protocol: String,
+    pub name: Box<str>,
+    /// The lower-case protocol, `tcp`, `udp` or `sctp` (another value is kept as given).
+    pub protocol: Protocol,
     pub port: u16,
+}
+
+/// A port's protocol as the `_<proto>` label of its SRV name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+    Other(Box<str>),
+}
+
+impl Protocol {
+    fn of(protocol: Option<&String>) -> Self {
+        match protocol.map(|p| p.to_ascii_lowercase()).as_deref() {
+            None | Some("tcp") => Self::Tcp,
+            Some("udp") => Self::Udp,
+            Some("sctp") => Self::Sctp,
+            Some(other) => Self::Other(other.into()),
+        }
+    }
+
+    /// The lower-case name, e.g. `tcp`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Sctp => "sctp",
+            Self::Other(p) => p,
+        }
+    }
 }
 
 /// What DNS needs of one EndpointSlice.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SliceView {
-    pub endpoints: Vec<EndpointView>,
-    pub ports: Vec<PortView>,
+    /// One entry per address (an endpoint with several addresses gives several entries).
+    pub endpoints: Box<[EndpointView]>,
+    pub ports: Box<[PortView]>,
 }
 
-/// One endpoint of a slice.
+/// One address of an endpoint of a slice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointView {
-    pub addresses: Vec<IpAddr>,
-    pub hostname: Option<String>,
+    pub address: IpAddr,
+    pub hostname: Option<Box<str>>,
     pub ready: bool,
 }
 
@@ -80,13 +117,13 @@ impl ServiceKey {
 
 fn named_ports<'a>(
     ports: impl Iterator<Item = (Option<&'a String>, Option<&'a String>, Option<i32>)>,
-) -> Vec<PortView> {
+) -> Box<[PortView]> {
     ports
         .filter_map(|(name, protocol, port)| {
             let name = name.filter(|n| !n.is_empty())?;
             Some(PortView {
-                name: name.clone(),
-                protocol: protocol.map_or("tcp".to_owned(), |p| p.to_ascii_lowercase()),
+                name: name.as_str().into(),
+                protocol: Protocol::of(protocol),
                 port: u16::try_from(port?).ok()?,
             })
         })
@@ -97,17 +134,16 @@ impl ServiceView {
     /// The view of a Service; `None` without a name.
     pub fn from_service(svc: &Service) -> Option<Self> {
         let key = ServiceKey::of(&svc.metadata)?;
-        let spec = svc.spec.clone().unwrap_or_default();
+        let default = Default::default();
+        let spec = svc.spec.as_ref().unwrap_or(&default);
         let kind = if spec.type_.as_deref() == Some("ExternalName") {
-            ServiceKind::ExternalName(spec.external_name.clone().unwrap_or_default())
+            ServiceKind::ExternalName(spec.external_name.as_deref().unwrap_or_default().into())
         } else if spec.cluster_ip.as_deref() == Some("None") {
             ServiceKind::Headless
         } else {
-            let ips = spec.cluster_ips.clone().unwrap_or_default();
-            let ips = if ips.is_empty() {
-                spec.cluster_ip.clone().into_iter().collect()
-            } else {
-                ips
+            let ips = match spec.cluster_ips.as_deref() {
+                Some(ips) if !ips.is_empty() => ips,
+                _ => spec.cluster_ip.as_slice(),
             };
             ServiceKind::ClusterIp(ips.iter().filter_map(|ip| ip.parse().ok()).collect())
         };
@@ -119,9 +155,11 @@ impl ServiceView {
             .map(|p| (p.name.as_ref(), p.protocol.as_ref(), Some(p.port)));
         Some(Self {
             key,
-            kind,
-            ports: named_ports(ports),
-            publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
+            spec: ServiceSpec {
+                kind,
+                ports: named_ports(ports),
+                publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
+            },
         })
     }
 }
@@ -141,11 +179,22 @@ impl SliceView {
         let endpoints = slice
             .endpoints
             .iter()
-            .map(|e| EndpointView {
-                addresses: e.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
-                hostname: e.hostname.clone().filter(|h| !h.is_empty()),
+            .flat_map(|e| {
+                let hostname: Option<Box<str>> = e
+                    .hostname
+                    .as_deref()
+                    .filter(|h| !h.is_empty())
+                    .map(Into::into);
                 // An unset `ready` means ready (discovery.k8s.io/v1 API docs).
-                ready: e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+                let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                e.addresses
+                    .iter()
+                    .filter_map(|a| a.parse().ok())
+                    .map(move |address| EndpointView {
+                        address,
+                        hostname: hostname.clone(),
+                        ready,
+                    })
             })
             .collect();
         let ports = slice
@@ -190,17 +239,18 @@ fn address(ip: IpAddr) -> RData {
 /// Every record of one Service given its slices, under `zone` (e.g. `cluster.local.`).
 /// Names are lower case; a name that would not be a valid DNS name is left out.
 pub fn compile<'a>(
-    svc: &ServiceView,
+    key: &ServiceKey,
+    svc: &ServiceSpec,
     slices: impl Iterator<Item = &'a SliceView>,
     zone: &Name,
 ) -> Vec<Entry> {
     let mut out = Vec::new();
-    let ns = svc.key.namespace.as_str();
+    let ns = key.namespace.as_str();
     let Some(ns_name) = name(&[ns, "svc"], zone) else {
         return out;
     };
     out.push((ns_name.clone(), None));
-    let Some(svc_name) = name(&[&svc.key.name], &ns_name) else {
+    let Some(svc_name) = name(&[&key.name], &ns_name) else {
         return out;
     };
     match &svc.kind {
@@ -211,12 +261,12 @@ pub fn compile<'a>(
             }
         }
         ServiceKind::ClusterIp(ips) => {
-            for ip in ips {
+            for ip in ips.iter() {
                 out.push((svc_name.clone(), Some(address(*ip))));
                 out.push((Name::from(*ip), Some(RData::PTR(PTR(svc_name.clone())))));
             }
             if !ips.is_empty() {
-                for port in &svc.ports {
+                for port in svc.ports.iter() {
                     srv(&mut out, &svc_name, port, port.port, &svc_name, 100);
                 }
             }
@@ -227,7 +277,7 @@ pub fn compile<'a>(
 }
 
 fn srv(out: &mut Vec<Entry>, svc_name: &Name, port: &PortView, number: u16, target: &Name, w: u16) {
-    let proto = format!("_{}", port.protocol);
+    let proto = format!("_{}", port.protocol.as_str());
     let Some(proto_name) = name(&[&proto], svc_name) else {
         return;
     };
@@ -243,7 +293,7 @@ fn srv(out: &mut Vec<Entry>, svc_name: &Name, port: &PortView, number: u16, targ
 
 fn headless<'a>(
     out: &mut Vec<Entry>,
-    svc: &ServiceView,
+    svc: &ServiceSpec,
     slices: impl Iterator<Item = &'a SliceView>,
     svc_name: &Name,
 ) {
@@ -256,17 +306,15 @@ fn headless<'a>(
             .iter()
             .filter(|e| e.ready || svc.publish_not_ready)
         {
-            for ip in &e.addresses {
-                let label = e
-                    .hostname
-                    .clone()
-                    .unwrap_or_else(|| generated_hostname(*ip));
-                if let Some(host) = name(&[&label], svc_name) {
-                    hosts.insert((host, *ip));
-                }
+            let label = match &e.hostname {
+                Some(h) => h.to_string(),
+                None => generated_hostname(e.address),
+            };
+            if let Some(host) = name(&[&label], svc_name) {
+                hosts.insert((host, e.address));
             }
         }
-        for p in &slice.ports {
+        for p in slice.ports.iter() {
             if !ports.contains(p) {
                 ports.push(p.clone());
             }

@@ -2,8 +2,10 @@
 //! already built. Updated per object (only the touched Service's names are recompiled); read by
 //! `answer` without building anything but the response.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 
+use hashbrown::HashTable;
 use hickory_proto::rr::rdata::{SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use k8s_openapi::api::core::v1::{Namespace, Service};
@@ -11,8 +13,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::answer::{self, Outcome};
 use crate::error::{Error, Result};
-use crate::fast::{self, FastTable, NameKind};
-use crate::records::{self, ServiceKey, ServiceView, SliceView};
+use crate::fast::{self, FastTable};
+use crate::records::{self, ServiceKey, ServiceSpec, ServiceView, SliceView};
 
 /// The schema version of the Kubernetes DNS specification answered at `dns-version.<zone>`.
 pub const SCHEMA_VERSION: &str = "1.1.0";
@@ -38,65 +40,30 @@ impl Default for ZoneConfig {
     }
 }
 
-/// Who put an entry at a name: a Service (by its number) or the zone itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct Owner(u32);
+/// Who makes a name have records: a Service (its slot in `services`, plus one) or the zone
+/// itself.
+type Owner = u32;
 
-const STATIC: Owner = Owner(0);
+const STATIC: Owner = 0;
 
-/// A record without its owner name (the node's key already says it).
-#[derive(Debug, PartialEq)]
+/// A record at a name, as the slow path reads it.
+#[derive(Debug)]
 struct Data {
     ttl: u32,
-    rdata: Compact,
+    rdata: RData,
 }
 
-/// Record data, addresses inline (most records are A/AAAA) and the rest boxed: `RData` alone
-/// is 184 bytes.
-#[derive(Debug, PartialEq)]
-enum Compact {
-    A(std::net::Ipv4Addr),
-    Aaaa(std::net::Ipv6Addr),
-    Other(Box<RData>),
-}
-
-impl Compact {
-    fn new(rdata: RData) -> Self {
-        match rdata {
-            RData::A(a) => Self::A(a.0),
-            RData::AAAA(a) => Self::Aaaa(a.0),
-            other => Self::Other(Box::new(other)),
-        }
-    }
-
-    fn record_type(&self) -> RecordType {
-        match self {
-            Self::A(_) => RecordType::A,
-            Self::Aaaa(_) => RecordType::AAAA,
-            Self::Other(r) => r.record_type(),
-        }
-    }
-
-    fn to_rdata(&self) -> RData {
-        match self {
-            Self::A(ip) => RData::A(hickory_proto::rr::rdata::A(*ip)),
-            Self::Aaaa(ip) => RData::AAAA(hickory_proto::rr::rdata::AAAA(*ip)),
-            Self::Other(r) => (**r).clone(),
-        }
-    }
-}
-
-/// One name of the zone: its records, and the owners that make it exist even without records.
+/// What the zone has at one name, gathered when the slow path asks (records are not kept per
+/// name: each owner's are recompiled from its view, which costs far less memory).
 #[derive(Debug, Default)]
 pub(crate) struct Node {
-    entries: Vec<(Owner, Option<Data>)>,
+    data: Vec<Data>,
 }
 
 impl Node {
     fn data(&self, rtype: RecordType) -> impl Iterator<Item = &Data> {
-        self.entries
+        self.data
             .iter()
-            .filter_map(|(_, d)| d.as_ref())
             .filter(move |d| rtype == RecordType::ANY || d.rdata.record_type() == rtype)
     }
 
@@ -107,7 +74,7 @@ impl Node {
         rtype: RecordType,
     ) -> impl Iterator<Item = Record> + 'a {
         self.data(rtype)
-            .map(|d| Record::from_rdata(name.clone(), d.ttl, d.rdata.to_rdata()))
+            .map(|d| Record::from_rdata(name.clone(), d.ttl, d.rdata.clone()))
     }
 
     /// Whether the node has records of a type.
@@ -118,13 +85,101 @@ impl Node {
     /// The CNAME target, if the name is an alias.
     pub(crate) fn cname(&self) -> Option<&Name> {
         self.data(RecordType::CNAME).find_map(|d| match &d.rdata {
-            Compact::Other(r) => match &**r {
-                RData::CNAME(c) => Some(&c.0),
-                _ => None,
-            },
+            RData::CNAME(c) => Some(&c.0),
             _ => None,
         })
     }
+}
+
+/// The owners with records at a name: almost always one.
+#[derive(Debug, Default)]
+enum Owners {
+    #[default]
+    None,
+    One(Owner),
+    Many(Box<[Owner]>),
+}
+
+impl Owners {
+    fn as_slice(&self) -> &[Owner] {
+        match self {
+            Self::None => &[],
+            Self::One(o) => std::slice::from_ref(o),
+            Self::Many(all) => all,
+        }
+    }
+
+    fn add(&mut self, owner: Owner) {
+        if self.as_slice().contains(&owner) {
+            return;
+        }
+        *self = match std::mem::take(self) {
+            Self::None => Self::One(owner),
+            other => {
+                let mut all = other.as_slice().to_vec();
+                all.push(owner);
+                Self::Many(all.into())
+            }
+        };
+    }
+
+    fn remove(&mut self, owner: Owner) {
+        if !self.as_slice().contains(&owner) {
+            return;
+        }
+        let rest: Vec<Owner> = self
+            .as_slice()
+            .iter()
+            .copied()
+            .filter(|o| *o != owner)
+            .collect();
+        *self = match rest.as_slice() {
+            [] => Self::None,
+            [one] => Self::One(*one),
+            _ => Self::Many(rest.into()),
+        };
+    }
+}
+
+/// One name of the zone.
+#[derive(Debug)]
+struct NameEntry {
+    /// The lower-case wire name, then its compiled answers (`fast::compile`): one allocation.
+    bytes: Box<[u8]>,
+    name_len: u8,
+    /// A CNAME is here: the fast path leaves the name to the slow path.
+    alias: bool,
+    /// How many owners make the name exist without records here (empty non-terminals such as
+    /// `_tcp.<svc>...`, namespaces' `<ns>.svc.<zone>`).
+    refs: u32,
+    /// The owners with records here.
+    owners: Owners,
+}
+
+impl NameEntry {
+    fn name(&self) -> &[u8] {
+        self.bytes
+            .get(..usize::from(self.name_len))
+            .unwrap_or_default()
+    }
+
+    fn answers(&self) -> &[u8] {
+        self.bytes
+            .get(usize::from(self.name_len)..)
+            .unwrap_or_default()
+    }
+
+    fn unused(&self) -> bool {
+        self.refs == 0 && self.owners.as_slice().is_empty()
+    }
+}
+
+/// One Service's state: its view (`None` while only its slices are known) and its slices.
+#[derive(Debug)]
+struct ServiceState {
+    key: ServiceKey,
+    spec: Option<ServiceSpec>,
+    slices: Slices,
 }
 
 /// What the zone keeps of one EndpointSlice: its namespace and name, and its Service and
@@ -149,11 +204,11 @@ impl SliceEntry {
 /// The slices of one Service by name, sorted: one or two is the common case, and a
 /// `BTreeMap`'s first node alone takes ~800 bytes (10,000 Services have 10,000 of these).
 #[derive(Debug, Default)]
-struct Slices(Vec<(String, SliceView)>);
+struct Slices(Vec<(Box<str>, SliceView)>);
 
 impl Slices {
     fn find(&self, name: &str) -> std::result::Result<usize, usize> {
-        self.0.binary_search_by(|(n, _)| n.as_str().cmp(name))
+        self.0.binary_search_by(|(n, _)| (**n).cmp(name))
     }
 
     fn get(&self, name: &str) -> Option<&SliceView> {
@@ -163,8 +218,8 @@ impl Slices {
             .map(|(_, v)| v)
     }
 
-    fn insert(&mut self, name: String, view: SliceView) {
-        match self.find(&name) {
+    fn insert(&mut self, name: &str, view: SliceView) {
+        match self.find(name) {
             Ok(i) => {
                 if let Some(slot) = self.0.get_mut(i) {
                     slot.1 = view;
@@ -172,7 +227,7 @@ impl Slices {
             }
             Err(i) => {
                 self.0.reserve_exact(1);
-                self.0.insert(i, (name, view));
+                self.0.insert(i, (name.into(), view));
             }
         }
     }
@@ -199,20 +254,28 @@ pub struct Zone {
     ttl: u32,
     negative_ttl: u32,
     soa: Record,
-    /// Names by their lower-case wire form (what the fast path has in hand).
-    names: HashMap<Box<[u8]>, Node>,
-    services: HashMap<ServiceKey, ServiceView>,
-    /// Slices by their Service, then by slice name (slices may arrive before their Service).
-    slices: HashMap<ServiceKey, Slices>,
-    /// (namespace, slice name) -> the Service the slice was filed under.
-    slice_service: HashMap<(String, String), ServiceKey>,
-    /// Each Service's owner number (its names are recomputed from its view, not stored).
-    owned: HashMap<ServiceKey, Owner>,
-    next_owner: u32,
-    /// Namespaces by name, each owning its `<ns>.svc.<zone>` name.
-    namespaces: HashMap<String, Owner>,
-    /// The same answers as wire bytes, for the fast path.
+    hasher: RandomState,
+    /// Every name, by its lower-case wire form (what the fast path has in hand).
+    names: HashTable<NameEntry>,
+    /// The zone's own records (SOA, `dns-version` TXT) by lower-case wire name.
+    statics: Vec<(Box<[u8]>, u32, RData)>,
+    /// Services (and slices waiting for their Service) in slots; a slot's number plus one is
+    /// its `Owner`. Found by key through `by_key`.
+    services: Vec<Option<ServiceState>>,
+    free: Vec<u32>,
+    by_key: HashTable<u32>,
+    /// `<namespace>/<slice name>` -> the slot of the Service the slice was filed under.
+    slice_service: HashMap<Box<str>, u32>,
+    /// Namespaces by name, each making its `<ns>.svc.<zone>` name exist.
+    namespaces: HashSet<Box<str>>,
+    /// While one Service's names are recompiled: its records by wire name, so that answering
+    /// each of its names does not compile the Service again.
+    scratch: Option<(Owner, HashMap<Vec<u8>, Vec<Data>>)>,
     fast: FastTable,
+}
+
+fn slice_key(namespace: &str, name: &str) -> Box<str> {
+    format!("{namespace}/{name}").into()
 }
 
 impl Zone {
@@ -244,38 +307,38 @@ impl Zone {
             config.negative_ttl,
         );
         let soa = Record::from_rdata(origin.clone(), config.negative_ttl, RData::SOA(soa));
-        let mut zone = Self::empty(origin.clone(), config, soa.clone());
-        zone.insert(STATIC, origin.clone(), Some((soa.ttl, soa.data)));
         let version = label("dns-version")?;
         let txt = RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_owned()]));
-        zone.insert(STATIC, version, Some((config.ttl, txt)));
-        zone.insert(STATIC, label("svc")?, None);
-        zone.insert(STATIC, label("pod")?, None);
         let statics = [
-            zone.origin.clone(),
-            label("dns-version")?,
+            origin.clone(),
+            version.clone(),
             label("svc")?,
             label("pod")?,
         ];
-        zone.compile_fast(statics.iter());
-        Ok(zone)
-    }
-
-    fn empty(origin: Name, config: &ZoneConfig, soa: Record) -> Self {
-        Self {
+        let mut zone = Self {
             fast: FastTable::new(&origin, &soa),
-            origin,
             ttl: config.ttl,
             negative_ttl: config.negative_ttl,
+            statics: vec![
+                (fast::wire(&origin).into(), soa.ttl, soa.data.clone()),
+                (fast::wire(&version).into(), config.ttl, txt),
+            ],
             soa,
-            names: HashMap::new(),
-            services: HashMap::new(),
-            slices: HashMap::new(),
+            hasher: RandomState::new(),
+            names: HashTable::new(),
+            services: Vec::new(),
+            free: Vec::new(),
+            by_key: HashTable::new(),
             slice_service: HashMap::new(),
-            owned: HashMap::new(),
-            next_owner: 1,
-            namespaces: HashMap::new(),
+            namespaces: HashSet::new(),
+            scratch: None,
+            origin,
+        };
+        for (i, name) in statics.iter().enumerate() {
+            zone.own(STATIC, &fast::wire(name), i < 2);
         }
+        zone.compile_names(statics.iter());
+        Ok(zone)
     }
 
     /// The cluster domain as a lower-case FQDN.
@@ -308,72 +371,136 @@ impl Zone {
         self.names.is_empty()
     }
 
-    pub(crate) fn node(&self, name: &Name) -> Option<&Node> {
-        self.names.get(fast::wire(name).as_slice())
+    /// How many answers are compiled for the fast path (a size figure for benchmarks).
+    pub fn compiled_answers(&self) -> usize {
+        self.names.iter().map(|e| fast::count(e.answers())).sum()
     }
 
-    /// The compiled answer to `req` (see [`FastTable::answer`]), or `None` for the slow path.
-    pub fn fast_answer(&self, req: &[u8], ra: bool, tcp: bool, out: &mut Vec<u8>) -> Option<u16> {
-        let kind = |wire: &[u8]| {
-            self.names.get(wire).map(|n| {
-                if n.cname().is_some() {
-                    NameKind::Slow
-                } else {
-                    NameKind::Exists
-                }
-            })
-        };
-        self.fast.answer(req, ra, tcp, out, kind)
+    fn entry(&self, wire: &[u8]) -> Option<&NameEntry> {
+        self.names
+            .find(self.hasher.hash_one(wire), |e| e.name() == wire)
     }
 
-    /// The compiled wire answers.
-    pub fn fast(&self) -> &FastTable {
-        &self.fast
-    }
-
-    /// Recompiles the wire answers of `names` from the records now in the zone.
-    fn compile_fast<'a>(&mut self, names: impl Iterator<Item = &'a Name>) {
-        let mut fast = std::mem::take(&mut self.fast);
-        let respond = |req: &hickory_proto::op::Message| match answer::respond(self, req) {
-            Outcome::Answer(resp) => Some(resp),
-            _ => None,
-        };
-        for name in names {
-            let node = self.names.get(fast::wire(name).as_slice());
-            let exists = node.map(|n| n.cname().is_some());
-            let present = |t| node.is_some_and(|n| n.has(t));
-            fast.compile(name, exists, present, respond);
+    /// The records at `name`, gathered from its owners; `None` when the name does not exist.
+    pub(crate) fn node(&self, name: &Name) -> Option<Node> {
+        let wire = fast::wire(name);
+        let entry = self.entry(&wire)?;
+        let mut node = Node::default();
+        for &owner in entry.owners.as_slice() {
+            self.records_of(owner, &wire, &mut node.data);
         }
-        self.fast = fast;
+        Some(node)
     }
 
-    fn insert(&mut self, owner: Owner, name: Name, record: Option<(u32, RData)>) {
-        let node = self.names.entry(fast::wire(&name).into()).or_default();
-        let data = record.map(|(ttl, rdata)| Data {
-            ttl,
-            rdata: Compact::new(rdata),
-        });
-        let entry = (owner, data);
-        if !node.entries.contains(&entry) {
-            node.entries.reserve_exact(1);
-            node.entries.push(entry);
+    /// What `owner` has at the wire name `wire`.
+    fn records_of(&self, owner: Owner, wire: &[u8], out: &mut Vec<Data>) {
+        if owner == STATIC {
+            out.extend(self.statics.iter().filter(|(n, _, _)| **n == *wire).map(
+                |(_, ttl, rdata)| Data {
+                    ttl: *ttl,
+                    rdata: rdata.clone(),
+                },
+            ));
+            return;
         }
-    }
-
-    /// Drops what `owner` put at `name`; the name goes when nobody has anything there.
-    fn disown(&mut self, owner: Owner, name: &Name) {
-        let key = fast::wire(name);
-        if let Some(node) = self.names.get_mut(key.as_slice()) {
-            node.entries.retain(|(o, _)| *o != owner);
-            if node.entries.is_empty() {
-                self.names.remove(key.as_slice());
+        if let Some((o, records)) = &self.scratch
+            && *o == owner
+        {
+            out.extend(records.get(wire).into_iter().flatten().map(|d| Data {
+                ttl: d.ttl,
+                rdata: d.rdata.clone(),
+            }));
+            return;
+        }
+        let Some(slot) = owner.checked_sub(1) else {
+            return;
+        };
+        for (name, rdata) in self.entries_of(slot) {
+            if let Some(rdata) = rdata
+                && fast::wire(&name) == wire
+            {
+                out.push(Data {
+                    ttl: self.ttl,
+                    rdata,
+                });
             }
         }
     }
 
-    fn new_owner(&mut self) -> Owner {
-        self.next_owner = self.next_owner.wrapping_add(1).max(1);
-        Owner(self.next_owner)
+    /// The compiled answer to `req` (see [`FastTable::answer`]), or `None` for the slow path.
+    pub fn fast_answer(&self, req: &[u8], ra: bool, tcp: bool, out: &mut Vec<u8>) -> Option<u16> {
+        self.fast.answer(req, ra, tcp, out, |wire| {
+            self.entry(wire).map(|e| fast::Known {
+                alias: e.alias,
+                answers: e.answers(),
+            })
+        })
+    }
+
+    /// Recompiles the wire answers of `names` from the records now in the zone.
+    fn compile_names<'a>(&mut self, names: impl Iterator<Item = &'a Name>) {
+        let respond =
+            |zone: &Self, req: &hickory_proto::op::Message| match answer::respond(zone, req) {
+                Outcome::Answer(resp) => Some(resp),
+                _ => None,
+            };
+        for name in names {
+            let wire = fast::wire(name);
+            let Some(node) = self.node(name) else {
+                continue;
+            };
+            let alias = node.cname().is_some();
+            let mut bytes = wire.clone();
+            if !alias {
+                fast::compile(name, |t| node.has(t), |req| respond(self, req), &mut bytes);
+            }
+            let hash = self.hasher.hash_one(wire.as_slice());
+            if let Some(entry) = self.names.find_mut(hash, |e| e.name() == wire.as_slice()) {
+                entry.bytes = bytes.into();
+                entry.alias = alias;
+            }
+        }
+    }
+
+    /// Makes `owner` a reason for the wire name `wire` to exist (`data`: with records there).
+    fn own(&mut self, owner: Owner, wire: &[u8], data: bool) {
+        let hasher = &self.hasher;
+        let entry = self
+            .names
+            .entry(
+                hasher.hash_one(wire),
+                |e| e.name() == wire,
+                |e| hasher.hash_one(e.name()),
+            )
+            .or_insert_with(|| NameEntry {
+                bytes: wire.into(),
+                name_len: u8::try_from(wire.len()).unwrap_or(u8::MAX),
+                alias: false,
+                refs: 0,
+                owners: Owners::None,
+            })
+            .into_mut();
+        if data {
+            entry.owners.add(owner);
+        } else {
+            entry.refs = entry.refs.saturating_add(1);
+        }
+    }
+
+    /// Undoes one [`Zone::own`]; the name goes when nothing makes it exist any more.
+    fn disown(&mut self, owner: Owner, wire: &[u8], data: bool) {
+        let hash = self.hasher.hash_one(wire);
+        if let Ok(mut found) = self.names.find_entry(hash, |e| e.name() == wire) {
+            let entry = found.get_mut();
+            if data {
+                entry.owners.remove(owner);
+            } else {
+                entry.refs = entry.refs.saturating_sub(1);
+            }
+            if entry.unused() {
+                found.remove();
+            }
+        }
     }
 
     fn namespace_name(&self, ns: &str) -> Option<Name> {
@@ -386,22 +513,21 @@ impl Zone {
 
     /// Adds a Namespace: `<ns>.svc.<zone>` exists (NOERROR, no data) even without Services.
     pub fn apply_namespace(&mut self, ns: &Namespace) {
-        if let Some(name) = ns.metadata.name.clone() {
+        if let Some(name) = ns.metadata.name.as_deref() {
             self.put_namespace(name);
         }
     }
 
-    fn put_namespace(&mut self, name: String) {
-        if self.namespaces.contains_key(&name) {
+    fn put_namespace(&mut self, name: &str) {
+        if self.namespaces.contains(name) {
             return;
         }
-        let Some(dns_name) = self.namespace_name(&name) else {
+        let Some(dns_name) = self.namespace_name(name) else {
             return;
         };
-        let owner = self.new_owner();
-        self.namespaces.insert(name, owner);
-        self.insert(owner, dns_name.clone(), None);
-        self.compile_fast(std::iter::once(&dns_name));
+        self.namespaces.insert(name.into());
+        self.own(STATIC, &fast::wire(&dns_name), false);
+        self.compile_names(std::iter::once(&dns_name));
     }
 
     /// Removes a Namespace (its Services keep their names until they are deleted).
@@ -412,14 +538,14 @@ impl Zone {
     }
 
     fn remove_namespace(&mut self, name: &str) {
-        let Some(owner) = self.namespaces.remove(name) else {
+        if !self.namespaces.remove(name) {
             return;
-        };
+        }
         let Some(dns_name) = self.namespace_name(name) else {
             return;
         };
-        self.disown(owner, &dns_name);
-        self.compile_fast(std::iter::once(&dns_name));
+        self.disown(STATIC, &fast::wire(&dns_name), false);
+        self.compile_names(std::iter::once(&dns_name));
     }
 
     /// Makes the Namespaces exactly `all` (after a list or relist).
@@ -430,19 +556,92 @@ impl Zone {
     /// [`Zone::replace_namespaces`] by name.
     pub fn replace_namespace_names(&mut self, all: impl IntoIterator<Item = String>) {
         let all: Vec<String> = all.into_iter().collect();
-        let present: std::collections::HashSet<&str> = all.iter().map(String::as_str).collect();
-        let gone: Vec<String> = self
+        let present: HashSet<&str> = all.iter().map(String::as_str).collect();
+        let gone: Vec<Box<str>> = self
             .namespaces
-            .keys()
-            .filter(|k| !present.contains(k.as_str()))
+            .iter()
+            .filter(|k| !present.contains(&***k))
             .cloned()
             .collect();
         for name in gone {
             self.remove_namespace(&name);
         }
-        for ns in all {
+        for ns in &all {
             self.put_namespace(ns);
         }
+    }
+
+    /// The slot of the Service `key`, if it has one.
+    fn slot(&self, key: &ServiceKey) -> Option<u32> {
+        let services = &self.services;
+        self.by_key
+            .find(self.hasher.hash_one(key), |&i| {
+                services
+                    .get(i as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|s| s.key == *key)
+            })
+            .copied()
+    }
+
+    /// The slot of the Service `key`, made if it has none.
+    fn slot_or_new(&mut self, key: &ServiceKey) -> u32 {
+        if let Some(slot) = self.slot(key) {
+            return slot;
+        }
+        let state = ServiceState {
+            key: key.clone(),
+            spec: None,
+            slices: Slices::default(),
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                if let Some(s) = self.services.get_mut(slot as usize) {
+                    *s = Some(state);
+                }
+                slot
+            }
+            None => {
+                self.services.push(Some(state));
+                u32::try_from(self.services.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        let (hasher, services) = (&self.hasher, &self.services);
+        self.by_key.insert_unique(hasher.hash_one(key), slot, |&i| {
+            services
+                .get(i as usize)
+                .and_then(Option::as_ref)
+                .map_or(0, |s| hasher.hash_one(&s.key))
+        });
+        slot
+    }
+
+    fn state(&self, slot: u32) -> Option<&ServiceState> {
+        self.services.get(slot as usize).and_then(Option::as_ref)
+    }
+
+    fn state_mut(&mut self, slot: u32) -> Option<&mut ServiceState> {
+        self.services
+            .get_mut(slot as usize)
+            .and_then(Option::as_mut)
+    }
+
+    /// Frees the slot of a Service with neither a view nor slices.
+    fn release_if_empty(&mut self, slot: u32) {
+        let Some(state) = self.state(slot) else {
+            return;
+        };
+        if state.spec.is_some() || !state.slices.is_empty() {
+            return;
+        }
+        let hash = self.hasher.hash_one(&state.key);
+        if let Ok(found) = self.by_key.find_entry(hash, |&i| i == slot) {
+            found.remove();
+        }
+        if let Some(s) = self.services.get_mut(slot as usize) {
+            *s = None;
+        }
+        self.free.push(slot);
     }
 
     /// Adds or replaces a Service.
@@ -453,21 +652,24 @@ impl Zone {
     }
 
     fn put_service(&mut self, view: ServiceView) {
-        if self.services.get(&view.key) == Some(&view) {
+        let ServiceView { key, spec } = view;
+        let slot = self.slot_or_new(&key);
+        if self.state(slot).and_then(|s| s.spec.as_ref()) == Some(&spec) {
             return;
         }
-        let key = view.key.clone();
-        self.update(&key, |zone| {
-            zone.services.insert(view.key.clone(), view);
-        });
+        self.update(slot, |state| state.spec = Some(spec));
     }
 
     /// Removes a Service and its names (its slices are kept until they are deleted).
     pub fn delete_service(&mut self, svc: &Service) {
         if let Some(key) = ServiceKey::of(&svc.metadata) {
-            self.update(&key, |zone| {
-                zone.services.remove(&key);
-            });
+            self.remove_service(&key);
+        }
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) {
+        if let Some(slot) = self.slot(key) {
+            self.update(slot, |state| state.spec = None);
         }
     }
 
@@ -480,49 +682,40 @@ impl Zone {
 
     fn put_slice(&mut self, entry: SliceEntry) {
         let SliceEntry {
-            key: slice_key,
+            key: (namespace, name),
             view,
         } = entry;
         let Some((service, view)) = view else {
-            self.remove_slice(&slice_key);
+            self.remove_slice(&namespace, &name);
             return;
         };
-        if let Some(old) = self.slice_service.get(&slice_key)
-            && *old != service
+        let filed = slice_key(&namespace, &name);
+        let slot = self.slot_or_new(&service);
+        if let Some(&old) = self.slice_service.get(&filed)
+            && old != slot
         {
-            self.remove_slice(&slice_key);
+            self.remove_slice(&namespace, &name);
         }
-        let slices = self.slices.entry(service.clone()).or_default();
-        if slices.get(&slice_key.1) == Some(&view) {
+        let slot = self.slot_or_new(&service);
+        if self.state(slot).and_then(|s| s.slices.get(&name)) == Some(&view) {
             return;
         }
-        self.update(&service, |zone| {
-            let slices = zone.slices.entry(service.clone()).or_default();
-            slices.insert(slice_key.1.clone(), view);
-            zone.slice_service.insert(slice_key, service.clone());
-        });
+        self.slice_service.insert(filed, slot);
+        self.update(slot, |state| state.slices.insert(&name, view));
     }
 
     /// Removes an EndpointSlice.
     pub fn delete_slice(&mut self, slice: &EndpointSlice) {
         if let Some(key) = ServiceKey::of(&slice.metadata) {
-            self.remove_slice(&(key.namespace, key.name));
+            self.remove_slice(&key.namespace, &key.name);
         }
     }
 
-    fn remove_slice(&mut self, slice_key: &(String, String)) {
-        let Some(service) = self.slice_service.get(slice_key).cloned() else {
+    fn remove_slice(&mut self, namespace: &str, name: &str) {
+        let Some(slot) = self.slice_service.remove(&*slice_key(namespace, name)) else {
             return;
         };
-        self.update(&service, |zone| {
-            zone.slice_service.remove(slice_key);
-            if let Some(slices) = zone.slices.get_mut(&service) {
-                slices.remove(&slice_key.1);
-                if slices.is_empty() {
-                    zone.slices.remove(&service);
-                }
-            }
-        });
+        self.update(slot, |state| state.slices.remove(name));
     }
 
     /// Makes the Services exactly `all` (after a list or relist): those missing are deleted,
@@ -534,20 +727,19 @@ impl Zone {
     /// [`Zone::replace_services`] from views (what the watcher keeps while it lists, so the
     /// whole objects of a list are never held at once).
     pub fn replace_service_views(&mut self, all: impl IntoIterator<Item = ServiceView>) {
-        let views: HashMap<ServiceKey, ServiceView> =
-            all.into_iter().map(|v| (v.key.clone(), v)).collect();
+        let all: Vec<ServiceView> = all.into_iter().collect();
+        let present: HashSet<&ServiceKey> = all.iter().map(|v| &v.key).collect();
         let gone: Vec<ServiceKey> = self
             .services
-            .keys()
-            .filter(|k| !views.contains_key(*k))
-            .cloned()
+            .iter()
+            .flatten()
+            .filter(|s| s.spec.is_some() && !present.contains(&s.key))
+            .map(|s| s.key.clone())
             .collect();
         for key in gone {
-            self.update(&key, |zone| {
-                zone.services.remove(&key);
-            });
+            self.remove_service(&key);
         }
-        for view in views.into_values() {
+        for view in all {
             self.put_service(view);
         }
     }
@@ -560,16 +752,18 @@ impl Zone {
     /// [`Zone::replace_slices`] from entries.
     pub fn replace_slice_entries(&mut self, all: impl IntoIterator<Item = SliceEntry>) {
         let all: Vec<SliceEntry> = all.into_iter().collect();
-        let present: std::collections::HashSet<(String, String)> =
-            all.iter().map(|e| e.key.clone()).collect();
-        let gone: Vec<(String, String)> = self
+        let present: HashSet<Box<str>> =
+            all.iter().map(|e| slice_key(&e.key.0, &e.key.1)).collect();
+        let gone: Vec<Box<str>> = self
             .slice_service
             .keys()
             .filter(|k| !present.contains(*k))
             .cloned()
             .collect();
         for key in gone {
-            self.remove_slice(&key);
+            if let Some((namespace, name)) = key.split_once('/') {
+                self.remove_slice(namespace, name);
+            }
         }
         for entry in all {
             self.put_slice(entry);
@@ -577,40 +771,70 @@ impl Zone {
     }
 
     /// The records one Service makes in the current state.
-    fn entries_of(&self, key: &ServiceKey) -> Vec<records::Entry> {
-        let Some(view) = self.services.get(key) else {
+    fn entries_of(&self, slot: u32) -> Vec<records::Entry> {
+        let Some(state) = self.state(slot) else {
             return Vec::new();
         };
-        let slices = self.slices.get(key).into_iter().flat_map(Slices::values);
-        records::compile(view, slices, &self.origin)
+        let Some(spec) = &state.spec else {
+            return Vec::new();
+        };
+        records::compile(&state.key, spec, state.slices.values(), &self.origin)
+    }
+
+    /// The names a Service's entries make, each with whether it has records there.
+    fn names_of(entries: &[records::Entry]) -> BTreeMap<Vec<u8>, (Name, bool)> {
+        let mut names: BTreeMap<Vec<u8>, (Name, bool)> = BTreeMap::new();
+        for (name, rdata) in entries {
+            let slot = names
+                .entry(fast::wire(name))
+                .or_insert_with(|| (name.clone(), false));
+            slot.1 |= rdata.is_some();
+        }
+        names
     }
 
     /// Changes what a Service is made of (`change`), then replaces the names it had with the
     /// ones it has now. The old names are recompiled from the old state rather than stored:
     /// that costs a compile per update and saves a name list per Service.
-    fn update(&mut self, key: &ServiceKey, change: impl FnOnce(&mut Self)) {
-        let mut touched: Vec<Name> = self.entries_of(key).into_iter().map(|(n, _)| n).collect();
-        change(self);
-        let owner = match self.owned.get(key) {
-            Some(owner) => *owner,
-            None => self.new_owner(),
+    fn update(&mut self, slot: u32, change: impl FnOnce(&mut ServiceState)) {
+        let owner = slot + 1;
+        let old = Self::names_of(&self.entries_of(slot));
+        if let Some(state) = self.state_mut(slot) {
+            change(state);
+        }
+        let entries = self.entries_of(slot);
+        let new = Self::names_of(&entries);
+        // Own the new names before disowning the old, so a name in both never goes away.
+        let same = |a: &BTreeMap<Vec<u8>, (Name, bool)>, wire: &Vec<u8>, data: bool| {
+            a.get(wire).is_some_and(|(_, d)| *d == data)
         };
-        for name in &touched {
-            self.disown(owner, name);
+        for (wire, (_, data)) in &new {
+            if !same(&old, wire, *data) {
+                self.own(owner, wire, *data);
+            }
         }
-        let entries = self.entries_of(key);
-        if self.services.contains_key(key) {
-            self.owned.insert(key.clone(), owner);
-        } else {
-            self.owned.remove(key);
+        for (wire, (_, data)) in &old {
+            if !same(&new, wire, *data) {
+                self.disown(owner, wire, *data);
+            }
         }
+        let mut scratch: HashMap<Vec<u8>, Vec<Data>> = HashMap::new();
         for (name, rdata) in entries {
-            touched.push(name.clone());
-            self.insert(owner, name, rdata.map(|d| (self.ttl, d)));
+            if let Some(rdata) = rdata {
+                scratch.entry(fast::wire(&name)).or_default().push(Data {
+                    ttl: self.ttl,
+                    rdata,
+                });
+            }
         }
-        touched.sort();
-        touched.dedup();
-        self.compile_fast(touched.iter());
+        self.scratch = Some((owner, scratch));
+        let mut touched: BTreeMap<Vec<u8>, Name> = BTreeMap::new();
+        for (wire, (name, _)) in old.into_iter().chain(new) {
+            touched.insert(wire, name);
+        }
+        self.compile_names(touched.values());
+        self.scratch = None;
+        self.release_if_empty(slot);
     }
 }
 
