@@ -120,7 +120,8 @@ pub fn credentials(secret: &Secret) -> Vec<Credential> {
     let mut out = Vec::new();
     for (location, entry) in entries {
         let field = |k: &str| entry.get(k).and_then(|v| v.as_str()).unwrap_or_default();
-        let (mut username, mut password) = (field("username").to_owned(), field("password").to_owned());
+        let (mut username, mut password) =
+            (field("username").to_owned(), field("password").to_owned());
         if username.is_empty()
             && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(field("auth"))
             && let Ok(decoded) = String::from_utf8(decoded)
@@ -317,7 +318,11 @@ mod tests {
         check(&both, "docker.io/library/nginx:1", &[("bob", "pw2")]);
         check(&both, "a.corp.example/x", &[("glob", "g")]);
         check(&both, "a.b.corp.example/x", &[]);
-        check(&both, "reg.example/team/app", &[("team", "t"), ("any", "a")]);
+        check(
+            &both,
+            "reg.example/team/app",
+            &[("team", "t"), ("any", "a")],
+        );
         check(&both, "reg.example/teamx/app", &[("any", "a")]);
         check(&both, "old.example:8080/x", &[("old", "o")]);
         check(&both, "quay.io/x", &[]);

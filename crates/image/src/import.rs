@@ -218,8 +218,8 @@ fn pick_platform(store: &Store, digest: &str) -> Result<String> {
             what: format!("index {digest}"),
             source,
         })?;
-    let chosen = crate::platform::choose(&index, true)
-        .ok_or_else(|| Error::NoImage(digest.to_owned()))?;
+    let chosen =
+        crate::platform::choose(&index, true).ok_or_else(|| Error::NoImage(digest.to_owned()))?;
     match chosen.media_type() {
         MediaType::ImageIndex => Err(Error::NoImage(digest.to_owned())),
         _ => Ok(chosen.digest().to_string()),

@@ -59,8 +59,11 @@ mod tests {
 
     fn check(platforms: &[(&str, &str)], or_first: bool, expected: Option<usize>) {
         let idx = index(platforms);
-        let got = choose(&idx, or_first)
-            .and_then(|d| idx.manifests().iter().position(|m| m.digest() == d.digest()));
+        let got = choose(&idx, or_first).and_then(|d| {
+            idx.manifests()
+                .iter()
+                .position(|m| m.digest() == d.digest())
+        });
         assert_eq!(got, expected, "{platforms:?}");
     }
 

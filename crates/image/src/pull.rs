@@ -87,7 +87,9 @@ fn remote(r: &Reference) -> oci_client::Reference {
             t.clone(),
             d.clone(),
         ),
-        (_, Some(d)) => oci_client::Reference::with_digest(r.domain.clone(), r.path.clone(), d.clone()),
+        (_, Some(d)) => {
+            oci_client::Reference::with_digest(r.domain.clone(), r.path.clone(), d.clone())
+        }
         (t, None) => oci_client::Reference::with_tag(
             r.domain.clone(),
             r.path.clone(),
@@ -195,7 +197,9 @@ pub async fn pull(store: &Store, image: &str, auth: &Auth, options: &Options) ->
             .await
             .map_err(|e| fail(registry_error(&name, &e)))?;
         if is_index(&body) {
-            return Err(fail(format!("manifest {digest} is an index inside an index")));
+            return Err(fail(format!(
+                "manifest {digest} is an index inside an index"
+            )));
         }
     }
     // oci-client checked the body against the digest the registry and the reference name;
@@ -234,7 +238,12 @@ pub async fn pull(store: &Store, image: &str, auth: &Auth, options: &Options) ->
         fetched.push((tmp, d));
     }
     let key = Store::key(image)?;
-    let (s, b, d, f) = (store.clone(), body.to_vec(), digest.clone(), fetched.clone());
+    let (s, b, d, f) = (
+        store.clone(),
+        body.to_vec(),
+        digest.clone(),
+        fetched.clone(),
+    );
     tokio::task::spawn_blocking(move || s.commit_pull(&key, &b, &d, &f))
         .await
         .map_err(|e| fail(format!("storing the image: {e}")))??;
@@ -276,13 +285,10 @@ pub async fn push(store: &Store, image: &str, auth: &Auth, options: &Options) ->
             .map_err(|e| fail(format!("pushing {d}: {}", chain(&e))))?;
     }
     let body = store.read_blob(&img.digest)?;
-    let media_type = img
-        .manifest
-        .media_type()
-        .as_ref()
-        .map_or("application/vnd.oci.image.manifest.v1+json".to_owned(), |m| {
-            m.to_string()
-        });
+    let media_type = img.manifest.media_type().as_ref().map_or(
+        "application/vnd.oci.image.manifest.v1+json".to_owned(),
+        |m| m.to_string(),
+    );
     let content_type = http::HeaderValue::from_str(&media_type)
         .map_err(|e| fail(format!("media type {media_type:?}: {e}")))?;
     client
