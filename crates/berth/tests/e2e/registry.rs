@@ -37,9 +37,9 @@ fn ok(out: Output, what: &str) -> String {
 
 /// Imports the busybox test image as `reference` into a side store under the cluster's
 /// directory and pushes it to its registry; returns the side store's directory.
-fn push_busybox(c: &Cluster, node: &Node, reference: &str, extra: &[&str]) -> PathBuf {
-    let side = c.dir().join(format!("pusher-{}", reference.len()));
-    let image = images::busybox(&["sh", "-c", "echo pulled image up; exec sleep 3600"]);
+fn push_busybox(c: &Cluster, node: &Node, reference: &str, cmd: &str, extra: &[&str]) -> PathBuf {
+    let side = c.dir().join("pusher");
+    let image = images::busybox(&["sh", "-c", cmd]);
     let tar = c.dir().join("bb-push.tar");
     std::fs::write(&tar, image.docker_save(&[reference]).expect("docker save")).expect("write");
     ok(
@@ -97,7 +97,7 @@ fn pulls_by_tag_and_digest_and_pods_pull_with_always() {
     let reg = Registry::start(node, 5000, None);
     let tag = format!("{}/berth/bb:v1", reg.addr);
     let insecure = format!("--insecure-registry={}", reg.addr);
-    push_busybox(&c, node, &tag, &[&insecure]);
+    let side = push_busybox(&c, node, &tag, "exec sleep 3600", &[&insecure]);
 
     // By tag into an empty store: resolved to the manifest, both blobs fetched.
     let fresh = c.dir().join("fresh");
@@ -135,6 +135,66 @@ fn pulls_by_tag_and_digest_and_pods_pull_with_always() {
     assert!(!out.status.success(), "pulling a digest that is not there");
     let out = berth_image(node, &other, &["pull", &tag]);
     assert!(!out.status.success(), "HTTPS to a plain HTTP registry");
+
+    // An image index: linux on another architecture first, then this machine's, each
+    // naming its own image; the pull picks this machine's.
+    let other_tag = format!("{}/berth/bb:v2", reg.addr);
+    push_busybox(
+        &c,
+        node,
+        &other_tag,
+        "echo v2; exec sleep 3600",
+        &[&insecure],
+    );
+    let v2 = ok(
+        berth_image(node, &side, &["pull", &other_tag, &insecure]),
+        "pull v2",
+    );
+    let v2 = v2
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{other_tag}: resolved to ")))
+        .expect("v2's digest")
+        .to_owned();
+    let entry = |digest: &str, arch: &str| {
+        let hex = digest.trim_start_matches("sha256:");
+        let size = std::fs::metadata(side.join("images/blobs/sha256").join(hex))
+            .expect("the manifest blob")
+            .len();
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": size,
+            "platform": {"os": "linux", "architecture": arch},
+        })
+    };
+    let here = if cfg!(target_arch = "x86_64") {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry(&digest, "s390x"), entry(&v2, here)],
+    });
+    let index_file = c.file("index.json", &index.to_string());
+    let put = node.exec(&[
+        "curl",
+        "-sf",
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/vnd.oci.image.index.v1+json",
+        "--data-binary",
+        &format!("@{}", index_file.display()),
+        &format!("http://{}/v2/berth/bb/manifests/multi", reg.addr),
+    ]);
+    assert!(put.status.success(), "PUT the index: {put:?}");
+    let multi = format!("{}/berth/bb:multi", reg.addr);
+    let out = ok(
+        berth_image(node, &other, &["pull", &multi, &insecure]),
+        "pull the index",
+    );
+    assert!(out.contains(&format!("{multi}: resolved to {v2}")), "{out}");
 
     // A pod with imagePullPolicy: Always pulls the image and runs it.
     c.wait_node_ready();
@@ -216,7 +276,13 @@ fn image_pull_secrets_authenticate_to_the_registry() {
         !out.status.success(),
         "an anonymous push to an htpasswd registry"
     );
-    push_busybox(&c, node, &tag, &[&insecure, "--creds=puller:s3cret"]);
+    push_busybox(
+        &c,
+        node,
+        &tag,
+        "exec sleep 3600",
+        &[&insecure, "--creds=puller:s3cret"],
+    );
 
     c.wait_node_ready();
     c.ok(&[
