@@ -326,7 +326,13 @@ impl Store {
             std::fs::rename(tmp, &to).map_err(crate::error::io(&to))?;
         }
         let stored = self.put_bytes(manifest)?;
-        debug_assert_eq!(stored, digest);
+        if stored != digest {
+            return Err(Error::DigestMismatch {
+                path: key.to_owned(),
+                expected: digest.to_owned(),
+                actual: stored,
+            });
+        }
         let m: ImageManifest = serde_json::from_slice(manifest).map_err(|source| Error::Json {
             what: format!("manifest {digest}"),
             source,
@@ -344,6 +350,16 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn telling_indexes_never_panics(body in proptest::collection::vec(any::<u8>(), 0..200), media in "\\PC{0,40}") {
+            let _ = is_index(&body);
+            let doc = serde_json::json!({"schemaVersion": 2, "mediaType": media, "layers": []});
+            let _ = is_index(doc.to_string().as_bytes());
+        }
+    }
 
     #[test]
     fn indexes_are_told_from_manifests() {
