@@ -17,6 +17,8 @@ packages=(
   python3-yaml       # scripts/bench-footprint.py reads the kubeconfig
   runc               # the OCI runtime image pods run under
   busybox-static     # the e2e tests build their busybox image from it
+  docker-registry    # the registry e2e tests push to and pull from (on 127.0.0.1 in a test netns)
+  apache2-utils      # htpasswd -B, for that registry's basic auth
 )
 missing=()
 for p in "${packages[@]}"; do

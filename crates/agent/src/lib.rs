@@ -13,6 +13,7 @@ pub mod oci;
 mod oom;
 mod pods;
 mod probe;
+pub mod pull;
 pub mod runtime;
 pub mod sandbox;
 mod server;

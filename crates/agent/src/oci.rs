@@ -124,6 +124,11 @@ impl Oci {
         sweep(&self.runc, &self.root);
     }
 
+    /// The node's image store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The image `c` runs, if the store has it.
     pub fn image(&self, c: &Container) -> Option<Image> {
         let name = c.image.as_deref()?;
@@ -368,7 +373,7 @@ fn stdio(
 }
 
 /// An error with its causes, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

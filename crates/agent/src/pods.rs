@@ -48,6 +48,8 @@ pub struct Config {
     /// What must have seen a new pod's address before its containers start (the node's
     /// NetworkPolicy enforcer in `berth server`); none: start at once.
     pub network_gate: NetworkGate,
+    /// Registries (`HOST:PORT`) image pulls reach over plain HTTP (`--insecure-registry`).
+    pub insecure_registries: Vec<String>,
 }
 
 /// Something that must account for a new pod's address before its containers start, so a
@@ -128,13 +130,21 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let _ = config.synced.set(());
     let (recorder, events_task) =
         crate::events::Recorder::start(client.clone(), config.node_name.clone());
+    let oci = crate::oci::Oci::new(
+        config.state_dir.parent().unwrap_or(&config.state_dir),
+        &config.state_dir,
+    )
+    .map(Arc::new);
+    let puller = oci.as_ref().map(|o| {
+        Arc::new(crate::pull::Puller::new(
+            o.store().clone(),
+            config.insecure_registries.clone(),
+        ))
+    });
     let shared = Arc::new(Shared {
+        puller,
         runtime: Arc::new(crate::oci::Select {
-            oci: crate::oci::Oci::new(
-                config.state_dir.parent().unwrap_or(&config.state_dir),
-                &config.state_dir,
-            )
-            .map(Arc::new),
+            oci,
             processes: Processes {
                 self_exe: config.self_exe.clone(),
                 state_dir: config.state_dir.clone(),

@@ -263,13 +263,19 @@ const HOST_IMAGES: &[(&str, &[&str], &[&str])] = &[
     ("nginx", &[], &["nginx", "-g", "daemon off;"]),
 ];
 
+/// Whether `image` means something without a store: a built-in workload or a host image
+/// (registry hosts and tags aside). These are never pulled.
+pub fn host_image(image: &str) -> bool {
+    berth_workloads::Builtin::from_image(image).is_some()
+        || HOST_IMAGES
+            .iter()
+            .any(|(n, _, _)| *n == berth_workloads::repository(image))
+}
+
 impl Processes {
     /// Whether `image` means something without a store: a built-in workload or a host image.
     pub fn knows(&self, image: &str) -> bool {
-        berth_workloads::Builtin::from_image(image).is_some()
-            || HOST_IMAGES
-                .iter()
-                .any(|(n, _, _)| *n == berth_workloads::repository(image))
+        host_image(image)
     }
 
     /// The argv a container runs: its command and args; for a built-in image the `berth`

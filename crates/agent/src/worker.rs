@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     pub bridge: Bridge,
     pub ipam: std::sync::Mutex<Ipam>,
     pub runtime: Arc<dyn Runtime>,
+    /// Pulls images from registries; none when image pods cannot run (no runc or store).
+    pub puller: Option<Arc<crate::pull::Puller>>,
     pub services: reflector::Store<Service>,
     pub consoles: Arc<runtime::Consoles>,
     pub events: crate::events::Recorder,
@@ -106,6 +108,9 @@ struct Ctr {
     restarts: i32,
     last: Option<Value>,
     backoff: Duration,
+    /// The image pull back-off: its current length, and when and why the last pull failed.
+    pull_backoff: Duration,
+    pull_failed: Option<(Instant, String)>,
     /// Which run of the container messages are about; results of an earlier run are dropped.
     run: u64,
     pid: Option<u32>,
@@ -187,6 +192,8 @@ impl Worker {
                 }),
                 last: None,
                 backoff: Duration::ZERO,
+                pull_backoff: Duration::ZERO,
+                pull_failed: None,
                 run: 0,
                 pid: None,
                 verdicts: HashMap::new(),
@@ -612,6 +619,12 @@ impl Worker {
     }
 
     async fn start_container(&mut self, idx: usize, restart: bool) {
+        if self.sandbox.is_none() {
+            return;
+        }
+        let Some(pulled) = self.ensure_image(idx).await else {
+            return;
+        };
         let Some(sandbox) = &self.sandbox else { return };
         let state_dir = &self.shared.config.state_dir;
         let name = self.containers[idx].spec.name.clone();
@@ -715,7 +728,9 @@ impl Worker {
                     });
                 });
                 let (pulled, created, started) = (
-                    format!("Container image \"{image}\" already present on machine"),
+                    pulled.unwrap_or_else(|| {
+                        format!("Container image \"{image}\" already present on machine")
+                    }),
                     format!("Created container: {name}"),
                     format!("Started container {name}"),
                 );
@@ -740,6 +755,120 @@ impl Worker {
                 )]);
             }
         }
+    }
+
+    /// Makes sure the container's image is in the store when it must come from a registry,
+    /// as the kubelet's EnsureImageExists does: `Some(Some(message))` after a pull (the
+    /// `Pulled` event's), `Some(None)` when no pull was needed, `None` when the container
+    /// waits (`ErrImagePull`, then `ImagePullBackOff` until the back-off has passed).
+    async fn ensure_image(&mut self, idx: usize) -> Option<Option<String>> {
+        let Some(puller) = self.shared.puller.clone() else {
+            return Some(None);
+        };
+        let c = &mut self.containers[idx];
+        let Some(image) = puller.wanted(&c.spec) else {
+            return Some(None);
+        };
+        let field = Some(format!("spec.containers{{{}}}", c.spec.name));
+        if let Some((at, error)) = &c.pull_failed
+            && at.elapsed() < c.pull_backoff
+        {
+            let back_off = format!("Back-off pulling image \"{image}\"");
+            c.state = State::Waiting {
+                reason: "ImagePullBackOff".into(),
+                message: Some(format!("{back_off}: ErrImagePull: {error}")),
+                retry_at: Some(*at + c.pull_backoff),
+            };
+            let failed = "Error: ImagePullBackOff".to_owned();
+            self.events(vec![
+                ("Normal", "BackOff", back_off, field.clone()),
+                ("Warning", "Failed", failed, field),
+            ]);
+            return None;
+        }
+        let pulling = format!("Pulling image \"{image}\"");
+        self.events(vec![("Normal", "Pulling", pulling, field.clone())]);
+        let t0 = Instant::now();
+        let secrets = self.pull_secrets().await;
+        let auths = crate::pull::auths_for(&secrets, &image);
+        let result = puller.pull(&image, &auths).await;
+        let c = &mut self.containers[idx];
+        match result {
+            Ok(p) => {
+                c.pull_backoff = Duration::ZERO;
+                c.pull_failed = None;
+                Some(Some(format!(
+                    "Successfully pulled image \"{image}\" in {} ({} including waiting). Image size: {} bytes.",
+                    crate::pull::go_duration(p.elapsed),
+                    crate::pull::go_duration(t0.elapsed()),
+                    p.size
+                )))
+            }
+            // An image that is not in any registry but comes with a command runs that
+            // command from the host, as before registry pulls.
+            Err(e) if c.spec.command.is_some() => {
+                tracing::info!(image, error = %e, "pull failed; running the container's command from the host");
+                Some(None)
+            }
+            Err(error) => {
+                c.pull_backoff = if c.pull_backoff.is_zero() {
+                    crate::pull::BACKOFF_START
+                } else {
+                    (c.pull_backoff * 2).min(crate::pull::BACKOFF_MAX)
+                };
+                c.pull_failed = Some((Instant::now(), error.clone()));
+                // The kubelet's next sync, moments later, finds the back-off.
+                c.state = State::Waiting {
+                    reason: "ErrImagePull".into(),
+                    message: Some(error.clone()),
+                    retry_at: Some(Instant::now() + Duration::from_secs(1)),
+                };
+                let failed = format!("Failed to pull image \"{image}\": {error}");
+                self.events(vec![
+                    ("Warning", "Failed", failed, field.clone()),
+                    ("Warning", "Failed", "Error: ErrImagePull".into(), field),
+                ]);
+                None
+            }
+        }
+    }
+
+    /// The pod's `imagePullSecrets` that exist; a Warning names those that do not.
+    async fn pull_secrets(&self) -> Vec<k8s_openapi::api::core::v1::Secret> {
+        let names: Vec<String> = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.image_pull_secrets.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.name)
+            .filter(|n| !n.is_empty())
+            .collect();
+        let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(
+            self.shared.client.clone(),
+            &self.pod.namespace().unwrap_or_default(),
+        );
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for name in names {
+            match api.get(&name).await {
+                Ok(s) => found.push(s),
+                Err(_) => missing.push(name),
+            }
+        }
+        if !missing.is_empty() {
+            self.events(vec![(
+                "Warning",
+                "FailedToRetrieveImagePullSecret",
+                format!(
+                    "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                    missing.join(", ")
+                ),
+                None,
+            )]);
+        }
+        found
     }
 
     /// Handles a message; true when an init container has completed (so the next can start).

@@ -87,6 +87,27 @@ pub enum ImageCmd {
         #[command(flatten)]
         store: ImageStoreArgs,
     },
+    /// Pull an image from its registry into the store, as `crictl pull` does: an index picks
+    /// linux on this machine's architecture; blobs the store has are not fetched again.
+    /// Prints the manifest's digest and the image ID (the config's digest).
+    Pull {
+        /// The image (`nginx`, `registry.example:5000/team/app:v1`, `app@sha256:...`).
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[command(flatten)]
+        store: ImageStoreArgs,
+    },
+    /// Push an image of the store to the registry its reference names, as `ctr images
+    /// push` does (blobs, then the manifest under its tag).
+    Push {
+        /// The image, by the reference it has in the store (`berth image ls`).
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[command(flatten)]
+        store: ImageStoreArgs,
+    },
     /// Remove an image reference (`nginx`, `docker.io/library/nginx:1.27`, a digest) and
     /// whatever blobs no other image needs.
     Rm {
@@ -96,6 +117,20 @@ pub enum ImageCmd {
         #[command(flatten)]
         store: ImageStoreArgs,
     },
+}
+
+/// How `berth image pull|push` reach a registry.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// A registry (`HOST:PORT`, as written in image references) reached over plain HTTP
+    /// instead of HTTPS, as containerd's and docker's insecure registries. Repeatable.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registry: Vec<String>,
+
+    /// Credentials for the registry, `USER:PASSWORD` (as `crictl pull --creds`); without
+    /// them, anonymous.
+    #[arg(long)]
+    pub creds: Option<String>,
 }
 
 /// Which image store a `berth image` command works on.
@@ -271,6 +306,13 @@ pub struct AgentArgs {
     /// The cluster DNS server written into each pod's /etc/resolv.conf.
     #[arg(long, default_value = "10.96.0.10")]
     pub cluster_dns: Ipv4Addr,
+
+    /// A registry (`HOST:PORT`, as written in image references) that image pulls reach over
+    /// plain HTTP instead of HTTPS, as containerd's and docker's insecure registries (for a
+    /// registry on this machine or a lab network; credentials travel in the clear).
+    /// Repeatable. Pulls of other registries use HTTPS with the system's trusted roots.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registry: Vec<String>,
 }
 
 /// Where a standalone component finds the API server.

@@ -115,6 +115,38 @@ fn image(cmd: &cli::ImageCmd) -> anyhow::Result<()> {
                 );
             }
         }
+        ImageCmd::Pull {
+            reference,
+            registry,
+            store,
+        } => {
+            let store = open(store)?;
+            let pulled = registry_call(registry, |auth, options| async move {
+                berth_image::pull::pull(&store, reference, &auth, &options).await
+            })
+            .with_context(|| format!("pulling {reference}"))?;
+            println!("{}: resolved to {}", pulled.reference, pulled.digest);
+            println!(
+                "fetched {} blob(s), {}, in {} ms; image size {}",
+                pulled.fetched,
+                human_size(pulled.fetched_bytes),
+                pulled.elapsed.as_millis(),
+                human_size(pulled.size)
+            );
+            println!("Image is up to date for {}", pulled.config);
+        }
+        ImageCmd::Push {
+            reference,
+            registry,
+            store,
+        } => {
+            let store = open(store)?;
+            let digest = registry_call(registry, |auth, options| async move {
+                berth_image::pull::push(&store, reference, &auth, &options).await
+            })
+            .with_context(|| format!("pushing {reference}"))?;
+            println!("pushed {reference} ({digest})");
+        }
         ImageCmd::Rm { references, store } => {
             let store = open(store)?;
             for r in references {
@@ -125,6 +157,33 @@ fn image(cmd: &cli::ImageCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs one registry operation on a runtime of its own, with the flags' credentials and
+/// insecure registries.
+fn registry_call<T, F>(
+    args: &cli::RegistryArgs,
+    call: impl FnOnce(berth_image::pull::Auth, berth_image::pull::Options) -> F,
+) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = berth_image::Result<T>>,
+{
+    let auth = match args.creds.as_deref() {
+        None => berth_image::pull::Auth::Anonymous,
+        Some(c) => {
+            let (user, password) = c.split_once(':').unwrap_or((c, ""));
+            berth_image::pull::Auth::Basic(user.to_owned(), password.to_owned())
+        }
+    };
+    let options = berth_image::pull::Options {
+        insecure: args.insecure_registry.clone(),
+        timeout: Some(std::time::Duration::from_secs(30)),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(runtime.block_on(call(auth, options))?)
 }
 
 /// `1.2 MiB`, as crictl prints sizes.
@@ -762,6 +821,7 @@ fn agent_config(
         client_ca,
         synced: Default::default(),
         network_gate: berth_agent::NetworkGate::default(),
+        insecure_registries: args.insecure_registry.clone(),
     };
     berth_apiserver::files::private_dir(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;

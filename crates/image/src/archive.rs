@@ -49,7 +49,7 @@ impl ImageSpec {
             .diff_ids(self.layers.iter().map(|l| sha256(l)).collect::<Vec<_>>())
             .build()?;
         let image = ImageConfigurationBuilder::default()
-            .architecture(arch())
+            .architecture(crate::platform::arch())
             .os("linux")
             .config(c.build()?)
             .rootfs(rootfs)
@@ -141,14 +141,6 @@ fn parse(d: &str) -> Result<oci_spec::image::Digest> {
 
 fn blob(b: &[u8]) -> String {
     format!("blobs/sha256/{}", &sha256(b)[7..])
-}
-
-fn arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
 }
 
 fn tar_of(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {

@@ -46,6 +46,8 @@ pub enum Error {
         #[source]
         source: nix::errno::Errno,
     },
+    #[error("failed to pull and unpack image \"{reference}\": {message}")]
+    Pull { reference: String, message: String },
     #[error("building an OCI document")]
     Spec(#[from] oci_spec::OciSpecError),
 }

@@ -218,22 +218,8 @@ fn pick_platform(store: &Store, digest: &str) -> Result<String> {
             what: format!("index {digest}"),
             source,
         })?;
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    let fits = |d: &&Descriptor| {
-        d.platform()
-            .as_ref()
-            .is_some_and(|p| p.os().to_string() == "linux" && p.architecture().to_string() == arch)
-    };
-    let chosen = index
-        .manifests()
-        .iter()
-        .find(fits)
-        .or_else(|| index.manifests().first())
-        .ok_or_else(|| Error::NoImage(digest.to_owned()))?;
+    let chosen =
+        crate::platform::choose(&index, true).ok_or_else(|| Error::NoImage(digest.to_owned()))?;
     match chosen.media_type() {
         MediaType::ImageIndex => Err(Error::NoImage(digest.to_owned())),
         _ => Ok(chosen.digest().to_string()),

@@ -54,6 +54,7 @@ impl Store {
             root.join("blobs/sha256"),
             root.join("tmp"),
             root.join("rootfs"),
+            root.join(crate::pull::PULLS),
         ] {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -300,7 +301,21 @@ impl Store {
         };
         sweep(self.root.join("blobs/sha256"), &keep)?;
         sweep(self.root.join("rootfs"), &roots)?;
-        sweep(self.root.join("tmp"), &BTreeSet::new())
+        sweep(self.root.join("tmp"), &BTreeSet::new())?;
+        // Downloads run without the lock: only what an interrupted pull left goes.
+        let pulls = self.root.join(crate::pull::PULLS);
+        for e in std::fs::read_dir(&pulls).map_err(io(&pulls))?.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+            if old {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(())
     }
 
     /// The image's layers unpacked in order into one directory, made once per image and

@@ -1,8 +1,9 @@
 //! One harness for every end-to-end test: a throwaway `berth server` (with its embedded store
 //! or a real etcd) on free loopback ports, driven by the real `kubectl`, stopped by PID and
 //! cleaned up on drop even when the test panics; [`Node`] is a throwaway network namespace (with
-//! an "outside" namespace beside it) that tests run node components in, and [`Process`] any
-//! other process a test starts (such as `berth agent`), stopped by PID on drop.
+//! an "outside" namespace beside it) that tests run node components in, [`Process`] any
+//! other process a test starts (such as `berth agent`), stopped by PID on drop, and
+//! [`Registry`] an OCI registry inside a node's namespace.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -1043,6 +1044,75 @@ pub mod measure {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0)
+    }
+}
+
+/// A throwaway OCI registry (Debian's `docker-registry`, distribution 2.8) inside a
+/// [`Node`]'s network namespace on 127.0.0.1, storing into a temp dir, optionally behind
+/// htpasswd basic auth; killed by PID on drop. Reach it from processes in that namespace.
+pub struct Registry {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// `127.0.0.1:PORT`, as image references name it.
+    pub addr: String,
+}
+
+impl Registry {
+    /// Starts a registry on 127.0.0.1:`port` in `node`; with `user` = (name, password) it
+    /// asks for basic auth (apache2-utils' `htpasswd -B`). Waits until `/v2/` answers.
+    pub fn start(node: &Node, port: u16, user: Option<(&str, &str)>) -> Registry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = format!("127.0.0.1:{port}");
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((name, password)) = user {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", name, password])
+                .output()
+                .expect("htpasswd (apache2-utils, scripts/deps.sh) must be installed");
+            assert!(out.status.success(), "htpasswd failed");
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, &out.stdout).expect("write htpasswd");
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).expect("write the registry config");
+        let log = dir.path().join("registry.log");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "exec docker-registry serve \"$1\" >\"$2\" 2>&1", "sh"])
+            .arg(&config_path)
+            .arg(&log);
+        let registry = Registry {
+            child: node.spawn(cmd),
+            dir,
+            addr,
+        };
+        let url = format!("http://{}/v2/", registry.addr);
+        eventually("the registry to answer", || {
+            let out = node.exec(&["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", &url]);
+            let code = String::from_utf8_lossy(&out.stdout).into_owned();
+            (code == "200" || code == "401").then_some(())
+        });
+        registry
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- registry log ---\n{}", self.log());
+        }
     }
 }
 

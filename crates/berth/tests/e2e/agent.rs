@@ -141,8 +141,9 @@ fn pods_run_as_processes_with_their_own_ip() {
         !ipam.contains(&web_uid) && !ipam.contains(&format!("\"{a}\"")),
         "{ipam}"
     );
-    // An image that is neither built in nor given a command waits with a reason.
-    c.ok(&["run", "nope", "--image=example.com/unknown:1"]);
+    // An image that is neither built in nor given a command is pulled; one no registry
+    // serves (here: nothing listens on the port) waits with a reason.
+    c.ok(&["run", "nope", "--image=127.0.0.1:9/unknown:1"]);
     eventually("nope to wait with ErrImagePull", || {
         let r = c.ok(&[
             "get",

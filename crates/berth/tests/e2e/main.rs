@@ -20,6 +20,7 @@ mod kubelet;
 mod lifecycle;
 mod netpol;
 mod raw;
+mod registry;
 mod restart;
 mod serviceaccounts;
 mod singlenode;

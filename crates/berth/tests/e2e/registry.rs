@@ -1,0 +1,313 @@
+//! Registry pulls (issue 17): Debian's `docker-registry` started by the test on 127.0.0.1
+//! inside the cluster's node netns (where `berth server` and so its agent run), the busybox
+//! test image imported into a side store and pushed there with `berth image push`, then
+//! pulled back with `berth image pull` by tag and by digest, and by the agent for pods:
+//! `imagePullPolicy: Always`, a missing tag (`ErrImagePull`, then `ImagePullBackOff`), and
+//! basic auth through an `imagePullSecrets` Secret.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use berth_testkit::{Cluster, Node, Registry, eventually, images};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_berth"))
+}
+
+/// `berth image ARGS --data-dir DIR` inside the node netns (the registry is on its loopback).
+fn berth_image(node: &Node, dir: &Path, args: &[&str]) -> Output {
+    node.command(bin())
+        .arg("image")
+        .args(args)
+        .arg(format!("--data-dir={}", dir.display()))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("berth image")
+}
+
+fn ok(out: Output, what: &str) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// Imports the busybox test image as `reference` into a side store under the cluster's
+/// directory and pushes it to its registry; returns the side store's directory.
+fn push_busybox(c: &Cluster, node: &Node, reference: &str, cmd: &str, extra: &[&str]) -> PathBuf {
+    let side = c.dir().join("pusher");
+    let image = images::busybox(&["sh", "-c", cmd]);
+    let tar = c.dir().join("bb-push.tar");
+    std::fs::write(&tar, image.docker_save(&[reference]).expect("docker save")).expect("write");
+    ok(
+        berth_image(node, &side, &["import", &tar.display().to_string()]),
+        "import",
+    );
+    let mut args = vec!["push", reference];
+    args.extend_from_slice(extra);
+    let out = ok(berth_image(node, &side, &args), "push");
+    assert!(
+        out.contains(&format!("pushed {reference} (sha256:")),
+        "{out}"
+    );
+    side
+}
+
+fn waiting_reason(c: &Cluster, pod: &str) -> String {
+    c.ok(&[
+        "get",
+        "pod",
+        pod,
+        "-o",
+        "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
+    ])
+}
+
+fn events(c: &Cluster, pod: &str) -> String {
+    c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={pod}"),
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ])
+}
+
+fn pod(name: &str, image: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 1\n{extra}  containers:\n  - name: main\n    image: {image}\n    imagePullPolicy: Always\n"
+    )
+}
+
+fn running(c: &Cluster, name: &str) {
+    eventually(&format!("{name} to run"), || {
+        let phase = c.ok(&["get", "pod", name, "-o", "jsonpath={.status.phase}"]);
+        (phase == "Running").then_some(())
+    });
+}
+
+#[test]
+fn pulls_by_tag_and_digest_and_pods_pull_with_always() {
+    let c = Cluster::start_on_node(bin(), &["--insecure-registry=127.0.0.1:5000"]);
+    let node = c.node().expect("a node cluster");
+    let reg = Registry::start(node, 5000, None);
+    let tag = format!("{}/berth/bb:v1", reg.addr);
+    let insecure = format!("--insecure-registry={}", reg.addr);
+    let side = push_busybox(&c, node, &tag, "exec sleep 3600", &[&insecure]);
+
+    // By tag into an empty store: resolved to the manifest, both blobs fetched.
+    let fresh = c.dir().join("fresh");
+    let out = ok(
+        berth_image(node, &fresh, &["pull", &tag, &insecure]),
+        "pull",
+    );
+    let digest = out
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{tag}: resolved to ")))
+        .unwrap_or_else(|| panic!("no digest in {out}"))
+        .to_owned();
+    assert!(digest.starts_with("sha256:") && digest.len() == 71, "{out}");
+    assert!(out.contains("fetched 2 blob(s)"), "{out}");
+    assert!(out.contains("Image is up to date for sha256:"), "{out}");
+    // Again: nothing to fetch.
+    let out = ok(
+        berth_image(node, &fresh, &["pull", &tag, &insecure]),
+        "pull",
+    );
+    assert!(out.contains("fetched 0 blob(s)"), "{out}");
+    // By digest into another store, then listed under that reference.
+    let by_digest = format!("{}/berth/bb@{digest}", reg.addr);
+    let other = c.dir().join("other");
+    let out = ok(
+        berth_image(node, &other, &["pull", &by_digest, &insecure]),
+        "pull by digest",
+    );
+    assert!(out.contains(&format!("resolved to {digest}")), "{out}");
+    let ls = ok(berth_image(node, &other, &["ls"]), "ls");
+    assert!(ls.contains(&by_digest), "{ls}");
+    // A digest the registry does not have, and HTTPS where the registry speaks HTTP, fail.
+    let wrong = format!("{}/berth/bb@sha256:{}", reg.addr, "0".repeat(64));
+    let out = berth_image(node, &other, &["pull", &wrong, &insecure]);
+    assert!(!out.status.success(), "pulling a digest that is not there");
+    let out = berth_image(node, &other, &["pull", &tag]);
+    assert!(!out.status.success(), "HTTPS to a plain HTTP registry");
+
+    // An image index: linux on another architecture first, then this machine's, each
+    // naming its own image; the pull picks this machine's.
+    let other_tag = format!("{}/berth/bb:v2", reg.addr);
+    push_busybox(
+        &c,
+        node,
+        &other_tag,
+        "echo v2; exec sleep 3600",
+        &[&insecure],
+    );
+    let v2 = ok(
+        berth_image(node, &side, &["pull", &other_tag, &insecure]),
+        "pull v2",
+    );
+    let v2 = v2
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{other_tag}: resolved to ")))
+        .expect("v2's digest")
+        .to_owned();
+    let entry = |digest: &str, arch: &str| {
+        let hex = digest.trim_start_matches("sha256:");
+        let size = std::fs::metadata(side.join("images/blobs/sha256").join(hex))
+            .expect("the manifest blob")
+            .len();
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": size,
+            "platform": {"os": "linux", "architecture": arch},
+        })
+    };
+    let here = if cfg!(target_arch = "x86_64") {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry(&digest, "s390x"), entry(&v2, here)],
+    });
+    let index_file = c.file("index.json", &index.to_string());
+    let put = node.exec(&[
+        "curl",
+        "-sf",
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/vnd.oci.image.index.v1+json",
+        "--data-binary",
+        &format!("@{}", index_file.display()),
+        &format!("http://{}/v2/berth/bb/manifests/multi", reg.addr),
+    ]);
+    assert!(put.status.success(), "PUT the index: {put:?}");
+    let multi = format!("{}/berth/bb:multi", reg.addr);
+    let out = ok(
+        berth_image(node, &other, &["pull", &multi, &insecure]),
+        "pull the index",
+    );
+    assert!(out.contains(&format!("{multi}: resolved to {v2}")), "{out}");
+
+    // A pod with imagePullPolicy: Always pulls the image and runs it.
+    c.wait_node_ready();
+    c.apply(&pod("pulled", &tag, ""));
+    running(&c, "pulled");
+    assert_eq!(
+        c.ok(&["exec", "pulled", "--", "cat", "/etc/berth-image"])
+            .trim(),
+        images::MARKER
+    );
+    let ev = events(&c, "pulled");
+    assert!(
+        ev.contains(&format!("Pulling: Pulling image \"{tag}\"")),
+        "{ev}"
+    );
+    assert!(
+        ev.contains(&format!("Pulled: Successfully pulled image \"{tag}\" in "))
+            && ev.contains("Image size: "),
+        "{ev}"
+    );
+    let image_id = c.ok(&[
+        "get",
+        "pod",
+        "pulled",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].imageID}",
+    ]);
+    assert_eq!(image_id, format!("{}/berth/bb@{digest}", reg.addr));
+
+    // A tag the registry lacks: ErrImagePull, then ImagePullBackOff, with the events.
+    let missing = format!("{}/berth/bb:missing", reg.addr);
+    c.apply(&pod("missing", &missing, ""));
+    eventually("missing to back off", || {
+        (waiting_reason(&c, "missing") == "ImagePullBackOff").then_some(())
+    });
+    let ev = events(&c, "missing");
+    for want in [
+        format!("Failed: Failed to pull image \"{missing}\": "),
+        "Failed: Error: ErrImagePull".to_owned(),
+        format!("BackOff: Back-off pulling image \"{missing}\""),
+        "Failed: Error: ImagePullBackOff".to_owned(),
+    ] {
+        assert!(ev.contains(&want), "{want:?} in {ev}");
+    }
+    assert!(ev.contains("not found"), "{ev}");
+    let message = c.ok(&[
+        "get",
+        "pod",
+        "missing",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].state.waiting.message}",
+    ]);
+    assert!(
+        message.starts_with(&format!(
+            "Back-off pulling image \"{missing}\": ErrImagePull: "
+        )),
+        "{message}"
+    );
+}
+
+#[test]
+fn image_pull_secrets_authenticate_to_the_registry() {
+    let c = Cluster::start_on_node(bin(), &["--insecure-registry=127.0.0.1:5001"]);
+    let node = c.node().expect("a node cluster");
+    let reg = Registry::start(node, 5001, Some(("puller", "s3cret")));
+    let tag = format!("{}/private/bb:v1", reg.addr);
+    let insecure = format!("--insecure-registry={}", reg.addr);
+    // Without credentials the registry refuses.
+    let side = c.dir().join("anon");
+    let image = images::busybox(&["sleep", "3600"]);
+    let tar = c.dir().join("bb-anon.tar");
+    std::fs::write(&tar, image.docker_save(&[&tag]).expect("docker save")).expect("write");
+    ok(
+        berth_image(node, &side, &["import", &tar.display().to_string()]),
+        "import",
+    );
+    let out = berth_image(node, &side, &["push", &tag, &insecure]);
+    assert!(
+        !out.status.success(),
+        "an anonymous push to an htpasswd registry"
+    );
+    push_busybox(
+        &c,
+        node,
+        &tag,
+        "exec sleep 3600",
+        &[&insecure, "--creds=puller:s3cret"],
+    );
+
+    c.wait_node_ready();
+    c.ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        &format!("--docker-server={}", reg.addr),
+        "--docker-username=puller",
+        "--docker-password=s3cret",
+    ]);
+    c.apply(&pod("anonymous", &tag, ""));
+    c.apply(&pod(
+        "authed",
+        &tag,
+        "  imagePullSecrets:\n  - name: regcred\n",
+    ));
+    running(&c, "authed");
+    eventually("anonymous to fail its pull", || {
+        let r = waiting_reason(&c, "anonymous");
+        (r == "ErrImagePull" || r == "ImagePullBackOff").then_some(())
+    });
+    let ev = events(&c, "anonymous");
+    assert!(
+        ev.contains(&format!("Failed: Failed to pull image \"{tag}\": ")),
+        "{ev}"
+    );
+}
