@@ -242,27 +242,19 @@ impl SliceView {
                 .unwrap_or_else(|| "default".to_owned()),
             name: service.clone(),
         };
-        let endpoints = slice
-            .endpoints
-            .iter()
-            .flat_map(|e| {
-                let hostname: Option<Box<str>> = e
-                    .hostname
-                    .as_deref()
-                    .filter(|h| !h.is_empty())
-                    .map(Into::into);
-                // An unset `ready` means ready (discovery.k8s.io/v1 API docs).
-                let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-                e.addresses
-                    .iter()
-                    .filter_map(|a| a.parse().ok())
-                    .map(move |address| EndpointView {
-                        address,
-                        hostname: hostname.clone(),
-                        ready,
-                    })
-            })
-            .collect();
+        let endpoints = Endpoints::pack(slice.endpoints.iter().flat_map(|e| {
+            let hostname = e.hostname.as_deref().filter(|h| !h.is_empty());
+            // An unset `ready` means ready (discovery.k8s.io/v1 API docs).
+            let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            e.addresses
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .map(move |address| EndpointView {
+                    address,
+                    hostname,
+                    ready,
+                })
+        }));
         let ports = slice
             .ports
             .as_deref()

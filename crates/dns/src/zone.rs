@@ -174,6 +174,9 @@ impl NameEntry {
     }
 }
 
+/// Records by lower-case wire name.
+type Records = HashMap<Vec<u8>, Vec<Data>>;
+
 /// One Service's state: its view (`None` while only its slices are known) and its slices.
 #[derive(Debug)]
 struct ServiceState {
@@ -270,7 +273,7 @@ pub struct Zone {
     namespaces: HashSet<Box<str>>,
     /// While one Service's names are recompiled: its records by wire name, so that answering
     /// each of its names does not compile the Service again.
-    scratch: Option<(Owner, HashMap<Vec<u8>, Vec<Data>>)>,
+    scratch: Option<(Owner, Records)>,
     fast: FastTable,
 }
 
@@ -818,7 +821,7 @@ impl Zone {
                 self.disown(owner, wire, *data);
             }
         }
-        let mut scratch: HashMap<Vec<u8>, Vec<Data>> = HashMap::new();
+        let mut scratch = Records::new();
         for (name, rdata) in entries {
             if let Some(rdata) = rdata {
                 scratch.entry(fast::wire(&name)).or_default().push(Data {
