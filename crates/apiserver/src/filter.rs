@@ -63,6 +63,11 @@ impl Filter {
         self
     }
 
+    /// Whether every object matches (no selector, no name).
+    pub fn is_everything(&self) -> bool {
+        self.labels.is_none() && self.fields.is_none() && self.name.is_none()
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         if let Some(n) = &self.name
             && obj

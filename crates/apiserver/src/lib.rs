@@ -20,6 +20,7 @@ mod openapi;
 mod patch;
 pub mod pki;
 mod proxy;
+mod rawjson;
 mod request;
 mod rest;
 mod serve;
