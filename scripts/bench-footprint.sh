@@ -13,7 +13,8 @@
 #   over RYW Services (goal p99 < 10 ms).
 # Memory is read SETTLE seconds after each component is synced. MB here is 10^6 bytes, as the
 # goals are written; MiB are also printed.
-# Env: SERVICES=10000 RYW=200 SETTLE=3 PARTS="proxy dns" (which components to start) BERTH_BIN=<release build here> KEEP=1 (keep logs)
+#   With `list` in PARTS: LISTS (10) LISTs of every Service from the API server, p50/min/max.
+# Env: SERVICES=10000 RYW=200 SETTLE=3 PARTS="proxy dns" (which components to start; or "list") BERTH_BIN=<release build here> KEEP=1 (keep logs)
 #      PROXY_ENV / DNS_ENV: extra environment for each process (e.g. "MALLOC_ARENA_MAX=2").
 # Needs (Debian): iproute2 nftables python3 python3-yaml (scripts/deps.sh).
 set -euo pipefail
@@ -85,6 +86,11 @@ in_ns python3 scripts/bench-footprint.py load "$kc" "$SERVICES"
 echo "# $SERVICES Services x 5 endpoints; berth $("$BERTH_BIN" --version 2>/dev/null | head -1)" \
     | tee "$run/results"
 part() { [[ " $PARTS " == *" $1 "* ]]; }
+if part list; then
+    echo "server LISTs, load $(cut -d' ' -f1-3 /proc/loadavg):" | tee -a "$run/results"
+    in_ns python3 scripts/bench-footprint.py lists "$kc" "${LISTS:-10}" | tee -a "$run/results"
+    mem server "$server" 1000 | sed 's/^/after LISTs: /'
+fi
 if part proxy; then
 # shellcheck disable=SC2086 # PROXY_ENV is a list of VAR=value words
 nsenter --net="/run/netns/$ns" -- env ${PROXY_ENV:-} "$BERTH_BIN" proxy --kubeconfig "$kc" \

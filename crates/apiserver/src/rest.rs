@@ -238,7 +238,7 @@ pub fn decode_as(r: &Resource, kv: &KeyValue) -> Result<Value> {
     })
 }
 
-fn is_events_v1(r: &Resource) -> bool {
+pub fn is_events_v1(r: &Resource) -> bool {
     r.group == "events.k8s.io"
 }
 

@@ -17,7 +17,7 @@ use crate::error::{ApiError, Result};
 use crate::filter::Filter;
 use crate::meta::{ObjectMeta, collection_key};
 use crate::request::{Params, Target, flag};
-use crate::rest::decode_as;
+use crate::rest::{decode_as, is_events_v1};
 use crate::table::{self, Include};
 
 /// How a watch renders objects: raw, or as one-row Tables.
@@ -83,8 +83,12 @@ pub async fn serve(
         include,
     };
 
-    // resourceVersion "" or "0" (or sendInitialEvents) starts with the current state.
+    // resourceVersion "" or "0" (or sendInitialEvents) starts with the current state. Plain
+    // JSON watches of every object send the stored bytes as they are (see `rawjson`); the
+    // rest decode each object to filter or render it.
+    let raw = !as_table && !metadata && filter.is_everything() && !is_events_v1(r);
     let mut initial = Vec::new();
+    let mut initial_raw = Vec::new();
     let from = if rv_param.is_empty() || rv_param == "0" || send_initial {
         let listed = srv
             .store
@@ -97,10 +101,14 @@ pub async fn serve(
                 },
             )
             .await?;
-        for kv in &listed.items {
-            let obj = decode_as(r, kv)?;
-            if filter.matches(&obj) {
-                initial.push(obj);
+        if raw {
+            initial_raw = listed.items;
+        } else {
+            for kv in &listed.items {
+                let obj = decode_as(r, kv)?;
+                if filter.matches(&obj) {
+                    initial.push(obj);
+                }
             }
         }
         listed.revision
@@ -119,6 +127,21 @@ pub async fn serve(
     let watch_rv = from;
     tokio::spawn(async move {
         let mut first = true;
+        for kv in initial_raw {
+            let mut line = Vec::with_capacity(kv.value.len() + 48);
+            line.extend_from_slice(br#"{"type":"ADDED","object":"#);
+            let line =
+                if crate::rawjson::with_resource_version(&kv.value, kv.mod_revision, &mut line) {
+                    line.extend_from_slice(b"}\n");
+                    bytes::Bytes::from(line)
+                } else {
+                    let Ok(obj) = decode_as(r, &kv) else { continue };
+                    render.line("ADDED", obj, &mut first)
+                };
+            if tx.send(line).await.is_err() {
+                return;
+            }
+        }
         for obj in initial {
             if tx
                 .send(render.line("ADDED", obj, &mut first))
