@@ -594,10 +594,8 @@ pub async fn run_workers(
         let spawned = std::thread::Builder::new()
             .name(format!("berth-ingress-{n}"))
             .spawn(move || {
-                // I/O and timers only: no signal or process driver polled on every park.
                 let result = tokio::runtime::Builder::new_current_thread()
-                    .enable_io()
-                    .enable_time()
+                    .enable_all()
                     .build()
                     .and_then(|rt| rt.block_on(worker(own, shared, stop_worker)));
                 let _ = tx.send(result);
@@ -656,6 +654,43 @@ async fn worker(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// hyper ends a `Connection: close` exchange on a [`Plain`] connection with the whole
+    /// response and then EOF, though its shutdown does nothing: dropping the socket closes it.
+    #[tokio::test]
+    async fn a_plain_connection_is_closed_after_a_close_request() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let svc = hyper::service::service_fn(|_req| async {
+                let body = Full::new(Bytes::from_static(b"hello"));
+                Ok::<_, std::convert::Infallible>(Response::new(body))
+            });
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(Plain(TokioIo::new(tcp)), svc)
+                .with_upgrades()
+                .await
+        });
+        let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("request");
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
+            .await
+            .expect("EOF in time")
+            .expect("read");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+        server.await.expect("server task").expect("connection");
+    }
 
     fn check(version: http::Version, headers: &[(&str, &str)], expected: Option<&str>) {
         let mut req = Request::builder().version(version).uri("/");
