@@ -274,7 +274,8 @@ async fn handle(
 }
 
 /// Copies bytes both ways between the client's and the upstream's upgraded connections until
-/// both sides are done.
+/// both sides are done. A plain client connection is taken back from its [`Plain`] wrapper
+/// (whose shutdown does nothing), so a half-close still reaches the client as a FIN.
 async fn splice(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
     let (down, up) = match tokio::try_join!(down, up) {
         Ok(both) => both,
@@ -283,54 +284,167 @@ async fn splice(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) 
             return;
         }
     };
-    let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
-    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+    let mut up = TokioIo::new(up);
+    let result = match down.downcast::<Plain>() {
+        Ok(parts) => {
+            let mut tcp = parts.io.0.into_inner();
+            // What the client sent after its upgrade request, read with it.
+            let early = tokio::io::AsyncWriteExt::write_all(&mut up, &parts.read_buf).await;
+            match early {
+                Ok(()) => tokio::io::copy_bidirectional(&mut tcp, &mut up).await,
+                Err(e) => Err(e),
+            }
+        }
+        Err(down) => tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut up).await,
+    };
+    if let Err(e) = result {
         tracing::debug!(error = %e, "upgraded connection ended");
     }
 }
 
-/// Serves one accepted connection until it ends or `shutdown`: HTTP/2 when TLS negotiated
-/// `h2` (ALPN), else HTTP/1.1 with upgrades (the plain listener speaks HTTP/1.x only, as
-/// nginx's default one does, so no read is spent sniffing for an HTTP/2 preface).
-async fn serve_connection<I>(
-    io: I,
-    http2: bool,
+/// A plain client connection as hyper sees it: shutting it down does nothing, since closing it
+/// right after (when hyper's connection ends) sends the same FIN without the extra `shutdown`
+/// call per connection (nginx closes the same way). Upgraded connections are unwrapped first.
+struct Plain(TokioIo<tokio::net::TcpStream>);
+
+impl hyper::rt::Read for Plain {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        hyper::rt::Read::poll_read(std::pin::Pin::new(&mut self.0), cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Plain {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        hyper::rt::Write::poll_write(std::pin::Pin::new(&mut self.0), cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        hyper::rt::Write::poll_write_vectored(std::pin::Pin::new(&mut self.0), cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        hyper::rt::Write::is_write_vectored(&self.0)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        hyper::rt::Write::poll_flush(std::pin::Pin::new(&mut self.0), cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// The service for one connection: each request routed and forwarded by [`handle`].
+fn service(
     worker: Arc<Worker>,
     scheme: &'static str,
     peer: SocketAddr,
-    shutdown: CancellationToken,
-) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send,
+> + Send
++ 'static {
     // The client's address as a header value, once per connection.
     let client_ip = HeaderValue::from_str(&peer.ip().to_string())
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-    let svc = hyper::service::service_fn(move |req| {
+    hyper::service::service_fn(move |req| {
         let (worker, client_ip) = (worker.clone(), client_ip.clone());
         async move {
             let resp = handle(&worker, req, scheme, &client_ip).await;
             Ok::<_, std::convert::Infallible>(resp)
         }
-    });
-    let result = if http2 {
+    })
+}
+
+/// Serves one plain connection (HTTP/1.x with upgrades; the plain listener speaks no HTTP/2,
+/// as nginx's default one, so no read is spent sniffing for a preface) until it ends or
+/// `shutdown`. Kept apart from the TLS path so the task spawned per connection is small.
+async fn serve_plain(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    worker: Arc<Worker>,
+    shutdown: CancellationToken,
+    _live: Live,
+) {
+    let svc = service(worker.clone(), "http", peer);
+    let conn = worker
+        .http1
+        .serve_connection(Plain(TokioIo::new(tcp)), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        biased;
+        r = conn.as_mut() => r,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended");
+    }
+}
+
+/// Serves one TLS connection after its handshake: HTTP/2 when ALPN chose `h2`, else HTTP/1.1
+/// with upgrades, until it ends or `shutdown`.
+async fn serve_tls(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    worker: Arc<Worker>,
+    shutdown: CancellationToken,
+    _live: Live,
+) {
+    let stream = match acceptor.accept(tcp).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+    };
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+    let io = TokioIo::new(stream);
+    let svc = service(worker.clone(), "https", peer);
+    let result = if h2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .serve_connection(io, svc);
         tokio::pin!(conn);
         tokio::select! {
+            biased;
             r = conn.as_mut() => r,
-            _ = shutdown.cancelled() => {
+            () = shutdown.cancelled() => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
         }
     } else {
-        let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(io, svc)
-            .with_upgrades();
+        let conn = worker.http1.serve_connection(io, svc).with_upgrades();
         tokio::pin!(conn);
         tokio::select! {
+            biased;
             r = conn.as_mut() => r,
-            _ = shutdown.cancelled() => {
+            () = shutdown.cancelled() => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
@@ -347,6 +461,9 @@ struct Worker {
     client: Upstream,
     /// Round-robin over a backend's endpoints (per worker: no shared cache line).
     next: AtomicUsize,
+    /// HTTP/1 server settings, made once: no header read timer (nginx's 60 s
+    /// `client_header_timeout` aside, a timer per connection is a heap entry each).
+    http1: hyper::server::conn::http1::Builder,
 }
 
 /// One address the proxy serves; `tls` makes its connections TLS first.
@@ -396,25 +513,26 @@ async fn accept_loop(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let (worker, tls, shutdown) = (worker.clone(), tls.clone(), shutdown.clone());
         let guard = Live::enter(&live);
-        tokio::spawn(async move {
-            let _guard = guard;
-            match tls {
-                None => {
-                    let io = TokioIo::new(tcp);
-                    serve_connection(io, false, worker, "http", peer, shutdown).await;
-                }
-                Some(acceptor) => match acceptor.accept(tcp).await {
-                    Ok(stream) => {
-                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-                        let io = TokioIo::new(stream);
-                        serve_connection(io, h2, worker, "https", peer, shutdown).await;
-                    }
-                    Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                },
+        match &tls {
+            None => {
+                tokio::spawn(serve_plain(
+                    tcp,
+                    peer,
+                    worker.clone(),
+                    shutdown.clone(),
+                    guard,
+                ));
             }
-        });
+            // Boxed: a TLS connection's future is large, and spawning moves it.
+            Some(acceptor) => {
+                let (acceptor, worker, shutdown) =
+                    (acceptor.clone(), worker.clone(), shutdown.clone());
+                tokio::spawn(Box::pin(serve_tls(
+                    tcp, peer, acceptor, worker, shutdown, guard,
+                )));
+            }
+        }
     }
     drop(listener);
     let drained = async {
@@ -515,6 +633,11 @@ async fn worker(
         shared,
         client: upstream_client(),
         next: AtomicUsize::new(0),
+        http1: {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.header_read_timeout(None);
+            b
+        },
     });
     // This worker's own token: its connections register with it, not with one all share.
     let shutdown = shutdown.child_token();
@@ -531,6 +654,43 @@ async fn worker(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// hyper ends a `Connection: close` exchange on a [`Plain`] connection with the whole
+    /// response and then EOF, though its shutdown does nothing: dropping the socket closes it.
+    #[tokio::test]
+    async fn a_plain_connection_is_closed_after_a_close_request() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let svc = hyper::service::service_fn(|_req| async {
+                let body = Full::new(Bytes::from_static(b"hello"));
+                Ok::<_, std::convert::Infallible>(Response::new(body))
+            });
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(Plain(TokioIo::new(tcp)), svc)
+                .with_upgrades()
+                .await
+        });
+        let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("request");
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
+            .await
+            .expect("EOF in time")
+            .expect("read");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+        server.await.expect("server task").expect("connection");
+    }
 
     fn check(version: http::Version, headers: &[(&str, &str)], expected: Option<&str>) {
         let mut req = Request::builder().version(version).uri("/");
