@@ -4,7 +4,7 @@
   load KUBECONFIG N          create namespace `bench`, N selector-less Services (one TCP port)
                              and one EndpointSlice of 5 ready endpoints per Service, over a few
                              keep-alive HTTPS connections in parallel
-  lists KUBECONFIG N         N LISTs of every Service, then N with a label selector
+  lists KUBECONFIG N [SEL]   N LISTs of every Service, then (unless SEL is 0) N with a label selector
                              (the server's decoded path): p50/min/max ms and bytes
   ryw KUBECONFIG DNS_ADDR N  read-your-writes of the cluster DNS: N times, create Service
                              rw-I; from the API's 201 until DNS_ADDR (IP:PORT, UDP) answers its
@@ -192,12 +192,14 @@ def ryw(kubeconfig, dns, n):
     print(f"RYW missed={missed}")
 
 
-def lists(kubeconfig, n):
+def lists(kubeconfig, n, selector=True):
     """n LISTs of every Service (one keep-alive connection, as a client's relist), then the
     same with a label selector (the decoded path): p50/min/max and the response size."""
     api = Api(kubeconfig)
-    for label, path in (("LIST services", "/api/v1/services"),
-                        ("LIST services?labelSelector=x!=y", "/api/v1/services?labelSelector=x!%3Dy")):
+    paths = [("LIST services", "/api/v1/services")]
+    if selector:
+        paths.append(("LIST services?labelSelector=x!=y", "/api/v1/services?labelSelector=x!%3Dy"))
+    for label, path in paths:
         times, size = [], 0
         for _ in range(n):
             t0 = time.perf_counter()
@@ -215,8 +217,8 @@ def main():
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "load" and len(sys.argv) == 4:
         load(sys.argv[2], int(sys.argv[3]))
-    elif cmd == "lists" and len(sys.argv) == 4:
-        lists(sys.argv[2], int(sys.argv[3]))
+    elif cmd == "lists" and len(sys.argv) in (4, 5):
+        lists(sys.argv[2], int(sys.argv[3]), sys.argv[4:5] != ["0"])
     elif cmd == "ryw" and len(sys.argv) == 5:
         ryw(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     else:

@@ -13,7 +13,8 @@
 #   over RYW Services (goal p99 < 10 ms).
 # Memory is read SETTLE seconds after each component is synced. MB here is 10^6 bytes, as the
 # goals are written; MiB are also printed.
-#   With `list` in PARTS: LISTS (10) LISTs of every Service from the API server, p50/min/max.
+#   With `list` in PARTS: the server's RSS, LISTS (10) LISTs of every Service, p50/min/max, then
+#   (unless SELECTOR=0) as many with a label selector, and the server's RSS again.
 # Env: SERVICES=10000 RYW=200 SETTLE=3 PARTS="proxy dns" (which components to start; or "list") BERTH_BIN=<release build here> KEEP=1 (keep logs)
 #      PROXY_ENV / DNS_ENV: extra environment for each process (e.g. "MALLOC_ARENA_MAX=2").
 # Needs (Debian): iproute2 nftables python3 python3-yaml (scripts/deps.sh).
@@ -87,8 +88,10 @@ echo "# $SERVICES Services x 5 endpoints; berth $("$BERTH_BIN" --version 2>/dev/
     | tee "$run/results"
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 if part list; then
+    sleep "$SETTLE"
+    mem server "$server" 1000 | sed 's/^/before LISTs: /'
     echo "server LISTs, load $(cut -d' ' -f1-3 /proc/loadavg):" | tee -a "$run/results"
-    in_ns python3 scripts/bench-footprint.py lists "$kc" "${LISTS:-10}" | tee -a "$run/results"
+    in_ns python3 scripts/bench-footprint.py lists "$kc" "${LISTS:-10}" "${SELECTOR:-1}" | tee -a "$run/results"
     mem server "$server" 1000 | sed 's/^/after LISTs: /'
 fi
 if part proxy; then

@@ -68,14 +68,7 @@ fn first_address(json_out: &[u8], bridge: &str) -> Option<Ipv4Addr> {
 /// This machine's architecture as Go names it (`GOARCH`), which is what the kubelet puts in
 /// the `kubernetes.io/arch` label and what node selectors in manifests use.
 fn go_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        "loongarch64" => "loong64",
-        other => other,
-    }
+    berth_image::platform::go_arch(std::env::consts::ARCH)
 }
 
 #[cfg(test)]
