@@ -87,6 +87,18 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// One `Status` cause per field error, as kube-apiserver lists them.
+fn field_causes(errors: &FieldErrors) -> Vec<Cause> {
+    errors
+        .iter()
+        .map(|e| Cause {
+            reason: e.kind.cause_type(),
+            message: e.message(),
+            field: e.path.clone(),
+        })
+        .collect()
+}
+
 fn render_causes(errors: &FieldErrors) -> String {
     match errors.as_slice() {
         [one] => one.to_string(),
@@ -181,14 +193,7 @@ impl ApiError {
                 name: String::new(),
                 group: Some("meta.k8s.io"),
                 kind,
-                causes: errors
-                    .iter()
-                    .map(|e| Cause {
-                        reason: e.kind.cause_type(),
-                        message: e.message(),
-                        field: e.path.clone(),
-                    })
-                    .collect(),
+                causes: field_causes(errors),
                 retry_after_seconds: None,
             }),
             Self::Invalid {
@@ -200,14 +205,7 @@ impl ApiError {
                 name: name.clone(),
                 group: group(resource),
                 kind,
-                causes: errors
-                    .iter()
-                    .map(|e| Cause {
-                        reason: e.kind.cause_type(),
-                        message: e.message(),
-                        field: e.path.clone(),
-                    })
-                    .collect(),
+                causes: field_causes(errors),
                 retry_after_seconds: None,
             }),
             _ => None,

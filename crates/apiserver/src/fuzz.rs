@@ -121,6 +121,17 @@ pub(crate) fn server_with_a_configmap(
 }
 
 /// The status code the server answers `method path` with; panics only if the handler does.
+/// The ConfigMap `default/cm` as stored now.
+fn stored_configmap(rt: &tokio::runtime::Runtime, srv: &Server) -> Value {
+    rt.block_on(crate::rest::get(
+        srv,
+        berth_api::resources::by_kind("", "ConfigMap").expect("configmaps"),
+        Some("default"),
+        "cm",
+    ))
+    .expect("get")
+}
+
 pub(crate) async fn send(
     srv: &Arc<Server>,
     method: Method,
@@ -223,14 +234,7 @@ fn concurrent_patches_without_a_resource_version_all_apply() {
     });
     assert_eq!(codes.len(), writers * each);
     assert!(codes.iter().all(|c| *c == StatusCode::OK), "{codes:?}");
-    let stored = rt
-        .block_on(crate::rest::get(
-            &srv,
-            berth_api::resources::by_kind("", "ConfigMap").expect("configmaps"),
-            Some("default"),
-            "cm",
-        ))
-        .expect("get");
+    let stored = stored_configmap(&rt, &srv);
     let keys = stored["data"].as_object().map_or(0, serde_json::Map::len);
     assert_eq!(keys, writers * each + 1, "every patch's key is there");
 }
@@ -278,14 +282,7 @@ fn apply_names_its_manager_and_conflicts_with_other_owners() {
     );
     let by_ssa_forced = format!("{path}?fieldManager=ssa&force=true");
     assert_eq!(send(&by_ssa_forced, apply, cfg), StatusCode::OK);
-    let stored = rt
-        .block_on(crate::rest::get(
-            &srv,
-            berth_api::resources::by_kind("", "ConfigMap").expect("configmaps"),
-            Some("default"),
-            "cm",
-        ))
-        .expect("get");
+    let stored = stored_configmap(&rt, &srv);
     assert_eq!(stored["data"]["a"], "2");
     // The applier owns `data.a` now; the creator (no User-Agent: manager "") keeps `data`.
     let fields: Vec<(String, Value)> = stored["metadata"]["managedFields"]

@@ -699,7 +699,6 @@ impl Zone {
         {
             self.remove_slice(&namespace, &name);
         }
-        let slot = self.slot_or_new(&service);
         if self.state(slot).and_then(|s| s.slices.get(&name)) == Some(&view) {
             return;
         }
