@@ -170,19 +170,27 @@ fn a_statefulset_runs_named_pods_in_order_with_dns_names() {
         status.contains("partitioned roll out complete: 1 new pods have been updated"),
         "{status}"
     );
+    // `None` while the pod is being replaced (deleted, not yet recreated).
     let rev = |pod: &str| {
-        c.ok(&[
+        let out = c.kubectl(&[
             "get",
             "pod",
             pod,
             "-o",
             "jsonpath={.metadata.annotations.rev}",
-        ])
+        ]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     };
     eventually("web-2 to run the new template", || {
-        (rev("web-2") == "2").then_some(())
+        (rev("web-2").as_deref() == Some("2")).then_some(())
     });
-    assert_eq!(rev("web-1"), "", "web-1 is below the partition");
+    assert_eq!(
+        rev("web-1").as_deref(),
+        Some(""),
+        "web-1 is below the partition"
+    );
     let after = c.ok(&["get", "pod", "web-0", "-o", "jsonpath={.metadata.uid}"]);
     assert_eq!(before, after, "web-0 is below the partition");
 
@@ -216,7 +224,11 @@ fn a_statefulset_runs_named_pods_in_order_with_dns_names() {
         ]);
         (!uid.is_empty() && uid != old_uid).then_some(())
     });
-    assert_eq!(rev("web-1"), "", "web-1 is rebuilt at the current revision");
+    assert_eq!(
+        rev("web-1").as_deref(),
+        Some(""),
+        "web-1 is rebuilt at the current revision"
+    );
     assert_eq!(revisions_listed(&c), ["1", "2"]);
     let second = c.ok(&["rollout", "history", "statefulset/web", "--revision=2"]);
     assert!(
@@ -226,7 +238,7 @@ fn a_statefulset_runs_named_pods_in_order_with_dns_names() {
     let undo = c.ok(&["rollout", "undo", "statefulset/web"]);
     assert!(undo.contains("rolled back"), "{undo}");
     eventually("web-2 to go back to the first template", || {
-        (rev("web-2").is_empty()).then_some(())
+        (rev("web-2").as_deref() == Some("")).then_some(())
     });
     assert_eq!(
         revisions_listed(&c),
