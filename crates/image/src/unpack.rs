@@ -1,4 +1,4 @@
-//! Applies one layer (a tar, gzip'd or not) onto a root directory the way containerd's
+//! Applies one layer (a tar: plain, gzip'd or zstd'd) onto a root directory the way containerd's
 //! `archive.Apply` does: `.wh.NAME` removes NAME, `.wh..wh..opq` hides what lower layers had
 //! in its directory, hard links, symlinks, modes and ownership kept.
 //!
@@ -28,14 +28,88 @@ use crate::{Error, Result};
 const WHITEOUT: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
 
+/// A zstd stream of any number of frames, skippable frames skipped, as `zstd -d` reads it
+/// (zstd:chunked layers carry skippable frames). `ruzstd` decodes one frame at a time; this
+/// strings its frames together.
+struct Zstd<R: BufRead> {
+    source: R,
+    decoder: ruzstd::decoding::FrameDecoder,
+    in_frame: bool,
+}
+
+impl<R: BufRead> Zstd<R> {
+    fn new(source: R) -> Self {
+        Self {
+            source,
+            decoder: ruzstd::decoding::FrameDecoder::new(),
+            in_frame: false,
+        }
+    }
+
+    /// Reads the next frame's header; false at the end of the stream.
+    fn next_frame(&mut self) -> std::io::Result<bool> {
+        use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
+        loop {
+            if self.source.fill_buf()?.is_empty() {
+                return Ok(false);
+            }
+            match self.decoder.reset(&mut self.source) {
+                Ok(()) => return Ok(true),
+                Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
+                    length,
+                    ..
+                })) => {
+                    let want = u64::from(length);
+                    let mut skip = (&mut self.source).take(want);
+                    if std::io::copy(&mut skip, &mut std::io::sink())? < want {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                Err(e) => return Err(std::io::Error::other(e)),
+            }
+        }
+    }
+}
+
+impl<R: BufRead> Read for Zstd<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use ruzstd::decoding::BlockDecodingStrategy;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if !self.in_frame {
+                if !self.next_frame()? {
+                    return Ok(0);
+                }
+                self.in_frame = true;
+            }
+            let decoder = &mut self.decoder;
+            while decoder.can_collect() < buf.len() && !decoder.is_finished() {
+                let more = BlockDecodingStrategy::UptoBytes(buf.len() - decoder.can_collect());
+                decoder
+                    .decode_blocks(&mut self.source, more)
+                    .map_err(std::io::Error::other)?;
+            }
+            let n = decoder.read(buf)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            if decoder.is_finished() {
+                self.in_frame = false;
+            }
+        }
+    }
+}
+
 /// Applies the layer read from `blob` onto `root`.
 pub fn apply_layer(root: &Path, blob: impl Read) -> Result<()> {
     let mut reader = BufReader::new(blob);
     let head = reader.fill_buf().map_err(Error::Archive)?.to_vec();
     let stream: Box<dyn Read> = match head.as_slice() {
         [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(reader)),
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => {
-            return Err(Error::UnsupportedLayer("tar+zstd".into()));
+        [0x28, 0xb5, 0x2f, 0xfd, ..] | [0x50..=0x5f, 0x2a, 0x4d, 0x18, ..] => {
+            Box::new(Zstd::new(reader))
         }
         _ => Box::new(reader),
     };

@@ -65,6 +65,51 @@ fn two_layers_with_whiteouts_opaque_dirs_and_links() {
     assert_eq!(s.mode() & 0o7777, 0o4755, "set-id bits survive the chown");
 }
 
+fn zstd(data: &[u8]) -> Vec<u8> {
+    ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest)
+}
+
+/// A skippable frame (magic 0x184D2A5X, little-endian length, payload), as zstd:chunked
+/// layers carry their metadata.
+fn skippable(payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x53, 0x2a, 0x4d, 0x18];
+    out.extend(u32::try_from(payload.len()).expect("small").to_le_bytes());
+    out.extend(payload);
+    out
+}
+
+#[test]
+fn zstd_layers_of_several_frames_and_skippable_frames_apply() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let root = t.path();
+    let tar = LayerBuilder::default()
+        .dir("etc")
+        .file("etc/motd", &[b'z'; 5000], 0o644)
+        .file("etc/.wh.nothing", b"", 0o644)
+        .symlink("etc/link", "motd")
+        .build();
+    // Split mid-entry: the tar stream continues across frames, as `zstd -d` joins them.
+    let (a, b) = tar.split_at(700);
+    let mut blob = skippable(b"leading metadata");
+    blob.extend(zstd(a));
+    blob.extend(zstd(b));
+    blob.extend(skippable(&[7; 40]));
+    apply_layer(root, blob.as_slice()).expect("zstd layer");
+    assert_eq!(
+        std::fs::read(root.join("etc/motd")).expect("motd"),
+        vec![b'z'; 5000]
+    );
+    assert_eq!(
+        std::fs::read_link(root.join("etc/link")).expect("link"),
+        Path::new("motd")
+    );
+
+    let mut truncated = zstd(&tar);
+    truncated.truncate(truncated.len() / 2);
+    let e = apply_layer(&root.join("etc"), truncated.as_slice());
+    assert!(e.is_err(), "a truncated zstd layer is an error: {e:?}");
+}
+
 #[test]
 fn a_file_replaces_a_directory_and_back() {
     let t = tempfile::tempdir().expect("tempdir");
@@ -189,5 +234,23 @@ proptest! {
         prop_assert_eq!(std::fs::read(outside.join("sentinel")).expect("sentinel"), b"s");
         let top: Vec<_> = std::fs::read_dir(t.path()).expect("ls").flatten().map(|e| e.file_name()).collect();
         prop_assert_eq!(top.len(), 2);
+    }
+}
+
+proptest! {
+    /// A zstd layer with bytes changed anywhere is an error or some tree, never a panic.
+    #[test]
+    fn corrupted_zstd_layers_never_panic(edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+        let t = tempfile::tempdir().expect("tempdir");
+        let tar = LayerBuilder::default()
+            .dir("d")
+            .file("d/f", &[b'q'; 3000], 0o644)
+            .build();
+        let mut blob = zstd(&tar);
+        for (at, byte) in edits {
+            let at = at % blob.len();
+            blob[at] = byte;
+        }
+        let _ = apply_layer(t.path(), blob.as_slice());
     }
 }
