@@ -48,8 +48,9 @@ pub struct Config {
     /// What must have seen a new pod's address before its containers start (the node's
     /// NetworkPolicy enforcer in `berth server`); none: start at once.
     pub network_gate: NetworkGate,
-    /// Registries (`HOST:PORT`) image pulls reach over plain HTTP (`--insecure-registry`).
-    pub insecure_registries: Vec<String>,
+    /// How image pulls reach registries: plain HTTP ones (`--insecure-registry`), extra CAs
+    /// (`--registry-ca`).
+    pub registries: berth_image::pull::Options,
 }
 
 /// Something that must account for a new pod's address before its containers start, so a
@@ -138,7 +139,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let puller = oci.as_ref().map(|o| {
         Arc::new(crate::pull::Puller::new(
             o.store().clone(),
-            config.insecure_registries.clone(),
+            config.registries.clone(),
         ))
     });
     let shared = Arc::new(Shared {

@@ -52,14 +52,11 @@ pub struct Puller {
 }
 
 impl Puller {
-    pub fn new(store: Store, insecure: Vec<String>) -> Puller {
-        Puller {
-            store,
-            options: Options {
-                insecure,
-                timeout: Some(Duration::from_secs(10)),
-            },
-        }
+    /// A puller reaching registries as `options` say (a read or connect timeout of 10 s
+    /// unless they set one).
+    pub fn new(store: Store, mut options: Options) -> Puller {
+        options.timeout.get_or_insert(Duration::from_secs(10));
+        Puller { store, options }
     }
 
     /// The image to pull before `c` starts, if any: not for built-in or host images, not

@@ -127,6 +127,11 @@ pub struct RegistryArgs {
     #[arg(long = "insecure-registry")]
     pub insecure_registry: Vec<String>,
 
+    /// A PEM file of CA certificates trusted for HTTPS registries besides the system's roots
+    /// (a private registry's CA, as containerd's `certs.d/HOST/ca.crt`). Repeatable.
+    #[arg(long = "registry-ca", value_name = "FILE")]
+    pub registry_ca: Vec<std::path::PathBuf>,
+
     /// Credentials for the registry, `USER:PASSWORD` (as `crictl pull --creds`); without
     /// them, anonymous.
     #[arg(long)]
@@ -313,6 +318,12 @@ pub struct AgentArgs {
     /// Repeatable. Pulls of other registries use HTTPS with the system's trusted roots.
     #[arg(long = "insecure-registry")]
     pub insecure_registry: Vec<String>,
+
+    /// A PEM file of CA certificates image pulls trust for HTTPS registries besides the
+    /// system's roots (a private registry's CA, as containerd's `certs.d/HOST/ca.crt`).
+    /// Repeatable.
+    #[arg(long = "registry-ca", value_name = "FILE")]
+    pub registry_ca: Vec<std::path::PathBuf>,
 }
 
 /// Where a standalone component finds the API server.

@@ -178,6 +178,7 @@ where
     let options = berth_image::pull::Options {
         insecure: args.insecure_registry.clone(),
         timeout: Some(std::time::Duration::from_secs(30)),
+        extra_roots: berth_image::pull::read_roots(&args.registry_ca)?,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -821,7 +822,11 @@ fn agent_config(
         client_ca,
         synced: Default::default(),
         network_gate: berth_agent::NetworkGate::default(),
-        insecure_registries: args.insecure_registry.clone(),
+        registries: berth_image::pull::Options {
+            insecure: args.insecure_registry.clone(),
+            timeout: None,
+            extra_roots: berth_image::pull::read_roots(&args.registry_ca)?,
+        },
     };
     berth_apiserver::files::private_dir(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;

@@ -48,6 +48,8 @@ pub enum Error {
     },
     #[error("failed to pull and unpack image \"{reference}\": {message}")]
     Pull { reference: String, message: String },
+    #[error("registry CA {path}: {why}")]
+    RegistryCa { path: PathBuf, why: String },
     #[error("building an OCI document")]
     Spec(#[from] oci_spec::OciSpecError),
 }

@@ -4,7 +4,8 @@
 //! config and layers the store lacks (each verified against its digest while it streams),
 //! then, under the store's lock, move them in and point the reference at the manifest.
 //! HTTPS unless the registry is named in [`Options::insecure`] (plain HTTP, as containerd's
-//! and docker's `insecure-registries`); anonymous, basic or bearer auth, where `oci-client`
+//! and docker's `insecure-registries`), trusting the system's roots and
+//! [`Options::extra_roots`] (a private registry's CA); anonymous, basic or bearer auth, where `oci-client`
 //! answers the registry's challenge (basic, or a token from its auth service).
 
 use std::path::PathBuf;
@@ -35,6 +36,32 @@ pub struct Options {
     pub insecure: Vec<String>,
     /// The longest a connection attempt or a read may take; none: no limit.
     pub timeout: Option<Duration>,
+    /// PEM certificates trusted for HTTPS registries besides the system's roots (a private
+    /// registry's CA, as containerd's `certs.d/HOST/ca.crt`); see [`read_roots`].
+    pub extra_roots: Vec<Vec<u8>>,
+}
+
+/// Reads CA files for [`Options::extra_roots`]; each must hold at least one PEM certificate.
+pub fn read_roots(files: &[PathBuf]) -> Result<Vec<Vec<u8>>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    files
+        .iter()
+        .map(|file| {
+            let bad = |why: String| Error::RegistryCa {
+                path: file.clone(),
+                why,
+            };
+            let pem = std::fs::read(file).map_err(|e| bad(e.to_string()))?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| bad(format!("not PEM certificates: {e}")))?;
+            if certs.is_empty() {
+                return Err(bad("holds no PEM certificate".into()));
+            }
+            Ok(pem)
+        })
+        .collect()
 }
 
 impl Options {
@@ -55,6 +82,14 @@ impl Options {
             read_timeout: self.timeout,
             // Indexes are resolved here (platform::choose), never by the client.
             platform_resolver: None,
+            extra_root_certificates: self
+                .extra_roots
+                .iter()
+                .map(|pem| oci_client::client::Certificate {
+                    encoding: oci_client::client::CertificateEncoding::Pem,
+                    data: pem.clone(),
+                })
+                .collect(),
             ..ClientConfig::default()
         })
     }

@@ -1061,12 +1061,33 @@ impl Registry {
     /// Starts a registry on 127.0.0.1:`port` in `node`; with `user` = (name, password) it
     /// asks for basic auth (apache2-utils' `htpasswd -B`). Waits until `/v2/` answers.
     pub fn start(node: &Node, port: u16, user: Option<(&str, &str)>) -> Registry {
+        Self::start_with(node, port, user, None)
+    }
+
+    /// Starts a registry serving HTTPS with the PEM certificate and key files `tls`.
+    pub fn start_tls(node: &Node, port: u16, tls: (&Path, &Path)) -> Registry {
+        Self::start_with(node, port, None, Some(tls))
+    }
+
+    fn start_with(
+        node: &Node,
+        port: u16,
+        user: Option<(&str, &str)>,
+        tls: Option<(&Path, &Path)>,
+    ) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr = format!("127.0.0.1:{port}");
         let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("data").display()
         );
+        if let Some((cert, key)) = tls {
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
         if let Some((name, password)) = user {
             let out = Command::new("htpasswd")
                 .args(["-Bbn", name, password])
@@ -1092,9 +1113,10 @@ impl Registry {
             dir,
             addr,
         };
-        let url = format!("http://{}/v2/", registry.addr);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}/v2/", registry.addr);
         eventually("the registry to answer", || {
-            let out = node.exec(&["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", &url]);
+            let out = node.exec(&["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", &url]);
             let code = String::from_utf8_lossy(&out.stdout).into_owned();
             (code == "200" || code == "401").then_some(())
         });

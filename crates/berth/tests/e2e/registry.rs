@@ -311,3 +311,69 @@ fn image_pull_secrets_authenticate_to_the_registry() {
         "{ev}"
     );
 }
+
+/// A CA and a certificate for 127.0.0.1 signed by it, written under `dir`: (ca, cert, key).
+fn private_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "berth test registry CA");
+    let ca_key = KeyPair::generate().expect("CA key");
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("certificate");
+    let paths = (dir.join("ca.pem"), dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&paths.0, ca.pem()).expect("write");
+    std::fs::write(&paths.1, cert.pem()).expect("write");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("write");
+    paths
+}
+
+#[test]
+fn an_https_registry_with_a_private_ca_is_trusted_with_registry_ca() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = private_ca(certs.path());
+    let trust = format!("--registry-ca={}", ca.display());
+    let c = Cluster::start_on_node(bin(), &[&trust]);
+    let node = c.node().expect("a node cluster");
+    let reg = Registry::start_tls(node, 5002, (&cert, &key));
+    let tag = format!("{}/private/bb:v1", reg.addr);
+
+    // Over HTTPS, the registry's CA is not among the system's roots: refused without it.
+    let side = c.dir().join("untrusted");
+    let image = images::busybox(&["sleep", "3600"]);
+    let tar = c.dir().join("bb-tls.tar");
+    std::fs::write(&tar, image.docker_save(&[&tag]).expect("docker save")).expect("write");
+    ok(
+        berth_image(node, &side, &["import", &tar.display().to_string()]),
+        "import",
+    );
+    let out = berth_image(node, &side, &["push", &tag]);
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        !out.status.success() && err.contains("certificate"),
+        "a push to a registry whose CA is not trusted: {err}"
+    );
+    // A file that holds no certificate is refused up front, naming it.
+    let out = berth_image(node, &side, &["push", &tag, "--registry-ca=/dev/null"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("registry CA /dev/null: holds no PEM certificate"),
+        "{err}"
+    );
+    push_busybox(&c, node, &tag, "exec sleep 3600", &[&trust]);
+    let fresh = c.dir().join("fresh");
+    let out = ok(berth_image(node, &fresh, &["pull", &tag, &trust]), "pull");
+    assert!(out.contains("fetched 2 blob(s)"), "{out}");
+
+    // The agent, started with the same flag, pulls it for a pod.
+    c.wait_node_ready();
+    c.apply(&pod("tls", &tag, ""));
+    running(&c, "tls");
+}
