@@ -25,6 +25,12 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("the pod's shared namespace file {}", path.display())]
+    SharedNamespace {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("could not run `{command}`")]
     Spawn {
         command: String,

@@ -1,5 +1,5 @@
 //! `berth container-init`: the first program of every process container. It joins the pod's
-//! network namespace and gives the container namespaces of its own: mount, UTS and PID. Its
+//! network, UTS and IPC namespaces and gives the container its own mount and PID ones. Its
 //! root is an overlay of the node's root file system with a private, in-memory upper layer,
 //! so the container sees the node's programs but every write stays in the container; /tmp,
 //! /run, /root, /home, /var/tmp and /var/log start empty, berth's data directory is hidden,
@@ -361,8 +361,21 @@ fn enter(a: &InitArgs) -> Result<(), String> {
     let path = Path::new("/run/netns").join(&a.netns);
     let ns = std::fs::File::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
     setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| format!("joining {}: {e}", a.netns))?;
-    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWPID)
-        .map_err(|e| format!("new mount, UTS and PID namespaces: {e}"))?;
+    // The pod's UTS and IPC namespaces, shared by its containers; new ones of its own for a
+    // sandbox made before they were pinned.
+    let mut own = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
+    for (kind, flag) in [
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+    ] {
+        let path = crate::sandbox::shared_ns_path(&a.netns, kind);
+        match std::fs::File::open(&path) {
+            Ok(ns) => setns(&ns, flag).map_err(|e| format!("joining {}: {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => own |= flag,
+            Err(e) => return Err(format!("opening {}: {e}", path.display())),
+        }
+    }
+    unshare(own).map_err(|e| format!("new mount and PID namespaces: {e}"))?;
     // Mounts made here must not reach the node's namespace.
     mount(
         None::<&str>,

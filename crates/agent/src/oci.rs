@@ -4,7 +4,7 @@
 //! between [`Oci`] and the host-process runtime ([`Processes`]).
 //!
 //! A container gets `POD_DIR/oci/<name>/`: `config.json` (an OCI runtime spec: the pod's
-//! network namespace, its own PID, mount, IPC and UTS namespaces, hostname = the pod's, the
+//! network, UTS and IPC namespaces, its own PID and mount ones, hostname = the pod's, the
 //! pod's resolv.conf and hosts and the volume binds), `rootfs/`, and overlayfs's `upper/`
 //! and `work/` over the image's unpacked root (a copy where overlayfs is not available).
 //! The overlay is mounted inside a private mount namespace that `unshare` makes for the
@@ -575,6 +575,10 @@ fn runtime_spec(
         capabilities.set_ambient(None);
         process.set_capabilities(Some(capabilities));
     }
+    // The pod's shared UTS and IPC namespaces, if its sandbox pinned them.
+    let shared = |netns: &str, kind: &str| {
+        Some(crate::sandbox::shared_ns_path(netns, kind)).filter(|p| p.exists())
+    };
     let ns = |typ, path: Option<PathBuf>| -> Result<LinuxNamespace, StartError> {
         let mut b = LinuxNamespaceBuilder::default().typ(typ);
         if let Some(p) = path {
@@ -588,8 +592,8 @@ fn runtime_spec(
             LinuxNamespaceType::Network,
             Some(PathBuf::from("/run/netns").join(spec.netns)),
         )?,
-        ns(LinuxNamespaceType::Ipc, None)?,
-        ns(LinuxNamespaceType::Uts, None)?,
+        ns(LinuxNamespaceType::Ipc, shared(spec.netns, "ipc"))?,
+        ns(LinuxNamespaceType::Uts, shared(spec.netns, "uts"))?,
         ns(LinuxNamespaceType::Mount, None)?,
     ];
     let defaults = Spec::default();

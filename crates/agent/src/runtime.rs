@@ -132,7 +132,7 @@ pub fn process_env(pid: u32) -> Vec<(String, String)> {
 }
 
 /// A command that runs `argv` inside the container whose `berth container-init` is `pid`:
-/// in its network, UTS and mount namespaces (its root, where the pod's resolv.conf and hosts
+/// in its network, UTS, IPC and mount namespaces (its root, where the pod's resolv.conf and hosts
 /// are mounted), in the PID namespace its command runs in, in its working directory and
 /// with its environment. What exec probes and `kubectl exec` run.
 pub fn in_container(pid: u32, argv: &[String]) -> std::process::Command {
@@ -142,7 +142,7 @@ pub fn in_container(pid: u32, argv: &[String]) -> std::process::Command {
     let mut cmd = std::process::Command::new("nsenter");
     cmd.arg("-t")
         .arg(pid.to_string())
-        .args(["--net", "--uts", "--mount", "--root", "--wd"])
+        .args(["--net", "--uts", "--ipc", "--mount", "--root", "--wd"])
         .arg(format!("--pid=/proc/{pid}/ns/pid_for_children"))
         .arg("--")
         .args(argv)

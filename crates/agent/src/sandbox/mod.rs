@@ -21,6 +21,7 @@ pub use bridge::Bridge;
 pub use ipam::Ipam;
 pub use netns::connect_loopback;
 pub use netns::exists as netns_exists;
+pub use netns::shared_path as shared_ns_path;
 
 use crate::error::{Error, Result};
 use netns::{connect, is_errno, link_index, netlink, on_thread, require_link};
@@ -104,6 +105,7 @@ impl Sandbox {
         );
         let made = on_thread(move || async move {
             netns::add(&s.names.netns)?;
+            netns::add_shared(&s.names.netns)?;
             s.plumb(&bridge_name, gateway).await
         })
         .await;
@@ -255,6 +257,7 @@ impl Sandbox {
                 _ => {}
             }
         }
+        netns::del_shared(&self.names.netns)?;
         netns::del(&self.names.netns)
     }
 }

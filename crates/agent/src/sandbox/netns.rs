@@ -5,7 +5,8 @@
 //!
 //! Creating and deleting the namespace itself shells out to `ip netns add/del`: a named netns
 //! is a bind mount under /run/netns, which rtnetlink cannot make without `unshare` + `mount`
-//! (unsafe in nix), and `ip netns exec` and other tools find it there.
+//! (unsafe in nix), and `ip netns exec` and other tools find it there. The pod's UTS and IPC
+//! namespaces are pinned the same way, with `unshare --uts=FILE --ipc=FILE`.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -26,6 +27,61 @@ pub fn exists(name: &str) -> bool {
     path(name).exists()
 }
 
+/// Where the pod whose network namespace is `netns` keeps its UTS (`kind` = `uts`) or IPC
+/// (`ipc`) namespace, which all its containers join, as they join the pause container's in
+/// Kubernetes: `/run/berth/ns/<netns>/<kind>`, an nsfs bind mount.
+pub fn shared_path(netns: &str, kind: &str) -> PathBuf {
+    PathBuf::from("/run/berth/ns").join(netns).join(kind)
+}
+
+/// Makes the pod's shared UTS and IPC namespaces ([`shared_path`]): `unshare --uts=FILE
+/// --ipc=FILE` (util-linux) bind-mounts new ones there, with no process needed to keep them.
+pub(crate) fn add_shared(netns: &str) -> Result<()> {
+    let (uts, ipc) = (shared_path(netns, "uts"), shared_path(netns, "ipc"));
+    let io = |path: &PathBuf| {
+        let path = path.clone();
+        move |source| Error::SharedNamespace { path, source }
+    };
+    if let Some(dir) = uts.parent() {
+        std::fs::create_dir_all(dir).map_err(io(&dir.to_path_buf()))?;
+    }
+    for file in [&uts, &ipc] {
+        std::fs::File::create(file).map_err(io(file))?;
+    }
+    run(
+        "unshare",
+        &[
+            &format!("--uts={}", uts.display()),
+            &format!("--ipc={}", ipc.display()),
+            "true",
+        ],
+    )
+}
+
+/// Unmounts and removes the pod's shared namespaces; what is already gone is not an error.
+pub(crate) fn del_shared(netns: &str) -> Result<()> {
+    let dir = PathBuf::from("/run/berth/ns").join(netns);
+    for kind in ["uts", "ipc"] {
+        // EINVAL: not a mount point (never made, or already unmounted).
+        match nix::mount::umount2(&dir.join(kind), nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+            Err(e) => {
+                return Err(Error::SharedNamespace {
+                    path: dir.join(kind),
+                    source: e.into(),
+                });
+            }
+        }
+    }
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::SharedNamespace {
+            path: dir,
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// `ip netns add NAME`.
 pub(crate) fn add(name: &str) -> Result<()> {
     ip(&["netns", "add", name])
@@ -40,8 +96,12 @@ pub(crate) fn del(name: &str) -> Result<()> {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let command = format!("ip {}", args.join(" "));
-    let out = Command::new("ip")
+    run("ip", args)
+}
+
+fn run(program: &str, args: &[&str]) -> Result<()> {
+    let command = format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
         .args(args)
         .output()
         .map_err(|source| Error::Spawn {

@@ -293,7 +293,7 @@ fn exit_code(s: std::process::ExitStatus) -> i32 {
         .unwrap_or(1)
 }
 
-/// `nsenter` into the container process's network, UTS and mount namespaces (the mount
+/// `nsenter` into the container process's network, UTS, IPC and mount namespaces (the mount
 /// namespace `ip netns exec` made, where the pod's resolv.conf and hosts are mounted), with
 /// that process's environment.
 fn command(pid: u32, opts: &ExecOptions) -> std::process::Command {

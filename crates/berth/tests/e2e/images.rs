@@ -88,6 +88,11 @@ fn imported_busybox_runs_under_runc() {
         Some("[sh, -c, 'echo oci $HOME; exec sleep 3600']"),
     ));
     c.apply(&pod("absent", "absent:1", None));
+    // An image container and a host-program one in one pod.
+    c.apply(&format!(
+        "{}  - name: side\n    image: busybox\n    command: [sh, -c, 'exec sleep 3600']\n",
+        pod("pair", "bbtest:1", None)
+    ));
     c.apply(&format!(
         "{}    workingDir: /tmp\n    securityContext:\n      runAsUser: 1000\n      runAsGroup: 1000\n",
         pod("bb-user", "bbtest:1", None)
@@ -134,6 +139,30 @@ fn imported_busybox_runs_under_runc() {
     running(&c, "bb-user");
     assert_eq!(c.ok(&["exec", "bb-user", "--", "id", "-u"]).trim(), "1000");
     assert_eq!(c.ok(&["exec", "bb-user", "--", "pwd"]).trim(), "/tmp");
+    // A pod's containers share its UTS and IPC namespaces (as with the pause container),
+    // whatever runs them, and not the node's or another pod's.
+    running(&c, "pair");
+    let ns = |pod: &str, container: &str, kind: &str| {
+        let out = c.ok(&[
+            "exec",
+            pod,
+            "-c",
+            container,
+            "--",
+            "ls",
+            "-l",
+            &format!("/proc/self/ns/{kind}"),
+        ]);
+        let id = out.split_once("->").map(|(_, id)| id.trim().to_owned());
+        id.unwrap_or_else(|| panic!("no namespace in {out}"))
+    };
+    for kind in ["uts", "ipc"] {
+        let main = ns("pair", "main", kind);
+        assert_eq!(main, ns("pair", "side", kind), "{kind} shared in the pod");
+        assert_ne!(main, ns("bb-user", "main", kind), "{kind} of another pod");
+        let node = std::fs::read_link(format!("/proc/self/ns/{kind}")).expect("own ns");
+        assert_ne!(main, node.display().to_string(), "{kind} of the node");
+    }
     let waiting = c.ok(&[
         "get",
         "pod",
@@ -145,7 +174,7 @@ fn imported_busybox_runs_under_runc() {
 
     // Deletion: SIGTERM (PID 1 ignores it), SIGKILL after the grace period, nothing left.
     let started = std::time::Instant::now();
-    c.ok(&["delete", "pod", "bb", "bb-oci", "bb-user"]);
+    c.ok(&["delete", "pod", "bb", "bb-oci", "bb-user", "pair"]);
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
     let runc_root = c.data_dir().join("agent/runc");
     eventually("no runc containers left", || {
