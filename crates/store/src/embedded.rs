@@ -156,7 +156,7 @@ impl Embedded {
         }
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
             .map_err(Error::Io)?;
-        let db = Database::create(&file)?;
+        let db = open_db(&file)?;
         // Create the tables on first open so readers never see them missing.
         let txn = db.begin_write()?;
         txn.open_table(KV)?;
@@ -425,20 +425,30 @@ fn writer_loop(
     }
 }
 
+/// redb's page cache (reads and the write buffer). Its default, 1 GiB, grew to ~48 MB at
+/// 10,000 Services + slices: memory held for nothing, since every value is also in this
+/// store's memory and reads never go to redb; the kernel's page cache serves redb's own reads.
+const REDB_CACHE_BYTES: usize = 8 << 20;
+
+/// Opens (or creates) the redb file with berth's cache size.
+fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
+    redb::Builder::new()
+        .set_cache_size(REDB_CACHE_BYTES)
+        .create(path)
+}
+
 /// Reopens the database after a failed commit and proves it writable with a commit of the
 /// current revision; clears the fault on success.
 fn recover(db: &mut Option<Database>, path: &Path, shared: &Shared) {
     // redb locks the file: the old handle must be gone before it is opened again.
     db.take();
     let revision = shared.read().revision;
-    let probe = Database::create(path)
-        .map_err(redb::Error::from)
-        .and_then(|d| {
-            let txn = d.begin_write()?;
-            txn.open_table(META)?.insert(REVISION, revision)?;
-            txn.commit()?;
-            Ok(d)
-        });
+    let probe = open_db(path).map_err(redb::Error::from).and_then(|d| {
+        let txn = d.begin_write()?;
+        txn.open_table(META)?.insert(REVISION, revision)?;
+        txn.commit()?;
+        Ok(d)
+    });
     match probe {
         Ok(d) => {
             tracing::info!(path = %path.display(), "store writable again");

@@ -135,6 +135,10 @@ where
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .map(move |ev| {
+            // No controller reads managedFields, and they are often the larger part of an
+            // object (half the cache at 10,000 Services); writes omit them, which the API
+            // server takes as "keep them", as kube-apiserver does.
+            let ev = ev.map(|ev| ev.modify(|o| o.meta_mut().managed_fields = None));
             if let Ok(ev) = &ev {
                 index(ev);
             }
