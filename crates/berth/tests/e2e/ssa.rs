@@ -326,3 +326,59 @@ status:
     );
     assert!(st["fieldsV1"]["f:metadata"].is_null(), "{st}");
 }
+
+/// The other kinds with a scale subresource take a Scale apply the same way.
+#[test]
+fn scale_apply_on_replicasets_statefulsets_and_replicationcontrollers() {
+    use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
+    use k8s_openapi::api::core::v1::ReplicationController;
+    use kube::api::{Api, Patch, PatchParams};
+    let c = crate::cluster(Backend::Embedded);
+    let template = "  template:\n    metadata:\n      labels:\n        app: x\n    spec:\n      containers:\n      - name: x\n        image: traefik/whoami\n";
+    let manifests = [
+        format!(
+            "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata:\n  name: x\nspec:\n  replicas: 0\n  selector:\n    matchLabels:\n      app: x\n{template}"
+        ),
+        format!(
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: x\nspec:\n  replicas: 0\n  serviceName: x\n  selector:\n    matchLabels:\n      app: x\n{template}"
+        ),
+        format!(
+            "apiVersion: v1\nkind: ReplicationController\nmetadata:\n  name: x\nspec:\n  replicas: 0\n  selector:\n    app: x\n{template}"
+        ),
+    ];
+    for m in &manifests {
+        c.apply(m);
+    }
+    let scale = serde_json::json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+                                   "metadata": {"name": "x"}, "spec": {"replicas": 2}});
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = c.kube_client().await;
+        let params = PatchParams::apply("a").force();
+        let patch = Patch::Apply(&scale);
+        let rs = Api::<ReplicaSet>::namespaced(client.clone(), "default");
+        let sts = Api::<StatefulSet>::namespaced(client.clone(), "default");
+        let rc = Api::<ReplicationController>::namespaced(client, "default");
+        for got in [
+            rs.patch_scale("x", &params, &patch).await,
+            sts.patch_scale("x", &params, &patch).await,
+            rc.patch_scale("x", &params, &patch).await,
+        ] {
+            let got = got.expect("scale applied");
+            assert_eq!(got.spec.and_then(|s| s.replicas), Some(2));
+        }
+    });
+    for (what, version) in [("rs", "apps/v1"), ("sts", "apps/v1"), ("rc", "v1")] {
+        let all = entries(&c, &[what, "x"]);
+        let a = entry(&all, "a", "scale").unwrap_or_else(|| panic!("{what}: {all:?}"));
+        assert_eq!(a["apiVersion"], version, "{what}");
+        assert_eq!(
+            c.ok(&["get", what, "x", "-o", "jsonpath={.spec.replicas}"]),
+            "2",
+            "{what}"
+        );
+    }
+}
