@@ -913,7 +913,7 @@ pub fn scale_of(obj: &Value) -> Value {
         .and_then(|s| berth_api::selector::Selector::from_label_selector(&s).ok())
         .map(|s| s.to_string())
         .unwrap_or_default();
-    json!({
+    let mut scale = json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
         "metadata": {
@@ -922,7 +922,9 @@ pub fn scale_of(obj: &Value) -> Value {
         },
         "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
         "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
-    })
+    });
+    crate::managed::write_scale_view(obj, &mut scale);
+    scale
 }
 
 /// The object `cur` with the replica count of the `Scale` body applied.

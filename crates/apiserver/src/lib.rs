@@ -17,6 +17,7 @@ mod meta;
 mod metrics;
 mod node_proxy;
 mod openapi;
+mod openapi_pb;
 mod patch;
 pub mod pki;
 mod proxy;

@@ -932,6 +932,96 @@ pub fn apply(
     Ok(merged)
 }
 
+/// `.spec.replicas`: where each kind with a scale subresource keeps its replica count, and
+/// where its `autoscaling/v1` Scale keeps it too.
+fn replicas_path() -> FieldSet {
+    let mut s = FieldSet::default();
+    s.insert(&[Element::field("spec"), Element::field("replicas")]);
+    s
+}
+
+/// The parent's entries that own `.spec.replicas`, as owners of the Scale's: each keeps its
+/// identity (manager, operation, subresource, apiVersion) and owns `.spec.replicas` alone.
+fn scale_owners(parent: &Managed) -> Managed {
+    let replicas = replicas_path();
+    Managed(
+        parent
+            .0
+            .iter()
+            .filter(|e| !e.set.intersection(&replicas).is_empty())
+            .map(|e| Entry {
+                set: replicas.clone(),
+                ..e.clone()
+            })
+            .collect(),
+    )
+}
+
+/// The `managedFields` of `parent`'s Scale as kube-apiserver shows them: the owners of
+/// `.spec.replicas`, each with the Scale's apiVersion. Removes the field when there are none.
+pub fn write_scale_view(parent: &Value, scale: &mut Value) {
+    let mut view = scale_owners(&Managed::read(parent));
+    for e in &mut view.0 {
+        e.api_version = "autoscaling/v1".into();
+    }
+    view.write(scale);
+}
+
+/// Server-side apply of a Scale `config` to the scale subresource, as kube-apiserver's scale
+/// handler does it: the parent's entries that own `.spec.replicas` are seen as owners of the
+/// Scale's `.spec.replicas` (the rest of the parent is out of the Scale's view), the Scale
+/// `live` is applied to by `w` (conflicts and `force` as for any apply), and the outcome is
+/// mapped back: a parent entry that lost the field to this apply loses it in the parent, and
+/// a new owner gets an entry of the parent's apiVersion owning `.spec.replicas`. Returns the
+/// merged Scale and the parent's new entries.
+pub fn apply_scale(
+    parent: &Value,
+    live: &Value,
+    config: &Value,
+    w: &Writer<'_>,
+    force: bool,
+) -> Result<(Value, Managed), Vec<Conflict>> {
+    let replicas = replicas_path();
+    let owns = |e: &Entry| !e.set.intersection(&replicas).is_empty();
+    let parent_entries = Managed::read(parent);
+    let mut view = live.clone();
+    scale_owners(&parent_entries).write(&mut view);
+    let scale_writer = Writer {
+        api_version: "autoscaling/v1".into(),
+        obj_kind: "Scale",
+        has_status: true,
+        ..w.clone()
+    };
+    let merged = apply(&view, config, &scale_writer, force)?;
+    let mut after = Managed::read(&merged).0;
+    let mut out = Vec::new();
+    for mut p in parent_entries.0 {
+        if !owns(&p) {
+            out.push(p);
+            continue;
+        }
+        let kept = after
+            .iter()
+            .position(|s| s.same_owner(&p.manager, p.operation, &p.api_version, &p.subresource));
+        match kept {
+            Some(i) => {
+                p.time = after.remove(i).time;
+                out.push(p);
+            }
+            None => {
+                p.set.difference(&replicas);
+                out.push(p);
+            }
+        }
+    }
+    out.extend(after.into_iter().filter(|s| owns(s)).map(|s| Entry {
+        api_version: w.api_version.clone(),
+        set: replicas.clone(),
+        ..s
+    }));
+    Ok((merged, Managed(out)))
+}
+
 /// Removes from `v` the members of `gone` that nobody in `owned` claims at or below them,
 /// and maps left empty by that (structured-merge-diff removes a named field whose children
 /// are all gone).

@@ -59,41 +59,108 @@ pub fn v3_index() -> Bytes {
         .clone()
 }
 
+/// `/openapi/v2` in both forms, each with its ETag.
+pub struct V2 {
+    /// The Swagger 2.0 document as JSON.
+    pub json: Bytes,
+    pub json_etag: String,
+    /// The same document as gnostic's `openapi.v2.Document` protobuf message.
+    pub proto: Bytes,
+    pub proto_etag: String,
+}
+
 /// `/openapi/v2`: one Swagger 2.0 document for every served group-version, made from the v3
-/// documents (definitions are the v3 schemas; operations name their body and response by
-/// `$ref`), for clients that still read v2.
-pub fn v2_document() -> Bytes {
-    static DOC: OnceLock<Bytes> = OnceLock::new();
+/// documents (definitions are the v3 schemas in Swagger's form; operations name their body and
+/// response by `$ref`), for clients that still read v2. Built and encoded once, on first use.
+pub fn v2() -> &'static V2 {
+    static DOC: OnceLock<V2> = OnceLock::new();
     DOC.get_or_init(|| {
-        let mut definitions = Map::new();
-        let mut paths = Map::new();
-        for doc in documents().values() {
-            let Ok(doc) = serde_json::from_slice::<Value>(doc) else {
-                continue;
+        let doc = v2_value();
+        let json = Bytes::from(doc.to_string());
+        let proto = Bytes::from(crate::openapi_pb::encode_document(&doc));
+        V2 {
+            json_etag: etag(&json),
+            proto_etag: etag(&proto),
+            json,
+            proto,
+        }
+    })
+}
+
+/// A strong ETag for a document (kube-openapi's are a hash of the bytes too).
+fn etag(bytes: &[u8]) -> String {
+    format!("\"{:016X}\"", fnv1a(bytes))
+}
+
+fn v2_value() -> Value {
+    let mut definitions = Map::new();
+    let mut paths = Map::new();
+    for doc in documents().values() {
+        let Ok(doc) = serde_json::from_slice::<Value>(doc) else {
+            continue;
+        };
+        if let Some(Value::Object(schemas)) = doc.pointer("/components/schemas") {
+            definitions.extend(schemas.clone());
+        }
+        for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+            let ops: Map<String, Value> = item
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(method, op)| (method.clone(), swagger_op(op)))
+                .collect();
+            paths.insert(path.clone(), Value::Object(ops));
+        }
+    }
+    let mut doc = json!({
+        "swagger": "2.0",
+        "info": {"title": "Kubernetes", "version": format!("v1.{}.0", crate::discovery::KUBE_MINOR)},
+        "paths": paths,
+        "definitions": definitions,
+    });
+    to_swagger_schemas(&mut doc, 0);
+    doc
+}
+
+/// Rewrites OpenAPI 3 schema idioms in Swagger 2.0's form, as kube-apiserver's v2 document
+/// has them: `$ref`s point at `#/definitions/`; a property that refers to a definition and
+/// describes itself is `{$ref, description}` (v3's `{allOf: [{$ref}], description}`, which
+/// kubectl's v2 reader would take for a value of any type); an int-or-string is a string of
+/// format `int-or-string`.
+fn to_swagger_schemas(v: &mut Value, depth: usize) {
+    // The documents are not recursive beyond a few dozen levels; the bound guards the stack.
+    if depth > 64 {
+        return;
+    }
+    match v {
+        Value::Object(o) => {
+            let single_ref = match o.get("allOf") {
+                Some(Value::Array(all)) if all.len() == 1 => all[0].get("$ref").cloned(),
+                _ => None,
             };
-            if let Some(Value::Object(schemas)) = doc.pointer("/components/schemas") {
-                definitions.extend(schemas.clone());
+            if let Some(r) = single_ref {
+                o.remove("allOf");
+                o.remove("type");
+                o.insert("$ref".into(), r);
             }
-            for (path, item) in doc["paths"].as_object().into_iter().flatten() {
-                let ops: Map<String, Value> = item
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .map(|(method, op)| (method.clone(), swagger_op(op)))
-                    .collect();
-                paths.insert(path.clone(), Value::Object(ops));
+            if let Some(Value::String(r)) = o.get_mut("$ref")
+                && let Some(name) = r.strip_prefix(SCHEMAS)
+            {
+                *r = format!("#/definitions/{name}");
+            }
+            if o.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true))
+                && !o.contains_key("type")
+            {
+                o.insert("type".into(), "string".into());
+                o.insert("format".into(), "int-or-string".into());
+            }
+            for child in o.values_mut() {
+                to_swagger_schemas(child, depth + 1);
             }
         }
-        let doc = json!({
-            "swagger": "2.0",
-            "info": {"title": "Kubernetes", "version": format!("v1.{}.0", crate::discovery::KUBE_MINOR)},
-            "paths": paths,
-            "definitions": definitions,
-        });
-        // Same schemas, Swagger's place for them.
-        Bytes::from(doc.to_string().replace(SCHEMAS, "#/definitions/"))
-    })
-    .clone()
+        Value::Array(a) => a.iter_mut().for_each(|c| to_swagger_schemas(c, depth + 1)),
+        _ => {}
+    }
 }
 
 /// A v3 operation as Swagger 2.0 writes it: query parameters typed inline, the body as a
@@ -385,7 +452,7 @@ mod tests {
 
     #[test]
     fn v2_is_swagger_with_every_definition_resolvable() {
-        let doc: Value = serde_json::from_slice(&v2_document()).expect("json");
+        let doc: Value = serde_json::from_slice(&v2().json).expect("json");
         assert_eq!(doc["swagger"], "2.0");
         let defs = doc["definitions"].as_object().expect("definitions");
         assert!(defs.contains_key("io.k8s.api.core.v1.Service"));
@@ -404,6 +471,164 @@ mod tests {
             let name = r.split('"').next().unwrap_or("");
             assert!(defs.contains_key(name), "{name} unresolved");
         }
+    }
+
+    /// What kubectl's v2 reader (kube-openapi's `proto.NewOpenAPIData`) refuses: a `$ref`
+    /// with a type or properties beside it, or to a missing definition; several types; an
+    /// unknown primitive; an array without exactly one item schema.
+    fn kubectl_parses(s: &Value, defs: &Map<String, Value>, at: &str) {
+        if let Some(r) = s.get("$ref") {
+            let name = r.as_str().and_then(|r| r.strip_prefix("#/definitions/"));
+            assert!(name.is_some_and(|n| defs.contains_key(n)), "{at}: ref {r}");
+            assert!(s.get("type").is_none(), "{at}: ref with a type");
+            assert!(
+                s.get("properties")
+                    .is_none_or(|p| p.as_object().is_some_and(Map::is_empty)),
+                "{at}: ref with properties"
+            );
+            return;
+        }
+        match s.get("type") {
+            None => {}
+            Some(Value::String(t)) => match t.as_str() {
+                "array" => {
+                    let items = s.get("items").filter(|i| i.is_object());
+                    kubectl_parses(items.expect("array items"), defs, &format!("{at}[]"));
+                }
+                "object" | "string" | "integer" | "number" | "boolean" => {}
+                other => panic!("{at}: type {other}"),
+            },
+            Some(t) => panic!("{at}: type {t}"),
+        }
+        assert!(s.get("allOf").is_none(), "{at}: allOf");
+        for (name, p) in s
+            .get("properties")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            kubectl_parses(p, defs, &format!("{at}.{name}"));
+        }
+        if let Some(a) = s.get("additionalProperties").filter(|a| a.is_object()) {
+            kubectl_parses(a, defs, &format!("{at}{{}}"));
+        }
+    }
+
+    #[test]
+    fn v2_definitions_are_what_kubectl_reads() {
+        let doc: Value = serde_json::from_slice(&v2().json).expect("json");
+        let defs = doc["definitions"].as_object().expect("definitions");
+        for (name, s) in defs {
+            kubectl_parses(s, defs, name);
+        }
+        let port = &defs["io.k8s.api.core.v1.ServicePort"]["properties"]["targetPort"];
+        assert_eq!(
+            port["$ref"], "#/definitions/io.k8s.apimachinery.pkg.util.intstr.IntOrString",
+            "{port}"
+        );
+        assert!(port["description"].is_string(), "{port}");
+        let ios = &defs["io.k8s.apimachinery.pkg.util.intstr.IntOrString"];
+        assert_eq!(
+            (&ios["type"], &ios["format"]),
+            (&json!("string"), &json!("int-or-string"))
+        );
+    }
+
+    #[test]
+    fn v2_protobuf_holds_the_json_document() {
+        use crate::openapi_pb::wire;
+        let v2 = v2();
+        let json: Value = serde_json::from_slice(&v2.json).expect("json");
+        let doc = wire::fields(&v2.proto).expect("well-formed Document");
+        assert_eq!(wire::string(&doc, 1).as_deref(), Some("2.0"));
+        let info = wire::fields(wire::bytes(&doc, 2)[0]).expect("Info");
+        assert_eq!(wire::string(&info, 1).as_deref(), Some("Kubernetes"));
+        // Definitions (9): every one, in the JSON's order, each a NamedSchema.
+        let defs = wire::fields(wire::bytes(&doc, 9)[0]).expect("Definitions");
+        let named = wire::named(&defs, 1);
+        let names: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
+        let want: Vec<&str> = json["definitions"]
+            .as_object()
+            .expect("definitions")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(names, want);
+        let (_, deploy) = named
+            .iter()
+            .find(|(n, _)| n == "io.k8s.api.apps.v1.Deployment")
+            .expect("Deployment");
+        let deploy = wire::fields(deploy).expect("Schema");
+        // vendor_extension (31): the GVK as YAML text in Any.yaml (2).
+        let ext = wire::named(&deploy, 31);
+        let (_, gvk) = ext
+            .iter()
+            .find(|(n, _)| n == "x-kubernetes-group-version-kind")
+            .expect("gvk extension");
+        let yaml = wire::string(&wire::fields(gvk).expect("Any"), 2).expect("yaml");
+        let gvk: Value = serde_json::from_str(&yaml).expect("yaml is JSON text");
+        assert_eq!(
+            gvk,
+            json!([{"group": "apps", "version": "v1", "kind": "Deployment"}])
+        );
+        // properties (25) -> spec -> _ref (1).
+        let props = wire::fields(wire::bytes(&deploy, 25)[0]).expect("Properties");
+        let spec = wire::named(&props, 1)
+            .into_iter()
+            .find(|(n, _)| n == "spec")
+            .map(|(_, s)| wire::fields(s).expect("spec"))
+            .expect("spec property");
+        assert_eq!(
+            wire::string(&spec, 1).as_deref(),
+            Some("#/definitions/io.k8s.api.apps.v1.DeploymentSpec")
+        );
+        // Paths (8): NamedPathItem (2) -> patch (8) carries fieldValidation, which kubectl
+        // looks for before it validates on the client.
+        let paths = wire::fields(wire::bytes(&doc, 8)[0]).expect("Paths");
+        let (_, item) = wire::named(&paths, 2)
+            .into_iter()
+            .find(|(n, _)| n == "/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+            .expect("deployment path");
+        let patch =
+            wire::fields(wire::bytes(&wire::fields(item).expect("item"), 8)[0]).expect("patch");
+        assert_eq!(wire::string(&patch, 5).as_deref(), Some("patchDeployment"));
+        let text = String::from_utf8_lossy(&v2.proto);
+        assert!(text.contains("fieldValidation"));
+        assert_ne!(v2.json_etag, v2.proto_etag);
+    }
+
+    /// protoc (installed by scripts/deps.sh for etcd-client) reads the bytes as a well-formed
+    /// message: a check by a decoder not written here.
+    #[test]
+    fn protoc_decodes_the_v2_protobuf() {
+        use std::io::Write;
+        let mut child = match std::process::Command::new("protoc")
+            .arg("--decode_raw")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => panic!("protoc (scripts/deps.sh installs protobuf-compiler): {e}"),
+        };
+        let mut stdin = child.stdin.take().expect("stdin");
+        let bytes = v2().proto.clone();
+        let writer = std::thread::spawn(move || stdin.write_all(&bytes));
+        let out = child.wait_with_output().expect("protoc runs");
+        writer.join().expect("writer").expect("write to protoc");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.starts_with("1: \"2.0\"\n"),
+            "{}",
+            &text[..text.len().min(200)]
+        );
+        assert!(text.contains("\"io.k8s.api.core.v1.Service\""));
     }
 
     #[test]

@@ -928,7 +928,7 @@ async fn patch(
     let r = t.resource;
     let name = t.name.as_deref().unwrap_or("");
     let key = object_key(r, t.namespace.as_deref(), name);
-    if kind == PatchType::Apply && t.subresource != Some(Subresource::Scale) {
+    if kind == PatchType::Apply {
         return apply(srv, t, params, body).await;
     }
     // Retried on conflict until it applies, as kube-apiserver's GuaranteedUpdate does, unless
@@ -1009,6 +1009,9 @@ async fn apply(srv: &Server, t: &Target, params: &Params, body: &[u8]) -> Result
         m.remove("status");
     }
     let force = crate::request::flag(&params.force);
+    if t.subresource == Some(Subresource::Scale) {
+        return apply_to_scale(srv, t, params, &config, force).await;
+    }
     loop {
         let cur_kv = srv.store.get(&key).await?;
         let live = match &cur_kv {
@@ -1034,6 +1037,53 @@ async fn apply(srv: &Server, t: &Target, params: &Params, body: &[u8]) -> Result
             return Err(ApiError::BadRequest("metadata.name: Invalid value: the name of the object may not be changed by a patch".into()));
         }
         match write_update(srv, t, params, new, &cur_kv, warnings, Fields::Applied).await {
+            Err(ApiError::Conflict { ref detail, .. })
+                if !explicit_rv && !detail.starts_with("Precondition failed") =>
+            {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Server-side apply of a Scale to the scale subresource: `managed::apply_scale` merges it
+/// into the object's Scale and maps the Scale's owners of `.spec.replicas` back to the
+/// object's managedFields; retried on a lost race.
+async fn apply_to_scale(
+    srv: &Server,
+    t: &Target,
+    params: &Params,
+    config: &Value,
+    force: bool,
+) -> Result<Reply> {
+    let r = t.resource;
+    let name = t.name.as_deref().unwrap_or("");
+    let key = object_key(r, t.namespace.as_deref(), name);
+    loop {
+        let Some(cur_kv) = srv.store.get(&key).await? else {
+            return Err(not_found(r, name));
+        };
+        let cur = decode_as(r, &cur_kv)?;
+        let now = now_rfc3339();
+        let (scale, entries) = managed::apply_scale(
+            &cur,
+            &admission::scale_of(&cur),
+            config,
+            &writer(t, params, &now),
+            force,
+        )
+        .map_err(|conflicts| ApiError::ApplyConflict {
+            message: managed::conflict_message(&conflicts),
+            conflicts: conflicts.into_iter().map(|c| (c.owner, c.path)).collect(),
+        })?;
+        let explicit_rv = scale
+            .resource_version()
+            .is_some_and(|v| v != cur_kv.mod_revision.to_string());
+        let mut new = admission::apply_scale(&cur, &scale)?;
+        entries.write(&mut new);
+        match write_update(srv, t, params, new, &cur_kv, Vec::new(), Fields::Applied).await {
             Err(ApiError::Conflict { ref detail, .. })
                 if !explicit_rv && !detail.starts_with("Precondition failed") =>
             {

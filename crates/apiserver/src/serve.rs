@@ -291,11 +291,59 @@ fn bytes_response(body: bytes::Bytes, content_type: &'static str) -> Response {
     r
 }
 
-fn proto_response(body: Vec<u8>, content_type: &'static str) -> Response {
-    let mut r = (StatusCode::OK, body).into_response();
+/// `/openapi/v2` as kube-openapi's handler serves it: the protobuf form (gnostic's
+/// `openapi.v2.Document`) to a client whose Accept prefers either of its two spellings (kubectl
+/// sends `...spec.v2@v1.0+protobuf`), JSON otherwise; an ETag on each, and 304 Not Modified
+/// when `If-None-Match` names the current one.
+fn openapi_v2(accept: &str, if_none_match: &str) -> Response {
+    let doc = openapi::v2();
+    let (body, etag, content_type) = if prefers_protobuf(accept) {
+        (
+            doc.proto.clone(),
+            &doc.proto_etag,
+            "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+        )
+    } else {
+        (doc.json.clone(), &doc.json_etag, "application/json")
+    };
+    let matches = if_none_match
+        .split(',')
+        .any(|t| t.trim() == etag || t.trim() == "*");
+    let mut r = if matches {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        bytes_response(body, content_type)
+    };
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
     r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        .insert(header::VARY, HeaderValue::from_static("Accept"));
     r
+}
+
+/// Whether the first of Accept's media types that names one of `/openapi/v2`'s forms (by
+/// highest `q`, then order) is the protobuf one.
+fn prefers_protobuf(accept: &str) -> bool {
+    let mut best: Option<(f32, bool)> = None;
+    for clause in accept.split(',') {
+        let mut parts = clause.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let proto = match media.as_str() {
+            "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
+            | "application/com.github.proto-openapi.spec.v2.v1.0+protobuf" => true,
+            "application/json" | "application/*" | "*/*" => false,
+            _ => continue,
+        };
+        if q > 0.0 && best.is_none_or(|(b, _)| q > b) {
+            best = Some((q, proto));
+        }
+    }
+    best.is_some_and(|(_, proto)| proto)
 }
 
 /// Most bytes read (and thrown away) from a body being refused, so that the refusal is seen
@@ -409,7 +457,15 @@ async fn route(srv: Arc<Server>, req: Request) -> Result<Response, ApiError> {
         return Ok(health(&srv, &path[1..], verbose).await);
     }
     if method == Method::GET
-        && let Some(resp) = non_resource(&srv, &path, &accept)?
+        && let Some(resp) = non_resource(
+            &srv,
+            &path,
+            &accept,
+            req.headers()
+                .get(header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        )?
     {
         return Ok(resp);
     }
@@ -502,7 +558,12 @@ async fn health(srv: &Server, what: &str, verbose: bool) -> Response {
     }
 }
 
-fn non_resource(srv: &Server, path: &str, accept: &str) -> Result<Option<Response>, ApiError> {
+fn non_resource(
+    srv: &Server,
+    path: &str,
+    accept: &str,
+    if_none_match: &str,
+) -> Result<Option<Response>, ApiError> {
     let ok = |v| Ok(Some(json_response(v, "application/json")));
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segs.as_slice() {
@@ -552,18 +613,22 @@ fn non_resource(srv: &Server, path: &str, accept: &str) -> Result<Option<Respons
         ["openapi", "v3", rest @ ..] => openapi::v3_document(&rest.join("/"))
             .map(|d| Some(bytes_response(d, "application/json")))
             .ok_or(ApiError::NoRoute),
-        // kubectl falls back to the v2 document (protobuf) to validate kinds the v3 documents
-        // do not describe; an empty protobuf document tells it there is nothing to check, so
-        // the request proceeds to the server, as it does against kube-apiserver. Everyone
-        // else gets the JSON Swagger document.
-        ["openapi", "v2"] if accept.contains("protobuf") => Ok(Some(proto_response(
-            Vec::new(),
-            "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
-        ))),
-        ["openapi", "v2"] => Ok(Some(bytes_response(
-            openapi::v2_document(),
-            "application/json",
-        ))),
+        ["openapi", "v2"] => Ok(Some(openapi_v2(accept, if_none_match))),
+        // berth serves no CustomResourceDefinitions, so their list is empty. kubectl lists
+        // them (without discovery) before validating a kind neither OpenAPI document
+        // describes, to learn whether it is a custom resource; against kube-apiserver that
+        // list answers "no", and the kind then fails as unknown (`no matches for kind`).
+        [
+            "apis",
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+        ] => ok(json!({
+            "kind": "CustomResourceDefinitionList",
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "metadata": {},
+            "items": [],
+        })),
         ["openapi", ..] => Err(ApiError::NoRoute),
         _ => Ok(None),
     }
@@ -733,4 +798,40 @@ async fn reconcile(srv: &Server, kind: &str, pointer: &str, value: Value) -> Res
         )
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefers_protobuf;
+
+    #[test]
+    fn openapi_v2_form_follows_accept() {
+        for (accept, proto) in [
+            (
+                "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+                true,
+            ),
+            (
+                "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                true,
+            ),
+            (
+                "application/json;q=0.5, application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+                true,
+            ),
+            (
+                "application/json, application/com.github.proto-openapi.spec.v2@v1.0+protobuf;q=0.9",
+                false,
+            ),
+            (
+                "application/com.github.proto-openapi.spec.v2@v1.0+protobuf;q=0, */*",
+                false,
+            ),
+            ("", false),
+            ("*/*", false),
+            ("text/html", false),
+        ] {
+            assert_eq!(prefers_protobuf(accept), proto, "{accept}");
+        }
+    }
 }

@@ -426,3 +426,84 @@ proptest! {
         prop_assert!(same.changed.is_empty() && same.removed.is_empty());
     }
 }
+
+/// A Scale apply as kube-apiserver's scale handler records it: the Scale's owner of
+/// `.spec.replicas` is the parent's, conflicts name the parent's managers, and the winner's
+/// entry in the parent (of the parent's apiVersion, subresource scale) owns `.spec.replicas`.
+#[test]
+fn scale_apply_maps_replicas_ownership_to_the_parent() {
+    let mut parent = deploy(2, json!({"app": "web"}));
+    record_update(None, &mut parent, &writer("kubectl-create", ""));
+    let scale = |replicas: i64| {
+        json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+               "metadata": {"name": "web", "namespace": "default"},
+               "spec": {"replicas": replicas}})
+    };
+    let live = |p: &Value| crate::admission::scale_of(p);
+    let apply_as = |p: &Value, who: &str, n: i64, force: bool| {
+        apply_scale(p, &live(p), &scale(n), &writer(who, "scale"), force).map(|(s, m)| {
+            let mut next = crate::admission::apply_scale(p, &s).expect("valid scale");
+            m.write(&mut next);
+            next
+        })
+    };
+
+    // kubectl-create owns .spec.replicas (from the create): a change conflicts with it.
+    let err = apply_as(&parent, "a", 3, false).expect_err("conflict");
+    assert_eq!(
+        conflict_message(&err),
+        "Apply failed with 1 conflict: conflict with \"kubectl-create\" using apps/v1: .spec.replicas"
+    );
+    // Applying the value it already has is no conflict: both own it.
+    let same = apply_as(&parent, "a", 2, false).expect("same value");
+    let m = Managed::read(&same);
+    assert_eq!(m.0.len(), 2, "{m:?}");
+    assert!(
+        m.0.iter()
+            .all(|e| !e.set.intersection(&replicas_path()).is_empty())
+    );
+
+    // Forced, a takes it over: kubectl-create keeps the rest of the object.
+    let taken = apply_as(&parent, "a", 3, true).expect("forced");
+    assert_eq!(taken["spec"]["replicas"], 3);
+    let mf = &taken["metadata"]["managedFields"];
+    let a = mf
+        .as_array()
+        .and_then(|m| m.iter().find(|e| e["manager"] == "a"))
+        .expect("a's entry");
+    assert_eq!(
+        (&a["operation"], &a["apiVersion"], &a["subresource"]),
+        (&json!("Apply"), &json!("apps/v1"), &json!("scale"))
+    );
+    assert_eq!(a["fieldsV1"], json!({"f:spec": {"f:replicas": {}}}));
+    let create = mf
+        .as_array()
+        .and_then(|m| m.iter().find(|e| e["manager"] == "kubectl-create"))
+        .expect("create's entry");
+    assert!(
+        create["fieldsV1"]["f:spec"]["f:replicas"].is_null(),
+        "{create}"
+    );
+    assert!(
+        create["fieldsV1"]["f:spec"]["f:template"].is_object(),
+        "{create}"
+    );
+
+    // b now conflicts with a, named with its subresource; a re-applying is no conflict.
+    let err = apply_as(&taken, "b", 5, false).expect_err("conflict");
+    assert_eq!(
+        conflict_message(&err),
+        "Apply failed with 1 conflict: conflict with \"a\" with subresource \"scale\": .spec.replicas"
+    );
+    let again = apply_as(&taken, "a", 4, false).expect("a again");
+    assert_eq!(again["spec"]["replicas"], 4);
+    let b = apply_as(&again, "b", 5, true).expect("b forced");
+    let owners: Vec<&Value> = b["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| !e["fieldsV1"]["f:spec"]["f:replicas"].is_null())
+        .map(|e| &e["manager"])
+        .collect();
+    assert_eq!(owners, vec![&json!("b")]);
+}

@@ -200,3 +200,61 @@ fn openapi_v2_is_served_as_json() {
     assert_eq!(doc["swagger"], "2.0");
     assert!(doc["definitions"]["io.k8s.api.core.v1.Service"].is_object());
 }
+
+/// `/openapi/v2` as kube-openapi serves it: protobuf to a client asking for it (kubectl's
+/// Accept), JSON otherwise, each with its own ETag, and 304 for a matching If-None-Match.
+#[test]
+fn openapi_v2_negotiates_protobuf_with_etags() {
+    let c = super::cluster(berth_testkit::Backend::Embedded);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = c.kube_client().await;
+        let get = |accept: &str, etag: &str| {
+            let mut r = http::Request::get("/openapi/v2").header("Accept", accept);
+            if !etag.is_empty() {
+                r = r.header("If-None-Match", etag);
+            }
+            client.send(r.body(kube::client::Body::empty()).expect("request"))
+        };
+        let header = |r: &http::Response<kube::client::Body>, h: &str| {
+            r.headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let proto = get(
+            "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+            "",
+        )
+        .await
+        .expect("protobuf");
+        assert_eq!(proto.status(), 200);
+        assert_eq!(
+            header(&proto, "content-type"),
+            "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+        );
+        let proto_etag = header(&proto, "etag");
+        let json = get("application/json", "").await.expect("json");
+        assert_eq!(header(&json, "content-type"), "application/json");
+        let json_etag = header(&json, "etag");
+        assert!(
+            proto_etag.starts_with('"') && proto_etag != json_etag,
+            "{proto_etag} {json_etag}"
+        );
+        let again = get(
+            "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+            &proto_etag,
+        )
+        .await
+        .expect("conditional");
+        assert_eq!(again.status(), 304);
+        let stale = get("application/json", &proto_etag)
+            .await
+            .expect("stale tag");
+        assert_eq!(stale.status(), 200);
+    });
+}

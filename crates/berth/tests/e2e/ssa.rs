@@ -178,3 +178,207 @@ fn server_side_apply_prunes_conflicts_and_shares() {
     );
     assert_eq!(replicas(&c), "1");
 }
+
+/// Server-side apply of a Scale (client-go's `ApplyScale`; kubectl has no way to send one):
+/// the replica count moves, the applier's entry in the Deployment's managedFields names the
+/// scale subresource, another manager's different count is a 409 naming the owner, and
+/// forcing takes the field over.
+#[test]
+fn scale_subresource_is_applied_server_side() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::api::{Api, Patch, PatchParams};
+    let c = crate::cluster(Backend::Embedded);
+    // Created by an apply that leaves the replica count to the default: nobody owns it.
+    let out = apply_ssa(
+        &c,
+        &DEPLOY.replace("  replicas: 2\n", ""),
+        &["--field-manager=owner"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scale = |n: i64| {
+        serde_json::json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+                           "metadata": {"name": "web"}, "spec": {"replicas": n}})
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let api: Api<Deployment> = Api::namespaced(c.kube_client().await, "default");
+        let s = api
+            .patch_scale("web", &PatchParams::apply("a"), &Patch::Apply(scale(3)))
+            .await
+            .expect("a applies 3");
+        assert_eq!(s.spec.and_then(|s| s.replicas), Some(3));
+        // The Scale shows its owner as kube-apiserver does: the Scale's apiVersion.
+        let owners: Vec<(Option<String>, Option<String>, Option<String>)> = s
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.manager, e.api_version, e.subresource))
+            .collect();
+        assert_eq!(
+            owners,
+            vec![(
+                Some("a".to_owned()),
+                Some("autoscaling/v1".to_owned()),
+                Some("scale".to_owned())
+            )]
+        );
+        let err = api
+            .patch_scale("web", &PatchParams::apply("b"), &Patch::Apply(scale(5)))
+            .await
+            .expect_err("b conflicts with a");
+        match err {
+            kube::Error::Api(s) => {
+                assert_eq!(s.code, 409, "{s:?}");
+                assert_eq!(
+                    s.message,
+                    "Apply failed with 1 conflict: conflict with \"a\" with subresource \"scale\": .spec.replicas"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(replicas(&c), "3");
+        let all = entries(&c, &["deploy", "web"]);
+        let a = entry(&all, "a", "scale").expect("a's scale entry");
+        assert_eq!(a["operation"], "Apply");
+        assert_eq!(a["apiVersion"], "apps/v1");
+        assert_eq!(a["fieldsV1"], serde_json::json!({"f:spec": {"f:replicas": {}}}));
+        api.patch_scale("web", &PatchParams::apply("b").force(), &Patch::Apply(scale(5)))
+            .await
+            .expect("b forces 5");
+    });
+    assert_eq!(replicas(&c), "5");
+    let yaml = c.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "yaml",
+        "--show-managed-fields",
+    ]);
+    assert!(
+        yaml.contains("    manager: b\n    operation: Apply\n    subresource: scale\n"),
+        "{yaml}"
+    );
+    let all = entries(&c, &["deploy", "web"]);
+    assert!(entry(&all, "a", "scale").is_none(), "{all:?}");
+    // The applier of the object itself never owned the count, and still owns the rest.
+    let owner = entry(&all, "owner", "").expect("owner's entry");
+    assert!(
+        owner["fieldsV1"]["f:spec"]["f:replicas"].is_null(),
+        "{owner}"
+    );
+    assert!(
+        owner["fieldsV1"]["f:spec"]["f:template"].is_object(),
+        "{owner}"
+    );
+}
+
+/// Server-side apply to `/status` (`kubectl apply --server-side --subresource=status`) writes
+/// the status only, recorded against the status subresource.
+#[test]
+fn status_subresource_is_applied_server_side() {
+    let c = crate::cluster(Backend::Embedded);
+    c.ok(&["create", "namespace", "sub"]);
+    let manifest = "apiVersion: v1
+kind: Namespace
+metadata:
+  name: sub
+  labels:
+    ignored: by-status
+status:
+  conditions:
+  - type: Custom
+    status: \"True\"
+    reason: Applied
+";
+    let out = apply_ssa(
+        &c,
+        manifest,
+        &["--subresource=status", "--field-manager=st"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = c.ok(&[
+        "get",
+        "ns",
+        "sub",
+        "-o",
+        "jsonpath={.status.conditions[0].reason} {.metadata.labels.ignored}",
+    ]);
+    assert_eq!(got, "Applied ", "status applied, labels not");
+    let all = entries(&c, &["ns", "sub"]);
+    let st = entry(&all, "st", "status").expect("st's status entry");
+    assert_eq!(st["operation"], "Apply");
+    assert!(
+        st["fieldsV1"]["f:status"]["f:conditions"].is_object(),
+        "{st}"
+    );
+    assert!(st["fieldsV1"]["f:metadata"].is_null(), "{st}");
+}
+
+/// The other kinds with a scale subresource take a Scale apply the same way.
+#[test]
+fn scale_apply_on_replicasets_statefulsets_and_replicationcontrollers() {
+    use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
+    use k8s_openapi::api::core::v1::ReplicationController;
+    use kube::api::{Api, Patch, PatchParams};
+    let c = crate::cluster(Backend::Embedded);
+    let template = "  template:\n    metadata:\n      labels:\n        app: x\n    spec:\n      containers:\n      - name: x\n        image: traefik/whoami\n";
+    let manifests = [
+        format!(
+            "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata:\n  name: x\nspec:\n  replicas: 0\n  selector:\n    matchLabels:\n      app: x\n{template}"
+        ),
+        format!(
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: x\nspec:\n  replicas: 0\n  serviceName: x\n  selector:\n    matchLabels:\n      app: x\n{template}"
+        ),
+        format!(
+            "apiVersion: v1\nkind: ReplicationController\nmetadata:\n  name: x\nspec:\n  replicas: 0\n  selector:\n    app: x\n{template}"
+        ),
+    ];
+    for m in &manifests {
+        c.apply(m);
+    }
+    let scale = serde_json::json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+                                   "metadata": {"name": "x"}, "spec": {"replicas": 2}});
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = c.kube_client().await;
+        let params = PatchParams::apply("a").force();
+        let patch = Patch::Apply(&scale);
+        let rs = Api::<ReplicaSet>::namespaced(client.clone(), "default");
+        let sts = Api::<StatefulSet>::namespaced(client.clone(), "default");
+        let rc = Api::<ReplicationController>::namespaced(client, "default");
+        for got in [
+            rs.patch_scale("x", &params, &patch).await,
+            sts.patch_scale("x", &params, &patch).await,
+            rc.patch_scale("x", &params, &patch).await,
+        ] {
+            let got = got.expect("scale applied");
+            assert_eq!(got.spec.and_then(|s| s.replicas), Some(2));
+        }
+    });
+    for (what, version) in [("rs", "apps/v1"), ("sts", "apps/v1"), ("rc", "v1")] {
+        let all = entries(&c, &[what, "x"]);
+        let a = entry(&all, "a", "scale").unwrap_or_else(|| panic!("{what}: {all:?}"));
+        assert_eq!(a["apiVersion"], version, "{what}");
+        assert_eq!(
+            c.ok(&["get", what, "x", "-o", "jsonpath={.spec.replicas}"]),
+            "2",
+            "{what}"
+        );
+    }
+}
