@@ -1057,16 +1057,34 @@ pub struct Registry {
     pub addr: String,
 }
 
+/// A registry's token auth settings (distribution's `auth.token`).
+pub struct TokenAuth<'a> {
+    /// Where clients get tokens, e.g. `http://127.0.0.1:5006/token`.
+    pub realm: &'a str,
+    /// The `aud` tokens must carry.
+    pub service: &'a str,
+    /// The `iss` tokens must carry.
+    pub issuer: &'a str,
+    /// PEM certificates whose keys may sign tokens.
+    pub bundle: &'a Path,
+}
+
 impl Registry {
     /// Starts a registry on 127.0.0.1:`port` in `node`; with `user` = (name, password) it
     /// asks for basic auth (apache2-utils' `htpasswd -B`). Waits until `/v2/` answers.
     pub fn start(node: &Node, port: u16, user: Option<(&str, &str)>) -> Registry {
-        Self::start_with(node, port, user, None)
+        Self::start_with(node, port, user, None, None)
     }
 
     /// Starts a registry serving HTTPS with the PEM certificate and key files `tls`.
     pub fn start_tls(node: &Node, port: u16, tls: (&Path, &Path)) -> Registry {
-        Self::start_with(node, port, None, Some(tls))
+        Self::start_with(node, port, None, Some(tls), None)
+    }
+
+    /// Starts a registry that asks for bearer tokens from `token.realm` (distribution's token
+    /// auth), signed by a certificate in `token.bundle`.
+    pub fn start_token(node: &Node, port: u16, token: &TokenAuth<'_>) -> Registry {
+        Self::start_with(node, port, None, None, Some(token))
     }
 
     fn start_with(
@@ -1074,6 +1092,7 @@ impl Registry {
         port: u16,
         user: Option<(&str, &str)>,
         tls: Option<(&Path, &Path)>,
+        token: Option<&TokenAuth<'_>>,
     ) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr = format!("127.0.0.1:{port}");
@@ -1086,6 +1105,15 @@ impl Registry {
                 "  tls:\n    certificate: {}\n    key: {}\n",
                 cert.display(),
                 key.display()
+            ));
+        }
+        if let Some(t) = token {
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                t.realm,
+                t.service,
+                t.issuer,
+                t.bundle.display()
             ));
         }
         if let Some((name, password)) = user {

@@ -377,3 +377,212 @@ fn an_https_registry_with_a_private_ca_is_trusted_with_registry_ca() {
     c.apply(&pod("tls", &tag, ""));
     running(&c, "tls");
 }
+
+/// A token service as distribution's token auth expects one (the part Docker Hub's
+/// auth.docker.io plays): `GET /token?service=..&scope=..` with basic credentials `user`
+/// answers a JWT (ES256, its signing certificate in `x5c`) granting the scopes asked for;
+/// without them, 401. Listens on 127.0.0.1:`port` in the node; returns the number of tokens
+/// issued so far.
+fn token_server(
+    node: &Node,
+    port: u16,
+    user: (&'static str, &'static str),
+    issuer: &'static str,
+    service: &'static str,
+    key_pkcs8: Vec<u8>,
+    cert_der: Vec<u8>,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use base64::Engine;
+    use std::io::{BufRead, BufReader, Write};
+    let listener = node.on_thread(|| {
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("token server listen")
+    });
+    let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = issued.clone();
+    let rng = ring::rand::SystemRandom::new();
+    let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &key_pkcs8,
+        &rng,
+    )
+    .expect("signing key");
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let std_b64 = base64::engine::general_purpose::STANDARD;
+    let basic = format!("Basic {}", std_b64.encode(format!("{}:{}", user.0, user.1)));
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+            let mut first = String::new();
+            let _ = reader.read_line(&mut first);
+            let mut authorized = false;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("authorization")
+                {
+                    authorized = value.trim() == basic;
+                }
+            }
+            let target = first.split_whitespace().nth(1).unwrap_or("/");
+            let query = target.split_once('?').map_or("", |(_, q)| q);
+            let access: Vec<serde_json::Value> = query
+                .split('&')
+                .filter_map(|kv| kv.strip_prefix("scope="))
+                .map(percent_decode)
+                .filter_map(|scope| {
+                    let (kind, rest) = scope.split_once(':')?;
+                    let (name, actions) = rest.rsplit_once(':')?;
+                    Some(serde_json::json!({
+                        "type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>(),
+                    }))
+                })
+                .collect();
+            let reply = if authorized {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("clock")
+                    .as_secs();
+                let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "x5c": [std_b64.encode(&cert_der)]});
+                let claims = serde_json::json!({
+                    "iss": issuer, "sub": user.0, "aud": service, "exp": now + 300,
+                    "nbf": now - 10, "iat": now, "jti": format!("t{now}"), "access": access,
+                });
+                let signed = format!(
+                    "{}.{}",
+                    url.encode(header.to_string()),
+                    url.encode(claims.to_string())
+                );
+                let sig = key.sign(&rng, signed.as_bytes()).expect("sign");
+                let token = format!("{signed}.{}", url.encode(sig.as_ref()));
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body =
+                    serde_json::json!({"token": token, "access_token": token, "expires_in": 300})
+                        .to_string();
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_owned()
+            };
+            let _ = conn.write_all(reply.as_bytes());
+        }
+    });
+    issued
+}
+
+/// `%XX` decoding of a query value (`+` as a space).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn bearer_token_auth_through_the_registry_s_token_service() {
+    let c = Cluster::start_on_node(bin(), &["--insecure-registry=127.0.0.1:5003"]);
+    let node = c.node().expect("a node cluster");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "berth test token signer");
+    let cert = params.self_signed(&key).expect("certificate");
+    let bundle = c.dir().join("token-signer.pem");
+    std::fs::write(&bundle, cert.pem()).expect("write");
+    let (issuer, service) = ("berth-test-issuer", "berth-test-registry");
+    let issued = token_server(
+        node,
+        5004,
+        ("puller", "s3cret"),
+        issuer,
+        service,
+        key.serialize_der(),
+        cert.der().to_vec(),
+    );
+    let reg = Registry::start_token(
+        node,
+        5003,
+        &berth_testkit::TokenAuth {
+            realm: "http://127.0.0.1:5004/token",
+            service,
+            issuer,
+            bundle: &bundle,
+        },
+    );
+    let tag = format!("{}/private/bb:v1", reg.addr);
+    let insecure = format!("--insecure-registry={}", reg.addr);
+    push_busybox(
+        &c,
+        node,
+        &tag,
+        "exec sleep 3600",
+        &[&insecure, "--creds=puller:s3cret"],
+    );
+    assert!(
+        issued.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "no token issued"
+    );
+    // Anonymous: the token service refuses, so does the pull.
+    let out = berth_image(node, &c.dir().join("anon"), &["pull", &tag, &insecure]);
+    assert!(
+        !out.status.success(),
+        "an anonymous pull of a token-protected image"
+    );
+    let out = ok(
+        berth_image(
+            node,
+            &c.dir().join("authed"),
+            &["pull", &tag, &insecure, "--creds=puller:s3cret"],
+        ),
+        "pull with a token",
+    );
+    assert!(out.contains("fetched 2 blob(s)"), "{out}");
+
+    // The agent gets its token with the pod's imagePullSecrets.
+    let before = issued.load(std::sync::atomic::Ordering::SeqCst);
+    c.wait_node_ready();
+    c.ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        &format!("--docker-server={}", reg.addr),
+        "--docker-username=puller",
+        "--docker-password=s3cret",
+    ]);
+    c.apply(&pod(
+        "bearer",
+        &tag,
+        "  imagePullSecrets:\n  - name: regcred\n",
+    ));
+    running(&c, "bearer");
+    assert!(
+        issued.load(std::sync::atomic::Ordering::SeqCst) > before,
+        "the agent pulled without a token"
+    );
+}
