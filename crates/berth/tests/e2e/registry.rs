@@ -35,17 +35,24 @@ fn ok(out: Output, what: &str) -> String {
     text
 }
 
-/// Imports the busybox test image as `reference` into a side store under the cluster's
-/// directory and pushes it to its registry; returns the side store's directory.
-fn push_busybox(c: &Cluster, node: &Node, reference: &str, cmd: &str, extra: &[&str]) -> PathBuf {
-    let side = c.dir().join("pusher");
+/// Imports the busybox test image (CMD `sh -c cmd`) as `reference` into the side store
+/// `store` under the cluster's directory; returns its directory.
+fn import_busybox(c: &Cluster, node: &Node, store: &str, reference: &str, cmd: &str) -> PathBuf {
+    let side = c.dir().join(store);
     let image = images::busybox(&["sh", "-c", cmd]);
-    let tar = c.dir().join("bb-push.tar");
+    let tar = c.dir().join(format!("{store}.tar"));
     std::fs::write(&tar, image.docker_save(&[reference]).expect("docker save")).expect("write");
     ok(
         berth_image(node, &side, &["import", &tar.display().to_string()]),
         "import",
     );
+    side
+}
+
+/// Imports the busybox test image as `reference` into a side store under the cluster's
+/// directory and pushes it to its registry; returns the side store's directory.
+fn push_busybox(c: &Cluster, node: &Node, reference: &str, cmd: &str, extra: &[&str]) -> PathBuf {
+    let side = import_busybox(c, node, "pusher", reference, cmd);
     let mut args = vec!["push", reference];
     args.extend_from_slice(extra);
     let out = ok(berth_image(node, &side, &args), "push");
@@ -263,14 +270,7 @@ fn image_pull_secrets_authenticate_to_the_registry() {
     let tag = format!("{}/private/bb:v1", reg.addr);
     let insecure = format!("--insecure-registry={}", reg.addr);
     // Without credentials the registry refuses.
-    let side = c.dir().join("anon");
-    let image = images::busybox(&["sleep", "3600"]);
-    let tar = c.dir().join("bb-anon.tar");
-    std::fs::write(&tar, image.docker_save(&[&tag]).expect("docker save")).expect("write");
-    ok(
-        berth_image(node, &side, &["import", &tar.display().to_string()]),
-        "import",
-    );
+    let side = import_busybox(&c, node, "anon", &tag, "exec sleep 3600");
     let out = berth_image(node, &side, &["push", &tag, &insecure]);
     assert!(
         !out.status.success(),
@@ -346,14 +346,7 @@ fn an_https_registry_with_a_private_ca_is_trusted_with_registry_ca() {
     let tag = format!("{}/private/bb:v1", reg.addr);
 
     // Over HTTPS, the registry's CA is not among the system's roots: refused without it.
-    let side = c.dir().join("untrusted");
-    let image = images::busybox(&["sleep", "3600"]);
-    let tar = c.dir().join("bb-tls.tar");
-    std::fs::write(&tar, image.docker_save(&[&tag]).expect("docker save")).expect("write");
-    ok(
-        berth_image(node, &side, &["import", &tar.display().to_string()]),
-        "import",
-    );
+    let side = import_busybox(&c, node, "untrusted", &tag, "exec sleep 3600");
     let out = berth_image(node, &side, &["push", &tag]);
     let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
     assert!(
