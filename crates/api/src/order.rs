@@ -52,7 +52,8 @@ fn own_type(v: &Value) -> Ty {
 /// `v` as JSON in Go's field order (see the module doc). Never fails: a value of an unexpected
 /// shape (a string where a struct belongs) is written as it is.
 pub fn to_vec(v: &Value) -> Vec<u8> {
-    let mut out = Vec::new();
+    // serde_json::to_vec's first allocation.
+    let mut out = Vec::with_capacity(128);
     write(v, &mut out);
     out
 }

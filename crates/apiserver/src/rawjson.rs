@@ -39,7 +39,8 @@ enum Place {
 }
 
 /// The members ObjectMeta has before `resourceVersion`.
-const BEFORE_RESOURCE_VERSION: [&[u8]; 5] = [b"name", b"generateName", b"namespace", b"selfLink", b"uid"];
+const BEFORE_RESOURCE_VERSION: [&[u8]; 5] =
+    [b"name", b"generateName", b"namespace", b"selfLink", b"uid"];
 
 /// Where `resourceVersion` goes in the object whose `{` ends just before `open`.
 fn place(json: &[u8], open: usize) -> Option<Place> {
@@ -232,8 +233,14 @@ mod tests {
                 prop::collection::btree_map(
                     prop_oneof![
                         Just("metadata".to_owned()),
-                        prop::sample::select(vec!["uid", "name", "namespace", "generation", "labels"])
-                            .prop_map(str::to_owned),
+                        prop::sample::select(vec![
+                            "uid",
+                            "name",
+                            "namespace",
+                            "generation",
+                            "labels"
+                        ])
+                        .prop_map(str::to_owned),
                         "[a-z\"]{1,8}"
                     ],
                     inner,

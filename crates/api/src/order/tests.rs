@@ -9,7 +9,10 @@ use super::*;
 fn check(v: Value, expected: &str) {
     let got = String::from_utf8(to_vec(&v)).expect("utf-8");
     assert_eq!(got, expected);
-    assert_eq!(serde_json::from_str::<Value>(&got).expect("JSON"), reread(&v));
+    assert_eq!(
+        serde_json::from_str::<Value>(&got).expect("JSON"),
+        reread(&v)
+    );
 }
 
 #[test]
@@ -105,7 +108,11 @@ fn the_table_is_whole() {
     assert!(usize::from(OBJECT) < n);
     for (v, k, i) in KINDS {
         let f = TYPES[usize::from(*i)];
-        assert_eq!(&f[..2], &[Field("kind", Ty::Leaf), Field("apiVersion", Ty::Leaf)], "{v} {k}");
+        assert_eq!(
+            &f[..2],
+            &[Field("kind", Ty::Leaf), Field("apiVersion", Ty::Leaf)],
+            "{v} {k}"
+        );
         assert_eq!(f[2].0, "metadata", "{v} {k}");
     }
     for t in TYPES {
@@ -117,7 +124,11 @@ fn the_table_is_whole() {
     }
     for r in crate::resources::RESOURCES {
         assert!(kind_type(&r.api_version(), r.kind).is_some(), "{}", r.kind);
-        assert!(kind_type(&r.api_version(), &r.list_kind()).is_some(), "{}", r.kind);
+        assert!(
+            kind_type(&r.api_version(), &r.list_kind()).is_some(),
+            "{}",
+            r.kind
+        );
     }
     let Some(Ty::Struct(pod)) = kind_type("v1", "PartialObjectMetadata")
         .or(kind_type("meta.k8s.io/v1", "PartialObjectMetadata"))
@@ -218,8 +229,10 @@ fn assert_ordered(t: &Tree, v: &Value, ty: Ty) {
                 _ => &[],
             };
             let rank = |k: &str| known.iter().position(|f| f.0 == k);
-            let keys: Vec<(Option<usize>, &str)> =
-                members.iter().map(|(k, _)| (rank(k).or(Some(usize::MAX)), k.as_str())).collect();
+            let keys: Vec<(Option<usize>, &str)> = members
+                .iter()
+                .map(|(k, _)| (rank(k).or(Some(usize::MAX)), k.as_str()))
+                .collect();
             let mut sorted = keys.clone();
             sorted.sort();
             assert_eq!(keys, sorted);
@@ -239,8 +252,13 @@ fn assert_ordered(t: &Tree, v: &Value, ty: Ty) {
 fn values() -> impl Strategy<Value = Value> {
     // Key names the table knows (at any depth), so known paths are exercised, and others.
     let names: Vec<&'static str> = TYPES.iter().flat_map(|t| t.iter().map(|f| f.0)).collect();
-    let key = prop_oneof![prop::sample::select(names), Just("kind"), Just("zz"), Just("é\"")]
-        .prop_map(str::to_owned);
+    let key = prop_oneof![
+        prop::sample::select(names),
+        Just("kind"),
+        Just("zz"),
+        Just("é\"")
+    ]
+    .prop_map(str::to_owned);
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),

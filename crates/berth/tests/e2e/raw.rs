@@ -298,10 +298,15 @@ fn objects_come_back_in_go_field_order() {
     ] {
         let list = c.ok(&["get", "--raw", path]);
         assert!(
-            list.starts_with(r#"{"kind":"ServiceList","apiVersion":"v1","metadata":{"resourceVersion":""#),
+            list.starts_with(
+                r#"{"kind":"ServiceList","apiVersion":"v1","metadata":{"resourceVersion":""#
+            ),
             "{list}"
         );
-        in_order(&list, &[r#"},"items":[{"#, r#""name":"web","namespace":"default""#]);
+        in_order(
+            &list,
+            &[r#"},"items":[{"#, r#""name":"web","namespace":"default""#],
+        );
         in_order(&list, &service_order);
     }
     // A create's answer and a GET of a Pod posted in another order: containers' fields too.
