@@ -10,6 +10,8 @@ pub mod fields;
 pub mod meta;
 pub mod names;
 pub mod object;
+pub mod order;
+mod order_table;
 pub mod printers;
 pub mod protobuf;
 pub mod quantity;

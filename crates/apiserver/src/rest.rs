@@ -40,7 +40,12 @@ impl Reply {
 
 impl IntoResponse for Reply {
     fn into_response(self) -> Response {
-        json_response(self.code, self.body.to_string(), &self.warnings)
+        // In Go's field order, as kube-apiserver writes objects (`berth_api::order`).
+        json_response(
+            self.code,
+            berth_api::order::to_vec(&self.body),
+            &self.warnings,
+        )
     }
 }
 
@@ -241,14 +246,17 @@ pub fn is_events_v1(r: &Resource) -> bool {
     r.group == "events.k8s.io"
 }
 
-/// The stored form of an object of `r`, without its resourceVersion.
+/// The stored form of an object of `r`, without its resourceVersion, in Go's field order so
+/// that LISTs and watches written from the stored bytes (`rawjson`) are in that order too.
+/// Objects stored before berth wrote this order have sorted keys; decoded paths reorder them,
+/// the raw paths serve them as stored until they are next written.
 fn encode(r: &Resource, obj: &Value) -> Bytes {
     let mut o = obj.clone();
     o.remove_meta("resourceVersion");
     if is_events_v1(r) {
         o = berth_api::events::to_core_v1(o);
     }
-    Bytes::from(o.to_string())
+    Bytes::from(berth_api::order::to_vec(&o))
 }
 
 /// The optimistic-concurrency conflict, in kube-apiserver's words.
@@ -444,7 +452,7 @@ async fn list_raw(srv: &Server, t: &Target, params: &Params) -> Result<Response>
             out.push(b',');
         }
         if !crate::rawjson::with_resource_version(&kv.value, kv.mod_revision, &mut out) {
-            out.extend(decode_kv(kv)?.to_string().into_bytes());
+            berth_api::order::write(&decode_kv(kv)?, &mut out);
         }
     }
     out.extend_from_slice(b"]}");

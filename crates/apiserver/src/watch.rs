@@ -47,8 +47,13 @@ impl Render {
         } else {
             obj
         };
-        let mut s = json!({"type": kind, "object": object}).to_string();
-        s.push('\n');
+        // `type` before `object`, as Go's WatchEvent has them.
+        let mut s = Vec::with_capacity(256);
+        s.extend_from_slice(br#"{"type":"#);
+        berth_api::order::write(&json!(kind), &mut s);
+        s.extend_from_slice(br#","object":"#);
+        berth_api::order::write(&object, &mut s);
+        s.extend_from_slice(b"}\n");
         bytes::Bytes::from(s)
     }
 }

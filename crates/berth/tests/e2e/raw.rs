@@ -258,3 +258,93 @@ fn openapi_v2_negotiates_protobuf_with_etags() {
         assert_eq!(stale.status(), 200);
     });
 }
+
+/// Asserts that `parts` occur in `text` in this order.
+fn in_order(text: &str, parts: &[&str]) {
+    let mut at = 0;
+    for p in parts {
+        match text.get(at..).and_then(|rest| rest.find(p)) {
+            Some(i) => at += i + p.len(),
+            None => panic!("{p} not after byte {at} in {text}"),
+        }
+    }
+}
+
+#[test]
+fn objects_come_back_in_go_field_order() {
+    let c = super::cluster(berth_testkit::Backend::Embedded);
+    c.apply("apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  labels:\n    b: \"1\"\n    a: \"2\"\nspec:\n  type: ClusterIP\n  selector:\n    app: web\n  ports:\n  - port: 80\n    targetPort: 8080\n");
+    // A GET: TypeMeta, ObjectMeta (resourceVersion right after uid), spec, status.
+    let svc = c.ok(&["get", "--raw", "/api/v1/namespaces/default/services/web"]);
+    assert!(
+        svc.starts_with(r#"{"kind":"Service","apiVersion":"v1","metadata":{"name":"web","namespace":"default","uid":""#),
+        "{svc}"
+    );
+    let service_order = [
+        r#""uid":""#,
+        r#"","resourceVersion":""#,
+        r#""creationTimestamp":"#,
+        r#""labels":{"a":"2","b":"1"}"#,
+        r#""spec":{"ports":[{"protocol":"TCP","port":80,"targetPort":8080}],"selector":{"app":"web"},"clusterIP":"#,
+        r#""clusterIPs":["#,
+        r#""type":"ClusterIP","sessionAffinity":"None""#,
+        r#""status":{"#,
+    ];
+    in_order(&svc, &service_order);
+    // A LIST, from the stored bytes and through a selector (decoded objects).
+    for path in [
+        "/api/v1/namespaces/default/services",
+        "/api/v1/namespaces/default/services?labelSelector=a%3D2",
+    ] {
+        let list = c.ok(&["get", "--raw", path]);
+        assert!(
+            list.starts_with(
+                r#"{"kind":"ServiceList","apiVersion":"v1","metadata":{"resourceVersion":""#
+            ),
+            "{list}"
+        );
+        let web = r#"{"kind":"Service","apiVersion":"v1","metadata":{"name":"web","namespace":"default","uid":""#;
+        in_order(&list, &[r#"},"items":["#, web]);
+        let item = list.find(web).map_or("", |i| &list[i..]);
+        in_order(item, &service_order);
+    }
+    // A create's answer and a GET of a Pod posted in another order: containers' fields too.
+    let pod = c.file(
+        "pod.json",
+        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"ordered"},"spec":{"containers":[{"imagePullPolicy":"IfNotPresent","resources":{},"args":["-c"],"command":["sh"],"image":"berth/whoami","name":"c"}]}}"#,
+    );
+    let created = c.ok(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/pods",
+        "-f",
+        &pod.to_string_lossy(),
+    ]);
+    let got = c.ok(&["get", "--raw", "/api/v1/namespaces/default/pods/ordered"]);
+    for body in [created, got] {
+        assert!(
+            body.starts_with(r#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"ordered","namespace":"default","uid":""#),
+            "{body}"
+        );
+        in_order(
+            &body,
+            &[
+                r#""spec":{"#,
+                r#""containers":[{"name":"c","image":"berth/whoami","command":["sh"],"args":["-c"],"resources":{},"#,
+                r#""imagePullPolicy":"IfNotPresent""#,
+                r#""restartPolicy":"Always""#,
+                r#""status":{"#,
+            ],
+        );
+    }
+    // Watch events: `type` then `object`, the object in order.
+    let events = c.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/services?watch=1&timeoutSeconds=1&fieldSelector=metadata.name%3Dweb",
+    ]);
+    assert!(
+        events.starts_with(r#"{"type":"ADDED","object":{"kind":"Service","apiVersion":"v1","metadata":{"name":"web""#),
+        "{events}"
+    );
+}
