@@ -682,6 +682,15 @@ async fn create_with(
     }
     if params.dry_run() {
         grant.rollback(srv);
+        // As the real create would answer: a dry run of a name that is taken is refused.
+        if srv
+            .store
+            .get(&object_key(r, ns.as_deref(), &name))
+            .await?
+            .is_some()
+        {
+            return Err(ApiError::AlreadyExists { resource: r, name });
+        }
         return Ok(Reply {
             code: StatusCode::CREATED,
             body: obj,

@@ -116,6 +116,16 @@ on_both_stores!(
             &svc("dupe", p80).replace("dupe", "np1"),
             "Error from server (AlreadyExists): error when creating \"STDIN\": services \"np1\" already exists",
         );
+        // A server-side dry run answers as the create would.
+        let out = c.kubectl_stdin(
+            &["create", "--dry-run=server", "-f", "-"],
+            &svc("dupe", p80).replace("dupe", "np1"),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("services \"np1\" already exists"),
+            "{err}"
+        );
         check(
             c,
             "apiVersion: v1\nkind: Service\nmetadata: [\n",
