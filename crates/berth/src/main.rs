@@ -37,6 +37,10 @@ fn main() -> std::process::ExitCode {
     }
     // Keys, the store (every Secret), pod logs: nothing berth writes is for other users.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    if let Cmd::ContainerShim { args } = &cli.cmd {
+        // No runtime: it waits for one process. After the umask, which the container keeps.
+        return berth_agent::shim::main_for(args);
+    }
     if let Cmd::Image(cmd) = &cli.cmd {
         return report(image(cmd));
     }
@@ -59,7 +63,10 @@ fn main() -> std::process::ExitCode {
             Cmd::Netpol(args) => netpol(args).await,
             Cmd::Cleanup(args) => cleanup(args).await,
             Cmd::Ingress(args) => ingress(args).await,
-            Cmd::Workload { .. } | Cmd::ContainerInit { .. } | Cmd::Image(_) => Ok(()),
+            Cmd::Workload { .. }
+            | Cmd::ContainerInit { .. }
+            | Cmd::ContainerShim { .. }
+            | Cmd::Image(_) => Ok(()),
         }
     });
     report(result)
@@ -822,6 +829,7 @@ fn agent_config(
         synced: Default::default(),
         network_gate: berth_agent::NetworkGate::default(),
         insecure_registries: args.insecure_registry.clone(),
+        keep_pods_on_exit: args.keep_pods_on_exit,
     };
     berth_apiserver::files::private_dir(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;

@@ -26,6 +26,36 @@ pub fn exists(name: &str) -> bool {
     path(name).exists()
 }
 
+/// Makes `/run/netns/NAME` name the network namespace process `pid` is in, unless it does
+/// already. An agent started in a mount namespace of its own (`ip netns exec`) does not see
+/// the bind mounts an earlier agent made in its own; the namespace lives on while the pod's
+/// processes are in it, and a bind mount of theirs names it again.
+pub(crate) fn restore(name: &str, pid: u32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let (p, ns) = (path(name), PathBuf::from(format!("/proc/{pid}/ns/net")));
+    let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+    let fail = |source: std::io::Error| Error::RenameNetns {
+        netns: name.to_owned(),
+        pid,
+        source,
+    };
+    let theirs = std::fs::metadata(&ns).map(id).map_err(fail)?;
+    if std::fs::metadata(&p).map(id).ok() == Some(theirs) {
+        return Ok(());
+    }
+    if !p.exists() {
+        std::fs::File::create(&p).map_err(fail)?;
+    }
+    nix::mount::mount(
+        Some(&ns),
+        &p,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| fail(std::io::Error::from(e)))
+}
+
 /// `ip netns add NAME`.
 pub(crate) fn add(name: &str) -> Result<()> {
     ip(&["netns", "add", name])
