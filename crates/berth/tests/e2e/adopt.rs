@@ -214,3 +214,82 @@ fn pods_outlive_a_killed_agent_and_are_adopted() {
         start_time(pid).is_none().then_some(())
     });
 }
+
+/// The same for an image pod under runc: the shim holds `runc run`, the container's init
+/// lives on, and the next agent signals it again (its stop ends the container).
+#[test]
+fn image_pods_outlive_a_killed_agent() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_berth"));
+    let c = Cluster::start_on_node_without_agent(bin, &[]);
+    let image = berth_testkit::images::busybox(&["sh"]);
+    let tar = c.dir().join("bb.tar");
+    std::fs::write(&tar, image.docker_save(&["bbheld:1"]).expect("docker save")).expect("write");
+    let out = std::process::Command::new(bin)
+        .args(["image", "import"])
+        .arg(&tar)
+        .arg(format!("--data-dir={}", c.data_dir().display()))
+        .output()
+        .expect("berth image import");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut agent = c.start_agent(&[]);
+    c.wait_node_ready();
+    c.apply(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: img
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: bbheld:1
+    imagePullPolicy: Never
+    command: ["sh", "-c", "date > /tmp/started; i=0; while true; do echo line $i; i=$((i+1)); sleep 0.1; done"]
+"#,
+    );
+    eventually("img to run", || {
+        (get(&c, "img", "{.status.phase}") == "Running").then_some(())
+    });
+    let (runc, started) = process(&c, "img", "main");
+    // runc's child (of whichever of its threads started it).
+    let init = std::fs::read_dir(format!("/proc/{runc}/task"))
+        .expect("runc's threads")
+        .flatten()
+        .find_map(|t| {
+            let children = std::fs::read_to_string(t.path().join("children")).ok()?;
+            children.split_whitespace().next()?.parse::<u32>().ok()
+        })
+        .expect("the container's init");
+    let init_started = start_time(init);
+    let id = get(&c, "img", "{.status.containerStatuses[0].containerID}");
+    let inside = c.ok(&["exec", "img", "--", "cat", "/tmp/started"]);
+
+    agent.kill();
+    let agent = c.start_agent(&[]);
+    eventually("the next agent to take img on", || {
+        let s = get(
+            &c,
+            "img",
+            "{.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].containerID}",
+        );
+        (s == format!("0 {id}")).then_some(())
+    });
+    assert_eq!(process(&c, "img", "main"), (runc, started));
+    assert_eq!(start_time(init), init_started, "the same container init");
+    assert_eq!(c.ok(&["exec", "img", "--", "cat", "/tmp/started"]), inside);
+    let before = last_line(&c, "img");
+    eventually("img's log to go on", || {
+        (last_line(&c, "img") > before).then_some(())
+    });
+
+    let mut agent = agent;
+    let status = agent.terminate(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{}", agent.output());
+    eventually("the container to stop with the agent", || {
+        (start_time(init).is_none() && start_time(runc).is_none()).then_some(())
+    });
+}
