@@ -277,9 +277,13 @@ impl Worker {
         let t0 = std::time::Instant::now();
         let found = self.left_running();
         if !found.is_empty() {
-            self.adopt(found).await;
-            self.start_next().await;
-            return;
+            if self.adopt(found).await {
+                self.start_next().await;
+                return;
+            }
+            // Its network is gone (a node namespace made afresh): start the pod afresh.
+            let dir = layout::pod_dir(&self.shared.config.state_dir, &self.uid);
+            crate::shim::kill_all(&dir);
         }
         let sandbox = self.make_sandbox().await;
         let sandbox_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -328,13 +332,14 @@ impl Worker {
 
     /// Takes on the sandbox and the containers an earlier agent left: running ones keep
     /// their process, container ID, restart count and start time (from the pod's status);
-    /// ones that ended meanwhile are handled as if they had just exited.
-    async fn adopt(&mut self, found: Vec<(usize, crate::shim::Found)>) {
+    /// ones that ended meanwhile are handled as if they had just exited. False, with nothing
+    /// taken on, when the sandbox cannot be.
+    async fn adopt(&mut self, found: Vec<(usize, crate::shim::Found)>) -> bool {
         let ip = match self.ipam(|ipam, uid| ipam.allocate(uid)).await {
             Ok(ip) => ip,
             Err(e) => {
                 tracing::warn!(pod = %self.pod.name_any(), error = %e, "the pod's IP");
-                return;
+                return false;
             }
         };
         self.ip = Some(ip);
@@ -353,12 +358,13 @@ impl Worker {
             ip,
             subnet,
             inside.unwrap_or(0),
-        );
+        )
+        .await;
         match existing {
             Ok(sandbox) => self.sandbox = Some(sandbox),
             Err(e) => {
-                tracing::warn!(pod = %self.pod.name_any(), error = %e, "the pod's sandbox");
-                return;
+                tracing::warn!(pod = %self.pod.name_any(), error = %e, "the pod's sandbox cannot be taken on; starting the pod afresh");
+                return false;
             }
         }
         let state_dir = self.shared.config.state_dir.clone();
@@ -407,6 +413,7 @@ impl Worker {
                 }
             }
         }
+        true
     }
 
     /// When a NetworkPolicy may select the pod: publishes its address (the status) and waits,

@@ -119,9 +119,10 @@ impl Sandbox {
 
     /// The sandbox an earlier agent made for `pod_uid` at `ip` in `subnet`, whose pod it
     /// adopts with its running containers, one of which has process `pid` in the pod's
-    /// namespace; fails with [`Error::SandboxMissing`] when that namespace is gone. Only
+    /// namespace; fails with [`Error::SandboxMissing`] when that namespace is gone and with
+    /// [`Error::LinkNotFound`] when its veth is (the node's namespace was made afresh). Only
     /// the namespace's name may be made again (see `netns::restore`).
-    pub fn existing(
+    pub async fn existing(
         pod_uid: &str,
         pod_name: &str,
         ip: Ipv4Addr,
@@ -133,6 +134,12 @@ impl Sandbox {
             return Err(Error::SandboxMissing { netns: names.netns });
         }
         netns::restore(&names.netns, pid)?;
+        let veth = names.host_veth.clone();
+        on_thread(move || async move {
+            let handle = netns::connect()?;
+            netns::require_link(&handle, &veth).await.map(drop)
+        })
+        .await?;
         Ok(Sandbox {
             pod_uid: pod_uid.to_owned(),
             pod_name: pod_name.to_owned(),

@@ -157,7 +157,12 @@ fn pods_outlive_a_killed_agent_and_are_adopted() {
         (s == "1 3").then_some(())
     });
     let main = "{.status.containerStatuses[?(@.name==\"main\")]";
-    assert_eq!(get(&c, &pod, &format!("{main}.restartCount}}")), "0");
+    assert_eq!(
+        get(&c, &pod, &format!("{main}.restartCount}}")),
+        "0",
+        "{}",
+        get(&c, &pod, "{.status.containerStatuses}")
+    );
     assert_eq!(get(&c, &pod, &format!("{main}.containerID}}")), id);
     assert_eq!(
         get(&c, &pod, &format!("{main}.state.running.startedAt}}")),
