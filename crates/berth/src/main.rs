@@ -18,6 +18,12 @@ use tracing::Instrument;
 
 fn main() -> std::process::ExitCode {
     let started = Instant::now();
+    // The shim comes first, before the subscriber and the parser: it is on every container
+    // start's path (`berth container-shim --state F --exit F -- COMMAND...`).
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("container-shim") {
+        return berth_agent::shim::main_for(&argv[2..]);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -38,7 +44,6 @@ fn main() -> std::process::ExitCode {
     // Keys, the store (every Secret), pod logs: nothing berth writes is for other users.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     if let Cmd::ContainerShim { args } = &cli.cmd {
-        // No runtime: it waits for one process. After the umask, which the container keeps.
         return berth_agent::shim::main_for(args);
     }
     if let Cmd::Image(cmd) = &cli.cmd {
