@@ -73,6 +73,15 @@ pub enum Error {
     InvalidUid { uid: String },
     #[error("network namespace {netns} already exists")]
     SandboxExists { netns: String },
+    #[error("network namespace {netns} is gone")]
+    SandboxMissing { netns: String },
+    #[error("naming the network namespace of process {pid} {netns} again")]
+    RenameNetns {
+        netns: String,
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("pod IP {ip} is not in the bridge's subnet {subnet}")]
     IpOutsideSubnet { ip: Ipv4Addr, subnet: Ipv4Net },
     #[error("IPAM state {}", path.display())]

@@ -7,7 +7,8 @@
 //! `container-init --reap`, PID 1 of the new PID namespace, which runs the command as its
 //! child, forwards signals to it and reaps orphans (as `docker run --init` does), so `ps`
 //! in a pod shows only the pod's processes and SIGTERM reaches a shell that ignores it as
-//! PID 1. Both ask to die with their parent, so everything dies with the agent.
+//! PID 1. Both ask to die with their parent, so everything dies with whoever started the
+//! container: its `shim` (which outlives the agent), or the agent for a console container.
 //!
 //! The three processes (agent -> container-init -> reaper -> command) exist because safe
 //! Rust cannot fork: each step is a spawn of the `berth` binary.
@@ -411,7 +412,7 @@ fn enter(a: &InitArgs) -> Result<(), String> {
     }
     nix::unistd::sethostname(&a.hostname).map_err(|e| format!("setting the hostname: {e}"))?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
-        .map_err(|e| format!("asking to die with the agent: {e}"))?;
+        .map_err(|e| format!("asking to die with the shim or agent that started it: {e}"))?;
     Ok(())
 }
 

@@ -17,6 +17,7 @@ pub mod pull;
 pub mod runtime;
 pub mod sandbox;
 mod server;
+pub mod shim;
 pub mod volumes;
 mod worker;
 

@@ -27,9 +27,9 @@ use oci_spec::runtime::{
     LinuxNamespaceType, LinuxResources, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec,
     UserBuilder,
 };
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-use crate::runtime::{Console, Processes, Runtime, StartError, StartSpec};
+use crate::runtime::{Console, Processes, Runtime, StartError, StartSpec, Started};
 
 /// The capabilities containerd gives a container by default (its `oci.defaultUnixCaps`).
 const DEFAULT_CAPS: &[Capability] = &[
@@ -108,7 +108,7 @@ impl Oci {
             runs: Mutex::default(),
             ooms: Mutex::default(),
         };
-        oci.sweep();
+        oci.sweep(&held_ids(state_dir));
         let cgroups = std::process::Command::new("sh")
             .args(["-c", CGROUPS])
             .stdin(Stdio::null())
@@ -119,9 +119,10 @@ impl Oci {
         Some(oci)
     }
 
-    /// Deletes every container in our runc root: what an agent that died left running.
-    fn sweep(&self) {
-        sweep(&self.runc, &self.root);
+    /// Deletes every container in our runc root that no shim holds: what an agent that died
+    /// left (a held container is adopted by its pod's worker).
+    fn sweep(&self, keep: &std::collections::HashSet<String>) {
+        sweep(&self.runc, &self.root, keep);
     }
 
     /// The node's image store.
@@ -145,7 +146,8 @@ impl Oci {
         &self,
         spec: &StartSpec<'_>,
         image: &Image,
-    ) -> Result<(Child, Option<Arc<Console>>), StartError> {
+        self_exe: &Path,
+    ) -> Result<(Started, Option<Arc<Console>>), StartError> {
         let c = spec.container;
         let run_error = |message: String| StartError {
             reason: "RunContainerError",
@@ -209,17 +211,20 @@ impl Oci {
             .kill_on_drop(false);
         // Watched from before the container runs, so no OOM comes before the watch.
         let oom = crate::oom::watch(&cgroup_path(&id));
-        let (child, console) = stdio(cmd, c, log)?;
-        if let Some(pid) = child.id() {
-            let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
-            runs.insert(pid, id.clone());
-            if let Some(watch) = oom {
-                let mut ooms = self.ooms.lock().unwrap_or_else(|p| p.into_inner());
-                ooms.insert(pid, watch);
-            }
+        let (started, console) = stdio(cmd, c, log, self_exe, spec.log)?;
+        self.track(started.pid, id, oom);
+        wait_started(started.pid, &bundle.join("init.pid"));
+        Ok((started, console))
+    }
+
+    /// Remembers runc run `pid`'s container id (for signals) and its OOM watch.
+    fn track(&self, pid: u32, id: String, oom: Option<crate::oom::Watch>) {
+        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        runs.insert(pid, id);
+        if let Some(watch) = oom {
+            let mut ooms = self.ooms.lock().unwrap_or_else(|p| p.into_inner());
+            ooms.insert(pid, watch);
         }
-        wait_started(&child, &bundle.join("init.pid"));
-        Ok((child, console))
     }
 
     /// Signals the container runc `pid` runs: its init, the child runc made in the
@@ -245,14 +250,18 @@ impl Oci {
     }
 }
 
-/// `runc delete --force` for every container in `root`; how many there were.
-fn sweep(runc: &Path, root: &Path) -> usize {
+/// `runc delete --force` for every container in `root` but those in `keep`; how many there
+/// were.
+fn sweep(runc: &Path, root: &Path, keep: &std::collections::HashSet<String>) -> usize {
     let Ok(entries) = std::fs::read_dir(root) else {
         return 0;
     };
     let mut n = 0;
     for e in entries.flatten() {
         let id = e.file_name().to_string_lossy().into_owned();
+        if keep.contains(&id) {
+            continue;
+        }
         let deleted = std::process::Command::new(runc)
             .arg("--root")
             .arg(root)
@@ -266,12 +275,48 @@ fn sweep(runc: &Path, root: &Path) -> usize {
     n
 }
 
-/// Removes the image containers an agent with state in `state_dir` left (`berth cleanup`).
+/// Removes the containers an agent with state in `state_dir` left (`berth cleanup`): those
+/// its shims still hold, then every image container; how many image containers there were.
 pub fn remove_containers(state_dir: &Path) -> usize {
+    for pod in pod_dirs(state_dir) {
+        crate::shim::kill_all(&pod);
+    }
     match find_runc() {
-        Some(runc) => sweep(&runc, &state_dir.join("runc")),
+        Some(runc) => sweep(
+            &runc,
+            &state_dir.join("runc"),
+            &std::collections::HashSet::new(),
+        ),
         None => 0,
     }
+}
+
+fn pod_dirs(state_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("pods")) else {
+        return Vec::new();
+    };
+    entries.flatten().map(|e| e.path()).collect()
+}
+
+/// The runc ids of the containers that shims still hold.
+fn held_ids(state_dir: &Path) -> std::collections::HashSet<String> {
+    let mut ids = std::collections::HashSet::new();
+    for pod in pod_dirs(state_dir) {
+        let Ok(entries) = std::fs::read_dir(&pod) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "shim")
+                && let Some(crate::shim::Found::Running(_)) =
+                    crate::shim::find(&path.with_extension("log"))
+                && let Some(name) = path.file_stem()
+            {
+                ids.insert(container_id(&pod, &name.to_string_lossy()));
+            }
+        }
+    }
+    ids
 }
 
 fn find_runc() -> Option<PathBuf> {
@@ -285,9 +330,7 @@ fn find_runc() -> Option<PathBuf> {
 /// `--pid-file` just before), or runc has exited: the container is Running only then, as
 /// the kubelet reports it once the runtime's StartContainer returns. Off the async workers'
 /// cooperative scheduling when it can ([`blocking`]).
-fn wait_started(child: &Child, pid_file: &Path) {
-    // Not `try_wait`: reaping here would leave the worker a child without a PID.
-    let Some(pid) = child.id() else { return };
+fn wait_started(pid: u32, pid_file: &Path) {
     let exited = || {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
             stat.rsplit_once(')')
@@ -305,7 +348,7 @@ fn wait_started(child: &Child, pid_file: &Path) {
 
 /// Runs `f`, which blocks (unpacking, waiting for runc), telling a multi-threaded tokio
 /// runtime first so its other tasks move to other workers.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
@@ -319,7 +362,9 @@ fn stdio(
     mut cmd: Command,
     c: &Container,
     log: std::fs::File,
-) -> Result<(Child, Option<Arc<Console>>), StartError> {
+    self_exe: &Path,
+    log_path: &Path,
+) -> Result<(Started, Option<Arc<Console>>), StartError> {
     use crate::runtime::{STDOUT, feed, pump};
     use tokio::sync::{broadcast, mpsc};
     use tokio_util::sync::CancellationToken;
@@ -331,11 +376,9 @@ fn stdio(
     let spawn_error = |e: std::io::Error| run_error(format!("starting runc: {e}"));
     let (tty, stdin) = (c.tty == Some(true), c.stdin == Some(true));
     if !tty && !stdin {
-        let err = log
-            .try_clone()
-            .map_err(|e| io_error("opening the log", e))?;
-        cmd.stdin(Stdio::null()).stdout(log).stderr(err);
-        return Ok((cmd.spawn().map_err(spawn_error)?, None));
+        drop(log);
+        let held = crate::shim::spawn(self_exe, cmd.as_std(), log_path)?;
+        return Ok((Started::held(held, log_path), None));
     }
     let (output, _) = broadcast::channel(256);
     let (input_tx, input_rx) = mpsc::unbounded_channel();
@@ -366,10 +409,10 @@ fn stdio(
             .map_err(|e| io_error("duplicating the terminal", e))?;
         pump(master, STDOUT, log, output.clone(), Some(done.clone()));
         feed(writer, input_rx);
-        return Ok((child, Some(Arc::new(console(tty_path)))));
+        return Ok((Started::child(child)?, Some(Arc::new(console(tty_path)))));
     }
     let child = crate::runtime::spawn_piped(&mut cmd, log, &output, &done, input_rx, spawn_error)?;
-    Ok((child, Some(Arc::new(console(None)))))
+    Ok((Started::child(child)?, Some(Arc::new(console(None)))))
 }
 
 /// An error with its causes, `a: b: c`.
@@ -637,12 +680,12 @@ pub struct Select {
 }
 
 impl Runtime for Select {
-    fn start(&self, spec: &StartSpec<'_>) -> Result<(Child, Option<Arc<Console>>), StartError> {
+    fn start(&self, spec: &StartSpec<'_>) -> Result<(Started, Option<Arc<Console>>), StartError> {
         let c = spec.container;
         if let Some(oci) = &self.oci
             && let Some(image) = oci.image(c)
         {
-            return oci.start_image(spec, &image);
+            return oci.start_image(spec, &image, &self.processes.self_exe);
         }
         let name = c.image.clone().unwrap_or_default();
         if c.image_pull_policy.as_deref() == Some("Never") && !self.processes.knows(&name) {
@@ -654,6 +697,17 @@ impl Runtime for Select {
             });
         }
         self.processes.start(spec)
+    }
+
+    fn adopt(&self, pid: u32, log: &Path, container: &Container) {
+        let Some(oci) = &self.oci else { return };
+        if container_init(pid).is_none() {
+            return;
+        }
+        let pod_dir = log.parent().unwrap_or(Path::new("/"));
+        let id = container_id(pod_dir, &container.name);
+        let oom = crate::oom::watch(&cgroup_path(&id));
+        oci.track(pid, id, oom);
     }
 
     fn image_id(&self, image: &str) -> String {

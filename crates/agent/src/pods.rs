@@ -1,7 +1,8 @@
 //! The agent's dispatcher: registers the Node, binds unscheduled pods to it (a one-node
 //! scheduler), and hands each pod bound here to a worker of its own (see `worker`), which runs
-//! it. At start it clears sandboxes an earlier run left behind for pods that are gone; pods
-//! that still exist are started afresh (their processes died with the earlier agent).
+//! it. At start it clears sandboxes (and kills the containers) an earlier run left behind for
+//! pods that are gone; a pod that still exists is adopted by its worker when its containers
+//! still run under their shims, else started afresh.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -51,6 +52,9 @@ pub struct Config {
     /// How image pulls reach registries: plain HTTP ones (`--insecure-registry`), extra CAs
     /// (`--registry-ca`).
     pub registries: berth_image::pull::Options,
+    /// Leave the pods running when the agent stops (`--keep-pods-on-exit`): their shims
+    /// hold them and the next agent adopts them.
+    pub keep_pods_on_exit: bool,
 }
 
 /// Something that must account for a new pod's address before its containers start, so a
@@ -243,6 +247,7 @@ async fn reclaim(client: &Client, config: &Config, ipam: &mut Ipam) -> Result<()
         .collect();
     for uid in stale {
         tracing::info!(uid = %uid, "removing the sandbox of a pod that is gone");
+        crate::shim::kill_all(&crate::layout::pod_dir(&config.state_dir, &uid));
         Sandbox::destroy_pod(&uid).await?;
         ipam.release(&uid)?;
         let _ = std::fs::remove_dir_all(crate::layout::pod_dir(&config.state_dir, &uid));

@@ -40,12 +40,76 @@ pub struct StartSpec<'a> {
     pub binds: Vec<crate::init::Bind>,
 }
 
+/// A started container: its main process, leader of a process group of its own (so a
+/// signal reaches everything it started), and how to learn that it ended.
+#[derive(Debug)]
+pub struct Started {
+    pub pid: u32,
+    pub exit: Waiter,
+}
+
+/// How the agent learns that a container ended.
+#[derive(Debug)]
+pub enum Waiter {
+    /// A console container, the agent's own child (it dies with the agent).
+    Child(Child),
+    /// A container held by a [`crate::shim`], which outlives the agent; its log's path.
+    Shim(crate::shim::Held, PathBuf),
+}
+
+impl Waiter {
+    /// Waits for the container's end: its exit code, or the signal that ended it; both
+    /// `None` when that is unknown.
+    pub async fn wait(self) -> (Option<i32>, Option<i32>) {
+        match self {
+            Waiter::Child(mut child) => match child.wait().await {
+                Ok(s) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    (s.code(), s.signal())
+                }
+                Err(_) => (None, None),
+            },
+            Waiter::Shim(held, log) => {
+                let exit = crate::shim::wait(held, log).await;
+                (exit.code, exit.signal)
+            }
+        }
+    }
+}
+
+impl Started {
+    /// A console container's child (whose PID is known while it has not been waited for).
+    pub(crate) fn child(child: Child) -> Result<Started, StartError> {
+        let pid = child.id().ok_or_else(|| StartError {
+            reason: "RunContainerError",
+            message: "the container exited at once".into(),
+        })?;
+        Ok(Started {
+            pid,
+            exit: Waiter::Child(child),
+        })
+    }
+
+    /// A container under a shim that logs to `log`.
+    pub(crate) fn held(held: crate::shim::Held, log: &Path) -> Started {
+        Started {
+            pid: held.pid,
+            exit: Waiter::Shim(held, log.to_owned()),
+        }
+    }
+}
+
 /// Starts container processes.
 pub trait Runtime: Send + Sync + 'static {
-    /// Starts the container. The child is the container's main process, leader of a process
-    /// group of its own (so a signal reaches everything it started). Containers with `stdin`
-    /// or `tty` come with their [`Console`], which `kubectl attach` connects to.
-    fn start(&self, spec: &StartSpec<'_>) -> Result<(Child, Option<Arc<Console>>), StartError>;
+    /// Starts the container. Containers with `stdin` or `tty` come with their [`Console`],
+    /// which `kubectl attach` connects to, and die with the agent; the others are held by a
+    /// [`crate::shim`] and outlive it.
+    fn start(&self, spec: &StartSpec<'_>) -> Result<(Started, Option<Arc<Console>>), StartError>;
+
+    /// Takes on a container an earlier agent started (held by a shim), whose main process
+    /// is `pid`, logging to `log`: what the runtime keeps per container (runc's id, the OOM
+    /// watch) is set up again.
+    fn adopt(&self, _pid: u32, _log: &Path, _container: &Container) {}
 
     /// Signals the container whose main process (the child [`Runtime::start`] gave) is
     /// `pid`, and what it started.
@@ -235,7 +299,7 @@ pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
 /// Runs containers as host processes, started through `berth container-init` (see
 /// [`crate::init`]): in the pod's network namespace, with their own PID and mount namespaces
 /// over a private overlay of the node's files, the pod's resolv.conf, hosts and hostname,
-/// dying with the agent.
+/// held by a [`crate::shim`] (console containers die with the agent).
 #[derive(Debug, Clone)]
 pub struct Processes {
     /// The `berth` binary, which runs the built-in workloads (`berth workload ...`).
@@ -328,7 +392,7 @@ impl Processes {
 }
 
 impl Runtime for Processes {
-    fn start(&self, spec: &StartSpec<'_>) -> Result<(Child, Option<Arc<Console>>), StartError> {
+    fn start(&self, spec: &StartSpec<'_>) -> Result<(Started, Option<Arc<Console>>), StartError> {
         let argv = self.argv(spec.container)?;
         let run_error = |message: String| StartError {
             reason: "RunContainerError",
@@ -420,17 +484,15 @@ impl Runtime for Processes {
                 .map_err(|e| io_error("duplicating the terminal", e))?;
             pump(master, STDOUT, log, output.clone(), Some(done.clone()));
             feed(writer, input_rx);
-            return Ok((child, Some(Arc::new(console(tty_path)))));
+            return Ok((Started::child(child)?, Some(Arc::new(console(tty_path)))));
         }
         if !stdin {
-            let err = log
-                .try_clone()
-                .map_err(|e| io_error("opening the log", e))?;
-            cmd.stdin(Stdio::null()).stdout(log).stderr(err);
-            return Ok((cmd.spawn().map_err(spawn_error)?, None));
+            drop(log);
+            let held = crate::shim::spawn(&self.self_exe, cmd.as_std(), spec.log)?;
+            return Ok((Started::held(held, spec.log), None));
         }
         let child = spawn_piped(&mut cmd, log, &output, &done, input_rx, spawn_error)?;
-        Ok((child, Some(Arc::new(console(None)))))
+        Ok((Started::child(child)?, Some(Arc::new(console(None)))))
     }
 }
 

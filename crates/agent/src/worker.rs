@@ -271,9 +271,20 @@ impl Worker {
         self.teardown(Teardown::AgentStops).await;
     }
 
-    /// The sandbox, then every container.
+    /// The sandbox, then every container; or, when an earlier agent left containers of this
+    /// pod running under their shims, the sandbox they are in and those containers.
     async fn start(&mut self) {
         let t0 = std::time::Instant::now();
+        let found = self.left_running();
+        if !found.is_empty() {
+            if self.adopt(found).await {
+                self.start_next().await;
+                return;
+            }
+            // Its network is gone (a node namespace made afresh): start the pod afresh.
+            let dir = layout::pod_dir(&self.shared.config.state_dir, &self.uid);
+            crate::shim::kill_all(&dir);
+        }
         let sandbox = self.make_sandbox().await;
         let sandbox_ms = t0.elapsed().as_secs_f64() * 1e3;
         match sandbox {
@@ -298,6 +309,111 @@ impl Worker {
             containers_ms = t0.elapsed().as_secs_f64() * 1e3 - sandbox_ms,
             "pod started"
         );
+    }
+
+    /// What an earlier agent left of this pod's containers, by index; empty unless at
+    /// least one of them still runs (otherwise the pod starts afresh).
+    fn left_running(&self) -> Vec<(usize, crate::shim::Found)> {
+        let state_dir = &self.shared.config.state_dir;
+        let found: Vec<(usize, crate::shim::Found)> = self
+            .containers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let log = layout::log_path(state_dir, &self.uid, &c.spec.name);
+                crate::shim::find(&log).map(|f| (i, f))
+            })
+            .collect();
+        let any_running = found
+            .iter()
+            .any(|(_, f)| matches!(f, crate::shim::Found::Running(_)));
+        if any_running { found } else { Vec::new() }
+    }
+
+    /// Takes on the sandbox and the containers an earlier agent left: running ones keep
+    /// their process, container ID, restart count and start time (from the pod's status);
+    /// ones that ended meanwhile are handled as if they had just exited. False, with nothing
+    /// taken on, when the sandbox cannot be.
+    async fn adopt(&mut self, found: Vec<(usize, crate::shim::Found)>) -> bool {
+        let ip = match self.ipam(|ipam, uid| ipam.allocate(uid)).await {
+            Ok(ip) => ip,
+            Err(e) => {
+                tracing::warn!(pod = %self.pod.name_any(), error = %e, "the pod's IP");
+                return false;
+            }
+        };
+        self.ip = Some(ip);
+        let subnet = self.shared.bridge.gateway().trunc();
+        // A process in the pod's network namespace: a process container's init, or an image
+        // container's (the child of its runc).
+        let inside = found.iter().find_map(|(_, f)| match f {
+            crate::shim::Found::Running(held) => {
+                Some(crate::oci::container_init(held.pid).unwrap_or(held.pid))
+            }
+            crate::shim::Found::Exited(_) => None,
+        });
+        let existing = Sandbox::existing(
+            &self.uid,
+            &self.pod.name_any(),
+            ip,
+            subnet,
+            inside.unwrap_or(0),
+        )
+        .await;
+        match existing {
+            Ok(sandbox) => self.sandbox = Some(sandbox),
+            Err(e) => {
+                tracing::warn!(pod = %self.pod.name_any(), error = %e, "the pod's sandbox cannot be taken on; starting the pod afresh");
+                return false;
+            }
+        }
+        let state_dir = self.shared.config.state_dir.clone();
+        for (idx, f) in found {
+            let Some(c) = self.containers.get_mut(idx) else {
+                continue;
+            };
+            let previous = previous_status(&self.pod, &c.spec.name, c.init);
+            c.restarts = previous.map_or(0, |p| p.restart_count);
+            c.run = previous
+                .and_then(|p| p.container_id.as_deref())
+                .and_then(run_of)
+                .unwrap_or(1);
+            let started_at = previous
+                .and_then(|p| p.state.as_ref()?.running.as_ref()?.started_at.as_ref())
+                .map_or_else(now, |t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+            let log = layout::log_path(&state_dir, &self.uid, &c.spec.name);
+            match f {
+                crate::shim::Found::Running(held) => {
+                    tracing::info!(pod = %self.pod.name_any(), container = %c.spec.name, pid = held.pid, "adopting a running container");
+                    self.shared.runtime.adopt(held.pid, &log, &c.spec);
+                    let started = runtime::Started::held(held, &log);
+                    running(
+                        c,
+                        idx,
+                        started,
+                        started_at,
+                        &state_dir,
+                        &self.uid,
+                        self.tx.clone(),
+                    );
+                }
+                // Already handled by the earlier agent, which reported it finished for good.
+                crate::shim::Found::Exited(_) if matches!(c.state, State::Terminated(_)) => {}
+                crate::shim::Found::Exited(exit) => {
+                    c.state = State::Running {
+                        started_at,
+                        since: Instant::now(),
+                    };
+                    let _ = self.tx.send(Msg::Exited {
+                        idx,
+                        run: c.run,
+                        code: exit.code,
+                        signal: exit.signal,
+                    });
+                }
+            }
+        }
+        true
     }
 
     /// When a NetworkPolicy may select the pod: publishes its address (the status) and waits,
@@ -684,49 +800,13 @@ impl Worker {
         c.next_probe.clear();
         c.kill_at = None;
         match started {
-            Ok((mut child, console)) => {
+            Ok((started, console)) => {
                 self.shared.consoles.set(&self.uid, &name, console);
-                // None only when the child was reaped already; its exit still comes below.
-                let pid = child.id();
-                if let Some(pid) = pid {
-                    let _ = std::fs::write(
-                        layout::pid_path(state_dir, &self.uid, &name),
-                        pid.to_string(),
-                    );
-                }
                 if restart {
                     c.restarts += 1;
                 }
-                c.pid = pid;
-                c.state = State::Running {
-                    started_at: now(),
-                    since: Instant::now(),
-                };
-                let start = Instant::now();
-                for kind in PROBE_KINDS {
-                    if let Some(p) = kind.of(&c.spec) {
-                        let t = Timing::of(p);
-                        c.verdicts.insert(kind, Verdict::new(kind, t));
-                        c.next_probe.insert(kind, start + t.initial_delay);
-                    }
-                }
-                let (tx, run) = (self.tx.clone(), c.run);
-                tokio::spawn(async move {
-                    let status = child.wait().await;
-                    let (code, signal) = match status {
-                        Ok(s) => {
-                            use std::os::unix::process::ExitStatusExt;
-                            (s.code(), s.signal())
-                        }
-                        Err(_) => (None, None),
-                    };
-                    let _ = tx.send(Msg::Exited {
-                        idx,
-                        run,
-                        code,
-                        signal,
-                    });
-                });
+                let tx = self.tx.clone();
+                running(c, idx, started, now(), state_dir, &self.uid, tx);
                 let (pulled, created, started) = (
                     pulled.unwrap_or_else(|| {
                         format!("Container image \"{image}\" already present on machine")
@@ -1176,6 +1256,10 @@ impl Worker {
     /// Stops whatever still runs and removes the sandbox; what else goes depends on `why`.
     async fn teardown(&mut self, why: Teardown) {
         let state_dir = &self.shared.config.state_dir;
+        if why == Teardown::AgentStops && self.shared.config.keep_pods_on_exit {
+            // The shims hold the containers; the next agent adopts them.
+            return;
+        }
         for c in &mut self.containers {
             if let Some(pid) = c.pid.take() {
                 self.shared.runtime.signal(pid, Signal::SIGKILL);
@@ -1472,6 +1556,51 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// Marks container `c` (number `idx`) running as `started` since `started_at`: its PID (in
+/// the pod's files too, for exec), fresh probes, and a task that reports its exit.
+fn running(
+    c: &mut Ctr,
+    idx: usize,
+    started: runtime::Started,
+    started_at: String,
+    state_dir: &std::path::Path,
+    uid: &str,
+    tx: mpsc::UnboundedSender<Msg>,
+) {
+    let _ = std::fs::write(
+        layout::pid_path(state_dir, uid, &c.spec.name),
+        started.pid.to_string(),
+    );
+    c.pid = Some(started.pid);
+    c.state = State::Running {
+        started_at,
+        since: Instant::now(),
+    };
+    let start = Instant::now();
+    for kind in PROBE_KINDS {
+        if let Some(p) = kind.of(&c.spec) {
+            let t = Timing::of(p);
+            c.verdicts.insert(kind, Verdict::new(kind, t));
+            c.next_probe.insert(kind, start + t.initial_delay);
+        }
+    }
+    let run = c.run;
+    tokio::spawn(async move {
+        let (code, signal) = started.exit.wait().await;
+        let _ = tx.send(Msg::Exited {
+            idx,
+            run,
+            code,
+            signal,
+        });
+    });
+}
+
+/// The run number in a container ID this agent reported (`berth://<uid>-<name>-<run>`).
+fn run_of(container_id: &str) -> Option<u64> {
+    container_id.rsplit_once('-')?.1.parse().ok()
+}
+
 /// The restart count an earlier agent reported, so that restarting a pod after the agent
 /// restarts counts as one more restart.
 fn previous_restarts(pod: &Pod, container: &str, init: bool) -> i32 {
@@ -1704,6 +1833,13 @@ fn hosts_file(pod: &Pod, ns: &str, ip: Ipv4Addr) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn runs_come_from_container_ids() {
+        assert_eq!(super::run_of("berth://0a1b-2c3d-web-7"), Some(7));
+        assert_eq!(super::run_of("berth://0a1b-web"), None);
+        assert_eq!(super::run_of(""), None);
+    }
+
     use super::*;
 
     #[test]

@@ -68,6 +68,13 @@ pub enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// `berth container-shim --state FILE --exit FILE -- COMMAND...`: holds one container so
+    /// it outlives the agent.
+    #[command(hide = true)]
+    ContainerShim {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// `berth image ...`, as `ctr images` and `crictl images`.
@@ -324,6 +331,12 @@ pub struct AgentArgs {
     /// Repeatable.
     #[arg(long = "registry-ca", value_name = "FILE")]
     pub registry_ca: Vec<std::path::PathBuf>,
+    /// Leave the node's pods running when berth stops on purpose (SIGTERM, ^C): each
+    /// container is held by a small shim process, and the next agent on this data directory
+    /// takes them on (same processes, restart counts, logs). Without it, stopping berth
+    /// stops its pods. A crash or SIGKILL leaves them running either way.
+    #[arg(long)]
+    pub keep_pods_on_exit: bool,
 }
 
 /// Where a standalone component finds the API server.

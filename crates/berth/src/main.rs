@@ -18,6 +18,12 @@ use tracing::Instrument;
 
 fn main() -> std::process::ExitCode {
     let started = Instant::now();
+    // The shim comes first, before the subscriber and the parser: it is on every container
+    // start's path (`berth container-shim --state F --exit F -- COMMAND...`).
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("container-shim") {
+        return berth_agent::shim::main_for(&argv[2..]);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -37,6 +43,9 @@ fn main() -> std::process::ExitCode {
     }
     // Keys, the store (every Secret), pod logs: nothing berth writes is for other users.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    if let Cmd::ContainerShim { args } = &cli.cmd {
+        return berth_agent::shim::main_for(args);
+    }
     if let Cmd::Image(cmd) = &cli.cmd {
         return report(image(cmd));
     }
@@ -59,7 +68,10 @@ fn main() -> std::process::ExitCode {
             Cmd::Netpol(args) => netpol(args).await,
             Cmd::Cleanup(args) => cleanup(args).await,
             Cmd::Ingress(args) => ingress(args).await,
-            Cmd::Workload { .. } | Cmd::ContainerInit { .. } | Cmd::Image(_) => Ok(()),
+            Cmd::Workload { .. }
+            | Cmd::ContainerInit { .. }
+            | Cmd::ContainerShim { .. }
+            | Cmd::Image(_) => Ok(()),
         }
     });
     report(result)
@@ -827,6 +839,7 @@ fn agent_config(
             timeout: None,
             extra_roots: berth_image::pull::read_roots(&args.registry_ca)?,
         },
+        keep_pods_on_exit: args.keep_pods_on_exit,
     };
     berth_apiserver::files::private_dir(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;

@@ -387,6 +387,7 @@ impl Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+        kill_holders(&self.data_dir().join("agent"));
         if self.node.is_some() {
             for ns in self.pod_netns() {
                 let _ = Command::new("ip").args(["netns", "del", &ns]).status();
@@ -430,6 +431,13 @@ impl Cluster {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Starts the server again on the same port and data after [`Cluster::kill`], leaving
+    /// what the killed one left (pods held by their shims) for it to take on.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "start_again after kill");
+        self.spawn();
     }
 
     /// Stops and starts the server on the same port and data.
@@ -549,6 +557,73 @@ impl Drop for Cluster {
     }
 }
 
+/// Kills the containers that the agent with state in `state_dir` left running under their
+/// shims (`pods/<uid>/<container>.shim`, which name the shim and the container's first
+/// process), and the shims: a shim left its parent's session, so killing the agent leaves
+/// it. Only processes that are still those shims and their children are signalled; an image
+/// container's init (the child of `runc run`, in a session of its own) is killed first.
+pub fn kill_holders(state_dir: &Path) {
+    let Ok(pods) = std::fs::read_dir(state_dir.join("pods")) else {
+        return;
+    };
+    let stat = |pid: u64| -> Option<(u64, u64)> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (_, rest) = text.rsplit_once(')')?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // (parent PID, start time): fields 4 and 22, counted from field 3 after the name.
+        Some((f.get(1)?.parse().ok()?, f.get(19)?.parse().ok()?))
+    };
+    let kill = |pid: u64, group: bool| {
+        if let Ok(p) = i32::try_from(pid)
+            && p > 1
+        {
+            let p = nix::unistd::Pid::from_raw(p);
+            let _ = match group {
+                true => nix::sys::signal::killpg(p, nix::sys::signal::Signal::SIGKILL),
+                false => nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL),
+            };
+        }
+    };
+    for pod in pods.flatten() {
+        let Ok(files) = std::fs::read_dir(pod.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            if f.path().extension().is_none_or(|x| x != "shim") {
+                continue;
+            }
+            let Some(held) = std::fs::read(f.path())
+                .ok()
+                .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+            else {
+                continue;
+            };
+            let field = |k: &str| held.get(k).and_then(serde_json::Value::as_u64);
+            let (Some(shim), Some(start), Some(pid)) =
+                (field("shim"), field("shim_start"), field("pid"))
+            else {
+                continue;
+            };
+            if stat(shim).map(|s| s.1) != Some(start) {
+                continue;
+            }
+            if stat(pid).map(|s| s.0) == Some(shim) {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                if comm.trim() == "runc" {
+                    let children =
+                        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                            .unwrap_or_default();
+                    for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                        kill(c, false);
+                    }
+                }
+                kill(pid, true);
+            }
+            kill(shim, false);
+        }
+    }
+}
+
 /// The node name clusters started on a [`Node`] give their agent.
 pub const NODE_NAME: &str = "node-1";
 
@@ -596,6 +671,14 @@ impl Process {
     pub fn assert_running(&mut self) {
         if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
             panic!("{} exited with {status}:\n{}", self.what, self.output());
+        }
+    }
+
+    /// Sends SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 

@@ -119,6 +119,37 @@ impl Sandbox {
         Ok(sandbox)
     }
 
+    /// The sandbox an earlier agent made for `pod_uid` at `ip` in `subnet`, whose pod it
+    /// adopts with its running containers, one of which has process `pid` in the pod's
+    /// namespace; fails with [`Error::SandboxMissing`] when that namespace is gone and with
+    /// [`Error::LinkNotFound`] when its veth is (the node's namespace was made afresh). Only
+    /// the namespace's name may be made again (see `netns::restore`).
+    pub async fn existing(
+        pod_uid: &str,
+        pod_name: &str,
+        ip: Ipv4Addr,
+        subnet: Ipv4Net,
+        pid: u32,
+    ) -> Result<Sandbox> {
+        let names = SandboxNames::for_uid(pod_uid)?;
+        if !netns::exists(&names.netns) {
+            return Err(Error::SandboxMissing { netns: names.netns });
+        }
+        netns::restore(&names.netns, pid)?;
+        let veth = names.host_veth.clone();
+        on_thread(move || async move {
+            let handle = netns::connect()?;
+            netns::require_link(&handle, &veth).await.map(drop)
+        })
+        .await?;
+        Ok(Sandbox {
+            pod_uid: pod_uid.to_owned(),
+            pod_name: pod_name.to_owned(),
+            ip: Ipv4Net::new(ip, subnet.prefix_len()).unwrap_or(subnet),
+            names,
+        })
+    }
+
     /// Removes the sandbox of `pod_uid` (veth pair and namespace) if any of it exists; for an
     /// agent that restarted and holds no [`Sandbox`] value. Processes still in the namespace
     /// keep it alive but lose their network.

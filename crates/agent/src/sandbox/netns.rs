@@ -82,6 +82,51 @@ pub(crate) fn del_shared(netns: &str) -> Result<()> {
     }
 }
 
+/// Makes `/run/netns/NAME` name the network namespace process `pid` is in, and the pod's
+/// [`shared_path`]s its UTS and IPC namespaces, unless they do already. An agent started in a
+/// mount namespace of its own (`ip netns exec`) does not see the bind mounts an earlier agent
+/// made in its own; the namespaces live on while the pod's processes are in them, and a bind
+/// mount of theirs names them again.
+pub(crate) fn restore(name: &str, pid: u32) -> Result<()> {
+    pin(name, pid, "net", &path(name))?;
+    let uts = shared_path(name, "uts");
+    if let Some(dir) = uts.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| Error::SharedNamespace {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    pin(name, pid, "uts", &uts)?;
+    pin(name, pid, "ipc", &shared_path(name, "ipc"))
+}
+
+/// Bind-mounts process `pid`'s namespace of `kind` on `p`, unless `p` names it already.
+fn pin(name: &str, pid: u32, kind: &str, p: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = PathBuf::from(format!("/proc/{pid}/ns/{kind}"));
+    let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+    let fail = |source: std::io::Error| Error::RenameNetns {
+        netns: name.to_owned(),
+        pid,
+        source,
+    };
+    let theirs = std::fs::metadata(&ns).map(id).map_err(fail)?;
+    if std::fs::metadata(p).map(id).ok() == Some(theirs) {
+        return Ok(());
+    }
+    if !p.exists() {
+        std::fs::File::create(p).map_err(fail)?;
+    }
+    nix::mount::mount(
+        Some(&ns),
+        p,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| fail(std::io::Error::from(e)))
+}
+
 /// `ip netns add NAME`.
 pub(crate) fn add(name: &str) -> Result<()> {
     ip(&["netns", "add", name])

@@ -2,6 +2,7 @@
 //! store and once with etcd. One test binary, a module per feature; the harness is
 //! `berth-testkit`.
 
+mod adopt;
 mod agent;
 mod apiproxy;
 mod builtin;
