@@ -75,7 +75,7 @@ pub enum Error {
     SandboxExists { netns: String },
     #[error("network namespace {netns} is gone")]
     SandboxMissing { netns: String },
-    #[error("naming the network namespace of process {pid} {netns} again")]
+    #[error("naming the namespaces of process {pid} (pod network namespace {netns}) again")]
     RenameNetns {
         netns: String,
         pid: u32,
