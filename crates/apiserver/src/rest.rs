@@ -402,6 +402,11 @@ async fn list(srv: &Server, t: &Target, params: &Params, filter: &Filter) -> Res
     let r = t.resource;
     let mut items = Vec::new();
     let (revision, next) = list_items(srv, t, params, |kv| {
+        // Objects a selector leaves out are not decoded whole (events.k8s.io's selectors name
+        // the converted form's fields).
+        if !is_events_v1(r) && !filter.matches_stored(kv)? {
+            return Ok(false);
+        }
         let obj = decode_as(r, kv)?;
         let keep = filter.matches(&obj);
         if keep {

@@ -114,6 +114,9 @@ pub async fn serve(
             }
         } else {
             for kv in &listed.items {
+                if !is_events_v1(r) && !filter.matches_stored(kv)? {
+                    continue;
+                }
                 let obj = decode_as(r, kv)?;
                 if filter.matches(&obj) {
                     initial.push(obj);
