@@ -67,7 +67,7 @@ on_both_stores!(selectors_page_and_start_watches, |c: &Cluster| {
     let next = get(&format!("{base}&continue={token}"));
     assert_eq!(names(&next), ["cm-03"], "{next}");
     let fields = get(
-        "/api/v1/namespaces/default/configmaps?fieldSelector=metadata.name!%3Dcm-00,metadata.namespace%3Ddefault&labelSelector=batch%20notin%20(1)",
+        "/api/v1/namespaces/default/configmaps?fieldSelector=metadata.name!%3Dcm-00,metadata.namespace%3Ddefault&labelSelector=batch,batch%20notin%20(1)",
     );
     assert_eq!(names(&fields), ["cm-02", "cm-04"], "{fields}");
     // A watch with a selector starts with the matching objects only.
