@@ -194,11 +194,14 @@ def ryw(kubeconfig, dns, n):
 
 def lists(kubeconfig, n, selector=True):
     """n LISTs of every Service (one keep-alive connection, as a client's relist), then the
-    same with a label selector (the decoded path): p50/min/max and the response size."""
+    same with a label selector and with a field selector, all selecting every Service:
+    p50/min/max and the response size."""
     api = Api(kubeconfig)
     paths = [("LIST services", "/api/v1/services")]
     if selector:
         paths.append(("LIST services?labelSelector=x!=y", "/api/v1/services?labelSelector=x!%3Dy"))
+        paths.append(("LIST services?fieldSelector=metadata.name!=y",
+                      "/api/v1/services?fieldSelector=metadata.name!%3Dy"))
     for label, path in paths:
         times, size = [], 0
         for _ in range(n):

@@ -14,7 +14,7 @@
 # Memory is read SETTLE seconds after each component is synced. MB here is 10^6 bytes, as the
 # goals are written; MiB are also printed.
 #   With `list` in PARTS: the server's RSS, LISTS (10) LISTs of every Service, p50/min/max, then
-#   (unless SELECTOR=0) as many with a label selector, and the server's RSS again.
+#   (unless SELECTOR=0) as many with a label selector and with a field selector, and the server's RSS again.
 # Env: SERVICES=10000 RYW=200 SETTLE=3 PARTS="proxy dns" (which components to start; or "list") BERTH_BIN=<release build here> KEEP=1 (keep logs)
 #      PROXY_ENV / DNS_ENV: extra environment for each process (e.g. "MALLOC_ARENA_MAX=2").
 # Needs (Debian): iproute2 nftables python3 python3-yaml (scripts/deps.sh).

@@ -89,9 +89,9 @@ pub async fn serve(
     };
 
     // resourceVersion "" or "0" (or sendInitialEvents) starts with the current state. Plain
-    // JSON watches of every object send the stored bytes as they are (see `rawjson`); the
-    // rest decode each object to filter or render it.
-    let raw = !as_table && !metadata && filter.is_everything() && !is_events_v1(r);
+    // JSON watches send the stored bytes as they are (see `rawjson`), selectors decoding only
+    // the members they read; the rest decode each object to filter or render it.
+    let raw = !as_table && !metadata && !is_events_v1(r);
     let mut initial = Vec::new();
     let mut initial_raw = Vec::new();
     let from = if rv_param.is_empty() || rv_param == "0" || send_initial {
@@ -107,9 +107,16 @@ pub async fn serve(
             )
             .await?;
         if raw {
-            initial_raw = listed.items;
+            for kv in listed.items {
+                if filter.matches_stored(&kv)? {
+                    initial_raw.push(kv);
+                }
+            }
         } else {
             for kv in &listed.items {
+                if !is_events_v1(r) && !filter.matches_stored(kv)? {
+                    continue;
+                }
                 let obj = decode_as(r, kv)?;
                 if filter.matches(&obj) {
                     initial.push(obj);
