@@ -63,6 +63,19 @@ fn push_busybox(c: &Cluster, node: &Node, reference: &str, cmd: &str, extra: &[&
     side
 }
 
+/// `kubectl create secret docker-registry regcred` for the registry's user `puller`.
+fn regcred(c: &Cluster, reg: &Registry) {
+    c.ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        &format!("--docker-server={}", reg.addr),
+        "--docker-username=puller",
+        "--docker-password=s3cret",
+    ]);
+}
+
 fn waiting_reason(c: &Cluster, pod: &str) -> String {
     c.ok(&[
         "get",
@@ -285,15 +298,7 @@ fn image_pull_secrets_authenticate_to_the_registry() {
     );
 
     c.wait_node_ready();
-    c.ok(&[
-        "create",
-        "secret",
-        "docker-registry",
-        "regcred",
-        &format!("--docker-server={}", reg.addr),
-        "--docker-username=puller",
-        "--docker-password=s3cret",
-    ]);
+    regcred(&c, &reg);
     c.apply(&pod("anonymous", &tag, ""));
     c.apply(&pod(
         "authed",
@@ -559,15 +564,7 @@ fn bearer_token_auth_through_the_registry_s_token_service() {
     // The agent gets its token with the pod's imagePullSecrets.
     let before = issued.load(std::sync::atomic::Ordering::SeqCst);
     c.wait_node_ready();
-    c.ok(&[
-        "create",
-        "secret",
-        "docker-registry",
-        "regcred",
-        &format!("--docker-server={}", reg.addr),
-        "--docker-username=puller",
-        "--docker-password=s3cret",
-    ]);
+    regcred(&c, &reg);
     c.apply(&pod(
         "bearer",
         &tag,
