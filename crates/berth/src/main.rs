@@ -43,9 +43,6 @@ fn main() -> std::process::ExitCode {
     }
     // Keys, the store (every Secret), pod logs: nothing berth writes is for other users.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    if let Cmd::ContainerShim { args } = &cli.cmd {
-        return berth_agent::shim::main_for(args);
-    }
     if let Cmd::Image(cmd) = &cli.cmd {
         return report(image(cmd));
     }

@@ -31,7 +31,11 @@ pub fn exists(name: &str) -> bool {
 /// (`ipc`) namespace, which all its containers join, as they join the pause container's in
 /// Kubernetes: `/run/berth/ns/<netns>/<kind>`, an nsfs bind mount.
 pub fn shared_path(netns: &str, kind: &str) -> PathBuf {
-    PathBuf::from("/run/berth/ns").join(netns).join(kind)
+    shared_dir(netns).join(kind)
+}
+
+fn shared_dir(netns: &str) -> PathBuf {
+    PathBuf::from("/run/berth/ns").join(netns)
 }
 
 /// Makes the pod's shared UTS and IPC namespaces ([`shared_path`]): `unshare --uts=FILE
@@ -42,9 +46,8 @@ pub(crate) fn add_shared(netns: &str) -> Result<()> {
         let path = path.clone();
         move |source| Error::SharedNamespace { path, source }
     };
-    if let Some(dir) = uts.parent() {
-        std::fs::create_dir_all(dir).map_err(io(&dir.to_path_buf()))?;
-    }
+    let dir = shared_dir(netns);
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     for file in [&uts, &ipc] {
         std::fs::File::create(file).map_err(io(file))?;
     }
@@ -60,7 +63,7 @@ pub(crate) fn add_shared(netns: &str) -> Result<()> {
 
 /// Unmounts and removes the pod's shared namespaces; what is already gone is not an error.
 pub(crate) fn del_shared(netns: &str) -> Result<()> {
-    let dir = PathBuf::from("/run/berth/ns").join(netns);
+    let dir = shared_dir(netns);
     for kind in ["uts", "ipc"] {
         // EINVAL: not a mount point (never made, or already unmounted).
         match nix::mount::umount2(&dir.join(kind), nix::mount::MntFlags::MNT_DETACH) {
@@ -89,14 +92,12 @@ pub(crate) fn del_shared(netns: &str) -> Result<()> {
 /// mount of theirs names them again.
 pub(crate) fn restore(name: &str, pid: u32) -> Result<()> {
     pin(name, pid, "net", &path(name))?;
-    let uts = shared_path(name, "uts");
-    if let Some(dir) = uts.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| Error::SharedNamespace {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-    }
-    pin(name, pid, "uts", &uts)?;
+    let dir = shared_dir(name);
+    std::fs::create_dir_all(&dir).map_err(|source| Error::SharedNamespace {
+        path: dir.clone(),
+        source,
+    })?;
+    pin(name, pid, "uts", &shared_path(name, "uts"))?;
     pin(name, pid, "ipc", &shared_path(name, "ipc"))
 }
 
