@@ -2,6 +2,7 @@
 //! Service with a selector: the addresses of its ready and not-ready Pods, grouped by the set
 //! of ports they serve, in the canonical layout of upstream's `endpoints.RepackSubsets`.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
@@ -26,7 +27,7 @@ pub const MAX_ENDPOINTS_CAPACITY: usize = 1000;
 ///
 /// None means the controller leaves the Endpoints of this name alone: Services of type
 /// ExternalName and Services without a selector (whose Endpoints users write themselves).
-pub fn desired_endpoints(svc: &Service, pods: &[Pod]) -> Option<Endpoints> {
+pub fn desired_endpoints<P: Borrow<Pod>>(svc: &Service, pods: &[P]) -> Option<Endpoints> {
     if is_external_name(svc) {
         return None;
     }

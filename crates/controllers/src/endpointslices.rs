@@ -2,6 +2,7 @@
 //! reconciler for Services with selectors (`k8s.io/endpointslice`) and the mirroring
 //! controller that copies user-written Endpoints of selector-less Services.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -66,9 +67,9 @@ impl SliceChanges {
 ///
 /// Nothing changes for ExternalName and selector-less Services. `max_per_slice` caps the
 /// endpoints per slice ([`DEFAULT_MAX_ENDPOINTS_PER_SLICE`] upstream; 0 counts as 1).
-pub fn desired_slices(
+pub fn desired_slices<P: Borrow<Pod>>(
     svc: &Service,
-    pods: &[Pod],
+    pods: &[P],
     existing: &[EndpointSlice],
     max_per_slice: usize,
 ) -> SliceChanges {
@@ -1127,7 +1128,7 @@ mod tests {
         let mirrored =
             mirrored_slices(&endpoints, &svc(json!({"spec": {"selector": null}})), &[]).create;
         assert_eq!(mirrored.len(), 1);
-        let changes = desired_slices(&svc(json!({})), &[], &mirrored, 100);
+        let changes = desired_slices::<Pod>(&svc(json!({})), &[], &mirrored, 100);
         assert_eq!(changes.delete.len(), 1, "{changes:?}");
         assert_eq!(
             label(&changes.delete[0], MANAGED_BY_LABEL),

@@ -1,6 +1,7 @@
 //! Facts about Services and Pods that the Endpoints and EndpointSlice controllers share, with
 //! the rules of upstream's `k8s.io/endpointslice/util` and `api/v1/pod` helpers.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -41,13 +42,14 @@ pub(crate) fn service_selector(svc: &Service) -> Option<Selector> {
 }
 
 /// The Pods of `pods` that live in the Service's namespace and match its selector.
-pub(crate) fn selected_pods<'a>(
+/// (Generic over `Borrow` so the controllers pass the cache's shared Pods without cloning.)
+pub(crate) fn selected_pods<'a, P: Borrow<Pod>>(
     svc: &'a Service,
     selector: &'a Selector,
-    pods: &'a [Pod],
+    pods: &'a [P],
 ) -> impl Iterator<Item = &'a Pod> + 'a {
     let empty = BTreeMap::new();
-    pods.iter().filter(move |pod| {
+    pods.iter().map(Borrow::borrow).filter(move |pod| {
         namespace(&pod.metadata) == namespace(&svc.metadata)
             && selector.matches(pod.metadata.labels.as_ref().unwrap_or(&empty))
     })

@@ -226,7 +226,8 @@ pub(crate) fn service_controller(
 
 /// The Pods of `svc`'s namespace that its selector picks, cloned for the pure functions:
 /// found through the label index, checked against the cache.
-pub(crate) fn selected_pods(ctx: &Ctx, svc: &Service) -> Vec<Pod> {
+/// Shared, not cloned: a reconcile reads them and drops them.
+pub(crate) fn selected_pods(ctx: &Ctx, svc: &Service) -> Vec<Arc<Pod>> {
     let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
     let Some(sel) = svc
         .spec
@@ -242,7 +243,6 @@ pub(crate) fn selected_pods(ctx: &Ctx, svc: &Service) -> Vec<Pod> {
         .iter()
         .filter_map(|n| ctx.pods.get(&ObjectRef::new(n).within(ns)))
         .filter(|p| map_selects(sel, p.metadata.labels.as_ref().unwrap_or(&empty)))
-        .map(|p| (*p).clone())
         .collect()
 }
 
