@@ -170,6 +170,10 @@ pub fn serve(
     channel_session(req, move |ws| session(ws, pid, opts))
 }
 
+/// How long a channel session waits after the upgrade before its first frame can go out
+/// (see `channel_session`).
+const CLIENT_STREAMS_SETTLE: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// The websocket a channel-protocol session runs on.
 pub(super) type ChannelSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -189,6 +193,13 @@ where
             Ok(io) => {
                 let ws =
                     WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None).await;
+                // client-go's websocket executor starts reading before it has registered its
+                // streams, and drops a frame for a stream it does not know yet (then fails
+                // with "closed all streams" if the close came too). A command that answers
+                // within microseconds of the 101 (nsenter is that fast) loses its output on
+                // a loaded machine; kubelet's exec through the CRI is never that quick. So
+                // the session starts a moment after the upgrade.
+                tokio::time::sleep(CLIENT_STREAMS_SETTLE).await;
                 session(ws).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
