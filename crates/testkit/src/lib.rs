@@ -562,6 +562,8 @@ impl Drop for Cluster {
 /// process), and the shims: a shim left its parent's session, so killing the agent leaves
 /// it. Only processes that are still those shims and their children are signalled; an image
 /// container's init (the child of `runc run`, in a session of its own) is killed first.
+/// A pod's PID-namespace holder (`shareProcessNamespace`, recorded in
+/// `/run/berth/ns/berth-pod-<12 hex of uid>/pause.json`) goes too, checked by its start time.
 pub fn kill_holders(state_dir: &Path) {
     let Ok(pods) = std::fs::read_dir(state_dir.join("pods")) else {
         return;
@@ -585,6 +587,28 @@ pub fn kill_holders(state_dir: &Path) {
         }
     };
     for pod in pods.flatten() {
+        let hex: String = pod
+            .file_name()
+            .to_string_lossy()
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .map(|c| c.to_ascii_lowercase())
+            .take(12)
+            .collect();
+        let pause = Path::new("/run/berth/ns")
+            .join(format!("berth-pod-{hex}"))
+            .join("pause.json");
+        if let Some(p) = std::fs::read(&pause)
+            .ok()
+            .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+        {
+            let field = |k: &str| p.get(k).and_then(serde_json::Value::as_u64);
+            if let (Some(pid), Some(start)) = (field("pid"), field("start"))
+                && stat(pid).map(|s| s.1) == Some(start)
+            {
+                kill(pid, false);
+            }
+        }
         let Ok(files) = std::fs::read_dir(pod.path()) else {
             continue;
         };
