@@ -373,6 +373,28 @@ impl Cluster {
     /// agent first gets SIGTERM and a few seconds to stop its pods, and whatever pod netns it
     /// left is deleted by name.
     pub fn stop(&mut self) {
+        self.terminate();
+        kill_holders(&self.data_dir().join("agent"));
+        if self.node.is_some() {
+            for ns in self.pod_netns() {
+                let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+            }
+        }
+        if let Some(h) = &self.host {
+            // Whatever a server that did not stop cleanly left: berth's own cleanup.
+            let _ = self.cleanup_command(h).output();
+        }
+    }
+
+    /// Stops the server as [`Cluster::stop`] does but leaves what it leaves on purpose (pods
+    /// kept with `--keep-pods-on-exit`, the node they are on) for [`Cluster::start_again`].
+    pub fn stop_leaving_pods(&mut self) {
+        self.terminate();
+    }
+
+    /// SIGTERM to the server (in a node or host: it has a node to take down), SIGKILL after
+    /// 10 s.
+    fn terminate(&mut self) {
         if let Some(mut c) = self.child.take() {
             if self.node.is_some() || self.host.is_some() {
                 let _ = Command::new("kill")
@@ -386,16 +408,6 @@ impl Cluster {
             }
             let _ = c.kill();
             let _ = c.wait();
-        }
-        kill_holders(&self.data_dir().join("agent"));
-        if self.node.is_some() {
-            for ns in self.pod_netns() {
-                let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-            }
-        }
-        if let Some(h) = &self.host {
-            // Whatever a server that did not stop cleanly left: berth's own cleanup.
-            let _ = self.cleanup_command(h).output();
         }
     }
 
@@ -433,8 +445,8 @@ impl Cluster {
             .unwrap_or_default()
     }
 
-    /// Starts the server again on the same port and data after [`Cluster::kill`], leaving
-    /// what the killed one left (pods held by their shims) for it to take on.
+    /// Starts the server again on the same port and data after [`Cluster::kill`] (or
+    /// [`Cluster::stop_leaving_pods`]), leaving what the earlier one left (pods held by their shims) for it to take on.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "start_again after kill");
         self.spawn();
