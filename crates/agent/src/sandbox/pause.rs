@@ -46,7 +46,12 @@ pub fn state_path(netns: &str) -> PathBuf {
 
 /// The pod's running PID-namespace holder, if it has one.
 pub fn find(netns: &str) -> Option<Pause> {
-    let pause: Pause = serde_json::from_slice(&std::fs::read(state_path(netns)).ok()?).ok()?;
+    read(&state_path(netns))
+}
+
+/// The holder a state file names, if that process still runs.
+fn read(path: &Path) -> Option<Pause> {
+    let pause: Pause = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
     pause.alive().then_some(pause)
 }
 
@@ -223,4 +228,47 @@ fn empty_root(root: &Path) -> std::result::Result<(), String> {
     nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("letting the node's root go: {e}"))?;
     nix::unistd::chdir("/").map_err(|e| format!("entering /: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holder_is_found_only_while_it_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pause.json");
+        assert_eq!(read(&path), None);
+        let me = std::process::id();
+        let alive = Pause {
+            pid: me,
+            start: crate::shim::start_time(me).expect("runs"),
+        };
+        let write = |p: &Pause| {
+            std::fs::write(&path, serde_json::to_vec(p).expect("json")).expect("write");
+        };
+        write(&alive);
+        assert_eq!(read(&path), Some(alive));
+        // The PID now names another process.
+        write(&Pause {
+            start: alive.start + 1,
+            ..alive
+        });
+        assert_eq!(read(&path), None);
+        std::fs::write(&path, "{garbage").expect("write");
+        assert_eq!(read(&path), None);
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        for bad in [
+            &[][..],
+            &["--pause"][..],
+            &["--pause", "ns", "state"][..],
+            &["--bogus", "x"][..],
+        ] {
+            let args: Vec<String> = bad.iter().map(|s| (*s).to_owned()).collect();
+            assert_eq!(main_for(&args), ExitCode::from(127), "{bad:?}");
+        }
+    }
 }
