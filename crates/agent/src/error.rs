@@ -75,6 +75,8 @@ pub enum Error {
     SandboxExists { netns: String },
     #[error("network namespace {netns} is gone")]
     SandboxMissing { netns: String },
+    #[error("the PID namespace holder of {netns}: {message}")]
+    Pause { netns: String, message: String },
     #[error("naming the namespaces of process {pid} (pod network namespace {netns}) again")]
     RenameNetns {
         netns: String,

@@ -1,5 +1,6 @@
 //! `berth container-init`: the first program of every process container. It joins the pod's
-//! network, UTS and IPC namespaces and gives the container its own mount and PID ones. Its
+//! network, UTS and IPC namespaces and gives the container its own mount and PID ones (or
+//! joins the pod's PID namespace, held by its `sandbox::pause`, with `shareProcessNamespace`). Its
 //! root is an overlay of the node's root file system with a private, in-memory upper layer,
 //! so the container sees the node's programs but every write stays in the container; /tmp,
 //! /run, /root, /home, /var/tmp and /var/log start empty, berth's data directory is hidden,
@@ -272,6 +273,13 @@ fn reap(args: &[String]) -> ExitCode {
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
         return fail(format!("asking to die with the container's init: {e}"));
     }
+    // In the pod's shared PID namespace (whose PID 1 is the pod's pause) the container's
+    // orphans come to this process, which ends them when the command ends, as the end of a
+    // PID 1 would.
+    let shared = nix::unistd::getpid().as_raw() != 1;
+    if shared && let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        return fail(format!("becoming the container's subreaper: {e}"));
+    }
     // /proc as this namespace sees it: `ps` lists the pod's processes only.
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     if let Err(e) = mount(Some("proc"), "/proc", Some("proc"), flags, None::<&str>) {
@@ -303,8 +311,12 @@ fn reap(args: &[String]) -> ExitCode {
         match set.wait() {
             Ok(Signal::SIGCHLD) => loop {
                 match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::Exited(pid, code)) if pid == main => return exit_code(code),
+                    Ok(WaitStatus::Exited(pid, code)) if pid == main => {
+                        end_descendants(shared);
+                        return exit_code(code);
+                    }
                     Ok(WaitStatus::Signaled(pid, sig, _)) if pid == main => {
+                        end_descendants(shared);
                         return exit_code(128 + sig as i32);
                     }
                     Ok(WaitStatus::StillAlive) | Err(_) => break,
@@ -318,6 +330,34 @@ fn reap(args: &[String]) -> ExitCode {
             }
             Err(_) => {}
         }
+    }
+}
+
+/// Kills and reaps what is left of the container once its command ended, when the reaper is
+/// not its namespace's PID 1 (whose end would do that) but its subreaper: each round kills the
+/// children left (orphans of theirs come next) until none is.
+fn end_descendants(shared: bool) {
+    if !shared {
+        return;
+    }
+    let me = std::process::id();
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/self/task/{me}/children")).unwrap_or_default();
+        let children: Vec<i32> = children
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        if children.is_empty() {
+            while let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
+                waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG))
+            {}
+            return;
+        }
+        for c in children {
+            let _ = nix::sys::signal::kill(Pid::from_raw(c), Signal::SIGKILL);
+        }
+        let _ = waitpid(Pid::from_raw(-1), None);
     }
 }
 
@@ -375,6 +415,18 @@ fn enter(a: &InitArgs) -> Result<(), String> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => own |= flag,
             Err(e) => return Err(format!("opening {}: {e}", path.display())),
         }
+    }
+    // The pod's PID namespace when its containers share one (`shareProcessNamespace`): the
+    // reaper and the command, started next, run in it beside the other containers' processes.
+    let pid_ns = crate::sandbox::shared_ns_path(&a.netns, "pid");
+    match std::fs::File::open(&pid_ns) {
+        Ok(ns) => {
+            setns(&ns, CloneFlags::CLONE_NEWPID)
+                .map_err(|e| format!("joining {}: {e}", pid_ns.display()))?;
+            own.remove(CloneFlags::CLONE_NEWPID);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("opening {}: {e}", pid_ns.display())),
     }
     unshare(own).map_err(|e| format!("new mount and PID namespaces: {e}"))?;
     // Mounts made here must not reach the node's namespace.

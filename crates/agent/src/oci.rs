@@ -618,7 +618,7 @@ fn runtime_spec(
         capabilities.set_ambient(None);
         process.set_capabilities(Some(capabilities));
     }
-    // The pod's shared UTS and IPC namespaces, if its sandbox pinned them.
+    // The pod's shared UTS, IPC (and PID) namespaces, if its sandbox pinned them.
     let shared = |netns: &str, kind: &str| {
         Some(crate::sandbox::shared_ns_path(netns, kind)).filter(|p| p.exists())
     };
@@ -630,7 +630,8 @@ fn runtime_spec(
         b.build().map_err(|e| create_error(e.to_string()))
     };
     let namespaces = vec![
-        ns(LinuxNamespaceType::Pid, None)?,
+        // The pod's, held by its pause, with `shareProcessNamespace`; its own otherwise.
+        ns(LinuxNamespaceType::Pid, shared(spec.netns, "pid"))?,
         ns(
             LinuxNamespaceType::Network,
             Some(PathBuf::from("/run/netns").join(spec.netns)),

@@ -227,6 +227,9 @@ fn watch(
 /// `berth container-shim --state FILE --exit FILE -- COMMAND...`: see the module docs.
 /// Exits as the container did (128 + its signal), 127 when it could not start it.
 pub fn main_for(args: &[String]) -> ExitCode {
+    if args.first().is_some_and(|a| a.starts_with("--pause")) {
+        return crate::sandbox::pause::main_for(args);
+    }
     let fail = |e: String| {
         eprintln!("berth container-shim: {e}");
         ExitCode::from(127)
@@ -302,7 +305,7 @@ pub fn main_for(args: &[String]) -> ExitCode {
 
 /// Writes `data` to a temporary file beside `path`, then renames it over `path`: readers
 /// see the whole file or none.
-fn write_atomically(path: &Path, data: &[u8]) -> Result<(), String> {
+pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> Result<(), String> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);

@@ -501,6 +501,17 @@ impl Worker {
             }
             r => r?,
         };
+        let share = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.share_process_namespace);
+        if share == Some(true)
+            && let Err(e) = sandbox.share_pids(&shared.config.self_exe).await
+        {
+            let _ = Sandbox::destroy_pod(&self.uid).await;
+            return Err(e);
+        }
         write_etc(&shared.config, &sandbox, &self.pod, ip)?;
         let dir = layout::pod_dir(&shared.config.state_dir, &self.uid);
         std::fs::DirBuilder::new()

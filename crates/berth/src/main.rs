@@ -325,7 +325,15 @@ async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
         NodeMode::Current | NodeMode::None => None,
     };
     let result = serve(&args, started, node_net.as_ref()).await;
-    if let Some(net) = node_net {
+    if let Some(net) = node_net.as_ref()
+        && args.agent.keep_pods_on_exit
+    {
+        // The pods left running are on the node's bridge: the next start takes the node on.
+        println!(
+            "berth: left the node's namespace {} for the pods kept running",
+            net.plan().netns
+        );
+    } else if let Some(net) = node_net {
         let netns = net.plan().netns.clone();
         match net.remove().await {
             Ok(()) => tracing::info!(

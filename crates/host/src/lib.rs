@@ -6,8 +6,9 @@
 //! from the node leaving the host is masqueraded in a table of berth's own, as is pod
 //! traffic leaving the node (the bridge CNI plugin's `ipMasq`).
 //!
-//! [`NodeNet::create`] builds it all, [`NodeNet::remove`] takes it down, [`cleanup`] removes
-//! what a killed berth left. [`Plan`] is the pure part: names, addresses, overlap checks.
+//! [`NodeNet::create`] builds it all, or takes on the node an earlier berth left (so pods that
+//! outlived it keep their network) and makes what is missing of it again; [`NodeNet::remove`]
+//! takes it down, [`cleanup`] removes what a killed berth left. [`Plan`] is the pure part: names, addresses, overlap checks.
 
 pub mod dns;
 mod nat;
@@ -187,8 +188,9 @@ impl NodeNet {
     /// Makes the node: namespace (loopback up), veth pair with addresses, the node's default
     /// route via the host, host routes to `plan.routes`, the host's and the node's masquerade
     /// tables, and `net.ipv4.ip_forward=1` on the host (pods reach the outside through it).
-    /// What an earlier berth left under the same name is removed first, unless that berth
-    /// still runs. On failure, removes what it made.
+    /// An earlier berth's node under the same name is taken on when its namespace and both
+    /// ends of its link are there (pods left running on it keep their network), and removed
+    /// first otherwise; not while that berth still runs. On failure, removes what it made.
     pub async fn create(plan: Plan) -> Result<NodeNet> {
         if !nix::unistd::geteuid().is_root() {
             return Err(Error::NotRoot);
@@ -200,7 +202,21 @@ impl NodeNet {
             });
         }
         let host = connect()?;
-        if plan.netns_path().exists() || link_index(&host, &plan.host_link()).await?.is_some() {
+        let there = plan.netns_path().exists();
+        let link = link_index(&host, &plan.host_link()).await?;
+        if there && let Some(index) = link {
+            // Pods that outlived an earlier berth (`--keep-pods-on-exit`) are on its bridge.
+            match NodeNet::take_on(plan.clone(), &host, index).await {
+                Ok(node) => {
+                    tracing::info!(netns = %node.plan.netns, "took on the node namespace an earlier berth left");
+                    return Ok(node);
+                }
+                Err(e) => {
+                    tracing::info!(netns = %plan.netns, error = %e, "the node namespace an earlier berth left is not whole; making it afresh");
+                }
+            }
+        }
+        if there || link.is_some() {
             tracing::info!(netns = %plan.netns, "removing what an earlier berth left");
             cleanup(&plan).await?;
         }
@@ -273,6 +289,25 @@ impl NodeNet {
         cleanup(&self.plan).await.map(drop)
     }
 
+    /// The node an earlier berth made under this plan, whose namespace and host link (index
+    /// `index`) are there: what else is missing (addresses, routes, tables) is made again,
+    /// what is there is kept, so the pods on its bridge keep their network. Fails, changing
+    /// nothing that was whole, when the node's end of the link is gone.
+    async fn take_on(plan: Plan, host: &Handle, index: u32) -> Result<NodeNet> {
+        let ns = std::fs::File::open(plan.netns_path()).map_err(|source| Error::Open {
+            path: plan.netns_path(),
+            source,
+        })?;
+        let node = NodeNet { plan, ns };
+        node.in_node(|_| async move {
+            let handle = connect()?;
+            require_link(&handle, NODE_LINK).await.map(drop)
+        })?;
+        node.configure(host, index).await?;
+        write_pid(&node.plan)?;
+        Ok(node)
+    }
+
     async fn plumb(&self, host: &Handle) -> Result<()> {
         let p = &self.plan;
         let host_link = p.host_link();
@@ -293,10 +328,19 @@ impl NodeNet {
             .await
             .map_err(netlink(format!("creating veth {host_link}")))?;
         let index = require_link(host, &host_link).await?;
+        self.configure(host, index).await
+    }
+
+    /// Everything but the veth pair, on both sides; what is there already is left as it is
+    /// (an address or route that exists is no error), tables are replaced whole.
+    async fn configure(&self, host: &Handle, index: u32) -> Result<()> {
+        let p = &self.plan;
+        let host_link = p.host_link();
         add_address(host, index, p.host_ip(), p.link.prefix_len(), &host_link).await?;
         set_up(host, index, &host_link).await?;
         for dest in &p.routes {
-            host.route()
+            let added = host
+                .route()
                 .add(
                     RouteMessageBuilder::<Ipv4Addr>::new()
                         .destination_prefix(dest.network(), dest.prefix_len())
@@ -308,18 +352,30 @@ impl NodeNet {
                         .build(),
                 )
                 .execute()
-                .await
-                .map_err(netlink(format!(
-                    "adding a route to {dest} via {}",
-                    p.node_ip()
-                )))?;
+                .await;
+            exists_ok(added).map_err(netlink(format!(
+                "adding a route to {dest} via {}",
+                p.node_ip()
+            )))?;
         }
         nat::host_table(p)?;
         enable_forwarding()?;
         // The node's side, from a thread inside it.
-        let plan = p.clone();
+        self.in_node(|plan| async move {
+            plumb_node(&plan).await?;
+            nat::node_table(&plan)
+        })
+    }
+
+    /// Runs `work` on a thread inside the node's namespace, in a current-thread runtime.
+    fn in_node<F, Fut>(&self, work: F) -> Result<()>
+    where
+        F: FnOnce(Plan) -> Fut + Send,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let plan = self.plan.clone();
         let ns = self.ns.try_clone().map_err(|source| Error::Open {
-            path: p.netns_path(),
+            path: plan.netns_path(),
             source,
         })?;
         std::thread::scope(|s| {
@@ -334,12 +390,21 @@ impl NodeNet {
                     .enable_io()
                     .build()
                     .map_err(Error::Socket)?;
-                rt.block_on(plumb_node(&plan))?;
-                nat::node_table(&plan)
+                rt.block_on(work(plan))
             })
             .join()
             .map_err(|_| Error::Thread)?
         })
+    }
+}
+
+/// A netlink request whose object exists already (`EEXIST`) counts as done.
+fn exists_ok(
+    r: std::result::Result<(), rtnetlink::Error>,
+) -> std::result::Result<(), rtnetlink::Error> {
+    match r {
+        Err(rtnetlink::Error::NetlinkError(m)) if m.code.is_some_and(|c| c.get() == -17) => Ok(()),
+        r => r,
     }
 }
 
@@ -351,7 +416,8 @@ async fn plumb_node(p: &Plan) -> Result<()> {
     let lo = require_link(&node, "lo").await?;
     set_up(&node, lo, "lo").await?;
     set_up(&node, eth0, NODE_LINK).await?;
-    node.route()
+    let added = node
+        .route()
         .add(
             RouteMessageBuilder::<Ipv4Addr>::new()
                 .gateway(p.host_ip())
@@ -359,11 +425,11 @@ async fn plumb_node(p: &Plan) -> Result<()> {
                 .build(),
         )
         .execute()
-        .await
-        .map_err(netlink(format!(
-            "adding the default route via {}",
-            p.host_ip()
-        )))
+        .await;
+    exists_ok(added).map_err(netlink(format!(
+        "adding the default route via {}",
+        p.host_ip()
+    )))
 }
 
 /// Removes what a node under `plan` left on this host: the namespace (its links and
@@ -495,12 +561,12 @@ async fn add_address(
     prefix: u8,
     link: &str,
 ) -> Result<()> {
-    handle
+    let added = handle
         .address()
         .add(index, ip.into(), prefix)
         .execute()
-        .await
-        .map_err(netlink(format!("adding {ip}/{prefix} to {link}")))
+        .await;
+    exists_ok(added).map_err(netlink(format!("adding {ip}/{prefix} to {link}")))
 }
 
 async fn set_up(handle: &Handle, index: u32, link: &str) -> Result<()> {

@@ -373,6 +373,28 @@ impl Cluster {
     /// agent first gets SIGTERM and a few seconds to stop its pods, and whatever pod netns it
     /// left is deleted by name.
     pub fn stop(&mut self) {
+        self.terminate();
+        kill_holders(&self.data_dir().join("agent"));
+        if self.node.is_some() {
+            for ns in self.pod_netns() {
+                let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+            }
+        }
+        if let Some(h) = &self.host {
+            // Whatever a server that did not stop cleanly left: berth's own cleanup.
+            let _ = self.cleanup_command(h).output();
+        }
+    }
+
+    /// Stops the server as [`Cluster::stop`] does but leaves what it leaves on purpose (pods
+    /// kept with `--keep-pods-on-exit`, the node they are on) for [`Cluster::start_again`].
+    pub fn stop_leaving_pods(&mut self) {
+        self.terminate();
+    }
+
+    /// SIGTERM to the server (in a node or host: it has a node to take down), SIGKILL after
+    /// 10 s.
+    fn terminate(&mut self) {
         if let Some(mut c) = self.child.take() {
             if self.node.is_some() || self.host.is_some() {
                 let _ = Command::new("kill")
@@ -386,16 +408,6 @@ impl Cluster {
             }
             let _ = c.kill();
             let _ = c.wait();
-        }
-        kill_holders(&self.data_dir().join("agent"));
-        if self.node.is_some() {
-            for ns in self.pod_netns() {
-                let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-            }
-        }
-        if let Some(h) = &self.host {
-            // Whatever a server that did not stop cleanly left: berth's own cleanup.
-            let _ = self.cleanup_command(h).output();
         }
     }
 
@@ -433,8 +445,8 @@ impl Cluster {
             .unwrap_or_default()
     }
 
-    /// Starts the server again on the same port and data after [`Cluster::kill`], leaving
-    /// what the killed one left (pods held by their shims) for it to take on.
+    /// Starts the server again on the same port and data after [`Cluster::kill`] (or
+    /// [`Cluster::stop_leaving_pods`]), leaving what the earlier one left (pods held by their shims) for it to take on.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "start_again after kill");
         self.spawn();
@@ -562,6 +574,8 @@ impl Drop for Cluster {
 /// process), and the shims: a shim left its parent's session, so killing the agent leaves
 /// it. Only processes that are still those shims and their children are signalled; an image
 /// container's init (the child of `runc run`, in a session of its own) is killed first.
+/// A pod's PID-namespace holder (`shareProcessNamespace`, recorded in
+/// `/run/berth/ns/berth-pod-<12 hex of uid>/pause.json`) goes too, checked by its start time.
 pub fn kill_holders(state_dir: &Path) {
     let Ok(pods) = std::fs::read_dir(state_dir.join("pods")) else {
         return;
@@ -585,6 +599,28 @@ pub fn kill_holders(state_dir: &Path) {
         }
     };
     for pod in pods.flatten() {
+        let hex: String = pod
+            .file_name()
+            .to_string_lossy()
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .map(|c| c.to_ascii_lowercase())
+            .take(12)
+            .collect();
+        let pause = Path::new("/run/berth/ns")
+            .join(format!("berth-pod-{hex}"))
+            .join("pause.json");
+        if let Some(p) = std::fs::read(&pause)
+            .ok()
+            .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+        {
+            let field = |k: &str| p.get(k).and_then(serde_json::Value::as_u64);
+            if let (Some(pid), Some(start)) = (field("pid"), field("start"))
+                && stat(pid).map(|s| s.1) == Some(start)
+            {
+                kill(pid, false);
+            }
+        }
         let Ok(files) = std::fs::read_dir(pod.path()) else {
             continue;
         };

@@ -6,6 +6,7 @@
 mod bridge;
 mod ipam;
 mod netns;
+pub mod pause;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
@@ -148,6 +149,16 @@ impl Sandbox {
             ip: Ipv4Net::new(ip, subnet.prefix_len()).unwrap_or(subnet),
             names,
         })
+    }
+
+    /// Gives the pod one PID namespace for all its containers (`shareProcessNamespace`), held
+    /// by a [`pause`] process, pinned at `shared_ns_path(netns, "pid")`; removed with the
+    /// sandbox.
+    pub async fn share_pids(&self, self_exe: &std::path::Path) -> Result<pause::Pause> {
+        let (exe, netns) = (self_exe.to_owned(), self.names.netns.clone());
+        tokio::task::spawn_blocking(move || pause::start(&exe, &netns))
+            .await
+            .map_err(|_| Error::ThreadPanicked)?
     }
 
     /// Removes the sandbox of `pod_uid` (veth pair and namespace) if any of it exists; for an

@@ -62,9 +62,12 @@ pub(crate) fn add_shared(netns: &str) -> Result<()> {
 }
 
 /// Unmounts and removes the pod's shared namespaces; what is already gone is not an error.
+/// The PID-namespace holder of a pod that has one is killed first, which ends every process
+/// left in that namespace.
 pub(crate) fn del_shared(netns: &str) -> Result<()> {
+    super::pause::kill(netns);
     let dir = shared_dir(netns);
-    for kind in ["uts", "ipc"] {
+    for kind in ["uts", "ipc", "pid"] {
         // EINVAL: not a mount point (never made, or already unmounted).
         match nix::mount::umount2(&dir.join(kind), nix::mount::MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
@@ -86,7 +89,8 @@ pub(crate) fn del_shared(netns: &str) -> Result<()> {
 }
 
 /// Makes `/run/netns/NAME` name the network namespace process `pid` is in, and the pod's
-/// [`shared_path`]s its UTS and IPC namespaces, unless they do already. An agent started in a
+/// [`shared_path`]s its UTS and IPC namespaces (and the PID namespace of the pod's
+/// [`super::pause`] holder, if it has one), unless they do already. An agent started in a
 /// mount namespace of its own (`ip netns exec`) does not see the bind mounts an earlier agent
 /// made in its own; the namespaces live on while the pod's processes are in them, and a bind
 /// mount of theirs names them again.
@@ -98,11 +102,15 @@ pub(crate) fn restore(name: &str, pid: u32) -> Result<()> {
         source,
     })?;
     pin(name, pid, "uts", &shared_path(name, "uts"))?;
-    pin(name, pid, "ipc", &shared_path(name, "ipc"))
+    pin(name, pid, "ipc", &shared_path(name, "ipc"))?;
+    match super::pause::find(name) {
+        Some(pause) => pin(name, pause.pid, "pid", &shared_path(name, "pid")),
+        None => Ok(()),
+    }
 }
 
 /// Bind-mounts process `pid`'s namespace of `kind` on `p`, unless `p` names it already.
-fn pin(name: &str, pid: u32, kind: &str, p: &std::path::Path) -> Result<()> {
+pub(crate) fn pin(name: &str, pid: u32, kind: &str, p: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let ns = PathBuf::from(format!("/proc/{pid}/ns/{kind}"));
     let id = |m: std::fs::Metadata| (m.dev(), m.ino());

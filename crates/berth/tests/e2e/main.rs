@@ -20,6 +20,7 @@ mod kubectl;
 mod kubelet;
 mod lifecycle;
 mod netpol;
+mod pidns;
 mod raw;
 mod registry;
 mod restart;

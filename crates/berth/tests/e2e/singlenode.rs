@@ -262,6 +262,55 @@ fn a_restart_keeps_the_kubeconfig_and_the_pods_ips() {
     });
 }
 
+/// `--keep-pods-on-exit`: a server stopped on purpose leaves its node and pods, and the next
+/// start takes the node on instead of making it afresh, so the pod answers on its IP before,
+/// between and after, from the same process, never restarted.
+#[test]
+fn a_restart_keeping_pods_takes_on_the_node_and_its_pods() {
+    let mut c = Cluster::start_single_node(bin(), &["--keep-pods-on-exit"]);
+    c.ok(&["create", "deployment", "web", "--image=traefik/whoami"]);
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let ip = c.ok(&["get", "pods", "-o", "jsonpath={.items[0].status.podIP}"]);
+    let h = c.host().expect("single node");
+    let answers = |h: &Host| curl(h, &format!("http://{ip}/")).contains("Hostname: web-");
+    eventually("the pod to answer from the host", || {
+        answers(h).then_some(())
+    });
+    let pids = container_pids(&c);
+    assert!(!pids.is_empty());
+    let started = |pid: &u32| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+    let before: Vec<Option<String>> = pids.iter().map(started).collect();
+    c.stop_leaving_pods();
+    let h = c.host().expect("single node");
+    assert!(answers(h), "the pod answers while no server runs");
+    c.start_again();
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let h = c.host().expect("single node");
+    assert!(answers(h), "the pod answers after the restart");
+    let after: Vec<Option<String>> = pids.iter().map(started).collect();
+    // Field 22 (start time) and the PID: the same processes.
+    let start_of = |s: &Option<String>| {
+        s.as_ref()
+            .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().nth(19)?.to_owned()))
+    };
+    assert_eq!(
+        before.iter().map(start_of).collect::<Vec<_>>(),
+        after.iter().map(start_of).collect::<Vec<_>>(),
+        "the same containers run"
+    );
+    assert!(after.iter().all(Option::is_some));
+    assert_eq!(container_pids(&c), pids);
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={.items[0].status.containerStatuses[0].restartCount}"
+        ]),
+        "0"
+    );
+}
+
 /// The README's "Five minutes with berth" block, run as written from a folder holding the
 /// server's kubeconfig as `berth.kubeconfig` (what `scripts/run.sh` writes).
 #[test]
