@@ -91,13 +91,15 @@ impl Node {
     }
 }
 
-/// The owners with records at a name: almost always one.
+/// The owners with records at a name: almost always one. The rare list is boxed behind a
+/// thin pointer so the enum takes 16 bytes, not 24 (one per name: 40,000 at 10,000 Services).
 #[derive(Debug, Default)]
+#[allow(clippy::box_collection)]
 enum Owners {
     #[default]
     None,
     One(Owner),
-    Many(Box<[Owner]>),
+    Many(Box<Vec<Owner>>),
 }
 
 impl Owners {
@@ -105,7 +107,7 @@ impl Owners {
         match self {
             Self::None => &[],
             Self::One(o) => std::slice::from_ref(o),
-            Self::Many(all) => all,
+            Self::Many(all) => all.as_slice(),
         }
     }
 
@@ -118,7 +120,7 @@ impl Owners {
             other => {
                 let mut all = other.as_slice().to_vec();
                 all.push(owner);
-                Self::Many(all.into())
+                Self::Many(Box::new(all))
             }
         };
     }
@@ -136,7 +138,7 @@ impl Owners {
         *self = match rest.as_slice() {
             [] => Self::None,
             [one] => Self::One(*one),
-            _ => Self::Many(rest.into()),
+            _ => Self::Many(Box::new(rest)),
         };
     }
 }

@@ -169,3 +169,10 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_name_takes_at_most_40_bytes_in_the_table() {
+    // 10,000 Services make ~40,000 names; every 8 bytes here is ~0.5 MB of table.
+    assert!(std::mem::size_of::<NameEntry>() <= 40);
+    assert!(std::mem::size_of::<Owners>() <= 16);
+}
