@@ -1,6 +1,6 @@
 //! How `berth dns` run alone keeps its resident memory small: one malloc arena instead of one
 //! per thread, the heap's free pages handed back after a large (re)list, and the pages of the
-//! executable that only start-up used let go once the zone is in. glibc and Linux only: no
+//! executable and libraries that only start-up used let go once the zone is in. glibc and Linux only: no
 //! crate wraps `mallopt`, `malloc_trim` or `madvise` of our own mappings (`libc` declares
 //! them), so they are called here; elsewhere these do nothing.
 
@@ -28,10 +28,10 @@ pub fn return_freed_memory() {
     }
 }
 
-/// One mapping of `/proc/self/smaps` that may be let go: read-only, private, from `exe`,
-/// with no private copies of pages (relocated data such as `.data.rel.ro` has some, and
-/// must stay).
-fn clean_exe_mappings(smaps: &str, exe: &str) -> Vec<(usize, usize)> {
+/// The mappings of `/proc/self/smaps` that may be let go: read-only, private, of a file
+/// (the executable, the C library), with no private copies of pages (relocated data such as
+/// `.data.rel.ro` has some, and must stay).
+fn clean_file_mappings(smaps: &str) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut current: Option<(usize, usize)> = None;
     for line in smaps.lines() {
@@ -45,7 +45,7 @@ fn clean_exe_mappings(smaps: &str, exe: &str) -> Vec<(usize, usize)> {
             let perms = words.next().unwrap_or_default();
             let path = words.nth(3).unwrap_or_default();
             let readonly = perms.len() == 4 && !perms.contains('w') && perms.ends_with('p');
-            current = (readonly && path == exe && lo < hi).then_some((lo, hi));
+            current = (readonly && path.starts_with('/') && lo < hi).then_some((lo, hi));
         } else if first == "Anonymous:"
             && let Some(range) = current.take()
             && words.next() == Some("0")
@@ -56,30 +56,24 @@ fn clean_exe_mappings(smaps: &str, exe: &str) -> Vec<(usize, usize)> {
     out
 }
 
-/// Lets the kernel drop this process's page table entries for its executable's read-only,
-/// unmodified mappings (code and constants), so that what start-up alone ran (the kubeconfig,
-/// TLS set-up, decoding the first lists) no longer counts in the RSS; what runs later is
-/// faulted back in from the page cache, where the pages stay (they are the file's). Returns
-/// the bytes of mappings advised.
+/// Lets the kernel drop this process's page table entries for the read-only, unmodified
+/// mappings of its executable and libraries (code and constants), so that what start-up
+/// alone ran (the kubeconfig, TLS set-up, decoding the first lists) no longer counts in the
+/// RSS; what runs later is faulted back in from the page cache, where the pages stay (they
+/// are the files'). Returns the bytes of mappings advised.
 #[allow(unsafe_code)]
 pub fn release_startup_pages() -> usize {
     #[cfg(target_os = "linux")]
     {
-        let (Ok(exe), Ok(smaps)) = (
-            std::fs::read_link("/proc/self/exe"),
-            std::fs::read_to_string("/proc/self/smaps"),
-        ) else {
-            return 0;
-        };
-        let Some(exe) = exe.to_str() else {
+        let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
             return 0;
         };
         let mut advised = 0;
-        for (lo, hi) in clean_exe_mappings(&smaps, exe) {
-            // SAFETY: [lo, hi) is a whole read-only private mapping of our executable file
-            // with no private pages (smaps' Anonymous 0, and a read-only mapping cannot get
-            // any later), so dropping its page table entries changes no contents: every page
-            // reads back the same from the file. No pointer into it is written.
+        for (lo, hi) in clean_file_mappings(&smaps) {
+            // SAFETY: [lo, hi) is a whole read-only private mapping of a file with no private
+            // pages (smaps' Anonymous 0, and a read-only mapping cannot get any later), so
+            // dropping its page table entries changes no contents: every page reads back the
+            // same from the file's page cache, as it would have anyway. Nothing is written.
             let done = unsafe {
                 nix::libc::madvise(lo as *mut nix::libc::c_void, hi - lo, nix::libc::MADV_DONTNEED)
             };
@@ -98,7 +92,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_clean_read_only_mappings_of_the_executable() {
+    fn only_clean_read_only_file_mappings() {
         let smaps = "\
 55d0a0000000-55d0a0100000 r--p 00000000 fe:01 12 /usr/bin/berth
 Size:               1024 kB
@@ -117,15 +111,17 @@ Size:               2048 kB
 Anonymous:             0 kB
 7f0000300000-7f0000400000 rw-p 00000000 00:00 0
 Anonymous:             4 kB
+7ffd00000000-7ffd00002000 r-xp 00000000 00:00 0                          [vdso]
+Anonymous:             0 kB
 ";
         assert_eq!(
-            clean_exe_mappings(smaps, "/usr/bin/berth"),
+            clean_file_mappings(smaps),
             [
                 (0x55d0_a000_0000, 0x55d0_a010_0000),
-                (0x55d0_a010_0000, 0x55d0_a040_0000)
+                (0x55d0_a010_0000, 0x55d0_a040_0000),
+                (0x7f00_0000_0000, 0x7f00_0020_0000),
             ]
         );
-        assert!(clean_exe_mappings(smaps, "/other").is_empty());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 
 use hashbrown::HashTable;
 use hickory_proto::rr::rdata::{SOA, TXT};
@@ -200,7 +201,7 @@ impl SliceEntry {
     pub fn of(slice: &EndpointSlice) -> Option<SliceEntry> {
         let key = ServiceKey::of(&slice.metadata)?;
         Some(SliceEntry {
-            key: (key.namespace, key.name),
+            key: (key.namespace.to_string(), key.name),
             view: SliceView::from_slice(slice),
         })
     }
@@ -273,6 +274,10 @@ pub struct Zone {
     slice_service: HashMap<Box<str>, u32>,
     /// Namespaces by name, each making its `<ns>.svc.<zone>` name exist.
     namespaces: HashSet<Box<str>>,
+    /// One copy of each namespace and port name the Services and slices use (10,000 Services
+    /// in a few namespaces with ports all called `http` would otherwise keep 30,000 copies);
+    /// those no longer used are dropped after each (re)list.
+    strings: HashSet<Arc<str>>,
     /// While one Service's names are recompiled: its records by wire name, so that answering
     /// each of its names does not compile the Service again.
     scratch: Option<(Owner, Records)>,
@@ -336,6 +341,7 @@ impl Zone {
             by_key: HashTable::new(),
             slice_service: HashMap::new(),
             namespaces: HashSet::new(),
+            strings: HashSet::new(),
             scratch: None,
             origin,
         };
@@ -656,8 +662,31 @@ impl Zone {
         }
     }
 
+    /// Makes `s` the zone's shared copy of its text.
+    fn intern(&mut self, s: &mut Arc<str>) {
+        match self.strings.get(&**s) {
+            Some(shared) => *s = shared.clone(),
+            None => {
+                self.strings.insert(s.clone());
+            }
+        }
+    }
+
+    fn intern_ports(&mut self, ports: &mut [records::PortView]) {
+        for port in ports {
+            self.intern(&mut port.name);
+        }
+    }
+
+    /// Forgets shared strings nothing uses any more.
+    fn prune_strings(&mut self) {
+        self.strings.retain(|s| Arc::strong_count(s) > 1);
+    }
+
     fn put_service(&mut self, view: ServiceView) {
-        let ServiceView { key, spec } = view;
+        let ServiceView { mut key, mut spec } = view;
+        self.intern(&mut key.namespace);
+        self.intern_ports(&mut spec.ports);
         let slot = self.slot_or_new(&key);
         if self.state(slot).and_then(|s| s.spec.as_ref()) == Some(&spec) {
             return;
@@ -690,10 +719,12 @@ impl Zone {
             key: (namespace, name),
             view,
         } = entry;
-        let Some((service, view)) = view else {
+        let Some((mut service, mut view)) = view else {
             self.remove_slice(&namespace, &name);
             return;
         };
+        self.intern(&mut service.namespace);
+        self.intern_ports(&mut view.ports);
         let filed = slice_key(&namespace, &name);
         let slot = self.slot_or_new(&service);
         if let Some(&old) = self.slice_service.get(&filed)
@@ -746,6 +777,7 @@ impl Zone {
         for view in all {
             self.put_service(view);
         }
+        self.prune_strings();
     }
 
     /// Makes the EndpointSlices exactly `all` (after a list or relist).
@@ -772,6 +804,7 @@ impl Zone {
         for entry in all {
             self.put_slice(entry);
         }
+        self.prune_strings();
     }
 
     /// The records one Service makes in the current state.
