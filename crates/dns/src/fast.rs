@@ -77,7 +77,11 @@ pub(crate) fn compile(
             _ => (&[][..], &[][..]),
         };
         out.extend(u16::from(t).to_be_bytes());
-        out.extend(u16::try_from(header.len() + rest.len()).unwrap_or(0).to_be_bytes());
+        out.extend(
+            u16::try_from(header.len() + rest.len())
+                .unwrap_or(0)
+                .to_be_bytes(),
+        );
         out.extend_from_slice(header);
         out.extend_from_slice(rest);
     }

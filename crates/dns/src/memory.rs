@@ -75,7 +75,11 @@ pub fn release_startup_pages() -> usize {
             // dropping its page table entries changes no contents: every page reads back the
             // same from the file's page cache, as it would have anyway. Nothing is written.
             let done = unsafe {
-                nix::libc::madvise(lo as *mut nix::libc::c_void, hi - lo, nix::libc::MADV_DONTNEED)
+                nix::libc::madvise(
+                    lo as *mut nix::libc::c_void,
+                    hi - lo,
+                    nix::libc::MADV_DONTNEED,
+                )
             };
             if done == 0 {
                 advised += hi - lo;

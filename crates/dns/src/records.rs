@@ -234,7 +234,12 @@ impl SliceView {
     pub fn from_slice(slice: &EndpointSlice) -> Option<(ServiceKey, Self)> {
         let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
         let key = ServiceKey {
-            namespace: slice.metadata.namespace.as_deref().unwrap_or("default").into(),
+            namespace: slice
+                .metadata
+                .namespace
+                .as_deref()
+                .unwrap_or("default")
+                .into(),
             name: service.clone(),
         };
         let endpoints = Endpoints::pack(slice.endpoints.iter().flat_map(|e| {
