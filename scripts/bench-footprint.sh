@@ -16,6 +16,7 @@
 #   With `list` in PARTS: the server's RSS, LISTS (10) LISTs of every Service, p50/min/max, then
 #   (unless SELECTOR=0) as many with a label selector and with a field selector, and the server's RSS again.
 # Env: SERVICES=10000 RYW=200 SETTLE=3 PARTS="proxy dns" (which components to start; or "list") BERTH_BIN=<release build here> KEEP=1 (keep logs)
+#      SMAPS=1: also where the DNS's resident memory is (scripts/smaps-summary.py: binary, heap, stacks).
 #      PROXY_ENV / DNS_ENV: extra environment for each process (e.g. "MALLOC_ARENA_MAX=2").
 # Needs (Debian): iproute2 nftables python3 python3-yaml (scripts/deps.sh).
 set -euo pipefail
@@ -119,6 +120,7 @@ pids+=($!); dns=$!
 wait_log "$run/dns.log" 'cluster DNS serving' 60 "$dns"
 sleep "$SETTLE"
 mem dns "$dns" 20
+[ -n "${SMAPS:-}" ] && python3 scripts/smaps-summary.py "$dns" | tee -a "$run/results"
 mem server "$server" 1000 >/dev/null
 
 echo "read-your-writes over $RYW Services ($SERVICES present), load $(cut -d' ' -f1-3 /proc/loadavg):" \

@@ -46,10 +46,14 @@ fn main() -> std::process::ExitCode {
     if let Cmd::Image(cmd) = &cli.cmd {
         return report(image(cmd));
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Cmd::Dns(_) = &cli.cmd {
+        // The DNS run alone: its UDP threads answer; the runtime only watches, forwards and
+        // serves TCP, so two workers do, and one malloc arena keeps its RSS small (issue 13).
+        berth_dns::memory::one_arena();
+        builder.worker_threads(2);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("berth: cannot start the async runtime: {e}");
@@ -1073,6 +1077,14 @@ async fn dns(args: DnsCmdArgs) -> anyhow::Result<()> {
         listen_list(&config.listen)
     );
     say_when_synced("cluster DNS", &config.synced);
+    let synced = config.synced.clone();
+    tokio::spawn(async move {
+        synced.wait().await;
+        // Start-up's code (kubeconfig, TLS set-up, the first lists) is done with: let its
+        // pages go from this process's RSS; what answering uses comes back as it runs.
+        let bytes = berth_dns::memory::release_startup_pages();
+        tracing::debug!(bytes, "released start-up pages");
+    });
     berth_dns::run(config, client, shutdown)
         .instrument(tracing::info_span!("dns"))
         .await

@@ -46,8 +46,10 @@ pub(crate) fn wire(name: &Name) -> Vec<u8> {
 }
 
 /// Appends the compiled answers of one name to `out`: for each type with records, its type
-/// (2 bytes), length (2 bytes) and response (ID 0, no OPT); an empty response means the slow
-/// path answers that type (too big to keep). `present(type)` says whether the name has
+/// (2 bytes), length (2 bytes) and response (ID 0, no OPT) without its question, which is
+/// the name already kept beside the answers and is copied from the query when answering (the
+/// same length, so compression pointers into it stay right); an empty response means the
+/// slow path answers that type (too big to keep). `present(type)` says whether the name has
 /// records of a type, `answer(query)` is the slow path's response to a lower-case query.
 pub(crate) fn compile(
     name: &Name,
@@ -55,6 +57,7 @@ pub(crate) fn compile(
     answer: impl Fn(&Message) -> Option<Message>,
     out: &mut Vec<u8>,
 ) {
+    let question = wire(name).len() + 4;
     for t in COMPILED_TYPES {
         if !present(t) {
             continue;
@@ -67,14 +70,20 @@ pub(crate) fn compile(
         let Some(bytes) = bytes else {
             continue;
         };
-        let bytes = if bytes.len() <= MAX_COMPILED {
-            bytes.as_slice()
-        } else {
-            &[]
+        let (header, rest) = match bytes.split_at_checked(12) {
+            Some((header, rest)) if bytes.len() <= MAX_COMPILED => {
+                (header, rest.get(question..).unwrap_or_default())
+            }
+            _ => (&[][..], &[][..]),
         };
         out.extend(u16::from(t).to_be_bytes());
-        out.extend(u16::try_from(bytes.len()).unwrap_or(0).to_be_bytes());
-        out.extend_from_slice(bytes);
+        out.extend(
+            u16::try_from(header.len() + rest.len())
+                .unwrap_or(0)
+                .to_be_bytes(),
+        );
+        out.extend_from_slice(header);
+        out.extend_from_slice(rest);
     }
 }
 
@@ -170,7 +179,13 @@ impl FastTable {
         let known = lookup(name);
         match known.map(|k| (k.alias, compiled(k.answers, q.qtype))) {
             Some((_, Some([]))) | Some((true, _)) => return None,
-            Some((false, Some(template))) => out.extend_from_slice(template),
+            Some((false, Some(template))) => {
+                // The header, the client's question, then the records.
+                let (header, records) = template.split_at_checked(12)?;
+                out.extend_from_slice(header);
+                out.extend_from_slice(req.get(12..12 + q.name_len + 4)?);
+                out.extend_from_slice(records);
+            }
             Some((false, None)) => {
                 if !self.negative(name, &q, out, true) {
                     return None;

@@ -15,6 +15,7 @@ pub mod error;
 pub mod fast;
 pub mod fixtures;
 pub mod forward;
+pub mod memory;
 pub mod metrics;
 pub mod publish;
 pub mod records;

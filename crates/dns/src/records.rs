@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SRV};
 use hickory_proto::rr::{Name, RData};
@@ -13,10 +14,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// A Service's namespace and name.
+/// A Service's namespace and name (the namespace shared: the zone keeps one copy of each).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
-    pub namespace: String,
+    pub namespace: Arc<str>,
     pub name: String,
 }
 
@@ -47,10 +48,11 @@ pub enum ServiceKind {
     ExternalName(Box<str>),
 }
 
-/// A port with a name (unnamed ports have no SRV record).
+/// A port with a name (unnamed ports have no SRV record; the name is shared, as the zone
+/// keeps one copy of each: most Services call their ports alike).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortView {
-    pub name: Box<str>,
+    pub name: Arc<str>,
     pub protocol: Protocol,
     pub port: u16,
 }
@@ -172,10 +174,7 @@ impl ServiceKey {
     /// The key of a Kubernetes object (`None` without a name).
     pub fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<Self> {
         Some(Self {
-            namespace: meta
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".to_owned()),
+            namespace: meta.namespace.as_deref().unwrap_or("default").into(),
             name: meta.name.clone()?,
         })
     }
@@ -238,8 +237,9 @@ impl SliceView {
             namespace: slice
                 .metadata
                 .namespace
-                .clone()
-                .unwrap_or_else(|| "default".to_owned()),
+                .as_deref()
+                .unwrap_or("default")
+                .into(),
             name: service.clone(),
         };
         let endpoints = Endpoints::pack(slice.endpoints.iter().flat_map(|e| {
@@ -303,7 +303,7 @@ pub fn compile<'a>(
     zone: &Name,
 ) -> Vec<Entry> {
     let mut out = Vec::new();
-    let ns = key.namespace.as_str();
+    let ns: &str = &key.namespace;
     let Some(ns_name) = name(&[ns, "svc"], zone) else {
         return out;
     };

@@ -90,17 +90,6 @@ impl Indexed for EndpointSlice {
 /// are in the zone, the freed pages go back to the system.
 const TRIM_AFTER_OBJECTS: usize = 1_000;
 
-/// Gives the heap's free pages back to the system (glibc keeps them in its arenas, so a
-/// one-off burst would stay in the RSS). No crate wraps `malloc_trim`; `libc` declares it.
-#[allow(unsafe_code)]
-fn return_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks glibc's own arenas; it takes no pointers from us.
-    unsafe {
-        nix::libc::malloc_trim(0);
-    }
-}
-
 /// Applies one watcher event; `listing` gathers the views of a (re)list's objects until it
 /// is done. Returns true when a (re)list has just been applied.
 pub fn apply_event<K: Indexed>(
@@ -118,7 +107,7 @@ pub fn apply_event<K: Indexed>(
             tracing::debug!(resource = K::PLURAL, objects, "listed");
             K::replace(&mut write(), all);
             if objects >= TRIM_AFTER_OBJECTS {
-                return_freed_memory();
+                crate::memory::return_freed_memory();
             }
             return true;
         }

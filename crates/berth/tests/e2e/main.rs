@@ -9,6 +9,7 @@ mod builtin;
 mod clients;
 mod controllers;
 mod dataplane;
+mod dns;
 mod errors;
 mod events;
 mod explain;

@@ -169,3 +169,33 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_name_takes_at_most_40_bytes_in_the_table() {
+    // 10,000 Services make ~40,000 names; every 8 bytes here is ~0.5 MB of table.
+    assert!(std::mem::size_of::<NameEntry>() <= 40);
+    assert!(std::mem::size_of::<Owners>() <= 16);
+}
+
+#[test]
+fn namespaces_and_port_names_are_kept_once() {
+    let mut zone = Zone::new(&ZoneConfig::default()).expect("zone");
+    let services: Vec<Service> = (0..3)
+        .map(|i| {
+            let ip = format!("10.96.0.{}", i + 1);
+            fixtures::cluster_ip("x", &format!("s{i}"), &[&ip], &[("http", "TCP", 80)])
+        })
+        .collect();
+    zone.replace_services(&services);
+    let states: Vec<&ServiceState> = zone.services.iter().flatten().collect();
+    assert_eq!(states.len(), 3);
+    for pair in states.windows(2) {
+        assert!(Arc::ptr_eq(&pair[0].key.namespace, &pair[1].key.namespace));
+        let port = |s: &ServiceState| s.spec.as_ref().expect("spec").ports[0].name.clone();
+        assert!(Arc::ptr_eq(&port(pair[0]), &port(pair[1])));
+    }
+    assert_eq!(zone.strings.len(), 2, "x and http");
+    // A relist without them: the copies go too.
+    zone.replace_services(&[]);
+    assert!(zone.strings.is_empty());
+}
