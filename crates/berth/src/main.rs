@@ -1077,14 +1077,6 @@ async fn dns(args: DnsCmdArgs) -> anyhow::Result<()> {
         listen_list(&config.listen)
     );
     say_when_synced("cluster DNS", &config.synced);
-    let synced = config.synced.clone();
-    tokio::spawn(async move {
-        synced.wait().await;
-        // Start-up's code (kubeconfig, TLS set-up, the first lists) is done with: let its
-        // pages go from this process's RSS; what answering uses comes back as it runs.
-        let bytes = berth_dns::memory::release_startup_pages();
-        tracing::debug!(bytes, "released start-up pages");
-    });
     berth_dns::run(config, client, shutdown)
         .instrument(tracing::info_span!("dns"))
         .await

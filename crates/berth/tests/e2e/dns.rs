@@ -1,5 +1,5 @@
-//! `berth dns` run alone against a `berth server`: it answers the Services the API has, keeps
-//! answering after it has let go of its start-up pages, and follows later changes.
+//! `berth dns` run alone against a `berth server` (one malloc arena, two runtime workers): it
+//! answers the Services the API has and follows later changes.
 
 use std::path::Path;
 use std::process::Command;
@@ -25,7 +25,7 @@ fn dig(port: u16, name: &str) -> String {
 }
 
 #[test]
-fn standalone_dns_answers_after_releasing_start_up_pages() {
+fn standalone_dns_answers_and_follows_changes() {
     let bin = Path::new(env!("CARGO_BIN_EXE_berth"));
     let c = Cluster::start(bin, Backend::Embedded);
     c.ok(&["create", "service", "clusterip", "first", "--tcp=80:8080"]);
@@ -37,14 +37,9 @@ fn standalone_dns_answers_after_releasing_start_up_pages() {
         .arg("--upstream=127.0.0.1:9")
         .env("RUST_LOG", "info,berth=debug");
     let mut dns = Process::start("berth dns", cmd, &c.dir().join("dns"));
-    eventually("berth dns to release its start-up pages", || {
+    eventually("berth dns to sync", || {
         dns.assert_running();
-        let out = dns.output();
-        let line = out
-            .lines()
-            .find(|l| l.contains("released start-up pages"))?;
-        // Something was let go: the executable's code at least.
-        (!line.contains("bytes=0")).then_some(())
+        dns.output().contains("synced").then_some(())
     });
     let ip = c.ok(&[
         "get",
@@ -54,7 +49,7 @@ fn standalone_dns_answers_after_releasing_start_up_pages() {
         "jsonpath={.spec.clusterIP}",
     ]);
     assert_eq!(dig(port, "first.default.svc.cluster.local"), ip.trim());
-    // Later changes still reach the zone, with code faulted back in as it runs.
+    // Later changes reach the zone.
     c.ok(&["create", "service", "clusterip", "second", "--tcp=80:8080"]);
     let ip = c.ok(&[
         "get",
