@@ -19,9 +19,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::Full;
+use hyper::body::{Body as HttpBody, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +29,43 @@ use crate::pool::{self, Pool};
 use crate::routes::{Route, Table};
 use crate::tls::Certs;
 
-type Body = BoxBody<Bytes, hyper::Error>;
+/// A response body: the upstream's (its connection back to the pool at its end) or a page of
+/// our own. An enum rather than a box: no allocation per response.
+enum Body {
+    Upstream(pool::Pooled<Incoming>),
+    Page(Full<Bytes>),
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Body::Upstream(b) => std::pin::Pin::new(b).poll_frame(cx),
+            Body::Page(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(|n| match n {}))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Upstream(b) => b.is_end_stream(),
+            Body::Page(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Body::Upstream(b) => b.size_hint(),
+            Body::Page(b) => b.size_hint(),
+        }
+    }
+}
 
 /// How long connections may take to finish after shutdown before they are cut.
 const GRACE: Duration = Duration::from_secs(10);
@@ -95,7 +130,7 @@ fn page(status: StatusCode, text: &str) -> Response<Body> {
     let body = format!(
         "<html>\r\n<head><title>{status}</title></head>\r\n<body>\r\n<center><h1>{status}</h1></center>\r\n<hr><center>{text}</center>\r\n</body>\r\n</html>\r\n"
     );
-    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
+    let mut r = Response::new(Body::Page(Full::new(Bytes::from(body))));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
@@ -264,7 +299,7 @@ async fn handle(
         (_, Some(_), _) => return page(StatusCode::BAD_GATEWAY, "berth"),
         _ => {}
     }
-    Response::from_parts(parts, body.boxed())
+    Response::from_parts(parts, Body::Upstream(body))
 }
 
 /// Copies bytes both ways between the client's and the upstream's upgraded connections until
