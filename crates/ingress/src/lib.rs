@@ -5,6 +5,7 @@
 //! endpoints the node's address), so it gets an address from the pool, and writes that
 //! address into each Ingress's `status.loadBalancer`. Start from [`run`].
 
+pub mod pool;
 pub mod routes;
 pub mod server;
 pub mod tls;

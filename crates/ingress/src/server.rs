@@ -1,7 +1,7 @@
 //! The reverse proxy: HTTP and HTTPS listeners (TLS by SNI from the route table's
 //! certificates, a self-signed fallback otherwise), each request routed through the current
 //! table and sent to one of its backend's endpoints over pooled keep-alive connections
-//! (hyper's client). The table is swapped whole on changes; requests in flight keep theirs.
+//! ([`crate::pool`]). The table is swapped whole on changes; requests in flight keep theirs.
 //!
 //! Workers as nginx's: [`run_workers`] starts one thread per worker, each with its own
 //! single-threaded runtime, its own upstream connection pool and its own `SO_REUSEPORT`
@@ -19,20 +19,53 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use http_body_util::Full;
+use hyper::body::{Body as HttpBody, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::pool::{self, Pool};
 use crate::routes::{Route, Table};
 use crate::tls::Certs;
 
-type Body = BoxBody<Bytes, hyper::Error>;
-type Upstream = Client<HttpConnector, Incoming>;
+/// A response body: the upstream's (its connection back to the pool at its end) or a page of
+/// our own. An enum rather than a box: no allocation per response.
+enum Body {
+    Upstream(pool::Pooled<Incoming>),
+    Page(Full<Bytes>),
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Body::Upstream(b) => std::pin::Pin::new(b).poll_frame(cx),
+            Body::Page(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(|n| match n {}))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Upstream(b) => b.is_end_stream(),
+            Body::Page(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Body::Upstream(b) => b.size_hint(),
+            Body::Page(b) => b.size_hint(),
+        }
+    }
+}
 
 /// How long connections may take to finish after shutdown before they are cut.
 const GRACE: Duration = Duration::from_secs(10);
@@ -88,22 +121,16 @@ impl Shared {
     }
 }
 
-/// One worker's upstream client: keep-alive connections pooled per endpoint, on the
-/// worker's own runtime.
-fn upstream_client() -> Upstream {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector)
+thread_local! {
+    /// A worker's idle upstream connections (its tasks all run on its thread).
+    static UPSTREAM: Pool<Incoming> = Pool::default();
 }
 
 fn page(status: StatusCode, text: &str) -> Response<Body> {
     let body = format!(
         "<html>\r\n<head><title>{status}</title></head>\r\n<body>\r\n<center><h1>{status}</h1></center>\r\n<hr><center>{text}</center>\r\n</body>\r\n</html>\r\n"
     );
-    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
+    let mut r = Response::new(Body::Page(Full::new(Bytes::from(body))));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
@@ -223,22 +250,13 @@ async fn handle(
         Ok(endpoint) => endpoint,
         Err(status) => return page(status, "berth"),
     };
+    // Origin form, as an HTTP/1.1 request to a server (not a proxy) is written.
     let path = req
         .uri()
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let Ok(authority) = http::uri::Authority::try_from(endpoint.to_string()) else {
-        return page(StatusCode::BAD_REQUEST, "berth");
-    };
-    let Ok(uri) = http::Uri::builder()
-        .scheme(http::uri::Scheme::HTTP)
-        .authority(authority)
-        .path_and_query(path)
-        .build()
-    else {
-        return page(StatusCode::BAD_REQUEST, "berth");
-    };
+    let uri = http::Uri::from(path);
     let upgrade = upgrade_of(&req);
     let downstream = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     *req.uri_mut() = uri;
@@ -248,11 +266,22 @@ async fn handle(
     if let Some(proto) = upgrade.clone() {
         keep_upgrade(headers, proto);
     }
+    if host.is_none() {
+        // No Host from the client (HTTP/1.0): the endpoint's, as hyper's pooled client set it.
+        let authority = match endpoint {
+            SocketAddr::V4(a) if a.port() == 80 => a.ip().to_string(),
+            SocketAddr::V6(a) if a.port() == 80 => format!("[{}]", a.ip()),
+            _ => endpoint.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&authority) {
+            headers.insert(header::HOST, v);
+        }
+    }
     add_forwarded(headers, host, scheme, client_ip);
-    let mut resp = match worker.client.request(req).await {
+    let mut resp = match pool::send(&UPSTREAM, endpoint, req).await {
         Ok(resp) => resp,
         Err(e) => {
-            tracing::debug!(%endpoint, error = %e, "upstream failed");
+            tracing::debug!(error = %e, "upstream failed");
             return page(StatusCode::BAD_GATEWAY, "berth");
         }
     };
@@ -270,7 +299,7 @@ async fn handle(
         (_, Some(_), _) => return page(StatusCode::BAD_GATEWAY, "berth"),
         _ => {}
     }
-    Response::from_parts(parts, body.boxed())
+    Response::from_parts(parts, Body::Upstream(body))
 }
 
 /// Copies bytes both ways between the client's and the upstream's upgraded connections until
@@ -458,7 +487,6 @@ async fn serve_tls(
 /// What one worker's connections share.
 struct Worker {
     shared: Arc<Shared>,
-    client: Upstream,
     /// Round-robin over a backend's endpoints (per worker: no shared cache line).
     next: AtomicUsize,
     /// HTTP/1 server settings, made once: no header read timer (nginx's 60 s
@@ -631,7 +659,6 @@ async fn worker(
 ) -> std::io::Result<()> {
     let worker = Arc::new(Worker {
         shared,
-        client: upstream_client(),
         next: AtomicUsize::new(0),
         http1: {
             let mut b = hyper::server::conn::http1::Builder::new();
@@ -647,6 +674,18 @@ async fn worker(
         let listener = tokio::net::TcpListener::from_std(socket)?;
         loops.spawn(accept_loop(listener, tls, worker.clone(), shutdown.clone()));
     }
+    // Idle upstream connections unused for a minute are closed.
+    let sweep = shutdown.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(pool::SWEEP);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = sweep.cancelled() => break,
+                _ = every.tick() => UPSTREAM.with(Pool::sweep),
+            }
+        }
+    });
     while loops.join_next().await.is_some() {}
     Ok(())
 }
