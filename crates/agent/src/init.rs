@@ -429,15 +429,7 @@ fn enter(a: &InitArgs) -> Result<(), String> {
         Err(e) => return Err(format!("opening {}: {e}", pid_ns.display())),
     }
     unshare(own).map_err(|e| format!("new mount and PID namespaces: {e}"))?;
-    // Mounts made here must not reach the node's namespace.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|e| format!("making / a slave mount: {e}"))?;
+    slave_root()?;
     let etc = Path::new("/etc/netns").join(&a.netns);
     let root = match &a.stage {
         Some(stage) => overlay_root(Path::new(stage)),
@@ -724,6 +716,19 @@ fn bind_at(from: &Path, to: &Path, read_only: bool) -> Result<(), String> {
         .map_err(fail)?;
     }
     Ok(())
+}
+
+/// Makes every mount below `/` a slave in a fresh mount namespace, so mounts made here never
+/// reach the node's namespace (while the node's still propagate in).
+pub(crate) fn slave_root() -> Result<(), String> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("making / a slave mount: {e}"))
 }
 
 #[cfg(test)]

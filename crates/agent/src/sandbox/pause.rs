@@ -208,14 +208,7 @@ fn init(root: &Path) -> ExitCode {
 /// A mount namespace of its own whose root is an empty, read-only tmpfs at `root`.
 fn empty_root(root: &Path) -> std::result::Result<(), String> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("a new mount namespace: {e}"))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|e| format!("making / a slave mount: {e}"))?;
+    crate::init::slave_root()?;
     mount(
         Some("tmpfs"),
         root,

@@ -191,16 +191,7 @@ fn image_pods_share_one_pid_namespace_when_asked() {
     running(&c, "shared");
     running(&c, "apart");
     // The image's own ps sees the pause as PID 1 and b's sleep.
-    let ps = c.ok(&[
-        "exec",
-        "shared",
-        "-c",
-        "a",
-        "--",
-        "ps",
-        "-o",
-        "pid,comm,args",
-    ]);
+    let ps = image_ps(&c, "shared");
     assert!(
         ps.lines()
             .any(|l| l.split_whitespace().take(2).eq(["1", "pause"])),
@@ -208,16 +199,7 @@ fn image_pods_share_one_pid_namespace_when_asked() {
     );
     assert!(ps.contains("sleep 3602"), "{ps}");
     check_shared(&c, "shared");
-    let ps = c.ok(&[
-        "exec",
-        "apart",
-        "-c",
-        "a",
-        "--",
-        "ps",
-        "-o",
-        "pid,comm,args",
-    ]);
+    let ps = image_ps(&c, "apart");
     assert!(!ps.contains("sleep 3602") && !ps.contains("pause"), "{ps}");
 }
 
@@ -248,4 +230,9 @@ fn the_pause_outlives_a_killed_agent_and_is_taken_on() {
     eventually("the pause to end with its pod", || {
         (!alive(pid)).then_some(())
     });
+}
+
+/// `ps` as the busybox image's own, in container `a` of `pod`.
+fn image_ps(c: &Cluster, pod: &str) -> String {
+    c.ok(&["exec", pod, "-c", "a", "--", "ps", "-o", "pid,comm,args"])
 }
