@@ -140,16 +140,9 @@ pub async fn serve(
     tokio::spawn(async move {
         let mut first = true;
         for kv in initial_raw {
-            let mut line = Vec::with_capacity(kv.value.len() + 48);
-            line.extend_from_slice(br#"{"type":"ADDED","object":"#);
-            let line =
-                if crate::rawjson::with_resource_version(&kv.value, kv.mod_revision, &mut line) {
-                    line.extend_from_slice(b"}\n");
-                    bytes::Bytes::from(line)
-                } else {
-                    let Ok(obj) = decode_as(r, &kv) else { continue };
-                    render.line("ADDED", obj, &mut first)
-                };
+            let Some(line) = raw_line(r, "ADDED", &kv, kv.mod_revision, &render, &mut first) else {
+                continue;
+            };
             if tx.send(line).await.is_err() {
                 return;
             }
@@ -187,6 +180,28 @@ pub async fn serve(
             };
             let Some(ev) = ev else { return };
             let line = match ev {
+                // Plain JSON watches write the stored bytes, as the initial events do: no
+                // decode per watcher and event (selectors read only their members).
+                Ok(Event::Put { kv, prev }) if raw => {
+                    let now = filter.matches_stored(&kv).unwrap_or(false);
+                    let before = prev
+                        .as_ref()
+                        .map(|p| filter.matches_stored(p).unwrap_or(false));
+                    let kind = match (before, now) {
+                        (None | Some(false), true) => Some("ADDED"),
+                        (Some(true), true) => Some("MODIFIED"),
+                        (Some(true), false) => Some("DELETED"),
+                        _ => None,
+                    };
+                    kind.and_then(|k| raw_line(r, k, &kv, kv.mod_revision, &render, &mut first))
+                }
+                Ok(Event::Delete { prev, revision }) if raw => {
+                    if filter.matches_stored(&prev).unwrap_or(false) {
+                        raw_line(r, "DELETED", &prev, revision, &render, &mut first)
+                    } else {
+                        None
+                    }
+                }
                 Ok(Event::Put { kv, prev }) => {
                     let Ok(obj) = decode_as(r, &kv) else { continue };
                     let now = filter.matches(&obj);
@@ -237,6 +252,30 @@ pub async fn serve(
         HeaderValue::from_static("application/json"),
     );
     Ok(resp)
+}
+
+/// A watch event line written from an object's stored bytes, its resourceVersion set to `rv`
+/// (for a deletion, the deleting revision); decoded and rendered only when the bytes cannot
+/// be spliced. None when the object cannot be read at all.
+fn raw_line(
+    r: &'static berth_api::resources::Resource,
+    kind: &str,
+    kv: &berth_store::KeyValue,
+    rv: i64,
+    render: &Render,
+    first: &mut bool,
+) -> Option<bytes::Bytes> {
+    let mut line = Vec::with_capacity(kv.value.len() + 48);
+    line.extend_from_slice(br#"{"type":""#);
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(br#"","object":"#);
+    if crate::rawjson::with_resource_version(&kv.value, rv, &mut line) {
+        line.extend_from_slice(b"}\n");
+        return Some(bytes::Bytes::from(line));
+    }
+    let mut obj = decode_as(r, kv).ok()?;
+    obj.set_meta("resourceVersion", json!(rv.to_string()));
+    Some(render.line(kind, obj, first))
 }
 
 fn tokio_stream_from(

@@ -393,3 +393,65 @@ fn objects_come_back_in_go_field_order() {
         "{events}"
     );
 }
+
+on_both_stores!(
+    a_selector_watch_follows_objects_in_and_out,
+    |c: &Cluster| {
+        let list: serde_json::Value = serde_json::from_str(&c.ok(&[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/configmaps?limit=1",
+        ]))
+        .expect("json");
+        let rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .expect("resourceVersion")
+            .to_owned();
+        c.apply("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: w1\n  labels:\n    k: v\n");
+        c.ok(&["label", "cm", "w1", "k=x", "--overwrite"]);
+        c.ok(&["label", "cm", "w1", "k=v", "--overwrite"]);
+        c.ok(&["annotate", "cm", "w1", "note=1"]);
+        c.ok(&["delete", "cm", "w1"]);
+        // Replayed from before the first change: each event as the selection sees it, the
+        // object written from its stored bytes with the event's resourceVersion.
+        let out = c.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv}&labelSelector=k%3Dv&timeoutSeconds=1"),
+    ]);
+        let events: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| {
+                assert!(l.starts_with(r#"{"type":""#), "{l}");
+                serde_json::from_str(l).expect("event")
+            })
+            .collect();
+        let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["ADDED", "DELETED", "ADDED", "MODIFIED", "DELETED"],
+            "{out}"
+        );
+        assert!(
+            events
+                .iter()
+                .all(|e| e["object"]["metadata"]["name"] == "w1"),
+            "{out}"
+        );
+        let rvs: Vec<u64> = events
+            .iter()
+            .filter_map(|e| {
+                e["object"]["metadata"]["resourceVersion"]
+                    .as_str()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        assert_eq!(rvs.len(), 5, "{out}");
+        assert!(rvs.windows(2).all(|w| w[0] < w[1]), "{out}");
+        assert_eq!(
+            events[3]["object"]["metadata"]["annotations"]["note"], "1",
+            "{out}"
+        );
+    }
+);
