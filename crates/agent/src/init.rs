@@ -399,23 +399,9 @@ fn enter(a: &InitArgs) -> Result<(), String> {
     // The agent keeps its own files private (umask 077); a container, and what is made for
     // it here, starts with the usual 022, as container runtimes give it.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    let path = Path::new("/run/netns").join(&a.netns);
-    let ns = std::fs::File::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-    setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| format!("joining {}: {e}", a.netns))?;
-    // The pod's UTS and IPC namespaces, shared by its containers; new ones of its own for a
-    // sandbox made before they were pinned.
-    let mut own = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
-    for (kind, flag) in [
-        ("uts", CloneFlags::CLONE_NEWUTS),
-        ("ipc", CloneFlags::CLONE_NEWIPC),
-    ] {
-        let path = crate::sandbox::shared_ns_path(&a.netns, kind);
-        match std::fs::File::open(&path) {
-            Ok(ns) => setns(&ns, flag).map_err(|e| format!("joining {}: {e}", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => own |= flag,
-            Err(e) => return Err(format!("opening {}: {e}", path.display())),
-        }
-    }
+    // New UTS and IPC namespaces of its own for a sandbox made before they were pinned.
+    let mut own =
+        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | join_pod_namespaces(&a.netns)?;
     // The pod's PID namespace when its containers share one (`shareProcessNamespace`): the
     // reaper and the command, started next, run in it beside the other containers' processes.
     let pid_ns = crate::sandbox::shared_ns_path(&a.netns, "pid");
@@ -716,6 +702,27 @@ fn bind_at(from: &Path, to: &Path, read_only: bool) -> Result<(), String> {
         .map_err(fail)?;
     }
     Ok(())
+}
+
+/// Joins the pod's network namespace and the UTS and IPC namespaces its containers share;
+/// returns the flags of those the sandbox has not pinned (made before they were).
+pub(crate) fn join_pod_namespaces(netns: &str) -> Result<CloneFlags, String> {
+    let path = crate::sandbox::netns_path(netns);
+    let ns = std::fs::File::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| format!("joining {netns}: {e}"))?;
+    let mut missing = CloneFlags::empty();
+    for (kind, flag) in [
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+    ] {
+        let path = crate::sandbox::shared_ns_path(netns, kind);
+        match std::fs::File::open(&path) {
+            Ok(ns) => setns(&ns, flag).map_err(|e| format!("joining {}: {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing |= flag,
+            Err(e) => return Err(format!("opening {}: {e}", path.display())),
+        }
+    }
+    Ok(missing)
 }
 
 /// Makes every mount below `/` a slave in a fresh mount namespace, so mounts made here never

@@ -22,6 +22,7 @@ pub use bridge::Bridge;
 pub use ipam::Ipam;
 pub use netns::connect_loopback;
 pub use netns::exists as netns_exists;
+pub(crate) use netns::path as netns_path;
 pub use netns::shared_path as shared_ns_path;
 
 use crate::error::{Error, Result};

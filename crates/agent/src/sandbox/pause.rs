@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sched::{CloneFlags, setns, unshare};
+use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
@@ -127,26 +127,7 @@ pub fn main_for(args: &[String]) -> ExitCode {
 fn launch(netns: &str, state: &str, root: &str) -> std::result::Result<(), String> {
     // Out of the agent's session and process group, as the shims are.
     let _ = nix::unistd::setsid();
-    let join = |path: &Path, flag: CloneFlags| -> std::result::Result<(), String> {
-        match std::fs::File::open(path) {
-            Ok(ns) => setns(&ns, flag).map_err(|e| format!("joining {}: {e}", path.display())),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound && flag != CloneFlags::CLONE_NEWNET =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(format!("opening {}: {e}", path.display())),
-        }
-    };
-    join(&super::netns::path(netns), CloneFlags::CLONE_NEWNET)?;
-    join(
-        &super::netns::shared_path(netns, "uts"),
-        CloneFlags::CLONE_NEWUTS,
-    )?;
-    join(
-        &super::netns::shared_path(netns, "ipc"),
-        CloneFlags::CLONE_NEWIPC,
-    )?;
+    crate::init::join_pod_namespaces(netns)?;
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("a new PID namespace: {e}"))?;
     std::fs::DirBuilder::new()
         .recursive(true)
