@@ -84,6 +84,12 @@ pub enum Error {
     },
     #[error("link {0} not found")]
     NoLink(String),
+    #[error("link {link} has address {found}, not {wanted} (--node-link changed)")]
+    LinkChanged {
+        link: String,
+        found: String,
+        wanted: String,
+    },
     #[error("nftables: {op}")]
     Nft {
         op: String,
@@ -303,7 +309,28 @@ impl NodeNet {
             let handle = connect()?;
             require_link(&handle, NODE_LINK).await.map(drop)
         })?;
+        let p = &node.plan;
+        let wanted = (std::net::IpAddr::from(p.host_ip()), p.link.prefix_len());
+        if let Some(found) = addresses(host, index)
+            .await?
+            .into_iter()
+            // IPv6 link-local addresses come by themselves.
+            .find(|a| a.0.is_ipv4() && *a != wanted)
+        {
+            return Err(Error::LinkChanged {
+                link: p.host_link(),
+                found: format!("{}/{}", found.0, found.1),
+                wanted: format!("{}/{}", wanted.0, wanted.1),
+            });
+        }
         node.configure(host, index).await?;
+        let stale = routes::remove_stale(host, index, &node.plan.routes).await?;
+        if stale > 0 {
+            tracing::info!(
+                routes = stale,
+                "removed host routes an earlier berth made to ranges no longer routed"
+            );
+        }
         write_pid(&node.plan)?;
         Ok(node)
     }
@@ -552,6 +579,29 @@ async fn require_link(handle: &Handle, name: &str) -> Result<u32> {
     link_index(handle, name)
         .await?
         .ok_or_else(|| Error::NoLink(name.to_owned()))
+}
+
+/// The addresses on link `index`, with their prefix lengths.
+async fn addresses(handle: &Handle, index: u32) -> Result<Vec<(std::net::IpAddr, u8)>> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    let mut msgs = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    let mut out = Vec::new();
+    while let Some(m) = msgs
+        .try_next()
+        .await
+        .map_err(netlink(format!("listing the addresses of link {index}")))?
+    {
+        let prefix = m.header.prefix_len;
+        out.extend(m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some((*ip, prefix)),
+            _ => None,
+        }));
+    }
+    Ok(out)
 }
 
 async fn add_address(

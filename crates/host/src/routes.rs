@@ -92,11 +92,33 @@ pub(crate) async fn foreign(handle: &Handle) -> Result<Vec<Ipv4Net>> {
         .collect())
 }
 
+fn output_link(msg: &RouteMessage) -> Option<u32> {
+    msg.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(index) => Some(*index),
+        _ => None,
+    })
+}
+
 /// Deletes berth's routes via `node_ip`; returns how many there were.
 pub(crate) async fn remove_own(handle: &Handle, node_ip: Ipv4Addr) -> Result<usize> {
+    remove_ours(handle, |m| gateway(m) == Some(node_ip)).await
+}
+
+/// Deletes berth's routes out of link `index` to destinations that `keep` does not hold:
+/// what an earlier berth run with other ranges (or with host routes it no longer wants)
+/// left on the link it takes on; returns how many there were.
+pub(crate) async fn remove_stale(handle: &Handle, index: u32, keep: &[Ipv4Net]) -> Result<usize> {
+    remove_ours(handle, |m| {
+        output_link(m) == Some(index)
+            && destination(m).is_none_or(|d| !keep.iter().any(|k| k.trunc() == d.trunc()))
+    })
+    .await
+}
+
+async fn remove_ours(handle: &Handle, which: impl Fn(&RouteMessage) -> bool) -> Result<usize> {
     let mut n = 0;
     for msg in dump(handle).await? {
-        if ours(&msg) && gateway(&msg) == Some(node_ip) {
+        if ours(&msg) && which(&msg) {
             let dest = destination(&msg);
             handle
                 .route()

@@ -452,6 +452,12 @@ impl Cluster {
         self.spawn();
     }
 
+    /// [`Cluster::start_again`] with `flags` added to the server's (kept for later starts).
+    pub fn start_again_with(&mut self, flags: &[&str]) {
+        self.flags.extend(flags.iter().map(|f| f.to_string()));
+        self.start_again();
+    }
+
     /// Stops and starts the server on the same port and data.
     pub fn restart(&mut self) {
         self.stop();

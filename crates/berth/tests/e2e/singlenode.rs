@@ -283,10 +283,18 @@ fn a_restart_keeping_pods_takes_on_the_node_and_its_pods() {
     c.stop_leaving_pods();
     let h = c.host().expect("single node");
     assert!(answers(h), "the pod answers while no server runs");
-    c.start_again();
+    let routes = |h: &Host| String::from_utf8_lossy(&h.exec(&["ip", "route"]).stdout).into_owned();
+    assert!(routes(h).contains("10.201.1.0/24"), "{}", routes(h));
+    // Another LoadBalancer pool this time: the old pool's host route goes, the new one comes.
+    c.start_again_with(&["--lb-pool=10.201.7.0/24"]);
     c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
     let h = c.host().expect("single node");
     assert!(answers(h), "the pod answers after the restart");
+    let now = routes(h);
+    assert!(
+        now.contains("10.201.7.0/24") && !now.contains("10.201.1.0/24"),
+        "{now}"
+    );
     let after: Vec<Option<String>> = pids.iter().map(started).collect();
     // Field 22 (start time) and the PID: the same processes.
     let start_of = |s: &Option<String>| {
