@@ -212,10 +212,7 @@ impl Console {
 
 /// The console of container `c` (logging to `log`) when it has one: a connection to the
 /// socket of the shim holding it. `None`, logged, when the shim cannot be reached.
-pub fn reconnect(
-    log: &Path,
-    c: &k8s_openapi::api::core::v1::Container,
-) -> Option<Arc<Console>> {
+pub fn reconnect(log: &Path, c: &k8s_openapi::api::core::v1::Container) -> Option<Arc<Console>> {
     let (tty, stdin) = (c.tty == Some(true), c.stdin == Some(true));
     if !tty && !stdin {
         return None;
@@ -273,7 +270,8 @@ impl Server {
                 master: None,
             });
         }
-        let pty = nix::pty::openpty(None, None).map_err(|e| format!("allocating a terminal: {e}"))?;
+        let pty =
+            nix::pty::openpty(None, None).map_err(|e| format!("allocating a terminal: {e}"))?;
         // Neither side is for the container's other descriptors (stdio gets dups of the slave).
         for fd in [&pty.master, &pty.slave] {
             nix::fcntl::fcntl(
@@ -369,7 +367,10 @@ fn pump(mut from: std::fs::File, stream: u8, mut log: std::fs::File, shared: &Sh
             break;
         }
         let _ = log.write_all(&buf[..n]);
-        send(shared, &Frame::Output(stream, Bytes::copy_from_slice(&buf[..n])));
+        send(
+            shared,
+            &Frame::Output(stream, Bytes::copy_from_slice(&buf[..n])),
+        );
     }
     if stream == STDOUT {
         lock(&shared.client).ended = true;
@@ -545,13 +546,19 @@ mod tests {
         let log_path = dir.path().join("c.log");
         let log = std::fs::File::create(&log_path).expect("log");
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", "while read l; do echo \"got $l\"; echo \"err $l\" >&2; done"]);
+        cmd.args([
+            "-c",
+            "while read l; do echo \"got $l\"; echo \"err $l\" >&2; done",
+        ]);
         let server = Server::bind(&socket, false, &mut cmd).expect("bind");
         let mut child = cmd.spawn().expect("sh");
         drop(cmd);
         let drained = server.serve(&mut child, &log).expect("serve");
         let mode = std::fs::metadata(&socket).expect("socket").permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
         let first = Console::connect(&socket, false, true, false).expect("connect");
         let mut rx = first.subscribe();
         assert!(first.write("one\n".into()));
@@ -597,7 +604,10 @@ mod tests {
         drained.wait(Duration::from_secs(5));
         assert!(child.wait().expect("sh").success());
         let logged = std::fs::read_to_string(&log_path).expect("log");
-        assert!(logged.contains("got one\n") && logged.contains("got two\n"), "{logged}");
+        assert!(
+            logged.contains("got one\n") && logged.contains("got two\n"),
+            "{logged}"
+        );
         assert!(logged.contains("err one\n"), "{logged}");
     }
 

@@ -413,7 +413,14 @@ mod tests {
         assert_eq!(io, Io::default());
         assert_eq!(argv, ["sh", "-c", "x"]);
         let console = args(&[
-            "--state", "s", "--exit", "e", "--tty", "--same-group", "--", "runc",
+            "--state",
+            "s",
+            "--exit",
+            "e",
+            "--tty",
+            "--same-group",
+            "--",
+            "runc",
         ]);
         let (_, _, io, _) = parse(&console).expect("parses");
         assert_eq!(

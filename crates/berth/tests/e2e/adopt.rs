@@ -406,7 +406,10 @@ spec:
         "0"
     );
     let logs = c.ok(&["logs", "imgterm"]);
-    assert!(logs.contains("42 xterm") && logs.contains("56 xterm"), "{logs}");
+    assert!(
+        logs.contains("42 xterm") && logs.contains("56 xterm"),
+        "{logs}"
+    );
 }
 
 fn import_busybox(c: &Cluster, bin: &Path, name: &str) {
@@ -450,33 +453,36 @@ fn shims(c: &Cluster, pod: &str) -> Vec<u32> {
 fn attach(c: &Cluster, pod: &str, container: &str, line: &str, want: &str) {
     use crate::kubelet::{Reaped, collect, in_terminal, outside, seen};
     use std::io::Write;
-    eventually(&format!("{want:?} through kubectl attach to {container}"), || {
-        let (mut kubectl, out, mut stdin) = if container == "term" {
-            in_terminal(c, &format!("kubectl attach -it {pod} -c {container}"))
-        } else {
-            let mut child = Reaped(
-                outside(c, "kubectl", &["attach", "-i", pod, "-c", container])
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::null())
-                    .spawn()
-                    .expect("kubectl"),
-            );
-            let out = collect(&mut child.0);
-            let stdin = child.0.stdin.take().expect("kubectl's stdin");
-            (child, out, stdin)
-        };
-        let t0 = std::time::Instant::now();
-        while t0.elapsed() < Duration::from_secs(5) {
-            if seen(&out, want).is_some() {
-                return Some(());
+    eventually(
+        &format!("{want:?} through kubectl attach to {container}"),
+        || {
+            let (mut kubectl, out, mut stdin) = if container == "term" {
+                in_terminal(c, &format!("kubectl attach -it {pod} -c {container}"))
+            } else {
+                let mut child = Reaped(
+                    outside(c, "kubectl", &["attach", "-i", pod, "-c", container])
+                        .stdin(std::process::Stdio::piped())
+                        .stdout(std::process::Stdio::piped())
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                        .expect("kubectl"),
+                );
+                let out = collect(&mut child.0);
+                let stdin = child.0.stdin.take().expect("kubectl's stdin");
+                (child, out, stdin)
+            };
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < Duration::from_secs(5) {
+                if seen(&out, want).is_some() {
+                    return Some(());
+                }
+                if !matches!(kubectl.0.try_wait(), Ok(None)) {
+                    return None;
+                }
+                let _ = stdin.write_all(format!("{line}\n").as_bytes());
+                std::thread::sleep(Duration::from_millis(300));
             }
-            if !matches!(kubectl.0.try_wait(), Ok(None)) {
-                return None;
-            }
-            let _ = stdin.write_all(format!("{line}\n").as_bytes());
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        None
-    });
+            None
+        },
+    );
 }
