@@ -118,6 +118,23 @@ pub fn socket_path(log: &Path) -> PathBuf {
     log.with_extension("sock")
 }
 
+/// Runs `f` (a bind or connect) on `socket`, through `/proc/self/fd/N/<name>` for the
+/// directory when the path is longer than a socket address holds (108 bytes with its NUL:
+/// a deep data directory and a 63-character container name).
+fn reachable<T>(socket: &Path, f: impl FnOnce(&Path) -> std::io::Result<T>) -> std::io::Result<T> {
+    use std::os::fd::AsRawFd;
+    const SUN_PATH: usize = 107;
+    if socket.as_os_str().len() <= SUN_PATH {
+        return f(socket);
+    }
+    let (Some(dir), Some(name)) = (socket.parent(), socket.file_name()) else {
+        return f(socket);
+    };
+    // Open while `f` runs, so the descriptor names this directory.
+    let dir = std::fs::File::open(dir)?;
+    f(&Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name))
+}
+
 /// The stdio of a running console container, through its shim: input goes to the process,
 /// output to every attached client (the shim has logged it already).
 #[derive(Debug)]
@@ -142,7 +159,7 @@ impl Console {
         stdin: bool,
         stdin_once: bool,
     ) -> std::io::Result<Console> {
-        let stream = UnixStream::connect(socket)?;
+        let stream = reachable(socket, |p| UnixStream::connect(p))?;
         let mut reader = stream.try_clone()?;
         let mut writer = stream;
         let (output, _) = broadcast::channel(256);
@@ -187,7 +204,22 @@ impl Console {
 
     /// Sends input to the container; false once its stdin is closed.
     pub fn write(&self, data: Bytes) -> bool {
-        self.stdin_open.load(Ordering::SeqCst) && self.requests.send(Frame::Input(data)).is_ok()
+        if !self.stdin_open.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut at = 0;
+        while at < data.len() {
+            let end = data.len().min(at + MAX_PAYLOAD);
+            if self
+                .requests
+                .send(Frame::Input(data.slice(at..end)))
+                .is_err()
+            {
+                return false;
+            }
+            at = end;
+        }
+        true
     }
 
     /// Closes the container's stdin (a terminal gets end-of-file, ^D).
@@ -258,7 +290,7 @@ impl Server {
     pub(crate) fn bind(socket: &Path, tty: bool, cmd: &mut Command) -> Result<Server, String> {
         let _ = std::fs::remove_file(socket);
         let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-        let listener = UnixListener::bind(socket);
+        let listener = reachable(socket, |p| UnixListener::bind(p));
         nix::sys::stat::umask(old);
         let listener = listener.map_err(|e| format!("binding {}: {e}", socket.display()))?;
         if !tty {
@@ -609,6 +641,31 @@ mod tests {
             "{logged}"
         );
         assert!(logged.contains("err one\n"), "{logged}");
+    }
+
+    #[test]
+    fn a_socket_deeper_than_an_address_holds_is_served() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let deep = dir.path().join("d".repeat(60)).join("e".repeat(60));
+        std::fs::create_dir_all(&deep).expect("mkdir");
+        let socket = deep.join("c.sock");
+        assert!(socket.as_os_str().len() > 108);
+        let mut cmd = Command::new("cat");
+        let server = Server::bind(&socket, false, &mut cmd).expect("bind");
+        assert!(socket.exists(), "bound where it was asked");
+        let mut child = cmd.spawn().expect("cat");
+        drop(cmd);
+        let log = std::fs::File::create(deep.join("c.log")).expect("log");
+        let drained = server.serve(&mut child, &log).expect("serve");
+        let console = Console::connect(&socket, false, true, false).expect("connect");
+        // More than one frame's worth of input, in one write.
+        let big = Bytes::from(vec![b'x'; MAX_PAYLOAD + 10]);
+        assert!(console.write(big));
+        console.close_stdin();
+        drained.wait(Duration::from_secs(10));
+        assert!(child.wait().expect("cat").success());
+        let logged = std::fs::metadata(deep.join("c.log")).expect("log").len();
+        assert_eq!(logged, u64::try_from(MAX_PAYLOAD + 10).unwrap_or(0));
     }
 
     #[test]
