@@ -9,8 +9,8 @@
 //! and `work/` over the image's unpacked root (a copy where overlayfs is not available).
 //! The overlay is mounted inside a private mount namespace that `unshare` makes for the
 //! runc process, so nothing is left mounted on the node when the container is gone.
-//! `runc run` stays in the foreground: it is the child the pod worker waits for, and its
-//! exit status is the container's. Signals go to the container's init directly (it is in
+//! `runc run` stays in the foreground: it is the child of the container's shim (which holds
+//! its stdio, a terminal for `tty`), and its exit status is the container's. Signals go to the container's init directly (it is in
 //! its own session and PID namespace, out of reach of a process-group signal).
 
 use std::collections::HashMap;
