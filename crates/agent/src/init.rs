@@ -9,7 +9,7 @@
 //! child, forwards signals to it and reaps orphans (as `docker run --init` does), so `ps`
 //! in a pod shows only the pod's processes and SIGTERM reaches a shell that ignores it as
 //! PID 1. Both ask to die with their parent, so everything dies with whoever started the
-//! container: its `shim` (which outlives the agent), or the agent for a console container.
+//! container: its `shim` (which outlives the agent).
 //!
 //! The three processes (agent -> container-init -> reaper -> command) exist because safe
 //! Rust cannot fork: each step is a spawn of the `berth` binary.

@@ -2,6 +2,7 @@
 //! pods bound to its node and runs them; start from [`sandbox`], which gives each pod its own
 //! network namespace on the node bridge with an IP from the node's pod CIDR.
 
+pub mod console;
 pub mod env;
 pub mod error;
 mod events;

@@ -9,8 +9,8 @@
 //! and `work/` over the image's unpacked root (a copy where overlayfs is not available).
 //! The overlay is mounted inside a private mount namespace that `unshare` makes for the
 //! runc process, so nothing is left mounted on the node when the container is gone.
-//! `runc run` stays in the foreground: it is the child the pod worker waits for, and its
-//! exit status is the container's. Signals go to the container's init directly (it is in
+//! `runc run` stays in the foreground: it is the child of the container's shim (which holds
+//! its stdio, a terminal for `tty`), and its exit status is the container's. Signals go to the container's init directly (it is in
 //! its own session and PID namespace, out of reach of a process-group signal).
 
 use std::collections::HashMap;
@@ -27,7 +27,6 @@ use oci_spec::runtime::{
     LinuxNamespaceType, LinuxResources, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec,
     UserBuilder,
 };
-use tokio::process::Command;
 
 use crate::runtime::{Console, Processes, Runtime, StartError, StartSpec, Started};
 
@@ -181,21 +180,21 @@ impl Oci {
             .map_err(|e| run_error(format!("encoding config.json: {e}")))?;
         std::fs::write(bundle.join("config.json"), body)
             .map_err(|e| run_error(format!("writing config.json: {e}")))?;
-        let log = std::fs::OpenOptions::new()
+        // Made private here; the shim appends to it.
+        std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(spec.log)
             .map_err(|e| run_error(format!("opening {}: {e}", spec.log.display())))?;
         let tty = c.tty == Some(true);
-        let mut cmd = Command::new("unshare");
+        let mut cmd = std::process::Command::new("unshare");
         cmd.args(["--mount", "--propagation", "private", "--"]);
         if tty {
-            // runc's stdin becomes its controlling terminal, so a resize (SIGWINCH) reaches it
-            // and it resizes the container's; setsid keeps the PID, it is no group leader.
+            // runc's stdin (the terminal its shim holds) becomes its controlling terminal, so
+            // a resize (SIGWINCH) reaches it and it resizes the container's; setsid keeps the
+            // PID, it is no group leader.
             cmd.args(["setsid", "-c"]);
-        } else {
-            cmd.process_group(0);
         }
         cmd.args(["sh", "-c", LAUNCH, "sh"])
             .arg(&lower)
@@ -207,11 +206,11 @@ impl Oci {
             .arg(&id)
             .arg(&bundle)
             .env_clear()
-            .env("PATH", DEFAULT_PATH)
-            .kill_on_drop(false);
+            .env("PATH", DEFAULT_PATH);
         // Watched from before the container runs, so no OOM comes before the watch.
         let oom = crate::oom::watch(&cgroup_path(&id));
-        let (started, console) = stdio(cmd, c, log, self_exe, spec.log)?;
+        // With a terminal, runc's own session (setsid above): it stays in the shim's group.
+        let (started, console) = crate::runtime::start_held(self_exe, &cmd, c, spec.log, tty)?;
         self.track(started.pid, id, oom);
         wait_started(started.pid, &bundle.join("init.pid"));
         Ok((started, console))
@@ -353,66 +352,6 @@ pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
     }
-}
-
-/// Spawns runc with the container's stdio: the log; with `stdin`, pipes that a [`Console`]
-/// feeds and reads (runc passes them through); with `tty`, a terminal whose other side the
-/// console holds (runc, in the foreground, proxies it to the container's own terminal).
-fn stdio(
-    mut cmd: Command,
-    c: &Container,
-    log: std::fs::File,
-    self_exe: &Path,
-    log_path: &Path,
-) -> Result<(Started, Option<Arc<Console>>), StartError> {
-    use crate::runtime::{STDOUT, feed, pump};
-    use tokio::sync::{broadcast, mpsc};
-    use tokio_util::sync::CancellationToken;
-    let run_error = |message: String| StartError {
-        reason: "RunContainerError",
-        message,
-    };
-    let io_error = |what: &str, e: std::io::Error| run_error(format!("{what}: {e}"));
-    let spawn_error = |e: std::io::Error| run_error(format!("starting runc: {e}"));
-    let (tty, stdin) = (c.tty == Some(true), c.stdin == Some(true));
-    if !tty && !stdin {
-        drop(log);
-        let held = crate::shim::spawn(self_exe, cmd.as_std(), log_path)?;
-        return Ok((Started::held(held, log_path), None));
-    }
-    let (output, _) = broadcast::channel(256);
-    let (input_tx, input_rx) = mpsc::unbounded_channel();
-    let done = CancellationToken::new();
-    let console = |tty_path| Console {
-        tty,
-        stdin_once: c.stdin_once == Some(true),
-        input: Mutex::new(stdin.then_some(input_tx)),
-        output: output.clone(),
-        tty_path,
-        done: done.clone(),
-    };
-    if tty {
-        let pty = nix::pty::openpty(None, None)
-            .map_err(|e| run_error(format!("allocating a terminal: {e}")))?;
-        let tty_path = nix::unistd::ttyname(&pty.slave).ok();
-        let slave = std::fs::File::from(pty.slave);
-        let dup = |f: &std::fs::File| {
-            f.try_clone()
-                .map_err(|e| io_error("duplicating the terminal", e))
-        };
-        cmd.stdin(dup(&slave)?).stdout(dup(&slave)?).stderr(slave);
-        let child = cmd.spawn().map_err(spawn_error)?;
-        drop(cmd);
-        let master = std::fs::File::from(pty.master);
-        let writer = master
-            .try_clone()
-            .map_err(|e| io_error("duplicating the terminal", e))?;
-        pump(master, STDOUT, log, output.clone(), Some(done.clone()));
-        feed(writer, input_rx);
-        return Ok((Started::child(child)?, Some(Arc::new(console(tty_path)))));
-    }
-    let child = crate::runtime::spawn_piped(&mut cmd, log, &output, &done, input_rx, spawn_error)?;
-    Ok((Started::child(child)?, Some(Arc::new(console(None)))))
 }
 
 /// An error with its causes, `a: b: c`.

@@ -3,17 +3,14 @@
 //! processes ([`Processes`]); [`crate::oci`] implements the same [`Runtime`] trait with runc.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use k8s_openapi::api::core::v1::Container;
-use tokio::process::{Child, Command};
-use tokio::sync::{broadcast, mpsc};
-use tokio_util::sync::CancellationToken;
+
+pub use crate::console::Console;
 
 /// Why a container could not be started, in the kubelet's terms: `reason` is what the
 /// container's `waiting` state shows (`ErrImagePull`, `RunContainerError`, ...).
@@ -51,8 +48,6 @@ pub struct Started {
 /// How the agent learns that a container ended.
 #[derive(Debug)]
 pub enum Waiter {
-    /// A console container, the agent's own child (it dies with the agent).
-    Child(Child),
     /// A container held by a [`crate::shim`], which outlives the agent; its log's path.
     Shim(crate::shim::Held, PathBuf),
 }
@@ -62,13 +57,6 @@ impl Waiter {
     /// `None` when that is unknown.
     pub async fn wait(self) -> (Option<i32>, Option<i32>) {
         match self {
-            Waiter::Child(mut child) => match child.wait().await {
-                Ok(s) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    (s.code(), s.signal())
-                }
-                Err(_) => (None, None),
-            },
             Waiter::Shim(held, log) => {
                 let exit = crate::shim::wait(held, log).await;
                 (exit.code, exit.signal)
@@ -78,18 +66,6 @@ impl Waiter {
 }
 
 impl Started {
-    /// A console container's child (whose PID is known while it has not been waited for).
-    pub(crate) fn child(child: Child) -> Result<Started, StartError> {
-        let pid = child.id().ok_or_else(|| StartError {
-            reason: "RunContainerError",
-            message: "the container exited at once".into(),
-        })?;
-        Ok(Started {
-            pid,
-            exit: Waiter::Child(child),
-        })
-    }
-
     /// A container under a shim that logs to `log`.
     pub(crate) fn held(held: crate::shim::Held, log: &Path) -> Started {
         Started {
@@ -101,9 +77,9 @@ impl Started {
 
 /// Starts container processes.
 pub trait Runtime: Send + Sync + 'static {
-    /// Starts the container. Containers with `stdin` or `tty` come with their [`Console`],
-    /// which `kubectl attach` connects to, and die with the agent; the others are held by a
-    /// [`crate::shim`] and outlive it.
+    /// Starts the container, held by a [`crate::shim`] so that it outlives the agent.
+    /// Containers with `stdin` or `tty` come with their [`Console`] (a connection to the
+    /// shim's console socket), which `kubectl attach` connects to.
     fn start(&self, spec: &StartSpec<'_>) -> Result<(Started, Option<Arc<Console>>), StartError>;
 
     /// Takes on a container an earlier agent started (held by a shim), whose main process
@@ -130,57 +106,29 @@ pub trait Runtime: Send + Sync + 'static {
     }
 }
 
-/// Where attached clients' output comes from: the pty (stdout and stderr merged) or stdout.
-pub const STDOUT: u8 = 1;
-pub const STDERR: u8 = 2;
-
-/// The stdio of a running container that keeps its stdin open (`stdin: true`) or has a
-/// terminal (`tty: true`): input goes to the process, output goes to the log and to every
-/// attached client.
-#[derive(Debug)]
-pub struct Console {
-    pub tty: bool,
-    /// `stdinOnce`: the first attached client closing its stdin closes the container's.
-    pub stdin_once: bool,
-    pub(crate) input: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
-    pub(crate) output: broadcast::Sender<(u8, Bytes)>,
-    /// The terminal's device (`/dev/pts/N`), for resizing.
-    pub(crate) tty_path: Option<PathBuf>,
-    /// Cancelled when the container's output ends (it exited).
-    pub(crate) done: CancellationToken,
-}
-
-impl Console {
-    /// Output from now on, as (stream, bytes) with stream [`STDOUT`] or [`STDERR`].
-    pub fn subscribe(&self) -> broadcast::Receiver<(u8, Bytes)> {
-        self.output.subscribe()
-    }
-
-    /// Sends input to the container; false once its stdin is closed.
-    pub fn write(&self, data: Bytes) -> bool {
-        let input = self.input.lock().unwrap_or_else(|p| p.into_inner());
-        input.as_ref().is_some_and(|tx| tx.send(data).is_ok())
-    }
-
-    /// Closes the container's stdin (a terminal gets end-of-file, ^D).
-    pub fn close_stdin(&self) {
-        let mut input = self.input.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = input.take()
-            && self.tty
-        {
-            let _ = tx.send(Bytes::from_static(b"\x04"));
-        }
-    }
-
-    /// Sets the terminal's size, as a client's resize message asks.
-    pub async fn resize(&self, cols: u16, rows: u16) {
-        resize_tty(self.tty_path.as_deref(), cols, rows).await;
-    }
-
-    /// Resolves once the container's output has ended.
-    pub async fn done(&self) {
-        self.done.cancelled().await;
-    }
+/// Starts `cmd` (a container's first process) under a shim, one path for both runtimes:
+/// a console container's shim holds its terminal or pipes, and its [`Console`] connects to
+/// the shim. `same_group`: the command makes its own session (see [`crate::shim::Io`]).
+pub(crate) fn start_held(
+    self_exe: &Path,
+    cmd: &std::process::Command,
+    c: &Container,
+    log: &Path,
+    same_group: bool,
+) -> Result<(Started, Option<Arc<Console>>), StartError> {
+    let io = crate::shim::Io {
+        tty: c.tty == Some(true),
+        stdin: c.stdin == Some(true),
+        same_group,
+    };
+    let held = crate::shim::spawn(self_exe, cmd, log, io)?;
+    // The shim listens before it starts the container.
+    let console = if io.console() {
+        crate::console::reconnect(log, c)
+    } else {
+        None
+    };
+    Ok((Started::held(held, log), console))
 }
 
 /// The environment of process `pid` (a container's main process), from /proc.
@@ -215,11 +163,11 @@ pub fn in_container(pid: u32, argv: &[String]) -> std::process::Command {
     cmd
 }
 
-/// Sets a terminal's size (which signals SIGWINCH to its foreground process group). stty
-/// does the TIOCSWINSZ ioctl, which would otherwise take unsafe code here.
+/// Sets an exec session's terminal's size (which signals SIGWINCH to its foreground process
+/// group). stty does the TIOCSWINSZ ioctl on the device by name.
 pub async fn resize_tty(tty: Option<&Path>, cols: u16, rows: u16) {
     let Some(tty) = tty else { return };
-    let _ = Command::new("stty")
+    let _ = tokio::process::Command::new("stty")
         .arg("-F")
         .arg(tty)
         .args(["rows", &rows.to_string(), "cols", &cols.to_string()])
@@ -251,39 +199,6 @@ impl Consoles {
     }
 }
 
-/// Copies a container's output to its log and to attached clients until it closes.
-pub(crate) fn pump(
-    mut from: impl Read + Send + 'static,
-    stream: u8,
-    mut log: std::fs::File,
-    out: broadcast::Sender<(u8, Bytes)>,
-    done: Option<CancellationToken>,
-) {
-    std::thread::spawn(move || {
-        let _done = done.map(CancellationToken::drop_guard);
-        let mut buf = vec![0u8; 8192];
-        // EIO is how a pty says its last writer is gone.
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            let _ = log.write_all(&buf[..n]);
-            let _ = out.send((stream, Bytes::copy_from_slice(&buf[..n])));
-        }
-    });
-}
-
-/// Feeds attached clients' input to a container until its stdin is closed.
-pub(crate) fn feed(mut to: impl Write + Send + 'static, mut input: mpsc::UnboundedReceiver<Bytes>) {
-    std::thread::spawn(move || {
-        while let Some(data) = input.blocking_recv() {
-            if to.write_all(&data).and_then(|()| to.flush()).is_err() {
-                break;
-            }
-        }
-    });
-}
-
 /// Signals the process group of a container's main process; a group already gone is fine.
 pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     // Group 0 is the caller's own (and 1 would be init's): never a container's.
@@ -299,7 +214,7 @@ pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
 /// Runs containers as host processes, started through `berth container-init` (see
 /// [`crate::init`]): in the pod's network namespace, with their own PID and mount namespaces
 /// over a private overlay of the node's files, the pod's resolv.conf, hosts and hostname,
-/// held by a [`crate::shim`] (console containers die with the agent).
+/// held by a [`crate::shim`].
 #[derive(Debug, Clone)]
 pub struct Processes {
     /// The `berth` binary, which runs the built-in workloads (`berth workload ...`).
@@ -399,7 +314,8 @@ impl Runtime for Processes {
             message,
         };
         let io_error = |what: &str, e: std::io::Error| run_error(format!("{what}: {e}"));
-        let log = std::fs::OpenOptions::new()
+        // Made private here; the shim appends to it.
+        std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
@@ -407,7 +323,6 @@ impl Runtime for Processes {
             .map_err(|e| io_error(&format!("opening {}", spec.log.display()), e))?;
         let c = spec.container;
         let tty = c.tty == Some(true);
-        let stdin = c.stdin == Some(true);
         // Beside the log: an empty directory the container's root is assembled on.
         let stage = spec.log.with_extension("root");
         std::fs::DirBuilder::new()
@@ -436,11 +351,12 @@ impl Runtime for Processes {
             binds,
             hide: self.hide.iter().map(|p| p.display().to_string()).collect(),
             stage: Some(stage.display().to_string()),
-            argv: argv.clone(),
+            argv,
         };
-        let mut cmd = Command::new(&self.self_exe);
-        // A group of its own, which the agent signals; container-init passes signals on.
-        cmd.args(init.command_line()).process_group(0);
+        // The shim puts the command in a group of its own, which the agent signals;
+        // container-init passes signals on.
+        let mut cmd = std::process::Command::new(&self.self_exe);
+        cmd.args(init.command_line());
         cmd.env_clear()
             .env(
                 "PATH",
@@ -452,96 +368,9 @@ impl Runtime for Processes {
         if tty {
             cmd.env("TERM", "xterm");
         }
-        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .kill_on_drop(false);
-        let (output, _) = broadcast::channel(256);
-        let (input_tx, input_rx) = mpsc::unbounded_channel();
-        let done = CancellationToken::new();
-        let console = |tty_path| Console {
-            tty,
-            stdin_once: c.stdin_once == Some(true),
-            input: Mutex::new(stdin.then_some(input_tx)),
-            output: output.clone(),
-            tty_path,
-            done: done.clone(),
-        };
-        let spawn_error = |e: std::io::Error| run_error(format!("starting {argv:?}: {e}"));
-        if tty {
-            let pty = nix::pty::openpty(None, None)
-                .map_err(|e| run_error(format!("allocating a terminal: {e}")))?;
-            let tty_path = nix::unistd::ttyname(&pty.slave).ok();
-            let slave = std::fs::File::from(pty.slave);
-            let dup = |f: &std::fs::File| {
-                f.try_clone()
-                    .map_err(|e| io_error("duplicating the terminal", e))
-            };
-            cmd.stdin(dup(&slave)?).stdout(dup(&slave)?).stderr(slave);
-            let child = cmd.spawn().map_err(spawn_error)?;
-            drop(cmd);
-            let master = std::fs::File::from(pty.master);
-            let writer = master
-                .try_clone()
-                .map_err(|e| io_error("duplicating the terminal", e))?;
-            pump(master, STDOUT, log, output.clone(), Some(done.clone()));
-            feed(writer, input_rx);
-            return Ok((Started::child(child)?, Some(Arc::new(console(tty_path)))));
-        }
-        if !stdin {
-            drop(log);
-            let held = crate::shim::spawn(&self.self_exe, cmd.as_std(), spec.log)?;
-            return Ok((Started::held(held, spec.log), None));
-        }
-        let child = spawn_piped(&mut cmd, log, &output, &done, input_rx, spawn_error)?;
-        Ok((Started::child(child)?, Some(Arc::new(console(None)))))
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+        start_held(&self.self_exe, &cmd, c, spec.log, false)
     }
-}
-
-/// Spawns a container whose stdin stays open: its stdout and stderr go to `log` and to
-/// attached clients (the end of stdout cancels `done`), attached clients' input to its stdin.
-pub(crate) fn spawn_piped(
-    cmd: &mut Command,
-    log: std::fs::File,
-    output: &broadcast::Sender<(u8, Bytes)>,
-    done: &CancellationToken,
-    input: mpsc::UnboundedReceiver<Bytes>,
-    spawn_error: impl Fn(std::io::Error) -> StartError,
-) -> Result<Child, StartError> {
-    let run_error = |message: String| StartError {
-        reason: "RunContainerError",
-        message,
-    };
-    let io_error = |what: &str, e: std::io::Error| run_error(format!("{what}: {e}"));
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(spawn_error)?;
-    let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
-    let (Some(child_in), Some(child_out), Some(child_err)) = pipes else {
-        return Err(run_error("the container's pipes are missing".into()));
-    };
-    let blocking = |r: std::io::Result<std::os::fd::OwnedFd>| {
-        r.map(std::fs::File::from)
-            .map_err(|e| io_error("taking the container's pipes", e))
-    };
-    let err_log = log
-        .try_clone()
-        .map_err(|e| io_error("opening the log", e))?;
-    pump(
-        blocking(child_out.into_owned_fd())?,
-        STDOUT,
-        log,
-        output.clone(),
-        Some(done.clone()),
-    );
-    pump(
-        blocking(child_err.into_owned_fd())?,
-        STDERR,
-        err_log,
-        output.clone(),
-        None,
-    );
-    feed(blocking(child_in.into_owned_fd())?, input);
-    Ok(child)
 }
 
 #[cfg(test)]

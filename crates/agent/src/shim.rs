@@ -3,7 +3,9 @@
 //! container; the shim leaves the agent's session (no parent-death signal ties it to the
 //! agent), starts the container's first process (`berth container-init` or runc, whose chain
 //! still dies with the shim), writes the container's PID and start time to a state file,
-//! tells the agent, reaps the container and writes its exit status to an exit file.
+//! tells the agent, reaps the container and writes its exit status to an exit file. A
+//! console container's shim (`--tty`, `--stdin`) also holds its terminal or pipes and serves
+//! them to the agent on a socket ([`crate::console`]).
 //!
 //! The agent waits for the shim's exit through a pidfd (which works on a process that is
 //! not its child: a restarted agent [`find`]s the shims an earlier one left and waits on
@@ -89,6 +91,37 @@ pub fn find(log: &Path) -> Option<Found> {
 pub fn forget(log: &Path) {
     let _ = std::fs::remove_file(state_path(log));
     let _ = std::fs::remove_file(exit_path(log));
+    let _ = std::fs::remove_file(crate::console::socket_path(log));
+}
+
+/// The stdio a shim gives its container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Io {
+    /// A terminal, whose master side the shim holds (`tty: true`).
+    pub tty: bool,
+    /// A stdin pipe the shim holds open (`stdin: true`); without `tty`, stdout and stderr
+    /// are pipes too.
+    pub stdin: bool,
+    /// The command makes a session of its own (`setsid`, as runc with a terminal does): it
+    /// stays in the shim's process group, since setsid(1) would fork as a group leader.
+    pub same_group: bool,
+}
+
+impl Io {
+    /// A console container's: what `kubectl attach` can join.
+    pub fn console(&self) -> bool {
+        self.tty || self.stdin
+    }
+
+    fn args(&self) -> impl Iterator<Item = &'static str> {
+        [
+            (self.tty, "--tty"),
+            (self.stdin, "--stdin"),
+            (self.same_group, "--same-group"),
+        ]
+        .into_iter()
+        .filter_map(|(on, arg)| on.then_some(arg))
+    }
 }
 
 /// Kills the containers still held by shims in `pod_dir` (a pod that is gone) and their
@@ -126,9 +159,15 @@ pub fn kill_all(pod_dir: &Path) -> usize {
 }
 
 /// Starts `cmd` (the container's first process, with its environment set) under a shim of
-/// `self_exe`, its stdout and stderr appended to `log`; returns once the container runs.
+/// `self_exe`, its stdout and stderr appended to `log` (through the shim's console for
+/// `io.console()`); returns once the container runs.
 /// Off the async workers' scheduling while it waits for the shim's word.
-pub fn spawn(self_exe: &Path, cmd: &std::process::Command, log: &Path) -> Result<Held, StartError> {
+pub fn spawn(
+    self_exe: &Path,
+    cmd: &std::process::Command,
+    log: &Path,
+    io: Io,
+) -> Result<Held, StartError> {
     let run_error = |message: String| StartError {
         reason: "RunContainerError",
         message,
@@ -145,6 +184,7 @@ pub fn spawn(self_exe: &Path, cmd: &std::process::Command, log: &Path) -> Result
         .arg(state_path(log))
         .arg("--exit")
         .arg(exit_path(log))
+        .args(io.args())
         .arg("--")
         .arg(cmd.get_program())
         .args(cmd.get_args())
@@ -224,8 +264,9 @@ fn watch(
     tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)
 }
 
-/// `berth container-shim --state FILE --exit FILE -- COMMAND...`: see the module docs.
-/// Exits as the container did (128 + its signal), 127 when it could not start it.
+/// `berth container-shim --state FILE --exit FILE [--tty] [--stdin] [--same-group] --
+/// COMMAND...`: see the module docs. Exits as the container did (128 + its signal), 127 when
+/// it could not start it.
 pub fn main_for(args: &[String]) -> ExitCode {
     if args.first().is_some_and(|a| a.starts_with("--pause")) {
         return crate::sandbox::pause::main_for(args);
@@ -234,40 +275,57 @@ pub fn main_for(args: &[String]) -> ExitCode {
         eprintln!("berth container-shim: {e}");
         ExitCode::from(127)
     };
-    let (state, exit_to, argv) = match args {
-        [s, state, e, exit, dash, argv @ ..]
-            if s == "--state" && e == "--exit" && dash == "--" && !argv.is_empty() =>
-        {
-            (Path::new(state), Path::new(exit), argv)
-        }
-        _ => return fail("usage: container-shim --state FILE --exit FILE -- COMMAND...".into()),
+    let Some((state, exit_to, io, argv)) = parse(args) else {
+        return fail(
+            "usage: container-shim --state FILE --exit FILE [--tty] [--stdin] [--same-group] -- COMMAND..."
+                .into(),
+        );
     };
     // Out of the agent's session and process group: a terminal's ^C or a signal to the
     // agent's group does not reach the container through us.
     let _ = nix::unistd::setsid();
-    let stderr = std::io::stderr();
-    let log = |what| {
-        stderr
-            .as_fd()
-            .try_clone_to_owned()
-            .map(Stdio::from)
-            .map_err(|e| format!("duplicating the log for {what}: {e}"))
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]).stdin(Stdio::null());
+    if !io.same_group {
+        // A group of its own, which the agent signals, as before the shim.
+        cmd.process_group(0);
+    }
+    let console = if io.console() {
+        let socket = crate::console::socket_path(state);
+        match crate::console::Server::bind(&socket, io.tty, &mut cmd) {
+            Ok(s) => Some(s),
+            Err(e) => return fail(e),
+        }
+    } else {
+        let stderr = std::io::stderr();
+        let log = |what| {
+            stderr
+                .as_fd()
+                .try_clone_to_owned()
+                .map(Stdio::from)
+                .map_err(|e| format!("duplicating the log for {what}: {e}"))
+        };
+        match (log("stdout"), log("stderr")) {
+            (Ok(o), Ok(e)) => cmd.stdout(o).stderr(e),
+            (Err(e), _) | (_, Err(e)) => return fail(e),
+        };
+        None
     };
-    let (out, err) = match (log("stdout"), log("stderr")) {
-        (Ok(o), Ok(e)) => (o, e),
-        (Err(e), _) | (_, Err(e)) => return fail(e),
-    };
-    // A group of its own, which the agent signals, as before the shim.
-    let mut child = match std::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .spawn()
-    {
+    let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return fail(format!("starting {:?}: {e}", argv[0])),
+    };
+    // The command holds the parent's copies of the terminal's slave side: the output ends
+    // only once the container's are closed.
+    drop(cmd);
+    let drained = match console.map(|s| {
+        let log = std::fs::File::from(std::io::stderr().as_fd().try_clone_to_owned()?);
+        Ok::<_, std::io::Error>(s.serve(&mut child, &log))
+    }) {
+        None => None,
+        Some(Ok(Ok(d))) => Some(d),
+        Some(Ok(Err(e))) => return fail(e),
+        Some(Err(e)) => return fail(format!("duplicating the log: {e}")),
     };
     let me = std::process::id();
     let held = Held {
@@ -292,6 +350,10 @@ pub fn main_for(args: &[String]) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(format!("waiting for the container: {e}")),
     };
+    if let Some(d) = drained {
+        // Its last output logged (and sent) before its exit is reported.
+        d.wait(std::time::Duration::from_secs(2));
+    }
     let exit = Exit {
         code: status.code(),
         signal: status.signal(),
@@ -301,6 +363,30 @@ pub fn main_for(args: &[String]) -> ExitCode {
     }
     let code = exit.code.unwrap_or_else(|| 128 + exit.signal.unwrap_or(0));
     ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1))
+}
+
+/// The shim's arguments: state file, exit file, stdio, the container's command.
+fn parse(args: &[String]) -> Option<(&Path, &Path, Io, &[String])> {
+    let [s, state, e, exit, rest @ ..] = args else {
+        return None;
+    };
+    if s != "--state" || e != "--exit" {
+        return None;
+    }
+    let mut io = Io::default();
+    for (i, a) in rest.iter().enumerate() {
+        match a.as_str() {
+            "--tty" => io.tty = true,
+            "--stdin" => io.stdin = true,
+            "--same-group" => io.same_group = true,
+            "--" => {
+                let argv = rest.get(i + 1..).filter(|a| !a.is_empty())?;
+                return Some((Path::new(state), Path::new(exit), io, argv));
+            }
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// Writes `data` to a temporary file beside `path`, then renames it over `path`: readers
@@ -317,6 +403,45 @@ pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shim_s_arguments_parse() {
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let plain = args(&["--state", "s", "--exit", "e", "--", "sh", "-c", "x"]);
+        let (state, exit, io, argv) = parse(&plain).expect("parses");
+        assert_eq!((state, exit), (Path::new("s"), Path::new("e")));
+        assert_eq!(io, Io::default());
+        assert_eq!(argv, ["sh", "-c", "x"]);
+        let console = args(&[
+            "--state",
+            "s",
+            "--exit",
+            "e",
+            "--tty",
+            "--same-group",
+            "--",
+            "runc",
+        ]);
+        let (_, _, io, _) = parse(&console).expect("parses");
+        assert_eq!(
+            io,
+            Io {
+                tty: true,
+                stdin: false,
+                same_group: true
+            }
+        );
+        assert_eq!(Io { stdin: true, ..io }.args().count(), 3);
+        for bad in [
+            &["--state", "s", "--exit", "e", "--"][..],
+            &["--state", "s", "--exit", "e", "--bogus", "--", "sh"],
+            &["--exit", "e", "--state", "s", "--", "sh"],
+            &["--state", "s", "--exit", "e", "sh"],
+            &[],
+        ] {
+            assert!(parse(&args(bad)).is_none(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_process_start_time_is_read_past_odd_names() {

@@ -386,6 +386,9 @@ impl Worker {
                 crate::shim::Found::Running(held) => {
                     tracing::info!(pod = %self.pod.name_any(), container = %c.spec.name, pid = held.pid, "adopting a running container");
                     self.shared.runtime.adopt(held.pid, &log, &c.spec);
+                    // A console container's shim serves its terminal or pipes again.
+                    let console = crate::console::reconnect(&log, &c.spec);
+                    self.shared.consoles.set(&self.uid, &c.spec.name, console);
                     let started = runtime::Started::held(held, &log);
                     running(
                         c,

@@ -53,7 +53,7 @@ async fn session(ws: super::exec::ChannelSocket, console: Arc<Console>) {
                         stdin_open = false;
                         end_stdin(&console);
                     }
-                    ClientFrame::Resize { width, height } => console.resize(width, height).await,
+                    ClientFrame::Resize { width, height } => console.resize(width, height),
                     _ => {}
                 },
                 Some(Ok(Message::Close(_)) | Err(_)) | None => {

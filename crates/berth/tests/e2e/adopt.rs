@@ -298,3 +298,191 @@ spec:
         (start_time(init).is_none() && start_time(runc).is_none()).then_some(())
     });
 }
+
+/// Console containers are held by their shims too: a terminal (`tty`) and a plain open stdin
+/// (`stdin`) survive a killed agent with the same processes and no restart, and the next
+/// agent attaches to them again; their logs run on across the restart.
+#[test]
+fn console_pods_outlive_a_killed_agent_and_attach_again() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_berth"));
+    let c = Cluster::start_on_node_without_agent(bin, &[]);
+    let mut agent = c.start_agent(&[]);
+    c.wait_node_ready();
+    c.apply(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: consoles
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: term
+    image: busybox
+    stdin: true
+    tty: true
+  - name: pipe
+    image: busybox
+    stdin: true
+    command: ["sh", "-c", "while read l; do echo \"got $l\"; done"]
+"#,
+    );
+    eventually("consoles to run", || {
+        (get(&c, "consoles", "{.status.phase}") == "Running").then_some(())
+    });
+    let term = process(&c, "consoles", "term");
+    let pipe = process(&c, "consoles", "pipe");
+    attach(&c, "consoles", "term", "echo $((6*7))", "42");
+    attach(&c, "consoles", "pipe", "before", "got before");
+
+    agent.kill();
+    let mut agent = c.start_agent(&[]);
+    attach(&c, "consoles", "term", "echo $((7*8))", "56");
+    attach(&c, "consoles", "pipe", "after", "got after");
+    assert_eq!(process(&c, "consoles", "term"), term, "the same shell");
+    assert_eq!(process(&c, "consoles", "pipe"), pipe, "the same reader");
+    assert_eq!(
+        get(
+            &c,
+            "consoles",
+            "{.status.containerStatuses[*].restartCount}"
+        ),
+        "0 0"
+    );
+    let logs = c.ok(&["logs", "consoles", "-c", "term"]);
+    assert!(logs.contains("42") && logs.contains("56"), "{logs}");
+    let logs = c.ok(&["logs", "consoles", "-c", "pipe"]);
+    assert!(
+        logs.contains("got before\n") && logs.contains("got after\n"),
+        "{logs}"
+    );
+
+    // A killed agent's console shims are what the test harness's kill_holders clears.
+    let shims = shims(&c, "consoles");
+    assert_eq!(shims.len(), 2, "{shims:?}");
+    agent.kill();
+    berth_testkit::kill_holders(&c.data_dir().join("agent"));
+    for pid in shims.into_iter().chain([term.0, pipe.0]) {
+        eventually("the console containers and their shims to go", || {
+            start_time(pid).is_none().then_some(())
+        });
+    }
+}
+
+/// The same for an image pod's terminal: runc runs under the shim with the terminal the shim
+/// holds, and the next agent attaches to the image's shell again.
+#[test]
+fn image_console_pods_outlive_a_killed_agent() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_berth"));
+    let c = Cluster::start_on_node_without_agent(bin, &[]);
+    import_busybox(&c, bin, "bbterm:1");
+    let mut agent = c.start_agent(&[]);
+    c.wait_node_ready();
+    c.apply(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: imgterm
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: term
+    image: bbterm:1
+    imagePullPolicy: Never
+    stdin: true
+    tty: true
+"#,
+    );
+    eventually("imgterm to run", || {
+        (get(&c, "imgterm", "{.status.phase}") == "Running").then_some(())
+    });
+    let runc = process(&c, "imgterm", "term");
+    attach(&c, "imgterm", "term", "echo $((6*7)) $TERM", "42 xterm");
+    agent.kill();
+    let _agent = c.start_agent(&[]);
+    attach(&c, "imgterm", "term", "echo $((7*8)) $TERM", "56 xterm");
+    assert_eq!(process(&c, "imgterm", "term"), runc, "the same runc");
+    assert_eq!(
+        get(&c, "imgterm", "{.status.containerStatuses[0].restartCount}"),
+        "0"
+    );
+    let logs = c.ok(&["logs", "imgterm"]);
+    assert!(
+        logs.contains("42 xterm") && logs.contains("56 xterm"),
+        "{logs}"
+    );
+}
+
+fn import_busybox(c: &Cluster, bin: &Path, name: &str) {
+    let image = berth_testkit::images::busybox(&["sh"]);
+    let tar = c.dir().join("bb.tar");
+    std::fs::write(&tar, image.docker_save(&[name]).expect("docker save")).expect("write");
+    let out = std::process::Command::new(bin)
+        .args(["image", "import"])
+        .arg(&tar)
+        .arg(format!("--data-dir={}", c.data_dir().display()))
+        .output()
+        .expect("berth image import");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The shims holding a pod's containers, from their state files.
+fn shims(c: &Cluster, pod: &str) -> Vec<u32> {
+    let dir = c
+        .data_dir()
+        .join("agent/pods")
+        .join(get(c, pod, "{.metadata.uid}"));
+    std::fs::read_dir(dir)
+        .expect("the pod's directory")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "shim"))
+        .filter_map(|e| {
+            let held: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+            u32::try_from(held.get("shim")?.as_u64()?).ok()
+        })
+        .collect()
+}
+
+/// `kubectl attach` to a console container (`-it` in a terminal for `term`, `-i` with a pipe
+/// otherwise) typing `line` until `want` comes back; again while the agent cannot attach yet
+/// (just restarted: kubectl fails).
+fn attach(c: &Cluster, pod: &str, container: &str, line: &str, want: &str) {
+    use crate::kubelet::{Reaped, collect, in_terminal, outside, seen};
+    use std::io::Write;
+    eventually(
+        &format!("{want:?} through kubectl attach to {container}"),
+        || {
+            let (mut kubectl, out, mut stdin) = if container == "term" {
+                in_terminal(c, &format!("kubectl attach -it {pod} -c {container}"))
+            } else {
+                let mut child = Reaped(
+                    outside(c, "kubectl", &["attach", "-i", pod, "-c", container])
+                        .stdin(std::process::Stdio::piped())
+                        .stdout(std::process::Stdio::piped())
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                        .expect("kubectl"),
+                );
+                let out = collect(&mut child.0);
+                let stdin = child.0.stdin.take().expect("kubectl's stdin");
+                (child, out, stdin)
+            };
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < Duration::from_secs(5) {
+                if seen(&out, want).is_some() {
+                    return Some(());
+                }
+                if !matches!(kubectl.0.try_wait(), Ok(None)) {
+                    return None;
+                }
+                let _ = stdin.write_all(format!("{line}\n").as_bytes());
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            None
+        },
+    );
+}

@@ -31,7 +31,7 @@ fn pod(c: &Cluster, name: &str, containers: &[(&str, &str)]) {
 }
 
 /// kubectl (or `program`) in the outside netns with this cluster's kubeconfig, not waited for.
-fn outside(c: &Cluster, program: &str, args: &[&str]) -> Command {
+pub(crate) fn outside(c: &Cluster, program: &str, args: &[&str]) -> Command {
     let node = c.node().expect("a node cluster");
     let mut cmd = node.outside_command(program);
     cmd.args(args)
@@ -61,7 +61,7 @@ pub(crate) fn in_terminal(
 }
 
 /// Collects a child's stdout on a thread, so a test can look at it while the child runs.
-fn collect(child: &mut Child) -> Arc<Mutex<String>> {
+pub(crate) fn collect(child: &mut Child) -> Arc<Mutex<String>> {
     let out = Arc::new(Mutex::new(String::new()));
     if let Some(mut stdout) = child.stdout.take() {
         let out = out.clone();
