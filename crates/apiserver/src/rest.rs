@@ -251,6 +251,15 @@ pub fn is_events_v1(r: &Resource) -> bool {
 /// Objects stored before berth wrote this order have sorted keys; decoded paths reorder them,
 /// the raw paths serve them as stored until they are next written.
 fn encode(r: &Resource, obj: &Value) -> Bytes {
+    // Most writes reach here without a resourceVersion: serialized in place, no copy.
+    if !is_events_v1(r)
+        && obj
+            .get("metadata")
+            .and_then(|m| m.get("resourceVersion"))
+            .is_none()
+    {
+        return Bytes::from(berth_api::order::to_vec(obj));
+    }
     let mut o = obj.clone();
     o.remove_meta("resourceVersion");
     if is_events_v1(r) {
@@ -740,7 +749,8 @@ async fn update(srv: &Server, t: &Target, params: &Params, body: Value) -> Resul
     if t.subresource == Some(Subresource::Scale) {
         let cur = decode_as(r, &cur_kv)?;
         let new = admission::apply_scale(&cur, &body)?;
-        return write_update(srv, t, params, new, &cur_kv, warnings, Fields::Update).await;
+        return write_update(srv, t, params, new, &cur_kv, Some(cur), warnings, Fields::Update)
+            .await;
     }
     let new = decode_for(r, params, body, &mut warnings)?;
     if new.name() != Some(name) {
@@ -749,23 +759,29 @@ async fn update(srv: &Server, t: &Target, params: &Params, body: Value) -> Resul
             new.name().unwrap_or("")
         )));
     }
-    write_update(srv, t, params, new, &cur_kv, warnings, Fields::Update).await
+    write_update(srv, t, params, new, &cur_kv, None, warnings, Fields::Update).await
 }
 
 /// The shared tail of update and patch: carries server-owned fields over from the stored
 /// object, runs admission, and writes with an optimistic-concurrency precondition.
+/// `cur` is `cur_kv` as `decode_as` reads it, when the caller has decoded it already.
+#[allow(clippy::too_many_arguments)]
 async fn write_update(
     srv: &Server,
     t: &Target,
     params: &Params,
     mut new: Value,
     cur_kv: &KeyValue,
+    cur: Option<Value>,
     warnings: Vec<String>,
     fields: Fields,
 ) -> Result<Reply> {
     let r = t.resource;
     let name = t.name.as_deref().unwrap_or("");
-    let cur = decode_as(r, cur_kv)?;
+    let mut cur = match cur {
+        Some(cur) => cur,
+        None => decode_as(r, cur_kv)?,
+    };
     if let Some(rv) = new.resource_version().filter(|v| !v.is_empty())
         && rv != cur_kv.mod_revision.to_string()
     {
@@ -837,9 +853,13 @@ async fn write_update(
         let now = now_rfc3339();
         managed::record_update(Some(&cur), &mut new, &writer(t, params, &now));
     }
-    let mut unchanged = cur.clone();
-    unchanged.remove_meta("resourceVersion");
-    if unchanged == new {
+    // Compared with the stored resourceVersion taken out and put back: no copy of `cur`.
+    let rv = cur.remove_meta("resourceVersion");
+    let unchanged = cur == new;
+    if let Some(rv) = rv {
+        cur.set_meta("resourceVersion", rv);
+    }
+    if unchanged {
         grant.rollback(srv);
         return Ok(Reply {
             code: StatusCode::OK,
@@ -964,10 +984,13 @@ async fn patch(
         let Some(cur_kv) = srv.store.get(&key).await? else {
             return Err(not_found(r, name));
         };
-        let mut doc = decode_as(r, &cur_kv)?;
-        if t.subresource == Some(Subresource::Scale) {
-            doc = admission::scale_of(&doc);
-        }
+        // Decoded once: the patch's base, and the current object for write_update.
+        let cur = decode_as(r, &cur_kv)?;
+        let mut doc = if t.subresource == Some(Subresource::Scale) {
+            admission::scale_of(&cur)
+        } else {
+            cur.clone()
+        };
         patch::apply(kind, &mut doc, body, r.kind).map_err(|e| match e {
             patch::PatchError::Decode(m) => ApiError::BadRequest(m),
             patch::PatchError::Apply(m) => ApiError::Invalid {
@@ -981,16 +1004,17 @@ async fn patch(
             .resource_version()
             .is_some_and(|v| v != cur_kv.mod_revision.to_string());
         let result = if t.subresource == Some(Subresource::Scale) {
-            let cur = decode_as(r, &cur_kv)?;
             let new = admission::apply_scale(&cur, &doc)?;
-            write_update(srv, t, params, new, &cur_kv, Vec::new(), Fields::Update).await
+            let cur = Some(cur);
+            write_update(srv, t, params, new, &cur_kv, cur, Vec::new(), Fields::Update).await
         } else {
             let mut warnings = Vec::new();
             let new = decode_for(r, params, doc, &mut warnings)?;
             if new.name() != Some(name) {
                 return Err(ApiError::BadRequest("metadata.name: Invalid value: the name of the object may not be changed by a patch".into()));
             }
-            write_update(srv, t, params, new, &cur_kv, warnings, Fields::Update).await
+            let cur = Some(cur);
+            write_update(srv, t, params, new, &cur_kv, cur, warnings, Fields::Update).await
         };
         match result {
             // A lost race is tried again on the new version; a failed precondition is final.
@@ -1054,6 +1078,7 @@ async fn apply(srv: &Server, t: &Target, params: &Params, body: &[u8]) -> Result
         let Some(cur_kv) = cur_kv else {
             return create_with(srv, t, params, merged, Fields::Applied).await;
         };
+        let cur = Some(live);
         let explicit_rv = merged
             .resource_version()
             .is_some_and(|v| v != cur_kv.mod_revision.to_string());
@@ -1062,7 +1087,7 @@ async fn apply(srv: &Server, t: &Target, params: &Params, body: &[u8]) -> Result
         if new.name() != Some(name) {
             return Err(ApiError::BadRequest("metadata.name: Invalid value: the name of the object may not be changed by a patch".into()));
         }
-        match write_update(srv, t, params, new, &cur_kv, warnings, Fields::Applied).await {
+        match write_update(srv, t, params, new, &cur_kv, cur, warnings, Fields::Applied).await {
             Err(ApiError::Conflict { ref detail, .. })
                 if !explicit_rv && !detail.starts_with("Precondition failed") =>
             {
@@ -1109,7 +1134,8 @@ async fn apply_to_scale(
             .is_some_and(|v| v != cur_kv.mod_revision.to_string());
         let mut new = admission::apply_scale(&cur, &scale)?;
         entries.write(&mut new);
-        match write_update(srv, t, params, new, &cur_kv, Vec::new(), Fields::Applied).await {
+        let cur = Some(cur);
+        match write_update(srv, t, params, new, &cur_kv, cur, Vec::new(), Fields::Applied).await {
             Err(ApiError::Conflict { ref detail, .. })
                 if !explicit_rv && !detail.starts_with("Precondition failed") =>
             {
