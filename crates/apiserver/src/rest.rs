@@ -749,8 +749,17 @@ async fn update(srv: &Server, t: &Target, params: &Params, body: Value) -> Resul
     if t.subresource == Some(Subresource::Scale) {
         let cur = decode_as(r, &cur_kv)?;
         let new = admission::apply_scale(&cur, &body)?;
-        return write_update(srv, t, params, new, &cur_kv, Some(cur), warnings, Fields::Update)
-            .await;
+        return write_update(
+            srv,
+            t,
+            params,
+            new,
+            &cur_kv,
+            Some(cur),
+            warnings,
+            Fields::Update,
+        )
+        .await;
     }
     let new = decode_for(r, params, body, &mut warnings)?;
     if new.name() != Some(name) {
@@ -1006,7 +1015,17 @@ async fn patch(
         let result = if t.subresource == Some(Subresource::Scale) {
             let new = admission::apply_scale(&cur, &doc)?;
             let cur = Some(cur);
-            write_update(srv, t, params, new, &cur_kv, cur, Vec::new(), Fields::Update).await
+            write_update(
+                srv,
+                t,
+                params,
+                new,
+                &cur_kv,
+                cur,
+                Vec::new(),
+                Fields::Update,
+            )
+            .await
         } else {
             let mut warnings = Vec::new();
             let new = decode_for(r, params, doc, &mut warnings)?;
@@ -1135,7 +1154,18 @@ async fn apply_to_scale(
         let mut new = admission::apply_scale(&cur, &scale)?;
         entries.write(&mut new);
         let cur = Some(cur);
-        match write_update(srv, t, params, new, &cur_kv, cur, Vec::new(), Fields::Applied).await {
+        match write_update(
+            srv,
+            t,
+            params,
+            new,
+            &cur_kv,
+            cur,
+            Vec::new(),
+            Fields::Applied,
+        )
+        .await
+        {
             Err(ApiError::Conflict { ref detail, .. })
                 if !explicit_rv && !detail.starts_with("Precondition failed") =>
             {

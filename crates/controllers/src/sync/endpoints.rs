@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -11,6 +11,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt};
 
+use super::written::Written;
 use super::{Ctx, requeue_on_error, selected_pods, service_controller};
 use crate::{Error, desired_endpoints, endpoints_equal};
 
@@ -21,14 +22,22 @@ pub(crate) fn controller(
     endpoints: impl Stream<Item = Arc<Endpoints>> + Send + 'static,
     pods_gone: impl Stream<Item = ObjectRef<Service>> + Send + 'static,
 ) -> impl Stream<Item = Result<(ObjectRef<Service>, Action), impl std::fmt::Display>> {
+    // The event of this controller's own write asks for nothing new.
+    let written = Arc::new(Written::default());
+    let ours = written.clone();
+    let endpoints = endpoints.filter(move |ep| std::future::ready(!ours.is_own(&ep.metadata)));
     service_controller(&ctx, services, pods, endpoints, pods_gone).run(
-        reconcile,
+        move |svc, ctx| reconcile(svc, ctx, written.clone()),
         requeue_on_error,
         ctx,
     )
 }
 
-async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+async fn reconcile(
+    svc: Arc<Service>,
+    ctx: Arc<Ctx>,
+    written: Arc<Written>,
+) -> Result<Action, Error> {
     let pods = selected_pods(&ctx, &svc);
     let Some(desired) = desired_endpoints(&svc, &pods) else {
         return Ok(Action::await_change());
@@ -41,10 +50,12 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         Some(cur) => {
             let mut next = desired;
             next.metadata.resource_version = cur.metadata.resource_version.clone();
-            api.replace(&name, &PostParams::default(), &next).await?;
+            let done = api.replace(&name, &PostParams::default(), &next).await?;
+            written.wrote(&done.metadata);
         }
         None => {
-            api.create(&PostParams::default(), &desired).await?;
+            let done = api.create(&PostParams::default(), &desired).await?;
+            written.wrote(&done.metadata);
         }
     }
     Ok(Action::await_change())

@@ -13,6 +13,7 @@ mod serviceaccounts;
 mod slices;
 mod statefulsets;
 mod workloads;
+mod written;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
@@ -11,6 +11,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 
+use super::written::Written;
 use super::{Ctx, requeue_on_error, selected_pods, service_controller, slices_of};
 use crate::endpointslices::SERVICE_NAME_LABEL;
 use crate::{Error, desired_slices, mirrored_slices};
@@ -23,24 +24,49 @@ pub(crate) fn controller(
     slices: impl Stream<Item = Arc<EndpointSlice>> + Send + 'static,
     pods_gone: impl Stream<Item = ObjectRef<Service>> + Send + 'static,
 ) -> impl Stream<Item = Result<(ObjectRef<Service>, Action), impl std::fmt::Display>> {
+    // Endpoints matter here only to mirror them, for Services without a selector: the
+    // Endpoints controller's own write after each Pod change would otherwise run a second,
+    // idle reconcile of the Service's slices.
+    let svcs = ctx.services.clone();
+    let endpoints = endpoints.filter(move |ep| {
+        let svc =
+            svcs.get(&ObjectRef::new(&ep.name_any()).within(&ep.namespace().unwrap_or_default()));
+        std::future::ready(svc.is_none_or(|svc| !has_selector(&svc)))
+    });
+    let written = Arc::new(Written::default());
+    let ours = written.clone();
     service_controller(&ctx, services, pods, endpoints, pods_gone)
-        .watches_shared_stream(slices, |s: Arc<EndpointSlice>| {
+        .watches_shared_stream(slices, move |s: Arc<EndpointSlice>| {
+            if ours.is_own(&s.metadata) {
+                return None;
+            }
             let svc = s.labels().get(SERVICE_NAME_LABEL)?;
             Some(ObjectRef::new(svc).within(&s.namespace().unwrap_or_default()))
         })
-        .run(reconcile, requeue_on_error, ctx)
+        .run(
+            move |svc, ctx| reconcile(svc, ctx, written.clone()),
+            requeue_on_error,
+            ctx,
+        )
 }
 
-async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+/// Whether the Service selects Pods (its slices are computed) rather than mirroring Endpoints.
+fn has_selector(svc: &Service) -> bool {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .is_some_and(|s| !s.is_empty())
+}
+
+async fn reconcile(
+    svc: Arc<Service>,
+    ctx: Arc<Ctx>,
+    written: Arc<Written>,
+) -> Result<Action, Error> {
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
     let existing = slices_of(&ctx, &ns, &name);
-    let has_selector = svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.as_ref())
-        .is_some_and(|s| !s.is_empty());
-    let changes = if has_selector {
+    let changes = if has_selector(&svc) {
         desired_slices(
             &svc,
             &selected_pods(&ctx, &svc),
@@ -54,6 +80,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     };
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
     for s in &changes.delete {
+        written.forget(&s.metadata);
         match api.delete(&s.name_any(), &DeleteParams::default()).await {
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(e) => return Err(e.into()),
@@ -61,11 +88,14 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
     }
     for s in &changes.update {
-        api.replace(&s.name_any(), &PostParams::default(), s)
+        let done = api
+            .replace(&s.name_any(), &PostParams::default(), s)
             .await?;
+        written.wrote(&done.metadata);
     }
     for s in &changes.create {
-        api.create(&PostParams::default(), s).await?;
+        let done = api.create(&PostParams::default(), s).await?;
+        written.wrote(&done.metadata);
     }
     Ok(Action::await_change())
 }
