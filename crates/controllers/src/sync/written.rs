@@ -10,6 +10,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 /// The resourceVersion of each object's last write by one controller. Keyed by a hash of
 /// namespace and name, the version as a number: 16 bytes an object. A version that is not a
 /// number (another API server's) is never recorded, so those events always reconcile.
+///
+/// The event of a write often arrives before its reply, so a write in flight is marked
+/// first ([`Written::writing`]) and any event of that object meanwhile counts as ours: the
+/// write carries the version it read, so someone else's change in between fails it, and the
+/// failed reconcile is retried anyway.
 #[derive(Debug, Default)]
 pub(crate) struct Written(Mutex<HashMap<u64, u64>>);
 
@@ -24,10 +29,18 @@ fn version(meta: &ObjectMeta) -> Option<u64> {
     meta.resource_version.as_deref()?.parse().ok()
 }
 
+/// The mark of a write whose reply has not come yet.
+const IN_FLIGHT: u64 = u64::MAX;
+
 impl Written {
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
         // The map holds plain numbers: a panic elsewhere cannot leave it half-updated.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks a write of `meta`'s object as started; follow with `wrote` or `forget`.
+    pub(crate) fn writing(&self, meta: &ObjectMeta) {
+        self.map().insert(key(meta), IN_FLIGHT);
     }
 
     /// Records `meta` (from the API server's reply to our write) as this controller's own.
@@ -38,7 +51,7 @@ impl Written {
         };
     }
 
-    /// Forgets the object (deleted by this controller).
+    /// Forgets the object (deleted by this controller, or a write that failed).
     pub(crate) fn forget(&self, meta: &ObjectMeta) {
         self.map().remove(&key(meta));
     }
@@ -46,7 +59,11 @@ impl Written {
     /// Whether `meta` is exactly the version this controller last wrote: the event of its
     /// own write, which a reconcile would find already as desired.
     pub(crate) fn is_own(&self, meta: &ObjectMeta) -> bool {
-        version(meta).is_some_and(|v| self.map().get(&key(meta)) == Some(&v))
+        version(meta).is_some_and(|v| {
+            self.map()
+                .get(&key(meta))
+                .is_some_and(|&w| w == v || w == IN_FLIGHT)
+        })
     }
 }
 
@@ -81,5 +98,14 @@ mod tests {
         w.wrote(&meta("a", "s", Some("7")));
         w.forget(&meta("a", "s", None));
         assert!(!w.is_own(&meta("a", "s", Some("7"))));
+        // While a write is in flight its event may come first: any version counts as ours.
+        w.writing(&meta("a", "s", Some("7")));
+        assert!(w.is_own(&meta("a", "s", Some("9"))));
+        assert!(!w.is_own(&meta("a", "t", Some("9"))));
+        w.wrote(&meta("a", "s", Some("9")));
+        assert!(!w.is_own(&meta("a", "s", Some("10"))));
+        w.writing(&meta("a", "s", None));
+        w.forget(&meta("a", "s", None));
+        assert!(!w.is_own(&meta("a", "s", Some("10"))));
     }
 }
