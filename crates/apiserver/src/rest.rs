@@ -265,7 +265,14 @@ fn encode(r: &Resource, obj: &Value) -> Bytes {
     if is_events_v1(r) {
         o = berth_api::events::to_core_v1(o);
     }
-    Bytes::from(berth_api::order::to_vec(&o))
+    stored(berth_api::order::to_vec(&o))
+}
+
+/// Bytes to keep in the store: without the spare capacity the encoder's doubling left (up to
+/// as much again as the object), which the store, its watch history and every response
+/// written from them would otherwise hold for the object's lifetime.
+pub(crate) fn stored(encoded: Vec<u8>) -> Bytes {
+    Bytes::from(encoded.into_boxed_slice())
 }
 
 /// The optimistic-concurrency conflict, in kube-apiserver's words.

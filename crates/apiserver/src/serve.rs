@@ -793,7 +793,7 @@ async fn reconcile(srv: &Server, kind: &str, pointer: &str, value: Value) -> Res
     srv.store
         .update(
             &key,
-            bytes::Bytes::from(berth_api::order::to_vec(&obj)),
+            crate::rest::stored(berth_api::order::to_vec(&obj)),
             Some(kv.mod_revision),
         )
         .await?;

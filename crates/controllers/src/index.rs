@@ -120,9 +120,106 @@ fn ns_name(meta: &ObjectMeta) -> (&str, &str) {
     )
 }
 
+/// Up to this many names, a posting list is a sorted vector.
+const SMALL: usize = 32;
+
+/// A sorted set of names, compact when small: most posting lists hold one to a few dozen
+/// names, where a `BTreeSet` takes a whole node (some 300 bytes) each; a large one (a label
+/// on thousands of Pods) is a `BTreeSet` again, so an insertion never moves thousands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Names {
+    Small(Vec<String>),
+    Large(BTreeSet<String>),
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Names::Small(Vec::new())
+    }
+}
+
+impl Names {
+    fn insert(&mut self, name: &str) {
+        match self {
+            Names::Small(v) => {
+                let Err(at) = v.binary_search_by(|n| n.as_str().cmp(name)) else {
+                    return;
+                };
+                if v.len() < SMALL {
+                    // Grown by one: these lists stay short, the spare room would outweigh them.
+                    v.reserve_exact(1);
+                    v.insert(at, name.to_owned());
+                } else {
+                    let mut set: BTreeSet<String> = std::mem::take(v).into_iter().collect();
+                    set.insert(name.to_owned());
+                    *self = Names::Large(set);
+                }
+            }
+            Names::Large(set) => {
+                set.insert(name.to_owned());
+            }
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        match self {
+            Names::Small(v) => {
+                if let Ok(at) = v.binary_search_by(|n| n.as_str().cmp(name)) {
+                    v.remove(at);
+                    v.shrink_to_fit();
+                }
+            }
+            Names::Large(set) => {
+                set.remove(name);
+                if set.len() < SMALL / 2 {
+                    *self = Names::Small(std::mem::take(set).into_iter().collect());
+                }
+            }
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Names::Small(v) => v.len(),
+            Names::Large(set) => set.len(),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The names in order.
+    pub(crate) fn iter(&self) -> Box<dyn Iterator<Item = &String> + '_> {
+        match self {
+            Names::Small(v) => Box::new(v.iter()),
+            Names::Large(set) => Box::new(set.iter()),
+        }
+    }
+}
+
+/// An object's labels (or a selector) as the indexes keep them: pairs sorted by key, with no
+/// spare room (a one-label `BTreeMap` is a whole node).
+type Pairs = Box<[(String, String)]>;
+
+fn pairs<'a>(map: impl IntoIterator<Item = (&'a String, &'a String)>) -> Pairs {
+    map.into_iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Whether `labels` (sorted pairs) has every pair of the map selector `sel`.
+fn pairs_selected(sel: &Labels, labels: &[(String, String)]) -> bool {
+    sel.iter().all(|(k, v)| {
+        labels
+            .binary_search_by(|(l, _)| l.as_str().cmp(k))
+            .is_ok_and(|i| labels[i].1 == *v)
+    })
+}
+
 /// Names by namespace and a key: the posting lists the indexes share.
 #[derive(Debug, Default)]
-struct Postings<K: std::hash::Hash + Eq>(HashMap<String, HashMap<K, BTreeSet<String>>>);
+struct Postings<K: std::hash::Hash + Eq>(HashMap<String, HashMap<K, Names>>);
 
 impl<K: std::hash::Hash + Eq> Postings<K> {
     fn add(&mut self, ns: &str, key: K, name: &str) {
@@ -131,7 +228,7 @@ impl<K: std::hash::Hash + Eq> Postings<K> {
             .or_default()
             .entry(key)
             .or_default()
-            .insert(name.to_owned());
+            .insert(name);
     }
 
     fn remove<Q>(&mut self, ns: &str, key: &Q, name: &str)
@@ -153,7 +250,7 @@ impl<K: std::hash::Hash + Eq> Postings<K> {
         }
     }
 
-    fn get<Q>(&self, ns: &str, key: &Q) -> Option<&BTreeSet<String>>
+    fn get<Q>(&self, ns: &str, key: &Q) -> Option<&Names>
     where
         K: std::borrow::Borrow<Q>,
         Q: std::hash::Hash + Eq + ?Sized,
@@ -167,7 +264,7 @@ impl<K: std::hash::Hash + Eq> Postings<K> {
 #[derive(Debug, Default)]
 pub(crate) struct LabelIndex {
     only: Option<&'static str>,
-    labels: HashMap<String, HashMap<String, Labels>>,
+    labels: HashMap<String, HashMap<String, Pairs>>,
     by_label: Postings<(String, String)>,
 }
 
@@ -183,13 +280,12 @@ impl LabelIndex {
     fn insert(&mut self, meta: &ObjectMeta) {
         self.remove(meta);
         let (ns, name) = ns_name(meta);
-        let labels: Labels = meta
-            .labels
-            .iter()
-            .flatten()
-            .filter(|(k, _)| self.only.is_none_or(|o| o == k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let labels = pairs(
+            meta.labels
+                .iter()
+                .flatten()
+                .filter(|(k, _)| self.only.is_none_or(|o| o == k.as_str())),
+        );
         for (k, v) in &labels {
             self.by_label.add(ns, (k.clone(), v.clone()), name);
         }
@@ -221,7 +317,7 @@ impl LabelIndex {
         let Some(names) = self.labels.get(ns) else {
             return Vec::new();
         };
-        let mut smallest: Option<&BTreeSet<String>> = None;
+        let mut smallest: Option<&Names> = None;
         for (k, v) in sel {
             // Looked up by an owned pair: a tuple of Strings cannot be borrowed as (&str, &str).
             match self.by_label.get(ns, &(k.clone(), v.clone())) {
@@ -238,7 +334,7 @@ impl LabelIndex {
             }
             Some(candidates) => candidates
                 .iter()
-                .filter(|n| names.get(*n).is_some_and(|l| map_selects(sel, l)))
+                .filter(|n| names.get(*n).is_some_and(|l| pairs_selected(sel, l)))
                 .cloned()
                 .collect(),
         }
@@ -264,7 +360,7 @@ impl<K: kube::Resource> Track<K> for LabelIndex {
 /// Service selects carries that pair), with the selectors themselves.
 #[derive(Debug, Default)]
 pub(crate) struct ServiceIndex {
-    selectors: HashMap<String, HashMap<String, Labels>>,
+    selectors: HashMap<String, HashMap<String, Pairs>>,
     by_first: Postings<(String, String)>,
 }
 
@@ -279,8 +375,8 @@ impl ServiceIndex {
         if names.is_empty() {
             self.selectors.remove(ns);
         }
-        if let Some((k, v)) = old.into_iter().next() {
-            self.by_first.remove(ns, &(k, v), name);
+        if let Some((k, v)) = old.first() {
+            self.by_first.remove(ns, &(k.clone(), v.clone()), name);
         }
     }
 
@@ -297,7 +393,11 @@ impl ServiceIndex {
             out.extend(
                 names
                     .iter()
-                    .filter(|n| selectors.get(*n).is_some_and(|s| map_selects(s, labels)))
+                    .filter(|n| {
+                        selectors
+                            .get(*n)
+                            .is_some_and(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
+                    })
                     .cloned(),
             );
         }
@@ -326,7 +426,7 @@ impl Track<Service> for ServiceIndex {
         self.selectors
             .entry(ns.to_owned())
             .or_default()
-            .insert(name.to_owned(), sel.clone());
+            .insert(name.to_owned(), pairs(sel));
     }
     fn delete(&mut self, svc: &Service) {
         let (ns, name) = ns_name(&svc.metadata);
@@ -337,7 +437,7 @@ impl Track<Service> for ServiceIndex {
 /// Endpoints by the names of the Pods their addresses (ready or not) point at.
 #[derive(Debug, Default)]
 pub(crate) struct TargetIndex {
-    targets: HashMap<String, HashMap<String, BTreeSet<String>>>,
+    targets: HashMap<String, HashMap<String, Box<[String]>>>,
     by_pod: Postings<String>,
 }
 
@@ -358,7 +458,7 @@ impl TargetIndex {
     }
 
     /// The Endpoints of `ns` that list the Pod `pod`.
-    pub(crate) fn listing(&self, ns: &str, pod: &str) -> Option<&BTreeSet<String>> {
+    pub(crate) fn listing(&self, ns: &str, pod: &str) -> Option<&Names> {
         self.by_pod.get(ns, pod)
     }
 }
@@ -391,7 +491,7 @@ impl Track<Endpoints> for TargetIndex {
         self.targets
             .entry(ns.to_owned())
             .or_default()
-            .insert(name.to_owned(), pods);
+            .insert(name.to_owned(), pods.into_iter().collect());
     }
     fn delete(&mut self, ep: &Endpoints) {
         let (ns, name) = ns_name(&ep.metadata);

@@ -6,6 +6,7 @@
 //! The pure "what should exist" functions are the modules named after their objects; `sync`
 //! holds the watch-and-write loops. Start from [`run`].
 
+mod cache;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;

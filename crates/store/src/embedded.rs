@@ -33,6 +33,11 @@ const FILE_NAME: &str = "berth.redb";
 pub struct EmbeddedOptions {
     /// How many recent events are kept for watches and historical lists (default 10,000).
     pub history: usize,
+    /// Most bytes of object values those events may hold (default 16 MiB): the oldest go
+    /// first when either bound is reached. Each event counts the version it wrote (a delete,
+    /// the version it removed), so this bounds the old versions only the history keeps; at
+    /// 10,000 Pods of 5 KB, 10,000 events held some 50 MB. The newest event always stays.
+    pub history_bytes: usize,
     /// How often an idle watch stream emits [`Event::Progress`] (default 1 s).
     pub progress_interval: Duration,
     /// How many events a watcher may fall behind before its stream ends with
@@ -49,6 +54,7 @@ impl Default for EmbeddedOptions {
     fn default() -> Self {
         Self {
             history: 10_000,
+            history_bytes: 16 << 20,
             progress_interval: Duration::from_secs(1),
             watch_buffer: 10_000,
             max_batch: 1_024,
@@ -93,6 +99,8 @@ struct State {
     revision: i64,
     /// Events with revision > `compacted`, oldest first.
     history: VecDeque<Event>,
+    /// The sum of [`held`] over `history`.
+    history_bytes: usize,
     /// Every event after this revision is in `history`.
     compacted: i64,
 }
@@ -180,9 +188,8 @@ impl Embedded {
             let (_, raw) = entry?;
             history.push_back(decode_event(raw.value())?);
         }
-        while history.len() > opts.history {
-            history.pop_front();
-        }
+        let mut history_bytes = history.iter().map(held).sum();
+        trim(&mut history, &mut history_bytes, &opts);
         // Everything after the revision before the oldest kept event is in the history.
         let compacted = history
             .front()
@@ -195,6 +202,7 @@ impl Embedded {
                 data,
                 revision,
                 history,
+                history_bytes,
                 compacted,
             }),
             events,
@@ -224,7 +232,9 @@ impl Embedded {
             .front()
             .is_some_and(|e| e.revision() <= revision)
         {
-            state.history.pop_front();
+            if let Some(old) = state.history.pop_front() {
+                state.history_bytes -= held(&old);
+            }
         }
         state.compacted = state.compacted.max(revision.min(state.revision));
     }
@@ -249,6 +259,31 @@ impl Drop for Embedded {
             let _ = writer.join();
         }
     }
+}
+
+/// The bytes of object values `event` adds to the history: the version it wrote, or for a
+/// delete the version it removed (its `prev` on a put is the previous event's version, or
+/// the one value from before the history, so it is not counted again).
+fn held(event: &Event) -> usize {
+    match event {
+        Event::Put { kv, .. } => kv.value.len(),
+        Event::Delete { prev, .. } => prev.value.len(),
+        Event::Progress { .. } => 0,
+    }
+}
+
+/// Drops the oldest events while the history is over either bound of `opts`, keeping the
+/// newest; returns the revision of the last one dropped.
+fn trim(history: &mut VecDeque<Event>, bytes: &mut usize, opts: &EmbeddedOptions) -> Option<i64> {
+    let mut dropped = None;
+    while history.len() > opts.history || (history.len() > 1 && *bytes > opts.history_bytes) {
+        let Some(old) = history.pop_front() else {
+            break;
+        };
+        *bytes -= held(&old);
+        dropped = Some(old.revision());
+    }
+    dropped
 }
 
 /// An event as stored in [`HISTORY`]: a tag, then length-prefixed key/value records.
@@ -523,11 +558,11 @@ fn process_batch(
         }
         state.revision = revision;
         for event in events {
+            state.history_bytes += held(&event);
             state.history.push_back(event.clone());
-            while state.history.len() > shared.opts.history {
-                if let Some(old) = state.history.pop_front() {
-                    state.compacted = old.revision();
-                }
+            let state = &mut *state;
+            if let Some(last) = trim(&mut state.history, &mut state.history_bytes, &shared.opts) {
+                state.compacted = last;
             }
             // Sent under the lock so a watch registering under the read lock sees each
             // event exactly once: either in the history snapshot or on its receiver.

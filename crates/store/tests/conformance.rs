@@ -575,6 +575,89 @@ async fn embedded_history_is_bounded_and_slow_watchers_are_cut() {
     assert!(slow.next().await.is_none(), "stream ends after the error");
 }
 
+/// The history also keeps at most `history_bytes` of values: old revisions go as the bytes
+/// come in (410 Gone for watches and lists from them), recent ones stay, the newest event
+/// stays even when it alone is over, and the bound holds again after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_history_is_bounded_by_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = EmbeddedOptions {
+        history_bytes: 100,
+        ..embedded_opts()
+    };
+    let store = Embedded::open(dir.path(), opts.clone()).expect("open");
+    let value = b(&"x".repeat(30));
+    let first = store.create("/h/a", value.clone()).await.expect("create");
+    let mut last = first.clone();
+    for i in 0..5 {
+        last = store
+            .update("/h/a", b(&format!("{i}{}", "y".repeat(29))), None)
+            .await
+            .expect("update");
+    }
+    // 6 events of 30 bytes: only the last 3 fit in 100.
+    assert!(matches!(
+        store.watch("/h/", first.mod_revision).await,
+        Err(Error::Compacted { .. })
+    ));
+    assert!(matches!(
+        store
+            .list(
+                "/h/",
+                ListOptions {
+                    revision: Some(first.mod_revision),
+                    ..Default::default()
+                }
+            )
+            .await,
+        Err(Error::Compacted { .. })
+    ));
+    let mut w = store
+        .watch("/h/", last.mod_revision - 3)
+        .await
+        .expect("recent history");
+    assert!(matches!(
+        next_change(&mut w).await,
+        Event::Put { ref kv, prev: Some(_) } if kv.mod_revision == last.mod_revision - 2
+    ));
+    drop(w);
+    let old = store
+        .list(
+            "/h/",
+            ListOptions {
+                revision: Some(last.mod_revision - 1),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list from recent history");
+    assert_eq!(old.items[0].value, b(&format!("3{}", "y".repeat(29))));
+    // One value over the bound by itself: the watch from just before it still works.
+    let big = store
+        .create("/h/big", b(&"z".repeat(500)))
+        .await
+        .expect("create");
+    let mut w = store
+        .watch("/h/", big.mod_revision - 1)
+        .await
+        .expect("the newest event stays");
+    assert!(matches!(next_change(&mut w).await, Event::Put { ref kv, .. } if kv == &big));
+    drop(w);
+    drop(store);
+    // Reopened with the same bound, the history read back from the file is bounded too.
+    let store = Embedded::open(dir.path(), opts).expect("reopen");
+    assert!(matches!(
+        store.watch("/h/", last.mod_revision - 1).await,
+        Err(Error::Compacted { .. })
+    ));
+    drop(
+        store
+            .watch("/h/", big.mod_revision - 1)
+            .await
+            .expect("newest kept"),
+    );
+}
+
 /// Connects to a throwaway etcd from berth-testkit, retrying until it answers.
 async fn connect(server: &berth_testkit::Etcd, prefix: &str) -> Etcd {
     let endpoints = [format!("http://{}", server.endpoint)];

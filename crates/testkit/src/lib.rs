@@ -223,6 +223,25 @@ impl Cluster {
         self.dir.path().join("data")
     }
 
+    /// Imports `image` (written as a docker-save tar named `reference`) into this cluster's
+    /// image store with `berth image import`, as a user would; panics with its stderr on failure.
+    pub fn import_image(&self, image: &berth_image::archive::ImageSpec, reference: &str) {
+        let tar = self.dir().join("import.tar");
+        std::fs::write(&tar, image.docker_save(&[reference]).expect("docker save"))
+            .expect("writing the image archive");
+        let out = Command::new(&self.bin)
+            .args(["image", "import"])
+            .arg(&tar)
+            .arg(format!("--data-dir={}", self.data_dir().display()))
+            .output()
+            .expect("berth image import");
+        assert!(
+            out.status.success(),
+            "berth image import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Sends SIGKILL to the server, as a crash would, leaving whatever it made in place.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -226,20 +226,7 @@ fn pods_outlive_a_killed_agent_and_are_adopted() {
 fn image_pods_outlive_a_killed_agent() {
     let bin = Path::new(env!("CARGO_BIN_EXE_berth"));
     let c = Cluster::start_on_node_without_agent(bin, &[]);
-    let image = berth_testkit::images::busybox(&["sh"]);
-    let tar = c.dir().join("bb.tar");
-    std::fs::write(&tar, image.docker_save(&["bbheld:1"]).expect("docker save")).expect("write");
-    let out = std::process::Command::new(bin)
-        .args(["image", "import"])
-        .arg(&tar)
-        .arg(format!("--data-dir={}", c.data_dir().display()))
-        .output()
-        .expect("berth image import");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.import_image(&berth_testkit::images::busybox(&["sh"]), "bbheld:1");
     let mut agent = c.start_agent(&[]);
     c.wait_node_ready();
     c.apply(
@@ -374,7 +361,7 @@ spec:
 fn image_console_pods_outlive_a_killed_agent() {
     let bin = Path::new(env!("CARGO_BIN_EXE_berth"));
     let c = Cluster::start_on_node_without_agent(bin, &[]);
-    import_busybox(&c, bin, "bbterm:1");
+    c.import_image(&berth_testkit::images::busybox(&["sh"]), "bbterm:1");
     let mut agent = c.start_agent(&[]);
     c.wait_node_ready();
     c.apply(
@@ -409,23 +396,6 @@ spec:
     assert!(
         logs.contains("42 xterm") && logs.contains("56 xterm"),
         "{logs}"
-    );
-}
-
-fn import_busybox(c: &Cluster, bin: &Path, name: &str) {
-    let image = berth_testkit::images::busybox(&["sh"]);
-    let tar = c.dir().join("bb.tar");
-    std::fs::write(&tar, image.docker_save(&[name]).expect("docker save")).expect("write");
-    let out = std::process::Command::new(bin)
-        .args(["image", "import"])
-        .arg(&tar)
-        .arg(format!("--data-dir={}", c.data_dir().display()))
-        .output()
-        .expect("berth image import");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -172,20 +172,7 @@ fn containers_of_a_pod_share_one_pid_namespace_when_asked() {
 fn image_pods_share_one_pid_namespace_when_asked() {
     let c = Cluster::start_on_node(bin(), &[]);
     c.wait_node_ready();
-    let image = images::busybox(&["sh"]);
-    let tar = c.dir().join("bb.tar");
-    std::fs::write(
-        &tar,
-        image.docker_save(&["bbshare:1"]).expect("docker save"),
-    )
-    .expect("write");
-    let out = std::process::Command::new(bin())
-        .args(["image", "import"])
-        .arg(&tar)
-        .arg(format!("--data-dir={}", c.data_dir().display()))
-        .output()
-        .expect("berth image import");
-    assert!(out.status.success(), "{out:?}");
+    c.import_image(&images::busybox(&["sh"]), "bbshare:1");
     c.apply(&pod("shared", "bbshare:1", true));
     c.apply(&pod("apart", "bbshare:1", false));
     running(&c, "shared");

@@ -161,7 +161,8 @@ proptest! {
                     })
                     .map(|((_, name), _)| name.clone())
                     .collect();
-                prop_assert_eq!(mirror.live.listing(ns, &pod).cloned().unwrap_or_default(), scan);
+                let listed: BTreeSet<String> = mirror.live.listing(ns, &pod).map(|l| l.iter().cloned().collect()).unwrap_or_default();
+                prop_assert_eq!(listed, scan);
             }
         }
     }
@@ -191,4 +192,28 @@ fn a_relist_replaces_only_when_done() {
     assert_eq!(m.live.selected("a", &l), ["old"]);
     m.event(&Event::<Pod>::InitDone);
     assert_eq!(m.live.selected("a", &l), ["new"]);
+}
+
+proptest! {
+    /// Posting lists agree with a `BTreeSet` across the small/large switch both ways.
+    #[test]
+    fn names_agree_with_a_set(ops in prop::collection::vec((any::<bool>(), 0..80usize), 0..300)) {
+        let mut names = Names::default();
+        let mut truth = BTreeSet::new();
+        for (insert, n) in ops {
+            let name = format!("p{n}");
+            if insert {
+                names.insert(&name);
+                truth.insert(name);
+            } else {
+                names.remove(&name);
+                truth.remove(&name);
+            }
+            prop_assert_eq!(names.len(), truth.len());
+            prop_assert!(names.iter().eq(truth.iter()));
+            if truth.len() < SMALL / 2 {
+                prop_assert!(matches!(names, Names::Small(_)));
+            }
+        }
+    }
 }

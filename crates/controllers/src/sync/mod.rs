@@ -32,6 +32,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::Slim;
 use crate::endpointslices::SERVICE_NAME_LABEL;
 use crate::index::{Indexed, LabelIndex, Labels, ServiceIndex, TargetIndex, map_selects};
 use crate::lb_pool::Pool;
@@ -65,6 +66,7 @@ impl Default for Config {
 pub(crate) struct Ctx {
     pub client: Client,
     pub config: Config,
+    /// Slim Pods (`cache::slim_pod`): only the fields the controllers read.
     pub pods: Store<Pod>,
     pub services: Store<Service>,
     pub endpoints: Store<Endpoints>,
@@ -125,6 +127,8 @@ fn drive<K>(
 ) -> impl std::future::Future<Output = ()> + Send + 'static
 where
     K: kube::Resource<DynamicType = ()>
+        + Slim
+        + Default
         + Clone
         + DeserializeOwned
         + std::fmt::Debug
@@ -136,10 +140,9 @@ where
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .map(move |ev| {
-            // No controller reads managedFields, and they are often the larger part of an
-            // object (half the cache at 10,000 Services); writes omit them, which the API
-            // server takes as "keep them", as kube-apiserver does.
-            let ev = ev.map(|ev| ev.modify(|o| o.meta_mut().managed_fields = None));
+            // The caches keep only what the controllers read (`cache`): no managedFields
+            // (half the cache at 10,000 Services), and slim Pods.
+            let ev = ev.map(|ev| ev.modify(|o| *o = std::mem::take(o).slim()));
             if let Ok(ev) = &ev {
                 index(ev);
             }
