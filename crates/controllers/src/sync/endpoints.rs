@@ -6,7 +6,6 @@ use std::sync::Arc;
 use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -53,33 +52,15 @@ async fn reconcile(
             next.metadata.resource_version = cur.metadata.resource_version.clone();
             written.writing(&next.metadata);
             let done = api.replace(&name, &PostParams::default(), &next).await;
-            record(&written, &next.metadata, done)?;
+            written.record(&next.metadata, done)?;
         }
         None => {
             written.writing(&desired.metadata);
             let done = api.create(&PostParams::default(), &desired).await;
-            record(&written, &desired.metadata, done)?;
+            written.record(&desired.metadata, done)?;
         }
     }
     Ok(Action::await_change())
-}
-
-/// Notes a write's outcome in `written`: the version written, or no mark if it failed.
-fn record(
-    written: &Written,
-    sent: &ObjectMeta,
-    done: kube::Result<Endpoints>,
-) -> Result<(), Error> {
-    match done {
-        Ok(done) => {
-            written.wrote(&done.metadata);
-            Ok(())
-        }
-        Err(e) => {
-            written.forget(sent);
-            Err(e.into())
-        }
-    }
 }
 
 /// A deleted Service takes its Endpoints and EndpointSlices with it.

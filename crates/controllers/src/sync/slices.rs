@@ -6,7 +6,6 @@ use std::sync::Arc;
 use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::Action;
@@ -51,24 +50,6 @@ pub(crate) fn controller(
         )
 }
 
-/// Notes a write's outcome in `written`: the version written, or no mark if it failed.
-fn record(
-    written: &Written,
-    sent: &ObjectMeta,
-    done: kube::Result<EndpointSlice>,
-) -> Result<(), Error> {
-    match done {
-        Ok(done) => {
-            written.wrote(&done.metadata);
-            Ok(())
-        }
-        Err(e) => {
-            written.forget(sent);
-            Err(e.into())
-        }
-    }
-}
-
 /// Whether the Service selects Pods (its slices are computed) rather than mirroring Endpoints.
 fn has_selector(svc: &Service) -> bool {
     svc.spec
@@ -109,12 +90,12 @@ async fn reconcile(
     for s in &changes.update {
         written.writing(&s.metadata);
         let done = api.replace(&s.name_any(), &PostParams::default(), s).await;
-        record(&written, &s.metadata, done)?;
+        written.record(&s.metadata, done)?;
     }
     for s in &changes.create {
         // A generated name is known only from the reply: nothing to mark before.
         let done = api.create(&PostParams::default(), s).await;
-        record(&written, &s.metadata, done)?;
+        written.record(&s.metadata, done)?;
     }
     Ok(Action::await_change())
 }

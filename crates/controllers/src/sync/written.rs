@@ -58,6 +58,24 @@ impl Written {
 
     /// Whether `meta` is exactly the version this controller last wrote: the event of its
     /// own write, which a reconcile would find already as desired.
+    /// Notes a write's outcome: the version written, or no mark if it failed.
+    pub(crate) fn record<K: kube::Resource>(
+        &self,
+        sent: &ObjectMeta,
+        done: kube::Result<K>,
+    ) -> Result<(), crate::Error> {
+        match done {
+            Ok(done) => {
+                self.wrote(done.meta());
+                Ok(())
+            }
+            Err(e) => {
+                self.forget(sent);
+                Err(e.into())
+            }
+        }
+    }
+
     pub(crate) fn is_own(&self, meta: &ObjectMeta) -> bool {
         version(meta).is_some_and(|v| {
             self.map()
