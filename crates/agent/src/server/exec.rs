@@ -172,7 +172,7 @@ pub fn serve(
 
 /// How long a channel session waits after the upgrade before its first frame can go out
 /// (see `channel_session`).
-const CLIENT_STREAMS_SETTLE: std::time::Duration = std::time::Duration::from_millis(25);
+const CLIENT_STREAMS_SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The websocket a channel-protocol session runs on.
 pub(super) type ChannelSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -198,7 +198,9 @@ where
                 // with "closed all streams" if the close came too). A command that answers
                 // within microseconds of the 101 (nsenter is that fast) loses its output on
                 // a loaded machine; kubelet's exec through the CRI is never that quick. So
-                // the session starts a moment after the upgrade.
+                // the session starts a moment after the upgrade: 25 ms still lost an `ls`'s
+                // output once in a CI run on two busy cores (kubectl's goroutines not yet
+                // scheduled), so 100 ms, about what a runc exec takes to start anyway.
                 tokio::time::sleep(CLIENT_STREAMS_SETTLE).await;
                 session(ws).await;
             }
