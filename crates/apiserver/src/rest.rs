@@ -1019,29 +1019,27 @@ async fn patch(
         let explicit_rv = doc
             .resource_version()
             .is_some_and(|v| v != cur_kv.mod_revision.to_string());
-        let result = if t.subresource == Some(Subresource::Scale) {
-            let new = admission::apply_scale(&cur, &doc)?;
-            let cur = Some(cur);
-            write_update(
-                srv,
-                t,
-                params,
-                new,
-                &cur_kv,
-                cur,
-                Vec::new(),
-                Fields::Update,
-            )
-            .await
+        let mut warnings = Vec::new();
+        let new = if t.subresource == Some(Subresource::Scale) {
+            admission::apply_scale(&cur, &doc)?
         } else {
-            let mut warnings = Vec::new();
             let new = decode_for(r, params, doc, &mut warnings)?;
             if new.name() != Some(name) {
                 return Err(ApiError::BadRequest("metadata.name: Invalid value: the name of the object may not be changed by a patch".into()));
             }
-            let cur = Some(cur);
-            write_update(srv, t, params, new, &cur_kv, cur, warnings, Fields::Update).await
+            new
         };
+        let result = write_update(
+            srv,
+            t,
+            params,
+            new,
+            &cur_kv,
+            Some(cur),
+            warnings,
+            Fields::Update,
+        )
+        .await;
         match result {
             // A lost race is tried again on the new version; a failed precondition is final.
             Err(ApiError::Conflict { ref detail, .. })
@@ -1160,14 +1158,13 @@ async fn apply_to_scale(
             .is_some_and(|v| v != cur_kv.mod_revision.to_string());
         let mut new = admission::apply_scale(&cur, &scale)?;
         entries.write(&mut new);
-        let cur = Some(cur);
         match write_update(
             srv,
             t,
             params,
             new,
             &cur_kv,
-            cur,
+            Some(cur),
             Vec::new(),
             Fields::Applied,
         )
