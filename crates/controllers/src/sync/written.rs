@@ -56,8 +56,6 @@ impl Written {
         self.map().remove(&key(meta));
     }
 
-    /// Whether `meta` is exactly the version this controller last wrote: the event of its
-    /// own write, which a reconcile would find already as desired.
     /// Notes a write's outcome: the version written, or no mark if it failed.
     pub(crate) fn record<K: kube::Resource>(
         &self,
@@ -76,6 +74,8 @@ impl Written {
         }
     }
 
+    /// Whether `meta` is exactly the version this controller last wrote: the event of its
+    /// own write, which a reconcile would find already as desired.
     pub(crate) fn is_own(&self, meta: &ObjectMeta) -> bool {
         version(meta).is_some_and(|v| {
             self.map()
