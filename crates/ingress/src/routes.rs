@@ -93,7 +93,7 @@ impl Table {
         let host = host_only(host);
         let by_host = self
             .exact
-            .get(&host)
+            .get(host.as_ref())
             .and_then(|p| p.find(path))
             .or_else(|| {
                 let suffix = host.find('.').map(|i| &host[i..])?;
@@ -114,8 +114,9 @@ impl Table {
     }
 }
 
-/// `host[:port]` lowercased, without the port (and without a root dot).
-fn host_only(host: &str) -> String {
+/// `host[:port]` lowercased, without the port (and without a root dot). Borrowed when already
+/// lower case, as clients send it: no allocation per request.
+fn host_only(host: &str) -> std::borrow::Cow<'_, str> {
     let h = match host.rsplit_once(':') {
         Some((h, port))
             if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !h.contains(':') =>
@@ -124,7 +125,12 @@ fn host_only(host: &str) -> String {
         }
         _ => host,
     };
-    h.trim_end_matches('.').to_ascii_lowercase()
+    let h = h.trim_end_matches('.');
+    if h.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(h.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(h)
+    }
 }
 
 /// Whether berth serves this Ingress: its class is berth's, or it names none (berth is the

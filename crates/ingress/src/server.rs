@@ -150,13 +150,20 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-    // Headers the Connection header names are hop-by-hop too.
+    // Headers the Connection header names are hop-by-hop too. Its usual tokens (`close`,
+    // `keep-alive`, `upgrade`) are in the list already: only other names are collected, so
+    // the common request allocates nothing here.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|n| {
+            !n.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h))
+        })
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     for n in named {
         headers.remove(n);
@@ -263,6 +270,9 @@ async fn handle(
     *req.version_mut() = http::Version::HTTP_11;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
+    // Room for the X-Forwarded-* headers added below (and Host, Connection): one growth of
+    // the map instead of several.
+    headers.reserve(6);
     if let Some(proto) = upgrade.clone() {
         keep_upgrade(headers, proto);
     }
@@ -382,6 +392,20 @@ impl hyper::rt::Write for Plain {
     }
 }
 
+/// An address as a header value, written on the stack and copied once (`to_string` grows a
+/// String twice, and the header value copies it again).
+fn ip_header(ip: std::net::IpAddr) -> HeaderValue {
+    use std::io::Write;
+    // The longest address text (an IPv4-mapped IPv6 address) is 45 bytes.
+    let mut buf = [0u8; 48];
+    let mut w = &mut buf[..];
+    let written = write!(w, "{ip}").map(|()| 48 - w.len());
+    written
+        .ok()
+        .and_then(|len| HeaderValue::from_bytes(&buf[..len]).ok())
+        .unwrap_or_else(|| HeaderValue::from_static("unknown"))
+}
+
 /// The service for one connection: each request routed and forwarded by [`handle`].
 fn service(
     worker: Arc<Worker>,
@@ -395,8 +419,7 @@ fn service(
 > + Send
 + 'static {
     // The client's address as a header value, once per connection.
-    let client_ip = HeaderValue::from_str(&peer.ip().to_string())
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    let client_ip = ip_header(peer.ip());
     hyper::service::service_fn(move |req| {
         let (worker, client_ip) = (worker.clone(), client_ip.clone());
         async move {
@@ -789,6 +812,21 @@ mod tests {
             &[("connection", "upgrade"), ("upgrade", "websocket")],
             None,
         );
+    }
+
+    #[test]
+    fn addresses_become_header_values() {
+        for ip in [
+            "10.244.0.7",
+            "255.255.255.255",
+            "::1",
+            "fd00:10:244::1:7",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+        ] {
+            let parsed: std::net::IpAddr = ip.parse().expect("address");
+            assert_eq!(ip_header(parsed), parsed.to_string().as_str(), "{ip}");
+        }
     }
 
     #[test]
