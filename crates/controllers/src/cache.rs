@@ -15,8 +15,8 @@ use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerStatus, Endpoints, Node, Pod, PodSpec, PodStatus, ReplicationController,
-    Service,
+    Container, ContainerPort, ContainerStatus, Endpoints, Node, Pod, PodSpec, PodStatus,
+    ReplicationController, Service,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -55,10 +55,14 @@ impl Slim for Pod {
 /// The Pod with only what the controllers read:
 /// - metadata, but managedFields and the last-applied annotation (names, labels, owners,
 ///   timestamps, the deletion-cost annotation, finalizers);
-/// - spec: `nodeName`, `hostname`, `subdomain`, and per container (init ones too) its name,
-///   `ports` and `restartPolicy` (named target ports, sidecars);
-/// - status: `phase`, `conditions`, `podIP`, `podIPs`, and per container status its name,
-///   `ready` and `restartCount` (the ReplicaSet's deletion order).
+/// - spec: `nodeName`, `hostname`, `subdomain`, and only the containers a named target port
+///   can resolve to: regular containers and `restartPolicy: Always` init containers
+///   (sidecars) with named ports, each with its name, its named ports and its
+///   `restartPolicy`. A container is a large inline struct however little is kept of it,
+///   and most Pods' ports are unnamed;
+/// - status: `phase`, `conditions`, `podIP`, `podIPs`, and of the container statuses only the
+///   highest `restartCount` (the ReplicaSet's deletion order), as one status, none when it
+///   is 0.
 pub(crate) fn slim_pod(pod: Pod) -> Pod {
     let Pod {
         mut metadata,
@@ -77,11 +81,20 @@ pub(crate) fn slim_pod(pod: Pod) -> Pod {
 }
 
 fn slim_spec(spec: PodSpec) -> PodSpec {
+    let sidecars: Vec<Container> = spec
+        .init_containers
+        .into_iter()
+        .flatten()
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+        .filter_map(slim_container)
+        .collect();
     PodSpec {
-        containers: spec.containers.into_iter().map(slim_container).collect(),
-        init_containers: spec
-            .init_containers
-            .map(|c| c.into_iter().map(slim_container).collect()),
+        containers: spec
+            .containers
+            .into_iter()
+            .filter_map(slim_container)
+            .collect(),
+        init_containers: (!sidecars.is_empty()).then_some(sidecars),
         hostname: spec.hostname,
         subdomain: spec.subdomain,
         node_name: spec.node_name,
@@ -89,30 +102,41 @@ fn slim_spec(spec: PodSpec) -> PodSpec {
     }
 }
 
-fn slim_container(c: Container) -> Container {
-    Container {
+/// The container's name, named ports and `restartPolicy`; `None` when it has no named port
+/// (no target port can resolve to it).
+fn slim_container(c: Container) -> Option<Container> {
+    let ports: Vec<ContainerPort> = c
+        .ports
+        .into_iter()
+        .flatten()
+        .filter(|p| p.name.as_deref().is_some_and(|n| !n.is_empty()))
+        .collect();
+    (!ports.is_empty()).then(|| Container {
         name: c.name,
-        ports: c.ports,
+        ports: Some(ports),
         restart_policy: c.restart_policy,
         ..Container::default()
-    }
+    })
 }
 
 fn slim_status(status: PodStatus) -> PodStatus {
+    let restarts = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .map(|c| c.restart_count)
+        .max()
+        .unwrap_or(0);
     PodStatus {
         phase: status.phase,
         conditions: status.conditions,
         pod_ip: status.pod_ip,
         pod_ips: status.pod_ips,
-        container_statuses: status.container_statuses.map(|c| {
-            c.into_iter()
-                .map(|c| ContainerStatus {
-                    name: c.name,
-                    ready: c.ready,
-                    restart_count: c.restart_count,
-                    ..ContainerStatus::default()
-                })
-                .collect()
+        container_statuses: (restarts != 0).then(|| {
+            vec![ContainerStatus {
+                restart_count: restarts,
+                ..ContainerStatus::default()
+            }]
         }),
         ..PodStatus::default()
     }

@@ -39,6 +39,8 @@ struct Shape {
     protocol: &'static str,
     revision: &'static str,
     last_applied: bool,
+    /// The main container's ports have names (else only numbers).
+    named_ports: bool,
 }
 
 fn shape() -> impl Strategy<Value = Shape> {
@@ -68,12 +70,23 @@ fn shape() -> impl Strategy<Value = Shape> {
             prop::sample::select(vec!["TCP", "UDP"]),
             prop::sample::select(vec!["rev-a", "rev-b"]),
             any::<bool>(),
+            any::<bool>(),
         ),
     )
         .prop_map(
             |(
                 (ordinal, owner, node, hostname, subdomain, phase, ip, ready),
-                (restarts, cost, created, deleting, sidecar, protocol, revision, last_applied),
+                (
+                    restarts,
+                    cost,
+                    created,
+                    deleting,
+                    sidecar,
+                    protocol,
+                    revision,
+                    last_applied,
+                    named_ports,
+                ),
             )| Shape {
                 ordinal,
                 owner,
@@ -91,6 +104,7 @@ fn shape() -> impl Strategy<Value = Shape> {
                 protocol,
                 revision,
                 last_applied,
+                named_ports,
             },
         )
 }
@@ -126,8 +140,12 @@ fn pod(s: &Shape) -> Pod {
     let container = json!({
         "name": "c", "image": "nginx", "command": ["nginx"], "args": ["-g", "daemon off;"],
         "env": [{"name": "A", "value": "b"}], "resources": {"limits": {"cpu": "1"}},
-        "ports": [{"name": "http", "containerPort": 8080, "protocol": s.protocol},
-                  {"name": "admin", "containerPort": 9000}],
+        "ports": if s.named_ports {
+            json!([{"name": "http", "containerPort": 8080, "protocol": s.protocol},
+                   {"containerPort": 9000}])
+        } else {
+            json!([{"containerPort": 8080, "protocol": s.protocol}, {"containerPort": 9000}])
+        },
         "readinessProbe": {"httpGet": {"path": "/", "port": 8080}},
         "volumeMounts": [{"name": "data", "mountPath": "/data"}],
         "securityContext": {"runAsUser": 1000},
@@ -284,6 +302,7 @@ fn slim_pods_drop_what_no_controller_reads() {
         protocol: "TCP",
         revision: "rev-a",
         last_applied: true,
+        named_ports: true,
     };
     let whole = pod(&s);
     let slim = whole.clone().slim();
@@ -291,10 +310,15 @@ fn slim_pods_drop_what_no_controller_reads() {
     let c = &spec.containers[0];
     assert!(c.image.is_none() && c.env.is_none() && c.readiness_probe.is_none());
     assert!(c.volume_mounts.is_none() && c.security_context.is_none());
+    // Only the named port: the other is a number no target port name resolves to.
+    let ports = c.ports.as_deref().expect("ports");
+    assert_eq!(ports.len(), 1);
     assert_eq!(
-        c.ports,
-        whole.spec.as_ref().expect("spec").containers[0].ports
+        (ports[0].name.as_deref(), ports[0].container_port),
+        (Some("http"), 8080)
     );
+    let sidecar = &spec.init_containers.as_ref().expect("the sidecar")[0];
+    assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
     assert!(spec.volumes.is_none() && spec.tolerations.is_none());
     assert_eq!(spec.hostname.as_deref(), Some("h"));
     let status = slim.status.as_ref().expect("status");
@@ -302,6 +326,7 @@ fn slim_pods_drop_what_no_controller_reads() {
     let cs = &status.container_statuses.as_ref().expect("statuses")[0];
     assert!(cs.state.is_none() && cs.last_state.is_none() && cs.image.is_empty());
     assert_eq!(cs.restart_count, 2);
+    assert_eq!(status.container_statuses.as_ref().map(Vec::len), Some(1));
     assert!(slim.metadata.managed_fields.is_none());
     let annotations = slim.metadata.annotations.as_ref().expect("annotations");
     assert!(!annotations.contains_key(LAST_APPLIED));
@@ -313,4 +338,45 @@ fn slim_pods_drop_what_no_controller_reads() {
     assert_eq!(slim.metadata.finalizers, whole.metadata.finalizers);
     // Slimming twice changes nothing more.
     assert_eq!(slim.clone().slim(), slim);
+}
+
+/// Containers without named ports, init containers that are not sidecars and container
+/// statuses without restarts are not kept at all; of several statuses, the highest restart
+/// count is.
+#[test]
+fn slim_pods_keep_no_container_a_target_port_cannot_name() {
+    let mut s = Shape {
+        ordinal: 1,
+        owner: "ReplicaSet",
+        node: None,
+        hostname: None,
+        subdomain: None,
+        phase: Some("Running"),
+        ip: Some(6),
+        ready: Some((true, 1)),
+        restarts: vec![0, 0],
+        cost: None,
+        created: 0,
+        deleting: false,
+        sidecar: Some(None),
+        protocol: "TCP",
+        revision: "rev-a",
+        last_applied: false,
+        named_ports: false,
+    };
+    let slim = pod(&s).slim();
+    let spec = slim.spec.as_ref().expect("spec");
+    assert!(spec.containers.is_empty(), "{:?}", spec.containers);
+    assert!(spec.init_containers.is_none());
+    let status = slim.status.as_ref().expect("status");
+    assert!(status.container_statuses.is_none());
+    s.restarts = vec![1, 4, 2];
+    let slim = pod(&s).slim();
+    let statuses = slim
+        .status
+        .as_ref()
+        .and_then(|st| st.container_statuses.as_ref())
+        .expect("statuses");
+    assert_eq!(statuses.len(), 1);
+    assert_eq!(statuses[0].restart_count, 4);
 }
