@@ -1,13 +1,14 @@
 //! What the controllers' caches keep of each watched object, applied to every watch event
 //! before the reflector stores it (as client-go informers' `SetTransform` does): no object
-//! keeps its managedFields, and a Pod keeps only the fields some controller reads.
+//! keeps its managedFields, Services and Pods lose the last-applied annotation too, and a Pod
+//! keeps only the fields some controller reads.
 //!
 //! A decoded Pod is several times its JSON (every volume source, probe and security context
 //! is an inline struct); at 10,000 Pods the cache was the largest part of the server's heap
 //! (79 of 321 MB live in a heaptrack of the scale bench). The reflector stores a clone of
 //! what this returns, so its vectors come out without spare capacity anyway.
-//! **Invariant:** cached Pods are never written back (controllers patch Pods, never replace
-//! them), so what is dropped here never reaches the API. A controller reading a Pod field
+//! **Invariant:** cached Pods and Services are never written back (controllers patch them,
+//! never replace them), so what is dropped here never reaches the API. A controller reading a Pod field
 //! that [`slim_pod`] drops must add it here; `tests` compares every Pod-reading pure function
 //! on whole and slimmed Pods.
 
@@ -19,6 +20,7 @@ use k8s_openapi::api::core::v1::{
     ReplicationController, Service,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// The annotation `kubectl apply` keeps its last manifest in: often the largest part of a
 /// Pod's metadata, and read by no controller.
@@ -35,7 +37,16 @@ pub(crate) trait Slim: kube::Resource + Sized {
     }
 }
 
-impl Slim for Service {}
+/// Services are only read and status-patched here, never written whole: the last-applied
+/// annotation (a copy of the whole manifest for `kubectl apply` users) goes too.
+impl Slim for Service {
+    fn slim(self) -> Self {
+        let mut o = self;
+        without_apply_history(&mut o.metadata);
+        o
+    }
+}
+
 impl Slim for Endpoints {}
 impl Slim for EndpointSlice {}
 impl Slim for Deployment {}
@@ -49,6 +60,15 @@ impl Slim for ControllerRevision {}
 impl Slim for Pod {
     fn slim(self) -> Self {
         slim_pod(self)
+    }
+}
+
+/// Drops managedFields and the last-applied annotation: what writers left, read by no
+/// controller.
+fn without_apply_history(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
     }
 }
 
@@ -69,10 +89,7 @@ pub(crate) fn slim_pod(pod: Pod) -> Pod {
         spec,
         status,
     } = pod;
-    metadata.managed_fields = None;
-    if let Some(a) = metadata.annotations.as_mut() {
-        a.remove(LAST_APPLIED);
-    }
+    without_apply_history(&mut metadata);
     Pod {
         metadata,
         spec: spec.map(slim_spec),

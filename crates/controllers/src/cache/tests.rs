@@ -380,3 +380,18 @@ fn slim_pods_keep_no_container_a_target_port_cannot_name() {
     assert_eq!(statuses.len(), 1);
     assert_eq!(statuses[0].restart_count, 4);
 }
+
+/// A Service keeps everything a controller reads; its apply history goes.
+#[test]
+fn slim_services_drop_their_apply_history() {
+    let whole = service(json!({"metadata": {
+        "labels": {"app": "web"},
+        "annotations": {LAST_APPLIED: "{\"big\": \"manifest\"}", "team": "a"},
+        "managedFields": [{"manager": "kubectl", "operation": "Apply", "apiVersion": "v1"}]}}));
+    let slim = whole.clone().slim();
+    assert!(slim.metadata.managed_fields.is_none());
+    let annotations = slim.metadata.annotations.as_ref().expect("annotations");
+    assert_eq!(annotations.keys().collect::<Vec<_>>(), ["team"]);
+    assert_eq!(slim.spec, whole.spec);
+    assert_eq!(slim.metadata.labels, whole.metadata.labels);
+}
