@@ -312,9 +312,18 @@ fn main() {
         report.add("flip -> EndpointSlice p99", f99, "ms").reference(19.6, "berth (Endpoints)").goal("< 5 ms");
         report.add("server CPU per flip", per_flip, "ms").reference(21.6, "berth").goal("< 2 ms");
 
-        // Full LISTs.
+        // Full LISTs: the body as bytes (what the figure measured, with a Python
+        // client that does not decode), and through kube-rs, which decodes typed Services.
         let mut list_lat = Vec::new();
+        let mut raw_lat = Vec::new();
         for _ in 0..lists {
+            let t = Instant::now();
+            let req = http::Request::get("/api/v1/namespaces/default/services")
+                .body(Vec::new())
+                .expect("list request");
+            let body = client.request_text(req).await.expect("raw list services");
+            raw_lat.push(t.elapsed());
+            assert!(body.len() > n_svc * 100, "a whole list: {} bytes", body.len());
             let t = Instant::now();
             let l = svcs.list(&ListParams::default()).await.expect("list services");
             list_lat.push(t.elapsed());
@@ -323,8 +332,10 @@ fn main() {
             eps.list(&ListParams::default()).await.expect("list endpoints");
             slices.list(&ListParams::default()).await.expect("list slices");
         }
+        let (r50, _) = p50_p99(&raw_lat);
+        report.add(format!("LIST {n_svc} Services p50, body as bytes"), r50, "ms").reference(170.0, "berth").goal("< 60 ms");
         let (l50, _) = p50_p99(&list_lat);
-        report.add(format!("LIST {n_svc} Services p50"), l50, "ms").reference(170.0, "berth").goal("< 60 ms");
+        report.add(format!("LIST {n_svc} Services p50, kube-rs typed"), l50, "ms");
         let rss_lists = rss_kib(pid) as f64 / 1024.0;
         report.add(format!("RSS after {lists} full LISTs of 4 kinds"), rss_lists, "MiB").reference(295.0, "berth (276-314)");
         report.add("  after / before LISTs", rss_lists / rss_loaded, "x").reference(295.0 / 151.0, "berth").goal("<= 1.2");
