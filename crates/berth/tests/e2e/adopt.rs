@@ -100,12 +100,22 @@ fn sigterm(pid: u32) {
     assert!(status.success());
 }
 
-#[test]
-fn pods_outlive_a_killed_agent_and_are_adopted() {
+/// A node whose agent runs as a process of its own (the test kills and restarts it), Ready;
+/// with `busybox`, the busybox image is imported under that reference first.
+fn node_with_agent(busybox: Option<&str>) -> (Cluster, berth_testkit::Process) {
     let bin = Path::new(env!("CARGO_BIN_EXE_berth"));
     let c = Cluster::start_on_node_without_agent(bin, &[]);
-    let mut agent = c.start_agent(&[]);
+    if let Some(reference) = busybox {
+        c.import_image(&berth_testkit::images::busybox(&["sh"]), reference);
+    }
+    let agent = c.start_agent(&[]);
     c.wait_node_ready();
+    (c, agent)
+}
+
+#[test]
+fn pods_outlive_a_killed_agent_and_are_adopted() {
+    let (c, mut agent) = node_with_agent(None);
     c.apply(DEPLOYMENT);
     let pod = pod_name(&c);
     eventually("held to be Ready", || {
@@ -224,11 +234,7 @@ fn pods_outlive_a_killed_agent_and_are_adopted() {
 /// lives on, and the next agent signals it again (its stop ends the container).
 #[test]
 fn image_pods_outlive_a_killed_agent() {
-    let bin = Path::new(env!("CARGO_BIN_EXE_berth"));
-    let c = Cluster::start_on_node_without_agent(bin, &[]);
-    c.import_image(&berth_testkit::images::busybox(&["sh"]), "bbheld:1");
-    let mut agent = c.start_agent(&[]);
-    c.wait_node_ready();
+    let (c, mut agent) = node_with_agent(Some("bbheld:1"));
     c.apply(
         r#"apiVersion: v1
 kind: Pod
@@ -291,10 +297,7 @@ spec:
 /// agent attaches to them again; their logs run on across the restart.
 #[test]
 fn console_pods_outlive_a_killed_agent_and_attach_again() {
-    let bin = Path::new(env!("CARGO_BIN_EXE_berth"));
-    let c = Cluster::start_on_node_without_agent(bin, &[]);
-    let mut agent = c.start_agent(&[]);
-    c.wait_node_ready();
+    let (c, mut agent) = node_with_agent(None);
     c.apply(
         r#"apiVersion: v1
 kind: Pod
@@ -359,11 +362,7 @@ spec:
 /// holds, and the next agent attaches to the image's shell again.
 #[test]
 fn image_console_pods_outlive_a_killed_agent() {
-    let bin = Path::new(env!("CARGO_BIN_EXE_berth"));
-    let c = Cluster::start_on_node_without_agent(bin, &[]);
-    c.import_image(&berth_testkit::images::busybox(&["sh"]), "bbterm:1");
-    let mut agent = c.start_agent(&[]);
-    c.wait_node_ready();
+    let (c, mut agent) = node_with_agent(Some("bbterm:1"));
     c.apply(
         r#"apiVersion: v1
 kind: Pod
