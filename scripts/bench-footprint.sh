@@ -8,7 +8,9 @@
 #   one EndpointSlice of 5 ready endpoints each;
 #   `berth proxy --kubeconfig` (programs nftables in that namespace only), and once its first
 #   full sync is in, its VmRSS / VmHWM / Pss (goal RSS < 50 MB);
-#   `berth dns --kubeconfig --listen 127.0.0.53:53`, once serving, the same (goal < 20 MB);
+#   `berth-dns --kubeconfig --listen 127.0.0.53:53` (the small DNS program built beside
+#   BERTH_BIN; `berth dns` when there is none, or with DNS_BIN=multi), once serving, the same
+#   (goal < 20 MB);
 #   then RYW times: Service created -> its A record answered, deleted -> NXDOMAIN, p50/p99
 #   over RYW Services (goal p99 < 10 ms).
 # Memory is read SETTLE seconds after each component is synced. MB here is 10^6 bytes, as the
@@ -16,7 +18,9 @@
 #   With `list` in PARTS: the server's RSS, LISTS (10) LISTs of every Service, p50/min/max, then
 #   (unless SELECTOR=0) as many with a label selector and with a field selector, and the server's RSS again.
 # Env: SERVICES=10000 RYW=200 SETTLE=3 PARTS="proxy dns" (which components to start; or "list") BERTH_BIN=<release build here> KEEP=1 (keep logs)
+#      DNS_BIN=FILE: the DNS program to measure (DNS_BIN=multi: `$BERTH_BIN dns`).
 #      SMAPS=1: also where the DNS's resident memory is (scripts/smaps-summary.py: binary, heap, stacks).
+#      HOLD=SECONDS: keep everything running that long at the end (to inspect the DNS).
 #      PROXY_ENV / DNS_ENV: extra environment for each process (e.g. "MALLOC_ARENA_MAX=2").
 # Needs (Debian): iproute2 nftables python3 python3-yaml (scripts/deps.sh).
 set -euo pipefail
@@ -28,10 +32,14 @@ for c in ip nsenter nft python3 timeout; do
 done
 python3 -c 'import yaml' || { echo "missing python3-yaml (see scripts/deps.sh)" >&2; exit 1; }
 if [ -z "${BERTH_BIN:-}" ]; then
-    cargo build --release --bin berth >&2
+    cargo build --release -p berth --bins >&2
     BERTH_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/berth"
 fi
 BERTH_BIN=$(realpath "$BERTH_BIN")
+dns_cmd=("$BERTH_BIN" dns)
+if [ "${DNS_BIN:-}" != multi ] && [ -x "${DNS_BIN:-$(dirname "$BERTH_BIN")/berth-dns}" ]; then
+    dns_cmd=("$(realpath "${DNS_BIN:-$(dirname "$BERTH_BIN")/berth-dns}")")
+fi
 ns=bfp$$
 run=$(mktemp -d /tmp/berth-bench-footprint.XXXXXX)
 pids=()
@@ -114,11 +122,12 @@ fi
 if part dns; then
 
 # shellcheck disable=SC2086
-nsenter --net="/run/netns/$ns" -- env ${DNS_ENV:-} "$BERTH_BIN" dns --kubeconfig "$kc" \
+nsenter --net="/run/netns/$ns" -- env ${DNS_ENV:-} "${dns_cmd[@]}" --kubeconfig "$kc" \
     --listen 127.0.0.53:53 --upstream 127.0.0.1:9 >"$run/dns.log" 2>&1 &
 pids+=($!); dns=$!
 wait_log "$run/dns.log" 'cluster DNS serving' 60 "$dns"
 sleep "$SETTLE"
+echo "dns: ${dns_cmd[*]}" | tee -a "$run/results"
 mem dns "$dns" 20
 [ -n "${SMAPS:-}" ] && python3 scripts/smaps-summary.py "$dns" | tee -a "$run/results"
 mem server "$server" 1000 >/dev/null
@@ -127,6 +136,7 @@ echo "read-your-writes over $RYW Services ($SERVICES present), load $(cut -d' ' 
     | tee -a "$run/results"
 in_ns python3 scripts/bench-footprint.py ryw "$kc" 127.0.0.53:53 "$RYW" | tee -a "$run/results"
 mem dns "$dns" 20 | sed 's/^/after RYW: /'
+if [ -n "${HOLD:-}" ]; then echo "holding $HOLD s (dns PID $dns)" >&2; sleep "$HOLD"; fi
 fi
 echo "== summary"
 cat "$run/results"

@@ -4,6 +4,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
+pub use berth::{DnsCmdArgs, KubeconfigArg};
 use berth_apiserver::Ipv4Net;
 use clap::{Args, Parser, Subcommand};
 
@@ -339,15 +340,6 @@ pub struct AgentArgs {
     pub keep_pods_on_exit: bool,
 }
 
-/// Where a standalone component finds the API server.
-#[derive(Debug, Args)]
-pub struct KubeconfigArg {
-    /// The kubeconfig to reach the API server with. Default: as kubectl finds one ($KUBECONFIG,
-    /// then ~/.kube/config, then the in-cluster service account).
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-}
-
 #[derive(Debug, Args)]
 pub struct ProxyCmdArgs {
     #[command(flatten)]
@@ -379,30 +371,6 @@ pub struct NetpolCmdArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct DnsCmdArgs {
-    #[command(flatten)]
-    pub kube: KubeconfigArg,
-
-    /// Addresses to answer on, over UDP and TCP; repeat or comma-separate.
-    #[arg(long, value_delimiter = ',', default_value = "0.0.0.0:53")]
-    pub listen: Vec<SocketAddr>,
-
-    /// The cluster domain.
-    #[arg(long, default_value = "cluster.local")]
-    pub cluster_domain: String,
-
-    /// Resolvers for names outside the cluster domain (IP or IP:PORT); repeat or
-    /// comma-separate. Default: the nameservers of /etc/resolv.conf.
-    #[arg(long, value_delimiter = ',', value_parser = parse_upstream)]
-    pub upstream: Vec<SocketAddr>,
-
-    /// Clients allowed to have names outside the cluster domain resolved (CIDRs, e.g. the pod
-    /// and node ranges); everyone else gets REFUSED for them. Loopback is always allowed.
-    #[arg(long, value_delimiter = ',')]
-    pub allow_recursion: Vec<Ipv4Net>,
-}
-
-#[derive(Debug, Args)]
 pub struct IngressCmdArgs {
     #[command(flatten)]
     pub kube: KubeconfigArg,
@@ -419,15 +387,6 @@ pub struct IngressCmdArgs {
     /// address until that Service has a LoadBalancer IP.
     #[arg(long)]
     pub node_ip: Ipv4Addr,
-}
-
-fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
-    s.parse::<SocketAddr>()
-        .or_else(|_| {
-            s.parse::<std::net::IpAddr>()
-                .map(|ip| SocketAddr::new(ip, 53))
-        })
-        .map_err(|_| format!("expected IP or IP:PORT, got `{s}`"))
 }
 
 #[derive(Debug, Args)]

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use berth::{cancel_on_signal, say_when_synced, standalone_client, standalone_kube_config};
 use berth_store::Store;
 use clap::Parser;
 use cli::{
-    AgentArgs, AgentCmdArgs, CleanupArgs, Cli, Cmd, DnsCmdArgs, IngressCmdArgs, NetpolCmdArgs,
-    NodeMode, ProxyCmdArgs, ServerArgs, StoreUrl,
+    AgentArgs, AgentCmdArgs, CleanupArgs, Cli, Cmd, IngressCmdArgs, NetpolCmdArgs, NodeMode,
+    ProxyCmdArgs, ServerArgs, StoreUrl,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -24,14 +25,7 @@ fn main() -> std::process::ExitCode {
     if argv.get(1).map(String::as_str) == Some("container-shim") {
         return berth_agent::shim::main_for(&argv[2..]);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, not in files or `kubectl logs`.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    berth::init_logging();
     let cli = Cli::parse();
     if let Cmd::Workload { args } = &cli.cmd {
         // Workloads run their own small runtime, as a container's process would.
@@ -46,14 +40,14 @@ fn main() -> std::process::ExitCode {
     if let Cmd::Image(cmd) = &cli.cmd {
         return report(image(cmd));
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Cmd::Dns(_) = &cli.cmd {
-        // The DNS run alone: its UDP threads answer; the runtime only watches, forwards and
-        // serves TCP, so two workers do, and one malloc arena keeps its RSS small (issue 13).
-        berth_dns::memory::one_arena();
-        builder.worker_threads(2);
-    }
-    let runtime = match builder.enable_all().build() {
+    let runtime = if let Cmd::Dns(_) = &cli.cmd {
+        berth::dns_runtime()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             eprintln!("berth: cannot start the async runtime: {e}");
@@ -65,7 +59,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Server(args) => server(args, started).await,
             Cmd::Agent(args) => agent(args).await,
             Cmd::Proxy(args) => proxy(args).await,
-            Cmd::Dns(args) => dns(args).await,
+            Cmd::Dns(args) => berth::dns(args).await,
             Cmd::Netpol(args) => netpol(args).await,
             Cmd::Cleanup(args) => cleanup(args).await,
             Cmd::Ingress(args) => ingress(args).await,
@@ -279,25 +273,6 @@ async fn kube_config(
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.
-fn cancel_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
-        }
-        tracing::info!("shutting down");
-        token.cancel();
-    });
-}
-
 async fn server(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
     berth_apiserver::files::private_dir(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
@@ -899,27 +874,6 @@ async fn agent(args: AgentCmdArgs) -> anyhow::Result<()> {
         .context("node agent")
 }
 
-/// The API client settings of a component run on its own: from `--kubeconfig`, or found as
-/// kubectl finds them.
-async fn standalone_kube_config(path: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
-    match path {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .with_context(|| format!("using {}", path.display()))
-        }
-        None => kube::Config::infer().await.context(
-            "finding a kubeconfig ($KUBECONFIG, ~/.kube/config, in-cluster); or pass --kubeconfig",
-        ),
-    }
-}
-
-async fn standalone_client(path: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
-    kube::Client::try_from(standalone_kube_config(path).await?).context("building the API client")
-}
-
 /// `berth proxy`: the service proxy alone. The table stays when it stops, so traffic keeps
 /// flowing while it restarts; `--cleanup` removes it.
 async fn proxy(args: ProxyCmdArgs) -> anyhow::Result<()> {
@@ -1056,51 +1010,6 @@ async fn ingress(args: IngressCmdArgs) -> anyhow::Result<()> {
 }
 
 /// `berth dns`: the cluster DNS server alone.
-async fn dns(args: DnsCmdArgs) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    cancel_on_signal(shutdown.clone());
-    let client = standalone_client(args.kube.kubeconfig.as_deref()).await?;
-    let mut config = berth_dns::Config {
-        listen: args.listen.clone(),
-        domain: args.cluster_domain.clone(),
-        ..berth_dns::Config::default()
-    };
-    if !args.upstream.is_empty() {
-        config.upstream = args.upstream.clone();
-    }
-    config
-        .allow_recursion
-        .extend(args.allow_recursion.iter().map(|n| ipnet::IpNet::V4(*n)));
-    println!(
-        "berth: cluster DNS for {} on {}",
-        config.domain,
-        listen_list(&config.listen)
-    );
-    say_when_synced("cluster DNS", &config.synced);
-    berth_dns::run(config, client, shutdown)
-        .instrument(tracing::info_span!("dns"))
-        .await
-        .context("cluster DNS")
-}
-
-/// Prints "berth: WHAT synced" once a component run alone has its first full state in (the
-/// line scripts wait for, as `berth server`'s "ready").
-fn say_when_synced(what: &'static str, synced: &Arc<tokio::sync::SetOnce<()>>) {
-    let synced = synced.clone();
-    tokio::spawn(async move {
-        synced.wait().await;
-        println!("berth: {what} synced");
-    });
-}
-
-fn listen_list(addrs: &[std::net::SocketAddr]) -> String {
-    addrs
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// DER as PEM.
 fn pem(label: &str, der: &[u8]) -> String {
     use base64::Engine as _;

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod publish;
 pub mod records;
 pub mod server;
+pub mod slim;
 pub mod watch;
 pub mod zone;
 
@@ -101,7 +102,7 @@ struct Watcher {
 impl Watcher {
     fn spawn<K: watch::Indexed>(client: &kube::Client, zone: &SharedZone) -> Self {
         let (tx, synced) = tokio::sync::watch::channel(false);
-        let follow = watch::follow(Api::<K>::all(client.clone()), zone.clone(), tx);
+        let follow = watch::follow(Api::<slim::Slim<K>>::all(client.clone()), zone.clone(), tx);
         Self {
             resource: K::PLURAL,
             task: AbortOnDrop(tokio::spawn(follow)),

@@ -9,16 +9,16 @@ use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
-use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::records::ServiceView;
 use crate::server::SharedZone;
+use crate::slim::{Slim, SlimDecode};
 use crate::zone::{SliceEntry, Zone};
 
 /// A resource type the zone is built from.
 pub trait Indexed:
-    kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+    kube::Resource<DynamicType = ()> + SlimDecode + Clone + Debug + Send + Sync + 'static
 {
     /// The resource's plural name, for logs.
     const PLURAL: &'static str;
@@ -117,21 +117,32 @@ pub fn apply_event<K: Indexed>(
     false
 }
 
-/// Watches every object of type `K` into `zone`; `synced` turns true after the first list.
-/// Returns only when the watch stream ends.
-pub async fn follow<K: Indexed>(api: Api<K>, zone: SharedZone, synced: watch::Sender<bool>) {
+/// Watches every object of type `K` into `zone`, decoded slim; `synced` turns true after the
+/// first list. Returns only when the watch stream ends.
+pub async fn follow<K: Indexed>(api: Api<Slim<K>>, zone: SharedZone, synced: watch::Sender<bool>) {
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     let mut stream = std::pin::pin!(stream);
     let mut listing = Vec::new();
     while let Some(event) = stream.next().await {
         match event {
             Ok(event) => {
-                if apply_event(&zone, &mut listing, event) {
+                if apply_event(&zone, &mut listing, whole(event)) {
                     synced.send_replace(true);
                 }
             }
             Err(e) => tracing::warn!(resource = K::PLURAL, error = %e, "watch failed; retrying"),
         }
+    }
+}
+
+/// The event of the object a slim one stands for.
+fn whole<K>(event: watcher::Event<Slim<K>>) -> watcher::Event<K> {
+    match event {
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(o.0),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+        watcher::Event::Apply(o) => watcher::Event::Apply(o.0),
+        watcher::Event::Delete(o) => watcher::Event::Delete(o.0),
     }
 }
 

@@ -261,8 +261,12 @@ pub struct Zone {
     negative_ttl: u32,
     soa: Record,
     hasher: RandomState,
-    /// Every name, by its lower-case wire form (what the fast path has in hand).
-    names: HashTable<NameEntry>,
+    /// Every name: its slot in `entries`, found by its lower-case wire form (what the fast
+    /// path has in hand). Slots rather than entries in the table: a hash table's buckets are
+    /// all touched however few are full, and a slot takes 4 bytes where an entry takes 40.
+    names: HashTable<u32>,
+    /// The names' entries, dense (a removed one's slot takes the last entry).
+    entries: Vec<NameEntry>,
     /// The zone's own records (SOA, `dns-version` TXT) by lower-case wire name.
     statics: Vec<(Box<[u8]>, u32, RData)>,
     /// Services (and slices waiting for their Service) in slots; a slot's number plus one is
@@ -336,6 +340,7 @@ impl Zone {
             soa,
             hasher: RandomState::new(),
             names: HashTable::new(),
+            entries: Vec::new(),
             services: Vec::new(),
             free: Vec::new(),
             by_key: HashTable::new(),
@@ -374,22 +379,31 @@ impl Zone {
 
     /// How many names the zone holds (a size figure for logs and benchmarks).
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.entries.len()
     }
 
     /// Whether the zone holds no names (never: the apex is always there).
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.entries.is_empty()
     }
 
     /// How many answers are compiled for the fast path (a size figure for benchmarks).
     pub fn compiled_answers(&self) -> usize {
-        self.names.iter().map(|e| fast::count(e.answers())).sum()
+        self.entries.iter().map(|e| fast::count(e.answers())).sum()
+    }
+
+    /// The slot of the wire name `wire` in `entries`.
+    fn slot_of(&self, wire: &[u8]) -> Option<usize> {
+        let entries = &self.entries;
+        self.names
+            .find(self.hasher.hash_one(wire), |&i| {
+                entries.get(i as usize).is_some_and(|e| e.name() == wire)
+            })
+            .map(|&i| i as usize)
     }
 
     fn entry(&self, wire: &[u8]) -> Option<&NameEntry> {
-        self.names
-            .find(self.hasher.hash_one(wire), |e| e.name() == wire)
+        self.entries.get(self.slot_of(wire)?)
     }
 
     /// The records at `name`, gathered from its owners; `None` when the name does not exist.
@@ -465,8 +479,7 @@ impl Zone {
             if !alias {
                 fast::compile(name, |t| node.has(t), |req| respond(self, req), &mut bytes);
             }
-            let hash = self.hasher.hash_one(wire.as_slice());
-            if let Some(entry) = self.names.find_mut(hash, |e| e.name() == wire.as_slice()) {
+            if let Some(entry) = self.slot_of(&wire).and_then(|i| self.entries.get_mut(i)) {
                 entry.bytes = bytes.into();
                 entry.alias = alias;
             }
@@ -475,41 +488,74 @@ impl Zone {
 
     /// Makes `owner` a reason for the wire name `wire` to exist (`data`: with records there).
     fn own(&mut self, owner: Owner, wire: &[u8], data: bool) {
-        let hasher = &self.hasher;
-        let entry = self
-            .names
-            .entry(
-                hasher.hash_one(wire),
-                |e| e.name() == wire,
-                |e| hasher.hash_one(e.name()),
-            )
-            .or_insert_with(|| NameEntry {
-                bytes: wire.into(),
-                name_len: u8::try_from(wire.len()).unwrap_or(u8::MAX),
-                alias: false,
-                refs: 0,
-                owners: Owners::None,
-            })
-            .into_mut();
-        if data {
-            entry.owners.add(owner);
-        } else {
-            entry.refs = entry.refs.saturating_add(1);
+        let slot = match self.slot_of(wire) {
+            Some(slot) => slot,
+            None => {
+                let slot = self.entries.len();
+                self.entries.push(NameEntry {
+                    bytes: wire.into(),
+                    name_len: u8::try_from(wire.len()).unwrap_or(u8::MAX),
+                    alias: false,
+                    refs: 0,
+                    owners: Owners::None,
+                });
+                let (hasher, entries) = (&self.hasher, &self.entries);
+                self.names.insert_unique(
+                    hasher.hash_one(wire),
+                    u32::try_from(slot).unwrap_or(u32::MAX),
+                    |&i| {
+                        entries
+                            .get(i as usize)
+                            .map_or(0, |e| hasher.hash_one(e.name()))
+                    },
+                );
+                slot
+            }
+        };
+        if let Some(entry) = self.entries.get_mut(slot) {
+            if data {
+                entry.owners.add(owner);
+            } else {
+                entry.refs = entry.refs.saturating_add(1);
+            }
         }
     }
 
     /// Undoes one [`Zone::own`]; the name goes when nothing makes it exist any more.
     fn disown(&mut self, owner: Owner, wire: &[u8], data: bool) {
-        let hash = self.hasher.hash_one(wire);
-        if let Ok(mut found) = self.names.find_entry(hash, |e| e.name() == wire) {
-            let entry = found.get_mut();
-            if data {
-                entry.owners.remove(owner);
-            } else {
-                entry.refs = entry.refs.saturating_sub(1);
-            }
-            if entry.unused() {
-                found.remove();
+        let Some(slot) = self.slot_of(wire) else {
+            return;
+        };
+        let Some(entry) = self.entries.get_mut(slot) else {
+            return;
+        };
+        if data {
+            entry.owners.remove(owner);
+        } else {
+            entry.refs = entry.refs.saturating_sub(1);
+        }
+        if entry.unused() {
+            self.remove_entry(slot);
+        }
+    }
+
+    /// Removes the name in `slot`; the last entry moves into its place.
+    fn remove_entry(&mut self, slot: usize) {
+        let Some(entry) = self.entries.get(slot) else {
+            return;
+        };
+        let hash = self.hasher.hash_one(entry.name());
+        let target = u32::try_from(slot).unwrap_or(u32::MAX);
+        if let Ok(found) = self.names.find_entry(hash, |&i| i == target) {
+            found.remove();
+        }
+        let last = self.entries.len() - 1;
+        self.entries.swap_remove(slot);
+        if let Some(moved) = self.entries.get(slot) {
+            let hash = self.hasher.hash_one(moved.name());
+            let from = u32::try_from(last).unwrap_or(u32::MAX);
+            if let Some(i) = self.names.find_mut(hash, |&i| i == from) {
+                *i = target;
             }
         }
     }
