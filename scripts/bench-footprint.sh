@@ -21,7 +21,7 @@
 #      DNS_BIN=FILE: the DNS program to measure (DNS_BIN=multi: `$BERTH_BIN dns`).
 #      SMAPS=1: also where the DNS's resident memory is (scripts/smaps-summary.py: binary, heap, stacks).
 #      HOLD=SECONDS: keep everything running that long at the end (to inspect the DNS).
-#      PROXY_ENV / DNS_ENV: extra environment for each process (e.g. "MALLOC_ARENA_MAX=2").
+#      SERVER_ENV / PROXY_ENV / DNS_ENV: extra environment for each process (e.g. "MALLOC_ARENA_MAX=2").
 # Needs (Debian): iproute2 nftables python3 python3-yaml (scripts/deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -86,7 +86,8 @@ EOF
 ip netns add "$ns"
 ip -n "$ns" link set lo up
 # Started directly so that $! is berth's own PID (nsenter execs it).
-nsenter --net="/run/netns/$ns" -- "$BERTH_BIN" server --no-node --bind 127.0.0.1:6443 \
+# shellcheck disable=SC2086 # SERVER_ENV is a list of VAR=value words
+nsenter --net="/run/netns/$ns" -- env ${SERVER_ENV:-} "$BERTH_BIN" server --no-node --bind 127.0.0.1:6443 \
     --data-dir "$run/data" >"$run/server.log" 2>&1 &
 pids+=($!); server=$!
 wait_log "$run/server.log" 'ready at' 30 "$server"

@@ -43,6 +43,9 @@ fn main() -> std::process::ExitCode {
     let runtime = if let Cmd::Dns(_) = &cli.cmd {
         berth::dns_runtime()
     } else {
+        if let Cmd::Server(_) = &cli.cmd {
+            berth::tune_malloc(1024 * 1024, false);
+        }
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
