@@ -269,6 +269,8 @@ impl SlimDecode for Namespace {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
     use crate::fixtures;
     use crate::records::{ServiceView, SliceView};
@@ -351,5 +353,57 @@ mod tests {
         assert!(serde_json::from_slice::<Slim<Service>>(bad_port).is_err());
         let bad_endpoints = br#"{"endpoints":[{"addresses":"10.0.0.1"}]}"#;
         assert!(serde_json::from_slice::<Slim<EndpointSlice>>(bad_endpoints).is_err());
+    }
+
+    fn service_strategy() -> impl Strategy<Value = Service> {
+        let port = (
+            prop::option::of("[a-z]{0,3}"),
+            prop::sample::select(vec!["TCP", "UDP", "SCTP", "tcp", "bogus"]),
+            any::<u16>(),
+        );
+        (
+            "[a-z]{1,5}",
+            prop::collection::vec(any::<[u8; 4]>(), 0..3),
+            prop::collection::vec(port, 0..4),
+            0..3usize,
+            any::<bool>(),
+            prop::collection::btree_map("[a-z./-]{1,8}", "[a-z]{0,4}", 0..3),
+        )
+            .prop_map(|(name, ips, ports, kind, publish, labels)| {
+                let ips: Vec<String> = ips
+                    .iter()
+                    .map(|o| std::net::Ipv4Addr::from(*o).to_string())
+                    .collect();
+                let ports: Vec<(&str, &str, u16)> = ports
+                    .iter()
+                    .map(|(n, p, port)| (n.as_deref().unwrap_or(""), *p, *port))
+                    .collect();
+                let ip_refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+                let mut svc = match kind {
+                    0 => fixtures::cluster_ip("ns", &name, &ip_refs, &ports),
+                    1 => fixtures::headless("ns", &name, &ports, publish),
+                    _ => fixtures::external_name("ns", &name, "example.com"),
+                };
+                svc.metadata.labels = Some(labels);
+                svc
+            })
+    }
+
+    proptest! {
+        /// Whatever a Service holds, its slim decoding gives the zone the same view.
+        #[test]
+        fn slim_decoding_keeps_every_field_the_zone_reads(svc in service_strategy()) {
+            let json = serde_json::to_vec(&svc).expect("encode");
+            let slim: Slim<Service> = serde_json::from_slice(&json).expect("decode");
+            prop_assert_eq!(ServiceView::from_service(&slim.0), ServiceView::from_service(&svc));
+        }
+
+        /// Any bytes: an error or an object, never a panic.
+        #[test]
+        fn any_bytes_decode_or_fail(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = serde_json::from_slice::<Slim<Service>>(&bytes);
+            let _ = serde_json::from_slice::<Slim<EndpointSlice>>(&bytes);
+            let _ = serde_json::from_slice::<Slim<Namespace>>(&bytes);
+        }
     }
 }
