@@ -815,15 +815,17 @@ async fn write_update(
             ),
         });
     }
-    let managed_fields = new
-        .get("metadata")
-        .and_then(|m| m.get("managedFields"))
-        .cloned();
     if t.subresource == Some(Subresource::Status) {
-        let status = new.get("status").cloned();
+        // The body's status and managed fields onto the stored object: taken out of the
+        // body, which is replaced, rather than copied (a Pod's are hundreds of blocks).
+        let status = new.get_mut("status").map(Value::take);
+        let managed_fields = new
+            .get_mut("metadata")
+            .and_then(|m| m.get_mut("managedFields"))
+            .map(Value::take);
         new = cur.clone();
         set_or_remove(&mut new, "status", status);
-        set_or_remove_meta(&mut new, "managedFields", managed_fields.clone());
+        set_or_remove_meta(&mut new, "managedFields", managed_fields);
     } else if r.has_status {
         set_or_remove(&mut new, "status", cur.get("status").cloned());
     }
