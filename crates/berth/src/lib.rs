@@ -13,6 +13,8 @@ use ipnet::Ipv4Net;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub mod pages;
+
 /// Where a standalone component finds the API server.
 #[derive(Debug, Args)]
 pub struct KubeconfigArg {
@@ -122,6 +124,22 @@ pub fn say_when_synced(what: &'static str, synced: &Arc<tokio::sync::SetOnce<()>
     });
 }
 
+/// Once `synced` is set, drops the mappings of the program's start-up code and read-only
+/// data ([`pages`]): a part run alone then counts only the pages it keeps using.
+pub fn unmap_start_up_pages_when_synced(synced: &Arc<tokio::sync::SetOnce<()>>) {
+    let synced = synced.clone();
+    tokio::spawn(async move {
+        synced.wait().await;
+        match pages::unmap_clean_program_pages() {
+            Ok(bytes) => tracing::info!(
+                kib = bytes / 1024,
+                "start-up pages of the program unmapped (mapped back as used)"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not unmap the program's start-up pages"),
+        }
+    });
+}
+
 /// Addresses as `a, b, c`.
 pub fn listen_list(addrs: &[SocketAddr]) -> String {
     addrs
@@ -191,6 +209,7 @@ pub async fn dns(args: DnsCmdArgs) -> anyhow::Result<()> {
         listen_list(&config.listen)
     );
     say_when_synced("cluster DNS", &config.synced);
+    unmap_start_up_pages_when_synced(&config.synced);
     berth_dns::run(config, client, shutdown)
         .instrument(tracing::info_span!("dns"))
         .await

@@ -127,6 +127,22 @@ fn ask(zone: &Zone, name: &str, rtype: RecordType) -> (String, Option<Vec<u8>>) 
     (slow, fast)
 }
 
+fn same_answers(zone: &Zone, fresh: &Zone) -> std::result::Result<(), TestCaseError> {
+    for (name, rtype) in questions() {
+        // Slow paths must agree exactly; fast answers too (both keyed on the same state).
+        let (a, b) = (ask(zone, &name, rtype), ask(fresh, &name, rtype));
+        prop_assert_eq!(&a.0, &b.0, "{} {}", name, rtype);
+        prop_assert_eq!(
+            a.1.is_some(),
+            b.1.is_some(),
+            "fast path taken: {} {}",
+            name,
+            rtype
+        );
+    }
+    Ok(())
+}
+
 proptest! {
     #[test]
     fn incremental_equals_rebuild(ops in prop::collection::vec(op(), 1..25)) {
@@ -163,15 +179,24 @@ proptest! {
         for (i, e) in zone.entries.iter().enumerate() {
             prop_assert_eq!(zone.slot_of(e.name()), Some(i));
         }
+        // Every slice with a Service label is filed once, and found.
+        prop_assert_eq!(zone.slice_index.len(), slices.len());
+        for (ns, i) in slices.keys() {
+            let name = format!("s{i}");
+            prop_assert!(zone.slice_slot(NAMESPACES[*ns], &name).is_some(), "{} not filed", name);
+        }
         let mut fresh = Zone::new(&ZoneConfig::default()).expect("zone");
         fresh.replace_services(services.values());
         fresh.replace_slices(slices.values());
-        for (name, rtype) in questions() {
-            // Slow paths must agree exactly; fast answers too (both keyed on the same state).
-            let (a, b) = (ask(&zone, &name, rtype), ask(&fresh, &name, rtype));
-            prop_assert_eq!(&a.0, &b.0, "{} {}", name, rtype);
-            prop_assert_eq!(a.1.is_some(), b.1.is_some(), "fast path taken: {} {}", name, rtype);
-        }
+        same_answers(&zone, &fresh)?;
+        // A relist that finds only some of the slices drops the others.
+        let kept: Vec<&EndpointSlice> = slices.values().step_by(2).collect();
+        zone.replace_slices(kept.iter().copied());
+        prop_assert_eq!(zone.slice_index.len(), kept.len());
+        let mut fresh = Zone::new(&ZoneConfig::default()).expect("zone");
+        fresh.replace_services(services.values());
+        fresh.replace_slices(kept);
+        same_answers(&zone, &fresh)?;
     }
 }
 
