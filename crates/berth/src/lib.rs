@@ -124,16 +124,17 @@ pub fn say_when_synced(what: &'static str, synced: &Arc<tokio::sync::SetOnce<()>
     });
 }
 
-/// Once `synced` is set, drops the mappings of the program's start-up code and read-only
-/// data ([`pages`]): a part run alone then counts only the pages it keeps using.
+/// Once `synced` is set, drops the mappings of the process's start-up code and read-only
+/// data, its program's and libraries' ([`pages`]): a part run alone then counts only the
+/// pages it keeps using.
 pub fn unmap_start_up_pages_when_synced(synced: &Arc<tokio::sync::SetOnce<()>>) {
     let synced = synced.clone();
     tokio::spawn(async move {
         synced.wait().await;
-        match pages::unmap_clean_program_pages() {
+        match pages::unmap_clean_file_pages() {
             Ok(bytes) => tracing::info!(
                 kib = bytes / 1024,
-                "start-up pages of the program unmapped (mapped back as used)"
+                "start-up code and read-only data unmapped (mapped back as used)"
             ),
             Err(e) => tracing::warn!(error = %e, "could not unmap the program's start-up pages"),
         }

@@ -21,7 +21,7 @@ pub(crate) const COMPILED_TYPES: [RecordType; 7] = [
 ];
 
 /// Responses larger than this are left to the slow path (it truncates for small clients).
-const MAX_COMPILED: usize = 512;
+pub(crate) const MAX_COMPILED: usize = 512;
 
 const OPT_RR_LEN: usize = 11;
 

@@ -473,18 +473,23 @@ impl Zone {
                 Outcome::Answer(resp) => Some(resp),
                 _ => None,
             };
+        // Built in one reused buffer, then copied into a block of the exact size: a `Vec`
+        // grown and shrunk into a box would leave its spare tail behind it as a small hole
+        // in the heap, one per name (a list compiles 40,000 names at 10,000 Services).
+        let mut bytes = Vec::with_capacity(fast::MAX_COMPILED * 2);
         for name in names {
             let wire = fast::wire(name);
             let Some(node) = self.node(name) else {
                 continue;
             };
             let alias = node.cname().is_some();
-            let mut bytes = wire.clone();
+            bytes.clear();
+            bytes.extend_from_slice(&wire);
             if !alias {
                 fast::compile(name, |t| node.has(t), |req| respond(self, req), &mut bytes);
             }
             if let Some(entry) = self.slot_of(&wire).and_then(|i| self.entries.get_mut(i)) {
-                entry.bytes = bytes.into();
+                entry.bytes = Box::from(bytes.as_slice());
                 entry.alias = alias;
             }
         }
