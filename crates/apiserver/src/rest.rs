@@ -258,7 +258,7 @@ fn encode(r: &Resource, obj: &Value) -> Bytes {
             .and_then(|m| m.get("resourceVersion"))
             .is_none()
     {
-        return Bytes::from(berth_api::order::to_vec(obj));
+        return stored(berth_api::order::to_vec(obj));
     }
     let mut o = obj.clone();
     o.remove_meta("resourceVersion");
@@ -1620,4 +1620,26 @@ async fn delete_collection(srv: &Server, t: &Target, params: &Params) -> Result<
     Ok(Reply::ok(
         json!({"kind": r.list_kind(), "apiVersion": r.api_version(), "metadata": {}, "items": deleted}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the store keeps of a write has no spare capacity, on the path without a
+    /// resourceVersion too (it had 40 % on average: 100 MB live at 10,000 Services + Pods).
+    #[test]
+    fn encoded_objects_are_kept_without_spare_capacity() {
+        let r = berth_api::resources::by_plural("", "v1", "configmaps").expect("configmaps");
+        let long = "x".repeat(3000);
+        for obj in [
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": long}}),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "resourceVersion": "7"}, "data": {"k": long}}),
+        ] {
+            let bytes = encode(r, &obj);
+            let len = bytes.len();
+            let kept = bytes.try_into_mut().expect("the only reference");
+            assert_eq!(kept.capacity(), len, "{}", obj["metadata"]);
+        }
+    }
 }
