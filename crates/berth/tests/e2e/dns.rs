@@ -54,6 +54,14 @@ fn standalone_dns_answers_and_follows_changes() {
             dns.assert_running();
             dns.output().contains("synced").then_some(())
         });
+        // Once synced, its start-up pages are unmapped: what follows runs on code the
+        // kernel maps back.
+        eventually("the start-up pages to be unmapped", || {
+            dns.assert_running();
+            dns.output()
+                .contains("start-up code and read-only data unmapped")
+                .then_some(())
+        });
     }
     let ip = c.ok(&[
         "get",
