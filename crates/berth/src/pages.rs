@@ -27,30 +27,42 @@ pub struct CleanMapping {
 /// `/proc/self/smaps`). A mapping with any anonymous page, or whose fields cannot be read,
 /// is left out.
 pub fn clean_mappings(smaps: &str) -> Vec<CleanMapping> {
-    let mut out = Vec::new();
-    // The mapping being read: its range and resident bytes, and whether it qualifies.
-    let mut current: Option<(Range<usize>, Option<usize>, Option<usize>)> = None;
-    let mut finish = |current: &mut Option<(Range<usize>, Option<usize>, Option<usize>)>| {
-        if let Some((range, Some(resident), Some(0))) = current.take() {
-            out.push(CleanMapping { range, resident });
+    /// A candidate mapping being read: its fields as they come.
+    struct Reading {
+        range: Range<usize>,
+        resident: Option<usize>,
+        anonymous_kib: Option<usize>,
+    }
+    impl Reading {
+        fn clean(self) -> Option<CleanMapping> {
+            (self.anonymous_kib? == 0).then_some(CleanMapping {
+                range: self.range,
+                resident: self.resident?,
+            })
         }
-    };
+    }
+    let mut out = Vec::new();
+    let mut current: Option<Reading> = None;
     for line in smaps.lines() {
         if let Some(range) = mapping_header(line) {
-            finish(&mut current);
-            current = range.map(|r| (r, None, None));
+            out.extend(current.take().and_then(Reading::clean));
+            current = range.map(|range| Reading {
+                range,
+                resident: None,
+                anonymous_kib: None,
+            });
             continue;
         }
-        let Some((_, rss, anon)) = current.as_mut() else {
+        let Some(reading) = current.as_mut() else {
             continue;
         };
         if let Some(kb) = field_kib(line, "Rss:") {
-            *rss = kb.checked_mul(1024);
+            reading.resident = kb.checked_mul(1024);
         } else if let Some(kb) = field_kib(line, "Anonymous:") {
-            *anon = Some(kb);
+            reading.anonymous_kib = Some(kb);
         }
     }
-    finish(&mut current);
+    out.extend(current.and_then(Reading::clean));
     out
 }
 

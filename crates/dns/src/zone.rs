@@ -781,7 +781,7 @@ impl Zone {
         self.intern(&mut service.namespace);
         self.intern_ports(&mut view.ports);
         let slot = self.slot_or_new(&service);
-        let old = self.slice_slot(&namespace, &name);
+        let old = self.find_slice(&namespace, &name).map(|(_, slot)| slot);
         if let Some(old) = old
             && old != slot
         {
@@ -820,30 +820,28 @@ impl Zone {
             .is_some_and(|s| *s.key.namespace == *namespace && s.slices.get(name).is_some())
     }
 
-    /// The slot of the Service the slice `namespace`/`name` is filed under.
-    fn slice_slot(&self, namespace: &str, name: &str) -> Option<u32> {
+    /// The index entry of the slice `namespace`/`name`: its hash and its Service's slot.
+    fn find_slice(&self, namespace: &str, name: &str) -> Option<(u32, u32)> {
         let h = self.slice_hash(namespace, name);
         let services = &self.services;
         self.slice_index
             .find(slice_table_hash(h), |&(eh, slot)| {
                 eh == h && Self::files(services, slot, namespace, name)
             })
-            .map(|&(_, slot)| slot)
+            .copied()
     }
 
     fn remove_slice(&mut self, namespace: &str, name: &str) {
-        let h = self.slice_hash(namespace, name);
-        let services = &self.services;
-        let Ok(filed) = self
-            .slice_index
-            .find_entry(slice_table_hash(h), |&(eh, slot)| {
-                eh == h && Self::files(services, slot, namespace, name)
-            })
-        else {
+        let Some(filed) = self.find_slice(namespace, name) else {
             return;
         };
-        let ((_, slot), _) = filed.remove();
-        self.update(slot, |state| state.slices.remove(name));
+        if let Ok(entry) = self
+            .slice_index
+            .find_entry(slice_table_hash(filed.0), |e| *e == filed)
+        {
+            entry.remove();
+        }
+        self.update(filed.1, |state| state.slices.remove(name));
     }
 
     /// Makes the Services exactly `all` (after a list or relist): those missing are deleted,

@@ -183,7 +183,7 @@ proptest! {
         prop_assert_eq!(zone.slice_index.len(), slices.len());
         for (ns, i) in slices.keys() {
             let name = format!("s{i}");
-            prop_assert!(zone.slice_slot(NAMESPACES[*ns], &name).is_some(), "{} not filed", name);
+            prop_assert!(zone.find_slice(NAMESPACES[*ns], &name).is_some(), "{} not filed", name);
         }
         let mut fresh = Zone::new(&ZoneConfig::default()).expect("zone");
         fresh.replace_services(services.values());
