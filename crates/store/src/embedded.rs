@@ -1,6 +1,6 @@
-//! Embedded backend: a durable redb file plus an in-memory copy of all keys for reads, a
-//! bounded event history for watches (kept in the file too, so watches resume across a
-//! restart), and one writer thread that group-commits concurrent writes into a single redb
+//! Embedded backend: a durable redb file plus an in-memory copy of all keys for reads (values
+//! packed, [`crate::pack`]), a bounded event history for watches (kept in the file too, so
+//! watches resume across a restart), and one writer thread that group-commits concurrent writes into a single redb
 //! transaction (one fsync per batch) and recovers by itself from failed commits.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::pack::{Held, Packer};
 use crate::{Error, Event, KeyValue, ListOptions, ListResult, Result, Store, WatchStream};
 
 /// key → 8-byte create revision, 8-byte mod revision (little endian), then the value.
@@ -33,8 +34,8 @@ const FILE_NAME: &str = "berth.redb";
 pub struct EmbeddedOptions {
     /// How many recent events are kept for watches and historical lists (default 10,000).
     pub history: usize,
-    /// Most bytes of object values those events may hold (default 16 MiB): the oldest go
-    /// first when either bound is reached. Each event counts the version it wrote (a delete,
+    /// Most bytes of object values those events may hold, as memory holds them (packed,
+    /// [`crate::pack`]; default 16 MiB): the oldest go first when either bound is reached. Each event counts the version it wrote (a delete,
     /// the version it removed), so this bounds the old versions only the history keeps; at
     /// 10,000 Pods of 5 KB, 10,000 events held some 50 MB. The newest event always stays.
     pub history_bytes: usize,
@@ -95,14 +96,119 @@ impl Shared {
 }
 
 struct State {
-    data: BTreeMap<String, KeyValue>,
+    data: BTreeMap<String, Version>,
     revision: i64,
     /// Events with revision > `compacted`, oldest first.
-    history: VecDeque<Event>,
+    history: VecDeque<Change>,
     /// The sum of [`held`] over `history`.
     history_bytes: usize,
     /// Every event after this revision is in `history`.
     compacted: i64,
+}
+
+/// A version of a key as memory holds it (the key is where it is filed).
+#[derive(Clone)]
+struct Version {
+    value: Held,
+    create_revision: i64,
+    mod_revision: i64,
+}
+
+impl Version {
+    fn pack(packer: &mut Packer, kv: &KeyValue) -> Version {
+        Version {
+            value: packer.pack(&kv.key, &kv.value),
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+        }
+    }
+
+    /// The version as readers get it.
+    fn kv(&self, key: &str) -> Result<KeyValue> {
+        Ok(KeyValue {
+            key: key.to_owned(),
+            value: self.value.bytes().map_err(|_| Error::Corrupt {
+                key: key.to_owned(),
+                reason: "its value in memory does not unpack",
+            })?,
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+        })
+    }
+}
+
+/// An event as the history holds it: the [`Event`] with its values as memory holds them,
+/// shared with [`State::data`] and with the neighbouring events of the same key.
+#[derive(Clone)]
+enum Change {
+    Put {
+        key: String,
+        new: Version,
+        prev: Option<Version>,
+    },
+    Delete {
+        key: String,
+        prev: Version,
+        revision: i64,
+    },
+}
+
+impl Change {
+    fn revision(&self) -> i64 {
+        match self {
+            Change::Put { new, .. } => new.mod_revision,
+            Change::Delete { revision, .. } => *revision,
+        }
+    }
+
+    fn key(&self) -> &str {
+        match self {
+            Change::Put { key, .. } | Change::Delete { key, .. } => key,
+        }
+    }
+
+    /// The event as watchers get it.
+    fn event(&self) -> Result<Event> {
+        Ok(match self {
+            Change::Put { key, new, prev } => Event::Put {
+                kv: new.kv(key)?,
+                prev: prev.as_ref().map(|p| p.kv(key)).transpose()?,
+            },
+            Change::Delete {
+                key,
+                prev,
+                revision,
+            } => Event::Delete {
+                prev: prev.kv(key)?,
+                revision: *revision,
+            },
+        })
+    }
+
+    /// `event` as the history keeps it: each value is the one `latest` (the batch's writes,
+    /// then [`State::data`]) holds for that version, packed only when none does (loading).
+    fn of(
+        event: &Event,
+        packer: &mut Packer,
+        latest: impl Fn(&str, i64) -> Option<Version>,
+    ) -> Option<Change> {
+        let mut held = |kv: &KeyValue| {
+            latest(&kv.key, kv.mod_revision).unwrap_or_else(|| Version::pack(packer, kv))
+        };
+        match event {
+            Event::Put { kv, prev } => Some(Change::Put {
+                key: kv.key.clone(),
+                new: held(kv),
+                prev: prev.as_ref().map(&mut held),
+            }),
+            Event::Delete { prev, revision } => Some(Change::Delete {
+                key: prev.key.clone(),
+                prev: held(prev),
+                revision: *revision,
+            }),
+            Event::Progress { .. } => None,
+        }
+    }
 }
 
 enum Op {
@@ -177,23 +283,32 @@ impl Embedded {
             .open_table(META)?
             .get(REVISION)?
             .map_or(0, |v| v.value());
+        let mut packer = Packer::default();
         let mut data = BTreeMap::new();
         for entry in read.open_table(KV)?.iter()? {
             let (k, v) = entry?;
             let kv = decode(k.value(), v.value())?;
-            data.insert(kv.key.clone(), kv);
+            let version = Version::pack(&mut packer, &kv);
+            data.insert(kv.key, version);
         }
         let mut history = VecDeque::new();
         for entry in read.open_table(HISTORY)?.iter()? {
             let (_, raw) = entry?;
-            history.push_back(decode_event(raw.value())?);
+            let event = decode_event(raw.value())?;
+            // Versions still current share the data's values.
+            let current = |key: &str, rev: i64| {
+                data.get(key)
+                    .filter(|v: &&Version| v.mod_revision == rev)
+                    .cloned()
+            };
+            history.extend(Change::of(&event, &mut packer, current));
         }
         let mut history_bytes = history.iter().map(held).sum();
         trim(&mut history, &mut history_bytes, &opts);
         // Everything after the revision before the oldest kept event is in the history.
         let compacted = history
             .front()
-            .map_or(revision, |e: &Event| e.revision() - 1);
+            .map_or(revision, |e: &Change| e.revision() - 1);
         drop(read);
 
         let (events, _) = broadcast::channel(opts.watch_buffer.max(1));
@@ -214,7 +329,7 @@ impl Embedded {
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("berth-store-writer".into())
-            .spawn(move || writer_loop(db, file, writer_shared, rx))
+            .spawn(move || writer_loop(db, file, writer_shared, rx, packer))
             .map_err(Error::Io)?;
         Ok(Embedded {
             shared,
@@ -261,20 +376,19 @@ impl Drop for Embedded {
     }
 }
 
-/// The bytes of object values `event` adds to the history: the version it wrote, or for a
-/// delete the version it removed (its `prev` on a put is the previous event's version, or
-/// the one value from before the history, so it is not counted again).
-fn held(event: &Event) -> usize {
-    match event {
-        Event::Put { kv, .. } => kv.value.len(),
-        Event::Delete { prev, .. } => prev.value.len(),
-        Event::Progress { .. } => 0,
+/// The bytes of values `change` adds to the history, as memory holds them: the version it
+/// wrote, or for a delete the version it removed (its `prev` on a put is the previous
+/// event's version, or the one value from before the history, so it is not counted again).
+fn held(change: &Change) -> usize {
+    match change {
+        Change::Put { new, .. } => new.value.held_len(),
+        Change::Delete { prev, .. } => prev.value.held_len(),
     }
 }
 
 /// Drops the oldest events while the history is over either bound of `opts`, keeping the
 /// newest; returns the revision of the last one dropped.
-fn trim(history: &mut VecDeque<Event>, bytes: &mut usize, opts: &EmbeddedOptions) -> Option<i64> {
+fn trim(history: &mut VecDeque<Change>, bytes: &mut usize, opts: &EmbeddedOptions) -> Option<i64> {
     let mut dropped = None;
     while history.len() > opts.history || (history.len() > 1 && *bytes > opts.history_bytes) {
         let Some(old) = history.pop_front() else {
@@ -413,6 +527,7 @@ fn writer_loop(
     path: std::path::PathBuf,
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<Request>,
+    mut packer: Packer,
 ) {
     let max_batch = shared.opts.max_batch.max(1);
     let mut batch = Vec::with_capacity(max_batch);
@@ -444,7 +559,7 @@ fn writer_loop(
         }
         match (&db, shared.fault()) {
             (Some(d), None) => {
-                if let Err(e) = process_batch(d, &shared, &mut batch) {
+                if let Err(e) = process_batch(d, &shared, &mut batch, &mut packer) {
                     tracing::error!(error = %e, path = %path.display(), "store write failed; retrying until it recovers");
                     shared.set_fault(Some(e));
                     db = None;
@@ -499,6 +614,7 @@ fn process_batch(
     db: &Database,
     shared: &Shared,
     batch: &mut Vec<Request>,
+    packer: &mut Packer,
 ) -> Result<(), Arc<redb::Error>> {
     // Evaluate preconditions against memory plus this batch's earlier writes. Only this
     // thread mutates State, so what we read stays true until we apply the batch.
@@ -518,10 +634,10 @@ fn process_batch(
                 }
             };
             let current = match staged.get(&key) {
-                Some(v) => v.clone(),
-                None => state.data.get(&key).cloned(),
+                Some(v) => Ok(v.clone()),
+                None => state.data.get(&key).map(|v| v.kv(&key)).transpose(),
             };
-            let outcome = apply(op, current, revision + 1);
+            let outcome = current.and_then(|current| apply(op, current, revision + 1));
             if let Ok((kv, event)) = &outcome {
                 revision += 1;
                 let new = match event {
@@ -548,18 +664,47 @@ fn process_batch(
     }
 
     if !events.is_empty() {
+        // Packed before the write lock is taken, each value once: the history's versions
+        // are the data's. Only this thread writes State, so reading it here is consistent.
+        let mut latest: HashMap<String, Version> = HashMap::new();
+        let mut changes = Vec::with_capacity(events.len());
+        {
+            let state = shared.read();
+            for event in events {
+                let found = |key: &str, rev: i64| {
+                    latest
+                        .get(key)
+                        .or_else(|| state.data.get(key))
+                        .filter(|v| v.mod_revision == rev)
+                        .cloned()
+                };
+                let Some(change) = Change::of(&event, packer, found) else {
+                    continue;
+                };
+                if let Change::Put { key, new, .. } = &change {
+                    latest.insert(key.clone(), new.clone());
+                }
+                changes.push((event, change));
+            }
+        }
         let mut state = shared.write();
         debug_assert_eq!(state.revision, base_revision);
         for (key, value) in staged {
             match value {
-                Some(kv) => state.data.insert(key, kv),
+                Some(kv) => match latest.remove(key.as_str()) {
+                    Some(v) => state.data.insert(key, v),
+                    None => {
+                        let v = Version::pack(packer, &kv);
+                        state.data.insert(key, v)
+                    }
+                },
                 None => state.data.remove(&key),
             };
         }
         state.revision = revision;
-        for event in events {
-            state.history_bytes += held(&event);
-            state.history.push_back(event.clone());
+        for (event, change) in changes {
+            state.history_bytes += held(&change);
+            state.history.push_back(change);
             let state = &mut *state;
             if let Some(last) = trim(&mut state.history, &mut state.history_bytes, &shared.opts) {
                 state.compacted = last;
@@ -673,20 +818,42 @@ fn commit(
 
 /// Keys under `prefix` strictly after `start_after`, in order.
 fn range<'a>(
-    data: &'a BTreeMap<String, KeyValue>,
+    data: &'a BTreeMap<String, Version>,
     prefix: &'a str,
     start_after: Option<&'a str>,
-) -> impl Iterator<Item = &'a KeyValue> + 'a {
+) -> impl Iterator<Item = (&'a str, &'a Version)> + 'a {
     let lower = match start_after {
         Some(after) if after >= prefix => Bound::Excluded(after),
         _ => Bound::Included(prefix),
     };
     data.range::<str, _>((lower, Bound::Unbounded))
-        .map(|(_, kv)| kv)
-        .take_while(move |kv| kv.key.starts_with(prefix))
+        .map(|(k, v)| (k.as_str(), v))
+        .take_while(move |(k, _)| k.starts_with(prefix))
 }
 
-fn list_at(state: &State, prefix: &str, opts: &ListOptions) -> Result<ListResult> {
+/// The page `opts` asks for, as memory holds it: taken under the read lock, unpacked by
+/// [`Page::unpack`] after it is released.
+struct Page {
+    items: Vec<(String, Version)>,
+    revision: i64,
+    more: bool,
+}
+
+impl Page {
+    fn unpack(self) -> Result<ListResult> {
+        Ok(ListResult {
+            items: self
+                .items
+                .iter()
+                .map(|(key, v)| v.kv(key))
+                .collect::<Result<_>>()?,
+            revision: self.revision,
+            more: self.more,
+        })
+    }
+}
+
+fn list_at(state: &State, prefix: &str, opts: &ListOptions) -> Result<Page> {
     let at = match opts.revision {
         None | Some(0) => state.revision,
         Some(r) => r,
@@ -708,39 +875,40 @@ fn list_at(state: &State, prefix: &str, opts: &ListOptions) -> Result<ListResult
     // State at `at` = current state with the events after `at` undone. Walk them newest
     // first so the oldest one (whose `prev` is the value at `at`) wins.
     let first_newer = state.history.partition_point(|e| e.revision() <= at);
-    let mut undo: BTreeMap<&str, Option<&KeyValue>> = BTreeMap::new();
-    for event in state.history.range(first_newer..).rev() {
-        match event {
-            Event::Put { kv, prev } if in_page(&kv.key) => {
-                undo.insert(&kv.key, prev.as_ref());
-            }
-            Event::Delete { prev, .. } if in_page(&prev.key) => {
-                undo.insert(&prev.key, Some(prev));
-            }
-            _ => {}
+    let mut undo: BTreeMap<&str, Option<&Version>> = BTreeMap::new();
+    for change in state.history.range(first_newer..).rev() {
+        if in_page(change.key()) {
+            let before = match change {
+                Change::Put { prev, .. } => prev.as_ref(),
+                Change::Delete { prev, .. } => Some(prev),
+            };
+            undo.insert(change.key(), before);
         }
     }
     let mut current = range(&state.data, prefix, after)
-        .filter(|kv| !undo.contains_key(kv.key.as_str()))
+        .filter(|(k, _)| !undo.contains_key(k))
         .peekable();
-    let mut restored = undo.values().filter_map(|v| *v).peekable();
+    let mut restored = undo
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| (*k, v)))
+        .peekable();
     let mut items = Vec::new();
     let mut more = false;
     loop {
         let next = match (current.peek(), restored.peek()) {
-            (Some(a), Some(b)) if a.key < b.key => current.next(),
+            (Some(a), Some(b)) if a.0 < b.0 => current.next(),
             (_, Some(_)) => restored.next(),
             (Some(_), None) => current.next(),
             (None, None) => None,
         };
-        let Some(kv) = next else { break };
+        let Some((key, version)) = next else { break };
         if opts.limit > 0 && items.len() == opts.limit {
             more = true;
             break;
         }
-        items.push(kv.clone());
+        items.push((key.to_owned(), version.clone()));
     }
-    Ok(ListResult {
+    Ok(Page {
         items,
         revision: at,
         more,
@@ -750,11 +918,13 @@ fn list_at(state: &State, prefix: &str, opts: &ListOptions) -> Result<ListResult
 #[async_trait]
 impl Store for Embedded {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        Ok(self.shared.read().data.get(key).cloned())
+        let state = self.shared.read();
+        state.data.get(key).map(|v| v.kv(key)).transpose()
     }
 
     async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListResult> {
-        list_at(&self.shared.read(), prefix, &opts)
+        let page = list_at(&self.shared.read(), prefix, &opts)?;
+        page.unpack()
     }
 
     async fn count(&self, prefix: &str) -> Result<usize> {
@@ -812,14 +982,19 @@ impl Store for Embedded {
             // the receiver gets exactly the events after this history snapshot.
             let rx = self.shared.events.subscribe();
             let first = state.history.partition_point(|e| e.revision() <= from);
-            let backlog: VecDeque<Event> = state
+            let backlog: Vec<Change> = state
                 .history
                 .range(first..)
-                .filter(|e| e.key().is_some_and(|k| k.starts_with(prefix)))
+                .filter(|c| c.key().starts_with(prefix))
                 .cloned()
                 .collect();
             (rx, backlog, state.revision, from)
         };
+        // Unpacked after the lock is released.
+        let backlog = backlog
+            .iter()
+            .map(Change::event)
+            .collect::<Result<VecDeque<Event>>>()?;
         let period = self.shared.opts.progress_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

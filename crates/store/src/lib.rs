@@ -5,6 +5,7 @@
 pub mod embedded;
 mod error;
 pub mod etcd;
+mod pack;
 
 use async_trait::async_trait;
 use bytes::Bytes;
