@@ -45,6 +45,7 @@ fn main() -> std::process::ExitCode {
     } else {
         if let Cmd::Server(_) = &cli.cmd {
             berth::tune_malloc(1024 * 1024, false);
+            berth::pages::trim_heap_after_bursts();
         }
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()

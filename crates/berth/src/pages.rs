@@ -1,4 +1,6 @@
-//! Unmapping the program's start-up pages once a long-running part is serving.
+//! Resident memory the program no longer needs: the start-up pages of code and read-only
+//! data once a long-running part is serving ([`unmap_clean_file_pages`]), and the free
+//! pages left inside the heap after a burst ([`trim_heap_after_bursts`]).
 //!
 //! Code and read-only data are mapped from the binary and its libraries on first touch, a
 //! whole fault-around window (64 KiB) at a time. Start-up (flag parsing, the kubeconfig's
@@ -121,6 +123,53 @@ pub fn unmap_clean_file_pages() -> std::io::Result<usize> {
     Ok(released)
 }
 
+/// How often [`trim_heap_after_bursts`] looks at the heap.
+const TRIM_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+/// Free heap bytes that make a trim worth its cost (a walk of the free chunks).
+const TRIM_FREE_BYTES: usize = 16 << 20;
+
+/// Gives the heap's free pages back after a burst, from a thread of its own: every 5 s, when
+/// glibc holds more than 16 MiB free inside its heap, `malloc_trim(0)` returns the whole
+/// free pages among the live blocks. `free` alone returns only the top of the heap, so the
+/// per-object buffers of a large LIST stay resident as holes between long-lived blocks (the
+/// API server at 10,000 Services + 10,000 Pods: 190 MiB, 208 MiB after 10 LISTs of every
+/// kind; 190 MiB again 10 s later with this). Elsewhere than glibc it does nothing.
+pub fn trim_heap_after_bursts() {
+    let spawned = std::thread::Builder::new()
+        .name("berth-heap-trim".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(TRIM_PERIOD);
+                trim_heap(TRIM_FREE_BYTES);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no heap trimming thread; memory freed after bursts stays resident");
+    }
+}
+
+/// Trims the heap when more than `min_free` bytes of it are free; returns the free bytes it
+/// saw when it trimmed. No crate wraps `mallinfo2`/`malloc_trim` (`libc` declares them).
+#[allow(unsafe_code)]
+pub fn trim_heap(min_free: usize) -> Option<usize> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: both only read and adjust malloc's own state under its locks; no pointers.
+        let free = unsafe { nix::libc::mallinfo2() }.fordblks;
+        if free > min_free {
+            // SAFETY: as above.
+            unsafe { nix::libc::malloc_trim(0) };
+            return Some(free);
+        }
+        None
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = min_free;
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +226,41 @@ Anonymous:             0 kB
     fn a_mapping_without_its_anonymous_count_is_kept() {
         let smaps = "1000-2000 r-xp 00000000 fe:00 42 /bin/x\nRss: 4 kB\n";
         assert!(clean_mappings(smaps).is_empty());
+    }
+
+    /// This process's resident bytes.
+    fn rss() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+        let pages: usize = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .expect("resident pages");
+        pages * 4096
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn free_heap_among_live_blocks_is_given_back() {
+        // 96 MiB in 4 KiB blocks, every 32nd kept: the rest is free, but between kept
+        // blocks, where `free` alone never returns it.
+        let mut blocks: Vec<Vec<u8>> = (0..24_576).map(|i| vec![(i as u8) | 1; 4096]).collect();
+        let kept: Vec<Vec<u8>> = blocks.iter_mut().step_by(32).map(std::mem::take).collect();
+        drop(blocks);
+        let before = rss();
+        let free = trim_heap(1 << 20).expect("more than 1 MiB free");
+        assert!(free > 64 << 20, "{free} bytes free");
+        let after = rss();
+        assert!(
+            before.saturating_sub(after) > 48 << 20,
+            "resident {before} -> {after}"
+        );
+        assert_eq!(
+            trim_heap(usize::MAX),
+            None,
+            "nothing trims below its threshold"
+        );
+        assert!(kept.iter().all(|b| b.len() == 4096));
     }
 
     fn own_clean_mappings() -> Vec<CleanMapping> {

@@ -533,7 +533,11 @@ async fn embedded_packed_values_read_back_as_written() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Embedded::open(dir.path(), embedded_opts()).expect("open");
     // A first write elsewhere: watching from revision 0 would mean "from now".
-    let start = store.create("/other", b("x")).await.expect("create").mod_revision;
+    let start = store
+        .create("/other", b("x"))
+        .await
+        .expect("create")
+        .mod_revision;
     let mut want = std::collections::BTreeMap::new();
     for i in 0..40 {
         for kind in ["Service", "Pod"] {
