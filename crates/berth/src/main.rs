@@ -492,7 +492,11 @@ async fn serve(
             .with_context(|| format!("writing {}", extra.display()))?;
         give_to_sudo_user(extra);
     }
-    let client = kube_client(&l.kubeconfig, None, CONTROLLERS_AGENT).await?;
+    // The controllers run beside the API server: their client calls it in-process.
+    let client = kube::Client::new(
+        l.loopback.clone().with_user_agent(CONTROLLERS_AGENT),
+        "default",
+    );
     let ca = std::fs::read_to_string(args.data_dir.join("pki/ca.crt"))
         .context("reading the cluster CA")?;
     let controllers_config = berth_controllers::Config {
