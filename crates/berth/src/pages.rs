@@ -126,17 +126,17 @@ pub fn unmap_clean_file_pages() -> std::io::Result<usize> {
 /// How often [`trim_heap_after_bursts`] looks at the heap.
 const TRIM_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
 /// Newly free heap bytes that make a trim worth its cost (a walk of the free chunks).
-const TRIM_FREE_BYTES: usize = 16 << 20;
+const TRIM_FREE_BYTES: usize = 8 << 20;
 
 /// Gives the heap's free pages back after a burst, from a thread of its own: every 5 s,
-/// when glibc holds 16 MiB more free inside its heap than after the last trim (or the least
+/// when glibc holds 8 MiB more free inside its heap than after the last trim (or the least
 /// seen since), `malloc_trim(0)` returns the whole free pages among the live blocks. `free`
 /// alone returns only the top of the heap, so the per-object buffers of a large LIST stay
 /// resident as holes between long-lived blocks (the API server at 10,000 Services + 10,000
 /// Pods, etcd backend: 152 MiB, 183 MiB after 10 LISTs of every kind and 166 MiB 10 s
-/// later before this; 152 MiB 10 s later with it). Checking every second with an 8 MiB
-/// bound trimmed during the bursts themselves and doubled the idle CPU of the embedded
-/// store's server, for no lower figure. Elsewhere than glibc it does nothing.
+/// later before this; 152 MiB 10 s later with it). Checking every second trimmed during the
+/// bursts themselves and doubled the idle CPU of the embedded store's server, for no lower
+/// figure. Elsewhere than glibc it does nothing.
 pub fn trim_heap_after_bursts() {
     let spawned = std::thread::Builder::new()
         .name("berth-heap-trim".into())
