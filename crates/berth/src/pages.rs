@@ -125,18 +125,20 @@ pub fn unmap_clean_file_pages() -> std::io::Result<usize> {
 
 /// How often [`trim_heap_after_bursts`] looks at the heap.
 const TRIM_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
-/// Newly free heap bytes that make a trim worth its cost (a walk of the free chunks).
-const TRIM_FREE_BYTES: usize = 8 << 20;
+/// Growth of resident memory, and free heap, that make a trim worth its cost (a walk of the
+/// free chunks).
+const TRIM_BYTES: usize = 8 << 20;
 
 /// Gives the heap's free pages back after a burst, from a thread of its own: every 5 s,
-/// when glibc holds 8 MiB more free inside its heap than after the last trim (or the least
-/// seen since), `malloc_trim(0)` returns the whole free pages among the live blocks. `free`
-/// alone returns only the top of the heap, so the per-object buffers of a large LIST stay
-/// resident as holes between long-lived blocks (the API server at 10,000 Services + 10,000
-/// Pods, etcd backend: 152 MiB, 183 MiB after 10 LISTs of every kind and 166 MiB 10 s
-/// later before this; 152 MiB 10 s later with it). Checking every second trimmed during the
-/// bursts themselves and doubled the idle CPU of the embedded store's server, for no lower
-/// figure. Elsewhere than glibc it does nothing.
+/// when the process has grown 8 MiB over the least resident memory seen since the last
+/// trim and glibc holds more than 8 MiB free inside its heap, `malloc_trim(0)` returns the
+/// whole free pages among the live blocks. `free` alone returns only the top of the heap,
+/// so the per-object buffers of a large LIST stay resident as holes between long-lived
+/// blocks (the API server at 10,000 Services + 10,000 Pods, etcd backend: 152 MiB, 183 MiB
+/// after 10 LISTs of every kind and 166 MiB 10 s later before this; 152 MiB 10 s later
+/// with it). Checking every second trimmed during the bursts themselves and doubled the
+/// idle CPU of the embedded store's server, for no lower figure. Elsewhere than glibc and
+/// Linux it does nothing.
 pub fn trim_heap_after_bursts() {
     let spawned = std::thread::Builder::new()
         .name("berth-heap-trim".into())
@@ -144,10 +146,12 @@ pub fn trim_heap_after_bursts() {
             let mut trim = Trim::default();
             loop {
                 std::thread::sleep(TRIM_PERIOD);
-                if let Some(free) = free_heap()
-                    && trim.due(free, TRIM_FREE_BYTES)
-                {
+                let (Some(resident), Some(free)) = (resident_bytes(), free_heap()) else {
+                    return;
+                };
+                if trim.due(resident, free, TRIM_BYTES) {
                     trim_heap();
+                    trim.trimmed(resident_bytes().unwrap_or(resident));
                 }
             }
         });
@@ -156,23 +160,35 @@ pub fn trim_heap_after_bursts() {
     }
 }
 
-/// When to trim. Free chunks stay counted as free after their pages are returned, so the
-/// measure is the growth over the least free seen since the last trim.
+/// When to trim. The free heap alone cannot say: free chunks stay counted as free after
+/// their pages are returned, and a burst that reuses and frees them again leaves the count
+/// where it was with the pages resident again. Resident memory says it: a trim is due when
+/// it has grown over the least seen since the last trim, and there is free heap to return.
 #[derive(Debug, Default)]
 struct Trim {
     floor: usize,
 }
 
 impl Trim {
-    /// Whether `free` heap bytes call for a trim, `min_new` over the floor.
-    fn due(&mut self, free: usize, min_new: usize) -> bool {
-        self.floor = self.floor.min(free);
-        let due = free > self.floor.saturating_add(min_new);
-        if due {
-            self.floor = free;
-        }
-        due
+    /// Whether a trim is due at `resident` bytes with `free` heap bytes: both over `min`,
+    /// the first over the floor.
+    fn due(&mut self, resident: usize, free: usize, min: usize) -> bool {
+        self.floor = self.floor.min(resident);
+        resident > self.floor.saturating_add(min) && free > min
     }
+
+    /// After a trim, at `resident` bytes.
+    fn trimmed(&mut self, resident: usize) {
+        self.floor = resident;
+    }
+}
+
+/// This process's resident bytes (`VmRSS`), `None` where `/proc` does not say.
+fn resident_bytes() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kb: usize = kb.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kb.checked_mul(1024)
 }
 
 /// The bytes free inside malloc's heaps, `None` elsewhere than glibc. No crate wraps
@@ -258,15 +274,8 @@ Anonymous:             0 kB
         assert!(clean_mappings(smaps).is_empty());
     }
 
-    /// This process's resident bytes.
     fn rss() -> usize {
-        let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
-        let pages: usize = statm
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse().ok())
-            .expect("resident pages");
-        pages * 4096
+        resident_bytes().expect("VmRSS")
     }
 
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -280,28 +289,32 @@ Anonymous:             0 kB
         let free = free_heap().expect("glibc");
         assert!(free > 64 << 20, "{free} bytes free");
         let mut trim = Trim::default();
-        assert!(trim.due(free, 8 << 20));
         let before = rss();
+        assert!(trim.due(before, free, 8 << 20));
         trim_heap();
         let after = rss();
+        trim.trimmed(after);
         assert!(
             before.saturating_sub(after) > 48 << 20,
             "resident {before} -> {after}"
         );
-        // Trimmed chunks stay free: no second trim until more is freed.
-        assert!(!trim.due(free_heap().expect("glibc"), 8 << 20));
+        // Trimmed chunks stay free, but nothing grew: no second trim.
+        assert!(!trim.due(rss(), free_heap().expect("glibc"), 8 << 20));
         assert!(kept.iter().all(|b| b.len() == 4096));
     }
 
     #[test]
-    fn trims_follow_growth_over_the_least_free_seen() {
+    fn trims_follow_growth_over_the_least_resident_seen() {
         let mut t = Trim::default();
-        assert!(!t.due(5, 10), "5 over 0");
-        assert!(t.due(20, 10), "20 over 0");
-        assert!(!t.due(25, 10), "5 over the 20 trimmed");
-        assert!(!t.due(12, 10), "reuse lowers the floor to 12");
-        assert!(t.due(23, 10), "11 over 12");
-        assert!(!t.due(usize::MAX, usize::MAX), "no overflow");
+        assert!(!t.due(5, 50, 10), "5 over 0");
+        assert!(t.due(20, 50, 10), "20 over 0");
+        assert!(!t.due(20, 5, 10), "grown, but too little free");
+        t.trimmed(14);
+        assert!(!t.due(20, 50, 10), "6 over the 14 after the trim");
+        assert!(!t.due(12, 50, 10), "shrinking lowers the floor to 12");
+        assert!(t.due(23, 50, 10), "11 over 12");
+        assert!(!t.due(usize::MAX, usize::MAX, usize::MAX), "no overflow");
+        assert!(resident_bytes().is_some_and(|r| r > 0));
     }
 
     fn own_clean_mappings() -> Vec<CleanMapping> {
