@@ -146,8 +146,8 @@ mod tests {
             b.held_len(),
             second.len()
         );
-        assert_eq!(a.bytes().unwrap(), first);
-        assert_eq!(b.bytes().unwrap(), second);
+        assert_eq!(a.bytes().expect("unpacks"), first);
+        assert_eq!(b.bytes().expect("unpacks"), second);
     }
 
     #[test]
@@ -169,7 +169,7 @@ mod tests {
         p.pack("/registry/secrets/default/a", &pod("a", "10.0.0.1"));
         let held = p.pack("/registry/secrets/default/b", &noise);
         assert!(matches!(held, Held::Plain(_)));
-        assert_eq!(held.bytes().unwrap(), noise);
+        assert_eq!(held.bytes().expect("unpacks"), noise);
     }
 
     proptest! {
@@ -195,7 +195,7 @@ mod tests {
                 })
                 .collect();
             for (v, held) in packed {
-                prop_assert_eq!(held.bytes().unwrap(), v.clone());
+                prop_assert_eq!(held.bytes().expect("unpacks"), v.clone());
                 if matches!(held, Held::Packed { .. }) {
                     prop_assert!(held.held_len() < v.len());
                 }
