@@ -77,15 +77,13 @@ where
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
-        let mut req = req.map(Body::new);
-        req.extensions_mut().insert(Authenticated(true));
+    fn call(&mut self, mut req: axum::http::Request<B>) -> Self::Future {
         if let Some(agent) = &self.user_agent {
             req.headers_mut()
                 .entry(header::USER_AGENT)
                 .or_insert_with(|| agent.clone());
         }
-        self.app.clone().oneshot(req)
+        enter(&self.app, req, true)
     }
 }
 
@@ -322,9 +320,7 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let mut req = req.map(Body::new);
-        req.extensions_mut().insert(Authenticated(authed));
-        app.clone().oneshot(req)
+        enter(&app, req, authed)
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(io, svc);
@@ -336,6 +332,22 @@ where
             conn.await
         }
     }
+}
+
+/// Hands `req` to the router, marked with whether its client is authenticated: the one way
+/// in for connections and the in-process [`Loopback`].
+fn enter<B>(
+    app: &axum::Router,
+    req: axum::http::Request<B>,
+    authed: bool,
+) -> tower::util::Oneshot<axum::Router, Request>
+where
+    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let mut req = req.map(Body::new);
+    req.extensions_mut().insert(Authenticated(authed));
+    app.clone().oneshot(req)
 }
 
 fn json_response(v: Value, content_type: &'static str) -> Response {

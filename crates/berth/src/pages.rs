@@ -143,12 +143,17 @@ pub fn trim_heap_after_bursts() {
     let spawned = std::thread::Builder::new()
         .name("berth-heap-trim".into())
         .spawn(|| {
+            if free_heap().is_none() {
+                return;
+            }
             let mut trim = Trim::default();
             loop {
                 std::thread::sleep(TRIM_PERIOD);
-                let (Some(resident), Some(free)) = (resident_bytes(), free_heap()) else {
+                let Some(resident) = resident_bytes() else {
                     return;
                 };
+                // The free count walks malloc's bins: only read once memory has grown.
+                let free = || free_heap().unwrap_or(0);
                 if trim.due(resident, free, TRIM_BYTES) {
                     trim_heap();
                     trim.trimmed(resident_bytes().unwrap_or(resident));
@@ -170,11 +175,11 @@ struct Trim {
 }
 
 impl Trim {
-    /// Whether a trim is due at `resident` bytes with `free` heap bytes: both over `min`,
-    /// the first over the floor.
-    fn due(&mut self, resident: usize, free: usize, min: usize) -> bool {
+    /// Whether a trim is due at `resident` bytes with `free()` heap bytes: both over
+    /// `min`, the first over the floor (`free` is asked only then).
+    fn due(&mut self, resident: usize, free: impl FnOnce() -> usize, min: usize) -> bool {
         self.floor = self.floor.min(resident);
-        resident > self.floor.saturating_add(min) && free > min
+        resident > self.floor.saturating_add(min) && free() > min
     }
 
     /// After a trim, at `resident` bytes.
@@ -290,7 +295,7 @@ Anonymous:             0 kB
         assert!(free > 64 << 20, "{free} bytes free");
         let mut trim = Trim::default();
         let before = rss();
-        assert!(trim.due(before, free, 8 << 20));
+        assert!(trim.due(before, || free, 8 << 20));
         trim_heap();
         let after = rss();
         trim.trimmed(after);
@@ -299,21 +304,21 @@ Anonymous:             0 kB
             "resident {before} -> {after}"
         );
         // Trimmed chunks stay free, but nothing grew: no second trim.
-        assert!(!trim.due(rss(), free_heap().expect("glibc"), 8 << 20));
+        assert!(!trim.due(rss(), || free_heap().expect("glibc"), 8 << 20));
         assert!(kept.iter().all(|b| b.len() == 4096));
     }
 
     #[test]
     fn trims_follow_growth_over_the_least_resident_seen() {
         let mut t = Trim::default();
-        assert!(!t.due(5, 50, 10), "5 over 0");
-        assert!(t.due(20, 50, 10), "20 over 0");
-        assert!(!t.due(20, 5, 10), "grown, but too little free");
+        assert!(!t.due(5, || 50, 10), "5 over 0");
+        assert!(t.due(20, || 50, 10), "20 over 0");
+        assert!(!t.due(20, || 5, 10), "grown, but too little free");
         t.trimmed(14);
-        assert!(!t.due(20, 50, 10), "6 over the 14 after the trim");
-        assert!(!t.due(12, 50, 10), "shrinking lowers the floor to 12");
-        assert!(t.due(23, 50, 10), "11 over 12");
-        assert!(!t.due(usize::MAX, usize::MAX, usize::MAX), "no overflow");
+        assert!(!t.due(20, || 50, 10), "6 over the 14 after the trim");
+        assert!(!t.due(12, || 50, 10), "shrinking lowers the floor to 12");
+        assert!(t.due(23, || 50, 10), "11 over 12");
+        assert!(!t.due(usize::MAX, || usize::MAX, usize::MAX), "no overflow");
         assert!(resident_bytes().is_some_and(|r| r > 0));
     }
 

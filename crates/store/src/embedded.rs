@@ -1,7 +1,8 @@
 //! Embedded backend: a durable redb file plus an in-memory copy of all keys for reads (values
 //! packed, [`crate::pack`]), a bounded event history for watches (kept in the file too, so
-//! watches resume across a restart), and one writer thread that group-commits concurrent writes into a single redb
-//! transaction (one fsync per batch) and recovers by itself from failed commits.
+//! watches resume across a restart), and one writer thread that group-commits concurrent
+//! writes into a single redb transaction (one fsync per batch) and recovers by itself from
+//! failed commits.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
@@ -35,9 +36,10 @@ pub struct EmbeddedOptions {
     /// How many recent events are kept for watches and historical lists (default 10,000).
     pub history: usize,
     /// Most bytes of object values those events may hold, as memory holds them (packed,
-    /// [`crate::pack`]; default 16 MiB): the oldest go first when either bound is reached. Each event counts the version it wrote (a delete,
-    /// the version it removed), so this bounds the old versions only the history keeps; at
-    /// 10,000 Pods of 5 KB, 10,000 events held some 50 MB. The newest event always stays.
+    /// [`crate::pack`]; default 16 MiB): the oldest go first when either bound is reached.
+    /// Each event counts the version it wrote (a delete, the version it removed), so this
+    /// bounds the old versions only the history keeps; at 10,000 Pods of 5 KB, 10,000
+    /// events held some 50 MB. The newest event always stays.
     pub history_bytes: usize,
     /// How often an idle watch stream emits [`Event::Progress`] (default 1 s).
     pub progress_interval: Duration,
@@ -691,13 +693,13 @@ fn process_batch(
         debug_assert_eq!(state.revision, base_revision);
         for (key, value) in staged {
             match value {
-                Some(kv) => match latest.remove(key.as_str()) {
-                    Some(v) => state.data.insert(key, v),
-                    None => {
-                        let v = Version::pack(packer, &kv);
-                        state.data.insert(key, v)
-                    }
-                },
+                Some(kv) => {
+                    // The batch's last put of the key, packed above.
+                    let v = latest
+                        .remove(key.as_str())
+                        .unwrap_or_else(|| Version::pack(packer, &kv));
+                    state.data.insert(key, v)
+                }
                 None => state.data.remove(&key),
             };
         }
