@@ -669,7 +669,7 @@ impl Runtime for Select {
         }
     }
 
-    fn oom_killed(&self, pid: u32) -> bool {
+    fn oom_killed(&self, pid: u32, sigkilled: bool) -> bool {
         let Some(oci) = &self.oci else { return false };
         let watch = oci
             .ooms
@@ -678,7 +678,7 @@ impl Runtime for Select {
             .remove(&pid);
         // The watcher has its verdict once runc removed the cgroup, which it does before it
         // exits: a short wait covers the thread's scheduling.
-        watch.is_some_and(|w| w.killed(std::time::Duration::from_millis(200)))
+        watch.is_some_and(|w| w.killed(std::time::Duration::from_millis(200), sigkilled))
     }
 }
 

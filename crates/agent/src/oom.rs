@@ -12,9 +12,16 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// How long after a lone signal with the cgroup gone the watcher waits for a second one.
+/// An OOM signal read late (after the runtime removed the cgroup, before the kernel's
+/// removal signal, which comes from a workqueue) looks like the removal until then.
+const FOLLOW_UP: Duration = Duration::from_millis(300);
+
 /// A container's OOM watch: ends with a verdict once the cgroup is gone or an OOM came.
 #[derive(Debug)]
 pub struct Watch {
+    /// `true` once an OOM is known; `false` as the first guess when the cgroup went, which a
+    /// `true` may follow (see [`FOLLOW_UP`]).
     verdict: mpsc::Receiver<bool>,
     /// The memory cgroup made for the container.
     dir: PathBuf,
@@ -31,9 +38,15 @@ impl Drop for Watch {
 impl Watch {
     /// Whether an OOM kill happened, waiting at most `wait` for the watcher (which learns it
     /// at the latest when the runtime removes the cgroup, before the container's exit is
-    /// seen).
-    pub fn killed(&self, wait: Duration) -> bool {
-        self.verdict.recv_timeout(wait).unwrap_or(false)
+    /// seen). A container that died of SIGKILL, as the OOM killer's victims do, also waits
+    /// out the watcher's doubt on a lone signal (at most [`FOLLOW_UP`]); others do not, so a
+    /// clean exit is reported at once.
+    pub fn killed(&self, wait: Duration, sigkilled: bool) -> bool {
+        match self.verdict.recv_timeout(wait) {
+            Ok(true) => true,
+            Ok(false) if sigkilled => self.verdict.recv_timeout(FOLLOW_UP * 2).unwrap_or(false),
+            _ => false,
+        }
     }
 }
 
@@ -59,9 +72,7 @@ pub fn watch(cgroup: &Path) -> Option<Watch> {
             )
             .ok()?;
         let dir = v1.clone();
-        spawn(move || {
-            let _ = tx.send(wait_v1(efd, &v1));
-        })?;
+        spawn(move || wait_v1(efd, &v1, &tx))?;
         dir
     } else if v2.join("memory.events").exists() {
         let dir = v2.clone();
@@ -95,13 +106,28 @@ fn register_v1(dir: &Path) -> std::io::Result<EventFd> {
     Ok(efd)
 }
 
-/// Blocks until the eventfd fires: an OOM when it counted more than the removal, or when
-/// the cgroup is still there.
-fn wait_v1(efd: EventFd, dir: &Path) -> bool {
-    match efd.read() {
+/// Blocks until the eventfd fires and sends the verdict: an OOM when it counted more than
+/// the removal, or when the cgroup is still there. A lone signal with the cgroup gone is
+/// the removal or an OOM read late: `false` goes out at once, and `true` after it if a
+/// second signal (the removal) comes within [`FOLLOW_UP`].
+fn wait_v1(efd: EventFd, dir: &Path, verdict: &mpsc::Sender<bool>) {
+    let oom = match efd.read() {
         Ok(count) => count >= 2 || dir.exists(),
         Err(_) => false,
+    };
+    let _ = verdict.send(oom);
+    if !oom && signalled_within(&efd, FOLLOW_UP) {
+        let _ = verdict.send(true);
     }
+}
+
+/// Whether the eventfd is signalled within `wait`.
+fn signalled_within(efd: &EventFd, wait: Duration) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(efd.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0)
 }
 
 /// Reads `oom_kill` from memory.events every few milliseconds until it rises or the cgroup
@@ -128,6 +154,7 @@ fn oom_kills(text: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn oom_kill_counts_are_read_from_either_file() {
@@ -137,5 +164,56 @@ mod tests {
             4
         );
         assert_eq!(oom_kills("oom_kill_disable 0\nunder_oom 0\n"), 0);
+    }
+
+    /// The race of a loaded node: the OOM signal is read only after the cgroup is gone, and
+    /// the removal signal comes after that read.
+    #[test]
+    fn an_oom_read_after_the_cgroup_went_is_still_an_oom() {
+        let gone = Path::new("/nonexistent/berth-oom-test");
+        let (tx, rx) = mpsc::channel();
+        let efd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC).expect("eventfd");
+        efd.write(1).expect("the OOM signal");
+        let signal = efd.as_fd().try_clone_to_owned().expect("dup");
+        let watcher = std::thread::spawn(move || wait_v1(efd, gone, &tx));
+        std::thread::sleep(Duration::from_millis(50));
+        nix::unistd::write(&signal, &1u64.to_ne_bytes()).expect("the removal signal");
+        watcher.join().expect("watcher");
+        let watch = Watch {
+            verdict: rx,
+            dir: gone.into(),
+        };
+        assert!(watch.killed(Duration::from_millis(200), true));
+    }
+
+    #[test]
+    fn a_lone_signal_with_the_cgroup_gone_is_the_removal() {
+        let gone = Path::new("/nonexistent/berth-oom-test");
+        for sigkilled in [false, true] {
+            let (tx, rx) = mpsc::channel();
+            let efd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC).expect("eventfd");
+            efd.write(1).expect("the removal signal");
+            std::thread::spawn(move || wait_v1(efd, gone, &tx));
+            let watch = Watch {
+                verdict: rx,
+                dir: gone.into(),
+            };
+            let asked = std::time::Instant::now();
+            assert!(!watch.killed(Duration::from_millis(200), sigkilled));
+            // A clean exit does not wait out the watcher's doubt.
+            if !sigkilled {
+                assert!(asked.elapsed() < FOLLOW_UP);
+            }
+        }
+    }
+
+    #[test]
+    fn a_signal_with_the_cgroup_still_there_is_an_oom() {
+        let here = std::env::temp_dir();
+        let (tx, rx) = mpsc::channel();
+        let efd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC).expect("eventfd");
+        efd.write(1).expect("the OOM signal");
+        wait_v1(efd, &here, &tx);
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), [true]);
     }
 }

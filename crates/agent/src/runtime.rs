@@ -94,8 +94,9 @@ pub trait Runtime: Send + Sync + 'static {
     }
 
     /// Whether the container whose main process was `pid` (now exited) was killed by the
-    /// kernel's OOM killer; asked once, when it has exited.
-    fn oom_killed(&self, _pid: u32) -> bool {
+    /// kernel's OOM killer; asked once, when it has exited (`sigkilled`: by SIGKILL, as the
+    /// OOM killer's victims are).
+    fn oom_killed(&self, _pid: u32, _sigkilled: bool) -> bool {
         false
     }
 

@@ -1000,7 +1000,8 @@ impl Worker {
         let mut oom = false;
         if let Some(pid) = c.pid.take() {
             self.shared.runtime.signal(pid, Signal::SIGKILL);
-            oom = self.shared.runtime.oom_killed(pid);
+            let sigkilled = signal == Some(9) || code == Some(128 + 9);
+            oom = self.shared.runtime.oom_killed(pid, sigkilled);
         }
         c.kill_at = None;
         c.killing = false;
