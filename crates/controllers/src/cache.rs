@@ -159,5 +159,8 @@ fn slim_status(status: PodStatus) -> PodStatus {
     }
 }
 
+mod pods;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use pods::{PodCache, PodCacheWriter};

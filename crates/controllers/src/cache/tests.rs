@@ -281,6 +281,14 @@ proptest! {
         let slim: Vec<Pod> = whole.iter().cloned().map(Slim::slim).collect();
         prop_assert_eq!(outcomes(&whole, replicas), outcomes(&slim, replicas));
     }
+
+    /// The Pod cache keeps Pods as JSON: a slim Pod comes back exactly as it went in.
+    #[test]
+    fn slim_pods_come_back_from_the_cache_as_they_went_in(shapes in prop::collection::vec(shape(), 1..6)) {
+        for p in shapes.iter().map(pod).map(Slim::slim) {
+            prop_assert_eq!(super::pods::round_trip(&p), Some(p));
+        }
+    }
 }
 
 #[test]

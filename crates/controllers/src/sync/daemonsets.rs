@@ -43,7 +43,7 @@ pub(crate) fn controller(
 async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = ds.namespace().unwrap_or_default();
     let uid = ds.uid().unwrap_or_default();
-    let all = pods_in(&ctx, &ns);
+    let all = pods_in(&ctx, &ns, &uid);
     if !ctx.expectations.satisfied(&uid, &all) {
         return Ok(Action::requeue(Duration::from_millis(100)));
     }

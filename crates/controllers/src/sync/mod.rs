@@ -19,6 +19,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
@@ -32,7 +33,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::Slim;
+use crate::cache::{PodCache, PodCacheWriter, Slim};
 use crate::endpointslices::SERVICE_NAME_LABEL;
 use crate::index::{Indexed, LabelIndex, Labels, ServiceIndex, TargetIndex, map_selects};
 use crate::lb_pool::Pool;
@@ -66,8 +67,8 @@ impl Default for Config {
 pub(crate) struct Ctx {
     pub client: Client,
     pub config: Config,
-    /// Slim Pods (`cache::slim_pod`): only the fields the controllers read.
-    pub pods: Store<Pod>,
+    /// Slim Pods (`cache::slim_pod`): only the fields the controllers read, decoded on read.
+    pub pods: PodCache,
     pub services: Store<Service>,
     pub endpoints: Store<Endpoints>,
     pub slices: Store<EndpointSlice>,
@@ -120,7 +121,7 @@ where
 /// and of objects being deleted (the garbage collector).
 fn drive<K>(
     client: &Client,
-    writer: reflector::store::Writer<K>,
+    writer: impl Reflect<K>,
     index: impl Fn(&watcher::Event<K>) + Send + 'static,
     on_delete: impl Fn(K) + Send + 'static,
     on_change: Option<Arc<tokio::sync::Notify>>,
@@ -148,7 +149,8 @@ where
             }
             ev
         })
-        .reflect_shared(writer);
+        .boxed();
+    let stream = writer.reflect(stream);
     async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
@@ -172,6 +174,36 @@ where
                 n.notify_one();
             }
         }
+    }
+}
+
+/// What keeps a cache from a watch: kube-runtime's shared reflector, or the Pod cache.
+trait Reflect<K>: Send + 'static {
+    /// The watch stream, applied to the cache and passed on.
+    fn reflect(
+        self,
+        events: BoxStream<'static, watcher::Result<watcher::Event<K>>>,
+    ) -> BoxStream<'static, watcher::Result<watcher::Event<K>>>;
+}
+
+impl<K> Reflect<K> for reflector::store::Writer<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    fn reflect(
+        self,
+        events: BoxStream<'static, watcher::Result<watcher::Event<K>>>,
+    ) -> BoxStream<'static, watcher::Result<watcher::Event<K>>> {
+        events.reflect_shared(self).boxed()
+    }
+}
+
+impl Reflect<Pod> for PodCacheWriter {
+    fn reflect(
+        self,
+        events: BoxStream<'static, watcher::Result<watcher::Event<Pod>>>,
+    ) -> BoxStream<'static, watcher::Result<watcher::Event<Pod>>> {
+        PodCacheWriter::reflect(self, events)
     }
 }
 
@@ -245,7 +277,7 @@ pub(crate) fn selected_pods(ctx: &Ctx, svc: &Service) -> Vec<Arc<Pod>> {
     let empty = Labels::new();
     names
         .iter()
-        .filter_map(|n| ctx.pods.get(&ObjectRef::new(n).within(ns)))
+        .filter_map(|n| ctx.pods.get(ns, n))
         .filter(|p| map_selects(sel, p.metadata.labels.as_ref().unwrap_or(&empty)))
         .collect()
 }
@@ -289,7 +321,7 @@ fn log_results<T: std::fmt::Debug, E: std::fmt::Display>(
 
 /// Runs every controller until `shutdown` is cancelled.
 pub async fn run(client: Client, config: Config, shutdown: CancellationToken) -> crate::Result<()> {
-    let pods = shared::<Pod>();
+    let mut pods = PodCacheWriter::new();
     let services = shared::<Service>();
     let endpoints = shared::<Endpoints>();
     let slices = shared::<EndpointSlice>();
@@ -308,11 +340,13 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     ) else {
         unreachable!("shared stores always give subscribers")
     };
-    let (Some(pods_for_ep), Some(pods_for_slices)) =
-        (pods.writer.subscribe(), pods.writer.subscribe())
-    else {
-        unreachable!("shared stores always give subscribers")
-    };
+    let (pods_for_ep, pods_for_slices) = (pods.subscribe(), pods.subscribe());
+    let (pods_for_rs, pods_for_rc, pods_for_ds, pods_for_sts) = (
+        pods.subscribe(),
+        pods.subscribe(),
+        pods.subscribe(),
+        pods.subscribe(),
+    );
     let (Some(ep_for_ep), Some(ep_for_slices)) =
         (endpoints.writer.subscribe(), endpoints.writer.subscribe())
     else {
@@ -321,35 +355,29 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let Some(slices_sub) = slices.writer.subscribe() else {
         unreachable!("shared stores always give subscribers")
     };
-    let (Some(rs_primary), Some(rs_for_deploy), Some(pods_for_rs), Some(deploy_primary)) = (
+    let (Some(rs_primary), Some(rs_for_deploy), Some(deploy_primary)) = (
         replicasets.writer.subscribe(),
         replicasets.writer.subscribe(),
-        pods.writer.subscribe(),
         deployments.writer.subscribe(),
     ) else {
         unreachable!("shared stores always give subscribers")
     };
-    let (Some(rc_primary), Some(pods_for_rc)) = (rcs.writer.subscribe(), pods.writer.subscribe())
+    let Some(rc_primary) = rcs.writer.subscribe() else {
+        unreachable!("shared stores always give subscribers")
+    };
+    let (Some(ds_primary), Some(nodes_for_ds)) =
+        (daemonsets.writer.subscribe(), nodes.writer.subscribe())
     else {
         unreachable!("shared stores always give subscribers")
     };
-    let (Some(ds_primary), Some(pods_for_ds), Some(nodes_for_ds)) = (
-        daemonsets.writer.subscribe(),
-        pods.writer.subscribe(),
-        nodes.writer.subscribe(),
-    ) else {
-        unreachable!("shared stores always give subscribers")
-    };
-    let (Some(sts_primary), Some(pods_for_sts)) =
-        (statefulsets.writer.subscribe(), pods.writer.subscribe())
-    else {
+    let Some(sts_primary) = statefulsets.writer.subscribe() else {
         unreachable!("shared stores always give subscribers")
     };
 
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         config,
-        pods: pods.store.clone(),
+        pods: pods.reader(),
         services: services.store.clone(),
         endpoints: endpoints.store.clone(),
         slices: slices.store.clone(),
@@ -429,7 +457,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let (svc_index, ep_index) = (ctx.service_index.clone(), ctx.endpoints_index.clone());
     tasks.spawn(drive(
         &client,
-        pods.writer,
+        pods,
         {
             let (i, g) = (index.pod_index.clone(), graph.pods.clone());
             move |ev| {
@@ -513,7 +541,13 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         Some(gc_wake.clone()),
     ));
     for (what, ready) in [
-        ("pods", ctx.pods.wait_until_ready().boxed()),
+        (
+            "pods",
+            ctx.pods
+                .wait_until_ready()
+                .map(Ok::<(), reflector::store::WriterDropped>)
+                .boxed(),
+        ),
         ("services", ctx.services.wait_until_ready().boxed()),
         ("endpoints", ctx.endpoints.wait_until_ready().boxed()),
         ("endpointslices", ctx.slices.wait_until_ready().boxed()),

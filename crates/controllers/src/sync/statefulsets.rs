@@ -33,7 +33,8 @@ pub(crate) fn controller(
 
 async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = sts.namespace().unwrap_or_default();
-    let all = super::workloads::pods_in(&ctx, &ns);
+    let uid = sts.uid().unwrap_or_default();
+    let all = super::workloads::pods_in(&ctx, &ns, &uid);
     let owned = statefulset::owned_pods(&sts, all.iter().map(|p| &**p));
     let hash = statefulset::template_hash(&sts);
     let update = history::revision_name(&sts.metadata, &hash);

@@ -74,13 +74,10 @@ pub(crate) fn controller_of<K: Resource<DynamicType = ()>>(
     Some(ObjectRef::new(&owner.name).within(meta.namespace.as_deref().unwrap_or_default()))
 }
 
-/// The Pods of namespace `ns` in the cache.
-pub(crate) fn pods_in(ctx: &Ctx, ns: &str) -> Vec<Arc<Pod>> {
-    ctx.pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns))
-        .collect()
+/// The Pods of namespace `ns` in the cache that the owner with uid `owner` controls or
+/// might adopt (the others its claim ignores).
+pub(crate) fn pods_in(ctx: &Ctx, ns: &str, owner: &str) -> Vec<Arc<Pod>> {
+    ctx.pods.claimable(ns, owner)
 }
 
 /// Which `K`s a Pod change concerns: its controller of kind `kind`, or, for an orphan,
@@ -222,7 +219,7 @@ where
 {
     let ns = rs.namespace().unwrap_or_default();
     let uid = rs.uid().unwrap_or_default();
-    let all = pods_in(ctx, &ns);
+    let all = pods_in(ctx, &ns, &uid);
     if !ctx.expectations.satisfied(&uid, &all) {
         return Ok(None);
     }
