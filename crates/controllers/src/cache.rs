@@ -159,8 +159,9 @@ fn slim_status(status: PodStatus) -> PodStatus {
     }
 }
 
-mod pods;
+mod packed;
+pub(crate) use packed::Object;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use pods::{PodCache, PodCacheWriter};
+pub(crate) use packed::{PackedCache, PackedWriter};

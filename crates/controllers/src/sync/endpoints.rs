@@ -45,7 +45,7 @@ async fn reconcile(
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
     let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), &ns);
-    match ctx.endpoints.get(&ObjectRef::new(&name).within(&ns)) {
+    match ctx.endpoints.get(&ns, &name) {
         Some(cur) if endpoints_equal(&cur, &desired) => {}
         Some(cur) => {
             let mut next = desired;

@@ -33,7 +33,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{PodCache, PodCacheWriter, Slim};
+use crate::cache::{PackedCache, PackedWriter, Slim};
 use crate::endpointslices::SERVICE_NAME_LABEL;
 use crate::index::{Indexed, LabelIndex, Labels, ServiceIndex, TargetIndex, map_selects};
 use crate::lb_pool::Pool;
@@ -68,10 +68,10 @@ pub(crate) struct Ctx {
     pub client: Client,
     pub config: Config,
     /// Slim Pods (`cache::slim_pod`): only the fields the controllers read, decoded on read.
-    pub pods: PodCache,
+    pub pods: PackedCache<Pod>,
     pub services: Store<Service>,
-    pub endpoints: Store<Endpoints>,
-    pub slices: Store<EndpointSlice>,
+    pub endpoints: PackedCache<Endpoints>,
+    pub slices: PackedCache<EndpointSlice>,
     pub deployments: Store<Deployment>,
     pub replicasets: Store<ReplicaSet>,
     pub replication_controllers: Store<ReplicationController>,
@@ -198,12 +198,12 @@ where
     }
 }
 
-impl Reflect<Pod> for PodCacheWriter {
+impl<K: crate::cache::Object> Reflect<K> for PackedWriter<K> {
     fn reflect(
         self,
-        events: BoxStream<'static, watcher::Result<watcher::Event<Pod>>>,
-    ) -> BoxStream<'static, watcher::Result<watcher::Event<Pod>>> {
-        PodCacheWriter::reflect(self, events)
+        events: BoxStream<'static, watcher::Result<watcher::Event<K>>>,
+    ) -> BoxStream<'static, watcher::Result<watcher::Event<K>>> {
+        PackedWriter::reflect(self, events)
     }
 }
 
@@ -288,15 +288,15 @@ pub(crate) fn slices_of(ctx: &Ctx, ns: &str, name: &str) -> Vec<EndpointSlice> {
     let names = ctx.slice_index.read().selected(ns, &sel);
     names
         .iter()
-        .filter_map(|n| ctx.slices.get(&ObjectRef::new(n).within(ns)))
+        .filter_map(|n| ctx.slices.get(ns, n))
         .filter(|s| {
             s.metadata
                 .labels
                 .as_ref()
                 .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                == Some(&name.to_owned())
+                .is_some_and(|n| n == name)
         })
-        .map(|s| (*s).clone())
+        .map(Arc::unwrap_or_clone)
         .collect()
 }
 
@@ -321,10 +321,10 @@ fn log_results<T: std::fmt::Debug, E: std::fmt::Display>(
 
 /// Runs every controller until `shutdown` is cancelled.
 pub async fn run(client: Client, config: Config, shutdown: CancellationToken) -> crate::Result<()> {
-    let mut pods = PodCacheWriter::new();
+    let mut pods = PackedWriter::<Pod>::new();
     let services = shared::<Service>();
-    let endpoints = shared::<Endpoints>();
-    let slices = shared::<EndpointSlice>();
+    let mut endpoints = PackedWriter::<Endpoints>::new();
+    let mut slices = PackedWriter::<EndpointSlice>::new();
     let deployments = shared::<Deployment>();
     let replicasets = shared::<ReplicaSet>();
     let rcs = shared::<ReplicationController>();
@@ -347,14 +347,8 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         pods.subscribe(),
         pods.subscribe(),
     );
-    let (Some(ep_for_ep), Some(ep_for_slices)) =
-        (endpoints.writer.subscribe(), endpoints.writer.subscribe())
-    else {
-        unreachable!("shared stores always give subscribers")
-    };
-    let Some(slices_sub) = slices.writer.subscribe() else {
-        unreachable!("shared stores always give subscribers")
-    };
+    let (ep_for_ep, ep_for_slices) = (endpoints.subscribe(), endpoints.subscribe());
+    let slices_sub = slices.subscribe();
     let (Some(rs_primary), Some(rs_for_deploy), Some(deploy_primary)) = (
         replicasets.writer.subscribe(),
         replicasets.writer.subscribe(),
@@ -379,8 +373,8 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         config,
         pods: pods.reader(),
         services: services.store.clone(),
-        endpoints: endpoints.store.clone(),
-        slices: slices.store.clone(),
+        endpoints: endpoints.reader(),
+        slices: slices.reader(),
         deployments: deployments.store.clone(),
         replicasets: replicasets.store.clone(),
         replication_controllers: rcs.store.clone(),
@@ -491,7 +485,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let i = index.endpoints_index.clone();
     tasks.spawn(drive(
         &client,
-        endpoints.writer,
+        endpoints,
         move |ev| i.event(ev),
         |_| {},
         None,
@@ -532,7 +526,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let (i, g) = (index.slice_index.clone(), graph.slices.clone());
     tasks.spawn(drive(
         &client,
-        slices.writer,
+        slices,
         move |ev| {
             i.event(ev);
             g.event(ev);
@@ -549,8 +543,20 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
                 .boxed(),
         ),
         ("services", ctx.services.wait_until_ready().boxed()),
-        ("endpoints", ctx.endpoints.wait_until_ready().boxed()),
-        ("endpointslices", ctx.slices.wait_until_ready().boxed()),
+        (
+            "endpoints",
+            ctx.endpoints
+                .wait_until_ready()
+                .map(Ok::<(), reflector::store::WriterDropped>)
+                .boxed(),
+        ),
+        (
+            "endpointslices",
+            ctx.slices
+                .wait_until_ready()
+                .map(Ok::<(), reflector::store::WriterDropped>)
+                .boxed(),
+        ),
         ("deployments", ctx.deployments.wait_until_ready().boxed()),
         ("replicasets", ctx.replicasets.wait_until_ready().boxed()),
         (

@@ -73,7 +73,7 @@ async fn reconcile(
             &existing,
             ctx.config.max_endpoints_per_slice,
         )
-    } else if let Some(ep) = ctx.endpoints.get(&ObjectRef::new(&name).within(&ns)) {
+    } else if let Some(ep) = ctx.endpoints.get(&ns, &name) {
         mirrored_slices(&ep, &svc, &existing)
     } else {
         return Ok(Action::await_change());

@@ -1,26 +1,48 @@
-//! The controllers' Pod cache: each slim Pod ([`super::slim_pod`]) kept as its JSON, decoded
-//! when a controller reads it. A decoded Pod is 2,176 bytes inline however little it holds,
-//! plus a B-tree leaf per label map; its JSON is a few hundred bytes. At 10,000 Pods the
-//! cache was the largest part of `berth server`'s heap, while a flip reads ten Pods.
+//! A cache that keeps each object as its JSON, decoded when a controller reads it: for the
+//! kinds the controllers read a few of at a time (Pods, Endpoints, EndpointSlices) and that
+//! are no controller's primary (a kube-runtime `Controller` needs its own store for those).
+//! A decoded Pod is 2,176 bytes inline however little it holds ([`super::slim_pod`]), plus
+//! a 540-byte B-tree leaf per label map; its JSON is a few hundred bytes. At 10,000 Pods the
+//! Pod cache was the largest part of `berth server`'s heap, while a readiness flip reads ten
+//! Pods, one Endpoints and one slice.
 //!
-//! It stands in for kube-runtime's shared reflector ([`PodCacheWriter::reflect`] takes the
-//! same watch events, with the same relist semantics) and its subscriber streams (the Pod of
-//! every applied event, and every Pod once a list is in). Written here: kube-runtime's store
-//! only holds the watched type itself.
+//! It stands in for kube-runtime's shared reflector ([`PackedWriter::reflect`] takes the
+//! same watch events, with the same relist semantics) and its subscriber streams (the object
+//! of every applied event, and every object once a list is in). Written here: kube-runtime's
+//! store only holds the watched type itself.
 
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::sync::{SetOnce, mpsc};
 
-/// (namespace, name) -> the Pod.
+/// What the cache can hold.
+pub(crate) trait Object:
+    kube::Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Send + Sync + 'static
+{
+}
+impl<K> Object for K where
+    K: kube::Resource<DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// (namespace, name) -> the object.
 type Map = BTreeMap<(Box<str>, Box<str>), Packed>;
 
-/// A Pod as the cache holds it.
+/// An object as the cache holds it.
 #[derive(Debug)]
 struct Packed {
     /// The uid of its controller owner, if any: which Pods a ReplicaSet (or another
@@ -30,73 +52,82 @@ struct Packed {
 }
 
 impl Packed {
-    fn new(pod: &Pod) -> Option<Packed> {
-        let json = serde_json::to_vec(pod)
-            .inspect_err(|e| tracing::warn!(error = %e, "a Pod could not be cached"))
+    fn new<K: Object>(o: &K) -> Option<Packed> {
+        let json = serde_json::to_vec(o)
+            .inspect_err(|e| tracing::warn!(kind = %K::kind(&()), error = %e, "an object could not be cached"))
             .ok()?;
         Some(Packed {
-            controller: controller_uid(pod).map(Box::from),
+            controller: controller_uid(o.meta()).map(Box::from),
             json: json.into_boxed_slice(),
         })
     }
 
-    fn unpack(&self) -> Option<Arc<Pod>> {
+    fn unpack<K: Object>(&self) -> Option<Arc<K>> {
         serde_json::from_slice(&self.json)
-            .inspect_err(|e| tracing::warn!(error = %e, "a cached Pod could not be read"))
+            .inspect_err(|e| tracing::warn!(kind = %K::kind(&()), error = %e, "a cached object could not be read"))
             .ok()
             .map(Arc::new)
     }
 }
 
-fn controller_uid(pod: &Pod) -> Option<&str> {
-    pod.metadata
-        .owner_references
+fn controller_uid(meta: &ObjectMeta) -> Option<&str> {
+    meta.owner_references
         .iter()
         .flatten()
         .find(|o| o.controller == Some(true))
         .map(|o| o.uid.as_str())
 }
 
-fn key(pod: &Pod) -> (Box<str>, Box<str>) {
-    let m = &pod.metadata;
+fn key(meta: &ObjectMeta) -> (Box<str>, Box<str>) {
     (
-        m.namespace.as_deref().unwrap_or_default().into(),
-        m.name.as_deref().unwrap_or_default().into(),
+        meta.namespace.as_deref().unwrap_or_default().into(),
+        meta.name.as_deref().unwrap_or_default().into(),
     )
 }
 
-/// `pod` as the cache gives it back.
+/// `o` as the cache gives it back.
 #[cfg(test)]
-pub(super) fn round_trip(pod: &Pod) -> Option<Pod> {
-    Packed::new(pod)?.unpack().map(Arc::unwrap_or_clone)
+pub(super) fn round_trip<K: Object>(o: &K) -> Option<K> {
+    Packed::new(o)?.unpack().map(Arc::unwrap_or_clone)
 }
 
 /// The read side, shared by every reconcile.
-#[derive(Clone, Default)]
-pub(crate) struct PodCache {
-    pods: Arc<RwLock<Map>>,
+pub(crate) struct PackedCache<K> {
+    objects: Arc<RwLock<Map>>,
     ready: Arc<SetOnce<()>>,
+    kind: PhantomData<fn() -> K>,
 }
 
-impl PodCache {
+impl<K> Clone for PackedCache<K> {
+    fn clone(&self) -> Self {
+        PackedCache {
+            objects: self.objects.clone(),
+            ready: self.ready.clone(),
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<K: Object> PackedCache<K> {
     /// Waits until the first list is in.
     pub async fn wait_until_ready(&self) {
         self.ready.wait().await;
     }
 
-    /// The Pod `ns/name`.
-    pub fn get(&self, ns: &str, name: &str) -> Option<Arc<Pod>> {
-        let pods = self.pods.read().unwrap_or_else(PoisonError::into_inner);
-        pods.get(&(Box::from(ns), Box::from(name)))?.unpack()
+    /// The object `ns/name`.
+    pub fn get(&self, ns: &str, name: &str) -> Option<Arc<K>> {
+        let objects = self.objects.read().unwrap_or_else(PoisonError::into_inner);
+        objects.get(&(Box::from(ns), Box::from(name)))?.unpack()
     }
 
-    /// The Pods of namespace `ns` that the owner with uid `owner` controls, and the orphans
-    /// it might adopt: every Pod a workload's claim can see as its own (Pods of other
-    /// controllers it ignores).
-    pub fn claimable(&self, ns: &str, owner: &str) -> Vec<Arc<Pod>> {
-        let pods = self.pods.read().unwrap_or_else(PoisonError::into_inner);
+    /// The objects of namespace `ns` that the owner with uid `owner` controls, and the
+    /// orphans it might adopt: every Pod a workload's claim can see as its own (Pods of
+    /// other controllers it ignores).
+    pub fn claimable(&self, ns: &str, owner: &str) -> Vec<Arc<K>> {
+        let objects = self.objects.read().unwrap_or_else(PoisonError::into_inner);
         let from = (Box::from(ns), Box::from(""));
-        pods.range(from..)
+        objects
+            .range(from..)
             .take_while(|((n, _), _)| &**n == ns)
             .filter(|(_, p)| p.controller.as_deref().is_none_or(|c| c == owner))
             .filter_map(|(_, p)| p.unpack())
@@ -105,81 +136,95 @@ impl PodCache {
 
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.pods.read().unwrap_or_else(PoisonError::into_inner).len()
+        self.objects
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
 /// The write side: applies watch events and tells subscribers.
-pub(crate) struct PodCacheWriter {
-    cache: PodCache,
-    /// The Pods of a relist in progress, swapped in when it is done.
+pub(crate) struct PackedWriter<K> {
+    cache: PackedCache<K>,
+    /// The objects of a relist in progress, swapped in when it is done.
     buffer: Option<Map>,
-    subscribers: Vec<mpsc::Sender<Arc<Pod>>>,
+    subscribers: Vec<mpsc::Sender<Arc<K>>>,
 }
 
-/// How many Pods a subscriber may fall behind before the watch waits for it.
+/// How many objects a subscriber may fall behind before the watch waits for it.
 const BUFFER: usize = 1024;
 
-impl PodCacheWriter {
-    pub fn new() -> PodCacheWriter {
-        PodCacheWriter {
-            cache: PodCache::default(),
+impl<K: Object> PackedWriter<K> {
+    pub fn new() -> PackedWriter<K> {
+        PackedWriter {
+            cache: PackedCache {
+                objects: Arc::default(),
+                ready: Arc::default(),
+                kind: PhantomData,
+            },
             buffer: None,
             subscribers: Vec::new(),
         }
     }
 
-    pub fn reader(&self) -> PodCache {
+    pub fn reader(&self) -> PackedCache<K> {
         self.cache.clone()
     }
 
-    /// A stream of the Pod of every applied event, and of every Pod when a list is in (as
-    /// kube-runtime's shared reflector streams them). Ends when the writer goes.
-    pub fn subscribe(&mut self) -> impl Stream<Item = Arc<Pod>> + Send + 'static {
+    /// A stream of the object of every applied event, and of every object when a list is
+    /// in (as kube-runtime's shared reflector streams them). Ends when the writer goes.
+    pub fn subscribe(&mut self) -> impl Stream<Item = Arc<K>> + Send + 'static {
         let (tx, mut rx) = mpsc::channel(BUFFER);
         self.subscribers.push(tx);
         futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 
     /// Applies one watch event to the cache.
-    fn apply(&mut self, event: &watcher::Event<Pod>) {
-        let pods = || self.cache.pods.write().unwrap_or_else(PoisonError::into_inner);
+    fn apply(&mut self, event: &watcher::Event<K>) {
+        let objects = || {
+            self.cache
+                .objects
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
         match event {
-            watcher::Event::Apply(pod) => {
-                if let Some(p) = Packed::new(pod) {
-                    pods().insert(key(pod), p);
+            watcher::Event::Apply(o) => {
+                if let Some(p) = Packed::new(o) {
+                    objects().insert(key(o.meta()), p);
                 }
             }
-            watcher::Event::Delete(pod) => {
-                pods().remove(&key(pod));
+            watcher::Event::Delete(o) => {
+                objects().remove(&key(o.meta()));
             }
             watcher::Event::Init => self.buffer = Some(Map::new()),
-            watcher::Event::InitApply(pod) => {
-                if let Some(p) = Packed::new(pod) {
-                    self.buffer.get_or_insert_default().insert(key(pod), p);
+            watcher::Event::InitApply(o) => {
+                if let Some(p) = Packed::new(o) {
+                    self.buffer
+                        .get_or_insert_default()
+                        .insert(key(o.meta()), p);
                 }
             }
             watcher::Event::InitDone => {
                 let fresh = self.buffer.take().unwrap_or_default();
-                *pods() = fresh;
+                *objects() = fresh;
                 let _ = self.cache.ready.set(());
             }
         }
     }
 
     /// Tells every subscriber of what `event` applied.
-    async fn dispatch(&self, event: &watcher::Event<Pod>) {
-        let pods = match event {
-            watcher::Event::Apply(pod) => vec![Arc::new(pod.clone())],
+    async fn dispatch(&self, event: &watcher::Event<K>) {
+        let objects: Vec<Arc<K>> = match event {
+            watcher::Event::Apply(o) => vec![Arc::new(o.clone())],
             watcher::Event::InitDone => {
-                let pods = self.cache.pods.read().unwrap_or_else(PoisonError::into_inner);
-                pods.values().filter_map(Packed::unpack).collect()
+                let objects = self.cache.objects.read().unwrap_or_else(PoisonError::into_inner);
+                objects.values().filter_map(Packed::unpack).collect()
             }
             _ => return,
         };
-        for pod in pods {
+        for o in objects {
             for s in &self.subscribers {
-                let _ = s.send(pod.clone()).await;
+                let _ = s.send(o.clone()).await;
             }
         }
     }
@@ -187,8 +232,8 @@ impl PodCacheWriter {
     /// The watch stream, applied to the cache and dispatched as it passes.
     pub fn reflect(
         self,
-        events: BoxStream<'static, watcher::Result<watcher::Event<Pod>>>,
-    ) -> BoxStream<'static, watcher::Result<watcher::Event<Pod>>> {
+        events: BoxStream<'static, watcher::Result<watcher::Event<K>>>,
+    ) -> BoxStream<'static, watcher::Result<watcher::Event<K>>> {
         futures_util::stream::unfold((self, events), |(mut w, mut events)| async move {
             let ev = events.next().await?;
             if let Ok(ev) = &ev {
@@ -205,6 +250,7 @@ impl PodCacheWriter {
 mod tests {
     use super::*;
     use crate::testing::{pod, pods};
+    use k8s_openapi::api::core::v1::Pod;
     use serde_json::json;
 
     fn owned(name: &str, owner: &str) -> Pod {
@@ -218,7 +264,7 @@ mod tests {
         .remove(0)
     }
 
-    fn apply_all(w: &mut PodCacheWriter, events: Vec<watcher::Event<Pod>>) {
+    fn apply_all(w: &mut PackedWriter<Pod>, events: Vec<watcher::Event<Pod>>) {
         for e in &events {
             w.apply(e);
         }
@@ -226,7 +272,7 @@ mod tests {
 
     #[test]
     fn pods_read_back_as_applied() {
-        let mut w = PodCacheWriter::new();
+        let mut w = PackedWriter::<Pod>::new();
         let r = w.reader();
         let a = owned("a", "rs-1");
         apply_all(
@@ -250,7 +296,7 @@ mod tests {
 
     #[test]
     fn a_relist_replaces_the_cache_once_it_is_done() {
-        let mut w = PodCacheWriter::new();
+        let mut w = PackedWriter::<Pod>::new();
         let r = w.reader();
         apply_all(
             &mut w,
@@ -270,7 +316,7 @@ mod tests {
 
     #[test]
     fn claimable_pods_are_the_owners_and_the_orphans_of_its_namespace() {
-        let mut w = PodCacheWriter::new();
+        let mut w = PackedWriter::<Pod>::new();
         let r = w.reader();
         let mut elsewhere = owned("x", "rs-1");
         elsewhere.metadata.namespace = Some("nt".into());
@@ -297,7 +343,7 @@ mod tests {
 
     #[tokio::test]
     async fn subscribers_see_applied_pods_and_every_pod_of_a_list() {
-        let mut w = PodCacheWriter::new();
+        let mut w = PackedWriter::<Pod>::new();
         let r = w.reader();
         let mut sub = Box::pin(w.subscribe());
         let events = futures_util::stream::iter(vec![
