@@ -4,7 +4,8 @@
 //! A decoded Pod is 2,176 bytes inline however little it holds ([`super::slim_pod`]), plus
 //! a 540-byte B-tree leaf per label map; its JSON is a few hundred bytes. At 10,000 Pods the
 //! Pod cache was the largest part of `berth server`'s heap, while a readiness flip reads ten
-//! Pods, one Endpoints and one slice.
+//! Pods, one Endpoints and one slice. The JSON is LZ4-packed against the first object's
+//! (as the embedded store packs its values).
 //!
 //! It stands in for kube-runtime's shared reflector ([`PackedWriter::reflect`] takes the
 //! same watch events, with the same relist semantics) and its subscriber streams (the object
@@ -13,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
@@ -48,22 +49,65 @@ struct Packed {
     /// The uid of its controller owner, if any: which Pods a ReplicaSet (or another
     /// workload) can own or adopt is decided before decoding.
     controller: Option<Box<str>>,
-    json: Box<[u8]>,
+    /// The JSON, LZ4-packed against the cache's dictionary when `len` is not 0.
+    data: Box<[u8]>,
+    /// The JSON's length when packed.
+    len: u32,
 }
 
+/// The JSON of the first object a cache saw: objects of one kind repeat each other's field
+/// names and values, so a slim Pod packs some 4 times smaller against another.
+type Dictionary = OnceLock<Box<[u8]>>;
+
 impl Packed {
-    fn new<K: Object>(o: &K) -> Option<Packed> {
+    fn new<K: Object>(o: &K, dictionary: &Dictionary) -> Option<Packed> {
         let json = serde_json::to_vec(o)
             .inspect_err(|e| tracing::warn!(kind = %K::kind(&()), error = %e, "an object could not be cached"))
             .ok()?;
-        Some(Packed {
-            controller: controller_uid(o.meta()).map(Box::from),
-            json: json.into_boxed_slice(),
-        })
+        let controller = controller_uid(o.meta()).map(Box::from);
+        let plain = |json: Vec<u8>| Packed {
+            controller: controller.clone(),
+            data: json.into_boxed_slice(),
+            len: 0,
+        };
+        let (Some(d), Ok(len)) = (dictionary.get(), u32::try_from(json.len())) else {
+            let _ = dictionary.set(json.clone().into_boxed_slice());
+            return Some(plain(json));
+        };
+        let mut out = vec![0; lz4_flex::block::get_maximum_output_size(json.len())];
+        Some(
+            match lz4_flex::block::compress_into_with_dict(&json, &mut out, d) {
+                Ok(n) if n < json.len() => {
+                    out.truncate(n);
+                    Packed {
+                        controller,
+                        data: out.into_boxed_slice(),
+                        len,
+                    }
+                }
+                _ => plain(json),
+            },
+        )
     }
 
-    fn unpack<K: Object>(&self) -> Option<Arc<K>> {
-        serde_json::from_slice(&self.json)
+    fn unpack<K: Object>(&self, dictionary: &Dictionary) -> Option<Arc<K>> {
+        let unpacked;
+        let json = if self.len == 0 {
+            &self.data[..]
+        } else {
+            let mut out = vec![0; self.len as usize];
+            let d = dictionary.get().map_or(&[][..], |d| &d[..]);
+            match lz4_flex::block::decompress_into_with_dict(&self.data, &mut out, d) {
+                Ok(n) if n == out.len() => {}
+                _ => {
+                    tracing::warn!(kind = %K::kind(&()), "a cached object could not be unpacked");
+                    return None;
+                }
+            }
+            unpacked = out;
+            &unpacked[..]
+        };
+        serde_json::from_slice(json)
             .inspect_err(|e| tracing::warn!(kind = %K::kind(&()), error = %e, "a cached object could not be read"))
             .ok()
             .map(Arc::new)
@@ -85,15 +129,20 @@ fn key(meta: &ObjectMeta) -> (Box<str>, Box<str>) {
     )
 }
 
-/// `o` as the cache gives it back.
+/// `o` as the cache gives it back, packed alone and against `o` itself as the dictionary.
 #[cfg(test)]
-pub(super) fn round_trip<K: Object>(o: &K) -> Option<K> {
-    Packed::new(o)?.unpack().map(Arc::unwrap_or_clone)
+pub(super) fn round_trip<K: Object>(o: &K) -> Option<(K, K)> {
+    let d = Dictionary::new();
+    let alone = Packed::new(o, &d)?.unpack(&d).map(Arc::unwrap_or_clone)?;
+    let packed = Packed::new(o, &d)?;
+    assert_ne!(packed.len, 0, "packed against itself");
+    Some((alone, packed.unpack(&d).map(Arc::unwrap_or_clone)?))
 }
 
 /// The read side, shared by every reconcile.
 pub(crate) struct PackedCache<K> {
     objects: Arc<RwLock<Map>>,
+    dictionary: Arc<Dictionary>,
     ready: Arc<SetOnce<()>>,
     kind: PhantomData<fn() -> K>,
 }
@@ -102,6 +151,7 @@ impl<K> Clone for PackedCache<K> {
     fn clone(&self) -> Self {
         PackedCache {
             objects: self.objects.clone(),
+            dictionary: self.dictionary.clone(),
             ready: self.ready.clone(),
             kind: PhantomData,
         }
@@ -117,7 +167,9 @@ impl<K: Object> PackedCache<K> {
     /// The object `ns/name`.
     pub fn get(&self, ns: &str, name: &str) -> Option<Arc<K>> {
         let objects = self.objects.read().unwrap_or_else(PoisonError::into_inner);
-        objects.get(&(Box::from(ns), Box::from(name)))?.unpack()
+        objects
+            .get(&(Box::from(ns), Box::from(name)))?
+            .unpack(&self.dictionary)
     }
 
     /// The objects of namespace `ns` that the owner with uid `owner` controls, and the
@@ -130,7 +182,7 @@ impl<K: Object> PackedCache<K> {
             .range(from..)
             .take_while(|((n, _), _)| &**n == ns)
             .filter(|(_, p)| p.controller.as_deref().is_none_or(|c| c == owner))
-            .filter_map(|(_, p)| p.unpack())
+            .filter_map(|(_, p)| p.unpack(&self.dictionary))
             .collect()
     }
 
@@ -159,6 +211,7 @@ impl<K: Object> PackedWriter<K> {
         PackedWriter {
             cache: PackedCache {
                 objects: Arc::default(),
+                dictionary: Arc::default(),
                 ready: Arc::default(),
                 kind: PhantomData,
             },
@@ -189,7 +242,7 @@ impl<K: Object> PackedWriter<K> {
         };
         match event {
             watcher::Event::Apply(o) => {
-                if let Some(p) = Packed::new(o) {
+                if let Some(p) = Packed::new(o, &self.cache.dictionary) {
                     objects().insert(key(o.meta()), p);
                 }
             }
@@ -198,7 +251,7 @@ impl<K: Object> PackedWriter<K> {
             }
             watcher::Event::Init => self.buffer = Some(Map::new()),
             watcher::Event::InitApply(o) => {
-                if let Some(p) = Packed::new(o) {
+                if let Some(p) = Packed::new(o, &self.cache.dictionary) {
                     self.buffer
                         .get_or_insert_default()
                         .insert(key(o.meta()), p);
@@ -218,7 +271,8 @@ impl<K: Object> PackedWriter<K> {
             watcher::Event::Apply(o) => vec![Arc::new(o.clone())],
             watcher::Event::InitDone => {
                 let objects = self.cache.objects.read().unwrap_or_else(PoisonError::into_inner);
-                objects.values().filter_map(Packed::unpack).collect()
+                let d = &self.cache.dictionary;
+                objects.values().filter_map(|p| p.unpack(d)).collect()
             }
             _ => return,
         };
@@ -292,6 +346,26 @@ mod tests {
         assert_eq!(r.get("ns", "a").as_deref(), Some(&b));
         apply_all(&mut w, vec![watcher::Event::Delete(b)]);
         assert_eq!(r.len(), 0);
+    }
+
+    #[test]
+    fn objects_after_the_first_are_packed_against_it() {
+        let mut w = PackedWriter::<Pod>::new();
+        let r = w.reader();
+        apply_all(
+            &mut w,
+            vec![
+                watcher::Event::Apply(owned("a", "rs-1")),
+                watcher::Event::Apply(owned("b", "rs-1")),
+            ],
+        );
+        let objects = r.objects.read().expect("lock");
+        let held = |name: &str| &objects[&(Box::from("ns"), Box::from(name))];
+        assert_eq!(held("a").len, 0, "the dictionary's own object stays plain");
+        let b = held("b");
+        assert!(b.data.len() * 3 < b.len as usize, "{} of {}", b.data.len(), b.len);
+        drop(objects);
+        assert_eq!(r.get("ns", "b").as_deref(), Some(&owned("b", "rs-1")));
     }
 
     #[test]
