@@ -252,9 +252,7 @@ impl<K: Object> PackedWriter<K> {
             watcher::Event::Init => self.buffer = Some(Map::new()),
             watcher::Event::InitApply(o) => {
                 if let Some(p) = Packed::new(o, &self.cache.dictionary) {
-                    self.buffer
-                        .get_or_insert_default()
-                        .insert(key(o.meta()), p);
+                    self.buffer.get_or_insert_default().insert(key(o.meta()), p);
                 }
             }
             watcher::Event::InitDone => {
@@ -270,7 +268,11 @@ impl<K: Object> PackedWriter<K> {
         let objects: Vec<Arc<K>> = match event {
             watcher::Event::Apply(o) => vec![Arc::new(o.clone())],
             watcher::Event::InitDone => {
-                let objects = self.cache.objects.read().unwrap_or_else(PoisonError::into_inner);
+                let objects = self
+                    .cache
+                    .objects
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner);
                 let d = &self.cache.dictionary;
                 objects.values().filter_map(|p| p.unpack(d)).collect()
             }
@@ -363,7 +365,12 @@ mod tests {
         let held = |name: &str| &objects[&(Box::from("ns"), Box::from(name))];
         assert_eq!(held("a").len, 0, "the dictionary's own object stays plain");
         let b = held("b");
-        assert!(b.data.len() * 3 < b.len as usize, "{} of {}", b.data.len(), b.len);
+        assert!(
+            b.data.len() * 3 < b.len as usize,
+            "{} of {}",
+            b.data.len(),
+            b.len
+        );
         drop(objects);
         assert_eq!(r.get("ns", "b").as_deref(), Some(&owned("b", "rs-1")));
     }
@@ -382,7 +389,10 @@ mod tests {
                 watcher::Event::InitApply(owned("b", "rs-1")),
             ],
         );
-        assert!(r.get("ns", "a").is_some(), "the old list stays until the new one is in");
+        assert!(
+            r.get("ns", "a").is_some(),
+            "the old list stays until the new one is in"
+        );
         apply_all(&mut w, vec![watcher::Event::InitDone]);
         assert!(r.get("ns", "a").is_none());
         assert!(r.get("ns", "b").is_some());
