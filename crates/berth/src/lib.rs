@@ -131,14 +131,19 @@ pub fn unmap_start_up_pages_when_synced(synced: &Arc<tokio::sync::SetOnce<()>>) 
     let synced = synced.clone();
     tokio::spawn(async move {
         synced.wait().await;
-        match pages::unmap_clean_file_pages() {
-            Ok(bytes) => tracing::info!(
-                kib = bytes / 1024,
-                "start-up code and read-only data unmapped (mapped back as used)"
-            ),
-            Err(e) => tracing::warn!(error = %e, "could not unmap the program's start-up pages"),
-        }
+        unmap_start_up_pages();
     });
+}
+
+/// Drops the mappings of the process's code and read-only data now ([`pages`]).
+pub fn unmap_start_up_pages() {
+    match pages::unmap_clean_file_pages() {
+        Ok(bytes) => tracing::info!(
+            kib = bytes / 1024,
+            "start-up code and read-only data unmapped (mapped back as used)"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not unmap the program's start-up pages"),
+    }
 }
 
 /// Addresses as `a, b, c`.

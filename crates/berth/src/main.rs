@@ -586,6 +586,7 @@ async fn serve(
             l.url,
             started.elapsed().as_millis()
         );
+        berth::unmap_start_up_pages();
     }
     tokio::select! {
         r = controllers => {
