@@ -12,9 +12,11 @@
 //! of every applied event, and every object once a list is in). Written here: kube-runtime's
 //! store only holds the watched type itself.
 
+use std::any::Any;
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::marker::PhantomData;
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
 
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
@@ -53,6 +55,8 @@ struct Packed {
     data: Box<[u8]>,
     /// The JSON's length when packed.
     len: u32,
+    /// The object as last decoded, while [`PackedCache::recent`] (or a reader) holds it.
+    decoded: Mutex<Option<Weak<dyn Any + Send + Sync>>>,
 }
 
 /// The JSON of the first object a cache saw: objects of one kind repeat each other's field
@@ -69,6 +73,7 @@ impl Packed {
             controller: controller.clone(),
             data: json.into_boxed_slice(),
             len: 0,
+            decoded: Mutex::default(),
         };
         let (Some(d), Ok(len)) = (dictionary.get(), u32::try_from(json.len())) else {
             let _ = dictionary.set(json.clone().into_boxed_slice());
@@ -83,6 +88,7 @@ impl Packed {
                         controller,
                         data: out.into_boxed_slice(),
                         len,
+                        decoded: Mutex::default(),
                     }
                 }
                 _ => plain(json),
@@ -143,6 +149,9 @@ pub(super) fn round_trip<K: Object>(o: &K) -> Option<(K, K)> {
 pub(crate) struct PackedCache<K> {
     objects: Arc<RwLock<Map>>,
     dictionary: Arc<Dictionary>,
+    /// The objects decoded last, kept decoded: the reconciles one event wakes read the same
+    /// few (the two Service controllers each read a Service's Pods).
+    recent: Arc<Mutex<VecDeque<Arc<K>>>>,
     ready: Arc<SetOnce<()>>,
     kind: PhantomData<fn() -> K>,
 }
@@ -152,6 +161,7 @@ impl<K> Clone for PackedCache<K> {
         PackedCache {
             objects: self.objects.clone(),
             dictionary: self.dictionary.clone(),
+            recent: self.recent.clone(),
             ready: self.ready.clone(),
             kind: PhantomData,
         }
@@ -167,9 +177,7 @@ impl<K: Object> PackedCache<K> {
     /// The object `ns/name`.
     pub fn get(&self, ns: &str, name: &str) -> Option<Arc<K>> {
         let objects = self.objects.read().unwrap_or_else(PoisonError::into_inner);
-        objects
-            .get(&(Box::from(ns), Box::from(name)))?
-            .unpack(&self.dictionary)
+        self.read(objects.get(&(Box::from(ns), Box::from(name)))?)
     }
 
     /// The objects of namespace `ns` that the owner with uid `owner` controls, and the
@@ -182,8 +190,27 @@ impl<K: Object> PackedCache<K> {
             .range(from..)
             .take_while(|((n, _), _)| &**n == ns)
             .filter(|(_, p)| p.controller.as_deref().is_none_or(|c| c == owner))
-            .filter_map(|(_, p)| p.unpack(&self.dictionary))
+            .filter_map(|(_, p)| self.read(p))
             .collect()
+    }
+
+    /// `p` decoded: as it was decoded last if that is still held, else anew (and then kept
+    /// among the [`RECENT`] decoded last).
+    fn read(&self, p: &Packed) -> Option<Arc<K>> {
+        let lock = || p.decoded.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = lock().as_ref().and_then(Weak::upgrade);
+        if let Some(o) = held.and_then(|o| o.downcast::<K>().ok()) {
+            return Some(o);
+        }
+        let o = p.unpack::<K>(&self.dictionary)?;
+        let any: Arc<dyn Any + Send + Sync> = o.clone();
+        *lock() = Some(Arc::downgrade(&any));
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(o.clone());
+        Some(o)
     }
 
     #[cfg(test)]
@@ -203,6 +230,9 @@ pub(crate) struct PackedWriter<K> {
     subscribers: Vec<mpsc::Sender<Arc<K>>>,
 }
 
+/// How many decoded objects a cache keeps (a few hundred KB of Pods).
+const RECENT: usize = 128;
+
 /// How many objects a subscriber may fall behind before the watch waits for it.
 const BUFFER: usize = 1024;
 
@@ -212,6 +242,7 @@ impl<K: Object> PackedWriter<K> {
             cache: PackedCache {
                 objects: Arc::default(),
                 dictionary: Arc::default(),
+                recent: Arc::default(),
                 ready: Arc::default(),
                 kind: PhantomData,
             },
@@ -373,6 +404,35 @@ mod tests {
         );
         drop(objects);
         assert_eq!(r.get("ns", "b").as_deref(), Some(&owned("b", "rs-1")));
+    }
+
+    #[test]
+    fn objects_read_again_are_not_decoded_again_until_they_change() {
+        let mut w = PackedWriter::<Pod>::new();
+        let r = w.reader();
+        apply_all(&mut w, vec![watcher::Event::Apply(owned("a", "rs-1"))]);
+        let first = r.get("ns", "a").expect("a");
+        let again = r.get("ns", "a").expect("a");
+        assert!(Arc::ptr_eq(&first, &again), "decoded once");
+        let mut changed = owned("a", "rs-1");
+        changed.metadata.labels = Some([("app".to_owned(), "db".to_owned())].into());
+        apply_all(&mut w, vec![watcher::Event::Apply(changed.clone())]);
+        assert_eq!(
+            r.get("ns", "a").as_deref(),
+            Some(&changed),
+            "never the old one"
+        );
+        // Past the recent ones, an object is decoded anew.
+        for i in 0..RECENT {
+            apply_all(
+                &mut w,
+                vec![watcher::Event::Apply(owned(&format!("p{i}"), "rs-1"))],
+            );
+            r.get("ns", &format!("p{i}"));
+        }
+        drop((first, again));
+        let later = r.get("ns", "a").expect("a");
+        assert_eq!(*later, changed);
     }
 
     #[test]
