@@ -12,11 +12,10 @@
 //! of every applied event, and every object once a list is in). Written here: kube-runtime's
 //! store only holds the watched type itself.
 
-use std::any::Any;
-use std::collections::BTreeMap;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
@@ -55,9 +54,16 @@ struct Packed {
     data: Box<[u8]>,
     /// The JSON's length when packed.
     len: u32,
-    /// The object as last decoded, while [`PackedCache::recent`] (or a reader) holds it.
-    decoded: Mutex<Option<Weak<dyn Any + Send + Sync>>>,
+    /// Which version of the object this is, for [`PackedCache::recent`]: unique in the
+    /// process. (A `Weak` to the decoded object would keep its allocation: 2 KB a Pod.)
+    id: u64,
 }
+
+/// Objects decoded last, by [`Packed::id`], oldest first.
+type Recent<K> = VecDeque<(u64, Arc<K>)>;
+
+/// The next [`Packed::id`].
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// The JSON of the first object a cache saw: objects of one kind repeat each other's field
 /// names and values, so a slim Pod packs some 4 times smaller against another.
@@ -73,7 +79,7 @@ impl Packed {
             controller: controller.clone(),
             data: json.into_boxed_slice(),
             len: 0,
-            decoded: Mutex::default(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         };
         let (Some(d), Ok(len)) = (dictionary.get(), u32::try_from(json.len())) else {
             let _ = dictionary.set(json.clone().into_boxed_slice());
@@ -88,7 +94,7 @@ impl Packed {
                         controller,
                         data: out.into_boxed_slice(),
                         len,
-                        decoded: Mutex::default(),
+                        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                     }
                 }
                 _ => plain(json),
@@ -151,7 +157,7 @@ pub(crate) struct PackedCache<K> {
     dictionary: Arc<Dictionary>,
     /// The objects decoded last, kept decoded: the reconciles one event wakes read the same
     /// few (the two Service controllers each read a Service's Pods).
-    recent: Arc<Mutex<VecDeque<Arc<K>>>>,
+    recent: Arc<Mutex<Recent<K>>>,
     ready: Arc<SetOnce<()>>,
     kind: PhantomData<fn() -> K>,
 }
@@ -194,22 +200,18 @@ impl<K: Object> PackedCache<K> {
             .collect()
     }
 
-    /// `p` decoded: as it was decoded last if that is still held, else anew (and then kept
-    /// among the [`RECENT`] decoded last).
+    /// `p` decoded: one of the [`RECENT`] decoded last, or decoded anew and kept among them.
     fn read(&self, p: &Packed) -> Option<Arc<K>> {
-        let lock = || p.decoded.lock().unwrap_or_else(PoisonError::into_inner);
-        let held = lock().as_ref().and_then(Weak::upgrade);
-        if let Some(o) = held.and_then(|o| o.downcast::<K>().ok()) {
-            return Some(o);
+        let recent = || self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, o)) = recent().iter().find(|(id, _)| *id == p.id) {
+            return Some(o.clone());
         }
         let o = p.unpack::<K>(&self.dictionary)?;
-        let any: Arc<dyn Any + Send + Sync> = o.clone();
-        *lock() = Some(Arc::downgrade(&any));
-        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        if recent.len() == RECENT {
+        let mut recent = recent();
+        if recent.len() >= RECENT {
             recent.pop_front();
         }
-        recent.push_back(o.clone());
+        recent.push_back((p.id, o.clone()));
         Some(o)
     }
 
