@@ -199,10 +199,23 @@ fn run_programs_watched_services_and_follows_changes() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The sync records its metrics just after the kernel has the rules traffic already
+    // follows: wait for them before stopping the proxy mid-sync.
+    let metrics = || {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("metrics");
+        text
+    };
+    let recorded = |text: String| {
+        text.contains("kubeproxy_sync_proxy_rules_duration_seconds_count 1")
+            && text.contains("kubeproxy_network_programming_duration_seconds_count 1")
+    };
+    while !recorded(metrics()) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     shutdown.cancel();
     proxy.join().expect("proxy thread").expect("run");
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).expect("metrics");
+    let text = metrics();
     assert!(
         text.contains("kubeproxy_sync_proxy_rules_duration_seconds_count 1"),
         "{text}"
