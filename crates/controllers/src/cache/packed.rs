@@ -74,32 +74,29 @@ impl Packed {
         let json = serde_json::to_vec(o)
             .inspect_err(|e| tracing::warn!(kind = %K::kind(&()), error = %e, "an object could not be cached"))
             .ok()?;
-        let controller = controller_uid(o.meta()).map(Box::from);
-        let plain = |json: Vec<u8>| Packed {
-            controller: controller.clone(),
-            data: json.into_boxed_slice(),
-            len: 0,
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        };
-        let (Some(d), Ok(len)) = (dictionary.get(), u32::try_from(json.len())) else {
-            let _ = dictionary.set(json.clone().into_boxed_slice());
-            return Some(plain(json));
-        };
-        let mut out = vec![0; lz4_flex::block::get_maximum_output_size(json.len())];
-        Some(
-            match lz4_flex::block::compress_into_with_dict(&json, &mut out, d) {
-                Ok(n) if n < json.len() => {
-                    out.truncate(n);
-                    Packed {
-                        controller,
-                        data: out.into_boxed_slice(),
-                        len,
-                        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        let packed = match (dictionary.get(), u32::try_from(json.len())) {
+            (Some(d), Ok(len)) => {
+                let mut out = vec![0; lz4_flex::block::get_maximum_output_size(json.len())];
+                match lz4_flex::block::compress_into_with_dict(&json, &mut out, d) {
+                    Ok(n) if n < json.len() => {
+                        out.truncate(n);
+                        Some((out, len))
                     }
+                    _ => None,
                 }
-                _ => plain(json),
-            },
-        )
+            }
+            _ => {
+                let _ = dictionary.set(json.clone().into_boxed_slice());
+                None
+            }
+        };
+        let (data, len) = packed.unwrap_or((json, 0));
+        Some(Packed {
+            controller: controller_uid(o.meta()).map(Box::from),
+            data: data.into_boxed_slice(),
+            len,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        })
     }
 
     fn unpack<K: Object>(&self, dictionary: &Dictionary) -> Option<Arc<K>> {
