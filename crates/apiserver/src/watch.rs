@@ -58,6 +58,24 @@ impl Render {
     }
 }
 
+/// How often a watch that allows bookmarks gets one, as kube-apiserver's watch cache sends
+/// them: clients only keep the revision to resume from, and a bookmark a second to every
+/// watch was most of an idle server's CPU.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+/// How long before the watch's end its last bookmark is due, so the client resumes from a
+/// recent revision.
+const BOOKMARK_BEFORE_END: Duration = Duration::from_secs(2);
+
+/// When the next bookmark is due, at `now`, for a watch that ends at `end`: a minute on, or
+/// 2 s before the end if that is sooner; none once that time has come (it was sent).
+fn next_bookmark(
+    now: tokio::time::Instant,
+    end: tokio::time::Instant,
+) -> Option<tokio::time::Instant> {
+    let due = (now + BOOKMARK_EVERY).min(end.checked_sub(BOOKMARK_BEFORE_END)?);
+    (due > now).then_some(due)
+}
+
 fn bookmark(r: &berth_api::resources::Resource, rv: i64, initial_end: bool) -> Value {
     let mut meta = json!({"resourceVersion": rv.to_string()});
     if initial_end {
@@ -170,8 +188,12 @@ pub async fn serve(
                 return;
             }
         };
-        let deadline = tokio::time::sleep(timeout);
+        let end = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::sleep_until(end);
         tokio::pin!(deadline);
+        let mut bookmark_due = bookmarks
+            .then(|| next_bookmark(tokio::time::Instant::now(), end))
+            .flatten();
         loop {
             let ev = tokio::select! {
                 _ = &mut deadline => return,
@@ -223,7 +245,10 @@ pub async fn serve(
                     }
                     _ => None,
                 },
-                Ok(Event::Progress { revision }) if bookmarks => {
+                Ok(Event::Progress { revision })
+                    if bookmark_due.is_some_and(|t| tokio::time::Instant::now() >= t) =>
+                {
+                    bookmark_due = next_bookmark(tokio::time::Instant::now(), end);
                     Some(render.line("BOOKMARK", bookmark(r, revision, false), &mut first))
                 }
                 Ok(Event::Progress { .. }) => None,
@@ -282,4 +307,33 @@ fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
 ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    #[test]
+    fn bookmarks_come_each_minute_and_just_before_the_end() {
+        let now = Instant::now();
+        let s = Duration::from_secs;
+        assert_eq!(next_bookmark(now, now + s(290)), Some(now + s(60)));
+        assert_eq!(
+            next_bookmark(now, now + s(3)),
+            Some(now + s(1)),
+            "2 s before a near end"
+        );
+        assert_eq!(
+            next_bookmark(now + s(1), now + s(3)),
+            None,
+            "the last one was sent"
+        );
+        assert_eq!(
+            next_bookmark(now + s(2), now + s(3)),
+            None,
+            "too late for one"
+        );
+        assert_eq!(next_bookmark(now + s(61), now + s(290)), Some(now + s(121)));
+    }
 }

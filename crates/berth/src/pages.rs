@@ -16,6 +16,7 @@
 //! from `nix`.
 
 use std::ops::Range;
+use std::time::Duration;
 
 /// A mapping of a file that can be dropped and faulted back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,24 +124,37 @@ pub fn unmap_clean_file_pages() -> std::io::Result<usize> {
     Ok(released)
 }
 
-/// How often [`trim_heap_after_bursts`] looks at the heap.
-const TRIM_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often [`trim_heap_after_bursts`] looks at the process's CPU time.
+const TICK: Duration = Duration::from_secs(1);
+/// Every how many ticks it looks at resident memory for growth.
+const GROWTH_TICKS: u32 = 5;
 /// Growth of resident memory, and free heap, that make a trim worth its cost (a walk of the
-/// free chunks).
+/// free chunks) while the process keeps working.
 const TRIM_BYTES: usize = 8 << 20;
+/// The same, once a burst has ended: the process is quiet, so a trim costs nothing that
+/// competes.
+const SETTLE_BYTES: usize = 2 << 20;
+/// CPU time in one tick that makes it part of a burst, and under which a tick is quiet.
+const BUSY: Duration = Duration::from_millis(100);
+const QUIET: Duration = Duration::from_millis(20);
+/// Quiet ticks after a burst that end it.
+const QUIET_TICKS: u32 = 2;
 
-/// Gives the heap's free pages back after a burst, from a thread of its own: every 5 s,
-/// when the process has grown 8 MiB over the least resident memory seen since the last
-/// trim and glibc holds more than 8 MiB free inside its heap, `malloc_trim(0)` returns the
-/// whole free pages among the live blocks, and the code and read-only data the burst
-/// touched are unmapped ([`unmap_clean_file_pages`]; the scale bench's server kept 24.5 MiB
-/// of its binary resident after creating 10,000 Services and Pods). `free` alone returns only the top of the heap,
-/// so the per-object buffers of a large LIST stay resident as holes between long-lived
-/// blocks (the API server at 10,000 Services + 10,000 Pods, etcd backend: 152 MiB, 183 MiB
-/// after 10 LISTs of every kind and 166 MiB 10 s later before this; 152 MiB 10 s later
-/// with it). Checking every second trimmed during the bursts themselves and doubled the
-/// idle CPU of the embedded store's server, for no lower figure. Elsewhere than glibc and
-/// Linux it does nothing.
+/// Gives the heap's free pages back after a burst, from a thread of its own: when a burst
+/// of work has ended (a second with 100 ms of CPU, then two with less than 20 ms) and the
+/// process has grown 2 MiB over the least resident memory seen since the last trim, and
+/// every 5 s during long bursts when it has grown 8 MiB, `malloc_trim(0)` returns the
+/// whole free pages among the live blocks (when glibc holds as much free inside its heap),
+/// and the code and read-only data the burst touched are unmapped
+/// ([`unmap_clean_file_pages`]; the scale bench's server kept 24.5 MiB of its binary
+/// resident after creating 10,000 Services and Pods). `free` alone returns only the top of
+/// the heap, so the per-object buffers of a large LIST stay resident as holes between
+/// long-lived blocks (the API server at 10,000 Services + 10,000 Pods, etcd backend:
+/// 152 MiB, 183 MiB after 10 LISTs of every kind and 166 MiB 10 s later before this;
+/// 152 MiB 10 s later with it). Without the end-of-burst rule, the scale bench read
+/// 128 MiB where a trim gave 119. An idle tick reads only the process's CPU clock: trimming
+/// on growth every second trimmed during the bursts themselves and doubled the idle CPU of
+/// the embedded store's server. Elsewhere than glibc and Linux it does nothing.
 pub fn trim_heap_after_bursts() {
     let spawned = std::thread::Builder::new()
         .name("berth-heap-trim".into())
@@ -149,18 +163,26 @@ pub fn trim_heap_after_bursts() {
                 return;
             }
             let mut trim = Trim::default();
-            loop {
-                std::thread::sleep(TRIM_PERIOD);
+            let mut cpu = process_cpu();
+            for tick in 1u32.. {
+                std::thread::sleep(TICK);
+                let now = process_cpu();
+                let ended = trim.tick(now.saturating_sub(cpu));
+                cpu = now;
+                if !ended && tick % GROWTH_TICKS != 0 {
+                    continue;
+                }
                 let Some(resident) = resident_bytes() else {
                     return;
                 };
+                let min = if ended { SETTLE_BYTES } else { TRIM_BYTES };
                 // The free count walks malloc's bins: only read once memory has grown.
                 let free = || free_heap().unwrap_or(0);
-                if trim.due(resident, free, TRIM_BYTES) {
+                if trim.due(resident, free, min) {
                     trim_heap();
                     // The burst's code goes too: what keeps running maps back.
                     let code = unmap_clean_file_pages().unwrap_or(0);
-                    tracing::debug!(code_kib = code / 1024, "heap trimmed after a burst");
+                    tracing::debug!(code_kib = code / 1024, ended, "heap trimmed after a burst");
                     trim.trimmed(resident_bytes().unwrap_or(resident));
                 }
             }
@@ -177,9 +199,28 @@ pub fn trim_heap_after_bursts() {
 #[derive(Debug, Default)]
 struct Trim {
     floor: usize,
+    /// A busy tick was seen since the last burst ended.
+    burst: bool,
+    /// Quiet ticks in a row.
+    quiet: u32,
 }
 
 impl Trim {
+    /// After a tick that took `cpu` of CPU time: whether it ends a burst.
+    fn tick(&mut self, cpu: Duration) -> bool {
+        if cpu >= BUSY {
+            self.burst = true;
+            self.quiet = 0;
+            return false;
+        }
+        self.quiet = if cpu < QUIET { self.quiet + 1 } else { 0 };
+        let ended = self.burst && self.quiet >= QUIET_TICKS;
+        if ended {
+            self.burst = false;
+        }
+        ended
+    }
+
     /// Whether a trim is due at `resident` bytes with `free()` heap bytes: both over
     /// `min`, the first over the floor (`free` is asked only then).
     fn due(&mut self, resident: usize, free: impl FnOnce() -> usize, min: usize) -> bool {
@@ -191,6 +232,25 @@ impl Trim {
     fn trimmed(&mut self, resident: usize) {
         self.floor = resident;
     }
+}
+
+/// The CPU time this process has used, all threads (nix's `clock_gettime` needs a feature
+/// that would rebuild every crate using nix; `libc` declares it).
+#[allow(unsafe_code)]
+fn process_cpu() -> Duration {
+    let mut ts = nix::libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes the one timespec it is given.
+    let rc = unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 /// This process's resident bytes (`VmRSS`), `None` where `/proc` does not say.
@@ -325,6 +385,26 @@ Anonymous:             0 kB
         assert!(t.due(23, || 50, 10), "11 over 12");
         assert!(!t.due(usize::MAX, || usize::MAX, usize::MAX), "no overflow");
         assert!(resident_bytes().is_some_and(|r| r > 0));
+    }
+
+    #[test]
+    fn a_burst_ends_after_quiet_ticks() {
+        let ms = Duration::from_millis;
+        let mut t = Trim::default();
+        assert!(
+            !t.tick(ms(0)) && !t.tick(ms(0)) && !t.tick(ms(0)),
+            "idle is no burst"
+        );
+        assert!(!t.tick(ms(500)), "busy");
+        assert!(!t.tick(ms(1)), "one quiet tick");
+        assert!(
+            !t.tick(ms(50)),
+            "neither busy nor quiet starts the count again"
+        );
+        assert!(!t.tick(ms(1)));
+        assert!(t.tick(ms(1)), "two quiet ticks end it");
+        assert!(!t.tick(ms(1)) && !t.tick(ms(1)), "once");
+        assert!(process_cpu() > Duration::ZERO);
     }
 
     fn own_clean_mappings() -> Vec<CleanMapping> {

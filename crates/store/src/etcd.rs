@@ -158,6 +158,22 @@ fn convert(prefix: &str, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
     })
 }
 
+/// [`convert`] for a key-value the caller owns: the value's buffer becomes the [`Bytes`].
+fn convert_owned(prefix: &str, kv: etcd_client::KeyValue) -> Result<KeyValue> {
+    let (create_revision, mod_revision) = (kv.create_revision(), kv.mod_revision());
+    let (key, value) = kv.into_key_value();
+    let key = String::from_utf8(key)
+        .ok()
+        .and_then(|k| k.strip_prefix(prefix).map(str::to_owned))
+        .ok_or_else(|| protocol("key outside the store prefix or not UTF-8"))?;
+    Ok(KeyValue {
+        key,
+        value: Bytes::from(value),
+        create_revision,
+        mod_revision,
+    })
+}
+
 #[async_trait]
 impl Store for Etcd {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
@@ -185,7 +201,7 @@ impl Store for Etcd {
         }
         // A whole list can pass gRPC's default 4 MiB; kube-apiserver's etcd client takes up to
         // MaxInt32 bytes too.
-        let resp = match self
+        let mut resp = match self
             .client
             .kv_client()
             .max_decoding_message_size(i32::MAX as usize)
@@ -195,19 +211,21 @@ impl Store for Etcd {
             Ok(resp) => resp,
             Err(e) => return Err(self.revision_error(e, requested.unwrap_or(0)).await),
         };
-        let items = resp
-            .kvs()
-            .iter()
-            .map(|kv| convert(&self.prefix, kv))
-            .collect::<Result<Vec<_>>>()?;
         let revision = match requested {
             Some(rev) => rev,
             None => header_revision(resp.header())?,
         };
+        let more = resp.more();
+        // The values are taken, not copied: a LIST of 10,000 objects is megabytes.
+        let items = resp
+            .take_kvs()
+            .into_iter()
+            .map(|kv| convert_owned(&self.prefix, kv))
+            .collect::<Result<Vec<_>>>()?;
         Ok(ListResult {
             items,
             revision,
-            more: resp.more(),
+            more,
         })
     }
 
