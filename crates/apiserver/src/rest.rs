@@ -535,77 +535,97 @@ async fn list_raw_streamed(
     let r = t.resource;
     check_list_revision(srv, params).await?;
     let prefix = collection_key(r, t.namespace.as_deref());
-    let page = |start_after: Option<String>, revision: Option<i64>| ListOptions {
-        limit: STREAM_PAGE,
-        start_after,
-        revision,
-    };
-    let first = srv.store.list(&prefix, page(None, None)).await?;
+    let first = srv
+        .store
+        .list(
+            &prefix,
+            ListOptions {
+                limit: STREAM_PAGE,
+                start_after: None,
+                revision: None,
+            },
+        )
+        .await?;
     let revision = first.revision;
+    // The next page is read while this one is written and sent (etcd answers each page
+    // in milliseconds of its own).
+    let store = srv.store.clone();
+    let mut next = first
+        .more
+        .then(|| read_page(&store, &prefix, &first.items, revision));
     let mut out = list_head(r, revision, None);
-    out.reserve(
-        first
-            .items
-            .iter()
-            .map(|kv| kv.value.len() + 48)
-            .sum::<usize>()
-            + 2,
-    );
     let mut first_item = true;
-    write_items(&first.items, Some(&filter), &mut out, &mut first_item)?;
+    write_page(&first.items, &filter, &mut out, &mut first_item)?;
+    drop(first);
     let warnings: Vec<String> = deprecation_warning(r).into_iter().collect();
-    if !first.more {
+    let Some(mut pending) = next.take() else {
         out.extend_from_slice(b"]}");
         return Ok(json_response(StatusCode::OK, out, &warnings));
-    }
-    let mut after = first.items.last().map(|kv| kv.key.clone());
-    drop(first);
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(2);
-    let store = srv.store.clone();
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(2);
     tokio::spawn(async move {
         let mut out = out;
         loop {
             if tx.send(Ok(std::mem::take(&mut out).into())).await.is_err() {
                 return;
             }
-            let written = match store
-                .list(&prefix, page(after.take(), Some(revision)))
-                .await
-            {
-                Ok(next) => {
-                    out.reserve(
-                        next.items
-                            .iter()
-                            .map(|kv| kv.value.len() + 48)
-                            .sum::<usize>()
-                            + 2,
-                    );
-                    after = next.items.last().map(|kv| kv.key.clone());
-                    write_items(&next.items, Some(&filter), &mut out, &mut first_item)
-                        .map(|()| next.more)
+            let written = match pending.await {
+                Ok(Ok(page)) => {
+                    next = page
+                        .more
+                        .then(|| read_page(&store, &prefix, &page.items, revision));
+                    write_page(&page.items, &filter, &mut out, &mut first_item)
                         .map_err(|e| e.to_string())
                 }
+                Ok(Err(e)) => Err(e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
-            match written {
-                Ok(true) => {}
-                Ok(false) => {
+            if let Err(e) = written {
+                tracing::warn!(error = %e, prefix, "a streamed LIST ended early");
+                let _ = tx.send(Err(std::io::Error::other(e))).await;
+                return;
+            }
+            match next.take() {
+                Some(p) => pending = p,
+                None => {
                     out.extend_from_slice(b"]}");
                     let _ = tx.send(Ok(out.into())).await;
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, prefix, "a streamed LIST ended early");
-                    let _ = tx.send(Err(std::io::Error::other(e))).await;
                     return;
                 }
             }
         }
     });
-    let mut rx = rx;
     let body =
         axum::body::Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
     Ok(json_response(StatusCode::OK, body, &warnings))
+}
+
+/// Starts reading the page of a streamed LIST after `items`, at `revision`.
+fn read_page(
+    store: &Arc<dyn berth_store::Store>,
+    prefix: &str,
+    items: &[KeyValue],
+    revision: i64,
+) -> tokio::task::JoinHandle<berth_store::Result<berth_store::ListResult>> {
+    let (store, prefix) = (store.clone(), prefix.to_owned());
+    let opts = ListOptions {
+        limit: STREAM_PAGE,
+        start_after: items.last().map(|kv| kv.key.clone()),
+        revision: Some(revision),
+    };
+    tokio::spawn(async move { store.list(&prefix, opts).await })
+}
+
+/// [`write_items`] for a page of a streamed LIST, in a buffer made to fit.
+fn write_page(
+    items: &[KeyValue],
+    filter: &Filter,
+    out: &mut Vec<u8>,
+    first: &mut bool,
+) -> Result<()> {
+    // Each item grows by `"resourceVersion":"<i64>",` at most.
+    out.reserve(items.iter().map(|kv| kv.value.len() + 48).sum::<usize>() + 2);
+    write_items(items, Some(filter), out, first)
 }
 
 fn not_an_object(v: &Value) -> String {
