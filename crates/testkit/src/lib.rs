@@ -1182,10 +1182,20 @@ pub mod measure {
 
     /// Resident memory of a process in KiB, from /proc.
     pub fn rss_kib(pid: u32) -> u64 {
+        status_kib(pid, "VmRSS")
+    }
+
+    /// The part of [`rss_kib`] that is file pages (the binary's code and read-only data).
+    pub fn rss_file_kib(pid: u32) -> u64 {
+        status_kib(pid, "RssFile")
+    }
+
+    /// A KiB field of `/proc/PID/status`; 0 if there is none.
+    fn status_kib(pid: u32, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0)
     }
