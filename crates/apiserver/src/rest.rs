@@ -468,8 +468,6 @@ async fn list_raw(srv: &Server, t: &Target, params: &Params, filter: &Filter) ->
     })
     .await?;
     let mut out = list_head(r, revision, next.as_deref());
-    // Each item grows by `"resourceVersion":"<i64>",` at most.
-    out.reserve(kept.iter().map(|kv| kv.value.len() + 48).sum::<usize>() + 2);
     write_items(&kept, None, &mut out, &mut true)?;
     out.extend_from_slice(b"]}");
     let warnings: Vec<String> = deprecation_warning(r).into_iter().collect();
@@ -491,13 +489,15 @@ fn list_head(r: &Resource, revision: i64, next: Option<&str>) -> Vec<u8> {
 }
 
 /// Writes the stored objects `filter` keeps (all without one) as list items, each with its
-/// resourceVersion, a comma before each but the list's `first`.
+/// resourceVersion, a comma before each but the list's `first`, into a buffer made to fit.
 fn write_items(
     items: &[KeyValue],
     filter: Option<&Filter>,
     out: &mut Vec<u8>,
     first: &mut bool,
 ) -> Result<()> {
+    // Each item grows by `"resourceVersion":"<i64>",` at most.
+    out.reserve(items.iter().map(|kv| kv.value.len() + 48).sum::<usize>() + 2);
     for kv in items {
         if let Some(f) = filter
             && !f.matches_stored(kv)?
@@ -520,10 +520,11 @@ const STREAM_PAGE: usize = 1000;
 /// A plain JSON LIST of a whole collection (no `limit`), as [`list_raw`] writes it, but
 /// streamed: the store is read in pages of [`STREAM_PAGE`] at the first page's revision
 /// (one consistent snapshot, as a single read would be), and each page is sent as it is
-/// written. Only one page of objects is unpacked at a time: 10 LISTs of every kind at
-/// 10,000 Services and Pods left 20 MiB more resident when each LIST held all its objects
-/// at once, and the client reads the first objects while the rest are written. A
-/// collection that fits in one page is sent whole. An error after the first page (the
+/// written, while the next is read: only about two pages of objects are unpacked at a time,
+/// and the client reads the first objects while the rest are written (a LIST of 10,000
+/// Services: 38-40 ms before, 32-43 ms streamed; on etcd 82 ms, and 56-77 ms with the
+/// read-ahead, which paging alone had made 104). A collection that fits in one page is sent
+/// whole. An error after the first page (the
 /// store's history compacted under a very slow client) ends the body early, so the client
 /// sees a broken response rather than a short list.
 async fn list_raw_streamed(
@@ -547,18 +548,16 @@ async fn list_raw_streamed(
         )
         .await?;
     let revision = first.revision;
-    // The next page is read while this one is written and sent (etcd answers each page
-    // in milliseconds of its own).
     let store = srv.store.clone();
-    let mut next = first
+    let next = first
         .more
         .then(|| read_page(&store, &prefix, &first.items, revision));
     let mut out = list_head(r, revision, None);
     let mut first_item = true;
-    write_page(&first.items, &filter, &mut out, &mut first_item)?;
+    write_items(&first.items, Some(&filter), &mut out, &mut first_item)?;
     drop(first);
     let warnings: Vec<String> = deprecation_warning(r).into_iter().collect();
-    let Some(mut pending) = next.take() else {
+    let Some(mut pending) = next else {
         out.extend_from_slice(b"]}");
         return Ok(json_response(StatusCode::OK, out, &warnings));
     };
@@ -569,23 +568,18 @@ async fn list_raw_streamed(
             if tx.send(Ok(std::mem::take(&mut out).into())).await.is_err() {
                 return;
             }
-            let written = match pending.await {
-                Ok(Ok(page)) => {
-                    next = page
-                        .more
-                        .then(|| read_page(&store, &prefix, &page.items, revision));
-                    write_page(&page.items, &filter, &mut out, &mut first_item)
-                        .map_err(|e| e.to_string())
-                }
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(e) => Err(e.to_string()),
+            let page = match pending.await {
+                Ok(Ok(page)) => page,
+                Ok(Err(e)) => return end_early(&tx, &prefix, e.to_string()).await,
+                Err(e) => return end_early(&tx, &prefix, e.to_string()).await,
             };
-            if let Err(e) = written {
-                tracing::warn!(error = %e, prefix, "a streamed LIST ended early");
-                let _ = tx.send(Err(std::io::Error::other(e))).await;
-                return;
+            let next = page
+                .more
+                .then(|| read_page(&store, &prefix, &page.items, revision));
+            if let Err(e) = write_items(&page.items, Some(&filter), &mut out, &mut first_item) {
+                return end_early(&tx, &prefix, e.to_string()).await;
             }
-            match next.take() {
+            match next {
                 Some(p) => pending = p,
                 None => {
                     out.extend_from_slice(b"]}");
@@ -598,6 +592,16 @@ async fn list_raw_streamed(
     let body =
         axum::body::Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
     Ok(json_response(StatusCode::OK, body, &warnings))
+}
+
+/// Ends a streamed LIST's body with an error: the client sees it broken, not short.
+async fn end_early(
+    tx: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    prefix: &str,
+    e: String,
+) {
+    tracing::warn!(error = %e, prefix, "a streamed LIST ended early");
+    let _ = tx.send(Err(std::io::Error::other(e))).await;
 }
 
 /// Starts reading the page of a streamed LIST after `items`, at `revision`.
@@ -614,18 +618,6 @@ fn read_page(
         revision: Some(revision),
     };
     tokio::spawn(async move { store.list(&prefix, opts).await })
-}
-
-/// [`write_items`] for a page of a streamed LIST, in a buffer made to fit.
-fn write_page(
-    items: &[KeyValue],
-    filter: &Filter,
-    out: &mut Vec<u8>,
-    first: &mut bool,
-) -> Result<()> {
-    // Each item grows by `"resourceVersion":"<i64>",` at most.
-    out.reserve(items.iter().map(|kv| kv.value.len() + 48).sum::<usize>() + 2);
-    write_items(items, Some(filter), out, first)
 }
 
 fn not_an_object(v: &Value) -> String {

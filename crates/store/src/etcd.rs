@@ -145,13 +145,18 @@ fn range_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-fn convert(prefix: &str, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
-    let key = std::str::from_utf8(kv.key())
+/// An etcd key as the store's: without the backend prefix.
+fn store_key(prefix: &str, key: &[u8]) -> Result<String> {
+    std::str::from_utf8(key)
         .ok()
         .and_then(|k| k.strip_prefix(prefix))
-        .ok_or_else(|| protocol("key outside the store prefix or not UTF-8"))?;
+        .map(str::to_owned)
+        .ok_or_else(|| protocol("key outside the store prefix or not UTF-8"))
+}
+
+fn convert(prefix: &str, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
     Ok(KeyValue {
-        key: key.to_owned(),
+        key: store_key(prefix, kv.key())?,
         value: Bytes::copy_from_slice(kv.value()),
         create_revision: kv.create_revision(),
         mod_revision: kv.mod_revision(),
@@ -162,12 +167,8 @@ fn convert(prefix: &str, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
 fn convert_owned(prefix: &str, kv: etcd_client::KeyValue) -> Result<KeyValue> {
     let (create_revision, mod_revision) = (kv.create_revision(), kv.mod_revision());
     let (key, value) = kv.into_key_value();
-    let key = String::from_utf8(key)
-        .ok()
-        .and_then(|k| k.strip_prefix(prefix).map(str::to_owned))
-        .ok_or_else(|| protocol("key outside the store prefix or not UTF-8"))?;
     Ok(KeyValue {
-        key,
+        key: store_key(prefix, &key)?,
         value: Bytes::from(value),
         create_revision,
         mod_revision,
